@@ -1,0 +1,216 @@
+use super::*;
+
+const GOOD: &str = r#"
+[listen]
+proxy = "127.0.0.1:11000"
+pcp = "127.0.0.1:11001"
+api = "127.0.0.1:11100"
+
+[credentials]
+user = "postgres"
+password_file = "pgpass"
+
+[health_check]
+period = "1s"
+timeout = "3s"
+max_retries = 2
+retry_delay = "500ms"
+connect_timeout = 2
+
+[[backend]]
+id = 0
+port = 11002
+data_dir = "data0"
+
+[[backend]]
+id = 1
+host = "localhost"
+port = 11003
+data_dir = "/srv/pg/data1"
+weight = 2.5
+failover = "disallow"
+application_name = "standby_one"
+
+[backend.health_check]
+period = "10s"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, Path::new("/etc/pgwarden/pgwarden.toml")) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn good_config() {
+    let cfg = parse(GOOD, Path::new("/etc/pgwarden/pgwarden.toml")).unwrap();
+    assert_eq!(cfg.listen.api.port(), 11100);
+    assert_eq!(
+        cfg.credentials.password_file,
+        Path::new("/etc/pgwarden/pgpass")
+    );
+    assert_eq!(cfg.credentials.database, "postgres");
+    let b0 = cfg.backend(0).unwrap();
+    assert_eq!(b0.host, "127.0.0.1");
+    assert_eq!(b0.data_dir, Path::new("/etc/pgwarden/data0"));
+    assert_eq!(b0.application_name, "node0");
+    assert_eq!(b0.failover, FailoverFlag::Allow);
+    assert_eq!(b0.weight, 1.0);
+    assert_eq!(b0.health_check.period, Duration::from_secs(1));
+    assert_eq!(b0.health_check.retry_delay, Duration::from_millis(500));
+    assert_eq!(b0.health_check.connect_timeout, Duration::from_secs(2));
+    let b1 = cfg.backend(1).unwrap();
+    assert_eq!(b1.failover, FailoverFlag::Disallow);
+    assert_eq!(b1.application_name, "standby_one");
+    // the per-node override changes only what it names
+    assert_eq!(b1.health_check.period, Duration::from_secs(10));
+    assert_eq!(b1.health_check.timeout, Duration::from_secs(3));
+    assert!(cfg.backend(7).is_none());
+}
+
+#[test]
+fn defaults_when_sections_are_missing() {
+    let cfg = parse(
+        "[credentials]\nuser='u'\npassword_file='/p'\n[[backend]]\nid=3\nport=5432\ndata_dir='/d'\n",
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert_eq!(cfg.listen.proxy.to_string(), DEFAULT_PROXY);
+    assert_eq!(cfg.backends[0].health_check, HealthCheck::default());
+    assert_eq!(cfg.backends[0].application_name, "node3");
+}
+
+/// Each broken file, and the exact message a user reads.
+#[test]
+fn broken_configs_name_file_line_key_and_expectation() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "unknown top-level key",
+            "helth_check = 1\n".into(),
+            "/etc/pgwarden/pgwarden.toml:1: helth_check: unknown field `helth_check`, expected one of `listen`, `credentials`, `health_check`, `backend`",
+        ),
+        (
+            "unknown backend key",
+            GOOD.replace("weight = 2.5", "wieght = 2.5"),
+            "/etc/pgwarden/pgwarden.toml:28: backend[1].wieght: unknown field `wieght`, expected one of `id`, `host`, `port`, `data_dir`, `weight`, `failover`, `application_name`, `agent`, `health_check`",
+        ),
+        (
+            "wrong type",
+            GOOD.replace("port = 11003", "port = \"11003\""),
+            "/etc/pgwarden/pgwarden.toml:26: backend[1].port: invalid type: string \"11003\", expected u16",
+        ),
+        (
+            "port out of range",
+            GOOD.replace("port = 11003", "port = 70000"),
+            "/etc/pgwarden/pgwarden.toml:26: backend[1].port: invalid value: integer `70000`, expected u16",
+        ),
+        (
+            "bad duration",
+            GOOD.replace("timeout = \"3s\"", "timeout = \"3 parsecs\""),
+            "/etc/pgwarden/pgwarden.toml:13: health_check.timeout: invalid value: string \"3 parsecs\", expected a duration such as \"500ms\", \"10s\" or \"1m\", or a number of seconds",
+        ),
+        (
+            "bad failover flag",
+            GOOD.replace("failover = \"disallow\"", "failover = \"DISALLOW_TO_FAILOVER\""),
+            "/etc/pgwarden/pgwarden.toml:29: backend[1].failover: unknown variant `DISALLOW_TO_FAILOVER`, expected `allow` or `disallow`",
+        ),
+        (
+            "duplicate id",
+            GOOD.replace("id = 1", "id = 0"),
+            "/etc/pgwarden/pgwarden.toml:24: backend[1].id: id 0 is already used by the backend at line 19; expected a unique id per backend",
+        ),
+        (
+            "duplicate port",
+            GOOD.replace("host = \"localhost\"\nport = 11003", "port = 11002"),
+            "/etc/pgwarden/pgwarden.toml:25: backend[1].port: 127.0.0.1:11002 is already backend[0] (line 20); expected a different host or port for each backend",
+        ),
+        (
+            "backend on a listener's port",
+            GOOD.replace("port = 11002", "port = 11001"),
+            "/etc/pgwarden/pgwarden.toml:20: backend[0].port: 127.0.0.1:11001 is also listen.pcp; expected a port that no listener uses",
+        ),
+        (
+            "two listeners on one port",
+            GOOD.replace("api = \"127.0.0.1:11100\"", "api = \"0.0.0.0:11000\""),
+            "/etc/pgwarden/pgwarden.toml:5: listen.api: 0.0.0.0:11000 is also listen.proxy; expected a different port for each listener",
+        ),
+        (
+            "listener not an address",
+            GOOD.replace("proxy = \"127.0.0.1:11000\"", "proxy = \"localhost\""),
+            "/etc/pgwarden/pgwarden.toml:3: listen.proxy: \"localhost\" is not an address; expected IP:PORT, such as \"127.0.0.1:9999\"",
+        ),
+        (
+            "connect timeout longer than timeout",
+            GOOD.replace("connect_timeout = 2", "connect_timeout = 5"),
+            "/etc/pgwarden/pgwarden.toml:16: health_check.connect_timeout: 5s is longer than timeout (3s); expected connect_timeout ≤ timeout, since the timeout bounds the whole check",
+        ),
+        (
+            "zero period in an override",
+            GOOD.replace("period = \"10s\"", "period = 0"),
+            "/etc/pgwarden/pgwarden.toml:33: backend[1].health_check.period: is 0; expected a period greater than 0 such as \"5s\" (the warden depends on health checks; they cannot be turned off)",
+        ),
+        (
+            "negative weight",
+            GOOD.replace("weight = 2.5", "weight = -1.0"),
+            "/etc/pgwarden/pgwarden.toml:28: backend[1].weight: -1 is not allowed; expected a number ≥ 0 (0 = no reads are balanced to this node)",
+        ),
+        (
+            "missing credentials",
+            "[[backend]]\nid = 0\nport = 5432\ndata_dir = '/d'\n".into(),
+            "/etc/pgwarden/pgwarden.toml:1: missing field `credentials`",
+        ),
+        (
+            "no backend",
+            "[credentials]\nuser = 'u'\npassword_file = 'p'\n".into(),
+            "/etc/pgwarden/pgwarden.toml: backend: no backend is configured; expected at least one [[backend]] table with id, port and data_dir",
+        ),
+        (
+            "not TOML at all",
+            "this is not toml".into(),
+            "/etc/pgwarden/pgwarden.toml:1: expected `.`, `=`",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, text, want) in cases {
+        let got = errors(text);
+        if got.len() != 1 || got[0] != *want {
+            wrong.push(format!("{what}:\n  want: {want}\n  got:  {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = GOOD
+        .replace("id = 1", "id = 0")
+        .replace("weight = 2.5", "weight = -2.0");
+    let got = errors(&text);
+    assert_eq!(got.len(), 2, "{got:#?}");
+}
+
+#[test]
+fn password_file_check_points_at_its_line() {
+    let cfg = parse(GOOD, Path::new("/etc/pgwarden/pgwarden.toml")).unwrap();
+    let err = cfg
+        .check_files(|p| Err(format!("{} is missing", p.display())))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/pgwarden/pgwarden.toml:9: credentials.password_file: /etc/pgwarden/pgpass is missing"
+    );
+    assert!(cfg.check_files(|_| Ok(())).is_ok());
+}
+
+#[test]
+fn worst_case_detection() {
+    let hc = HealthCheck {
+        period: Duration::from_secs(1),
+        timeout: Duration::from_secs(3),
+        max_retries: 2,
+        retry_delay: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(2),
+    };
+    assert_eq!(hc.worst_case_detection(), Duration::from_secs(11));
+}
