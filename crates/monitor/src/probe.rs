@@ -1,0 +1,150 @@
+//! One health check against one PostgreSQL server: connect, read its state, disconnect.
+
+use pgwarden_core::node::{Observation, ReplicationRow};
+use pgwarden_core::{Lsn, Secret};
+use std::time::Duration;
+use tokio_postgres::{NoTls, SimpleQueryMessage, SimpleQueryRow};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+    pub password: Option<Secret>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("query on {addr} failed: {reason}")]
+    Query { addr: String, reason: String },
+    #[error("unexpected answer from {addr}: {reason}")]
+    Answer { addr: String, reason: String },
+}
+
+/// Both statements go in one simple-query round trip. The first reads the node's own state
+/// (the CASE keeps primary-only functions away from standbys); the second its directly
+/// connected standbys.
+const SQL: &str = "\
+SELECT pg_is_in_recovery()::text,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+       pg_last_wal_receive_lsn()::text,
+       pg_last_wal_replay_lsn()::text,
+       CASE WHEN pg_is_in_recovery()
+            THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                          (SELECT timeline_id FROM pg_control_checkpoint()))::text
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text
+       END,
+       current_setting('server_version');
+SELECT application_name, client_addr::text, state, sync_state,
+       sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text
+  FROM pg_stat_replication ORDER BY application_name;";
+
+fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Connects, reads the node's state and disconnects. The caller bounds the total time.
+pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&target.host)
+        .port(target.port)
+        .user(&target.user)
+        .dbname(&target.database)
+        .application_name("pgwarden health check")
+        .connect_timeout(target.connect_timeout);
+    if let Some(pw) = &target.password {
+        cfg.password(pw.expose());
+    }
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| ProbeError::Connect {
+        addr: addr.clone(),
+        reason: error_text(&e),
+    })?;
+    let conn_task = tokio::spawn(connection);
+    let result = client.simple_query(SQL).await;
+    drop(client);
+    // The connection ends once the client is gone; don't wait on a server that stopped talking.
+    conn_task.abort();
+    let messages = result.map_err(|e| ProbeError::Query {
+        addr: addr.clone(),
+        reason: error_text(&e),
+    })?;
+    parse(&messages).map_err(|reason| ProbeError::Answer { addr, reason })
+}
+
+fn parse(messages: &[SimpleQueryMessage]) -> Result<Observation, String> {
+    let mut statement = 0;
+    let mut own: Option<&SimpleQueryRow> = None;
+    let mut replication = Vec::new();
+    for m in messages {
+        match m {
+            SimpleQueryMessage::Row(row) if statement == 0 => own = Some(row),
+            SimpleQueryMessage::Row(row) => replication.push(replication_row(row)?),
+            SimpleQueryMessage::CommandComplete(_) => statement += 1,
+            _ => {}
+        }
+    }
+    let row = own.ok_or("the state query returned no row")?;
+    let in_recovery = match row.get(0) {
+        Some("true") => true,
+        Some("false") => false,
+        other => return Err(format!("pg_is_in_recovery() returned {other:?}")),
+    };
+    let timeline = match row.get(4) {
+        Some(t) => Some(
+            t.parse::<u32>()
+                .map_err(|_| format!("timeline {t:?} is not a number"))?,
+        ),
+        None => None,
+    };
+    Ok(Observation {
+        in_recovery,
+        current_lsn: lsn(row.get(1))?,
+        receive_lsn: lsn(row.get(2))?,
+        replay_lsn: lsn(row.get(3))?,
+        timeline,
+        server_version: row.get(5).map(str::to_string),
+        replication,
+    })
+}
+
+fn lsn(text: Option<&str>) -> Result<Option<Lsn>, String> {
+    text.map(|t| t.parse::<Lsn>().map_err(|e| e.to_string()))
+        .transpose()
+}
+
+fn replication_row(row: &SimpleQueryRow) -> Result<ReplicationRow, String> {
+    let s = |i: usize| row.get(i).map(str::to_string);
+    Ok(ReplicationRow {
+        application_name: s(0).unwrap_or_default(),
+        client_addr: s(1),
+        state: s(2),
+        sync_state: s(3),
+        sent_lsn: lsn(row.get(4))?,
+        write_lsn: lsn(row.get(5))?,
+        flush_lsn: lsn(row.get(6))?,
+        replay_lsn: lsn(row.get(7))?,
+    })
+}

@@ -1,0 +1,260 @@
+//! The command line: what each command takes, and the help a newcomer reads.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgwarden",
+    version,
+    about = "PostgreSQL high availability: a warden that watches every node of a streaming-replication cluster",
+    long_about = "pgwarden keeps a PostgreSQL streaming-replication cluster available.\n\n\
+        The warden (`pgwarden serve`) health-checks every node, reads its role, timeline, WAL \
+        positions and replication state, and serves them over an HTTP API. \
+        `pgwarden sandbox up` builds a real three-node cluster on this machine to try it on.\n\n\
+        Quick start:\n  pgwarden sandbox up --dir ./sandbox\n  \
+        export PGWARDEN_CONFIG=./sandbox/pgwarden.toml\n  pgwarden node list",
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad configuration or usage."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the warden in the foreground: health checks and the HTTP API.
+    Serve {
+        /// The configuration file.
+        #[arg(short, long, env = "PGWARDEN_CONFIG", default_value = "pgwarden.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Look at the cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// A real PostgreSQL cluster on this machine, for trying pgwarden out and for tests.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate FILE without starting anything. Every problem is reported with the file, line,
+    /// key and what is expected; the exit code is 2 if there is any.
+    Check {
+        /// The configuration file (pgwarden.toml).
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ApiTarget {
+    /// The warden's configuration; its `listen.api` says where the API is.
+    #[arg(short, long, env = "PGWARDEN_CONFIG", default_value = "pgwarden.toml")]
+    config: PathBuf,
+    /// The API's address (overrides --config), such as http://127.0.0.1:11100.
+    #[arg(long, env = "PGWARDEN_API")]
+    api: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Every node: status, role, timeline, WAL lag and replication state.
+    ///
+    /// `status` is pgwarden's decision (up, down, waiting, unused); `pg status` is whether
+    /// PostgreSQL answered the last health check. A node that failed stays down when it
+    /// answers again until it is attached or recovered.
+    List {
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Print JSON (the API's /v1/nodes) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SandboxCommand {
+    /// Build a cluster in DIR (the first time) or restart it (later), start the warden, and
+    /// wait until everything answers.
+    ///
+    /// Ports follow pgpool_setup: proxy BASE, PCP BASE+1, PostgreSQL nodes BASE+2 … BASE+1+N,
+    /// HTTP API BASE+100. Node 0 is the primary; the others stream from it through
+    /// replication slots. The superuser is `postgres`, its password in DIR/pgpass (libpq's
+    /// format); a database `test` is created. Run as root, PostgreSQL runs as the `postgres`
+    /// OS user.
+    Up {
+        /// The sandbox's directory.
+        #[arg(long, env = "PGWARDEN_SANDBOX", default_value = "sandbox")]
+        dir: PathBuf,
+        /// Number of PostgreSQL nodes: one primary and N-1 standbys [default: 3].
+        #[arg(long)]
+        nodes: Option<u16>,
+        /// Base port [default: 11000].
+        #[arg(long)]
+        port: Option<u16>,
+        /// Run PostgreSQL with fsync=off: faster, and unsafe for anything but throw-away data.
+        #[arg(long)]
+        no_fsync: bool,
+    },
+    /// What runs where: ports, data directories, each node's role and status.
+    Status {
+        #[arg(long, env = "PGWARDEN_SANDBOX", default_value = "sandbox")]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the warden and every node. The data stays for the next `up`.
+    Down {
+        #[arg(long, env = "PGWARDEN_SANDBOX", default_value = "sandbox")]
+        dir: PathBuf,
+        /// Also remove DIR and everything in it.
+        #[arg(long)]
+        destroy: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            crate::serve::run(&config).await?;
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let cfg = crate::load::config(&file)?;
+            println!(
+                "{}: ok — {} backend(s); proxy {}, PCP {}, API {}",
+                file.display(),
+                cfg.backends.len(),
+                cfg.listen.proxy,
+                cfg.listen.pcp,
+                cfg.listen.api
+            );
+        }
+        Command::Node(NodeCommand::List { target, json }) => {
+            let client = api_client(&target)?;
+            let nodes = client.nodes().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print!("{}", crate::render::node_table(&nodes, &chrono::Local));
+            }
+        }
+        Command::Sandbox(cmd) => return crate::sandbox_cmd::run(cmd.into()).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn api_client(target: &ApiTarget) -> anyhow::Result<pgwarden_api::Client> {
+    let base = match &target.api {
+        Some(url) => url.clone(),
+        None => {
+            let cfg = crate::load::config(&target.config)?;
+            api_url(cfg.listen.api)
+        }
+    };
+    Ok(pgwarden_api::Client::new(base, Duration::from_secs(10))?)
+}
+
+pub fn api_url(addr: std::net::SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    match addr {
+        std::net::SocketAddr::V6(_) if !addr.ip().is_unspecified() => {
+            format!("http://[{host}]:{}", addr.port())
+        }
+        _ => format!("http://{host}:{}", addr.port()),
+    }
+}
+
+/// The sandbox commands, with their arguments resolved.
+pub enum SandboxAction {
+    Up {
+        dir: PathBuf,
+        nodes: Option<u16>,
+        port: Option<u16>,
+        fsync: bool,
+    },
+    Status {
+        dir: PathBuf,
+        json: bool,
+    },
+    Down {
+        dir: PathBuf,
+        destroy: bool,
+    },
+}
+
+impl From<SandboxCommand> for SandboxAction {
+    fn from(c: SandboxCommand) -> Self {
+        match c {
+            SandboxCommand::Up {
+                dir,
+                nodes,
+                port,
+                no_fsync,
+            } => SandboxAction::Up {
+                dir: absolute(&dir),
+                nodes,
+                port,
+                fsync: !no_fsync,
+            },
+            SandboxCommand::Status { dir, json } => SandboxAction::Status {
+                dir: absolute(&dir),
+                json,
+            },
+            SandboxCommand::Down { dir, destroy } => SandboxAction::Down {
+                dir: absolute(&dir),
+                destroy,
+            },
+        }
+    }
+}
+
+/// Absolute, without requiring the path to exist (`up` creates it).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn api_urls() {
+        assert_eq!(
+            api_url("0.0.0.0:11100".parse().unwrap()),
+            "http://127.0.0.1:11100"
+        );
+        assert_eq!(api_url("[::1]:9900".parse().unwrap()), "http://[::1]:9900");
+        assert_eq!(
+            api_url("127.0.0.2:9900".parse().unwrap()),
+            "http://127.0.0.2:9900"
+        );
+    }
+}

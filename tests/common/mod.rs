@@ -1,0 +1,297 @@
+//! The end-to-end test harness: real clusters, built by `pgwarden sandbox up` itself — the
+//! same code path a user runs — in a unique temporary directory on free ports, so tests run
+//! in parallel. When a test fails, the PostgreSQL and warden logs are printed; whatever
+//! happens, every process is stopped and the directory removed.
+
+#![allow(dead_code)]
+
+use pgwarden_sandbox::{PgBin, RunAs};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_pgwarden");
+
+/// `pgwarden ARGS` with a clean environment for pgwarden's own variables.
+pub fn pgwarden(args: &[&str]) -> Command {
+    let mut c = Command::new(EXE);
+    c.args(args)
+        .env_remove("PGWARDEN_CONFIG")
+        .env_remove("PGWARDEN_API")
+        .env_remove("PGWARDEN_SANDBOX")
+        .env_remove("PGWARDEN_PG_BIN");
+    c
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A directory the `postgres` OS user can reach even when the tests run as root.
+pub fn temp_dir() -> tempfile::TempDir {
+    let t = tempfile::Builder::new()
+        .prefix("pgwarden-test-")
+        .tempdir_in(std::env::temp_dir())
+        .expect("temporary directory");
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    t
+}
+
+/// A base port whose whole range (BASE … BASE+1+N, BASE+100) is free right now.
+pub fn free_base(nodes: u16) -> u16 {
+    let seed = std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for i in 0..500u64 {
+        // Steps of 200: one range never overlaps the next one's API port (BASE+100).
+        let base = 20000 + ((seed + i * 131) % 200) as u16 * 200;
+        let ports = (0..nodes + 2).map(|p| base + p).chain([base + 100]);
+        if ports
+            .into_iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub base: u16,
+    pub nodes: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Builds and starts a cluster of `nodes` nodes; panics (with the logs) if it cannot.
+    pub fn up(nodes: u16) -> Cluster {
+        let tmp = temp_dir();
+        let dir = tmp.path().join("sandbox");
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            let base = free_base(nodes);
+            let out = pgwarden(&[
+                "sandbox",
+                "up",
+                "--dir",
+                dir.to_str().expect("utf-8 path"),
+                "--nodes",
+                &nodes.to_string(),
+                "--port",
+                &base.to_string(),
+                "--no-fsync",
+            ])
+            .output()
+            .expect("run pgwarden");
+            if out.status.success() {
+                return Cluster {
+                    dir,
+                    base,
+                    nodes,
+                    _tmp: tmp,
+                };
+            }
+            last = format!("{}{}", stdout(&out), stderr(&out));
+            // Another test may have taken a port between our check and the build: retry.
+            if !last.contains("already in use") {
+                break;
+            }
+        }
+        panic!("sandbox up failed:\n{last}");
+    }
+
+    pub fn node_port(&self, id: u16) -> u16 {
+        self.base + 2 + id
+    }
+    pub fn api_port(&self) -> u16 {
+        self.base + 100
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("pgwarden.toml")
+    }
+    pub fn pgpass(&self) -> PathBuf {
+        self.dir.join("pgpass")
+    }
+    pub fn data_dir(&self, id: u16) -> PathBuf {
+        self.dir.join(format!("data{id}"))
+    }
+
+    /// `pgwarden ARGS` pointed at this cluster's configuration.
+    pub fn pgwarden(&self, args: &[&str]) -> Output {
+        pgwarden(args)
+            .env("PGWARDEN_CONFIG", self.config())
+            .output()
+            .expect("run pgwarden")
+    }
+
+    /// `psql` on node `id` with the sandbox's password file.
+    pub fn psql(&self, id: u16, db: &str, sql: &str) -> Result<String, String> {
+        let bin = PgBin::locate().expect("PostgreSQL programs");
+        let out = Command::new(bin.program("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.node_port(id).to_string(), "-d", db, "-c", sql])
+            .env("PGPASSFILE", self.pgpass())
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(stdout(&out).trim().to_string())
+        } else {
+            Err(stderr(&out))
+        }
+    }
+
+    /// `pg_ctl ARGS -D dataN`, as the OS user PostgreSQL runs as.
+    pub fn pg_ctl(&self, id: u16, args: &[&str]) {
+        let bin = PgBin::locate().expect("PostgreSQL programs");
+        let run_as = RunAs::detect().expect("OS user");
+        let out = run_as
+            .command(bin.program("pg_ctl"))
+            .args(args)
+            .arg("-D")
+            .arg(self.data_dir(id))
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} failed: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+
+    /// Starts node `id` again after a test stopped it.
+    pub fn start_node(&self, id: u16) {
+        let log = self.dir.join("log").join(format!("node{id}.log"));
+        self.pg_ctl(
+            id,
+            &["start", "-w", "-l", log.to_str().expect("utf-8 path")],
+        );
+    }
+
+    /// GET /v1/nodes, straight from the API.
+    pub fn nodes(&self) -> Value {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("http client")
+            .get(format!("http://127.0.0.1:{}/v1/nodes", self.api_port()))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .expect("GET /v1/nodes")
+    }
+
+    /// Polls the API until `pred` holds for node `id`; returns that node and how long it took.
+    pub fn wait_node(
+        &self,
+        id: usize,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Value, Duration) {
+        let start = Instant::now();
+        loop {
+            let nodes = self.nodes();
+            if pred(&nodes[id]) {
+                return (nodes[id].clone(), start.elapsed());
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "node {id}: {what} did not happen within {limit:?}; last seen: {:#}",
+                    nodes[id]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pids of every process that belongs to this sandbox: the warden (its command line
+    /// names the sandbox's config) and PostgreSQL's (their working directory is a data dir).
+    pub fn processes(&self) -> Vec<u32> {
+        processes_under(&self.dir)
+    }
+
+    fn print_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("log")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- {} (last 40 lines) -----", e.path().display());
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cwd.starts_with(dir) || cmdline.contains(dir.to_str().unwrap_or("\u{0}")) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        if !self.dir.exists() {
+            return;
+        }
+        let out = pgwarden(&[
+            "sandbox",
+            "down",
+            "--dir",
+            self.dir.to_str().unwrap_or(""),
+            "--destroy",
+        ])
+        .output();
+        let ok = out.as_ref().is_ok_and(|o| o.status.success());
+        if !ok {
+            // Last resort: nothing of ours may outlive the test.
+            for pid in self.processes() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
