@@ -370,3 +370,52 @@ fn a_directory_that_is_not_a_sandbox_is_left_alone() {
         "do not touch"
     );
 }
+
+/// Sends SIGCONT on drop, so a failing test never leaves a server stopped.
+struct Stopped(nix::unistd::Pid);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_hung_standby_is_caught_by_the_timeout() {
+    let c = Cluster::up(2);
+    c.wait_node(1, Duration::from_secs(10), "up", |n| n["status"] == "up");
+    let pidfile = std::fs::read_to_string(c.data_dir(1).join("postmaster.pid")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(pidfile.lines().next().unwrap().trim().parse().unwrap());
+
+    // The postmaster stops answering; the kernel still accepts connections for it.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let hung = Stopped(pid);
+    // period 1 s + two attempts of 3 s + 0.5 s between them, and some slack for the poll.
+    let (n, took) = c.wait_node(1, Duration::from_secs(10), "down", |n| {
+        n["status"] == "down"
+    });
+    eprintln!("hung standby detected down after {took:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "a hang is only detected by the timeout: {took:?}"
+    );
+    assert!(
+        n["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("health-check timeout"),
+        "{n:#}"
+    );
+    assert!(
+        n["health_check"]["max_duration_ms"].as_u64().unwrap() >= 6000,
+        "{n:#}"
+    );
+    assert_eq!(c.nodes()[0]["status"], "up", "the primary is not disturbed");
+
+    drop(hung);
+    let (n, _) = c.wait_node(1, Duration::from_secs(15), "live again", |n| {
+        n["pg_status"] == "up"
+    });
+    assert_eq!(n["pg_role"], "standby");
+    assert_eq!(n["status"], "down");
+}
