@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{pgwarden, stderr, stdout};
+use common::{assert_error, pgwarden, stderr, stdout};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -105,20 +105,14 @@ fn password_file_problems_exit_2() {
 
     std::fs::remove_file(&pass).unwrap();
     let out = check(&cfg);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert_error(&out, 2, "does not exist");
 }
 
 #[test]
 fn a_missing_config_file_exits_2() {
     let t = common::temp_dir();
     let out = check(&t.path().join("nope.toml"));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("cannot read the configuration file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_error(&out, 2, "cannot read the configuration file");
 }
 
 #[test]
@@ -133,12 +127,7 @@ fn serve_with_a_broken_config_starts_nothing() {
     let out = pgwarden(&["serve", "--config", cfg.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("weight: -1 is not allowed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_error(&out, 2, "weight: -1 is not allowed");
     assert!(
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
         "nothing listens"

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{pgwarden, stderr, stdout, Cluster};
+use common::{assert_error, pgwarden, stderr, stdout, Cluster};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -241,12 +241,7 @@ fn down_leaves_no_process_and_up_restarts_with_the_data() {
     let out = pgwarden(&["sandbox", "up", "--dir", &dir, "--nodes", "3"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("was built with --nodes 2"),
-        "{}",
-        stderr(&out)
-    );
+    assert_error(&out, 1, "was built with --nodes 2");
     assert_eq!(c.processes(), Vec::<u32>::new());
 
     // up again: the same cluster, with its data.
@@ -298,14 +293,10 @@ fn a_taken_port_is_named_and_nothing_is_left_behind() {
     .output()
     .unwrap();
     drop(held);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(&format!(
-            "port {} (PostgreSQL node 1) is already in use",
-            base + 3
-        )),
-        "{}",
-        stderr(&out)
+    assert_error(
+        &out,
+        1,
+        &format!("port {} (PostgreSQL node 1) is already in use", base + 3),
     );
     assert!(!dir.exists(), "nothing is created when a port is taken");
 }
@@ -347,23 +338,13 @@ fn a_directory_that_is_not_a_sandbox_is_left_alone() {
     ])
     .output()
     .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("is not empty and is not a pgwarden sandbox"),
-        "{}",
-        stderr(&out)
-    );
+    assert_error(&out, 1, "is not empty and is not a pgwarden sandbox");
     for args in [
         &["sandbox", "down", "--dir", d, "--destroy"][..],
         &["sandbox", "status", "--dir", d],
     ] {
         let out = pgwarden(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(
-            stderr(&out).contains("is not a pgwarden sandbox"),
-            "{}",
-            stderr(&out)
-        );
+        assert_error(&out, 1, "is not a pgwarden sandbox");
     }
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("precious.txt")).unwrap(),

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use pgwarden_sandbox::{PgBin, RunAs};
+use pgwarden_sandbox::{Layout, PgBin, RunAs};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +32,14 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The command failed with `code` and its error output says `needle`.
+#[track_caller]
+pub fn assert_error(out: &Output, code: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    assert!(err.contains(needle), "want {needle:?} in stderr: {err}");
 }
 
 /// A directory the `postgres` OS user can reach even when the tests run as root.
@@ -68,7 +76,8 @@ pub fn free_base(nodes: u16) -> u16 {
 pub struct Cluster {
     pub dir: PathBuf,
     pub base: u16,
-    pub nodes: u16,
+    /// Ports and paths, from the sandbox crate itself.
+    pub layout: Layout,
     _tmp: tempfile::TempDir,
 }
 
@@ -95,9 +104,9 @@ impl Cluster {
             .expect("run pgwarden");
             if out.status.success() {
                 return Cluster {
+                    layout: Layout::new(&dir, nodes, base).expect("layout"),
                     dir,
                     base,
-                    nodes,
                     _tmp: tmp,
                 };
             }
@@ -111,19 +120,19 @@ impl Cluster {
     }
 
     pub fn node_port(&self, id: u16) -> u16 {
-        self.base + 2 + id
+        self.layout.node_port(id)
     }
     pub fn api_port(&self) -> u16 {
-        self.base + 100
+        self.layout.api_port()
     }
     pub fn config(&self) -> PathBuf {
-        self.dir.join("pgwarden.toml")
+        self.layout.config()
     }
     pub fn pgpass(&self) -> PathBuf {
-        self.dir.join("pgpass")
+        self.layout.pgpass()
     }
     pub fn data_dir(&self, id: u16) -> PathBuf {
-        self.dir.join(format!("data{id}"))
+        self.layout.data_dir(id)
     }
 
     /// `pgwarden ARGS` pointed at this cluster's configuration.
@@ -137,21 +146,7 @@ impl Cluster {
     /// `psql` on node `id` with the sandbox's password file.
     pub fn psql(&self, id: u16, db: &str, sql: &str) -> Result<String, String> {
         let bin = PgBin::locate().expect("PostgreSQL programs");
-        let out = Command::new(bin.program("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &self.node_port(id).to_string(), "-d", db, "-c", sql])
-            .env("PGPASSFILE", self.pgpass())
-            .env("PGCONNECT_TIMEOUT", "5")
+        let out = pgwarden_sandbox::psql_command(&bin, &self.layout, id, db, sql)
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -182,7 +177,7 @@ impl Cluster {
 
     /// Starts node `id` again after a test stopped it.
     pub fn start_node(&self, id: u16) {
-        let log = self.dir.join("log").join(format!("node{id}.log"));
+        let log = self.layout.node_log(id);
         self.pg_ctl(
             id,
             &["start", "-w", "-l", log.to_str().expect("utf-8 path")],

@@ -591,29 +591,25 @@ fn run(mut cmd: Command, what: &str) -> Result<String> {
     }
 }
 
-fn psql(bin: &PgBin, layout: &Layout, id: u16, sql: &str) -> Result<String> {
+/// `psql` on node `id` as the sandbox's superuser, unaligned, tuples only, stopping at the
+/// first error.
+pub fn psql_command(bin: &PgBin, layout: &Layout, id: u16, db: &str, sql: &str) -> Command {
     let mut cmd = Command::new(bin.program("psql"));
-    cmd.args([
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-        "-p",
-    ])
-    .arg(layout.node_port(id).to_string())
-    .arg("-c")
-    .arg(sql)
-    .env("PGPASSFILE", layout.pgpass())
-    .env("PGCONNECT_TIMEOUT", "10");
-    run(cmd, &format!("`{sql}` on node {id}"))
+    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-p"])
+        .arg(layout.node_port(id).to_string())
+        .arg("-c")
+        .arg(sql)
+        .env("PGPASSFILE", layout.pgpass())
+        .env("PGCONNECT_TIMEOUT", "10");
+    cmd
+}
+
+fn psql(bin: &PgBin, layout: &Layout, id: u16, sql: &str) -> Result<String> {
+    run(
+        psql_command(bin, layout, id, "postgres", sql),
+        &format!("`{sql}` on node {id}"),
+    )
 }
 
 /// Whether node `id`'s postmaster runs (`pg_ctl status`).
