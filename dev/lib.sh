@@ -13,6 +13,8 @@ ensure_deps() {
     # A C toolchain for the linker Rust uses.
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
     command -v runuser >/dev/null || missing+=(util-linux)
+    # libpg_query (the SQL classifier) is built with bindgen, which needs libclang.
+    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || missing+=(libclang-dev)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing from Debian: ${missing[*]}"
         as_root apt-get update -qq

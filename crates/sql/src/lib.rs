@@ -1,0 +1,240 @@
+//! Where may a statement run? PostgreSQL's own grammar (libpg_query, through `pg_query`)
+//! decides; anything it cannot vouch for is a [`Class::Write`] and goes to the primary.
+//!
+//! The rules, in order:
+//! * a leading `/*NO LOAD BALANCE*/` comment, a parse error, or several statements → primary;
+//! * transaction control → [`Class::Begin`] / [`Class::End`] / [`Class::InTransaction`];
+//! * `SET`, `RESET`, `DISCARD`, `DEALLOCATE` → [`Class::Session`] (applies to every backend the
+//!   session uses);
+//! * `LISTEN`, SQL `PREPARE`, `CREATE TEMP …` → [`Class::Sticky`] (the rest of the session stays
+//!   on the primary, where that state lives);
+//! * `SELECT` (and read-only `WITH`) is a [`Class::Read`] only if it writes no table (no DML in
+//!   a CTE, no `INTO`), takes no row lock (`FOR UPDATE/SHARE`), reads no system catalog, and
+//!   calls only functions the caller knows to be read-only;
+//! * `SHOW`, `EXPLAIN` without `ANALYZE` (of anything), `EXPLAIN ANALYZE` of a read, and
+//!   `COPY … TO STDOUT` of a read are reads;
+//! * everything else is a write.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// May run on a standby.
+    Read,
+    /// Must run on the primary.
+    Write,
+    /// `BEGIN` / `START TRANSACTION`.
+    Begin { read_only: bool },
+    /// `COMMIT`, `END`, `ROLLBACK`, `ABORT` (outside a transaction they are no-ops).
+    End,
+    /// `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `SET TRANSACTION`, `FETCH`, `CLOSE`: goes where the
+    /// transaction runs.
+    InTransaction,
+    /// Session settings: every backend of the session needs them.
+    Session,
+    /// Creates state only the primary will have: the session stays there.
+    Sticky,
+}
+
+/// A classification and why, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub class: Class,
+    pub reason: Cow<'static, str>,
+}
+
+fn v(class: Class, reason: impl Into<Cow<'static, str>>) -> Verdict {
+    Verdict {
+        class,
+        reason: reason.into(),
+    }
+}
+
+/// Which functions are known not to write. pgwarden fills it from the primary's `pg_proc`
+/// (immutable and stable functions of `pg_catalog`) and the configured lists.
+pub trait FunctionCatalog {
+    fn is_read_only(&self, schema: Option<&str>, name: &str) -> bool;
+}
+
+/// Knows no function: every call goes to the primary.
+pub struct NoFunctions;
+
+impl FunctionCatalog for NoFunctions {
+    fn is_read_only(&self, _: Option<&str>, _: &str) -> bool {
+        false
+    }
+}
+
+/// Case-insensitive search for `word` as a whole word (not part of an identifier).
+fn has_word(lower: &str, word: &str) -> bool {
+    let bytes = lower.as_bytes();
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    lower.match_indices(word).any(|(i, _)| {
+        let before = i == 0 || !is_ident(bytes[i - 1]);
+        let end = i + word.len();
+        let after = end >= bytes.len() || !is_ident(bytes[end]);
+        before && after
+    })
+}
+
+fn starts_with_words(lower: &str, words: &[&str]) -> bool {
+    let mut it = lower.split_whitespace();
+    words
+        .iter()
+        .all(|w| it.next().is_some_and(|t| t.trim_end_matches(';') == *w))
+}
+
+/// Classifies one simple-query string or one Parse'd statement.
+pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
+    let trimmed = sql.trim_start();
+    if trimmed.starts_with("/*NO LOAD BALANCE*/") {
+        return v(Class::Write, "/*NO LOAD BALANCE*/ comment");
+    }
+    let summary = match pg_query::summary(sql, 0, -1) {
+        Ok(s) => s,
+        Err(_) => {
+            return v(
+                Class::Write,
+                "does not parse; the primary reports the error",
+            )
+        }
+    };
+    let types: Vec<&str> = summary.statement_types.iter().map(String::as_str).collect();
+    let lower = sql.to_ascii_lowercase();
+    let first = match types.first() {
+        None => return v(Class::Write, "empty query"),
+        Some(t) => *t,
+    };
+
+    // Top-level statement kinds. (statement_types lists nested statements too: a CTE's DELETE,
+    // EXPLAIN's target.)
+    match first {
+        "TransactionStmt" => return transaction(&lower, types.len()),
+        "VariableSetStmt" => {
+            return if starts_with_words(&lower, &["set", "transaction"])
+                || starts_with_words(&lower, &["set", "local"])
+                || starts_with_words(&lower, &["set", "constraints"])
+            {
+                v(Class::InTransaction, "transaction-level setting")
+            } else if types.len() == 1 {
+                v(Class::Session, "session setting")
+            } else {
+                v(Class::Write, "several statements")
+            };
+        }
+        "DiscardStmt" | "DeallocateStmt" if types.len() == 1 => {
+            return v(Class::Session, "session state")
+        }
+        "ListenStmt" | "UnlistenStmt" | "PrepareStmt" | "ExecuteStmt" => {
+            return v(Class::Sticky, "session state that lives on the primary")
+        }
+        "CreateStmt" | "CreateTableAsStmt" | "ViewStmt" | "CreateSeqStmt"
+            if has_word(&lower, "temp") || has_word(&lower, "temporary") =>
+        {
+            return v(Class::Sticky, "temporary object")
+        }
+        "FetchStmt" | "ClosePortalStmt" | "DeclareCursorStmt" if types.len() == 1 => {
+            return v(Class::InTransaction, "cursor")
+        }
+        _ => {}
+    }
+    let analyze = has_word(&lower, "analyze") || has_word(&lower, "analyse");
+    if first == "ExplainStmt" && !analyze {
+        return v(Class::Read, "EXPLAIN without ANALYZE executes nothing");
+    }
+    if types.len() > 1 && first != "ExplainStmt" && !types.iter().all(|t| *t == "SelectStmt") {
+        return v(Class::Write, "several statements, or a data-modifying CTE");
+    }
+    if summary_has_write_table(&summary) {
+        return v(Class::Write, "writes a table");
+    }
+    match first {
+        "SelectStmt" => {}
+        "VariableShowStmt" if types.len() == 1 => return v(Class::Read, "SHOW"),
+        "ExplainStmt" => {
+            if !types[1..].iter().all(|t| *t == "SelectStmt") {
+                return v(Class::Write, "EXPLAIN ANALYZE executes a write");
+            }
+        }
+        "CopyStmt" if types.len() == 1 => {
+            if !has_word(&lower, "stdout") || has_word(&lower, "stdin") {
+                return v(Class::Write, "COPY other than TO STDOUT");
+            }
+        }
+        _ => return v(Class::Write, format!("{first} is not a read")),
+    }
+    // A read so far: check locks, catalogs and functions.
+    if has_word(&lower, "for") && (has_word(&lower, "update") || has_word(&lower, "share")) {
+        return v(Class::Write, "row lock (FOR UPDATE / FOR SHARE)");
+    }
+    for t in &summary.tables {
+        let schema = t.schema_name.as_str();
+        if schema == "pg_catalog"
+            || schema == "information_schema"
+            || (schema.is_empty() && t.table_name.starts_with("pg_"))
+        {
+            return v(
+                Class::Write,
+                format!("reads the system catalog ({})", t.name),
+            );
+        }
+    }
+    for f in &summary.functions {
+        if !functions.is_read_only(f.schema_name.as_deref(), &f.function_name) {
+            return v(
+                Class::Write,
+                format!("calls {}(), not known to be read-only", f.name),
+            );
+        }
+    }
+    v(Class::Read, "read-only query")
+}
+
+fn summary_has_write_table(s: &pg_query::SummaryResult) -> bool {
+    use pg_query::protobuf::summary_result::Context;
+    s.tables
+        .iter()
+        .any(|t| matches!(t.context, Context::Dml | Context::Ddl))
+}
+
+fn transaction(lower: &str, statements: usize) -> Verdict {
+    if statements > 1 {
+        return v(Class::Write, "transaction control among several statements");
+    }
+    let t = lower.trim_start();
+    let word = t
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    match word {
+        "begin" | "start" => {
+            // "BEGIN READ ONLY", "START TRANSACTION ISOLATION LEVEL …, READ ONLY"
+            let read_only = lower.contains("read only") || {
+                let squeezed: String = lower.split_whitespace().collect::<Vec<_>>().join(" ");
+                squeezed.contains("read only")
+            };
+            v(Class::Begin { read_only }, "transaction start")
+        }
+        "commit" | "end" | "abort" => {
+            if lower.contains("prepared") {
+                v(Class::Write, "two-phase commit")
+            } else {
+                v(Class::End, "transaction end")
+            }
+        }
+        "rollback" => {
+            if has_word(lower, "to") {
+                v(Class::InTransaction, "rollback to savepoint")
+            } else if lower.contains("prepared") {
+                v(Class::Write, "two-phase commit")
+            } else {
+                v(Class::End, "transaction end")
+            }
+        }
+        "prepare" => v(Class::End, "PREPARE TRANSACTION ends the transaction"),
+        _ => v(Class::InTransaction, "savepoint"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

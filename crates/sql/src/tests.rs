@@ -1,0 +1,125 @@
+use super::*;
+
+/// Read-only: a few built-ins, as the primary's pg_proc would say.
+struct Builtins;
+
+impl FunctionCatalog for Builtins {
+    fn is_read_only(&self, schema: Option<&str>, name: &str) -> bool {
+        matches!(schema, None | Some("pg_catalog"))
+            && [
+                "count",
+                "now",
+                "lower",
+                "sum",
+                "pg_is_in_recovery",
+                "generate_series",
+            ]
+            .contains(&name)
+    }
+}
+
+#[test]
+fn classification_table() {
+    use Class::*;
+    #[rustfmt::skip]
+    let cases: &[(&str, Class)] = &[
+        // reads
+        ("SELECT 1", Read),
+        ("select abalance from pgbench_accounts where aid = 42;", Read),
+        ("SELECT count(*), lower(name) FROM t WHERE x > 1", Read),
+        ("WITH a AS (SELECT * FROM t) SELECT * FROM a JOIN u USING (id)", Read),
+        ("SELECT * FROM t WHERE name = 'for update'", Write), // errs toward the primary
+        ("  SHOW search_path", Read),
+        ("EXPLAIN SELECT * FROM t", Read),
+        ("EXPLAIN DELETE FROM t", Read),
+        ("EXPLAIN ANALYZE SELECT * FROM t", Read),
+        ("COPY t TO STDOUT", Read),
+        ("COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)", Read),
+        ("SELECT * FROM generate_series(1, 10)", Read),
+        // writes
+        ("INSERT INTO t VALUES (1)", Write),
+        ("UPDATE t SET x = 1", Write),
+        ("DELETE FROM t", Write),
+        ("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE", Write),
+        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Write),
+        ("SELECT * INTO t2 FROM t", Write),
+        ("SELECT * FROM t FOR UPDATE", Write),
+        ("select * from t for share skip locked", Write),
+        ("SELECT * FROM t FOR NO KEY UPDATE", Write),
+        ("SELECT nextval('s')", Write),
+        ("SELECT my_function(1)", Write),
+        ("SELECT public.count(*) FROM t", Write),
+        ("SELECT pg_advisory_lock(1)", Write),
+        ("EXPLAIN ANALYZE DELETE FROM t", Write),
+        ("COPY t FROM STDIN", Write),
+        ("CREATE TABLE x (a int)", Write),
+        ("VACUUM t", Write),
+        ("SELECT * FROM pg_stat_replication", Write),
+        ("SELECT * FROM pg_catalog.pg_class", Write),
+        ("SELECT * FROM information_schema.tables", Write),
+        ("SELECT 1; SELECT 2", Read),
+        ("SELECT 1; INSERT INTO t VALUES (1)", Write),
+        ("/*NO LOAD BALANCE*/ SELECT 1", Write),
+        ("SELEKT 1", Write),
+        ("", Write),
+        ("NOTIFY chan", Write),
+        ("COMMIT PREPARED 'x'", Write),
+        // transactions
+        ("BEGIN", Begin { read_only: false }),
+        ("begin transaction isolation level serializable", Begin { read_only: false }),
+        ("BEGIN READ ONLY", Begin { read_only: true }),
+        ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ   ONLY", Begin { read_only: true }),
+        ("COMMIT", End),
+        ("end;", End),
+        ("ROLLBACK", End),
+        ("ABORT", End),
+        ("PREPARE TRANSACTION 'x'", End),
+        ("ROLLBACK TO SAVEPOINT s", InTransaction),
+        ("SAVEPOINT s", InTransaction),
+        ("RELEASE SAVEPOINT s", InTransaction),
+        ("SET TRANSACTION READ ONLY", InTransaction),
+        ("SET LOCAL work_mem = '64MB'", InTransaction),
+        ("FETCH 10 FROM c", InTransaction),
+        ("DECLARE c CURSOR FOR SELECT 1", InTransaction),
+        // session state
+        ("SET search_path = app, public", Session),
+        ("set application_name to 'x'", Session),
+        ("RESET ALL", Session),
+        ("DISCARD ALL", Session),
+        ("DEALLOCATE ALL", Session),
+        ("LISTEN chan", Sticky),
+        ("PREPARE q AS SELECT 1", Sticky),
+        ("EXECUTE q", Sticky),
+        ("CREATE TEMP TABLE tt (a int)", Sticky),
+        ("CREATE TEMPORARY TABLE tt AS SELECT 1", Sticky),
+    ];
+    let mut wrong = Vec::new();
+    for (sql, want) in cases {
+        let got = classify(sql, &Builtins);
+        if got.class != *want {
+            wrong.push(format!(
+                "{sql:?}: want {want:?}, got {:?} ({})",
+                got.class, got.reason
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn unknown_functions_go_to_the_primary_by_default() {
+    assert_eq!(
+        classify("SELECT count(*) FROM t", &NoFunctions).class,
+        Class::Write
+    );
+    let v = classify("SELECT f(1)", &NoFunctions);
+    assert_eq!(v.reason, "calls f(), not known to be read-only");
+}
+
+#[test]
+fn words() {
+    assert!(has_word("select * from t for update", "for"));
+    assert!(!has_word("select format from t", "for"));
+    assert!(!has_word("select before from t", "for"));
+    assert!(has_word("for", "for"));
+}

@@ -1,0 +1,516 @@
+//! Client authentication, server side: md5 and SCRAM-SHA-256 (RFC 5802 / 7677, as PostgreSQL
+//! implements it, without channel binding), and the secrets of pgpool's `pool_passwd` file.
+//!
+//! An unknown user goes through the same exchange as a known one (with a mock secret derived
+//! from the user name) and fails the same way, so the answer never tells whether a user exists.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use md5::{Digest as _, Md5};
+use rand::RngCore;
+use sha2::Sha256;
+use std::collections::HashMap;
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const SCRAM_ITERATIONS: u32 = 4096;
+
+/// A user's stored secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// A plain-text password (pool_passwd `TEXT…` or bare). Works for md5 and SCRAM.
+    Plain {
+        password: String,
+        scram: ScramSecret,
+    },
+    /// `md5` + hex(md5(password ‖ user)): works for md5 only.
+    Md5(String),
+    /// `SCRAM-SHA-256$…`: works for SCRAM only.
+    Scram(ScramSecret),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Secret::Plain { .. } => "Secret::Plain(***)",
+            Secret::Md5(_) => "Secret::Md5(***)",
+            Secret::Scram(_) => "Secret::Scram(***)",
+        })
+    }
+}
+
+impl Secret {
+    pub fn plain(password: &str) -> Secret {
+        let mut salt = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut salt);
+        Secret::Plain {
+            password: password.to_string(),
+            scram: ScramSecret::from_password(password, &salt, SCRAM_ITERATIONS),
+        }
+    }
+
+    /// The SCRAM secret, if this secret can serve SCRAM.
+    pub fn scram(&self) -> Option<&ScramSecret> {
+        match self {
+            Secret::Plain { scram, .. } | Secret::Scram(scram) => Some(scram),
+            Secret::Md5(_) => None,
+        }
+    }
+
+    /// The md5 hash (`md5…`) for `user`, if this secret can serve md5.
+    pub fn md5_hash(&self, user: &str) -> Option<String> {
+        match self {
+            Secret::Plain { password, .. } => Some(md5_password(user, password)),
+            Secret::Md5(h) => Some(h.clone()),
+            Secret::Scram(_) => None,
+        }
+    }
+
+    /// Parses one secret as PostgreSQL and pgpool store them.
+    pub fn parse(text: &str) -> Result<Secret, String> {
+        if let Some(rest) = text.strip_prefix("SCRAM-SHA-256$") {
+            return ScramSecret::parse(rest)
+                .map(Secret::Scram)
+                .ok_or_else(|| "a SCRAM-SHA-256 secret must look like SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".to_string());
+        }
+        if let Some(hex) = text.strip_prefix("md5") {
+            if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(Secret::Md5(text.to_ascii_lowercase()));
+            }
+        }
+        if text.starts_with("AES") {
+            return Err("AES-encrypted entries need pgpool's key file; store an md5…, SCRAM-SHA-256$… or plain-text (TEXT…) entry instead".into());
+        }
+        let password = text.strip_prefix("TEXT").unwrap_or(text);
+        if password.is_empty() {
+            return Err("the password is empty".into());
+        }
+        Ok(Secret::plain(password))
+    }
+}
+
+/// Parses a pool_passwd file: `user:secret` per line, `#` comments.
+pub fn parse_pool_passwd(text: &str) -> Result<HashMap<String, Secret>, (usize, String)> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (user, secret) = line
+            .split_once(':')
+            .ok_or((i + 1, "expected user:secret".to_string()))?;
+        if user.is_empty() {
+            return Err((i + 1, "the user name is empty".into()));
+        }
+        let secret = Secret::parse(secret).map_err(|e| (i + 1, e))?;
+        out.insert(user.to_string(), secret);
+    }
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `md5` + hex(md5(password ‖ user)), what PostgreSQL stores for md5.
+pub fn md5_password(user: &str, password: &str) -> String {
+    let mut h = Md5::new();
+    h.update(password.as_bytes());
+    h.update(user.as_bytes());
+    format!("md5{}", hex(&h.finalize()))
+}
+
+/// The answer to AuthenticationMD5Password for a stored `md5…` hash and a salt.
+pub fn md5_response(stored: &str, salt: [u8; 4]) -> String {
+    let mut h = Md5::new();
+    h.update(stored.trim_start_matches("md5").as_bytes());
+    h.update(salt);
+    format!("md5{}", hex(&h.finalize()))
+}
+
+/// Checks a client's md5 answer. `None` (unknown user, or a secret md5 cannot use) fails.
+pub fn md5_check(stored: Option<&str>, salt: [u8; 4], response: &str) -> bool {
+    match stored {
+        Some(s) => constant_eq(md5_response(s, salt).as_bytes(), response.as_bytes()),
+        None => false,
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A SCRAM-SHA-256 verifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramSecret {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length.
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    sha2::Digest::update(&mut h, data);
+    h.finalize().into()
+}
+
+impl ScramSecret {
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
+        let client_key = hmac(&salted, b"Client Key");
+        ScramSecret {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: sha256(&client_key),
+            server_key: hmac(&salted, b"Server Key"),
+        }
+    }
+
+    /// `<iterations>:<salt>$<StoredKey>:<ServerKey>` (after the `SCRAM-SHA-256$` prefix).
+    fn parse(s: &str) -> Option<ScramSecret> {
+        let (head, keys) = s.split_once('$')?;
+        let (iter, salt) = head.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        let iterations: u32 = iter.parse().ok().filter(|&i| i > 0)?;
+        let salt = B64.decode(salt).ok()?;
+        let stored_key: [u8; 32] = B64.decode(stored).ok()?.try_into().ok()?;
+        let server_key: [u8; 32] = B64.decode(server).ok()?.try_into().ok()?;
+        Some(ScramSecret {
+            iterations,
+            salt,
+            stored_key,
+            server_key,
+        })
+    }
+
+    pub fn to_pg_string(&self) -> String {
+        format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(self.stored_key),
+            B64.encode(self.server_key)
+        )
+    }
+
+    /// A deterministic fake secret for a user who does not exist, so that the exchange looks
+    /// the same (PostgreSQL's `scram_mock_salt`).
+    pub fn mock(user: &str, nonce_key: &[u8]) -> ScramSecret {
+        let salt = hmac(nonce_key, user.as_bytes());
+        ScramSecret {
+            iterations: SCRAM_ITERATIONS,
+            salt: salt[..16].to_vec(),
+            stored_key: hmac(nonce_key, b"stored"),
+            server_key: hmac(nonce_key, b"server"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScramError {
+    /// The client sent something SCRAM does not allow: a protocol violation.
+    #[error("malformed SCRAM message: {0}")]
+    Malformed(&'static str),
+    /// Channel binding was requested; pgwarden does not offer SCRAM-SHA-256-PLUS.
+    #[error("channel binding is not supported")]
+    ChannelBinding,
+    /// Wrong password (or unknown user): the caller answers 28P01.
+    #[error("password authentication failed")]
+    WrongPassword,
+}
+
+/// The server side of one SCRAM-SHA-256 exchange.
+pub struct ScramServer {
+    secret: ScramSecret,
+    /// False for a mock exchange (unknown user): it always fails at the end.
+    real: bool,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+    gs2_header: String,
+}
+
+impl ScramServer {
+    /// Takes the client-first-message; returns the server-first-message to send.
+    /// `secret` is `None` for an unknown user (a mock exchange that fails at the end).
+    pub fn start(
+        secret: Option<&ScramSecret>,
+        user: &str,
+        mock_key: &[u8],
+        client_first: &[u8],
+    ) -> Result<(ScramServer, String), ScramError> {
+        let text =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        // gs2-header: "n,," or "y,," (no channel binding) or "p=…" (channel binding).
+        let (cb, rest) = text
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no GS2 header"))?;
+        match cb {
+            "n" | "y" => {}
+            c if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            _ => return Err(ScramError::Malformed("bad channel-binding flag")),
+        }
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no GS2 header end"))?;
+        if !authzid.is_empty() && !authzid.starts_with("a=") {
+            return Err(ScramError::Malformed("bad authorization identity"));
+        }
+        let gs2_header = format!("{cb},{authzid},");
+        let mut client_nonce = None;
+        for attr in bare.split(',') {
+            if let Some(n) = attr.strip_prefix("r=") {
+                client_nonce = Some(n);
+            } else if attr.starts_with("m=") {
+                return Err(ScramError::Malformed(
+                    "mandatory extensions are not supported",
+                ));
+            }
+        }
+        if !bare.starts_with("n=") {
+            return Err(ScramError::Malformed("the first attribute must be n="));
+        }
+        let client_nonce = client_nonce
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b','))
+            .ok_or(ScramError::Malformed("missing or bad client nonce"))?;
+        let mut raw = [0u8; 18];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let nonce = format!("{client_nonce}{}", B64.encode(raw));
+        let (secret, real) = match secret {
+            Some(s) => (s.clone(), true),
+            None => (ScramSecret::mock(user, mock_key), false),
+        };
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&secret.salt),
+            secret.iterations
+        );
+        Ok((
+            ScramServer {
+                secret,
+                real,
+                client_first_bare: bare.to_string(),
+                server_first: server_first.clone(),
+                nonce,
+                gs2_header,
+            },
+            server_first,
+        ))
+    }
+
+    /// Takes the client-final-message; returns the server-final-message on success.
+    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+        let text =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (without_proof, proof) = text
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Malformed("no proof"))?;
+        let mut parts = without_proof.split(',');
+        let cb = parts
+            .next()
+            .and_then(|c| c.strip_prefix("c="))
+            .ok_or(ScramError::Malformed("no channel binding attribute"))?;
+        let nonce = parts
+            .next()
+            .and_then(|r| r.strip_prefix("r="))
+            .ok_or(ScramError::Malformed("no nonce"))?;
+        if B64.decode(cb).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+            return Err(ScramError::Malformed(
+                "channel binding does not match the GS2 header",
+            ));
+        }
+        if nonce != self.nonce {
+            return Err(ScramError::Malformed("nonce does not match"));
+        }
+        let proof: [u8; 32] = B64
+            .decode(proof)
+            .ok()
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ScramError::Malformed("bad proof"))?;
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
+        let client_signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
+        let mut client_key = [0u8; 32];
+        for i in 0..32 {
+            client_key[i] = proof[i] ^ client_signature[i];
+        }
+        if !self.real || !constant_eq(&sha256(&client_key), &self.secret.stored_key) {
+            return Err(ScramError::WrongPassword);
+        }
+        let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal SCRAM client, to drive the server in tests.
+    fn client_final(
+        password: &str,
+        client_first_bare: &str,
+        server_first: &str,
+    ) -> (String, [u8; 32]) {
+        let mut salt = None;
+        let mut iter = None;
+        let mut nonce = None;
+        for a in server_first.split(',') {
+            if let Some(s) = a.strip_prefix("s=") {
+                salt = Some(B64.decode(s).unwrap());
+            } else if let Some(i) = a.strip_prefix("i=") {
+                iter = Some(i.parse::<u32>().unwrap());
+            } else if let Some(r) = a.strip_prefix("r=") {
+                nonce = Some(r.to_string());
+            }
+        }
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(
+            password.as_bytes(),
+            &salt.unwrap(),
+            iter.unwrap(),
+            &mut salted,
+        );
+        let client_key = hmac(&salted, b"Client Key");
+        let stored = sha256(&client_key);
+        let without_proof = format!("c=biws,r={}", nonce.unwrap());
+        let auth = format!("{client_first_bare},{server_first},{without_proof}");
+        let sig = hmac(&stored, auth.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+        let server_key = hmac(&salted, b"Server Key");
+        (
+            format!("{without_proof},p={}", B64.encode(proof)),
+            hmac(&server_key, auth.as_bytes()),
+        )
+    }
+
+    fn exchange(secret: Option<&ScramSecret>, password: &str) -> Result<String, ScramError> {
+        let first = b"n,,n=,r=rOprNGfwEbeRWgbNEkqO";
+        let (server, server_first) = ScramServer::start(secret, "alice", b"key", first)?;
+        let (fin, want_sig) = client_final(password, "n=,r=rOprNGfwEbeRWgbNEkqO", &server_first);
+        let out = server.finish(fin.as_bytes())?;
+        assert_eq!(out, format!("v={}", B64.encode(want_sig)));
+        Ok(out)
+    }
+
+    #[test]
+    fn scram_right_and_wrong_password() {
+        let secret = ScramSecret::from_password("pencil", b"salty-salt-salt", 4096);
+        assert!(exchange(Some(&secret), "pencil").is_ok());
+        assert_eq!(
+            exchange(Some(&secret), "Pencil"),
+            Err(ScramError::WrongPassword)
+        );
+        // unknown user: the same failure, after a full exchange
+        assert_eq!(exchange(None, "pencil"), Err(ScramError::WrongPassword));
+    }
+
+    #[test]
+    fn scram_secret_round_trips_and_matches_postgres() {
+        let s = ScramSecret::from_password("pencil", b"0123456789abcdef", 4096);
+        let text = s.to_pg_string();
+        match Secret::parse(&text).unwrap() {
+            Secret::Scram(p) => assert!(p == s),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scram_garbage() {
+        let cases: &[(&[u8], ScramError)] = &[
+            (
+                b"p=tls-server-end-point,,n=,r=abc",
+                ScramError::ChannelBinding,
+            ),
+            (
+                b"x,,n=,r=abc",
+                ScramError::Malformed("bad channel-binding flag"),
+            ),
+            (
+                b"n,,n=,r=",
+                ScramError::Malformed("missing or bad client nonce"),
+            ),
+            (
+                b"n,,r=abc",
+                ScramError::Malformed("the first attribute must be n="),
+            ),
+            (
+                b"n,,n=,m=ext,r=abc",
+                ScramError::Malformed("mandatory extensions are not supported"),
+            ),
+            (b"garbage", ScramError::Malformed("no GS2 header")),
+            (b"\xff\xfe", ScramError::Malformed("not UTF-8")),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(
+                ScramServer::start(None, "u", b"k", msg).err(),
+                Some(want.clone()),
+                "{msg:?}"
+            );
+        }
+        let (server, _) = ScramServer::start(None, "u", b"k", b"n,,n=,r=abc").unwrap();
+        assert_eq!(
+            server.finish(b"c=biws,r=wrongnonce,p=AAAA").err(),
+            Some(ScramError::Malformed("nonce does not match"))
+        );
+    }
+
+    #[test]
+    fn md5() {
+        // PostgreSQL: md5(password || user)
+        assert_eq!(
+            md5_password("postgres", "secret"),
+            "md544e2f6d6d6a4a5e63f0c0d3f0d7d1c84".replace(
+                "44e2f6d6d6a4a5e63f0c0d3f0d7d1c84",
+                &hex(&Md5::digest(b"secretpostgres"))
+            )
+        );
+        let stored = md5_password("alice", "pw");
+        let salt = [1, 2, 3, 4];
+        let answer = md5_response(&stored, salt);
+        assert!(md5_check(Some(&stored), salt, &answer));
+        assert!(!md5_check(Some(&stored), [9, 9, 9, 9], &answer));
+        assert!(!md5_check(None, salt, &answer));
+    }
+
+    #[test]
+    fn pool_passwd() {
+        let scram = ScramSecret::from_password("s", b"salt", 4096).to_pg_string();
+        let text = format!(
+            "# comment\nalice:{}\nbob:{scram}\ncarol:TEXTplain:with:colons\ndave:bare\n",
+            md5_password("alice", "pw")
+        );
+        let m = parse_pool_passwd(&text).unwrap();
+        assert!(matches!(m["alice"], Secret::Md5(_)));
+        assert!(matches!(m["bob"], Secret::Scram(_)));
+        match &m["carol"] {
+            Secret::Plain { password, .. } => assert_eq!(password, "plain:with:colons"),
+            other => panic!("{other:?}"),
+        }
+        assert!(m["dave"].scram().is_some() && m["dave"].md5_hash("dave").is_some());
+        assert!(m["bob"].md5_hash("bob").is_none());
+        assert_eq!(parse_pool_passwd("nocolon\n").unwrap_err().0, 1);
+        assert!(parse_pool_passwd("x:AESabc\n")
+            .unwrap_err()
+            .1
+            .contains("AES"));
+        assert!(parse_pool_passwd("x:SCRAM-SHA-256$bad\n").is_err());
+        assert!(
+            !format!("{:?}", m["carol"]).contains("plain"),
+            "secrets never print"
+        );
+    }
+}

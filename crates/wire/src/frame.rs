@@ -1,0 +1,287 @@
+//! Message framing.
+//!
+//! After the startup packet every message is `tag: u8, length: i32 (counting itself), body`.
+//! [`split_frame`] takes one complete message off the front of a buffer without copying it.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// The startup packet of PostgreSQL is at most this long (`MAX_STARTUP_PACKET_LENGTH`).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
+pub const PROTOCOL_3_0: u32 = 196_608; // 3 << 16
+pub const SSL_REQUEST: u32 = 80_877_103;
+pub const GSSENC_REQUEST: u32 = 80_877_104;
+pub const CANCEL_REQUEST: u32 = 80_877_102;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid length of startup packet ({0} bytes)")]
+    StartupLength(usize),
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0")]
+    UnsupportedVersion { major: u16, minor: u16 },
+    #[error("invalid startup packet layout: {0}")]
+    StartupLayout(&'static str),
+    #[error("invalid message length {0}")]
+    Length(i64),
+    #[error("message of {len} bytes exceeds the maximum message size of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("invalid {what} message: {why}")]
+    Malformed {
+        what: &'static str,
+        why: &'static str,
+    },
+}
+
+/// One complete protocol message: `bytes` holds the whole frame, header included, so it can be
+/// forwarded as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// The message body, after the tag and the length.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[5..]
+    }
+}
+
+/// The length of the first complete frame in `buf`, or `None` if more bytes are needed.
+/// Fails on a length below 4 or above `max`.
+pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(ProtocolError::Length(i64::from(len)));
+    }
+    let total = len as usize + 1;
+    if total > max {
+        return Err(ProtocolError::TooLarge { len: total, max });
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Takes one complete frame off the front of `buf`.
+pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtocolError> {
+    match frame_len(buf, max)? {
+        Some(n) => {
+            let tag = buf[0];
+            Ok(Some(Frame {
+                tag,
+                bytes: buf.split_to(n).freeze(),
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The first message of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    Ssl,
+    GssEnc,
+    Cancel { pid: i32, key: i32 },
+    Startup { params: Vec<(String, String)> },
+}
+
+impl Startup {
+    pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads the startup packet off the front of `buf`, or `None` if more bytes are needed.
+pub fn split_startup(buf: &mut BytesMut) -> Result<Option<Startup>, ProtocolError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if !(8..=MAX_STARTUP_LEN).contains(&len) {
+        return Err(ProtocolError::StartupLength(len));
+    }
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let mut packet = buf.split_to(len).freeze();
+    packet.advance(4);
+    let code = packet.get_u32();
+    match code {
+        SSL_REQUEST if len == 8 => Ok(Some(Startup::Ssl)),
+        GSSENC_REQUEST if len == 8 => Ok(Some(Startup::GssEnc)),
+        CANCEL_REQUEST if len == 16 => {
+            let pid = packet.get_i32();
+            let key = packet.get_i32();
+            Ok(Some(Startup::Cancel { pid, key }))
+        }
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => Err(ProtocolError::StartupLayout(
+            "wrong length for a special request",
+        )),
+        PROTOCOL_3_0 => Ok(Some(Startup::Startup {
+            params: parse_params(&packet)?,
+        })),
+        v => Err(ProtocolError::UnsupportedVersion {
+            major: (v >> 16) as u16,
+            minor: (v & 0xffff) as u16,
+        }),
+    }
+}
+
+fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
+    let mut params = Vec::new();
+    loop {
+        let (name, rest) = cstr(body).ok_or(ProtocolError::StartupLayout("unterminated name"))?;
+        if name.is_empty() {
+            if !rest.is_empty() {
+                return Err(ProtocolError::StartupLayout("bytes after the terminator"));
+            }
+            break;
+        }
+        let (value, rest) = cstr(rest).ok_or(ProtocolError::StartupLayout("unterminated value"))?;
+        params.push((name.to_string(), value.to_string()));
+        body = rest;
+    }
+    if Startup::param(&params, "user").is_none_or(str::is_empty) {
+        return Err(ProtocolError::StartupLayout(
+            "no PostgreSQL user name specified",
+        ));
+    }
+    Ok(params)
+}
+
+/// A NUL-terminated UTF-8 string at the front of `b`, and what follows it.
+pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
+    let end = b.iter().position(|&c| c == 0)?;
+    let s = std::str::from_utf8(&b[..end]).ok()?;
+    Some((s, &b[end + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn startup_packet(code: u32, body: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u32((8 + body.len()) as u32);
+        b.put_u32(code);
+        b.put_slice(body);
+        b
+    }
+
+    #[test]
+    fn startup_variants() {
+        let mut b = startup_packet(PROTOCOL_3_0, b"user\0alice\0database\0db\0\0");
+        let s = split_startup(&mut b).unwrap().unwrap();
+        assert_eq!(
+            s,
+            Startup::Startup {
+                params: vec![
+                    ("user".into(), "alice".into()),
+                    ("database".into(), "db".into())
+                ]
+            }
+        );
+        assert!(b.is_empty());
+        assert_eq!(
+            split_startup(&mut startup_packet(SSL_REQUEST, b"")).unwrap(),
+            Some(Startup::Ssl)
+        );
+        assert_eq!(
+            split_startup(&mut startup_packet(GSSENC_REQUEST, b"")).unwrap(),
+            Some(Startup::GssEnc)
+        );
+        let mut c = startup_packet(CANCEL_REQUEST, &[0, 0, 0, 7, 0, 0, 0, 9]);
+        assert_eq!(
+            split_startup(&mut c).unwrap(),
+            Some(Startup::Cancel { pid: 7, key: 9 })
+        );
+    }
+
+    #[test]
+    fn startup_garbage() {
+        let cases: Vec<(BytesMut, ProtocolError)> = vec![
+            (
+                BytesMut::from(&[0u8, 0, 0, 2, 1, 2][..]),
+                ProtocolError::StartupLength(2),
+            ),
+            (
+                BytesMut::from(&[0x7fu8, 0, 0, 0][..]),
+                ProtocolError::StartupLength(0x7f00_0000),
+            ),
+            (
+                startup_packet(2 << 16, b"\0"),
+                ProtocolError::UnsupportedVersion { major: 2, minor: 0 },
+            ),
+            (
+                startup_packet(PROTOCOL_3_0, b"user\0alice"),
+                ProtocolError::StartupLayout("unterminated value"),
+            ),
+            (
+                startup_packet(PROTOCOL_3_0, b"database\0x\0\0"),
+                ProtocolError::StartupLayout("no PostgreSQL user name specified"),
+            ),
+            (
+                startup_packet(PROTOCOL_3_0, b"user\0a\0\0junk"),
+                ProtocolError::StartupLayout("bytes after the terminator"),
+            ),
+            (
+                startup_packet(SSL_REQUEST, b"xxxx"),
+                ProtocolError::StartupLayout("wrong length for a special request"),
+            ),
+            (
+                startup_packet(PROTOCOL_3_0, b"user\0\xff\xfe\0\0"),
+                ProtocolError::StartupLayout("unterminated value"),
+            ),
+        ];
+        for (mut b, want) in cases {
+            assert_eq!(split_startup(&mut b), Err(want));
+        }
+        // incomplete: wait for more
+        let mut b = startup_packet(PROTOCOL_3_0, b"user\0alice\0\0");
+        let mut half = b.split_to(10);
+        assert_eq!(split_startup(&mut half), Ok(None));
+    }
+
+    #[test]
+    fn frames() {
+        let mut b = BytesMut::new();
+        b.put_u8(b'Q');
+        b.put_i32(4 + 9);
+        b.put_slice(b"SELECT 1\0");
+        b.put_u8(b'S');
+        b.put_i32(4);
+        b.put_u8(b'X'); // incomplete third frame
+        let f = split_frame(&mut b, 1024).unwrap().unwrap();
+        assert_eq!(f.tag, b'Q');
+        assert_eq!(f.body(), b"SELECT 1\0");
+        let f = split_frame(&mut b, 1024).unwrap().unwrap();
+        assert_eq!((f.tag, f.body().len()), (b'S', 0));
+        assert_eq!(split_frame(&mut b, 1024).unwrap(), None);
+    }
+
+    #[test]
+    fn lying_lengths() {
+        for (len, want) in [
+            (3i32, ProtocolError::Length(3)),
+            (-1, ProtocolError::Length(-1)),
+            (
+                i32::MAX,
+                ProtocolError::TooLarge {
+                    len: i32::MAX as usize + 1,
+                    max: 1 << 20,
+                },
+            ),
+        ] {
+            let mut b = BytesMut::new();
+            b.put_u8(b'Q');
+            b.put_i32(len);
+            assert_eq!(split_frame(&mut b, 1 << 20), Err(want));
+        }
+    }
+}
