@@ -17,9 +17,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 config_path.display()
             )
         })?;
+    let proxy_listener = pgwarden_proxy::bind(cfg.listen.proxy).await?;
     let monitor = Monitor::start(&cfg, &passwords);
+    let proxy = pgwarden_proxy::Ctx::new(&cfg, passwords.clone(), monitor.handle())?;
+    let proxy_task = tokio::spawn(pgwarden_proxy::serve(proxy, proxy_listener));
     tracing::info!(
         api = %cfg.listen.api,
+        proxy = %cfg.listen.proxy,
         nodes = cfg.backends.len(),
         config = %config_path.display(),
         "pgwarden {} serving",
@@ -30,6 +34,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP API stopped")?;
+    proxy_task.abort();
     tracing::info!("pgwarden stopped");
     Ok(())
 }

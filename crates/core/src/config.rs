@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+pub mod proxy;
+pub use proxy::{AuthMethod, HbaRule, LoadBalance, ProxyConfig};
+
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -146,6 +149,7 @@ pub struct Config {
     pub listen: Listen,
     pub credentials: Credentials,
     pub backends: Vec<Backend>,
+    pub proxy: ProxyConfig,
     /// 1-based line of `credentials.password_file`, for errors found later.
     password_file_line: Option<usize>,
 }
@@ -218,6 +222,8 @@ struct RawConfig {
     health_check: RawHealthCheck,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
+    #[serde(default)]
+    proxy: proxy::RawProxy,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -527,12 +533,15 @@ fn validate(raw: RawConfig, file: &Path, lines: &LineIndex) -> Result<Config, Co
         });
     }
 
+    let proxy = proxy::validate(raw.proxy, file, &mut c);
+
     if c.errors.is_empty() {
         Ok(Config {
             file: file.to_path_buf(),
             listen,
             credentials,
             backends,
+            proxy,
             password_file_line,
         })
     } else {

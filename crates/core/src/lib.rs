@@ -8,6 +8,7 @@ pub mod config;
 pub mod lsn;
 pub mod node;
 pub mod passfile;
+pub mod route;
 pub mod secret;
 
 pub use lsn::Lsn;

@@ -12,35 +12,74 @@ use chrono::Utc;
 use pgwarden_core::config::{Backend, Config};
 use pgwarden_core::node::{build_views, CheckCycle, NodeState, NodeStatus, NodeView};
 use pgwarden_core::passfile::PassFile;
+use pgwarden_core::route::RouteTable;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, MissedTickBehavior};
 
 struct Shared {
     backends: Vec<Backend>,
     nodes: RwLock<Vec<NodeState>>,
+    routes: watch::Sender<Arc<RouteTable>>,
+    /// Per backend: wakes its check loop for an immediate check.
+    wake: Vec<Notify>,
+}
+
+impl Shared {
+    fn views(&self) -> Vec<NodeView> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        build_views(&self.backends, &nodes)
+    }
 }
 
 /// A running monitor. Dropping it stops every health-check task.
 pub struct Monitor {
-    shared: Arc<Shared>,
+    handle: MonitorHandle,
     _tasks: JoinSet<()>,
+}
+
+/// What other services hold of the monitor: the views, the route table, and a way to ask for
+/// an immediate check of a node that just failed them.
+#[derive(Clone)]
+pub struct MonitorHandle {
+    shared: Arc<Shared>,
+}
+
+impl MonitorHandle {
+    pub fn views(&self) -> Vec<NodeView> {
+        self.shared.views()
+    }
+
+    /// The route table, updated after every health check.
+    pub fn routes(&self) -> watch::Receiver<Arc<RouteTable>> {
+        self.shared.routes.subscribe()
+    }
+
+    /// A session saw node `id` fail: check it now rather than at the next period.
+    pub fn suspect(&self, id: u32) {
+        if let Some(i) = self.shared.backends.iter().position(|b| b.id == id) {
+            self.shared.wake[i].notify_one();
+        }
+    }
 }
 
 impl Monitor {
     /// Starts one health-check task per backend. Must be called inside a tokio runtime.
     pub fn start(config: &Config, passwords: &PassFile) -> Monitor {
         let now = Utc::now();
+        let nodes: Vec<NodeState> = config
+            .backends
+            .iter()
+            .map(|_| NodeState::new(now))
+            .collect();
+        let table = RouteTable::from_views(&build_views(&config.backends, &nodes));
         let shared = Arc::new(Shared {
             backends: config.backends.clone(),
-            nodes: RwLock::new(
-                config
-                    .backends
-                    .iter()
-                    .map(|_| NodeState::new(now))
-                    .collect(),
-            ),
+            nodes: RwLock::new(nodes),
+            routes: watch::Sender::new(Arc::new(table)),
+            wake: config.backends.iter().map(|_| Notify::new()).collect(),
         });
         let mut tasks = JoinSet::new();
         for (index, b) in config.backends.iter().enumerate() {
@@ -69,24 +108,24 @@ impl Monitor {
             tasks.spawn(check_loop(shared.clone(), index, target));
         }
         Monitor {
-            shared,
+            handle: MonitorHandle { shared },
             _tasks: tasks,
         }
     }
 
+    pub fn handle(&self) -> MonitorHandle {
+        self.handle.clone()
+    }
+
     /// The current view of every node.
     pub fn views(&self) -> Vec<NodeView> {
-        let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
-        build_views(&self.shared.backends, &nodes)
+        self.handle.views()
     }
 
     /// A function returning the current views, for the HTTP API.
     pub fn view_fn(&self) -> impl Fn() -> Vec<NodeView> + Send + Sync + 'static {
-        let shared = self.shared.clone();
-        move || {
-            let nodes = shared.nodes.read().unwrap_or_else(|p| p.into_inner());
-            build_views(&shared.backends, &nodes)
-        }
+        let shared = self.handle.shared.clone();
+        move || shared.views()
     }
 }
 
@@ -124,8 +163,18 @@ async fn check_loop(shared: Arc<Shared>, index: usize, target: Target) {
     let mut ticker = tokio::time::interval(backend.health_check.period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shared.wake[index].notified() => {}
+        }
         let cycle = run_cycle(backend, &target).await;
+        apply_cycle(&shared, index, cycle);
+    }
+}
+
+fn apply_cycle(shared: &Shared, index: usize, cycle: CheckCycle) {
+    let backend = &shared.backends[index];
+    {
         let mut nodes = shared.nodes.write().unwrap_or_else(|p| p.into_inner());
         let Some(node) = nodes.get_mut(index) else {
             return;
@@ -155,4 +204,13 @@ async fn check_loop(shared: Arc<Shared>, index: usize, target: Target) {
             );
         }
     }
+    let table = RouteTable::from_views(&shared.views());
+    shared.routes.send_if_modified(|current| {
+        if **current == table {
+            false
+        } else {
+            *current = Arc::new(table);
+            true
+        }
+    });
 }

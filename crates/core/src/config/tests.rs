@@ -88,7 +88,7 @@ fn broken_configs_name_file_line_key_and_expectation() {
         (
             "unknown top-level key",
             "helth_check = 1\n".into(),
-            "/etc/pgwarden/pgwarden.toml:1: helth_check: unknown field `helth_check`, expected one of `listen`, `credentials`, `health_check`, `backend`",
+            "/etc/pgwarden/pgwarden.toml:1: helth_check: unknown field `helth_check`, expected one of `listen`, `credentials`, `health_check`, `backend`, `proxy`",
         ),
         (
             "unknown backend key",
@@ -213,4 +213,53 @@ fn worst_case_detection() {
         connect_timeout: Duration::from_secs(2),
     };
     assert_eq!(hc.worst_case_detection(), Duration::from_secs(11));
+}
+
+#[test]
+fn proxy_section() {
+    let text = format!(
+        "{GOOD}\n[proxy]\npool_passwd = \"pool_passwd\"\nload_balance = \"statement\"\ndelay_threshold = 1048576\npool_size = 7\nread_only_functions = [\"my_report\"]\n\n[[proxy.hba]]\ndatabase = \"test\"\nuser = [\"a\", \"b\"]\naddress = \"127.0.0.1/32\"\nmethod = \"md5\"\n"
+    );
+    let cfg = parse(&text, Path::new("/etc/pgwarden/pgwarden.toml")).unwrap();
+    let p = &cfg.proxy;
+    assert_eq!(
+        p.pool_passwd.as_deref(),
+        Some(Path::new("/etc/pgwarden/pool_passwd"))
+    );
+    assert_eq!(p.load_balance, LoadBalance::Statement);
+    assert_eq!(p.delay_threshold, Some(1048576));
+    assert_eq!(p.pool_size, 7);
+    assert_eq!(p.read_only_functions, ["my_report"]);
+    assert_eq!(p.hba.len(), 1);
+    assert_eq!(p.hba[0].method, AuthMethod::Md5);
+    assert_eq!(
+        p.hba[0].users.as_deref(),
+        Some(&["a".to_string(), "b".to_string()][..])
+    );
+    // defaults
+    let d = parse(GOOD, Path::new("/x.toml")).unwrap().proxy;
+    assert_eq!(d, ProxyConfig::default());
+
+    let bad = format!("{GOOD}\n[proxy]\npool_size = 0\ntls_cert = \"c.pem\"\n[[proxy.hba]]\naddress = \"10.0.0.0/99\"\nmethod = \"scram-sha-256\"\n");
+    let got = errors(&bad);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(
+        got[0].contains("proxy.pool_size: 0 is not allowed"),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|e| e.contains("proxy.hba[0].address")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| e.contains("tls_cert and tls_key go together")),
+        "{got:#?}"
+    );
+    let bad = format!("{GOOD}\n[[proxy.hba]]\nmethod = \"password\"\n");
+    assert!(
+        errors(&bad)[0].contains("unknown variant `password`"),
+        "{:?}",
+        errors(&bad)
+    );
 }

@@ -1,0 +1,248 @@
+//! Where a read may go: plain functions over the monitor's latest view of the cluster.
+//!
+//! A node is *usable* when pgwarden has it in service (`status = up`) and its last health check
+//! succeeded. The primary takes every write. A read may go to a usable node of weight > 0 that
+//! is the primary, or a standby that is no more than `delay_threshold` bytes behind and has
+//! replayed at least the session's last commit (`min_lsn`, read-your-writes). When no standby
+//! qualifies, reads go to the primary.
+
+use crate::node::{LiveStatus, NodeStatus, NodeView, Role};
+use crate::Lsn;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteNode {
+    pub id: u32,
+    pub host: String,
+    pub port: u16,
+    pub weight: f64,
+    pub usable: bool,
+    pub role: Role,
+    pub replay_lsn: Option<Lsn>,
+    pub lag_bytes: Option<u64>,
+}
+
+/// The cluster as the router needs it, rebuilt after every health check.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteTable {
+    pub nodes: Vec<RouteNode>,
+    /// The node that takes writes: the lowest-numbered usable node that is not in recovery.
+    pub primary: Option<u32>,
+}
+
+impl RouteTable {
+    pub fn from_views(views: &[NodeView]) -> RouteTable {
+        let nodes: Vec<RouteNode> = views
+            .iter()
+            .map(|v| RouteNode {
+                id: v.id,
+                host: v.host.clone(),
+                port: v.port,
+                weight: v.weight,
+                usable: v.status == NodeStatus::Up && v.pg_status == LiveStatus::Up,
+                role: v.pg_role,
+                replay_lsn: v.replay_lsn,
+                lag_bytes: v.lag_bytes,
+            })
+            .collect();
+        let primary = nodes
+            .iter()
+            .filter(|n| n.usable && n.role == Role::Primary)
+            .map(|n| n.id)
+            .min();
+        RouteTable { nodes, primary }
+    }
+
+    pub fn node(&self, id: u32) -> Option<&RouteNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Whether a read may run on `id` now.
+    pub fn can_read(&self, id: u32, delay_threshold: Option<u64>, min_lsn: Option<Lsn>) -> bool {
+        let Some(n) = self.node(id) else { return false };
+        if !n.usable {
+            return false;
+        }
+        if Some(id) == self.primary {
+            return true;
+        }
+        n.role == Role::Standby
+            && delay_threshold.is_none_or(|t| n.lag_bytes.is_some_and(|l| l <= t))
+            && min_lsn.is_none_or(|m| n.replay_lsn.is_some_and(|r| r >= m))
+    }
+
+    /// Weighted pick among `candidates`; `r` is uniform in [0, 1).
+    pub fn pick(&self, candidates: impl Iterator<Item = u32>, r: f64) -> Option<u32> {
+        let weighted: Vec<(u32, f64)> = candidates
+            .filter_map(|id| self.node(id).map(|n| (id, n.weight)))
+            .filter(|(_, w)| *w > 0.0)
+            .collect();
+        let total: f64 = weighted.iter().map(|(_, w)| w).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut at = r.clamp(0.0, 1.0) * total;
+        for (id, w) in &weighted {
+            if at < *w {
+                return Some(*id);
+            }
+            at -= w;
+        }
+        weighted.last().map(|(id, _)| *id)
+    }
+
+    /// The session's load-balance node (pgpool's, chosen once per session): any usable node
+    /// that can take reads, by weight.
+    pub fn choose_lb_node(&self, r: f64) -> Option<u32> {
+        let usable = self
+            .nodes
+            .iter()
+            .filter(|n| n.usable && (n.role == Role::Standby || Some(n.id) == self.primary))
+            .map(|n| n.id);
+        self.pick(usable, r)
+    }
+
+    /// Where one read goes. `lb_node`: the session's node (session-level balancing), or `None`
+    /// for a fresh weighted pick among the nodes that qualify now (statement level).
+    pub fn read_target(
+        &self,
+        lb_node: Option<u32>,
+        delay_threshold: Option<u64>,
+        min_lsn: Option<Lsn>,
+        r: f64,
+    ) -> Option<u32> {
+        match lb_node {
+            Some(id) if self.can_read(id, delay_threshold, min_lsn) => Some(id),
+            Some(_) => self.primary,
+            None => {
+                let ok = self
+                    .nodes
+                    .iter()
+                    .filter(|n| self.can_read(n.id, delay_threshold, min_lsn))
+                    .map(|n| n.id);
+                self.pick(ok, r).or(self.primary)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(id: u32, role: Role, usable: bool, weight: f64, replay: u64, lag: u64) -> RouteNode {
+        RouteNode {
+            id,
+            host: "127.0.0.1".into(),
+            port: 5432 + id as u16,
+            weight,
+            usable,
+            role,
+            replay_lsn: (role == Role::Standby).then_some(Lsn(replay)),
+            lag_bytes: (role == Role::Standby).then_some(lag),
+        }
+    }
+
+    fn table(nodes: Vec<RouteNode>) -> RouteTable {
+        let primary = nodes
+            .iter()
+            .filter(|n| n.usable && n.role == Role::Primary)
+            .map(|n| n.id)
+            .min();
+        RouteTable { nodes, primary }
+    }
+
+    #[test]
+    fn read_targets() {
+        use Role::*;
+        let t = table(vec![
+            n(0, Primary, true, 1.0, 0, 0),
+            n(1, Standby, true, 1.0, 1000, 0),
+            n(2, Standby, true, 1.0, 500, 600),
+            n(3, Standby, false, 1.0, 1000, 0),
+            n(4, Standby, true, 0.0, 1000, 0),
+        ]);
+        type Case = (Option<u32>, Option<u64>, Option<u64>, Option<u32>);
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            // lb node, delay threshold, min lsn → target
+            (Some(1), None,      None,       Some(1)),
+            (Some(2), None,      None,       Some(2)),
+            (Some(2), Some(100), None,       Some(0)), // too far behind: the primary
+            (Some(2), Some(600), None,       Some(2)),
+            (Some(1), None,      Some(1000), Some(1)), // replayed the session's commit
+            (Some(2), None,      Some(1000), Some(0)), // has not: the primary
+            (Some(3), None,      None,       Some(0)), // down
+            (Some(0), None,      None,       Some(0)),
+            (Some(9), None,      None,       Some(0)), // unknown
+        ];
+        for (lb, delay, min, want) in cases {
+            assert_eq!(
+                t.read_target(*lb, *delay, min.map(Lsn), 0.5),
+                *want,
+                "lb={lb:?} delay={delay:?} min={min:?}"
+            );
+        }
+        // statement level: only nodes that qualify, by weight
+        for r in [0.0, 0.3, 0.6, 0.99] {
+            let got = t.read_target(None, Some(100), Some(Lsn(900)), r).unwrap();
+            assert!([0, 1].contains(&got), "{got}");
+        }
+    }
+
+    #[test]
+    fn weighted_pick_and_lb_node() {
+        use Role::*;
+        let t = table(vec![
+            n(0, Primary, true, 1.0, 0, 0),
+            n(1, Standby, true, 3.0, 0, 0),
+            n(2, Standby, false, 5.0, 0, 0),
+        ]);
+        assert_eq!(t.choose_lb_node(0.0), Some(0));
+        assert_eq!(t.choose_lb_node(0.24), Some(0));
+        assert_eq!(t.choose_lb_node(0.26), Some(1));
+        assert_eq!(t.choose_lb_node(0.999), Some(1));
+        let none = table(vec![n(0, Primary, false, 1.0, 0, 0)]);
+        assert_eq!(none.choose_lb_node(0.5), None);
+        assert_eq!(none.read_target(None, None, None, 0.5), None);
+    }
+
+    #[test]
+    fn primary_is_the_lowest_usable_non_recovery_node() {
+        use crate::config::FailoverFlag;
+        use crate::node::HealthStats;
+        use chrono::Utc;
+        let view = |id: u32, role: Role, status: NodeStatus| NodeView {
+            id,
+            host: "h".into(),
+            port: 1,
+            data_dir: String::new(),
+            weight: 1.0,
+            failover: FailoverFlag::Allow,
+            application_name: String::new(),
+            status,
+            last_status_change: Utc::now(),
+            pg_status: LiveStatus::Up,
+            role,
+            pg_role: role,
+            timeline: None,
+            current_lsn: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            lag_bytes: None,
+            receive_lag_bytes: None,
+            replication_state: None,
+            sync_state: None,
+            server_version: None,
+            observed_at: None,
+            last_error: None,
+            health_check: HealthStats::default(),
+        };
+        let t = RouteTable::from_views(&[
+            view(0, Role::Primary, NodeStatus::Down),
+            view(1, Role::Standby, NodeStatus::Up),
+            view(2, Role::Primary, NodeStatus::Up),
+        ]);
+        assert_eq!(t.primary, Some(2), "a down node never takes writes");
+        assert!(!t.nodes[0].usable);
+    }
+}

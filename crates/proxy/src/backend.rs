@@ -1,0 +1,373 @@
+//! One connection from pgwarden to a PostgreSQL server: startup, authentication (trust, md5 or
+//! SCRAM-SHA-256, as the server asks), then framed reads and writes.
+
+use bytes::{Buf, BytesMut};
+use pgwarden_core::Secret;
+use pgwarden_wire::frame::{self, Frame};
+use pgwarden_wire::msg;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("{addr} refused the connection: {message} (SQLSTATE {code})")]
+    Refused {
+        addr: String,
+        code: String,
+        message: String,
+        severity: String,
+    },
+    #[error(
+        "{addr} asks for a password and none is known for this user (add it to the password file)"
+    )]
+    NoPassword { addr: String },
+    #[error("{addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("connection to {addr} lost: {reason}")]
+    Lost { addr: String, reason: String },
+}
+
+impl BackendError {
+    fn protocol(addr: &str, reason: impl Into<String>) -> Self {
+        BackendError::Protocol {
+            addr: addr.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything needed to open a backend connection.
+#[derive(Debug, Clone)]
+pub struct ConnectSpec {
+    pub node: u32,
+    pub host: String,
+    pub port: u16,
+    /// user, database and the client's other startup parameters.
+    pub params: Vec<(String, String)>,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+}
+
+pub struct Backend {
+    pub node: u32,
+    pub addr: String,
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// ParameterStatus values, as the server reported them.
+    pub params: Vec<(String, String)>,
+    pub pid: i32,
+    pub key: i32,
+    /// Status of the last ReadyForQuery: b'I', b'T' or b'E'.
+    pub tx_status: u8,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+impl Backend {
+    pub async fn connect(spec: &ConnectSpec) -> Result<Backend, BackendError> {
+        let addr = format!("{}:{}", spec.host, spec.port);
+        let stream = tokio::time::timeout(
+            spec.timeout,
+            TcpStream::connect((spec.host.as_str(), spec.port)),
+        )
+        .await
+        .map_err(|_| BackendError::Connect {
+            addr: addr.clone(),
+            reason: format!("no answer within {} ms", spec.timeout.as_millis()),
+        })?
+        .map_err(|e| BackendError::Connect {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        let _ = stream.set_nodelay(true);
+        let mut b = Backend {
+            node: spec.node,
+            addr,
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            params: Vec::new(),
+            pid: 0,
+            key: 0,
+            tx_status: b'I',
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        tokio::time::timeout(spec.timeout, b.startup(spec))
+            .await
+            .map_err(|_| BackendError::Connect {
+                addr: b.addr.clone(),
+                reason: format!(
+                    "startup did not finish within {} ms",
+                    spec.timeout.as_millis()
+                ),
+            })??;
+        Ok(b)
+    }
+
+    fn user(spec: &ConnectSpec) -> &str {
+        frame::Startup::param(&spec.params, "user").unwrap_or("")
+    }
+
+    async fn startup(&mut self, spec: &ConnectSpec) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        let params: Vec<(&str, &str)> = spec
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        msg::frontend::startup(&mut out, &params);
+        self.write(&out).await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'R' => {
+                    let body = f.body();
+                    if body.len() < 4 {
+                        return Err(BackendError::protocol(
+                            &self.addr,
+                            "short authentication request",
+                        ));
+                    }
+                    let kind = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let data = &body[4..];
+                    let mut reply = BytesMut::new();
+                    match kind {
+                        0 => continue,
+                        3 => {
+                            let pw = spec.password.as_ref().ok_or(BackendError::NoPassword {
+                                addr: self.addr.clone(),
+                            })?;
+                            msg::frontend::password(&mut reply, pw.expose());
+                        }
+                        5 => {
+                            let pw = spec.password.as_ref().ok_or(BackendError::NoPassword {
+                                addr: self.addr.clone(),
+                            })?;
+                            let salt: [u8; 4] = data
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| {
+                                    BackendError::protocol(&self.addr, "short md5 salt")
+                                })?;
+                            let answer =
+                                if pw.expose().starts_with("md5") && pw.expose().len() == 35 {
+                                    pgwarden_wire::auth::md5_response(pw.expose(), salt)
+                                } else {
+                                    postgres_protocol::authentication::md5_hash(
+                                        Self::user(spec).as_bytes(),
+                                        pw.expose().as_bytes(),
+                                        salt,
+                                    )
+                                };
+                            msg::frontend::password(&mut reply, &answer);
+                        }
+                        10 => {
+                            let mechs: Vec<&[u8]> =
+                                data.split(|&c| c == 0).filter(|m| !m.is_empty()).collect();
+                            if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
+                                return Err(BackendError::protocol(
+                                    &self.addr,
+                                    "the server offers no SASL mechanism pgwarden supports",
+                                ));
+                            }
+                            let pw = spec.password.as_ref().ok_or(BackendError::NoPassword {
+                                addr: self.addr.clone(),
+                            })?;
+                            let s = ScramSha256::new(
+                                pw.expose().as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            msg::frontend::sasl_initial(&mut reply, "SCRAM-SHA-256", s.message());
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| {
+                                BackendError::protocol(&self.addr, "SASL continue without a start")
+                            })?;
+                            s.update(data).map_err(|e| {
+                                BackendError::protocol(&self.addr, format!("SCRAM: {e}"))
+                            })?;
+                            msg::frontend::sasl_response(&mut reply, s.message());
+                        }
+                        12 => {
+                            let mut s = scram.take().ok_or_else(|| {
+                                BackendError::protocol(&self.addr, "SASL final without a start")
+                            })?;
+                            s.finish(data).map_err(|e| {
+                                BackendError::protocol(
+                                    &self.addr,
+                                    format!("SCRAM: the server's signature does not verify: {e}"),
+                                )
+                            })?;
+                            continue;
+                        }
+                        k => {
+                            return Err(BackendError::protocol(
+                                &self.addr,
+                                format!("unsupported authentication request {k}"),
+                            ))
+                        }
+                    }
+                    self.write(&reply).await?;
+                }
+                b'S' => {
+                    if let Some((k, rest)) = frame::cstr(f.body()) {
+                        if let Some((v, _)) = frame::cstr(rest) {
+                            self.set_param(k, v);
+                        }
+                    }
+                }
+                b'K' => {
+                    let b = f.body();
+                    if b.len() >= 8 {
+                        self.pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        self.key = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                    }
+                }
+                b'Z' => {
+                    self.tx_status = f.body().first().copied().unwrap_or(b'I');
+                    return Ok(());
+                }
+                b'E' => {
+                    let fields = msg::error_fields(f.body());
+                    let get = |c: u8| {
+                        fields
+                            .iter()
+                            .find(|(k, _)| *k == c)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    return Err(BackendError::Refused {
+                        addr: self.addr.clone(),
+                        code: get(b'C'),
+                        message: get(b'M'),
+                        severity: get(b'S'),
+                    });
+                }
+                b'N' => continue,
+                t => {
+                    return Err(BackendError::protocol(
+                        &self.addr,
+                        format!("unexpected message '{}' during startup", t as char),
+                    ))
+                }
+            }
+        }
+    }
+
+    pub fn set_param(&mut self, k: &str, v: &str) {
+        match self.params.iter_mut().find(|(name, _)| name == k) {
+            Some(p) => p.1 = v.to_string(),
+            None => self.params.push((k.to_string(), v.to_string())),
+        }
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        self.stream
+            .write_all(data)
+            .await
+            .map_err(|e| BackendError::Lost {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Reads more bytes into `buf`; an error at end of stream.
+    pub async fn fill(&mut self) -> Result<usize, BackendError> {
+        self.buf.reserve(READ_CHUNK);
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => Err(BackendError::Lost {
+                addr: self.addr.clone(),
+                reason: "the server closed the connection".into(),
+            }),
+            Ok(n) => Ok(n),
+            Err(e) => Err(BackendError::Lost {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// One whole frame (used outside the hot path: startup, internal queries).
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match frame::split_frame(&mut self.buf, 1 << 30) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {
+                    self.fill().await?;
+                }
+                Err(e) => return Err(BackendError::protocol(&self.addr, e.to_string())),
+            }
+        }
+    }
+
+    /// Runs `sql` and returns the first column of the first row, discarding everything else.
+    /// For pgwarden's own queries on an idle connection.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        let mut out = BytesMut::new();
+        msg::frontend::query(&mut out, sql);
+        self.write(&out).await?;
+        let mut value = None;
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'D' if value.is_none() => {
+                    let mut b = f.body();
+                    if b.len() >= 6 {
+                        b.advance(2);
+                        let len = b.get_i32();
+                        if len >= 0 && b.len() >= len as usize {
+                            value = Some(String::from_utf8_lossy(&b[..len as usize]).into_owned());
+                        }
+                    }
+                }
+                b'E' => {
+                    let fields = msg::error_fields(f.body());
+                    error = fields
+                        .iter()
+                        .find(|(k, _)| *k == b'M')
+                        .map(|(_, v)| v.clone());
+                }
+                b'S' => {
+                    if let Some((k, rest)) = frame::cstr(f.body()) {
+                        if let Some((v, _)) = frame::cstr(rest) {
+                            self.set_param(k, v);
+                        }
+                    }
+                }
+                b'Z' => {
+                    self.tx_status = f.body().first().copied().unwrap_or(b'I');
+                    return match error {
+                        Some(e) => Err(BackendError::protocol(
+                            &self.addr,
+                            format!("`{sql}` failed: {e}"),
+                        )),
+                        None => Ok(value),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a CancelRequest for this connection's running query.
+    pub async fn cancel(host: &str, port: u16, pid: i32, key: i32) {
+        let mut out = BytesMut::new();
+        msg::frontend::cancel(&mut out, pid, key);
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port))).await
+        {
+            let _ = s.write_all(&out).await;
+            let mut sink = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+        }
+    }
+}

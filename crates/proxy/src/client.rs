@@ -1,0 +1,420 @@
+//! A client connection up to ReadyForQuery: the startup packet, SSL/GSSENC requests, cancel
+//! requests, client authentication, and the welcome messages.
+
+use crate::backend::{BackendError, ConnectSpec};
+use crate::pool::PoolError;
+use crate::{CancelSlot, Ctx};
+use bytes::BytesMut;
+use pgwarden_core::config::{proxy::auth_method, AuthMethod};
+use pgwarden_wire::auth::{self, ScramError, ScramServer, Secret};
+use pgwarden_wire::frame::{self, Frame, ProtocolError, Startup};
+use pgwarden_wire::msg::{self, ErrorFields};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Why a connection ends before its session starts; each becomes an ErrorResponse.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Send this FATAL and close.
+    Fatal {
+        code: &'static str,
+        message: String,
+        detail: Option<String>,
+    },
+    /// Close without a word (the client went away, or a cancel request was handled).
+    Silent,
+}
+
+impl Refusal {
+    fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal::Fatal {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+}
+
+impl From<ProtocolError> for Refusal {
+    fn from(e: ProtocolError) -> Self {
+        let code = match e {
+            ProtocolError::UnsupportedVersion { .. } => "0A000",
+            ProtocolError::TooLarge { .. } => "54000",
+            _ => "08P01",
+        };
+        Refusal::fatal(code, e.to_string())
+    }
+}
+
+/// What a client authenticated as.
+pub(crate) struct Login {
+    pub params: Vec<(String, String)>,
+    pub user: String,
+    pub database: String,
+}
+
+/// Serves one client connection from accept to close.
+pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
+    let count = ctx.clients.fetch_add(1, Ordering::AcqRel) + 1;
+    let _guard = CountGuard(ctx.clone());
+    let mut buf = BytesMut::new();
+    let login = tokio::time::timeout(
+        ctx.cfg.auth_timeout,
+        handshake(&ctx, &mut stream, &mut buf, peer, count),
+    )
+    .await;
+    let login = match login {
+        Ok(Ok(l)) => l,
+        Ok(Err(Refusal::Silent)) => return,
+        Ok(Err(Refusal::Fatal {
+            code,
+            message,
+            detail,
+        })) => {
+            tracing::debug!(%peer, code, "client refused: {message}");
+            let mut out = BytesMut::new();
+            let mut e = ErrorFields::fatal(code, &message);
+            if let Some(d) = &detail {
+                e = e.with_detail(d);
+            }
+            msg::error_response(&mut out, &e);
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+        Err(_) => {
+            let mut out = BytesMut::new();
+            msg::error_response(
+                &mut out,
+                &ErrorFields::fatal("08P01", "canceling authentication due to timeout"),
+            );
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+    };
+    let (pid, key) = ctx.next_backend_key();
+    let slot: CancelSlot = Arc::new(Mutex::new(None));
+    ctx.cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((pid, key), slot.clone());
+    let welcome = welcome(&ctx, &login, pid, key).await;
+    match welcome {
+        Ok(out) => {
+            if stream.write_all(&out).await.is_ok() {
+                buf.clear();
+                crate::session::run(ctx.clone(), stream, buf, login, slot).await;
+            }
+        }
+        Err(Refusal::Fatal {
+            code,
+            message,
+            detail,
+        }) => {
+            let mut out = BytesMut::new();
+            let mut e = ErrorFields::fatal(code, &message);
+            if let Some(d) = &detail {
+                e = e.with_detail(d);
+            }
+            msg::error_response(&mut out, &e);
+            let _ = stream.write_all(&out).await;
+        }
+        Err(Refusal::Silent) => {}
+    }
+    ctx.cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(pid, key));
+}
+
+struct CountGuard(Arc<Ctx>);
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads until `f` yields a value, with the connection's bytes in `buf`.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Refusal> {
+    buf.reserve(1024);
+    match stream.read_buf(buf).await {
+        Ok(0) | Err(_) => Err(Refusal::Silent),
+        Ok(_) => Ok(()),
+    }
+}
+
+async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame, Refusal> {
+    loop {
+        if let Some(f) = frame::split_frame(buf, frame::MAX_STARTUP_LEN)? {
+            return Ok(f);
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
+async fn handshake(
+    ctx: &Ctx,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    count: usize,
+) -> Result<Login, Refusal> {
+    let params = loop {
+        match frame::split_startup(buf)? {
+            None => read_more(stream, buf).await?,
+            Some(Startup::Ssl) | Some(Startup::GssEnc) => {
+                // No encryption offered: the client goes on in plain text or gives up.
+                stream.write_all(b"N").await.map_err(|_| Refusal::Silent)?;
+            }
+            Some(Startup::Cancel { pid, key }) => {
+                cancel(ctx, pid, key).await;
+                return Err(Refusal::Silent);
+            }
+            Some(Startup::Startup { params }) => break params,
+        }
+    };
+    if count > ctx.cfg.max_client_connections {
+        return Err(Refusal::fatal(
+            "53300",
+            format!(
+                "sorry, too many clients already (proxy.max_client_connections = {})",
+                ctx.cfg.max_client_connections
+            ),
+        ));
+    }
+    let user = Startup::param(&params, "user")
+        .unwrap_or_default()
+        .to_string();
+    let database = Startup::param(&params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
+    if Startup::param(&params, "replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(Refusal::fatal("0A000", "replication connections are not supported through pgwarden; connect to the primary directly"));
+    }
+    let method = auth_method(&ctx.cfg.hba, &database, &user, peer.ip()).ok_or_else(|| {
+        Refusal::fatal(
+            "28000",
+            format!(
+                "no pgwarden hba entry for host \"{}\", user \"{user}\", database \"{database}\"",
+                peer.ip()
+            ),
+        )
+    })?;
+    let secret = ctx.client_secret(&user, &database);
+    let failed = || {
+        Refusal::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
+    match method {
+        AuthMethod::Trust => {}
+        AuthMethod::Reject => {
+            return Err(Refusal::fatal("28000", format!("pgwarden hba rejects connection for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip())));
+        }
+        AuthMethod::Md5 if secret.as_ref().is_none_or(|s| s.md5_hash(&user).is_some()) => {
+            let salt: [u8; 4] = rand::random();
+            let mut out = BytesMut::new();
+            msg::auth_md5(&mut out, salt);
+            stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
+            let f = read_frame(stream, buf).await?;
+            if f.tag != b'p' {
+                return Err(Refusal::fatal(
+                    "08P01",
+                    format!(
+                        "expected a password response, got message type '{}'",
+                        f.tag as char
+                    ),
+                ));
+            }
+            let answer = msg::password(f.body())?;
+            let stored = secret.as_ref().and_then(|s| s.md5_hash(&user));
+            if !auth::md5_check(stored.as_deref(), salt, answer) {
+                return Err(failed());
+            }
+        }
+        // SCRAM, or md5 for a user whose secret only serves SCRAM (as PostgreSQL does).
+        AuthMethod::Md5 | AuthMethod::ScramSha256 => {
+            scram(ctx, stream, buf, &user, secret.as_ref())
+                .await
+                .map_err(|e| match e {
+                    ScramOutcome::Failed => failed(),
+                    ScramOutcome::Refused(r) => r,
+                })?
+        }
+    }
+    Ok(Login {
+        params,
+        user,
+        database,
+    })
+}
+
+enum ScramOutcome {
+    Failed,
+    Refused(Refusal),
+}
+
+impl From<Refusal> for ScramOutcome {
+    fn from(r: Refusal) -> Self {
+        ScramOutcome::Refused(r)
+    }
+}
+
+async fn scram(
+    ctx: &Ctx,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<(), ScramOutcome> {
+    let mut out = BytesMut::new();
+    msg::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+    stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
+    let f = read_frame(stream, buf).await?;
+    if f.tag != b'p' {
+        return Err(Refusal::fatal(
+            "08P01",
+            format!(
+                "expected a SASL response, got message type '{}'",
+                f.tag as char
+            ),
+        )
+        .into());
+    }
+    let (mech, first) = msg::sasl_initial(f.body()).map_err(Refusal::from)?;
+    if mech != "SCRAM-SHA-256" {
+        return Err(Refusal::fatal(
+            "28000",
+            format!("client selected an invalid SASL authentication mechanism: {mech}"),
+        )
+        .into());
+    }
+    let protocol = |e: ScramError| match e {
+        ScramError::WrongPassword => ScramOutcome::Failed,
+        ScramError::ChannelBinding => Refusal::fatal(
+            "28000",
+            "channel binding is not supported by pgwarden (use SCRAM-SHA-256 without -PLUS)",
+        )
+        .into(),
+        ScramError::Malformed(why) => {
+            Refusal::fatal("08P01", format!("malformed SCRAM message: {why}")).into()
+        }
+    };
+    let (server, server_first) =
+        ScramServer::start(secret.and_then(Secret::scram), user, &ctx.mock_key, first)
+            .map_err(protocol)?;
+    out.clear();
+    msg::auth_sasl_continue(&mut out, server_first.as_bytes());
+    stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
+    let f = read_frame(stream, buf).await?;
+    if f.tag != b'p' {
+        return Err(Refusal::fatal(
+            "08P01",
+            format!(
+                "expected a SASL response, got message type '{}'",
+                f.tag as char
+            ),
+        )
+        .into());
+    }
+    let server_final = server.finish(f.body()).map_err(protocol)?;
+    out.clear();
+    msg::auth_sasl_final(&mut out, server_final.as_bytes());
+    stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
+    Ok(())
+}
+
+/// How a backend connection for this client is opened.
+pub(crate) fn connect_spec(
+    ctx: &Ctx,
+    login: &Login,
+    node: u32,
+    host: &str,
+    port: u16,
+) -> ConnectSpec {
+    ConnectSpec {
+        node,
+        host: host.to_string(),
+        port,
+        params: login.params.clone(),
+        password: ctx.backend_password(host, port, &login.database, &login.user),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// AuthenticationOk, the server's ParameterStatus values, BackendKeyData and ReadyForQuery.
+/// The values come from a pooled connection to the primary (or, without a primary, any usable
+/// node) opened with the client's own startup parameters; that connection goes back to the
+/// pool, so an idle client holds no backend connection.
+async fn welcome(ctx: &Ctx, login: &Login, pid: i32, key: i32) -> Result<BytesMut, Refusal> {
+    let table = ctx.routes.borrow().clone();
+    let node = table
+        .primary
+        .or_else(|| table.nodes.iter().find(|n| n.usable).map(|n| n.id))
+        .and_then(|id| table.node(id))
+        .ok_or_else(|| {
+            Refusal::fatal(
+                "08006",
+                "no PostgreSQL node is available (pgwarden node list shows why)",
+            )
+        })?;
+    let spec = connect_spec(ctx, login, node.id, &node.host, node.port);
+    let pooled = ctx.pools.get(&spec).await.map_err(|e| match e {
+        PoolError::Full { .. } => Refusal::fatal("53300", e.to_string()),
+        PoolError::Backend(BackendError::Refused {
+            code,
+            message,
+            severity,
+            ..
+        }) if severity == "FATAL" || severity == "ERROR" => Refusal::Fatal {
+            code: static_code(&code),
+            message,
+            detail: None,
+        },
+        PoolError::Backend(e) => Refusal::fatal("08006", e.to_string()),
+    })?;
+    let mut out = BytesMut::new();
+    msg::auth_ok(&mut out);
+    for (k, v) in &pooled.backend.params {
+        msg::parameter_status(&mut out, k, v);
+    }
+    msg::backend_key_data(&mut out, pid, key);
+    msg::ready_for_query(&mut out, b'I');
+    ctx.pools.put(pooled);
+    Ok(out)
+}
+
+/// The SQLSTATEs a backend may refuse a login with, kept as they came.
+fn static_code(code: &str) -> &'static str {
+    match code {
+        "3D000" => "3D000",
+        "28P01" => "28P01",
+        "28000" => "28000",
+        "53300" => "53300",
+        "57P03" => "57P03",
+        "42501" => "42501",
+        _ => "08006",
+    }
+}
+
+async fn cancel(ctx: &Ctx, pid: i32, key: i32) {
+    let slot = ctx
+        .cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(pid, key))
+        .cloned();
+    let Some(slot) = slot else { return };
+    let target = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(t) = target {
+        crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
+    }
+}

@@ -1,0 +1,368 @@
+//! pgwarden's front door: clients connect to it as to PostgreSQL.
+//!
+//! * [`client`]: the startup packet, SSL/GSSENC refusals, cancel requests, client
+//!   authentication (hba rules; trust, md5, SCRAM-SHA-256 against pool_passwd or the password
+//!   file), the welcome messages.
+//! * [`session`]: the session loop: each simple query or extended-protocol batch is classified
+//!   (`pgwarden-sql`), routed (`pgwarden_core::route`), sent, and its answers streamed back.
+//! * [`pool`]: backend connections, reused across sessions with DISCARD ALL between them.
+//! * [`show`]: pgpool's `SHOW POOL_*` commands.
+//!
+//! Decisions live in `pgwarden-core` and `pgwarden-sql`; this crate does the I/O.
+
+pub mod backend;
+pub mod client;
+pub mod pool;
+pub mod session;
+pub mod show;
+
+use pgwarden_core::config::{Config, ProxyConfig};
+use pgwarden_core::passfile::PassFile;
+use pgwarden_core::route::RouteTable;
+use pgwarden_monitor::MonitorHandle;
+use pgwarden_wire::auth::Secret;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Where a cancel request for a session goes: the backend running its query.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub pid: i32,
+    pub key: i32,
+}
+
+pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
+
+/// Per-node counters for SHOW POOL_NODES and SHOW POOL_BACKEND_STATS.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    pub select: AtomicU64,
+    pub insert: AtomicU64,
+    pub update: AtomicU64,
+    pub delete: AtomicU64,
+    pub ddl: AtomicU64,
+    pub other: AtomicU64,
+    pub error: AtomicU64,
+    pub fatal: AtomicU64,
+    pub panic: AtomicU64,
+}
+
+impl NodeStats {
+    /// Counts one statement by its first keyword.
+    pub fn count(&self, sql: &str) {
+        let word = sql
+            .trim_start()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or("");
+        let counter = match word.len() {
+            6 if word.eq_ignore_ascii_case("select") => &self.select,
+            4 if word.eq_ignore_ascii_case("with") => &self.select,
+            6 if word.eq_ignore_ascii_case("insert") => &self.insert,
+            6 if word.eq_ignore_ascii_case("update") => &self.update,
+            6 if word.eq_ignore_ascii_case("delete") => &self.delete,
+            _ if [
+                "create", "alter", "drop", "truncate", "comment", "grant", "revoke",
+            ]
+            .iter()
+            .any(|k| word.eq_ignore_ascii_case(k)) =>
+            {
+                &self.ddl
+            }
+            _ => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Functions known not to write, from the primary's catalog and the configuration.
+#[derive(Debug, Default)]
+pub struct Functions {
+    builtin: HashSet<String>,
+    read_only: HashSet<String>,
+    write: HashSet<String>,
+}
+
+impl pgwarden_sql::FunctionCatalog for Functions {
+    fn is_read_only(&self, schema: Option<&str>, name: &str) -> bool {
+        let qualified = schema.map(|s| format!("{s}.{name}"));
+        let listed = |set: &HashSet<String>| {
+            set.contains(name) || qualified.as_ref().is_some_and(|q| set.contains(q))
+        };
+        if listed(&self.write) {
+            return false;
+        }
+        if listed(&self.read_only) {
+            return true;
+        }
+        matches!(schema, None | Some("pg_catalog")) && self.builtin.contains(name)
+    }
+}
+
+/// Everything sessions share.
+pub struct Ctx {
+    pub cfg: ProxyConfig,
+    /// The proxy's own address (for password-file lookups of client passwords).
+    pub listen: SocketAddr,
+    /// Backend passwords (libpq password file).
+    pub passwords: PassFile,
+    /// Client secrets from pool_passwd, when configured.
+    pub pool_passwd: Option<HashMap<String, Secret>>,
+    /// Secrets derived from the password file, per user, made once.
+    derived: Mutex<HashMap<String, Option<Secret>>>,
+    pub monitor: MonitorHandle,
+    pub routes: watch::Receiver<Arc<RouteTable>>,
+    pub pools: pool::Pools,
+    pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
+    pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
+    pub functions: RwLock<Arc<Functions>>,
+    pub clients: AtomicUsize,
+    next_pid: AtomicI32,
+    pub mock_key: [u8; 32],
+    /// Credentials for pgwarden's own catalog queries.
+    admin_user: String,
+    admin_database: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{path}: cannot read the pool_passwd file: {reason}")]
+    PoolPasswd { path: String, reason: String },
+    #[error("cannot listen on {addr} (listen.proxy): {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+}
+
+impl Ctx {
+    pub fn new(
+        config: &Config,
+        passwords: PassFile,
+        monitor: MonitorHandle,
+    ) -> Result<Arc<Ctx>, ProxyError> {
+        let pool_passwd = match &config.proxy.pool_passwd {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ProxyError::PoolPasswd {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Some(
+                    pgwarden_wire::auth::parse_pool_passwd(&text).map_err(|(line, e)| {
+                        ProxyError::PoolPasswd {
+                            path: path.display().to_string(),
+                            reason: format!("line {line}: {e}"),
+                        }
+                    })?,
+                )
+            }
+        };
+        let cfg = config.proxy.clone();
+        let functions = Functions {
+            builtin: HashSet::new(),
+            read_only: cfg.read_only_functions.iter().cloned().collect(),
+            write: cfg.write_functions.iter().cloned().collect(),
+        };
+        let mut mock_key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut mock_key);
+        Ok(Arc::new(Ctx {
+            pools: pool::Pools::new(cfg.pool_size, cfg.pool_wait_timeout, cfg.idle_timeout),
+            cfg,
+            listen: config.listen.proxy,
+            passwords,
+            pool_passwd,
+            derived: Mutex::new(HashMap::new()),
+            routes: monitor.routes(),
+            monitor,
+            cancels: Mutex::new(HashMap::new()),
+            stats: RwLock::new(HashMap::new()),
+            functions: RwLock::new(Arc::new(functions)),
+            clients: AtomicUsize::new(0),
+            next_pid: AtomicI32::new(1),
+            mock_key,
+            admin_user: config.credentials.user.clone(),
+            admin_database: config.credentials.database.clone(),
+        }))
+    }
+
+    /// The stored secret of a client user: pool_passwd if configured, else the password file's
+    /// entry for the proxy's own address.
+    pub fn client_secret(&self, user: &str, database: &str) -> Option<Secret> {
+        if let Some(map) = &self.pool_passwd {
+            return map.get(user).cloned();
+        }
+        let mut derived = self.derived.lock().unwrap_or_else(|p| p.into_inner());
+        derived
+            .entry(format!("{user}\0{database}"))
+            .or_insert_with(|| {
+                self.passwords
+                    .lookup(
+                        &self.listen.ip().to_string(),
+                        self.listen.port(),
+                        database,
+                        user,
+                    )
+                    .map(|p| Secret::plain(p.expose()))
+            })
+            .clone()
+    }
+
+    /// The password pgwarden uses towards a backend for `user`: the password file, else a
+    /// plain or md5 secret from pool_passwd.
+    pub fn backend_password(
+        &self,
+        host: &str,
+        port: u16,
+        database: &str,
+        user: &str,
+    ) -> Option<pgwarden_core::Secret> {
+        if let Some(p) = self.passwords.lookup(host, port, database, user) {
+            return Some(p);
+        }
+        match self.pool_passwd.as_ref()?.get(user)? {
+            Secret::Plain { password, .. } => Some(pgwarden_core::Secret::new(password.clone())),
+            Secret::Md5(h) => Some(pgwarden_core::Secret::new(h.clone())),
+            Secret::Scram(_) => None,
+        }
+    }
+
+    pub fn node_stats(&self, node: u32) -> Arc<NodeStats> {
+        if let Some(s) = self
+            .stats
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+        {
+            return s.clone();
+        }
+        self.stats
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node)
+            .or_default()
+            .clone()
+    }
+
+    pub fn functions(&self) -> Arc<Functions> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn next_backend_key(&self) -> (i32, i32) {
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        (pid, rand::random::<i32>())
+    }
+}
+
+/// Serves clients on `listener` until the task is dropped.
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
+    tokio::spawn(load_functions(ctx.clone()));
+    tokio::spawn(reap_pools(ctx.clone()));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(client::serve(ctx.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Binds the proxy's listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ProxyError::Listen {
+            addr,
+            reason: e.to_string(),
+        })
+}
+
+async fn reap_pools(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let table = ctx.routes.borrow().clone();
+        ctx.pools
+            .reap(&|node| table.node(node).is_some_and(|n| n.usable));
+    }
+}
+
+/// Reads which built-in functions cannot write (immutable or stable in pg_catalog, every
+/// overload) from the primary, retrying until it answers. Until then every function call is
+/// routed to the primary.
+async fn load_functions(ctx: Arc<Ctx>) {
+    const SQL: &str = "SELECT p.proname FROM pg_catalog.pg_proc p \
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+        WHERE n.nspname = 'pg_catalog' GROUP BY p.proname \
+        HAVING bool_and(p.provolatile IN ('i', 's'))";
+    let mut routes = ctx.routes.clone();
+    loop {
+        let target = {
+            let t = routes.borrow_and_update().clone();
+            t.primary
+                .and_then(|p| t.node(p).map(|n| (n.host.clone(), n.port)))
+        };
+        if let Some((host, port)) = target {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(&host)
+                .port(port)
+                .user(&ctx.admin_user)
+                .dbname(&ctx.admin_database)
+                .application_name("pgwarden catalog")
+                .connect_timeout(Duration::from_secs(5));
+            if let Some(pw) =
+                ctx.passwords
+                    .lookup(&host, port, &ctx.admin_database, &ctx.admin_user)
+            {
+                cfg.password(pw.expose());
+            }
+            match cfg.connect(tokio_postgres::NoTls).await {
+                Ok((client, conn)) => {
+                    let task = tokio::spawn(conn);
+                    match client.simple_query(SQL).await {
+                        Ok(rows) => {
+                            let names: HashSet<String> = rows
+                                .iter()
+                                .filter_map(|m| match m {
+                                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                        r.get(0).map(str::to_string)
+                                    }
+                                    _ => None,
+                                })
+                                .collect();
+                            tracing::info!("{} read-only built-in functions known", names.len());
+                            let cur = ctx.functions();
+                            let next = Functions {
+                                builtin: names,
+                                read_only: cur.read_only.clone(),
+                                write: cur.write.clone(),
+                            };
+                            *ctx.functions.write().unwrap_or_else(|p| p.into_inner()) =
+                                Arc::new(next);
+                            task.abort();
+                            return;
+                        }
+                        Err(e) => tracing::warn!("reading pg_proc on {host}:{port}: {e}"),
+                    }
+                    task.abort();
+                }
+                Err(e) => tracing::debug!("reading pg_proc on {host}:{port}: {e}"),
+            }
+        }
+        // Wait for the next change of the cluster, or retry every few seconds.
+        let _ = tokio::time::timeout(Duration::from_secs(2), routes.changed()).await;
+    }
+}

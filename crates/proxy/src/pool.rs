@@ -1,0 +1,204 @@
+//! Backend connection pools: idle connections kept per (node, user, database, startup
+//! parameters), at most `pool_size` connections per node counting idle and busy ones.
+//!
+//! When a node's connections are all taken, a session waits up to `pool_wait_timeout`, then
+//! gets SQLSTATE 53300 — never an endless wait. An idle connection of another user or database
+//! is closed to make room before anyone waits.
+
+use crate::backend::{Backend, BackendError, ConnectSpec};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: u32,
+    pub params: Vec<(String, String)>,
+}
+
+impl PoolKey {
+    pub fn new(node: u32, params: &[(String, String)]) -> PoolKey {
+        let mut params = params.to_vec();
+        params.sort();
+        PoolKey { node, params }
+    }
+    fn get(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("all {size} connections to node {node} are in use and none came free within {} ms (proxy.pool_size)", wait.as_millis())]
+    Full {
+        node: u32,
+        size: usize,
+        wait: Duration,
+    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// A connection taken from a pool; it counts against its node's limit until dropped or
+/// returned.
+pub struct Pooled {
+    pub backend: Backend,
+    pub key: PoolKey,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Idle {
+    pooled: Pooled,
+    since: Instant,
+}
+
+pub struct Pools {
+    size: usize,
+    wait: Duration,
+    idle_timeout: Duration,
+    nodes: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+}
+
+/// One row of SHOW POOL_POOLS.
+#[derive(Debug, Clone)]
+pub struct PoolRow {
+    pub node: u32,
+    pub database: String,
+    pub user: String,
+    pub idle: usize,
+}
+
+impl Pools {
+    pub fn new(size: usize, wait: Duration, idle_timeout: Duration) -> Pools {
+        Pools {
+            size,
+            wait,
+            idle_timeout,
+            nodes: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn semaphore(&self, node: u32) -> Arc<Semaphore> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .entry(node)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.size)))
+            .clone()
+    }
+
+    /// Connections to `node` in use right now (idle ones included).
+    pub fn in_use(&self, node: u32) -> usize {
+        self.size - self.semaphore(node).available_permits()
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// An idle connection for this key that is still alive, or a new one.
+    pub async fn get(&self, spec: &ConnectSpec) -> Result<Pooled, PoolError> {
+        let key = PoolKey::new(spec.node, &spec.params);
+        while let Some(mut p) = self.take_idle(&key) {
+            if alive(&mut p.backend) {
+                p.backend.last_used = Instant::now();
+                return Ok(p);
+            }
+        }
+        let sem = self.semaphore(spec.node);
+        let permit = match sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Make room: close an idle connection of this node kept for someone else.
+                self.evict_one(spec.node);
+                match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        return Err(PoolError::Full {
+                            node: spec.node,
+                            size: self.size,
+                            wait: self.wait,
+                        })
+                    }
+                }
+            }
+        };
+        let backend = Backend::connect(spec).await?;
+        Ok(Pooled {
+            backend,
+            key,
+            _permit: permit,
+        })
+    }
+
+    fn take_idle(&self, key: &PoolKey) -> Option<Pooled> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get_mut(key).and_then(Vec::pop).map(|i| i.pooled)
+    }
+
+    fn evict_one(&self, node: u32) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = idle
+            .iter_mut()
+            .filter(|(k, v)| k.node == node && !v.is_empty())
+            .map(|(_, v)| v)
+            .next()
+        {
+            // Dropping it closes the socket and frees its permit.
+            list.remove(0);
+        }
+    }
+
+    /// Keeps a connection that is idle, reset and healthy for the next session.
+    pub fn put(&self, pooled: Pooled) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.entry(pooled.key.clone()).or_default().push(Idle {
+            pooled,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes connections idle longer than `idle_timeout`, and every idle connection of a node
+    /// not in `keep` (a node that went down or left service).
+    pub fn reap(&self, keep: &dyn Fn(u32) -> bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, list) in idle.iter_mut() {
+            if !keep(key.node) {
+                list.clear();
+            } else {
+                list.retain(|i| i.since.elapsed() < self.idle_timeout);
+            }
+        }
+        idle.retain(|_, l| !l.is_empty());
+    }
+
+    pub fn rows(&self) -> Vec<PoolRow> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<PoolRow> = idle
+            .iter()
+            .map(|(k, v)| PoolRow {
+                node: k.node,
+                database: k.get("database").to_string(),
+                user: k.get("user").to_string(),
+                idle: v.len(),
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.node, &a.database, &a.user).cmp(&(b.node, &b.database, &b.user)));
+        rows
+    }
+}
+
+/// An idle connection that the server closed (or that has unexpected bytes waiting, such as a
+/// FATAL notice) is not reused.
+fn alive(b: &mut Backend) -> bool {
+    if !b.buf.is_empty() {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    matches!(b.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}

@@ -1,0 +1,919 @@
+//! One client session after authentication.
+//!
+//! Client messages are read into a buffer and cut into frames. A simple Query is one unit;
+//! extended-protocol messages are gathered until Sync or Flush and routed as one batch. Each
+//! unit is classified, given a target node, and written to that node's connection; the node's
+//! answers are streamed back to the client as they arrive (large rows are never held whole),
+//! while ReadyForQuery, CopyInResponse, ParameterStatus and errors are noticed on the way.
+//!
+//! Units may be pipelined to one node; before a unit goes to another node, the answers of the
+//! previous node are drained, so the client sees answers in the order it asked.
+//!
+//! Rules (see also `pgwarden_sql` and `pgwarden_core::route`):
+//! * a transaction runs on one node: the primary, or for `BEGIN READ ONLY` the session's
+//!   load-balance node;
+//! * reads outside a transaction go to the load-balance node when it qualifies (healthy, within
+//!   `delay_threshold`, and replayed up to the primary's WAL position taken after this
+//!   session's last write), else to the primary;
+//! * session settings are applied on every node the session uses; LISTEN, SQL PREPARE and
+//!   temporary tables pin the rest of the session to the primary;
+//! * a named prepared statement is parsed again on a node that lacks it before it is used there.
+
+use crate::backend::{Backend, BackendError};
+use crate::client::{connect_spec, Login};
+use crate::pool::{PoolError, Pooled};
+use crate::{CancelSlot, CancelTarget, Ctx};
+use bytes::{Bytes, BytesMut};
+use pgwarden_core::config::LoadBalance;
+use pgwarden_core::Lsn;
+use pgwarden_sql::{classify, Class};
+use pgwarden_wire::frame::{self, Frame, ProtocolError};
+use pgwarden_wire::msg::{self, ErrorFields};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// How a session ends.
+#[derive(Debug)]
+enum End {
+    /// The client left (Terminate or closed socket).
+    ClientGone,
+    /// Tell the client this FATAL error, then close.
+    Fatal(String, String),
+}
+
+type Result<T> = std::result::Result<T, End>;
+
+fn fatal(code: &str, message: impl Into<String>) -> End {
+    End::Fatal(code.to_string(), message.into())
+}
+
+impl From<ProtocolError> for End {
+    fn from(e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::TooLarge { .. } => {
+                fatal("54000", format!("{e} (proxy.max_message_size)"))
+            }
+            _ => fatal("08P01", e.to_string()),
+        }
+    }
+}
+
+/// A bound backend connection and how far the session's settings have been applied to it.
+struct Conn {
+    pooled: Pooled,
+    /// Bytes remaining of a large backend frame being streamed through.
+    streaming: usize,
+    /// How many of the session's settings this connection has had.
+    applied: usize,
+}
+
+impl Conn {
+    fn b(&mut self) -> &mut Backend {
+        &mut self.pooled.backend
+    }
+}
+
+/// A named prepared statement, as the client sees it.
+struct Statement {
+    parse: Bytes,
+    class: Class,
+    nodes: Vec<u32>,
+}
+
+struct Session {
+    ctx: Arc<Ctx>,
+    client: OwnedWriteHalf,
+    login: Login,
+    conns: HashMap<u32, Conn>,
+    /// Node the open transaction runs on.
+    tx_node: Option<u32>,
+    /// The node answering the units in flight, and how many ReadyForQuery are still due.
+    inflight: Option<(u32, usize)>,
+    /// After a Flush, the node holding the unfinished batch's portals until the next Sync.
+    open_until_sync: Option<u32>,
+    copy_in: Option<u32>,
+    /// Pinned to the primary (LISTEN, SQL PREPARE, temporary tables).
+    sticky: bool,
+    /// Settings to apply on every connection, in order.
+    settings: Vec<Bytes>,
+    /// Sent something that may write since `min_lsn` was taken.
+    dirty: bool,
+    min_lsn: Option<Lsn>,
+    lb_node: Option<u32>,
+    statements: HashMap<String, Statement>,
+    unnamed_node: Option<u32>,
+    batch: BytesMut,
+    batch_frames: Vec<Frame>,
+    cancel: CancelSlot,
+    last_tx_status: u8,
+}
+
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    buf: BytesMut,
+    login: Login,
+    cancel: CancelSlot,
+) {
+    let (mut reader, writer) = stream.into_split();
+    let mut s = Session {
+        ctx,
+        client: writer,
+        login,
+        conns: HashMap::new(),
+        tx_node: None,
+        inflight: None,
+        open_until_sync: None,
+        copy_in: None,
+        sticky: false,
+        settings: Vec::new(),
+        dirty: false,
+        min_lsn: None,
+        lb_node: None,
+        statements: HashMap::new(),
+        unnamed_node: None,
+        batch: BytesMut::new(),
+        batch_frames: Vec::new(),
+        cancel,
+        last_tx_status: b'I',
+    };
+    let end = s.main_loop(&mut reader, buf).await;
+    if let Err(End::Fatal(code, message)) = &end {
+        let mut out = BytesMut::new();
+        msg::error_response(&mut out, &ErrorFields::fatal(code, message));
+        let _ = s.client.write_all(&out).await;
+    }
+    s.release();
+}
+
+impl Session {
+    async fn main_loop(&mut self, reader: &mut OwnedReadHalf, mut cbuf: BytesMut) -> Result<()> {
+        loop {
+            // Everything complete in the buffer is handled first.
+            while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
+                if !self.on_frame(f).await? {
+                    return Ok(());
+                }
+            }
+            if cbuf.is_empty() && cbuf.capacity() > 64 * 1024 {
+                // Give memory back after a large message.
+                cbuf = BytesMut::new();
+            }
+            let partial = !cbuf.is_empty();
+            // The node to listen to: the one answering, or while idle the primary of a session
+            // that listens for notifications.
+            let node = self
+                .inflight
+                .map(|(n, _)| n)
+                .or_else(|| self.idle_watch_node());
+            tokio::select! {
+                r = read_client(reader, &mut cbuf, partial, self.ctx.cfg.auth_timeout) => r?,
+                r = self.read_node(node), if node.is_some() => r?,
+            }
+        }
+    }
+
+    /// Handles one client frame; false when the client said goodbye.
+    async fn on_frame(&mut self, f: Frame) -> Result<bool> {
+        if let Some(node) = self.copy_in {
+            if matches!(f.tag, b'd' | b'c' | b'f') {
+                if f.tag != b'd' {
+                    self.copy_in = None;
+                }
+                self.write_node(node, &f.bytes).await?;
+                return Ok(true);
+            }
+        }
+        match f.tag {
+            b'Q' => {
+                if !self.batch_frames.is_empty() {
+                    self.dispatch_batch(0).await?;
+                }
+                self.simple_query(f).await?;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                self.batch.extend_from_slice(&f.bytes);
+                self.batch_frames.push(f);
+            }
+            b'S' => {
+                self.batch.extend_from_slice(&f.bytes);
+                self.batch_frames.push(f);
+                self.dispatch_batch(1).await?;
+            }
+            b'H' => {
+                self.batch.extend_from_slice(&f.bytes);
+                self.batch_frames.push(f);
+                self.dispatch_batch(0).await?;
+            }
+            b'F' => {
+                // FunctionCall: may do anything.
+                let target = self.route(Class::Write).await?;
+                self.send(target, f.bytes.clone(), 1).await?;
+            }
+            b'X' => return Ok(false),
+            b'd' | b'c' | b'f' => {
+                // Copy messages outside COPY are ignored, as PostgreSQL does after a failed COPY.
+            }
+            t => {
+                return Err(fatal(
+                    "08P01",
+                    format!("invalid frontend message type {}", t),
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    // ---- routing -----------------------------------------------------------------------
+
+    /// The node for a unit of this class.
+    async fn route(&mut self, class: Class) -> Result<u32> {
+        if let Some(n) = self.open_until_sync {
+            return Ok(n);
+        }
+        if let Some(n) = self.tx_node {
+            return Ok(n);
+        }
+        let table = self.ctx.routes.borrow().clone();
+        let readable =
+            matches!(class, Class::Read | Class::Begin { read_only: true }) && !self.sticky;
+        if !readable {
+            if !matches!(class, Class::Read) {
+                self.dirty = true;
+            }
+            return table.primary.ok_or_else(no_primary);
+        }
+        let r: f64 = rand::random();
+        let lb = match self.ctx.cfg.load_balance {
+            LoadBalance::Session => {
+                if self
+                    .lb_node
+                    .is_none_or(|n| !table.node(n).is_some_and(|n| n.usable))
+                {
+                    self.lb_node = table.choose_lb_node(r);
+                }
+                self.lb_node
+            }
+            LoadBalance::Statement => None,
+        };
+        let delay = self.ctx.cfg.delay_threshold;
+        let target = table.read_target(lb, delay, self.min_lsn, r);
+        match target {
+            Some(t) if Some(t) != table.primary && self.dirty => {
+                // Read-your-writes: this session wrote; a standby must have replayed up to
+                // where the primary is now.
+                self.min_lsn = Some(self.primary_lsn().await?);
+                self.dirty = false;
+                let table = self.ctx.routes.borrow().clone();
+                table
+                    .read_target(lb, delay, self.min_lsn, r)
+                    .ok_or_else(no_node)
+            }
+            Some(t) => Ok(t),
+            None => Err(no_node()),
+        }
+    }
+
+    async fn primary_lsn(&mut self) -> Result<Lsn> {
+        let primary = self.ctx.routes.borrow().primary.ok_or_else(no_primary)?;
+        self.drain().await?;
+        let conn = self.conn(primary).await?;
+        let v = conn.b().query_value("SELECT pg_current_wal_lsn()").await;
+        match v {
+            Ok(Some(text)) => text
+                .parse()
+                .map_err(|_| fatal("XX000", format!("pg_current_wal_lsn() returned {text:?}"))),
+            Ok(None) => Err(fatal("XX000", "pg_current_wal_lsn() returned nothing")),
+            Err(e) => Err(self.lost(primary, e)),
+        }
+    }
+
+    // ---- simple query ------------------------------------------------------------------
+
+    async fn simple_query(&mut self, f: Frame) -> Result<()> {
+        let sql = msg::query_text(f.body())?;
+        if let Some(cmd) = crate::show::parse(sql) {
+            self.drain().await?;
+            let mut out = BytesMut::new();
+            crate::show::answer(&self.ctx, cmd, self.lb_node, &mut out);
+            msg::ready_for_query(&mut out, self.last_tx_status);
+            return self.send_client(&out).await;
+        }
+        let verdict = classify(sql, &*self.ctx.functions());
+        let class = verdict.class;
+        tracing::trace!(?class, reason = %verdict.reason, "simple query");
+        let in_tx = self.tx_node.is_some();
+        if class == Class::Sticky {
+            self.sticky = true;
+        }
+        if class == Class::Session && upper_starts(sql, "DISCARD") {
+            self.statements.clear();
+        }
+        let target = self.route(class).await?;
+        self.ctx.node_stats(target).count(sql);
+        let bytes = f.bytes.clone();
+        self.send(target, bytes.clone(), 1).await?;
+        if class == Class::Session && !in_tx {
+            self.settings.push(bytes);
+            if let Some(c) = self.conns.get_mut(&target) {
+                c.applied = self.settings.len();
+            }
+        }
+        Ok(())
+    }
+
+    // ---- extended protocol ---------------------------------------------------------------
+
+    async fn dispatch_batch(&mut self, syncs: usize) -> Result<()> {
+        let frames = std::mem::take(&mut self.batch_frames);
+        let bytes = self.batch.split().freeze();
+        // Classify: the batch reads only if every statement it parses or binds reads.
+        let functions = self.ctx.functions();
+        let mut class = Class::Read;
+        let mut needs: Vec<String> = Vec::new();
+        let mut binds_unnamed_without_parse = false;
+        let mut parsed_unnamed = false;
+        let mut closes: Vec<String> = Vec::new();
+        let mut parses: Vec<(String, Bytes, Class)> = Vec::new();
+        let mut any_statement = false;
+        for f in &frames {
+            match f.tag {
+                b'P' => {
+                    let p = msg::parse(f.body())?;
+                    let c = classify(p.query, &*functions).class;
+                    class = combine(class, c);
+                    any_statement = true;
+                    if p.name.is_empty() {
+                        parsed_unnamed = true;
+                    } else {
+                        parses.push((p.name.to_string(), f.bytes.clone(), c));
+                    }
+                }
+                b'B' => {
+                    let (_, stmt) = msg::bind_names(f.body())?;
+                    any_statement = true;
+                    if stmt.is_empty() {
+                        binds_unnamed_without_parse |= !parsed_unnamed;
+                    } else if let Some(s) = self.statements.get(stmt) {
+                        class = combine(class, s.class);
+                        needs.push(stmt.to_string());
+                    } else if let Some((_, _, c)) = parses.iter().find(|(n, _, _)| n == stmt) {
+                        class = combine(class, *c);
+                    }
+                }
+                b'D' | b'C' => {
+                    let (kind, name) =
+                        msg::target(f.body(), if f.tag == b'D' { "Describe" } else { "Close" })?;
+                    if kind == b'S' && !name.is_empty() && self.statements.contains_key(name) {
+                        if f.tag == b'C' {
+                            closes.push(name.to_string());
+                        } else {
+                            needs.push(name.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if matches!(class, Class::Session | Class::Sticky) {
+            // Session state set through the extended protocol stays where it was set.
+            self.sticky = true;
+        }
+        if !any_statement
+            && self.open_until_sync.is_none()
+            && self.tx_node.is_none()
+            && self.inflight.is_none()
+            && self.conns.is_empty()
+        {
+            // Only Sync/Flush/Describe/Close of nothing, and no backend yet: answer as the
+            // server would.
+            if syncs > 0 {
+                let mut out = BytesMut::new();
+                msg::ready_for_query(&mut out, b'I');
+                self.send_client(&out).await?;
+            }
+            return Ok(());
+        }
+        let mut target = if !any_statement {
+            // Sync, Flush, Describe/Close of portals: where the session's work is.
+            match self
+                .open_until_sync
+                .or(self.tx_node)
+                .or(self.inflight.map(|i| i.0))
+            {
+                Some(n) => n,
+                None => self.route(Class::Write).await?,
+            }
+        } else {
+            self.route(class).await?
+        };
+        if binds_unnamed_without_parse && self.open_until_sync.is_none() && self.tx_node.is_none() {
+            if let Some(n) = self.unnamed_node {
+                target = n;
+            }
+        }
+        // A named statement must exist where it is used.
+        for name in needs {
+            let missing = self
+                .statements
+                .get(&name)
+                .filter(|s| !s.nodes.contains(&target))
+                .map(|s| s.parse.clone());
+            if let Some(parse) = missing {
+                self.prepare_on(target, &parse).await?;
+                if let Some(s) = self.statements.get_mut(&name) {
+                    s.nodes.push(target);
+                }
+            }
+        }
+        // A closed statement is closed everywhere it was parsed.
+        for name in &closes {
+            if let Some(s) = self.statements.remove(name) {
+                for node in s.nodes.into_iter().filter(|n| *n != target) {
+                    self.close_on(node, name).await?;
+                }
+            }
+        }
+        for (name, parse, c) in parses {
+            self.statements.insert(
+                name,
+                Statement {
+                    parse,
+                    class: c,
+                    nodes: vec![target],
+                },
+            );
+        }
+        if parsed_unnamed {
+            self.unnamed_node = Some(target);
+        }
+        for f in frames.iter().filter(|f| f.tag == b'P') {
+            if let Ok(p) = msg::parse(f.body()) {
+                self.ctx.node_stats(target).count(p.query);
+            }
+        }
+        self.send(target, bytes, syncs).await?;
+        self.open_until_sync = if syncs == 0 { Some(target) } else { None };
+        Ok(())
+    }
+
+    /// Parses a statement on `node` (it was parsed elsewhere), swallowing the answers.
+    async fn prepare_on(&mut self, node: u32, parse: &Bytes) -> Result<()> {
+        self.drain().await?;
+        let mut out = BytesMut::from(&parse[..]);
+        msg::frontend::sync(&mut out);
+        self.internal(node, out).await
+    }
+
+    async fn close_on(&mut self, node: u32, name: &str) -> Result<()> {
+        if !self.conns.contains_key(&node) {
+            return Ok(());
+        }
+        self.drain().await?;
+        let mut out = BytesMut::new();
+        // Close ('C'), statement, name; then Sync.
+        let mut body = BytesMut::new();
+        body.extend_from_slice(b"S");
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&[0]);
+        out.extend_from_slice(b"C");
+        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(&body);
+        msg::frontend::sync(&mut out);
+        self.internal(node, out).await
+    }
+
+    /// Sends pgwarden's own messages on an idle connection and reads until ReadyForQuery.
+    async fn internal(&mut self, node: u32, out: BytesMut) -> Result<()> {
+        let conn = self.conn(node).await?;
+        let r = async {
+            conn.b().write(&out).await?;
+            loop {
+                let f = conn.b().read_frame().await?;
+                if f.tag == b'Z' {
+                    conn.b().tx_status = f.body().first().copied().unwrap_or(b'I');
+                    return Ok::<(), BackendError>(());
+                }
+            }
+        }
+        .await;
+        r.map_err(|e| self.lost(node, e))
+    }
+
+    // ---- sending and relaying ------------------------------------------------------------
+
+    /// The session's connection to `node`, bound from the pool when needed, with the session's
+    /// settings applied.
+    async fn conn(&mut self, node: u32) -> Result<&mut Conn> {
+        if !self.conns.contains_key(&node) {
+            let table = self.ctx.routes.borrow().clone();
+            let n = table
+                .node(node)
+                .ok_or_else(|| fatal("08006", format!("node {node} is not configured")))?;
+            let spec = connect_spec(&self.ctx, &self.login, node, &n.host, n.port);
+            match self.ctx.pools.get(&spec).await {
+                Ok(pooled) => {
+                    self.conns.insert(
+                        node,
+                        Conn {
+                            pooled,
+                            streaming: 0,
+                            applied: 0,
+                        },
+                    );
+                }
+                Err(e @ PoolError::Full { .. }) => {
+                    return Err(fatal("53300", e.to_string()));
+                }
+                Err(PoolError::Backend(e)) => {
+                    self.ctx.monitor.suspect(node);
+                    return Err(fatal("08006", format!("cannot reach node {node}: {e}")));
+                }
+            }
+        }
+        // Apply the session's settings this connection has not had.
+        let settings_len = self.settings.len();
+        let missing: Vec<Bytes> = match self.conns.get(&node) {
+            Some(c) if c.applied < settings_len => self.settings[c.applied..].to_vec(),
+            _ => Vec::new(),
+        };
+        if !missing.is_empty() {
+            let conn = self
+                .conns
+                .get_mut(&node)
+                .ok_or_else(|| fatal("XX000", "connection vanished"))?;
+            for q in &missing {
+                let sql = msg::query_text(&q[5..]).unwrap_or_default().to_string();
+                if let Err(e) = conn.b().query_value(&sql).await {
+                    tracing::debug!(node, "replaying a session setting failed: {e}");
+                }
+            }
+            conn.applied = settings_len;
+        }
+        self.conns
+            .get_mut(&node)
+            .ok_or_else(|| fatal("XX000", "connection vanished"))
+    }
+
+    /// Writes a unit to `node`; its `syncs` ReadyForQuery are then due from it.
+    async fn send(&mut self, node: u32, data: Bytes, syncs: usize) -> Result<()> {
+        if let Some((n, _)) = self.inflight {
+            if n != node {
+                self.drain().await?;
+            }
+        }
+        let conn = self.conn(node).await?;
+        let target = CancelTarget {
+            host: String::new(),
+            port: 0,
+            pid: conn.b().pid,
+            key: conn.b().key,
+        };
+        let w = conn.b().write(&data).await;
+        if let Err(e) = w {
+            return Err(self.lost(node, e));
+        }
+        if let Some(n) = self.ctx.routes.borrow().node(node) {
+            *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(CancelTarget {
+                host: n.host.clone(),
+                port: n.port,
+                ..target
+            });
+        }
+        let pending = match self.inflight {
+            Some((n, p)) if n == node => p + syncs,
+            _ => syncs,
+        };
+        self.inflight = if pending > 0 || syncs == 0 {
+            Some((node, pending))
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    async fn write_node(&mut self, node: u32, data: &[u8]) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return Err(fatal(
+                "08P01",
+                "COPY data for a node the session is not connected to",
+            ));
+        };
+        if let Err(e) = conn.b().write(data).await {
+            return Err(self.lost(node, e));
+        }
+        Ok(())
+    }
+
+    /// Relays until no ReadyForQuery is due. (After a Flush nothing is due: the node's answers
+    /// keep flowing from the main loop until the client's Sync.)
+    async fn drain(&mut self) -> Result<()> {
+        while self.inflight.is_some_and(|(_, pending)| pending > 0) {
+            self.relay_once().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads once from the node in flight and forwards what arrived.
+    async fn relay_once(&mut self) -> Result<()> {
+        let node = self.inflight.map(|(n, _)| n);
+        if node.is_some_and(|n| !self.conns.contains_key(&n)) {
+            self.inflight = None;
+            return Ok(());
+        }
+        self.read_node(node).await
+    }
+
+    /// Forwards the complete (or streamable) part of `node`'s buffer to the client, noting
+    /// ReadyForQuery, CopyInResponse, ParameterStatus and errors.
+    async fn forward(&mut self, node: u32) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return Ok(());
+        };
+        let mut events: Vec<(u8, Bytes)> = Vec::new();
+        let n = scan(&conn.pooled.backend.buf, &mut conn.streaming, &mut events).map_err(|e| {
+            fatal(
+                "08P01",
+                format!("node {node} sent a malformed message: {e}"),
+            )
+        })?;
+        let out = conn.b().buf.split_to(n);
+        for (tag, body) in events {
+            match tag {
+                b'Z' => {
+                    let status = body.first().copied().unwrap_or(b'I');
+                    conn.pooled.backend.tx_status = status;
+                    if let Some((n, p)) = self.inflight.as_mut() {
+                        if *n == node {
+                            *p = p.saturating_sub(1);
+                            if *p == 0 {
+                                self.inflight = None;
+                                self.last_tx_status = status;
+                                self.tx_node = if status == b'I' { None } else { Some(node) };
+                                self.copy_in = None;
+                            }
+                        }
+                    }
+                }
+                b'G' => self.copy_in = Some(node),
+                b'S' => {
+                    if let Some((k, rest)) = frame::cstr(&body) {
+                        if let Some((v, _)) = frame::cstr(rest) {
+                            conn.pooled.backend.set_param(k, v);
+                        }
+                    }
+                }
+                b'E' => {
+                    let fields = msg::error_fields(&body);
+                    let sev = fields
+                        .iter()
+                        .find(|(k, _)| *k == b'V' || *k == b'S')
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or("");
+                    let stats = self.ctx.node_stats(node);
+                    let counter = match sev {
+                        "FATAL" => &stats.fatal,
+                        "PANIC" => &stats.panic,
+                        _ => &stats.error,
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        if !out.is_empty() {
+            self.send_client(&out).await?;
+        }
+        Ok(())
+    }
+
+    /// Which connection to watch while nothing is in flight: the primary of a session that
+    /// listens for notifications (LISTEN pins the session there).
+    fn idle_watch_node(&self) -> Option<u32> {
+        if !self.sticky {
+            return None;
+        }
+        let primary = self.ctx.routes.borrow().primary?;
+        self.conns.contains_key(&primary).then_some(primary)
+    }
+
+    /// Reads once from `node` and forwards what arrived: answers in flight, or asynchronous
+    /// messages (NOTIFY, notices, parameter changes) on an idle connection.
+    async fn read_node(&mut self, node: Option<u32>) -> Result<()> {
+        let Some(node) = node else { return Ok(()) };
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return Ok(());
+        };
+        if let Err(e) = conn.b().fill().await {
+            return Err(self.lost(node, e));
+        }
+        self.forward(node).await
+    }
+
+    async fn send_client(&mut self, data: &[u8]) -> Result<()> {
+        self.client
+            .write_all(data)
+            .await
+            .map_err(|_| End::ClientGone)
+    }
+
+    /// A backend connection failed: forget it, have the monitor look at the node, and end the
+    /// session (a client can never be left waiting).
+    fn lost(&mut self, node: u32, e: BackendError) -> End {
+        self.conns.remove(&node);
+        if self.inflight.is_some_and(|(n, _)| n == node) {
+            self.inflight = None;
+        }
+        self.ctx.monitor.suspect(node);
+        tracing::warn!(node, "backend connection lost: {e}");
+        fatal(
+            "08006",
+            format!("the connection to PostgreSQL node {node} was lost: {e}"),
+        )
+    }
+
+    /// Connections go back to the pool when they are idle and clean; the rest are closed.
+    fn release(&mut self) {
+        let clean_session = self.inflight.is_none() && self.copy_in.is_none();
+        for (_, conn) in self.conns.drain() {
+            let mut pooled = conn.pooled;
+            if !(clean_session
+                && conn.streaming == 0
+                && pooled.backend.tx_status == b'I'
+                && pooled.backend.buf.is_empty())
+            {
+                continue;
+            }
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move {
+                if pooled.backend.query_value("DISCARD ALL").await.is_ok()
+                    && pooled.backend.tx_status == b'I'
+                {
+                    ctx.pools.put(pooled);
+                }
+            });
+        }
+    }
+}
+
+fn no_primary() -> End {
+    // Not FATAL in PostgreSQL terms, but the session cannot go on writing.
+    fatal(
+        "08006",
+        "no primary is available: writes cannot be served right now (pgwarden node list shows why)",
+    )
+}
+
+fn no_node() -> End {
+    fatal(
+        "08006",
+        "no PostgreSQL node is available (pgwarden node list shows why)",
+    )
+}
+
+fn upper_starts(sql: &str, word: &str) -> bool {
+    sql.trim_start()
+        .get(..word.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// The more restrictive of two classes, for a batch of several statements.
+fn combine(a: Class, b: Class) -> Class {
+    match (a, b) {
+        (Class::Read, x) | (x, Class::Read) => x,
+        (Class::Sticky, _) | (_, Class::Sticky) => Class::Sticky,
+        _ => Class::Write,
+    }
+}
+
+async fn read_client(
+    reader: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    partial: bool,
+    limit: std::time::Duration,
+) -> Result<()> {
+    buf.reserve(8 * 1024);
+    let read = reader.read_buf(buf);
+    let n = if partial {
+        // A message has started: the rest must follow promptly (a client that sends one byte a
+        // minute holds nothing for long).
+        match tokio::time::timeout(limit, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(fatal(
+                    "08P01",
+                    "incomplete message from client: the rest did not arrive in time",
+                ))
+            }
+        }
+    } else {
+        read.await
+    };
+    match n {
+        Ok(0) | Err(_) => Err(End::ClientGone),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Walks the backend bytes in `buf`: returns how many can be forwarded now and collects the
+/// messages the session needs to see. Large messages (rows, COPY data) are forwarded as their
+/// bytes arrive; `streaming` carries what is left of one across calls.
+fn scan(
+    buf: &[u8],
+    streaming: &mut usize,
+    events: &mut Vec<(u8, Bytes)>,
+) -> std::result::Result<usize, ProtocolError> {
+    let mut pos = 0;
+    loop {
+        if *streaming > 0 {
+            let take = (*streaming).min(buf.len() - pos);
+            pos += take;
+            *streaming -= take;
+            if *streaming > 0 {
+                return Ok(pos);
+            }
+        }
+        let rest = &buf[pos..];
+        if rest.len() < 5 {
+            return Ok(pos);
+        }
+        let tag = rest[0];
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+        if len < 4 {
+            return Err(ProtocolError::Length(i64::from(len)));
+        }
+        let total = len as usize + 1;
+        if matches!(tag, b'Z' | b'G' | b'S' | b'E') {
+            if rest.len() < total {
+                return Ok(pos);
+            }
+            events.push((tag, Bytes::copy_from_slice(&rest[5..total])));
+            pos += total;
+        } else if rest.len() >= total {
+            pos += total;
+        } else {
+            *streaming = total - rest.len();
+            pos += rest.len();
+            return Ok(pos);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn scan_streams_large_rows_and_catches_ready_for_query() {
+        let big = msg(b'D', &vec![7u8; 1000]);
+        let mut all = big.clone();
+        all.extend(msg(b'C', b"SELECT 1\0"));
+        all.extend(msg(b'Z', b"I"));
+        // Feed it in pieces, as a socket would.
+        let mut streaming = 0;
+        let mut events = Vec::new();
+        let mut forwarded = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        for chunk in all.chunks(300) {
+            buf.extend_from_slice(chunk);
+            let n = scan(&buf, &mut streaming, &mut events).unwrap();
+            forwarded += n;
+            buf.drain(..n);
+        }
+        assert_eq!(forwarded, all.len());
+        assert_eq!(events, vec![(b'Z', Bytes::from_static(b"I"))]);
+        assert_eq!(streaming, 0);
+    }
+
+    #[test]
+    fn scan_waits_for_a_whole_ready_for_query() {
+        let z = msg(b'Z', b"T");
+        let mut streaming = 0;
+        let mut events = Vec::new();
+        assert_eq!(scan(&z[..4], &mut streaming, &mut events).unwrap(), 0);
+        assert_eq!(scan(&z, &mut streaming, &mut events).unwrap(), z.len());
+        assert!(scan(&[b'D', 0, 0, 0, 1], &mut streaming, &mut events).is_err());
+    }
+
+    #[test]
+    fn batch_class() {
+        assert_eq!(combine(Class::Read, Class::Read), Class::Read);
+        assert_eq!(combine(Class::Read, Class::Write), Class::Write);
+        assert_eq!(combine(Class::Sticky, Class::Read), Class::Sticky);
+        assert_eq!(
+            combine(Class::Begin { read_only: true }, Class::Read),
+            Class::Begin { read_only: true }
+        );
+        assert_eq!(combine(Class::Session, Class::Write), Class::Write);
+    }
+}
