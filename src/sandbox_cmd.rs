@@ -106,8 +106,11 @@ async fn up(
         layout.warden_log().display()
     );
     println!(
-        "  proxy   127.0.0.1:{} and PCP 127.0.0.1:{} are reserved (they arrive in later releases)",
-        layout.proxy_port(),
+        "  proxy   127.0.0.1:{}   (writes to the primary, reads spread over the standbys)",
+        layout.proxy_port()
+    );
+    println!(
+        "  PCP     127.0.0.1:{} is reserved (it arrives in a later release)",
         layout.pcp_port()
     );
     println!();

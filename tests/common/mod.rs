@@ -156,6 +156,61 @@ impl Cluster {
         }
     }
 
+    /// `psql` through the proxy.
+    pub fn psql_proxy(&self, db: &str, sql: &str) -> Result<String, String> {
+        let bin = PgBin::locate().expect("PostgreSQL programs");
+        let out = pgwarden_sandbox::psql_command_at(
+            &bin,
+            &self.layout,
+            self.layout.proxy_port(),
+            db,
+            sql,
+        )
+        .output()
+        .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(stdout(&out).trim().to_string())
+        } else {
+            Err(stderr(&out))
+        }
+    }
+
+    pub fn proxy_port(&self) -> u16 {
+        self.layout.proxy_port()
+    }
+
+    /// The superuser's password, from the sandbox's password file.
+    pub fn password(&self) -> String {
+        let text = std::fs::read_to_string(self.pgpass()).expect("pgpass");
+        let line = text
+            .lines()
+            .find(|l| !l.starts_with('#'))
+            .expect("a password line");
+        line.rsplit(':').next().expect("password").to_string()
+    }
+
+    /// A tokio-postgres client through the proxy, its connection driven in the background.
+    pub async fn client(&self, db: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.proxy_port())
+            .user("postgres")
+            .password(self.password())
+            .dbname(db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect through the proxy");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Which node a port belongs to.
+    pub fn node_of_port(&self, port: u16) -> u16 {
+        (0..self.layout.nodes)
+            .find(|i| self.node_port(*i) == port)
+            .expect("a node port")
+    }
+
     /// `pg_ctl ARGS -D dataN`, as the OS user PostgreSQL runs as.
     pub fn pg_ctl(&self, id: u16, args: &[&str]) {
         let bin = PgBin::locate().expect("PostgreSQL programs");

@@ -8,6 +8,7 @@
 
 use crate::node::{LiveStatus, NodeStatus, NodeView, Role};
 use crate::Lsn;
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteNode {
@@ -19,6 +20,8 @@ pub struct RouteNode {
     pub role: Role,
     pub replay_lsn: Option<Lsn>,
     pub lag_bytes: Option<u64>,
+    /// When its last health check succeeded.
+    pub checked_ok_at: Option<DateTime<Utc>>,
 }
 
 /// The cluster as the router needs it, rebuilt after every health check.
@@ -42,6 +45,7 @@ impl RouteTable {
                 role: v.pg_role,
                 replay_lsn: v.replay_lsn,
                 lag_bytes: v.lag_bytes,
+                checked_ok_at: v.health_check.last_successful_health_check,
             })
             .collect();
         let primary = nodes
@@ -139,6 +143,7 @@ mod tests {
             role,
             replay_lsn: (role == Role::Standby).then_some(Lsn(replay)),
             lag_bytes: (role == Role::Standby).then_some(lag),
+            checked_ok_at: None,
         }
     }
 

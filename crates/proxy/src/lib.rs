@@ -124,6 +124,9 @@ pub struct Ctx {
     pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
     pub functions: RwLock<Arc<Functions>>,
     pub clients: AtomicUsize,
+    /// Nodes a session found dead, and when: no reads go there until a later health check
+    /// has succeeded (or the monitor takes the node out of service).
+    suspects: Mutex<HashMap<u32, chrono::DateTime<chrono::Utc>>>,
     next_pid: AtomicI32,
     pub mock_key: [u8; 32],
     /// Credentials for pgwarden's own catalog queries.
@@ -183,6 +186,7 @@ impl Ctx {
             stats: RwLock::new(HashMap::new()),
             functions: RwLock::new(Arc::new(functions)),
             clients: AtomicUsize::new(0),
+            suspects: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             mock_key,
             admin_user: config.credentials.user.clone(),
@@ -228,6 +232,27 @@ impl Ctx {
             Secret::Plain { password, .. } => Some(pgwarden_core::Secret::new(password.clone())),
             Secret::Md5(h) => Some(pgwarden_core::Secret::new(h.clone())),
             Secret::Scram(_) => None,
+        }
+    }
+
+    /// A session found `node` dead: keep reads away from it and have the monitor check it now.
+    pub fn report(&self, node: u32) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, chrono::Utc::now());
+        self.monitor.suspect(node);
+    }
+
+    /// Whether `node` was reported dead after its last successful health check.
+    pub fn suspected(&self, node: u32, table: &RouteTable) -> bool {
+        let suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        match suspects.get(&node) {
+            None => false,
+            Some(at) => table
+                .node(node)
+                .and_then(|n| n.checked_ok_at)
+                .is_none_or(|ok| ok <= *at),
         }
     }
 

@@ -101,6 +101,9 @@ struct Session {
     settings: Vec<Bytes>,
     /// Sent something that may write since `min_lsn` was taken.
     dirty: bool,
+    /// `SELECT pg_current_wal_lsn()` sent to the primary right after a write finished; its
+    /// answer is pgwarden's, not the client's.
+    lsn_probe: bool,
     min_lsn: Option<Lsn>,
     lb_node: Option<u32>,
     statements: HashMap<String, Statement>,
@@ -131,6 +134,7 @@ pub(crate) async fn run(
         sticky: false,
         settings: Vec::new(),
         dirty: false,
+        lsn_probe: false,
         min_lsn: None,
         lb_node: None,
         statements: HashMap::new(),
@@ -260,7 +264,31 @@ impl Session {
             LoadBalance::Statement => None,
         };
         let delay = self.ctx.cfg.delay_threshold;
-        let target = table.read_target(lb, delay, self.min_lsn, r);
+        if self.lsn_probe {
+            // The LSN of this session's last write is on its way: wait for it.
+            self.drain().await?;
+        }
+        let target = table.read_target(lb, delay, self.min_lsn, r).map(|t| {
+            if Some(t) != table.primary && self.ctx.suspected(t, &table) {
+                table.primary.unwrap_or(t)
+            } else {
+                t
+            }
+        });
+        let target = match target {
+            Some(t)
+                if Some(t) != table.primary
+                    && !self.conns.contains_key(&t)
+                    && self.bind(t).await.is_err() =>
+            {
+                // The standby cannot be reached right now: the primary serves the read.
+                if self.lb_node == Some(t) {
+                    self.lb_node = None;
+                }
+                table.primary
+            }
+            other => other,
+        };
         match target {
             Some(t) if Some(t) != table.primary && self.dirty => {
                 // Read-your-writes: this session wrote; a standby must have replayed up to
@@ -509,28 +537,11 @@ impl Session {
     /// settings applied.
     async fn conn(&mut self, node: u32) -> Result<&mut Conn> {
         if !self.conns.contains_key(&node) {
-            let table = self.ctx.routes.borrow().clone();
-            let n = table
-                .node(node)
-                .ok_or_else(|| fatal("08006", format!("node {node} is not configured")))?;
-            let spec = connect_spec(&self.ctx, &self.login, node, &n.host, n.port);
-            match self.ctx.pools.get(&spec).await {
-                Ok(pooled) => {
-                    self.conns.insert(
-                        node,
-                        Conn {
-                            pooled,
-                            streaming: 0,
-                            applied: 0,
-                        },
-                    );
-                }
-                Err(e @ PoolError::Full { .. }) => {
-                    return Err(fatal("53300", e.to_string()));
-                }
+            match self.bind(node).await {
+                Ok(()) => {}
+                Err(e @ PoolError::Full { .. }) => return Err(fatal("53300", e.to_string())),
                 Err(PoolError::Backend(e)) => {
-                    self.ctx.monitor.suspect(node);
-                    return Err(fatal("08006", format!("cannot reach node {node}: {e}")));
+                    return Err(fatal("08006", format!("cannot reach node {node}: {e}")))
                 }
             }
         }
@@ -558,30 +569,73 @@ impl Session {
             .ok_or_else(|| fatal("XX000", "connection vanished"))
     }
 
-    /// Writes a unit to `node`; its `syncs` ReadyForQuery are then due from it.
-    async fn send(&mut self, node: u32, data: Bytes, syncs: usize) -> Result<()> {
-        if let Some((n, _)) = self.inflight {
-            if n != node {
-                self.drain().await?;
+    /// Takes a connection to `node` from the pool for this session. A node that cannot be
+    /// reached is reported.
+    async fn bind(&mut self, node: u32) -> std::result::Result<(), PoolError> {
+        let table = self.ctx.routes.borrow().clone();
+        let Some(n) = table.node(node) else {
+            return Err(PoolError::Backend(BackendError::Connect {
+                addr: format!("node {node}"),
+                reason: "not configured".into(),
+            }));
+        };
+        let spec = connect_spec(&self.ctx, &self.login, node, &n.host, n.port);
+        match self.ctx.pools.get(&spec).await {
+            Ok(pooled) => {
+                self.conns.insert(
+                    node,
+                    Conn {
+                        pooled,
+                        streaming: 0,
+                        applied: 0,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, PoolError::Backend(_)) {
+                    self.ctx.report(node);
+                }
+                Err(e)
             }
         }
-        let conn = self.conn(node).await?;
-        let target = CancelTarget {
-            host: String::new(),
-            port: 0,
-            pid: conn.b().pid,
-            key: conn.b().key,
-        };
-        let w = conn.b().write(&data).await;
-        if let Err(e) = w {
-            return Err(self.lost(node, e));
-        }
-        if let Some(n) = self.ctx.routes.borrow().node(node) {
-            *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(CancelTarget {
-                host: n.host.clone(),
-                port: n.port,
-                ..target
-            });
+    }
+
+    /// Writes a unit to `node`; its `syncs` ReadyForQuery are then due from it. A simple query
+    /// bound for a standby whose connection turns out dead goes to the primary instead: the
+    /// client has seen nothing of it yet.
+    async fn send(&mut self, mut node: u32, data: Bytes, syncs: usize) -> Result<()> {
+        loop {
+            if let Some((n, _)) = self.inflight {
+                if n != node {
+                    self.drain().await?;
+                }
+            }
+            let conn = self.conn(node).await?;
+            let (pid, key) = (conn.b().pid, conn.b().key);
+            match conn.b().write(&data).await {
+                Ok(()) => {
+                    if let Some(n) = self.ctx.routes.borrow().node(node) {
+                        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(CancelTarget {
+                                host: n.host.clone(),
+                                port: n.port,
+                                pid,
+                                key,
+                            });
+                    }
+                    break;
+                }
+                Err(e)
+                    if self.recoverable(node)
+                        && data.first() == Some(&b'Q')
+                        && self.inflight.is_none() =>
+                {
+                    self.forget(node, &e);
+                    node = self.ctx.routes.borrow().primary.ok_or_else(no_primary)?;
+                }
+                Err(e) => return Err(self.lost(node, e)),
+            }
         }
         let pending = match self.inflight {
             Some((n, p)) if n == node => p + syncs,
@@ -593,6 +647,30 @@ impl Session {
             None
         };
         Ok(())
+    }
+
+    /// Whether the session can go on without `node`: a standby it is not in a transaction,
+    /// COPY or unfinished batch on.
+    fn recoverable(&self, node: u32) -> bool {
+        let primary = self.ctx.routes.borrow().primary;
+        Some(node) != primary
+            && self.tx_node != Some(node)
+            && !self.sticky
+            && self.copy_in.is_none()
+            && self.open_until_sync != Some(node)
+    }
+
+    /// Drops a dead connection to a standby and has the monitor check that node now.
+    fn forget(&mut self, node: u32, e: &BackendError) {
+        tracing::warn!(node, "connection to a standby lost: {e}");
+        self.conns.remove(&node);
+        if self.inflight.is_some_and(|(n, _)| n == node) {
+            self.inflight = None;
+        }
+        if self.lb_node == Some(node) {
+            self.lb_node = None;
+        }
+        self.ctx.report(node);
     }
 
     async fn write_node(&mut self, node: u32, data: &[u8]) -> Result<()> {
@@ -630,6 +708,13 @@ impl Session {
     /// Forwards the complete (or streamable) part of `node`'s buffer to the client, noting
     /// ReadyForQuery, CopyInResponse, ParameterStatus and errors.
     async fn forward(&mut self, node: u32) -> Result<()> {
+        if self.lsn_probe {
+            // The probe's answer comes first; whatever follows it is the client's.
+            self.probe_answer(node)?;
+            if self.lsn_probe {
+                return Ok(());
+            }
+        }
         let Some(conn) = self.conns.get_mut(&node) else {
             return Ok(());
         };
@@ -687,6 +772,73 @@ impl Session {
         if !out.is_empty() {
             self.send_client(&out).await?;
         }
+        self.maybe_probe_lsn(node).await
+    }
+
+    /// After a write has finished on the primary, asks the primary where its WAL is now: from
+    /// there on, a standby may serve this session's reads once it has replayed that far. The
+    /// question goes out as soon as the client has its answer, so it overlaps the client's
+    /// next step instead of delaying it.
+    async fn maybe_probe_lsn(&mut self, node: u32) -> Result<()> {
+        if !self.dirty || self.inflight.is_some() || self.tx_node.is_some() || self.sticky {
+            return Ok(());
+        }
+        let table = self.ctx.routes.borrow().clone();
+        if table.primary != Some(node) {
+            return Ok(());
+        }
+        let may_read_elsewhere = match self.ctx.cfg.load_balance {
+            LoadBalance::Session => self.lb_node.is_none_or(|n| Some(n) != table.primary),
+            LoadBalance::Statement => true,
+        };
+        if !may_read_elsewhere {
+            return Ok(());
+        }
+        let mut q = BytesMut::new();
+        msg::frontend::query(&mut q, "SELECT pg_current_wal_lsn()");
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return Ok(());
+        };
+        if let Err(e) = conn.b().write(&q).await {
+            return Err(self.lost(node, e));
+        }
+        self.lsn_probe = true;
+        self.dirty = false;
+        self.inflight = Some((node, 1));
+        Ok(())
+    }
+
+    /// Reads the answer to the LSN question (whole frames; it is small), keeping it from the
+    /// client.
+    fn probe_answer(&mut self, node: u32) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return Ok(());
+        };
+        while let Some(f) = frame::split_frame(&mut conn.pooled.backend.buf, 1 << 20)
+            .map_err(|e| fatal("08P01", e.to_string()))?
+        {
+            match f.tag {
+                b'D' => {
+                    let b = f.body();
+                    if b.len() > 6 {
+                        let text = String::from_utf8_lossy(&b[6..]);
+                        if let Ok(lsn) = text.parse::<Lsn>() {
+                            self.min_lsn = Some(lsn);
+                        }
+                    }
+                }
+                b'Z' => {
+                    conn.pooled.backend.tx_status = f.body().first().copied().unwrap_or(b'I');
+                    self.lsn_probe = false;
+                    self.inflight = match self.inflight {
+                        Some((n, p)) if p > 1 => Some((n, p - 1)),
+                        _ => None,
+                    };
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -708,6 +860,23 @@ impl Session {
             return Ok(());
         };
         if let Err(e) = conn.b().fill().await {
+            let mid_message = conn.streaming > 0 || !conn.b().buf.is_empty();
+            let pending = self
+                .inflight
+                .filter(|(n, _)| *n == node)
+                .map_or(0, |(_, p)| p);
+            if pending > 0 && !mid_message && self.recoverable(node) {
+                // A standby died under a read: this read fails, the session goes on.
+                self.forget(node, &e);
+                let mut out = BytesMut::new();
+                let text = format!("the connection to standby node {node} was lost: {e}; the statement did not complete (the session goes on, without that node)");
+                msg::error_response(&mut out, &ErrorFields::error("08006", &text));
+                for _ in 0..pending {
+                    msg::ready_for_query(&mut out, b'I');
+                }
+                self.last_tx_status = b'I';
+                return self.send_client(&out).await;
+            }
             return Err(self.lost(node, e));
         }
         self.forward(node).await
@@ -727,7 +896,8 @@ impl Session {
         if self.inflight.is_some_and(|(n, _)| n == node) {
             self.inflight = None;
         }
-        self.ctx.monitor.suspect(node);
+        self.lsn_probe = false;
+        self.ctx.report(node);
         tracing::warn!(node, "backend connection lost: {e}");
         fatal(
             "08006",

@@ -85,7 +85,7 @@ impl Layout {
     /// Every port the sandbox uses, with what it is for.
     pub fn ports(&self) -> Vec<(u16, String)> {
         let mut v = vec![
-            (self.proxy_port(), "the proxy (reserved)".to_string()),
+            (self.proxy_port(), "the proxy".to_string()),
             (self.pcp_port(), "PCP (reserved)".to_string()),
         ];
         v.extend(

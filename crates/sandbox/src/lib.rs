@@ -193,7 +193,7 @@ fn restart(opts: &UpOptions, meta: Meta, run_as: RunAs) -> Result<Started> {
     }
     if !warden_running {
         to_check.push((layout.api_port(), "the HTTP API".into()));
-        to_check.push((layout.proxy_port(), "the proxy (reserved)".into()));
+        to_check.push((layout.proxy_port(), "the proxy".into()));
         to_check.push((layout.pcp_port(), "PCP (reserved)".into()));
     }
     check_ports_free(&to_check)?;
@@ -441,7 +441,10 @@ fn warden_config(layout: &Layout) -> String {
          timeout = \"3s\"\n\
          max_retries = 1\n\
          retry_delay = \"500ms\"\n\
-         connect_timeout = \"2s\"\n",
+         connect_timeout = \"2s\"\n\n\
+         # The front door: connect to the proxy port as to PostgreSQL.\n\
+         [proxy]\n\
+         auth_timeout = \"5s\"\n",
         layout.proxy_port(),
         layout.pcp_port(),
         layout.api_port()
@@ -594,10 +597,15 @@ fn run(mut cmd: Command, what: &str) -> Result<String> {
 /// `psql` on node `id` as the sandbox's superuser, unaligned, tuples only, stopping at the
 /// first error.
 pub fn psql_command(bin: &PgBin, layout: &Layout, id: u16, db: &str, sql: &str) -> Command {
+    psql_command_at(bin, layout, layout.node_port(id), db, sql)
+}
+
+/// `psql` as the sandbox's superuser on any port of the sandbox (the proxy's, say).
+pub fn psql_command_at(bin: &PgBin, layout: &Layout, port: u16, db: &str, sql: &str) -> Command {
     let mut cmd = Command::new(bin.program("psql"));
     cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-p"])
-        .arg(layout.node_port(id).to_string())
+        .arg(port.to_string())
         .arg("-c")
         .arg(sql)
         .env("PGPASSFILE", layout.pgpass())

@@ -1,0 +1,563 @@
+//! The front door on real clusters, with real clients: psql, pgbench, tokio-postgres.
+//! Where each statement ran is proven by `inet_server_port()` in the statement itself.
+
+mod common;
+
+use common::Cluster;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Runs `f` on a fresh runtime (the cluster fixture is synchronous).
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn port_of(row: &tokio_postgres::Row, col: usize) -> u16 {
+    row.get::<_, i32>(col) as u16
+}
+
+/// A session whose reads go to node 1 (a standby).
+async fn standby_session(c: &Cluster) -> tokio_postgres::Client {
+    for _ in 0..60 {
+        let cl = c.client("test").await;
+        let p = port_of(
+            &cl.query_one("SELECT inet_server_port()", &[])
+                .await
+                .unwrap(),
+            0,
+        );
+        if p == c.node_port(1) {
+            return cl;
+        }
+    }
+    panic!("no session read from the standby");
+}
+
+#[test]
+fn reads_spread_over_the_nodes_and_writes_reach_the_primary() {
+    let c = Cluster::up(3);
+    c.psql_proxy("test", "CREATE TABLE t (id int primary key, v text)")
+        .unwrap();
+    let mut seen: HashMap<u16, usize> = HashMap::new();
+    for i in 0..24 {
+        // A new session each time: session-level balancing picks a node per session.
+        let out = c
+            .psql_proxy(
+                "test",
+                &format!("SELECT inet_server_port() FROM (SELECT count(*) FROM t) s -- {i}"),
+            )
+            .unwrap();
+        *seen.entry(out.parse().unwrap()).or_default() += 1;
+    }
+    eprintln!("reads per node port: {seen:?}");
+    assert!(
+        seen.keys().any(|p| *p != c.node_port(0)),
+        "no read reached a standby: {seen:?}"
+    );
+    assert!(seen.len() >= 2, "{seen:?}");
+
+    // Writes, in any session, reach the primary; a standby would refuse them.
+    for i in 0..10 {
+        c.psql_proxy("test", &format!("INSERT INTO t VALUES ({i}, 'x')"))
+            .unwrap();
+    }
+    assert_eq!(c.psql(0, "test", "SELECT count(*) FROM t").unwrap(), "10");
+    // A function not known to be read-only, a locking read, a data-modifying CTE: primary.
+    for sql in [
+        "SELECT inet_server_port() FROM (SELECT nextval('s')) x",
+        "SELECT inet_server_port() FROM t WHERE id = 1 FOR UPDATE",
+        "WITH d AS (UPDATE t SET v = 'y' WHERE id = 2 RETURNING id) SELECT inet_server_port() FROM d",
+        "/*NO LOAD BALANCE*/ SELECT inet_server_port()",
+    ] {
+        if sql.contains("nextval") {
+            c.psql_proxy("test", "CREATE SEQUENCE IF NOT EXISTS s").unwrap();
+        }
+        let port: u16 = c.psql_proxy("test", sql).unwrap().parse().unwrap();
+        assert_eq!(port, c.node_port(0), "{sql}");
+    }
+    // SHOW POOL_NODES counts the reads per node.
+    let nodes = c.psql_proxy("test", "SHOW POOL_NODES").unwrap();
+    let standby_selects: u64 = nodes
+        .lines()
+        .filter(|l| l.contains("|standby|"))
+        .map(|l| l.split('|').nth(8).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(standby_selects >= 1, "{nodes}");
+}
+
+#[test]
+fn a_session_reads_its_own_writes_under_a_write_load() {
+    let c = Cluster::up(2);
+    c.psql_proxy(
+        "test",
+        "CREATE TABLE ryw (id int primary key, payload text)",
+    )
+    .unwrap();
+    block(async {
+        // Background write load through the proxy, so standbys always have something to replay.
+        let writer = c.client("test").await;
+        let load = tokio::spawn(async move {
+            for i in 100_000..101_000 {
+                if writer
+                    .execute("INSERT INTO ryw VALUES ($1, repeat('x', 200))", &[&i])
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // A session whose load-balance node is the standby (a session on the primary would
+        // trivially read its writes).
+        let client = standby_session(&c).await;
+        let mut on_standby = 0;
+        for i in 0..150 {
+            client
+                .execute("INSERT INTO ryw VALUES ($1, 'mine')", &[&i])
+                .await
+                .unwrap();
+            if i % 30 == 29 {
+                // Give the standby time to catch up, so reads go there too.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            let row = client
+                .query_one(
+                    "SELECT count(*)::int, inet_server_port() FROM ryw WHERE id = $1",
+                    &[&i],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                row.get::<_, i32>(0),
+                1,
+                "read {i} did not see its own write"
+            );
+            if port_of(&row, 1) != c.node_port(0) {
+                on_standby += 1;
+            }
+        }
+        load.abort();
+        eprintln!("{on_standby} of 150 reads-after-write ran on the standby");
+        assert!(on_standby >= 1, "the standby path was never exercised");
+    });
+}
+
+#[test]
+fn transactions_stay_on_one_node() {
+    let c = Cluster::up(3);
+    c.psql_proxy("test", "CREATE TABLE tx (a int)").unwrap();
+    block(async {
+        let client = c.client("test").await;
+        // A read-write transaction runs on the primary, reads included.
+        client.batch_execute("BEGIN").await.unwrap();
+        let mut ports = Vec::new();
+        for _ in 0..5 {
+            ports.push(port_of(
+                &client
+                    .query_one("SELECT inet_server_port()", &[])
+                    .await
+                    .unwrap(),
+                0,
+            ));
+        }
+        client
+            .execute("INSERT INTO tx VALUES (1)", &[])
+            .await
+            .unwrap();
+        ports.push(port_of(
+            &client
+                .query_one("SELECT inet_server_port() FROM tx", &[])
+                .await
+                .unwrap(),
+            0,
+        ));
+        client.batch_execute("COMMIT").await.unwrap();
+        assert!(ports.iter().all(|p| *p == c.node_port(0)), "{ports:?}");
+
+        // A read-only transaction stays on one node, whichever it is, and refuses writes.
+        for _ in 0..5 {
+            let client = c.client("test").await;
+            client.batch_execute("BEGIN READ ONLY").await.unwrap();
+            let first = port_of(
+                &client
+                    .query_one("SELECT inet_server_port()", &[])
+                    .await
+                    .unwrap(),
+                0,
+            );
+            for _ in 0..3 {
+                let p = port_of(
+                    &client
+                        .query_one("SELECT inet_server_port()", &[])
+                        .await
+                        .unwrap(),
+                    0,
+                );
+                assert_eq!(p, first);
+            }
+            let err = client
+                .execute("INSERT INTO tx VALUES (2)", &[])
+                .await
+                .unwrap_err();
+            assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err}");
+            client.batch_execute("ROLLBACK").await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn session_state_behaves_as_on_one_server() {
+    let c = Cluster::up(3);
+    block(async {
+        let client = c.client("test").await;
+        // Settings reach every node the session uses.
+        client
+            .batch_execute("SET application_name = 'pgwarden-test'; ")
+            .await
+            .unwrap();
+        client
+            .batch_execute("SET search_path = pg_catalog")
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            let row = client
+                .query_one(
+                    "SELECT current_setting('application_name'), current_setting('search_path')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), "pgwarden-test");
+            assert_eq!(row.get::<_, String>(1), "pg_catalog");
+        }
+        // Temporary tables live on the primary; the session follows them.
+        client
+            .batch_execute("CREATE TEMP TABLE scratch (a int); INSERT INTO scratch VALUES (1), (2)")
+            .await
+            .unwrap();
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM scratch", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+        // SQL-level prepared statements too.
+        client
+            .batch_execute("PREPARE q(int) AS SELECT $1 + 1")
+            .await
+            .unwrap();
+        let rows = client.simple_query("EXECUTE q(41)").await.unwrap();
+        let v = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(v.as_deref(), Some("42"));
+    });
+    // LISTEN / NOTIFY through the proxy, with psql on both ends.
+    let out = c
+        .psql_proxy(
+            "test",
+            "LISTEN chan; SELECT pg_notify('chan', 'hello'); SELECT 1",
+        )
+        .unwrap_or_else(|e| e);
+    assert!(
+        out.contains("Asynchronous notification \"chan\" with payload \"hello\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn prepared_statements_never_go_missing() {
+    let c = Cluster::up(3);
+    c.psql_proxy("test", "CREATE TABLE ps (id int)").unwrap();
+    block(async {
+        let client = c.client("test").await;
+        let read = client
+            .prepare("SELECT count(*)::int, inet_server_port() FROM ps WHERE id >= $1")
+            .await
+            .unwrap();
+        let write = client.prepare("INSERT INTO ps VALUES ($1)").await.unwrap();
+        let mut ports = std::collections::HashSet::new();
+        for i in 0..40 {
+            // After each write, read-your-writes may move the read to the primary, where the
+            // statement was never parsed: it must be parsed there, not fail.
+            client.execute(&write, &[&i]).await.unwrap();
+            let row = client.query_one(&read, &[&0]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), i + 1);
+            ports.insert(port_of(&row, 1));
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+        eprintln!("the prepared read ran on ports {ports:?}");
+    });
+}
+
+#[test]
+fn pgbench_copy_and_cancel_through_the_proxy() {
+    let c = Cluster::up(2);
+    let bin = pgwarden_sandbox::PgBin::locate().unwrap();
+    let pgbench = |args: &[&str]| {
+        let out = std::process::Command::new(bin.program("pgbench"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &c.proxy_port().to_string(),
+            ])
+            .args(args)
+            .arg("test")
+            .env("PGPASSFILE", c.pgpass())
+            .output()
+            .unwrap();
+        let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+        assert!(out.status.success(), "pgbench {args:?}: {text}");
+        text
+    };
+    // -i loads with COPY FROM STDIN.
+    pgbench(&["-i", "-s", "1", "-q"]);
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(&["-S", "-T", "2", "-c", "4", "-j", "2", "-M", mode]);
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}: {out}"
+        );
+    }
+    let out = pgbench(&["-N", "-T", "2", "-c", "4", "-j", "2"]);
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    assert_eq!(
+        c.psql_proxy("test", "SELECT count(*) FROM pgbench_accounts")
+            .unwrap(),
+        "100000"
+    );
+
+    // COPY out and back in.
+    let csv = c.psql_proxy("test", "COPY (SELECT aid, abalance FROM pgbench_accounts WHERE aid <= 3 ORDER BY aid) TO STDOUT WITH (FORMAT csv)").unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    c.psql_proxy("test", "CREATE TABLE copied (aid int, abalance int)")
+        .unwrap();
+    let bin_psql = bin.program("psql");
+    let mut child = std::process::Command::new(bin_psql)
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-p",
+            &c.proxy_port().to_string(),
+            "-c",
+            "COPY copied FROM STDIN WITH (FORMAT csv)",
+        ])
+        .env("PGPASSFILE", c.pgpass())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(csv.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        c.psql(0, "test", "SELECT count(*) FROM copied").unwrap(),
+        "3"
+    );
+
+    // A cancel request reaches the backend running the query.
+    block(async {
+        let client = c.client("test").await;
+        let token = client.cancel_token();
+        let start = Instant::now();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            token.cancel_query(tokio_postgres::NoTls).await
+        });
+        let err = client
+            .batch_execute("SELECT pg_sleep(20)")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        canceller.await.unwrap().unwrap();
+        // The session goes on.
+        client.batch_execute("SELECT 1").await.unwrap();
+    });
+}
+
+#[test]
+fn wrong_passwords_and_unknown_users_look_the_same() {
+    let c = Cluster::up(1);
+    block(async {
+        let attempt = |user: &'static str, password: String| {
+            let port = c.proxy_port();
+            async move {
+                tokio_postgres::Config::new()
+                    .host("127.0.0.1")
+                    .port(port)
+                    .user(user)
+                    .password(password)
+                    .dbname("test")
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .err()
+                    .and_then(|e| {
+                        e.as_db_error().map(|d| {
+                            (
+                                d.code().code().to_string(),
+                                d.message().replace(user, "USER"),
+                            )
+                        })
+                    })
+            }
+        };
+        let wrong = attempt("postgres", "nope".into()).await;
+        let unknown = attempt("nobody", "nope".into()).await;
+        assert_eq!(
+            wrong,
+            Some((
+                "28P01".to_string(),
+                "password authentication failed for user \"USER\"".to_string()
+            ))
+        );
+        assert_eq!(wrong, unknown);
+        assert!(
+            attempt("postgres", c.password()).await.is_none(),
+            "the right password works"
+        );
+    });
+}
+
+#[test]
+fn a_dead_standby_costs_one_error_not_a_hang() {
+    let c = Cluster::up(2);
+    block(async {
+        let client = standby_session(&c).await;
+        c.pg_ctl(1, &["stop", "-m", "immediate"]);
+        let start = Instant::now();
+        let first = tokio::time::timeout(
+            Duration::from_secs(15),
+            client.query_one("SELECT inet_server_port()", &[]),
+        )
+        .await;
+        let first = first.expect("no hang");
+        eprintln!(
+            "first read after the standby died: {:?} after {:?}",
+            first.as_ref().map(|r| port_of(r, 0)),
+            start.elapsed()
+        );
+        if let Ok(row) = &first {
+            assert_eq!(
+                port_of(row, 0),
+                c.node_port(0),
+                "the read went to the primary"
+            );
+        }
+        // The same session goes on, on the primary.
+        let row = tokio::time::timeout(
+            Duration::from_secs(15),
+            client.query_one("SELECT inet_server_port()", &[]),
+        )
+        .await
+        .expect("no hang")
+        .unwrap();
+        assert_eq!(port_of(&row, 0), c.node_port(0));
+        // New sessions read from the primary.
+        for _ in 0..5 {
+            let cl = c.client("test").await;
+            let p = port_of(
+                &cl.query_one("SELECT inet_server_port()", &[])
+                    .await
+                    .unwrap(),
+                0,
+            );
+            assert_eq!(p, c.node_port(0));
+        }
+    });
+}
+
+#[test]
+fn pgpool_show_commands() {
+    let c = Cluster::up(2);
+    let header = |cmd: &str| {
+        let bin = pgwarden_sandbox::PgBin::locate().unwrap();
+        let out = std::process::Command::new(bin.program("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-p",
+                &c.proxy_port().to_string(),
+                "-c",
+                cmd,
+            ])
+            .env("PGPASSFILE", c.pgpass())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", common::stderr(&out));
+        common::stdout(&out)
+    };
+    let nodes = header("SHOW POOL_NODES");
+    let mut lines = nodes.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "node_id|hostname|port|status|pg_status|lb_weight|role|pg_role|select_cnt|load_balance_node|replication_delay|replication_state|replication_sync_state|last_status_change"
+    );
+    let row0: Vec<&str> = lines.next().unwrap().split('|').collect();
+    assert_eq!(
+        &row0[..8],
+        &[
+            "0",
+            "127.0.0.1",
+            &c.node_port(0).to_string(),
+            "up",
+            "up",
+            "0.500000",
+            "primary",
+            "primary"
+        ]
+    );
+    let row1: Vec<&str> = lines.next().unwrap().split('|').collect();
+    assert_eq!(row1[6], "standby");
+    assert_eq!(row1[11], "streaming");
+    assert_eq!(row1[12], "async");
+    assert_eq!(
+        header("SHOW POOL_HEALTH_CHECK_STATS")
+            .lines()
+            .next()
+            .unwrap()
+            .split('|')
+            .count(),
+        20
+    );
+    assert_eq!(
+        header("SHOW POOL_BACKEND_STATS")
+            .lines()
+            .next()
+            .unwrap()
+            .split('|')
+            .count(),
+        14
+    );
+    assert!(header("show pool_version;").contains("pgwarden"));
+    assert!(header("SHOW POOL_POOLS").contains("pool_size"));
+    // Ordinary SHOW still reaches PostgreSQL.
+    assert!(header("SHOW server_version").contains("15"));
+}
