@@ -561,3 +561,207 @@ fn pgpool_show_commands() {
     // Ordinary SHOW still reaches PostgreSQL.
     assert!(header("SHOW server_version").contains("15"));
 }
+
+mod hostile {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn connect(c: &Cluster) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", c.proxy_port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s
+    }
+
+    /// Everything the proxy says until it closes the connection.
+    fn answer(mut s: TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    }
+
+    fn error_message(bytes: &[u8]) -> String {
+        assert_eq!(
+            bytes.first(),
+            Some(&b'E'),
+            "expected an ErrorResponse, got {bytes:?}"
+        );
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    fn startup(user: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608u32.to_be_bytes());
+        for (k, v) in [("user", user), ("database", "test")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        p.extend(body);
+        p
+    }
+
+    #[test]
+    fn malformed_and_slow_clients_are_cut_off_and_others_go_on() {
+        let c = Cluster::up(1);
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "garbage before the startup packet",
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                "invalid length of startup packet",
+            ),
+            (
+                "a huge startup length",
+                vec![0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+                "invalid length of startup packet",
+            ),
+            (
+                "protocol 2.0",
+                {
+                    let mut p = vec![0, 0, 0, 9];
+                    p.extend(0x0002_0000u32.to_be_bytes());
+                    p.push(0);
+                    p
+                },
+                "unsupported frontend protocol 2.0",
+            ),
+            (
+                "no user",
+                {
+                    let mut p = vec![0, 0, 0, 9];
+                    p.extend(196608u32.to_be_bytes());
+                    p.push(0);
+                    p
+                },
+                "no PostgreSQL user name specified",
+            ),
+        ];
+        for (what, bytes, want) in cases {
+            let mut s = connect(&c);
+            s.write_all(&bytes).unwrap();
+            let msg = error_message(&answer(s));
+            assert!(msg.contains(want), "{what}: {msg}");
+        }
+
+        // SSL and GSSAPI encryption requests are declined with 'N'; the client may go on.
+        let mut s = connect(&c);
+        s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+        let mut n = [0u8; 1];
+        s.read_exact(&mut n).unwrap();
+        assert_eq!(&n, b"N");
+        s.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).unwrap();
+        s.read_exact(&mut n).unwrap();
+        assert_eq!(&n, b"N");
+        s.write_all(&startup("postgres")).unwrap();
+        let mut r = [0u8; 1];
+        s.read_exact(&mut r).unwrap();
+        assert_eq!(&r, b"R", "authentication follows");
+
+        // A client that sends half a startup packet and stalls is dropped after auth_timeout (5 s).
+        let start = Instant::now();
+        let mut s = connect(&c);
+        s.write_all(&startup("postgres")[..6]).unwrap();
+        let msg = error_message(&answer(s));
+        assert!(
+            msg.contains("canceling authentication due to timeout"),
+            "{msg}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "{:?}",
+            start.elapsed()
+        );
+
+        // After login: a lying length, a message over the size limit, an unknown type.
+        block(async {
+            for (what, bytes, want) in [
+                (
+                    "a negative length",
+                    vec![b'Q', 0xff, 0xff, 0xff, 0xf0],
+                    "invalid message length",
+                ),
+                (
+                    "a huge length",
+                    vec![b'Q', 0x7f, 0, 0, 0],
+                    "exceeds the maximum message size",
+                ),
+                (
+                    "an unknown message type",
+                    vec![b'!', 0, 0, 0, 4],
+                    "invalid frontend message type 33",
+                ),
+                (
+                    "a query without its terminator",
+                    {
+                        let mut v = vec![b'Q', 0, 0, 0, 12];
+                        v.extend(b"SELECT 1");
+                        v
+                    },
+                    "invalid Query message",
+                ),
+            ] {
+                let got = raw_session(&c, &bytes).await;
+                assert!(got.contains(want), "{what}: {got}");
+            }
+        });
+        // Through all of it, a well-behaved client is served.
+        assert_eq!(c.psql_proxy("test", "SELECT 1").unwrap(), "1");
+    }
+
+    /// Logs in with tokio-postgres's own authentication, on a raw socket, then sends `bytes`
+    /// and returns what came back.
+    async fn raw_session(c: &Cluster, bytes: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
+            .await
+            .unwrap();
+        // Trust is not configured, so authenticate with SCRAM through postgres-protocol.
+        s.write_all(&startup("postgres")).await.unwrap();
+        let mut scram: Option<postgres_protocol::authentication::sasl::ScramSha256> = None;
+        let mut buf = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.unwrap();
+            match head[0] {
+                b'R' => {
+                    let kind = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let mut out = Vec::new();
+                    match kind {
+                        10 => {
+                            let sc = postgres_protocol::authentication::sasl::ScramSha256::new(c.password().as_bytes(), postgres_protocol::authentication::sasl::ChannelBinding::unsupported());
+                            let mut payload = b"SCRAM-SHA-256\0".to_vec();
+                            payload.extend((sc.message().len() as i32).to_be_bytes());
+                            payload.extend(sc.message());
+                            out.push(b'p');
+                            out.extend(((payload.len() + 4) as i32).to_be_bytes());
+                            out.extend(payload);
+                            scram = Some(sc);
+                        }
+                        11 => {
+                            let sc = scram.as_mut().unwrap();
+                            sc.update(&body[4..]).unwrap();
+                            out.push(b'p');
+                            out.extend(((sc.message().len() + 4) as i32).to_be_bytes());
+                            out.extend(sc.message());
+                        }
+                        _ => {}
+                    }
+                    s.write_all(&out).await.unwrap();
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        s.write_all(bytes).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
+            .await
+            .expect("closed, not hung");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

@@ -112,6 +112,8 @@ struct Session {
     batch_frames: Vec<Frame>,
     cancel: CancelSlot,
     last_tx_status: u8,
+    /// Reused for each forward, so the hot path does not allocate.
+    events: Vec<(u8, Bytes)>,
 }
 
 pub(crate) async fn run(
@@ -143,6 +145,7 @@ pub(crate) async fn run(
         batch_frames: Vec::new(),
         cancel,
         last_tx_status: b'I',
+        events: Vec::new(),
     };
     let end = s.main_loop(&mut reader, buf).await;
     if let Err(End::Fatal(code, message)) = &end {
@@ -718,7 +721,7 @@ impl Session {
         let Some(conn) = self.conns.get_mut(&node) else {
             return Ok(());
         };
-        let mut events: Vec<(u8, Bytes)> = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         let n = scan(&conn.pooled.backend.buf, &mut conn.streaming, &mut events).map_err(|e| {
             fatal(
                 "08P01",
@@ -726,7 +729,7 @@ impl Session {
             )
         })?;
         let out = conn.b().buf.split_to(n);
-        for (tag, body) in events {
+        for (tag, body) in events.drain(..) {
             match tag {
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
@@ -769,6 +772,7 @@ impl Session {
                 _ => {}
             }
         }
+        self.events = events;
         if !out.is_empty() {
             self.send_client(&out).await?;
         }
@@ -1020,7 +1024,14 @@ fn scan(
             if rest.len() < total {
                 return Ok(pos);
             }
-            events.push((tag, Bytes::copy_from_slice(&rest[5..total])));
+            let body = match (tag, rest.get(5)) {
+                // The hot path: ReadyForQuery, without an allocation.
+                (b'Z', Some(b'I')) => Bytes::from_static(b"I"),
+                (b'Z', Some(b'T')) => Bytes::from_static(b"T"),
+                (b'Z', Some(b'E')) => Bytes::from_static(b"E"),
+                _ => Bytes::copy_from_slice(&rest[5..total]),
+            };
+            events.push((tag, body));
             pos += total;
         } else if rest.len() >= total {
             pos += total;

@@ -84,8 +84,53 @@ fn starts_with_words(lower: &str, words: &[&str]) -> bool {
         .all(|w| it.next().is_some_and(|t| t.trim_end_matches(';') == *w))
 }
 
+/// A plain `SELECT` the parser need not see: only letters, digits, `_`, spaces, `,` `.` `=`
+/// `<` `>` `*` `$` and one trailing `;`: no function call, no string, no comment, no cast, no
+/// subquery; and no word that could make it more than a read (`for`, `into`) or reach a system
+/// catalog (`pg_…`, `information_schema`). Anything else goes through libpg_query.
+fn plain_select(sql: &str) -> bool {
+    let body = sql.trim().trim_end_matches(';');
+    let bytes = body.as_bytes();
+    if bytes.len() < 7
+        || !bytes[..6].eq_ignore_ascii_case(b"select")
+        || !bytes[6].is_ascii_whitespace()
+    {
+        return false;
+    }
+    let allowed = |c: u8| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'_' | b' '
+                    | b'\n'
+                    | b'\t'
+                    | b'\r'
+                    | b','
+                    | b'.'
+                    | b'='
+                    | b'<'
+                    | b'>'
+                    | b'*'
+                    | b'$'
+            )
+    };
+    if !bytes.iter().all(|&c| allowed(c)) {
+        return false;
+    }
+    body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .all(|w| {
+            !(w.eq_ignore_ascii_case("for")
+                || w.eq_ignore_ascii_case("into")
+                || w.eq_ignore_ascii_case("information_schema")
+                || w.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("pg_")))
+        })
+}
+
 /// Classifies one simple-query string or one Parse'd statement.
 pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
+    if plain_select(sql) {
+        return v(Class::Read, "plain SELECT");
+    }
     let trimmed = sql.trim_start();
     if trimmed.starts_with("/*NO LOAD BALANCE*/") {
         return v(Class::Write, "/*NO LOAD BALANCE*/ comment");

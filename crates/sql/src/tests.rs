@@ -123,3 +123,30 @@ fn words() {
     assert!(!has_word("select before from t", "for"));
     assert!(has_word("for", "for"));
 }
+
+#[test]
+fn the_fast_path_only_takes_plain_selects() {
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+        "select a, b from t where x > 1 and y <= $1",
+        "SELECT * FROM t",
+    ] {
+        assert!(plain_select(sql), "{sql}");
+        assert_eq!(classify(sql, &NoFunctions).class, Class::Read);
+    }
+    for sql in [
+        "SELECT nextval('s')",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT * INTO t2 FROM t",
+        "SELECT * FROM pg_stat_activity",
+        "SELECT * FROM information_schema.tables",
+        "SELECT 1; DELETE FROM t",
+        "SELECT * FROM t -- comment",
+        "SELECT * FROM t WHERE a = 'x'",
+        "SELECT a::int FROM t",
+        "SELECTa FROM t",
+        "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
+    ] {
+        assert!(!plain_select(sql), "{sql}");
+    }
+}
