@@ -15,6 +15,8 @@ ensure_deps() {
     command -v runuser >/dev/null || missing+=(util-linux)
     # libpg_query (the SQL classifier) is built with bindgen, which needs libclang.
     compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || missing+=(libclang-dev)
+    # A Python driver for the end-to-end tests (libpq-based psycopg2, from Debian).
+    /usr/bin/python3 -c "import psycopg2" 2>/dev/null || missing+=(python3-psycopg2)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing from Debian: ${missing[*]}"
         as_root apt-get update -qq

@@ -765,3 +765,108 @@ mod hostile {
         String::from_utf8_lossy(&buf).into_owned()
     }
 }
+
+#[test]
+fn limits_answer_53300_and_never_hang() {
+    let c = Cluster::up(1);
+    // Tighten the limits and restart the warden with them.
+    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
+        "[proxy]\n",
+        "[proxy]\nmax_client_connections = 3\npool_size = 2\npool_wait_timeout = \"1s\"\n",
+    );
+    std::fs::write(c.config(), cfg).unwrap();
+    let dir = c.dir.to_str().unwrap();
+    assert!(common::pgwarden(&["sandbox", "down", "--dir", dir])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = common::pgwarden(&["sandbox", "up", "--dir", dir])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    block(async {
+        // Two sessions in transactions hold both backend connections of the node.
+        let a = c.client("test").await;
+        let b = c.client("test").await;
+        a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        // A third client logs in (idle clients hold no backend connection)…
+        let third = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(c.proxy_port())
+                .user("postgres")
+                .password(c.password())
+                .dbname("test")
+                .connect(tokio_postgres::NoTls)
+                .await
+        })
+        .await
+        .expect("no hang");
+        // …or is told the pool is full; either way a statement gets 53300, not a hang.
+        match third {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                let start = Instant::now();
+                let err =
+                    tokio::time::timeout(Duration::from_secs(10), client.batch_execute("SELECT 1"))
+                        .await
+                        .expect("no hang")
+                        .unwrap_err();
+                assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
+                let message = err
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
+                assert!(message.contains("proxy.pool_size"), "{message}");
+                assert!(start.elapsed() < Duration::from_secs(5));
+                // The session survives: once a connection is free, it works.
+                a.batch_execute("COMMIT").await.unwrap();
+                drop(a);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                client.batch_execute("SELECT 1").await.unwrap();
+            }
+            Err(e) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e}");
+            }
+        }
+        // Over max_client_connections: PostgreSQL's own refusal.
+        b.batch_execute("COMMIT").await.unwrap();
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut extra = Vec::new();
+        let mut refused = None;
+        for _ in 0..4 {
+            match tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(c.proxy_port())
+                .user("postgres")
+                .password(c.password())
+                .dbname("test")
+                .connect(tokio_postgres::NoTls)
+                .await
+            {
+                Ok((cl, conn)) => {
+                    tokio::spawn(conn);
+                    extra.push(cl);
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = refused.expect("a client over the limit is refused");
+        assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e}");
+        let message = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("sorry, too many clients already"),
+            "{message}"
+        );
+        assert_eq!(extra.len(), 2, "three clients in all are allowed");
+    });
+}

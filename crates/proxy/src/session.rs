@@ -614,6 +614,19 @@ impl Session {
                     self.drain().await?;
                 }
             }
+            if !self.conns.contains_key(&node) {
+                if let Err(e @ PoolError::Full { .. }) = self.bind(node).await {
+                    // Over the pool's limit: this statement fails, the session goes on.
+                    self.drain().await?;
+                    let mut out = BytesMut::new();
+                    let text = e.to_string();
+                    msg::error_response(&mut out, &ErrorFields::error("53300", &text));
+                    for _ in 0..syncs {
+                        msg::ready_for_query(&mut out, self.last_tx_status);
+                    }
+                    return self.send_client(&out).await;
+                }
+            }
             let conn = self.conn(node).await?;
             let (pid, key) = (conn.b().pid, conn.b().key);
             match conn.b().write(&data).await {

@@ -1,0 +1,25 @@
+-- Settings, prepared statements, cursors, temporary tables, sequences.
+SET search_path = public;
+SET datestyle = 'German';
+SELECT '2026-11-22'::date;
+RESET datestyle;
+SELECT '2026-11-22'::date;
+CREATE SEQUENCE seq;
+SELECT nextval('seq'), nextval('seq');
+SELECT currval('seq');
+PREPARE add(int, int) AS SELECT $1 + $2;
+EXECUTE add(40, 2);
+DEALLOCATE add;
+EXECUTE add(1, 1);
+CREATE TEMP TABLE scratch AS SELECT g AS n FROM generate_series(1, 3) g;
+SELECT sum(n) FROM scratch;
+BEGIN;
+DECLARE c CURSOR FOR SELECT n FROM scratch ORDER BY n;
+FETCH 2 FROM c;
+FETCH 2 FROM c;
+CLOSE c;
+COMMIT;
+CREATE TABLE big AS SELECT g, repeat('x', 5000) AS pad FROM generate_series(1, 200) g;
+SELECT count(*), sum(length(pad)) FROM big;
+SELECT md5(string_agg(pad, '' ORDER BY g)) FROM big;
+DO $$ BEGIN RAISE NOTICE 'a notice from %', 'plpgsql'; END $$;
