@@ -17,6 +17,22 @@ pub fn config(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let cfg = config::parse(&text, path)?;
     cfg.check_files(check_password_file)?;
+    if let Some(pp) = &cfg.proxy.pool_passwd {
+        let problem = match std::fs::read_to_string(pp) {
+            Err(e) => Some(format!("{} cannot be read: {e}; expected a file in pgpool's pool_passwd format (user:secret per line)", pp.display())),
+            Ok(text) => pgwarden_wire::auth::parse_pool_passwd(&text)
+                .err()
+                .map(|(line, e)| format!("{} line {line}: {e}", pp.display())),
+        };
+        if let Some(problem) = problem {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: "proxy.pool_passwd".into(),
+                problem,
+            }]));
+        }
+    }
     Ok(cfg)
 }
 

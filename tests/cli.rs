@@ -17,6 +17,11 @@ fn example_dir() -> (tempfile::TempDir, PathBuf) {
     let pass = t.path().join("pgpass");
     std::fs::write(&pass, "*:*:*:pgwarden:secret\n").unwrap();
     std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        t.path().join("pool_passwd"),
+        "app:md5aaaabbbbccccddddeeeeffff00001111\n",
+    )
+    .unwrap();
     (t, cfg)
 }
 
@@ -106,6 +111,21 @@ fn password_file_problems_exit_2() {
     std::fs::remove_file(&pass).unwrap();
     let out = check(&cfg);
     assert_error(&out, 2, "does not exist");
+}
+
+#[test]
+fn a_broken_pool_passwd_exits_2() {
+    let (t, cfg) = example_dir();
+    std::fs::write(t.path().join("pool_passwd"), "app:md5aaaa\njustaname\n").unwrap();
+    let out = check(&cfg);
+    assert_error(&out, 2, "proxy.pool_passwd");
+    assert!(
+        stderr(&out).contains("line 2: expected user:secret"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(t.path().join("pool_passwd")).unwrap();
+    assert_error(&check(&cfg), 2, "cannot be read");
 }
 
 #[test]

@@ -870,3 +870,63 @@ fn limits_answer_53300_and_never_hang() {
         assert_eq!(extra.len(), 2, "three clients in all are allowed");
     });
 }
+
+#[test]
+fn a_primary_out_of_connections_stays_in_service() {
+    let c = Cluster::up(2);
+    block(async {
+        let proxied = c.client("test").await;
+        proxied
+            .batch_execute("CREATE TABLE busy (a int)")
+            .await
+            .unwrap();
+        // Take every connection slot of the primary directly.
+        let mut held = Vec::new();
+        let refusal = loop {
+            match tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(c.node_port(0))
+                .user("postgres")
+                .password(c.password())
+                .dbname("test")
+                .connect(tokio_postgres::NoTls)
+                .await
+            {
+                Ok((client, conn)) => {
+                    tokio::spawn(conn);
+                    held.push(client);
+                    assert!(held.len() < 500, "max_connections never reached");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(refusal.code().map(|c| c.code()), Some("53300"));
+        // Several health-check periods later the primary is still in service…
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let nodes = tokio::task::block_in_place(|| c.nodes());
+        assert_eq!(nodes[0]["status"], "up", "{:#}", nodes[0]);
+        assert_eq!(nodes[0]["pg_status"], "up");
+        assert!(
+            nodes[0]["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("too many clients"),
+            "{:#}",
+            nodes[0]
+        );
+        // …a session that already has its connection keeps writing…
+        proxied
+            .batch_execute("INSERT INTO busy VALUES (1)")
+            .await
+            .unwrap();
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // …and once connections are free, everyone can write again.
+        let fresh = c.client("test").await;
+        fresh
+            .batch_execute("INSERT INTO busy VALUES (2)")
+            .await
+            .unwrap();
+        assert!(tokio::task::block_in_place(|| c.nodes())[0]["last_error"].is_null());
+    });
+}

@@ -126,7 +126,34 @@ pub struct CheckCycle {
     pub duration: Duration,
     /// Attempts after the first one.
     pub retries: u32,
-    pub result: Result<Observation, String>,
+    pub result: Result<Observation, CheckError>,
+}
+
+/// Why a health check failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckError {
+    pub message: String,
+    /// PostgreSQL answered, but refused the connection for a reason that says nothing about
+    /// its health: too many connections (53300), out of resources (53400), starting up or
+    /// shutting down is not that (57P03 is excluded). A node that answers like this stays in
+    /// service: exhausting `max_connections` must never take a primary out, let alone fail it
+    /// over.
+    pub alive: bool,
+}
+
+impl From<String> for CheckError {
+    fn from(message: String) -> Self {
+        CheckError {
+            message,
+            alive: false,
+        }
+    }
+}
+
+impl From<&str> for CheckError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
 }
 
 /// The figures of pgpool's `SHOW pool_health_check_stats`.
@@ -238,7 +265,10 @@ impl NodeState {
     /// Takes in a health-check cycle; returns the status change it caused, if any.
     pub fn apply(&mut self, cycle: CheckCycle, failover: FailoverFlag) -> Option<StatusChange> {
         self.stats.record(&cycle);
-        let healthy = cycle.result.is_ok();
+        let healthy = match &cycle.result {
+            Ok(_) => true,
+            Err(e) => e.alive,
+        };
         let reason = match cycle.result {
             Ok(obs) => {
                 self.live = LiveStatus::Up;
@@ -248,13 +278,21 @@ impl NodeState {
                 self.last_error = None;
                 "health check succeeded".to_string()
             }
+            Err(e) if e.alive => {
+                // Alive and speaking the protocol; the last observation stays.
+                self.live = LiveStatus::Up;
+                let reason = format!("the server answers but refuses connections: {}", e.message);
+                self.last_error = Some(e.message);
+                reason
+            }
             Err(e) => {
                 self.live = LiveStatus::Down;
                 let reason = format!(
-                    "health check failed after {} attempt(s): {e}",
-                    cycle.retries + 1
+                    "health check failed after {} attempt(s): {}",
+                    cycle.retries + 1,
+                    e.message
                 );
-                self.last_error = Some(e);
+                self.last_error = Some(e.message);
                 reason
             }
         };

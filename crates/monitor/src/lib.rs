@@ -10,7 +10,7 @@ pub use probe::{probe, ProbeError, Target};
 
 use chrono::Utc;
 use pgwarden_core::config::{Backend, Config};
-use pgwarden_core::node::{build_views, CheckCycle, NodeState, NodeStatus, NodeView};
+use pgwarden_core::node::{build_views, CheckCycle, CheckError, NodeState, NodeStatus, NodeView};
 use pgwarden_core::passfile::PassFile;
 use pgwarden_core::route::RouteTable;
 use std::sync::{Arc, RwLock};
@@ -135,18 +135,23 @@ async fn run_cycle(backend: &Backend, target: &Target) -> CheckCycle {
     let started = Instant::now();
     let mut retries = 0;
     let result = loop {
-        let error = match timeout(hc.timeout, probe(target)).await {
+        let error: CheckError = match timeout(hc.timeout, probe(target)).await {
             Ok(Ok(obs)) => break Ok(obs),
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e @ ProbeError::Busy { .. })) => CheckError {
+                message: e.to_string(),
+                alive: true,
+            },
+            Ok(Err(e)) => e.to_string().into(),
             Err(_) => format!(
                 "no answer within the health-check timeout ({} ms)",
                 hc.timeout.as_millis()
-            ),
+            )
+            .into(),
         };
-        if retries >= hc.max_retries {
+        if retries >= hc.max_retries || error.alive {
             break Err(error);
         }
-        tracing::debug!(node = backend.id, retry = retries + 1, %error, "health check failed; retrying");
+        tracing::debug!(node = backend.id, retry = retries + 1, error = %error.message, "health check failed; retrying");
         retries += 1;
         sleep(hc.retry_delay).await;
     };

@@ -20,6 +20,9 @@ pub struct Target {
 pub enum ProbeError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The server answered the startup with an error that means "busy", not "dead".
+    #[error("{addr} refuses connections: {reason}")]
+    Busy { addr: String, reason: String },
     #[error("query on {addr} failed: {reason}")]
     Query { addr: String, reason: String },
     #[error("unexpected answer from {addr}: {reason}")]
@@ -78,9 +81,21 @@ pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
     if let Some(pw) = &target.password {
         cfg.password(pw.expose());
     }
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| ProbeError::Connect {
-        addr: addr.clone(),
-        reason: error_text(&e),
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+        let busy = e
+            .as_db_error()
+            .is_some_and(|d| matches!(d.code().code(), "53300" | "53400"));
+        if busy {
+            ProbeError::Busy {
+                addr: addr.clone(),
+                reason: error_text(&e),
+            }
+        } else {
+            ProbeError::Connect {
+                addr: addr.clone(),
+                reason: error_text(&e),
+            }
+        }
     })?;
     let conn_task = tokio::spawn(connection);
     let result = client.simple_query(SQL).await;

@@ -596,7 +596,8 @@ impl Session {
                 Ok(())
             }
             Err(e) => {
-                if matches!(e, PoolError::Backend(_)) {
+                // A node that refuses for lack of connections is alive: not reported.
+                if matches!(e, PoolError::Backend(_)) && !capacity(&e) {
                     self.ctx.report(node);
                 }
                 Err(e)
@@ -615,16 +616,20 @@ impl Session {
                 }
             }
             if !self.conns.contains_key(&node) {
-                if let Err(e @ PoolError::Full { .. }) = self.bind(node).await {
-                    // Over the pool's limit: this statement fails, the session goes on.
-                    self.drain().await?;
-                    let mut out = BytesMut::new();
-                    let text = e.to_string();
-                    msg::error_response(&mut out, &ErrorFields::error("53300", &text));
-                    for _ in 0..syncs {
-                        msg::ready_for_query(&mut out, self.last_tx_status);
+                match self.bind(node).await {
+                    Ok(()) => {}
+                    Err(e) if capacity(&e) => {
+                        // Out of connections: this statement fails, the session goes on.
+                        self.drain().await?;
+                        let mut out = BytesMut::new();
+                        let text = e.to_string();
+                        msg::error_response(&mut out, &ErrorFields::error("53300", &text));
+                        for _ in 0..syncs {
+                            msg::ready_for_query(&mut out, self.last_tx_status);
+                        }
+                        return self.send_client(&out).await;
                     }
-                    return self.send_client(&out).await;
+                    Err(e) => return Err(fatal("08006", format!("cannot reach node {node}: {e}"))),
                 }
             }
             let conn = self.conn(node).await?;
@@ -943,6 +948,18 @@ impl Session {
                 }
             });
         }
+    }
+}
+
+/// Out of connections (the pool's, or the server's `max_connections`): the statement fails
+/// with 53300, the session goes on.
+fn capacity(e: &PoolError) -> bool {
+    match e {
+        PoolError::Full { .. } => true,
+        PoolError::Backend(BackendError::Refused { code, .. }) => {
+            code == "53300" || code == "53400"
+        }
+        PoolError::Backend(_) => false,
     }
 }
 

@@ -57,6 +57,40 @@ fn failed_cycle(at: i64, retries: u32, ms: u64) -> CheckCycle {
     }
 }
 
+#[test]
+fn a_server_that_refuses_for_lack_of_connections_stays_in_service() {
+    let mut s = NodeState::new(t(0));
+    s.apply(
+        ok_cycle(1, primary_obs("0/10", vec![]), 0, 1),
+        FailoverFlag::Allow,
+    );
+    let busy = CheckCycle {
+        finished_at: t(2),
+        duration: Duration::from_millis(3),
+        retries: 2,
+        result: Err(CheckError {
+            message: "sorry, too many clients already".into(),
+            alive: true,
+        }),
+    };
+    assert!(
+        s.apply(busy, FailoverFlag::Allow).is_none(),
+        "no status change"
+    );
+    assert_eq!(s.status, NodeStatus::Up);
+    assert_eq!(s.live, LiveStatus::Up);
+    assert_eq!(s.role, Role::Primary);
+    assert!(s.observation.is_some(), "the last observation stays");
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("sorry, too many clients already")
+    );
+    assert_eq!(
+        s.stats.fail_count, 1,
+        "the statistics still count a failed check"
+    );
+}
+
 fn primary_obs(current: &str, rows: Vec<ReplicationRow>) -> Observation {
     Observation {
         in_recovery: false,

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Front-door benchmark, side by side in one run on this machine:
+#   direct to the primary, through pgwarden, through pgbouncer (session pooling).
+# pgbench select-only (-S) and simple-update (-N), 8 and 64 clients; then resident memory per
+# idle authenticated client with 2,000 clients.
+#
+#   bench/proxy.sh [SECONDS]            (default 15 s per run)
+#
+# Needs: a release build (cargo build --release), PostgreSQL 15, pgbouncer, python3-psycopg2.
+# pgpool-II is not measured here yet: its pgpool_setup needs passwordless `ssh localhost` for
+# the postgres user (see docs/BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${1:-15}
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+P=$PWD/target/release/pgwarden
+W=$(mktemp -d /tmp/pgwarden-bench-XXXXXX)
+chmod 755 "$W"
+SB=$W/sandbox
+BASE=${BENCH_PORT:-41000}
+cleanup() {
+    [ -f "$W/pgb/pgbouncer.pid" ] && kill "$(cat "$W/pgb/pgbouncer.pid")" 2>/dev/null || true
+    "$P" sandbox down --dir "$SB" --destroy >/dev/null 2>&1 || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+"$P" sandbox up --dir "$SB" --port "$BASE" >/dev/null
+PW=$(grep -m1 '^127.0.0.1' "$SB/pgpass" | cut -d: -f5)
+PRIMARY=$((BASE + 2)); PROXY=$BASE; BOUNCER=$((BASE + 90))
+export PGPASSFILE=$SB/pgpass
+echo "127.0.0.1:$BOUNCER:*:postgres:$PW" >> "$SB/pgpass"
+
+mkdir -p "$W/pgb"
+cat > "$W/pgb/pgbouncer.ini" <<INI
+[databases]
+test = host=127.0.0.1 port=$PRIMARY dbname=test
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $W/pgb/userlist.txt
+pool_mode = session
+max_client_conn = 5000
+default_pool_size = 100
+logfile = $W/pgb/pgbouncer.log
+pidfile = $W/pgb/pgbouncer.pid
+INI
+echo "\"postgres\" \"$PW\"" > "$W/pgb/userlist.txt"
+chmod 600 "$W/pgb/userlist.txt"
+if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$W/pgb"; runuser -u postgres -- pgbouncer -d "$W/pgb/pgbouncer.ini"; else pgbouncer -d "$W/pgb/pgbouncer.ini"; fi
+sleep 1
+
+pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 20 -q test >/dev/null 2>&1
+sleep 2 # let the standbys catch up
+
+# One pgbench run; prints "tps avg_ms p99_ms".
+run() {
+    local port=$1 mode=$2 clients=$3 dir
+    dir=$(mktemp -d "$W/log-XXXX")
+    (cd "$dir" && pgbench -h 127.0.0.1 -p "$port" -U postgres $mode -T "$T" -c "$clients" -j 2 -l --sampling-rate 0.05 test > out.txt 2>&1) || { cat "$dir/out.txt" >&2; echo "0 0 0"; return; }
+    local tps avg p99
+    tps=$(awk '/^tps/ {print $3}' "$dir/out.txt")
+    avg=$(awk '/latency average/ {print $4}' "$dir/out.txt")
+    p99=$(cat "$dir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", a[i]/1000}')
+    echo "$tps $avg $p99"
+}
+
+echo "| workload | clients | target | TPS | avg latency (ms) | p99 latency (ms) | TPS vs direct |"
+echo "|---|---|---|---|---|---|---|"
+for mode in "-S" "-N"; do
+    for clients in 8 64; do
+        read -r dtps davg dp99 < <(run $PRIMARY "$mode" $clients)
+        for target in direct pgwarden pgbouncer; do
+            case $target in
+                direct) tps=$dtps avg=$davg p99=$dp99 ;;
+                pgwarden) read -r tps avg p99 < <(run $PROXY "$mode" $clients) ;;
+                pgbouncer) read -r tps avg p99 < <(run $BOUNCER "$mode" $clients) ;;
+            esac
+            name=$([ "$mode" = "-S" ] && echo "select-only" || echo "simple-update")
+            ratio=$(awk -v a="$tps" -v b="$dtps" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+            printf "| %s | %d | %s | %.0f | %s | %s | %s |\n" "$name" $clients $target "$tps" "$avg" "$p99" "$ratio"
+        done
+    done
+done
+
+# Memory per idle client: 2,000 authenticated clients that then sit idle.
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+idle_clients() {
+    /usr/bin/python3 - "$1" "$PW" "$2" "$PRIMARY" <<'PY'
+import sys, time, psycopg2
+port, pw, pid, primary = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1])
+base = rss()
+conns = [psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=pw, dbname="test") for _ in range(2000)]
+time.sleep(2)
+after = rss()
+d = psycopg2.connect(host="127.0.0.1", port=primary, user="postgres", password=pw, dbname="postgres")
+cur = d.cursor()
+cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+backends = cur.fetchone()[0] - 1
+print(f"{base} {after} {(after - base) * 1024 / 2000:.0f} {backends}")
+for c in conns:
+    c.close()
+PY
+}
+WARDEN_PID=$(cat "$SB/warden.pid")
+BOUNCER_PID=$(cat "$W/pgb/pgbouncer.pid")
+echo
+echo "| target | RSS before (KiB) | RSS with 2,000 idle clients (KiB) | bytes per idle client | primary backends meanwhile |"
+echo "|---|---|---|---|---|"
+read -r b a per n < <(idle_clients $PROXY "$WARDEN_PID")
+echo "| pgwarden | $b | $a | $per | $n |"
+read -r b a per n < <(idle_clients $BOUNCER "$BOUNCER_PID")
+echo "| pgbouncer | $b | $a | $per | $n |"
