@@ -28,6 +28,12 @@ trap cleanup EXIT
 PW=$(grep -m1 '^127.0.0.1' "$SB/pgpass" | cut -d: -f5)
 PRIMARY=$((BASE + 2)); PROXY=$BASE; BOUNCER=$((BASE + 90))
 export PGPASSFILE=$SB/pgpass
+# Room for 64 clients of each contender plus their pools: max_connections 400 on every node,
+# pgwarden's pool 200 per node (pgbouncer's default_pool_size is 100, below).
+for n in 0 1 2; do psql -h 127.0.0.1 -p $((BASE + 2 + n)) -U postgres -d postgres -qc "ALTER SYSTEM SET max_connections = 400"; done
+sed -i 's/^\[proxy\]$/[proxy]\npool_size = 200/' "$SB/pgwarden.toml"
+"$P" sandbox down --dir "$SB" >/dev/null
+"$P" sandbox up --dir "$SB" >/dev/null
 echo "127.0.0.1:$BOUNCER:*:postgres:$PW" >> "$SB/pgpass"
 
 mkdir -p "$W/pgb"
@@ -48,7 +54,14 @@ pidfile = $W/pgb/pgbouncer.pid
 INI
 echo "\"postgres\" \"$PW\"" > "$W/pgb/userlist.txt"
 chmod 600 "$W/pgb/userlist.txt"
-if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$W/pgb"; runuser -u postgres -- pgbouncer -d "$W/pgb/pgbouncer.ini"; else pgbouncer -d "$W/pgb/pgbouncer.ini"; fi
+# As root, pgbouncer runs as postgres through setpriv, which (unlike runuser's PAM session)
+# keeps this shell's file limit: 2,000 clients need more than 1,024 descriptors.
+if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres "$W/pgb"
+    setpriv --reuid=postgres --regid=postgres --init-groups pgbouncer -d "$W/pgb/pgbouncer.ini"
+else
+    pgbouncer -d "$W/pgb/pgbouncer.ini"
+fi
 sleep 1
 
 pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 20 -q test >/dev/null 2>&1
@@ -95,7 +108,7 @@ def rss():
         if line.startswith("VmRSS"):
             return int(line.split()[1])
 base = rss()
-conns = [psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=pw, dbname="test") for _ in range(2000)]
+conns = [psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=pw, dbname="test", connect_timeout=10) for _ in range(2000)]
 time.sleep(2)
 after = rss()
 d = psycopg2.connect(host="127.0.0.1", port=primary, user="postgres", password=pw, dbname="postgres")

@@ -105,7 +105,7 @@ pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     match welcome {
         Ok(out) => {
             if stream.write_all(&out).await.is_ok() {
-                buf.clear();
+                // Whatever the client sent after its login stays in `buf` for the session.
                 crate::session::run(ctx.clone(), stream, buf, login, slot).await;
             }
         }

@@ -31,7 +31,7 @@ use pgwarden_wire::frame::{self, Frame, ProtocolError};
 use pgwarden_wire::msg::{self, ErrorFields};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -165,8 +165,8 @@ impl Session {
                     return Ok(());
                 }
             }
-            if cbuf.is_empty() && cbuf.capacity() > 64 * 1024 {
-                // Give memory back after a large message.
+            if cbuf.is_empty() && cbuf.capacity() > 0 {
+                // Nothing pending: give the buffer back while the client thinks.
                 cbuf = BytesMut::new();
             }
             let partial = !cbuf.is_empty();
@@ -333,10 +333,16 @@ impl Session {
             msg::ready_for_query(&mut out, self.last_tx_status);
             return self.send_client(&out).await;
         }
-        let verdict = classify(sql, &*self.ctx.functions());
-        let class = verdict.class;
-        tracing::trace!(?class, reason = %verdict.reason, "simple query");
         let in_tx = self.tx_node.is_some();
+        // Inside a transaction the node is fixed; the parser is needed only for statements that
+        // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
+        let class = if in_tx && !may_hold_state(sql) {
+            Class::InTransaction
+        } else {
+            let verdict = classify(sql, &*self.ctx.functions());
+            tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
+            verdict.class
+        };
         if class == Class::Sticky {
             self.sticky = true;
         }
@@ -978,6 +984,20 @@ fn no_node() -> End {
     )
 }
 
+/// Whether a statement inside a transaction may create state that outlives it.
+fn may_hold_state(sql: &str) -> bool {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    ["listen", "unlisten", "prepare", "execute", "create", "declare", "discard", "deallocate", "set", "reset"]
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w))
+        || sql.trim_start().starts_with('/')
+        || sql.trim_start().starts_with('-')
+}
+
 fn upper_starts(sql: &str, word: &str) -> bool {
     sql.trim_start()
         .get(..word.len())
@@ -993,25 +1013,27 @@ fn combine(a: Class, b: Class) -> Class {
     }
 }
 
-async fn read_client(
-    reader: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    partial: bool,
-    limit: std::time::Duration,
-) -> Result<()> {
-    buf.reserve(8 * 1024);
-    let read = reader.read_buf(buf);
+async fn read_client(reader: &mut OwnedReadHalf, buf: &mut BytesMut, partial: bool, limit: std::time::Duration) -> Result<()> {
+    // Wait for the socket first and only then take memory for the bytes: an idle session
+    // holds no read buffer.
+    let read = async {
+        loop {
+            reader.readable().await?;
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8 * 1024);
+            }
+            match reader.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    };
     let n = if partial {
         // A message has started: the rest must follow promptly (a client that sends one byte a
         // minute holds nothing for long).
         match tokio::time::timeout(limit, read).await {
             Ok(r) => r,
-            Err(_) => {
-                return Err(fatal(
-                    "08P01",
-                    "incomplete message from client: the rest did not arrive in time",
-                ))
-            }
+            Err(_) => return Err(fatal("08P01", "incomplete message from client: the rest did not arrive in time")),
         }
     } else {
         read.await
