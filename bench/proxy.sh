@@ -5,12 +5,15 @@
 # idle authenticated client with 2,000 clients.
 #
 #   bench/proxy.sh [SECONDS]            (default 15 s per run)
+#   bench/proxy.sh --memory             (only the idle-client memory measurement)
 #
 # Needs: a release build (cargo build --release), PostgreSQL 15, pgbouncer, python3-psycopg2.
 # pgpool-II is not measured here yet: its pgpool_setup needs passwordless `ssh localhost` for
 # the postgres user (see docs/BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MEMORY_ONLY=0
+if [ "${1:-}" = "--memory" ]; then MEMORY_ONLY=1; shift; fi
 T=${1:-15}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 P=$PWD/target/release/pgwarden
@@ -79,6 +82,7 @@ run() {
     echo "$tps $avg $p99"
 }
 
+[ $MEMORY_ONLY -eq 1 ] || {
 echo "| workload | clients | target | TPS | avg latency (ms) | p99 latency (ms) | TPS vs direct |"
 echo "|---|---|---|---|---|---|---|"
 for mode in "-S" "-N"; do
@@ -96,6 +100,8 @@ for mode in "-S" "-N"; do
         done
     done
 done
+
+}
 
 # Memory per idle client: 2,000 authenticated clients that then sit idle.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

@@ -991,9 +991,20 @@ fn may_hold_state(sql: &str) -> bool {
         .split(|c: char| !c.is_ascii_alphabetic())
         .next()
         .unwrap_or("");
-    ["listen", "unlisten", "prepare", "execute", "create", "declare", "discard", "deallocate", "set", "reset"]
-        .iter()
-        .any(|w| first.eq_ignore_ascii_case(w))
+    [
+        "listen",
+        "unlisten",
+        "prepare",
+        "execute",
+        "create",
+        "declare",
+        "discard",
+        "deallocate",
+        "set",
+        "reset",
+    ]
+    .iter()
+    .any(|w| first.eq_ignore_ascii_case(w))
         || sql.trim_start().starts_with('/')
         || sql.trim_start().starts_with('-')
 }
@@ -1013,7 +1024,12 @@ fn combine(a: Class, b: Class) -> Class {
     }
 }
 
-async fn read_client(reader: &mut OwnedReadHalf, buf: &mut BytesMut, partial: bool, limit: std::time::Duration) -> Result<()> {
+async fn read_client(
+    reader: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    partial: bool,
+    limit: std::time::Duration,
+) -> Result<()> {
     // Wait for the socket first and only then take memory for the bytes: an idle session
     // holds no read buffer.
     let read = async {
@@ -1033,7 +1049,12 @@ async fn read_client(reader: &mut OwnedReadHalf, buf: &mut BytesMut, partial: bo
         // minute holds nothing for long).
         match tokio::time::timeout(limit, read).await {
             Ok(r) => r,
-            Err(_) => return Err(fatal("08P01", "incomplete message from client: the rest did not arrive in time")),
+            Err(_) => {
+                return Err(fatal(
+                    "08P01",
+                    "incomplete message from client: the rest did not arrive in time",
+                ))
+            }
         }
     } else {
         read.await
