@@ -62,9 +62,10 @@ pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     let count = ctx.clients.fetch_add(1, Ordering::AcqRel) + 1;
     let _guard = CountGuard(ctx.clone());
     let mut buf = BytesMut::new();
+    // Boxed, like the welcome below: their state is not kept for the life of the session.
     let login = tokio::time::timeout(
         ctx.cfg.auth_timeout,
-        handshake(&ctx, &mut stream, &mut buf, peer, count),
+        Box::pin(handshake(&ctx, &mut stream, &mut buf, peer, count)),
     )
     .await;
     let login = match login {
@@ -101,7 +102,7 @@ pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert((pid, key), slot.clone());
-    let welcome = welcome(&ctx, &login, pid, key).await;
+    let welcome = Box::pin(welcome(&ctx, &login, pid, key)).await;
     match welcome {
         Ok(out) => {
             if stream.write_all(&out).await.is_ok() {

@@ -161,7 +161,9 @@ impl Session {
         loop {
             // Everything complete in the buffer is handled first.
             while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
-                if !self.on_frame(f).await? {
+                // Boxed: the handling of a message needs a large state machine only while it
+                // runs; an idle session keeps just the small loop below.
+                if !Box::pin(self.on_frame(f)).await? {
                     return Ok(());
                 }
             }
