@@ -63,7 +63,7 @@ async fn up(
         .context("the sandbox task failed")??;
     let layout = &started.layout;
     let client = pgwarden_api::Client::new(api_base(layout), Duration::from_secs(5))?;
-    let views = match wait_ready(&client, layout).await {
+    let views = match wait_ready(&client, layout, started.warden_pid).await {
         Ok(v) => v,
         Err(e) => {
             if started.built {
@@ -140,11 +140,14 @@ fn api_base(layout: &Layout) -> String {
 async fn wait_ready(
     client: &pgwarden_api::Client,
     layout: &Layout,
+    pid: u32,
 ) -> anyhow::Result<Vec<NodeView>> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last;
     loop {
-        if sandbox::warden_pid(layout).is_none() {
+        // Just after the spawn, /proc may still show the parent's command line; what matters
+        // here is only whether that process is still alive.
+        if !sandbox::process_alive(pid) {
             return Err(SandboxError::WardenDied {
                 log: layout.warden_log(),
                 tail: sandbox::tail_file(&layout.warden_log(), 20),

@@ -687,6 +687,17 @@ pub fn stop_node(bin: &PgBin, layout: &Layout, id: u16, run_as: RunAs) -> Result
     run(cmd, &format!("stopping node {id} (immediate)")).map(|_| ())
 }
 
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "pid (comm) S …".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// The warden's pid, if the warden this sandbox started still runs.
 pub fn warden_pid(layout: &Layout) -> Option<u32> {
     let pid: u32 = fs::read_to_string(layout.warden_pid())
@@ -851,6 +862,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let err = open(d.path()).unwrap_err().to_string();
         assert!(err.contains("is not a pgwarden sandbox"), "{err}");
+    }
+
+    #[test]
+    fn process_alive_sees_zombies_as_dead() {
+        assert!(process_alive(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped: a zombie.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!process_alive(pid));
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 
     #[test]
