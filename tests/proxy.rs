@@ -793,21 +793,13 @@ fn limits_answer_53300_and_never_hang() {
         b.batch_execute("BEGIN; SELECT 1").await.unwrap();
         // A third client logs in (idle clients hold no backend connection)…
         let third = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(c.proxy_port())
-                .user("postgres")
-                .password(c.password())
-                .dbname("test")
-                .connect(tokio_postgres::NoTls)
-                .await
+            c.try_connect(c.proxy_port(), "test").await
         })
         .await
         .expect("no hang");
         // …or is told the pool is full; either way a statement gets 53300, not a hang.
         match third {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
+            Ok(client) => {
                 let start = Instant::now();
                 let err =
                     tokio::time::timeout(Duration::from_secs(10), client.batch_execute("SELECT 1"))
@@ -838,17 +830,8 @@ fn limits_answer_53300_and_never_hang() {
         let mut extra = Vec::new();
         let mut refused = None;
         for _ in 0..4 {
-            match tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(c.proxy_port())
-                .user("postgres")
-                .password(c.password())
-                .dbname("test")
-                .connect(tokio_postgres::NoTls)
-                .await
-            {
-                Ok((cl, conn)) => {
-                    tokio::spawn(conn);
+            match c.try_connect(c.proxy_port(), "test").await {
+                Ok(cl) => {
                     extra.push(cl);
                 }
                 Err(e) => {
@@ -887,17 +870,8 @@ fn a_primary_out_of_connections_stays_in_service() {
         // Take every connection slot of the primary directly.
         let mut held = Vec::new();
         let refusal = loop {
-            match tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(c.node_port(0))
-                .user("postgres")
-                .password(c.password())
-                .dbname("test")
-                .connect(tokio_postgres::NoTls)
-                .await
-            {
-                Ok((client, conn)) => {
-                    tokio::spawn(conn);
+            match c.try_connect(c.node_port(0), "test").await {
+                Ok(client) => {
                     held.push(client);
                     assert!(held.len() < 500, "max_connections never reached");
                 }
@@ -909,16 +883,7 @@ fn a_primary_out_of_connections_stays_in_service() {
         // monitor's own check connection, say) is taken again at once.
         let deadline = Instant::now() + Duration::from_secs(4);
         while Instant::now() < deadline {
-            if let Ok((client, conn)) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(c.node_port(0))
-                .user("postgres")
-                .password(c.password())
-                .dbname("test")
-                .connect(tokio_postgres::NoTls)
-                .await
-            {
-                tokio::spawn(conn);
+            if let Ok(client) = c.try_connect(c.node_port(0), "test").await {
                 held.push(client);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -191,17 +191,27 @@ impl Cluster {
 
     /// A tokio-postgres client through the proxy, its connection driven in the background.
     pub async fn client(&self, db: &str) -> tokio_postgres::Client {
+        self.try_connect(self.proxy_port(), db)
+            .await
+            .expect("connect through the proxy")
+    }
+
+    /// A tokio-postgres client as the superuser on `port` (the proxy's or a node's).
+    pub async fn try_connect(
+        &self,
+        port: u16,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, conn) = tokio_postgres::Config::new()
             .host("127.0.0.1")
-            .port(self.proxy_port())
+            .port(port)
             .user("postgres")
             .password(self.password())
             .dbname(db)
             .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect through the proxy");
+            .await?;
         tokio::spawn(conn);
-        client
+        Ok(client)
     }
 
     /// Which node a port belongs to.

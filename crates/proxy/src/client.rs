@@ -70,29 +70,19 @@ pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     .await;
     let login = match login {
         Ok(Ok(l)) => l,
-        Ok(Err(Refusal::Silent)) => return,
-        Ok(Err(Refusal::Fatal {
-            code,
-            message,
-            detail,
-        })) => {
-            tracing::debug!(%peer, code, "client refused: {message}");
-            let mut out = BytesMut::new();
-            let mut e = ErrorFields::fatal(code, &message);
-            if let Some(d) = &detail {
-                e = e.with_detail(d);
+        Ok(Err(refusal)) => {
+            if let Refusal::Fatal { code, message, .. } = &refusal {
+                tracing::debug!(%peer, code, "client refused: {message}");
             }
-            msg::error_response(&mut out, &e);
-            let _ = stream.write_all(&out).await;
+            refuse(&mut stream, refusal).await;
             return;
         }
         Err(_) => {
-            let mut out = BytesMut::new();
-            msg::error_response(
-                &mut out,
-                &ErrorFields::fatal("08P01", "canceling authentication due to timeout"),
-            );
-            let _ = stream.write_all(&out).await;
+            refuse(
+                &mut stream,
+                Refusal::fatal("08P01", "canceling authentication due to timeout"),
+            )
+            .await;
             return;
         }
     };
@@ -110,25 +100,30 @@ pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
                 crate::session::run(ctx.clone(), stream, buf, login, slot).await;
             }
         }
-        Err(Refusal::Fatal {
-            code,
-            message,
-            detail,
-        }) => {
-            let mut out = BytesMut::new();
-            let mut e = ErrorFields::fatal(code, &message);
-            if let Some(d) = &detail {
-                e = e.with_detail(d);
-            }
-            msg::error_response(&mut out, &e);
-            let _ = stream.write_all(&out).await;
-        }
-        Err(Refusal::Silent) => {}
+        Err(refusal) => refuse(&mut stream, refusal).await,
     }
     ctx.cancels
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&(pid, key));
+}
+
+/// Tells the client why it is refused (a FATAL ErrorResponse), or nothing for a silent close.
+async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
+    if let Refusal::Fatal {
+        code,
+        message,
+        detail,
+    } = refusal
+    {
+        let mut out = BytesMut::new();
+        let mut e = ErrorFields::fatal(code, &message);
+        if let Some(d) = &detail {
+            e = e.with_detail(d);
+        }
+        msg::error_response(&mut out, &e);
+        let _ = stream.write_all(&out).await;
+    }
 }
 
 struct CountGuard(Arc<Ctx>);
@@ -155,6 +150,28 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame,
         }
         read_more(stream, buf).await?;
     }
+}
+
+/// Sends an authentication request and reads the client's answer, which must be a
+/// password-type ('p') message.
+async fn ask(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    request: &[u8],
+    what: &str,
+) -> Result<Frame, Refusal> {
+    stream
+        .write_all(request)
+        .await
+        .map_err(|_| Refusal::Silent)?;
+    let f = read_frame(stream, buf).await?;
+    if f.tag != b'p' {
+        return Err(Refusal::fatal(
+            "08P01",
+            format!("expected {what}, got message type '{}'", f.tag as char),
+        ));
+    }
+    Ok(f)
 }
 
 async fn handshake(
@@ -224,17 +241,7 @@ async fn handshake(
             let salt: [u8; 4] = rand::random();
             let mut out = BytesMut::new();
             msg::auth_md5(&mut out, salt);
-            stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
-            let f = read_frame(stream, buf).await?;
-            if f.tag != b'p' {
-                return Err(Refusal::fatal(
-                    "08P01",
-                    format!(
-                        "expected a password response, got message type '{}'",
-                        f.tag as char
-                    ),
-                ));
-            }
+            let f = ask(stream, buf, &out, "a password response").await?;
             let answer = msg::password(f.body())?;
             let stored = secret.as_ref().and_then(|s| s.md5_hash(&user));
             if !auth::md5_check(stored.as_deref(), salt, answer) {
@@ -278,18 +285,7 @@ async fn scram(
 ) -> Result<(), ScramOutcome> {
     let mut out = BytesMut::new();
     msg::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
-    stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
-    let f = read_frame(stream, buf).await?;
-    if f.tag != b'p' {
-        return Err(Refusal::fatal(
-            "08P01",
-            format!(
-                "expected a SASL response, got message type '{}'",
-                f.tag as char
-            ),
-        )
-        .into());
-    }
+    let f = ask(stream, buf, &out, "a SASL response").await?;
     let (mech, first) = msg::sasl_initial(f.body()).map_err(Refusal::from)?;
     if mech != "SCRAM-SHA-256" {
         return Err(Refusal::fatal(
@@ -314,18 +310,7 @@ async fn scram(
             .map_err(protocol)?;
     out.clear();
     msg::auth_sasl_continue(&mut out, server_first.as_bytes());
-    stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
-    let f = read_frame(stream, buf).await?;
-    if f.tag != b'p' {
-        return Err(Refusal::fatal(
-            "08P01",
-            format!(
-                "expected a SASL response, got message type '{}'",
-                f.tag as char
-            ),
-        )
-        .into());
-    }
+    let f = ask(stream, buf, &out, "a SASL response").await?;
     let server_final = server.finish(f.body()).map_err(protocol)?;
     out.clear();
     msg::auth_sasl_final(&mut out, server_final.as_bytes());
