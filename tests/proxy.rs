@@ -5,6 +5,7 @@ mod common;
 
 use common::Cluster;
 use std::collections::HashMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Runs `f` on a fresh runtime (the cluster fixture is synchronous).
@@ -914,4 +915,77 @@ fn a_primary_out_of_connections_stays_in_service() {
             .await
             .unwrap();
     });
+}
+
+#[test]
+fn tls_for_clients_that_ask_for_it() {
+    let c = Cluster::up(1);
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(c.dir.join("server.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(c.dir.join("server.key"), cert.key_pair.serialize_pem()).unwrap();
+    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
+        "[proxy]\n",
+        "[proxy]\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\n",
+    );
+    std::fs::write(c.config(), cfg).unwrap();
+    let dir = c.dir.to_str().unwrap();
+    assert!(
+        common::pgwarden(&["config", "check", c.config().to_str().unwrap()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    assert!(common::pgwarden(&["sandbox", "down", "--dir", dir])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = common::pgwarden(&["sandbox", "up", "--dir", dir])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    let psql = |sslmode: &str, sql: &str| {
+        let bin = pgwarden_sandbox::PgBin::locate().unwrap();
+        let out = Command::new(bin.program("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-p",
+                &c.proxy_port().to_string(),
+                "-c",
+                sql,
+            ])
+            .env("PGPASSFILE", c.pgpass())
+            .env("PGSSLMODE", sslmode)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", common::stdout(&out), common::stderr(&out)),
+        )
+    };
+    let (ok, text) = psql("require", "\\conninfo");
+    assert!(ok, "{text}");
+    assert!(text.contains("SSL connection (protocol: TLSv1."), "{text}");
+    let (ok, text) = psql("require", "SELECT 40 + 2");
+    assert!(ok && text.trim() == "42", "{text}");
+    // Large answers and COPY over TLS.
+    let (ok, text) = psql(
+        "require",
+        "SELECT sum(length(repeat('x', g))) FROM generate_series(1, 2000) g",
+    );
+    assert!(ok && text.trim() == "2001000", "{text}");
+    // Clients that do not ask for TLS are still served.
+    let (ok, text) = psql("disable", "SELECT 1");
+    assert!(ok, "{text}");
 }

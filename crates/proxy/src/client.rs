@@ -3,6 +3,7 @@
 
 use crate::backend::{BackendError, ConnectSpec};
 use crate::pool::PoolError;
+use crate::stream::ClientStream;
 use crate::{CancelSlot, Ctx};
 use bytes::BytesMut;
 use pgwarden_core::config::{proxy::auth_method, AuthMethod};
@@ -58,7 +59,8 @@ pub(crate) struct Login {
 }
 
 /// Serves one client connection from accept to close.
-pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let mut stream = ClientStream::Plain(stream);
     let count = ctx.clients.fetch_add(1, Ordering::AcqRel) + 1;
     let _guard = CountGuard(ctx.clone());
     let mut buf = BytesMut::new();
@@ -95,7 +97,7 @@ pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
     let welcome = Box::pin(welcome(&ctx, &login, pid, key)).await;
     match welcome {
         Ok(out) => {
-            if stream.write_all(&out).await.is_ok() {
+            if send(&mut stream, &out).await.is_ok() {
                 // Whatever the client sent after its login stays in `buf` for the session.
                 crate::session::run(ctx.clone(), stream, buf, login, slot).await;
             }
@@ -108,8 +110,14 @@ pub async fn serve(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr) {
         .remove(&(pid, key));
 }
 
+/// Writes and flushes (a TLS stream holds records until flushed).
+async fn send(stream: &mut ClientStream, data: &[u8]) -> std::io::Result<()> {
+    stream.write_all(data).await?;
+    stream.flush().await
+}
+
 /// Tells the client why it is refused (a FATAL ErrorResponse), or nothing for a silent close.
-async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
+async fn refuse(stream: &mut ClientStream, refusal: Refusal) {
     if let Refusal::Fatal {
         code,
         message,
@@ -122,7 +130,7 @@ async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
             e = e.with_detail(d);
         }
         msg::error_response(&mut out, &e);
-        let _ = stream.write_all(&out).await;
+        let _ = send(stream, &out).await;
     }
 }
 
@@ -135,7 +143,7 @@ impl Drop for CountGuard {
 }
 
 /// Reads until `f` yields a value, with the connection's bytes in `buf`.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Refusal> {
+async fn read_more(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<(), Refusal> {
     buf.reserve(1024);
     match stream.read_buf(buf).await {
         Ok(0) | Err(_) => Err(Refusal::Silent),
@@ -143,7 +151,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Ref
     }
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame, Refusal> {
+async fn read_frame(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<Frame, Refusal> {
     loop {
         if let Some(f) = frame::split_frame(buf, frame::MAX_STARTUP_LEN)? {
             return Ok(f);
@@ -155,7 +163,7 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame,
 /// Sends an authentication request and reads the client's answer, which must be a
 /// password-type ('p') message.
 async fn ask(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     request: &[u8],
     what: &str,
@@ -176,7 +184,7 @@ async fn ask(
 
 async fn handshake(
     ctx: &Ctx,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     peer: SocketAddr,
     count: usize,
@@ -184,9 +192,31 @@ async fn handshake(
     let params = loop {
         match frame::split_startup(buf)? {
             None => read_more(stream, buf).await?,
+            Some(Startup::Ssl) if ctx.tls.is_some() && matches!(stream, ClientStream::Plain(_)) => {
+                if !buf.is_empty() {
+                    // Bytes sent before the TLS handshake could be injected by anyone on the path.
+                    return Err(Refusal::fatal(
+                        "08P01",
+                        "received unencrypted data after SSL request",
+                    ));
+                }
+                send(stream, b"S").await.map_err(|_| Refusal::Silent)?;
+                let ClientStream::Plain(tcp) = std::mem::replace(stream, ClientStream::Closed)
+                else {
+                    return Err(Refusal::Silent);
+                };
+                let acceptor = ctx.tls.clone().ok_or(Refusal::Silent)?;
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => *stream = ClientStream::Tls(Box::new(tls)),
+                    Err(e) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return Err(Refusal::Silent);
+                    }
+                }
+            }
             Some(Startup::Ssl) | Some(Startup::GssEnc) => {
-                // No encryption offered: the client goes on in plain text or gives up.
-                stream.write_all(b"N").await.map_err(|_| Refusal::Silent)?;
+                // No (more) encryption offered: the client goes on as it is, or gives up.
+                send(stream, b"N").await.map_err(|_| Refusal::Silent)?;
             }
             Some(Startup::Cancel { pid, key }) => {
                 cancel(ctx, pid, key).await;
@@ -278,7 +308,7 @@ impl From<Refusal> for ScramOutcome {
 
 async fn scram(
     ctx: &Ctx,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
     secret: Option<&Secret>,
@@ -314,7 +344,7 @@ async fn scram(
     let server_final = server.finish(f.body()).map_err(protocol)?;
     out.clear();
     msg::auth_sasl_final(&mut out, server_final.as_bytes());
-    stream.write_all(&out).await.map_err(|_| Refusal::Silent)?;
+    send(stream, &out).await.map_err(|_| Refusal::Silent)?;
     Ok(())
 }
 

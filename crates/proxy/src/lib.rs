@@ -15,6 +15,7 @@ pub mod client;
 pub mod pool;
 pub mod session;
 pub mod show;
+pub mod stream;
 
 use pgwarden_core::config::{Config, ProxyConfig};
 use pgwarden_core::passfile::PassFile;
@@ -124,6 +125,8 @@ pub struct Ctx {
     pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
     pub functions: RwLock<Arc<Functions>>,
     pub clients: AtomicUsize,
+    /// TLS for clients that ask for it, when a certificate and key are configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Nodes a session found dead, and when: no reads go there until a later health check
     /// has succeeded (or the monitor takes the node out of service).
     suspects: Mutex<HashMap<u32, chrono::DateTime<chrono::Utc>>>,
@@ -138,6 +141,8 @@ pub struct Ctx {
 pub enum ProxyError {
     #[error("{path}: cannot read the pool_passwd file: {reason}")]
     PoolPasswd { path: String, reason: String },
+    #[error("proxy.tls_cert / proxy.tls_key: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr} (listen.proxy): {reason}")]
     Listen { addr: SocketAddr, reason: String },
 }
@@ -166,6 +171,10 @@ impl Ctx {
             }
         };
         let cfg = config.proxy.clone();
+        let tls = match &cfg.tls {
+            Some(t) => Some(stream::acceptor(&t.cert, &t.key).map_err(ProxyError::Tls)?),
+            None => None,
+        };
         let functions = Functions {
             builtin: HashSet::new(),
             read_only: cfg.read_only_functions.iter().cloned().collect(),
@@ -186,6 +195,7 @@ impl Ctx {
             stats: RwLock::new(HashMap::new()),
             functions: RwLock::new(Arc::new(functions)),
             clients: AtomicUsize::new(0),
+            tls,
             suspects: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             mock_key,

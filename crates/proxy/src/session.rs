@@ -22,6 +22,7 @@
 use crate::backend::{Backend, BackendError};
 use crate::client::{connect_spec, Login};
 use crate::pool::{PoolError, Pooled};
+use crate::stream::{ClientReader, ClientStream, ClientWriter};
 use crate::{CancelSlot, CancelTarget, Ctx};
 use bytes::{Bytes, BytesMut};
 use pgwarden_core::config::LoadBalance;
@@ -31,9 +32,6 @@ use pgwarden_wire::frame::{self, Frame, ProtocolError};
 use pgwarden_wire::msg::{self, ErrorFields};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 /// How a session ends.
 #[derive(Debug)]
@@ -85,7 +83,7 @@ struct Statement {
 
 struct Session {
     ctx: Arc<Ctx>,
-    client: OwnedWriteHalf,
+    client: ClientWriter,
     login: Login,
     conns: HashMap<u32, Conn>,
     /// Node the open transaction runs on.
@@ -118,12 +116,12 @@ struct Session {
 
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
-    stream: TcpStream,
+    stream: ClientStream,
     buf: BytesMut,
     login: Login,
     cancel: CancelSlot,
 ) {
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = stream.split();
     let mut s = Session {
         ctx,
         client: writer,
@@ -157,7 +155,7 @@ pub(crate) async fn run(
 }
 
 impl Session {
-    async fn main_loop(&mut self, reader: &mut OwnedReadHalf, mut cbuf: BytesMut) -> Result<()> {
+    async fn main_loop(&mut self, reader: &mut ClientReader, mut cbuf: BytesMut) -> Result<()> {
         loop {
             // Everything complete in the buffer is handled first.
             while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
@@ -1027,25 +1025,12 @@ fn combine(a: Class, b: Class) -> Class {
 }
 
 async fn read_client(
-    reader: &mut OwnedReadHalf,
+    reader: &mut ClientReader,
     buf: &mut BytesMut,
     partial: bool,
     limit: std::time::Duration,
 ) -> Result<()> {
-    // Wait for the socket first and only then take memory for the bytes: an idle session
-    // holds no read buffer.
-    let read = async {
-        loop {
-            reader.readable().await?;
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(8 * 1024);
-            }
-            match reader.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
-    };
+    let read = reader.read_into(buf);
     let n = if partial {
         // A message has started: the rest must follow promptly (a client that sends one byte a
         // minute holds nothing for long).
