@@ -145,29 +145,20 @@ impl Cluster {
 
     /// `psql` on node `id` with the sandbox's password file.
     pub fn psql(&self, id: u16, db: &str, sql: &str) -> Result<String, String> {
-        let bin = PgBin::locate().expect("PostgreSQL programs");
-        let out = pgwarden_sandbox::psql_command(&bin, &self.layout, id, db, sql)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(stdout(&out).trim().to_string())
-        } else {
-            Err(stderr(&out))
-        }
+        self.psql_at(self.node_port(id), db, sql)
     }
 
     /// `psql` through the proxy.
     pub fn psql_proxy(&self, db: &str, sql: &str) -> Result<String, String> {
+        self.psql_at(self.proxy_port(), db, sql)
+    }
+
+    /// `psql` on any port of the sandbox: the trimmed output, or the error output.
+    pub fn psql_at(&self, port: u16, db: &str, sql: &str) -> Result<String, String> {
         let bin = PgBin::locate().expect("PostgreSQL programs");
-        let out = pgwarden_sandbox::psql_command_at(
-            &bin,
-            &self.layout,
-            self.layout.proxy_port(),
-            db,
-            sql,
-        )
-        .output()
-        .map_err(|e| e.to_string())?;
+        let out = pgwarden_sandbox::psql_command_at(&bin, &self.layout, port, db, sql)
+            .output()
+            .map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(stdout(&out).trim().to_string())
         } else {

@@ -109,6 +109,8 @@ struct Session {
     batch: BytesMut,
     batch_frames: Vec<Frame>,
     cancel: CancelSlot,
+    /// The backend (pid, key) the cancel slot points at.
+    cancel_for: Option<(i32, i32)>,
     last_tx_status: u8,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
@@ -142,6 +144,7 @@ pub(crate) async fn run(
         batch: BytesMut::new(),
         batch_frames: Vec::new(),
         cancel,
+        cancel_for: None,
         last_tx_status: b'I',
         events: Vec::new(),
     };
@@ -640,19 +643,22 @@ impl Session {
             }
             let conn = self.conn(node).await?;
             let (pid, key) = (conn.b().pid, conn.b().key);
-            match conn.b().write(&data).await {
-                Ok(()) => {
-                    if let Some(n) = self.ctx.routes.borrow().node(node) {
-                        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(CancelTarget {
-                                host: n.host.clone(),
-                                port: n.port,
-                                pid,
-                                key,
-                            });
-                    }
-                    break;
+            // Cancel requests go to the backend about to run this; rewritten (with an
+            // allocation) only when that backend changes, not for every statement.
+            if self.cancel_for != Some((pid, key)) {
+                if let Some(n) = self.ctx.routes.borrow().node(node) {
+                    *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(CancelTarget {
+                        host: n.host.clone(),
+                        port: n.port,
+                        pid,
+                        key,
+                    });
+                    self.cancel_for = Some((pid, key));
                 }
+            }
+            let conn = self.conn(node).await?;
+            match conn.b().write(&data).await {
+                Ok(()) => break,
                 Err(e)
                     if self.recoverable(node)
                         && data.first() == Some(&b'Q')
