@@ -19,14 +19,18 @@
 //! connection or authentication makes them exit 1.
 
 mod auth;
-#[allow(dead_code)] // used by the server, next
+mod conn;
 mod wire;
 
 pub use auth::{PcpConfError, PcpUsers};
 pub use pgwarden_core::node::NodeView;
 
 use std::future::Future;
+use std::io;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// An error the PCP client prints: "ERROR:  <message>\nDETAIL:  <detail>".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,4 +118,69 @@ impl Default for ServerOptions {
             max_connections: 32,
         }
     }
+}
+
+/// The users the server checks logins against. Replace the value inside to reload
+/// `pcp.conf`; connections read it when they authenticate.
+pub type SharedUsers = Arc<RwLock<PcpUsers>>;
+
+/// Serves until the listener fails; one task per connection, several commands per connection,
+/// 'X' ends it. Transient accept errors (a connection reset before it was accepted, too many
+/// open files) are logged and waited out.
+pub async fn serve<H: PcpHandler>(
+    listener: TcpListener,
+    users: SharedUsers,
+    handler: Arc<H>,
+    opts: ServerOptions,
+) -> io::Result<()> {
+    let opts = Arc::new(opts);
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    // Refusals are answered by short-lived tasks; this caps how many exist at once.
+    let refusals = Arc::new(Semaphore::new(64));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) if transient(&e) => {
+                tracing::warn!(error = %e, "PCP: accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let _ = stream.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (users, handler, opts) = (users.clone(), handler.clone(), opts.clone());
+                tokio::spawn(async move {
+                    tracing::debug!(%peer, "PCP: connection");
+                    conn::run(stream, &users, &*handler, &opts).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, limit = opts.max_connections, "PCP: too many connections; refused");
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    let limit = opts.max_connections;
+                    tokio::spawn(async move {
+                        conn::refuse(stream, limit).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || matches!(
+        e.raw_os_error(),
+        // ENOMEM, ENFILE, EMFILE, ENOBUFS: resources that come back.
+        Some(12 | 23 | 24 | 105)
+    )
 }
