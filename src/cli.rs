@@ -34,9 +34,22 @@ enum Command {
     /// Check a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Look at the cluster's nodes.
+    /// Look at the cluster's nodes, or put one in or out of service, or promote one.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// What the warden did and saw: status changes, failover steps, promotions, fencing.
+    ///
+    /// The history is kept in memory (the last 1000 events) and also goes to the warden's log.
+    Events {
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Print JSON (the API's /v1/events) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// A real PostgreSQL cluster on this machine, for trying pgwarden out and for tests.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -75,6 +88,34 @@ enum NodeCommand {
         /// Print JSON (the API's /v1/nodes) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Put node ID back into service (pgpool's pcp_attach_node). It takes traffic once a
+    /// health check succeeds. Refused for a false primary (not in recovery while another node
+    /// is the primary) and for a standby left on an older timeline: those need a rebuild.
+    Attach {
+        #[command(flatten)]
+        target: ApiTarget,
+        /// The node's id (as in `pgwarden node list`).
+        id: u32,
+    },
+    /// Take node ID out of service (pgpool's pcp_detach_node). Its sessions end; it gets no
+    /// traffic until attached again. Detaching the primary fails over to the standby with the
+    /// most WAL. Refused for the last node in service.
+    Detach {
+        #[command(flatten)]
+        target: ApiTarget,
+        id: u32,
+    },
+    /// Promote standby ID to be the primary (pgpool's pcp_promote_node). The old primary is
+    /// fenced first: it gets no more traffic. Refused while the primary is healthy (use a
+    /// switchover) or when another standby has more WAL, unless --force.
+    Promote {
+        #[command(flatten)]
+        target: ApiTarget,
+        id: u32,
+        /// Promote even though writes the node has not received may be lost.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -156,9 +197,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", crate::render::node_table(&nodes, &chrono::Local));
             }
         }
+        Command::Node(NodeCommand::Attach { target, id }) => {
+            return node_op(&target, id, pgwarden_api::NodeOp::Attach).await;
+        }
+        Command::Node(NodeCommand::Detach { target, id }) => {
+            return node_op(&target, id, pgwarden_api::NodeOp::Detach).await;
+        }
+        Command::Node(NodeCommand::Promote { target, id, force }) => {
+            return node_op(&target, id, pgwarden_api::NodeOp::Promote { force }).await;
+        }
+        Command::Events {
+            target,
+            after,
+            json,
+        } => {
+            let client = api_client(&target)?;
+            let events = client.events(after).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                print!("{}", crate::render::event_lines(&events, &chrono::Local));
+            }
+        }
         Command::Sandbox(cmd) => return crate::sandbox_cmd::run(cmd.into()).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs an operation; a refusal is printed with its reason and exits 1.
+async fn node_op(
+    target: &ApiTarget,
+    id: u32,
+    op: pgwarden_api::NodeOp,
+) -> anyhow::Result<ExitCode> {
+    let client = api_client(target)?;
+    match client.node_op(id, op).await {
+        Ok(r) => {
+            println!("{}", r.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(pgwarden_api::ClientError::Refused { reason, .. }) => {
+            eprintln!("pgwarden: {reason}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn api_client(target: &ApiTarget) -> anyhow::Result<pgwarden_api::Client> {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod load;
+mod pcp;
 mod render;
 mod sandbox_cmd;
 mod serve;

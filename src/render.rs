@@ -130,6 +130,28 @@ pub fn sandbox_table(rows: &[SandboxRow]) -> String {
     format!("{t}\n")
 }
 
+/// The event history, one line each: sequence, local time, kind, node, message.
+pub fn event_lines<Tz: chrono::TimeZone>(events: &[pgwarden_core::cluster::Event], tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let mut out = String::new();
+    for e in events {
+        out.push_str(&format!(
+            "{:>5}  {}  {:<10} {:<7} {}\n",
+            e.seq,
+            e.at.with_timezone(tz).format("%Y-%m-%d %H:%M:%S%.3f"),
+            e.kind,
+            e.node.map_or("-".to_string(), |n| format!("node {n}")),
+            e.message
+        ));
+    }
+    if events.is_empty() {
+        out.push_str("no events\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

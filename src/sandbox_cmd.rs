@@ -110,7 +110,9 @@ async fn up(
         layout.proxy_port()
     );
     println!(
-        "  PCP     127.0.0.1:{} is reserved (it arrives in a later release)",
+        "  PCP     127.0.0.1:{}   (pgpool's pcp_* tools: PCPPASSFILE={} pcp_node_info -h 127.0.0.1 -p {} -U postgres -w)",
+        layout.pcp_port(),
+        layout.pcppass().display(),
         layout.pcp_port()
     );
     println!();
@@ -156,9 +158,18 @@ async fn wait_ready(
         }
         match client.nodes().await {
             Ok(views) => {
-                let waiting: Vec<String> = views
+                // Ready: every node checked, and a primary in place. A node the saved state
+                // keeps down (it failed, or was fenced) stays down and does not hold this up.
+                let primary = match client.cluster().await {
+                    Ok(c) => c.primary,
+                    Err(_) => None,
+                };
+                let mut waiting: Vec<String> = views
                     .iter()
-                    .filter(|v| v.status != NodeStatus::Up)
+                    .filter(|v| {
+                        v.status == NodeStatus::Waiting
+                            || (v.status == NodeStatus::Down && v.status_reason == "configured")
+                    })
                     .map(|v| {
                         format!(
                             "node {} is {}{}",
@@ -171,6 +182,9 @@ async fn wait_ready(
                         )
                     })
                     .collect();
+                if primary.is_none() {
+                    waiting.push("no primary adopted yet".into());
+                }
                 if waiting.is_empty() {
                     return Ok(views);
                 }

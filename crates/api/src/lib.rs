@@ -3,21 +3,76 @@
 //! * `GET /v1/health` — 200 `{"status":"ok", …}` while the warden is serving.
 //! * `GET /v1/nodes` — every node: status, role, WAL positions, lag, replication state,
 //!   health-check statistics ([`NodeView`]).
+//! * `GET /v1/cluster` — the primary and the failover generation ([`ClusterState`]).
+//! * `GET /v1/events?after=N` — the event history (status changes, failover steps, fencing).
+//! * `POST /v1/nodes/{id}/attach`, `/detach`, `/promote?force=true` — the operations by hand.
+//!   200 `{"message": …}`; refused as unsafe: 409 `{"error": …}`; unknown node: 404; a step
+//!   that failed: 500.
 //!
-//! The server side knows nothing of the monitor: it is handed a function returning the views.
+//! The server side knows nothing of the monitor or the controller: it is handed an [`Admin`].
 //! The client side is what the CLI uses.
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use pgwarden_core::cluster::{ClusterState, Event};
 use pgwarden_core::node::NodeView;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub type ViewFn = Arc<dyn Fn() -> Vec<NodeView> + Send + Sync>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An operation by hand on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeOp {
+    Attach,
+    Detach,
+    Promote { force: bool },
+}
+
+/// Why an operation was not done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminError {
+    /// Unsafe or impossible now; nothing changed (409).
+    Refused(String),
+    /// No such node (404).
+    NotFound(String),
+    /// A step failed (500).
+    Failed(String),
+}
+
+/// What the API serves.
+pub trait Admin: Send + Sync + 'static {
+    fn nodes(&self) -> Vec<NodeView>;
+    fn cluster(&self) -> ClusterState;
+    fn events(&self, after: u64) -> Vec<Event>;
+    fn node_op(&self, id: u32, op: NodeOp) -> BoxFuture<'_, Result<String, AdminError>>;
+}
+
+/// Only the views, for tools that look and never act.
+pub struct ViewsOnly<F>(pub F);
+
+impl<F: Fn() -> Vec<NodeView> + Send + Sync + 'static> Admin for ViewsOnly<F> {
+    fn nodes(&self) -> Vec<NodeView> {
+        (self.0)()
+    }
+    fn cluster(&self) -> ClusterState {
+        ClusterState::default()
+    }
+    fn events(&self, _after: u64) -> Vec<Event> {
+        Vec::new()
+    }
+    fn node_op(&self, _id: u32, _op: NodeOp) -> BoxFuture<'_, Result<String, AdminError>> {
+        Box::pin(async { Err(AdminError::Refused("this server does not act on nodes".into())) })
+    }
+}
+
+type Shared = Arc<dyn Admin>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -26,13 +81,22 @@ pub struct Health {
     pub pid: u32,
 }
 
+/// The answer to an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    pub message: String,
+}
+
 /// The API's routes.
-pub fn router(views: ViewFn) -> Router {
+pub fn router(admin: Arc<dyn Admin>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/events", get(events))
+        .route("/v1/nodes/{id}/{op}", post(node_op))
         .fallback(not_found)
-        .with_state(views)
+        .with_state(admin)
 }
 
 async fn health() -> Json<Health> {
@@ -43,15 +107,69 @@ async fn health() -> Json<Health> {
     })
 }
 
-async fn nodes(State(views): State<ViewFn>) -> Json<Vec<NodeView>> {
-    Json(views())
+async fn nodes(State(a): State<Shared>) -> Json<Vec<NodeView>> {
+    Json(a.nodes())
+}
+
+async fn cluster(State(a): State<Shared>) -> Json<ClusterState> {
+    Json(a.cluster())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn events(State(a): State<Shared>, Query(q): Query<EventsQuery>) -> Json<Vec<Event>> {
+    Json(a.events(q.after))
+}
+
+#[derive(Deserialize)]
+struct OpQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+fn error(status: StatusCode, text: String) -> Response {
+    (status, Json(serde_json::json!({ "error": text }))).into_response()
+}
+
+async fn node_op(
+    State(a): State<Shared>,
+    Path((id, op)): Path<(String, String)>,
+    Query(q): Query<OpQuery>,
+) -> Response {
+    let Ok(id) = id.parse::<u32>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not a node id; expected a number"),
+        );
+    };
+    let op = match op.as_str() {
+        "attach" => NodeOp::Attach,
+        "detach" => NodeOp::Detach,
+        "promote" => NodeOp::Promote { force: q.force },
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no such operation: {other:?}; expected attach, detach or promote"),
+            )
+        }
+    };
+    match a.node_op(id, op).await {
+        Ok(message) => Json(OpResult { message }).into_response(),
+        Err(AdminError::Refused(t)) => error(StatusCode::CONFLICT, t),
+        Err(AdminError::NotFound(t)) => error(StatusCode::NOT_FOUND, t),
+        Err(AdminError::Failed(t)) => error(StatusCode::INTERNAL_SERVER_ERROR, t),
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
         Json(serde_json::json!({
-            "error": format!("no such endpoint: {method} {uri}; see GET /v1/health and GET /v1/nodes")
+            "error": format!("no such endpoint: {method} {uri}; see GET /v1/health, /v1/nodes, /v1/cluster, /v1/events")
         })),
     )
 }
@@ -66,6 +184,9 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
+    /// The warden refused or failed an operation; `reason` says why.
+    #[error("{reason}")]
+    Refused { status: u16, reason: String },
     #[error("the pgwarden API at {url} sent an answer that cannot be read: {reason}")]
     Decode { url: String, reason: String },
 }
@@ -128,6 +249,53 @@ impl Client {
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         self.get("/v1/nodes").await
     }
+
+    pub async fn cluster(&self) -> Result<ClusterState, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
+    pub async fn events(&self, after: u64) -> Result<Vec<Event>, ClientError> {
+        self.get(&format!("/v1/events?after={after}")).await
+    }
+
+    /// Runs an operation; a refusal comes back as [`ClientError::Refused`] with the reason.
+    pub async fn node_op(&self, id: u32, op: NodeOp) -> Result<OpResult, ClientError> {
+        let path = match op {
+            NodeOp::Attach => format!("/v1/nodes/{id}/attach"),
+            NodeOp::Detach => format!("/v1/nodes/{id}/detach"),
+            NodeOp::Promote { force } => format!("/v1/nodes/{id}/promote?force={force}"),
+        };
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            reason: error_chain(&e),
+        })?;
+        if status.is_success() {
+            return serde_json::from_str(&body).map_err(|e| ClientError::Decode {
+                url,
+                reason: e.to_string(),
+            });
+        }
+        let text = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(body);
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            reason: text,
+        })
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -144,26 +312,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    async fn serve(views: ViewFn) -> String {
+    async fn serve<F: Fn() -> Vec<NodeView> + Send + Sync + 'static>(views: F) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(views)).await });
+        let admin: Arc<dyn Admin> = Arc::new(ViewsOnly(views));
+        tokio::spawn(async move { axum::serve(listener, router(admin)).await });
         format!("http://{addr}")
     }
 
     #[tokio::test]
     async fn client_and_server_agree() {
-        let base = serve(Arc::new(Vec::new)).await;
+        let base = serve(Vec::new).await;
         let client = Client::new(&base, Duration::from_secs(5)).unwrap();
         let h = client.health().await.unwrap();
         assert_eq!(h.status, "ok");
         assert_eq!(h.pid, std::process::id());
         assert!(client.nodes().await.unwrap().is_empty());
+        assert!(client.events(0).await.unwrap().is_empty());
+        let e = client.node_op(1, NodeOp::Attach).await.unwrap_err();
+        assert!(matches!(e, ClientError::Refused { status: 409, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "this server does not act on nodes");
     }
 
     #[tokio::test]
     async fn unknown_path_is_a_json_404() {
-        let base = serve(Arc::new(Vec::new)).await;
+        let base = serve(Vec::new).await;
         let client = Client::new(&base, Duration::from_secs(5)).unwrap();
         let err = client
             .get::<serde_json::Value>("/v2/nope")

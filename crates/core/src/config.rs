@@ -20,6 +20,8 @@ use toml::Spanned;
 
 pub mod proxy;
 pub use proxy::{AuthMethod, HbaRule, LoadBalance, ProxyConfig};
+pub mod failover;
+pub use failover::{FailoverConfig, NodeInfoLayout, PcpConfig};
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +140,8 @@ pub struct Backend {
     pub application_name: String,
     /// Address of this node's agent (used by online recovery, later).
     pub agent: Option<String>,
+    /// Among standbys with the same WAL position, a failover promotes the highest priority.
+    pub priority: u32,
     pub health_check: HealthCheck,
 }
 
@@ -150,6 +154,8 @@ pub struct Config {
     pub credentials: Credentials,
     pub backends: Vec<Backend>,
     pub proxy: ProxyConfig,
+    pub failover: FailoverConfig,
+    pub pcp: PcpConfig,
     /// 1-based line of `credentials.password_file`, for errors found later.
     password_file_line: Option<usize>,
 }
@@ -224,6 +230,10 @@ struct RawConfig {
     backends: Vec<RawBackend>,
     #[serde(default)]
     proxy: proxy::RawProxy,
+    #[serde(default)]
+    failover: failover::RawFailover,
+    #[serde(default)]
+    pcp: failover::RawPcp,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -269,6 +279,8 @@ struct RawBackend {
     application_name: Option<Spanned<String>>,
     #[serde(default)]
     agent: Option<String>,
+    #[serde(default)]
+    priority: Option<u32>,
     #[serde(default)]
     health_check: Option<RawHealthCheck>,
 }
@@ -529,11 +541,14 @@ fn validate(raw: RawConfig, file: &Path, lines: &LineIndex) -> Result<Config, Co
             failover: b.failover.unwrap_or_default(),
             application_name,
             agent: b.agent.clone(),
+            priority: b.priority.unwrap_or(0),
             health_check,
         });
     }
 
     let proxy = proxy::validate(raw.proxy, file, &mut c);
+    let failover = failover::validate(raw.failover, file, &mut c);
+    let pcp = failover::validate_pcp(raw.pcp, file, &mut c);
 
     if c.errors.is_empty() {
         Ok(Config {
@@ -542,6 +557,8 @@ fn validate(raw: RawConfig, file: &Path, lines: &LineIndex) -> Result<Config, Co
             credentials,
             backends,
             proxy,
+            failover,
+            pcp,
             password_file_line,
         })
     } else {

@@ -4,6 +4,7 @@
 //! socket, spawns a task or reads the clock: callers pass the text, the time and the
 //! observations in, and get values back. That is what makes the decisions testable as tables.
 
+pub mod cluster;
 pub mod config;
 pub mod lsn;
 pub mod node;

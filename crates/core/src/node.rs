@@ -246,6 +246,8 @@ pub struct NodeState {
     pub observed_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub stats: HealthStats,
+    /// Why the status is what it is.
+    pub status_reason: String,
 }
 
 impl NodeState {
@@ -259,6 +261,7 @@ impl NodeState {
             observed_at: None,
             last_error: None,
             stats: HealthStats::default(),
+            status_reason: "configured".into(),
         }
     }
 
@@ -307,6 +310,7 @@ impl NodeState {
         };
         self.status = to;
         self.last_status_change = cycle.finished_at;
+        self.status_reason = change.reason.clone();
         Some(change)
     }
 }
@@ -345,6 +349,8 @@ pub struct NodeView {
     pub server_version: Option<String>,
     pub observed_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// Why the status is what it is (the last status change's reason).
+    pub status_reason: String,
     pub health_check: HealthStats,
 }
 
@@ -357,16 +363,22 @@ fn live_obs(s: &NodeState) -> Option<&Observation> {
     }
 }
 
-/// Builds the views of all nodes. `states[i]` belongs to `backends[i]`.
+/// Builds the views of all nodes. `states[i]` belongs to `backends[i]`; `primary` is the node
+/// the warden holds to be the primary (`None`: none yet, then the lowest-numbered node that
+/// answers as one serves as the reference for lag).
 ///
 /// Lag is measured against the primary's last observed WAL position; replication state and
 /// sync state come from the primary's `pg_stat_replication`, matched on `application_name`.
-pub fn build_views(backends: &[Backend], states: &[NodeState]) -> Vec<NodeView> {
-    // The primary: the lowest-numbered node that answers and is not in recovery.
+pub fn build_views(
+    backends: &[Backend],
+    states: &[NodeState],
+    designated: Option<u32>,
+) -> Vec<NodeView> {
     let primary = backends
         .iter()
         .zip(states)
         .filter_map(|(b, s)| live_obs(s).filter(|o| !o.in_recovery).map(|o| (b, o)))
+        .filter(|(b, _)| designated.is_none_or(|p| p == b.id))
         .min_by_key(|(b, _)| b.id);
     let primary_lsn = primary.and_then(|(_, o)| o.current_lsn);
 
@@ -396,7 +408,11 @@ pub fn build_views(backends: &[Backend], states: &[NodeState]) -> Vec<NodeView> 
                 status: s.status,
                 last_status_change: s.last_status_change,
                 pg_status: s.live,
-                role: s.role,
+                role: match designated {
+                    Some(p) if p == b.id => Role::Primary,
+                    Some(_) if s.role != Role::Unknown => Role::Standby,
+                    _ => s.role,
+                },
                 pg_role: obs.map_or(Role::Unknown, Observation::role),
                 timeline: obs.and_then(|o| o.timeline),
                 current_lsn: obs.and_then(|o| o.current_lsn),
@@ -409,6 +425,7 @@ pub fn build_views(backends: &[Backend], states: &[NodeState]) -> Vec<NodeView> 
                 server_version: obs.and_then(|o| o.server_version.clone()),
                 observed_at: s.observed_at,
                 last_error: s.last_error.clone(),
+                status_reason: s.status_reason.clone(),
                 health_check: s.stats.clone(),
             }
         })

@@ -33,7 +33,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn from_views(views: &[NodeView]) -> RouteTable {
+    /// `primary`: the node the warden holds to be the primary. Only that node takes writes, and
+    /// only while it is in service and answers as a primary. A node that answers as a primary
+    /// but is not that one (a false primary) gets nothing at all.
+    pub fn from_views(views: &[NodeView], primary: Option<u32>) -> RouteTable {
         let nodes: Vec<RouteNode> = views
             .iter()
             .map(|v| RouteNode {
@@ -41,7 +44,10 @@ impl RouteTable {
                 host: v.host.clone(),
                 port: v.port,
                 weight: v.weight,
-                usable: v.status == NodeStatus::Up && v.pg_status == LiveStatus::Up,
+                usable: v.status == NodeStatus::Up
+                    && v.pg_status == LiveStatus::Up
+                    && (v.pg_role == Role::Standby
+                        || (v.pg_role == Role::Primary && Some(v.id) == primary)),
                 role: v.pg_role,
                 replay_lsn: v.replay_lsn,
                 lag_bytes: v.lag_bytes,
@@ -50,9 +56,8 @@ impl RouteTable {
             .collect();
         let primary = nodes
             .iter()
-            .filter(|n| n.usable && n.role == Role::Primary)
-            .map(|n| n.id)
-            .min();
+            .find(|n| Some(n.id) == primary && n.usable && n.role == Role::Primary)
+            .map(|n| n.id);
         RouteTable { nodes, primary }
     }
 
@@ -212,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn primary_is_the_lowest_usable_non_recovery_node() {
+    fn only_the_designated_primary_takes_writes() {
         use crate::config::FailoverFlag;
         use crate::node::HealthStats;
         use chrono::Utc;
@@ -240,14 +245,26 @@ mod tests {
             server_version: None,
             observed_at: None,
             last_error: None,
+            status_reason: String::new(),
             health_check: HealthStats::default(),
         };
-        let t = RouteTable::from_views(&[
+        let views = [
             view(0, Role::Primary, NodeStatus::Down),
             view(1, Role::Standby, NodeStatus::Up),
             view(2, Role::Primary, NodeStatus::Up),
-        ]);
-        assert_eq!(t.primary, Some(2), "a down node never takes writes");
-        assert!(!t.nodes[0].usable);
+            view(3, Role::Primary, NodeStatus::Up),
+        ];
+        let t = RouteTable::from_views(&views, Some(2));
+        assert_eq!(t.primary, Some(2));
+        assert!(!t.nodes[0].usable, "a down node gets nothing");
+        assert!(t.nodes[1].usable);
+        assert!(!t.nodes[3].usable, "a false primary gets nothing, not even reads");
+        let t = RouteTable::from_views(&views, Some(0));
+        assert_eq!(t.primary, None, "the primary is down: no writes anywhere");
+        let t = RouteTable::from_views(&views, Some(1));
+        assert_eq!(t.primary, None, "the designated primary is in recovery: no writes");
+        assert!(!t.nodes[2].usable && !t.nodes[3].usable);
+        let t = RouteTable::from_views(&views, None);
+        assert_eq!(t.primary, None, "no primary adopted yet: no writes");
     }
 }

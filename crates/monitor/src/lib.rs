@@ -5,32 +5,140 @@
 //! The monitor only observes and reports. It never changes a server.
 
 mod probe;
+pub mod store;
 
-pub use probe::{probe, ProbeError, Target};
+pub use probe::{probe, run_sql, ProbeError, Target};
+pub use store::StoreError;
 
 use chrono::Utc;
+use pgwarden_core::cluster::{
+    status_after_restart, ClusterState, Event, EventLog, NodeFacts, NodeRecord,
+};
 use pgwarden_core::config::{Backend, Config};
-use pgwarden_core::node::{build_views, CheckCycle, CheckError, NodeState, NodeStatus, NodeView};
+use pgwarden_core::node::{
+    build_views, CheckCycle, CheckError, LiveStatus, NodeState, NodeStatus, NodeView,
+};
 use pgwarden_core::passfile::PassFile;
 use pgwarden_core::route::RouteTable;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, MissedTickBehavior};
 
+/// How many events the history keeps.
+const EVENTS_KEPT: usize = 1000;
+
+/// The node table: what was observed of each node, and what the warden decided.
+struct Table {
+    nodes: Vec<NodeState>,
+    generation: u64,
+    primary: Option<u32>,
+}
+
 struct Shared {
     backends: Vec<Backend>,
-    nodes: RwLock<Vec<NodeState>>,
+    targets: Vec<Target>,
+    table: RwLock<Table>,
     routes: watch::Sender<Arc<RouteTable>>,
+    /// Nodes out of service (status down): sessions holding a connection to one drop it.
+    fenced: watch::Sender<Arc<Vec<u32>>>,
+    /// Bumped after every health check and every decision: the controller's wake-up.
+    ticks: watch::Sender<u64>,
     /// Per backend: wakes its check loop for an immediate check.
     wake: Vec<Notify>,
+    events: Mutex<EventLog>,
+    state_file: Option<PathBuf>,
 }
 
 impl Shared {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn views(&self) -> Vec<NodeView> {
-        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
-        build_views(&self.backends, &nodes)
+        let t = self.read();
+        build_views(&self.backends, &t.nodes, t.primary)
+    }
+
+    fn cluster(&self, t: &Table) -> ClusterState {
+        ClusterState {
+            generation: t.generation,
+            primary: t.primary,
+            nodes: self
+                .backends
+                .iter()
+                .zip(&t.nodes)
+                .map(|(b, n)| {
+                    (
+                        b.id,
+                        NodeRecord {
+                            status: n.status,
+                            since: n.last_status_change,
+                            reason: n.status_reason.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn event(&self, kind: &str, node: Option<u32>, message: String) {
+        let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        log.push(Utc::now(), kind, node, message);
+    }
+
+    /// Writes the state file. Called with the table locked, so writes are in order.
+    fn persist(&self, t: &Table) -> Result<(), StoreError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let r = store::save(path, &self.cluster(t));
+        if let Err(e) = &r {
+            tracing::error!("{e}");
+            self.event("error", None, e.to_string());
+        }
+        r
+    }
+
+    /// Publishes the route table and the fenced set after a change.
+    fn publish(&self) {
+        let (table, fenced) = {
+            let t = self.read();
+            let views = build_views(&self.backends, &t.nodes, t.primary);
+            let fenced: Vec<u32> = views
+                .iter()
+                .filter(|v| v.status == NodeStatus::Down)
+                .map(|v| v.id)
+                .collect();
+            (RouteTable::from_views(&views, t.primary), fenced)
+        };
+        self.routes.send_if_modified(|current| {
+            if **current == table {
+                false
+            } else {
+                *current = Arc::new(table);
+                true
+            }
+        });
+        self.fenced.send_if_modified(|current| {
+            if **current == fenced {
+                false
+            } else {
+                *current = Arc::new(fenced);
+                true
+            }
+        });
+        self.ticks.send_modify(|t| *t += 1);
+    }
+
+    fn index(&self, id: u32) -> Option<usize> {
+        self.backends.iter().position(|b| b.id == id)
     }
 }
 
@@ -40,8 +148,9 @@ pub struct Monitor {
     _tasks: JoinSet<()>,
 }
 
-/// What other services hold of the monitor: the views, the route table, and a way to ask for
-/// an immediate check of a node that just failed them.
+/// What other services hold of the monitor: the views, the route table, the node table's
+/// decisions (status, primary, generation — persisted on every change), the event history,
+/// and a way to ask for an immediate check of a node.
 #[derive(Clone)]
 pub struct MonitorHandle {
     shared: Arc<Shared>,
@@ -57,60 +166,261 @@ impl MonitorHandle {
         self.shared.routes.subscribe()
     }
 
+    /// The nodes out of service. Changes rarely: on a failure, a detach, a fence.
+    pub fn fenced(&self) -> watch::Receiver<Arc<Vec<u32>>> {
+        self.shared.fenced.subscribe()
+    }
+
+    /// Changes after every health check and every decision.
+    pub fn ticks(&self) -> watch::Receiver<u64> {
+        self.shared.ticks.subscribe()
+    }
+
     /// A session saw node `id` fail: check it now rather than at the next period.
     pub fn suspect(&self, id: u32) {
-        if let Some(i) = self.shared.backends.iter().position(|b| b.id == id) {
+        if let Some(i) = self.shared.index(id) {
             self.shared.wake[i].notify_one();
         }
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.shared.backends
+    }
+
+    /// How the monitor connects to node `id`, for a check of one's own.
+    pub fn target(&self, id: u32) -> Option<Target> {
+        self.shared.index(id).map(|i| self.shared.targets[i].clone())
+    }
+
+    pub fn cluster(&self) -> ClusterState {
+        let t = self.shared.read();
+        self.shared.cluster(&t)
+    }
+
+    /// What the decisions in `pgwarden_core::cluster` take, for every node.
+    pub fn facts(&self) -> Vec<NodeFacts> {
+        let t = self.shared.read();
+        self.shared
+            .backends
+            .iter()
+            .zip(&t.nodes)
+            .map(|(b, n)| {
+                let obs = n.observation.as_ref();
+                NodeFacts {
+                    id: b.id,
+                    status: n.status,
+                    live: n.live,
+                    in_recovery: obs.map(|o| o.in_recovery),
+                    lsn: obs.and_then(|o| {
+                        if o.in_recovery {
+                            o.receive_lsn.max(o.replay_lsn)
+                        } else {
+                            o.current_lsn
+                        }
+                    }),
+                    timeline: obs.and_then(|o| o.timeline),
+                    failover: b.failover,
+                    priority: b.priority,
+                }
+            })
+            .collect()
+    }
+
+    /// Sets node `id`'s status, writes the state file, logs the change and publishes the new
+    /// route table. Returns whether anything changed.
+    pub fn set_status(
+        &self,
+        id: u32,
+        status: NodeStatus,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(i) = self.shared.index(id) else {
+            return Ok(false);
+        };
+        let changed = {
+            let mut t = self.shared.write();
+            let node = &mut t.nodes[i];
+            if node.status == status {
+                false
+            } else {
+                let from = node.status;
+                node.status = status;
+                node.last_status_change = Utc::now();
+                node.status_reason = reason.to_string();
+                let message = format!(
+                    "node {id} status {} -> {}: {reason}",
+                    from.as_str(),
+                    status.as_str()
+                );
+                tracing::warn!(node = id, "{message}");
+                self.shared.event("status", Some(id), message);
+                self.shared.persist(&t)?;
+                true
+            }
+        };
+        self.shared.publish();
+        Ok(changed)
+    }
+
+    /// Records a new primary (or none), bumping the failover generation when asked; writes
+    /// the state file before anything is published.
+    pub fn set_primary(
+        &self,
+        primary: Option<u32>,
+        bump_generation: bool,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let generation = {
+            let mut t = self.shared.write();
+            let before = (t.primary, t.generation);
+            t.primary = primary;
+            if bump_generation {
+                t.generation += 1;
+            }
+            if let Err(e) = self.shared.persist(&t) {
+                (t.primary, t.generation) = before;
+                return Err(e);
+            }
+            let message = match primary {
+                Some(p) => format!("node {p} is the primary (generation {}): {reason}", t.generation),
+                None => format!("no primary (generation {}): {reason}", t.generation),
+            };
+            tracing::warn!("{message}");
+            self.shared.event("primary", primary, message);
+            t.generation
+        };
+        self.shared.publish();
+        Ok(generation)
+    }
+
+    /// Adds an event to the history (and the log).
+    pub fn event(&self, kind: &str, node: Option<u32>, message: String) {
+        tracing::info!(node, kind, "{message}");
+        self.shared.event(kind, node, message);
+    }
+
+    /// Events after sequence number `after`, oldest first.
+    pub fn events(&self, after: u64) -> Vec<Event> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(after)
     }
 }
 
 impl Monitor {
     /// Starts one health-check task per backend. Must be called inside a tokio runtime.
-    pub fn start(config: &Config, passwords: &PassFile) -> Monitor {
+    /// The saved state (`failover.state_file`) is read first: a node that was down stays down,
+    /// and the recorded primary and generation are kept.
+    pub fn start(config: &Config, passwords: &PassFile) -> Result<Monitor, StoreError> {
+        Self::start_with(config, passwords, Some(config.failover.state_file.clone()))
+    }
+
+    /// As [`Monitor::start`], with the state file chosen by the caller (`None`: nothing is
+    /// saved, for tools that only look).
+    pub fn start_with(
+        config: &Config,
+        passwords: &PassFile,
+        state_file: Option<PathBuf>,
+    ) -> Result<Monitor, StoreError> {
         let now = Utc::now();
+        let saved = match &state_file {
+            Some(p) => store::load(p)?,
+            None => None,
+        };
         let nodes: Vec<NodeState> = config
             .backends
             .iter()
-            .map(|_| NodeState::new(now))
+            .map(|b| {
+                let mut n = NodeState::new(now);
+                let rec = saved.as_ref().and_then(|s| s.nodes.get(&b.id));
+                n.status = status_after_restart(rec);
+                if let Some(r) = rec {
+                    if n.status == NodeStatus::Down {
+                        n.last_status_change = r.since;
+                        n.status_reason = r.reason.clone();
+                    }
+                }
+                n
+            })
             .collect();
-        let table = RouteTable::from_views(&build_views(&config.backends, &nodes));
+        let (generation, primary) = saved
+            .as_ref()
+            .map_or((0, None), |s| (s.generation, s.primary));
+        let primary = primary.filter(|p| config.backend(*p).is_some());
+        let views = build_views(&config.backends, &nodes, primary);
+        let table = RouteTable::from_views(&views, primary);
+        let targets: Vec<Target> = config
+            .backends
+            .iter()
+            .map(|b| {
+                let password = passwords.lookup(
+                    &b.host,
+                    b.port,
+                    &config.credentials.database,
+                    &config.credentials.user,
+                );
+                if password.is_none() {
+                    tracing::warn!(
+                        node = b.id,
+                        file = %config.credentials.password_file.display(),
+                        "no password for {}@{}:{} in the password file; connecting without one",
+                        config.credentials.user, b.host, b.port
+                    );
+                }
+                Target {
+                    host: b.host.clone(),
+                    port: b.port,
+                    user: config.credentials.user.clone(),
+                    database: config.credentials.database.clone(),
+                    password,
+                    connect_timeout: b.health_check.connect_timeout,
+                }
+            })
+            .collect();
         let shared = Arc::new(Shared {
             backends: config.backends.clone(),
-            nodes: RwLock::new(nodes),
+            targets: targets.clone(),
+            table: RwLock::new(Table {
+                nodes,
+                generation,
+                primary,
+            }),
             routes: watch::Sender::new(Arc::new(table)),
+            fenced: watch::Sender::new(Arc::new(Vec::new())),
+            ticks: watch::Sender::new(0),
             wake: config.backends.iter().map(|_| Notify::new()).collect(),
+            events: Mutex::new(EventLog::new(EVENTS_KEPT)),
+            state_file,
         });
+        match &saved {
+            Some(s) => shared.event(
+                "start",
+                None,
+                format!(
+                    "state read back: generation {}, primary {}, down: [{}]",
+                    s.generation,
+                    s.primary.map_or("none".into(), |p| format!("node {p}")),
+                    s.nodes
+                        .iter()
+                        .filter(|(_, r)| r.status == NodeStatus::Down)
+                        .map(|(id, _)| id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            None => shared.event("start", None, "no saved state: every node is checked afresh".into()),
+        }
+        shared.publish();
         let mut tasks = JoinSet::new();
-        for (index, b) in config.backends.iter().enumerate() {
-            let password = passwords.lookup(
-                &b.host,
-                b.port,
-                &config.credentials.database,
-                &config.credentials.user,
-            );
-            if password.is_none() {
-                tracing::warn!(
-                    node = b.id,
-                    file = %config.credentials.password_file.display(),
-                    "no password for {}@{}:{} in the password file; connecting without one",
-                    config.credentials.user, b.host, b.port
-                );
-            }
-            let target = Target {
-                host: b.host.clone(),
-                port: b.port,
-                user: config.credentials.user.clone(),
-                database: config.credentials.database.clone(),
-                password,
-                connect_timeout: b.health_check.connect_timeout,
-            };
+        for (index, target) in targets.into_iter().enumerate() {
             tasks.spawn(check_loop(shared.clone(), index, target));
         }
-        Monitor {
+        Ok(Monitor {
             handle: MonitorHandle { shared },
             _tasks: tasks,
-        }
+        })
     }
 
     pub fn handle(&self) -> MonitorHandle {
@@ -180,12 +490,37 @@ async fn check_loop(shared: Arc<Shared>, index: usize, target: Target) {
 fn apply_cycle(shared: &Shared, index: usize, cycle: CheckCycle) {
     let backend = &shared.backends[index];
     {
-        let mut nodes = shared.nodes.write().unwrap_or_else(|p| p.into_inner());
-        let Some(node) = nodes.get_mut(index) else {
+        let mut t = shared.write();
+        let Some(node) = t.nodes.get_mut(index) else {
             return;
         };
         let role_before = node.role;
-        if let Some(change) = node.apply(cycle, backend.failover) {
+        let live_before = node.live;
+        let change = node.apply(cycle, backend.failover);
+        let role_after = node.role;
+        let live_after = node.live;
+        if role_after != role_before {
+            tracing::info!(
+                node = backend.id,
+                "node {} role {} -> {}",
+                backend.id,
+                role_before.as_str(),
+                role_after.as_str()
+            );
+        }
+        if live_after != live_before && live_before != LiveStatus::Unknown {
+            shared.event(
+                "pg_status",
+                Some(backend.id),
+                format!(
+                    "node {} pg_status {} -> {}",
+                    backend.id,
+                    live_before.as_str(),
+                    live_after.as_str()
+                ),
+            );
+        }
+        if let Some(change) = change {
             let message = format!(
                 "node {} status {} -> {}: {}",
                 backend.id,
@@ -198,24 +533,11 @@ fn apply_cycle(shared: &Shared, index: usize, cycle: CheckCycle) {
             } else {
                 tracing::info!(node = backend.id, "{message}");
             }
-        }
-        if node.role != role_before {
-            tracing::info!(
-                node = backend.id,
-                "node {} role {} -> {}",
-                backend.id,
-                role_before.as_str(),
-                node.role.as_str()
-            );
+            shared.event("status", Some(backend.id), message);
+            // A failure to write is logged and in the history; the node's status in memory
+            // is the truth for routing either way.
+            let _ = shared.persist(&t);
         }
     }
-    let table = RouteTable::from_views(&shared.views());
-    shared.routes.send_if_modified(|current| {
-        if **current == table {
-            false
-        } else {
-            *current = Arc::new(table);
-            true
-        }
-    });
+    shared.publish();
 }

@@ -163,3 +163,45 @@ fn replication_row(row: &SimpleQueryRow) -> Result<ReplicationRow, String> {
         replay_lsn: lsn(row.get(7))?,
     })
 }
+
+/// Runs `sql` (simple query protocol; several statements allowed) as the monitor's user and
+/// returns the rows of every statement, each column as text or NULL. For the controller's
+/// actions (pg_promote, ALTER SYSTEM, …). The caller bounds the total time.
+pub async fn run_sql(
+    target: &Target,
+    sql: &str,
+    application_name: &str,
+) -> Result<Vec<Vec<Option<String>>>, ProbeError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&target.host)
+        .port(target.port)
+        .user(&target.user)
+        .dbname(&target.database)
+        .application_name(application_name)
+        .connect_timeout(target.connect_timeout);
+    if let Some(pw) = &target.password {
+        cfg.password(pw.expose());
+    }
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| ProbeError::Connect {
+        addr: addr.clone(),
+        reason: error_text(&e),
+    })?;
+    let conn_task = tokio::spawn(connection);
+    let result = client.simple_query(sql).await;
+    drop(client);
+    conn_task.abort();
+    let messages = result.map_err(|e| ProbeError::Query {
+        addr,
+        reason: error_text(&e),
+    })?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}

@@ -120,6 +120,9 @@ pub struct Ctx {
     derived: Mutex<HashMap<String, Option<Secret>>>,
     pub monitor: MonitorHandle,
     pub routes: watch::Receiver<Arc<RouteTable>>,
+    /// Nodes out of service: sessions drop their connections to them (a primary's sessions
+    /// end), and the pool closes its idle ones.
+    pub fenced: watch::Receiver<Arc<Vec<u32>>>,
     pub pools: pool::Pools,
     pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
@@ -190,6 +193,7 @@ impl Ctx {
             pool_passwd,
             derived: Mutex::new(HashMap::new()),
             routes: monitor.routes(),
+            fenced: monitor.fenced(),
             monitor,
             cancels: Mutex::new(HashMap::new()),
             stats: RwLock::new(HashMap::new()),
@@ -300,6 +304,7 @@ impl Ctx {
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
     tokio::spawn(load_functions(ctx.clone()));
     tokio::spawn(reap_pools(ctx.clone()));
+    tokio::spawn(close_fenced(ctx.clone()));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -332,6 +337,25 @@ async fn reap_pools(ctx: Arc<Ctx>) {
         let table = ctx.routes.borrow().clone();
         ctx.pools
             .reap(&|node| table.node(node).is_some_and(|n| n.usable));
+    }
+}
+
+/// Closes the idle pooled connections of a node the moment it is taken out of service.
+async fn close_fenced(ctx: Arc<Ctx>) {
+    let mut fenced = ctx.fenced.clone();
+    while fenced.changed().await.is_ok() {
+        let set = fenced.borrow_and_update().clone();
+        if !set.is_empty() {
+            tracing::warn!(nodes = ?set, "closing pooled connections to nodes out of service");
+            ctx.pools.reap(&|node| !set.contains(&node));
+        }
+    }
+}
+
+impl Ctx {
+    /// Whether `node` is out of service.
+    pub fn is_fenced(&self, node: u32) -> bool {
+        self.fenced.borrow().contains(&node)
     }
 }
 

@@ -31,7 +31,9 @@ use pgwarden_sql::{classify, Class};
 use pgwarden_wire::frame::{self, Frame, ProtocolError};
 use pgwarden_wire::msg::{self, ErrorFields};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// How a session ends.
 #[derive(Debug)]
@@ -66,6 +68,8 @@ struct Conn {
     streaming: usize,
     /// How many of the session's settings this connection has had.
     applied: usize,
+    /// Bound as the primary's: if that node is fenced, the session cannot go on.
+    primary: bool,
 }
 
 impl Conn {
@@ -114,6 +118,8 @@ struct Session {
     last_tx_status: u8,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
+    /// The nodes held (see `held_mask`), readable while a message is being handled.
+    held: Arc<AtomicU64>,
 }
 
 pub(crate) async fn run(
@@ -147,6 +153,7 @@ pub(crate) async fn run(
         cancel_for: None,
         last_tx_status: b'I',
         events: Vec::new(),
+        held: Arc::new(AtomicU64::new(0)),
     };
     let end = s.main_loop(&mut reader, buf).await;
     if let Err(End::Fatal(code, message)) = &end {
@@ -159,12 +166,35 @@ pub(crate) async fn run(
 
 impl Session {
     async fn main_loop(&mut self, reader: &mut ClientReader, mut cbuf: BytesMut) -> Result<()> {
+        let mut fenced = self.ctx.fenced.clone();
+        fenced.borrow_and_update();
+        let held = self.held.clone();
         loop {
             // Everything complete in the buffer is handled first.
             while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
+                held.store(self.held_mask(), Ordering::Relaxed);
                 // Boxed: the handling of a message needs a large state machine only while it
                 // runs; an idle session keeps just the small loop below.
-                if !Box::pin(self.on_frame(f)).await? {
+                let mut fut = Box::pin(self.on_frame(f));
+                // A node this session holds may be fenced while it waits on it (a hung
+                // primary): the session ends rather than wait.
+                let go_on = loop {
+                    tokio::select! {
+                        r = &mut fut => break r?,
+                        r = fenced.changed() => {
+                            if r.is_err() {
+                                break (&mut fut).await?;
+                            }
+                            let set = fenced.borrow_and_update().clone();
+                            let mask = held.load(Ordering::Relaxed);
+                            if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
+                                return Err(fenced_end(*n));
+                            }
+                        }
+                    }
+                };
+                drop(fut);
+                if !go_on {
                     return Ok(());
                 }
             }
@@ -182,8 +212,48 @@ impl Session {
             tokio::select! {
                 r = read_client(reader, &mut cbuf, partial, self.ctx.cfg.auth_timeout) => r?,
                 r = self.read_node(node), if node.is_some() => r?,
+                r = fenced.changed() => {
+                    if r.is_ok() {
+                        let set = fenced.borrow_and_update().clone();
+                        self.on_fence(&set)?;
+                    } else {
+                        // The monitor is gone (shutting down): stop watching.
+                        fenced = watch::channel(Arc::new(Vec::new())).1;
+                    }
+                }
             }
         }
+    }
+
+    /// Nodes this session holds a connection to, as a bit mask (ids from 63 up share bit 63).
+    fn held_mask(&self) -> u64 {
+        self.conns.keys().fold(0, |m, n| m | (1u64 << (*n).min(63)))
+    }
+
+    /// Some nodes were taken out of service: connections to them are dropped. A session that
+    /// needs one (its primary connection, a transaction, COPY, pinned state, a statement in
+    /// flight there) ends with an error: it must never write to a fenced primary, nor wait on it.
+    fn on_fence(&mut self, set: &[u32]) -> Result<()> {
+        let hit: Vec<u32> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|n| set.contains(n))
+            .collect();
+        for n in hit {
+            // A connection the session is not in the middle of something on is dropped, even
+            // the primary's: the next write waits for the new primary.
+            let needed = self.bound_to(n);
+            if needed {
+                return Err(fenced_end(n));
+            }
+            tracing::info!(node = n, "dropping a connection to a node out of service");
+            self.conns.remove(&n);
+            if self.lb_node == Some(n) {
+                self.lb_node = None;
+            }
+        }
+        Ok(())
     }
 
     /// Handles one client frame; false when the client said goodbye.
@@ -254,7 +324,10 @@ impl Session {
             if !matches!(class, Class::Read) {
                 self.dirty = true;
             }
-            return table.primary.ok_or_else(no_primary);
+            return match table.primary {
+                Some(p) => Ok(p),
+                None => self.wait_primary().await,
+            };
         }
         let r: f64 = rand::random();
         let lb = match self.ctx.cfg.load_balance {
@@ -308,6 +381,26 @@ impl Session {
             }
             Some(t) => Ok(t),
             None => Err(no_node()),
+        }
+    }
+
+    /// No primary right now (a failover or switchover is under way): the write waits for the
+    /// new one, up to `proxy.primary_wait`, rather than fail at once.
+    async fn wait_primary(&mut self) -> Result<u32> {
+        let mut routes = self.ctx.routes.clone();
+        let wait = async {
+            loop {
+                if let Some(p) = routes.borrow_and_update().primary {
+                    return Some(p);
+                }
+                if routes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        match tokio::time::timeout(self.ctx.cfg.primary_wait, wait).await {
+            Ok(Some(p)) => Ok(p),
+            _ => Err(no_primary()),
         }
     }
 
@@ -591,6 +684,12 @@ impl Session {
                 reason: "not configured".into(),
             }));
         };
+        if self.ctx.is_fenced(node) {
+            return Err(PoolError::Backend(BackendError::Connect {
+                addr: format!("node {node}"),
+                reason: "the node is out of service".into(),
+            }));
+        }
         let spec = connect_spec(&self.ctx, &self.login, node, &n.host, n.port);
         match self.ctx.pools.get(&spec).await {
             Ok(pooled) => {
@@ -600,8 +699,11 @@ impl Session {
                         pooled,
                         streaming: 0,
                         applied: 0,
+                        primary: table.primary == Some(node),
                     },
                 );
+                // Seen by the fence watch while a message is being handled.
+                self.held.fetch_or(1u64 << node.min(63), Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -687,10 +789,19 @@ impl Session {
     fn recoverable(&self, node: u32) -> bool {
         let primary = self.ctx.routes.borrow().primary;
         Some(node) != primary
-            && self.tx_node != Some(node)
-            && !self.sticky
-            && self.copy_in.is_none()
-            && self.open_until_sync != Some(node)
+            && !self.conns.get(&node).is_some_and(|c| c.primary)
+            && !self.bound_to(node)
+    }
+
+    /// Whether the session is in the middle of something on `node`: a transaction, COPY, an
+    /// unfinished batch, a statement in flight, or state pinned there (LISTEN, SQL PREPARE,
+    /// temporary tables).
+    fn bound_to(&self, node: u32) -> bool {
+        self.tx_node == Some(node)
+            || (self.sticky && self.conns.get(&node).is_some_and(|c| c.primary))
+            || self.copy_in.is_some()
+            || self.open_until_sync == Some(node)
+            || self.inflight.is_some_and(|(i, _)| i == node)
     }
 
     /// Drops a dead connection to a standby and has the monitor check that node now.
@@ -942,9 +1053,10 @@ impl Session {
     /// Connections go back to the pool when they are idle and clean; the rest are closed.
     fn release(&mut self) {
         let clean_session = self.inflight.is_none() && self.copy_in.is_none();
-        for (_, conn) in self.conns.drain() {
+        for (node, conn) in self.conns.drain() {
             let mut pooled = conn.pooled;
             if !(clean_session
+                && !self.ctx.is_fenced(node)
                 && conn.streaming == 0
                 && pooled.backend.tx_status == b'I'
                 && pooled.backend.buf.is_empty())
@@ -973,6 +1085,18 @@ fn capacity(e: &PoolError) -> bool {
         }
         PoolError::Backend(_) => false,
     }
+}
+
+fn mask_has(mask: u64, node: u32) -> bool {
+    mask & (1u64 << node.min(63)) != 0
+}
+
+/// The session held node `n`, which was just taken out of service.
+fn fenced_end(n: u32) -> End {
+    fatal(
+        "57P01",
+        format!("terminating connection: PostgreSQL node {n} was taken out of service by pgwarden (failover, fencing or detach); reconnect to continue on the current primary"),
+    )
 }
 
 fn no_primary() -> End {

@@ -76,6 +76,12 @@ impl Layout {
     pub fn pgpass(&self) -> PathBuf {
         self.dir.join("pgpass")
     }
+    pub fn pcp_conf(&self) -> PathBuf {
+        self.dir.join("pcp.conf")
+    }
+    pub fn pcppass(&self) -> PathBuf {
+        self.dir.join("pcppass")
+    }
     pub fn meta(&self) -> PathBuf {
         meta_path(&self.dir)
     }

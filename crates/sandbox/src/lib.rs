@@ -17,6 +17,7 @@ pub mod pg;
 pub use layout::Layout;
 pub use pg::{PgBin, RunAs};
 
+use md5::Digest;
 use pgwarden_core::passfile;
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -282,6 +283,18 @@ fn build_in(layout: &Layout, bin: &PgBin, run_as: RunAs, opts: &UpOptions) -> Re
         pw = passfile::escape(&password)
     );
     write_file(&layout.pgpass(), &pgpass, 0o600, run_as)?;
+    // pgpool's PCP files: pcp.conf for the warden (user:md5 of the password), pcppass for the
+    // stock pcp_* tools (PCPPASSFILE=DIR/pcppass pcp_node_info -h 127.0.0.1 -p BASE+1 -U postgres -w).
+    let pcp_conf = format!(
+        "# pgpool's pcp.conf format: user:md5(password)\npostgres:{:x}\n",
+        md5::Md5::digest(password.as_bytes())
+    );
+    write_file(&layout.pcp_conf(), &pcp_conf, 0o600, RunAs::Current)?;
+    let pcppass = format!(
+        "127.0.0.1:{port}:postgres:{password}\nlocalhost:{port}:postgres:{password}\n",
+        port = layout.pcp_port()
+    );
+    write_file(&layout.pcppass(), &pcppass, 0o600, RunAs::Current)?;
     let pwfile = dir.join(".initdb-password");
     write_file(&pwfile, &format!("{password}\n"), 0o600, run_as)?;
 
@@ -444,7 +457,15 @@ fn warden_config(layout: &Layout) -> String {
          connect_timeout = \"2s\"\n\n\
          # The front door: connect to the proxy port as to PostgreSQL.\n\
          [proxy]\n\
-         auth_timeout = \"5s\"\n",
+         auth_timeout = \"5s\"\n\n\
+         # Failover: automatic; the state (node status, primary, generation) is kept in\n\
+         # pgwarden.state beside this file.\n\
+         [failover]\n\
+         auto = true\n\
+         follow_timeout = \"30s\"\n\n\
+         # The PCP port for pgpool's pcp_* tools: PCPPASSFILE=pcppass, user postgres.\n\
+         [pcp]\n\
+         users_file = \"pcp.conf\"\n",
         layout.proxy_port(),
         layout.pcp_port(),
         layout.api_port()

@@ -153,6 +153,9 @@ pub struct ProxyConfig {
     /// Time a client has to complete its startup and authentication.
     pub auth_timeout: Duration,
     pub tls: Option<Tls>,
+    /// While there is no primary (a failover or switchover under way), how long a write waits
+    /// for the new one before it fails.
+    pub primary_wait: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -176,6 +179,7 @@ impl Default for ProxyConfig {
             max_message_size: 64 * 1024 * 1024,
             auth_timeout: Duration::from_secs(10),
             tls: None,
+            primary_wait: Duration::from_secs(10),
         }
     }
 }
@@ -200,6 +204,7 @@ pub(super) struct RawProxy {
     auth_timeout: Option<Spanned<RawDuration>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    primary_wait: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +353,7 @@ pub(super) fn validate(raw: RawProxy, file: &Path, c: &mut Collector) -> ProxyCo
         max_message_size,
         auth_timeout,
         tls,
+        primary_wait: raw.primary_wait.map_or(d.primary_wait, |x| x.0),
     }
 }
 

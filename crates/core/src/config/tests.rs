@@ -88,12 +88,12 @@ fn broken_configs_name_file_line_key_and_expectation() {
         (
             "unknown top-level key",
             "helth_check = 1\n".into(),
-            "/etc/pgwarden/pgwarden.toml:1: helth_check: unknown field `helth_check`, expected one of `listen`, `credentials`, `health_check`, `backend`, `proxy`",
+            "/etc/pgwarden/pgwarden.toml:1: helth_check: unknown field `helth_check`, expected one of `listen`, `credentials`, `health_check`, `backend`, `proxy`, `failover`, `pcp`",
         ),
         (
             "unknown backend key",
             GOOD.replace("weight = 2.5", "wieght = 2.5"),
-            "/etc/pgwarden/pgwarden.toml:28: backend[1].wieght: unknown field `wieght`, expected one of `id`, `host`, `port`, `data_dir`, `weight`, `failover`, `application_name`, `agent`, `health_check`",
+            "/etc/pgwarden/pgwarden.toml:28: backend[1].wieght: unknown field `wieght`, expected one of `id`, `host`, `port`, `data_dir`, `weight`, `failover`, `application_name`, `agent`, `priority`, `health_check`",
         ),
         (
             "wrong type",

@@ -195,6 +195,7 @@ fn backend(id: u32) -> Backend {
         failover: FailoverFlag::Allow,
         application_name: format!("node{id}"),
         agent: None,
+        priority: 0,
         health_check: HealthCheck::default(),
     }
 }
@@ -222,7 +223,7 @@ fn views_of_a_streaming_cluster() {
         state(Some(standby_obs("0/3000100", "0/3000000"))),
         state(Some(standby_obs("0/2000000", "0/1000000"))),
     ];
-    let v = build_views(&backends, &states);
+    let v = build_views(&backends, &states, None);
     assert_eq!(v[0].pg_role, Role::Primary);
     assert_eq!(v[0].lag_bytes, None);
     assert_eq!(v[0].replication_state, None);
@@ -243,7 +244,7 @@ fn views_with_a_down_standby_and_without_a_primary() {
     let mut down = state(Some(standby_obs("0/10", "0/10")));
     down.apply(failed_cycle(2, 0, 1), FailoverFlag::Allow);
     let states = [state(Some(primary_obs("0/100", vec![]))), down];
-    let v = build_views(&backends, &states);
+    let v = build_views(&backends, &states, None);
     assert_eq!(v[1].status, NodeStatus::Down);
     assert_eq!(v[1].pg_status, LiveStatus::Down);
     assert_eq!(v[1].role, Role::Standby);
@@ -256,7 +257,7 @@ fn views_with_a_down_standby_and_without_a_primary() {
 
     // the primary is down: standbys have no lag figure
     let states = [state(None), state(Some(standby_obs("0/10", "0/10")))];
-    let v = build_views(&backends, &states);
+    let v = build_views(&backends, &states, None);
     assert_eq!(v[0].pg_role, Role::Unknown);
     assert_eq!(v[1].lag_bytes, None);
 }
@@ -272,7 +273,7 @@ fn two_primaries_measure_lag_against_the_lowest_id() {
         ))),
         state(Some(primary_obs("0/900", vec![]))),
     ];
-    let v = build_views(&backends, &states);
+    let v = build_views(&backends, &states, None);
     assert_eq!(v[0].lag_bytes, Some(0xb0));
     assert_eq!(v[0].replication_state.as_deref(), Some("streaming"));
     assert_eq!(v[2].pg_role, Role::Primary);
@@ -282,7 +283,7 @@ fn two_primaries_measure_lag_against_the_lowest_id() {
 fn view_json_shape() {
     let backends = [backend(0)];
     let states = [state(Some(primary_obs("0/100", vec![])))];
-    let json = serde_json::to_value(build_views(&backends, &states)).unwrap();
+    let json = serde_json::to_value(build_views(&backends, &states, None)).unwrap();
     let n = &json[0];
     assert_eq!(n["status"], "up");
     assert_eq!(n["pg_status"], "up");

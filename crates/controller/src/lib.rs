@@ -1,0 +1,572 @@
+//! The controller: the warden's hands. It watches the node table the monitor keeps and acts on
+//! the decisions of `pgwarden_core::cluster`:
+//!
+//! * adopt the one primary on first start;
+//! * fence false primaries (a node not in recovery that is not the primary);
+//! * fail over: fence the failed primary (no primary is recorded, so the proxy routes no
+//!   writes and closes the sessions on it), look at the standbys afresh, run pgpool's
+//!   failover_command if configured, `pg_promote()` the one with the most WAL, record it, then
+//!   point the other standbys at it (primary_conninfo + reload, or follow_primary_command) and
+//!   take out of service any that does not stream within `follow_timeout`;
+//! * attach, detach and promote by hand, refusing what is unsafe with the reason.
+//!
+//! Every step is persisted (through the monitor's state file) before the next one starts, and
+//! lands in the event history. One operation at a time: automatic and manual ones share a lock.
+
+mod hook;
+
+pub use hook::{run_hook, HookOutcome};
+
+use pgwarden_core::cluster::{
+    check_attach, check_detach, check_promote, choose_candidate, decide, repoint_conninfo,
+    Decision, HookArgs, HookNode, NodeFacts,
+};
+use pgwarden_core::config::{Backend, FailoverConfig};
+use pgwarden_core::node::{LiveStatus, NodeStatus};
+use pgwarden_monitor::{probe, run_sql, MonitorHandle, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tokio::time::{sleep, timeout};
+
+const APP: &str = "pgwarden controller";
+
+/// Why an operation was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Unsafe or impossible in the current state; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error("node {0} is not configured")]
+    UnknownNode(u32),
+    /// A step failed; the message names it.
+    #[error("{step} failed: {reason}")]
+    Failed { step: String, reason: String },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+struct Inner {
+    cfg: FailoverConfig,
+    monitor: MonitorHandle,
+    /// One operation at a time.
+    op: Mutex<()>,
+}
+
+/// What the API, the PCP server and the CLI hold of the controller.
+#[derive(Clone)]
+pub struct ControllerHandle {
+    inner: Arc<Inner>,
+}
+
+/// A running controller; dropping it stops the automatic decisions.
+pub struct Controller {
+    handle: ControllerHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Controller {
+    pub fn start(cfg: FailoverConfig, monitor: MonitorHandle) -> Controller {
+        let inner = Arc::new(Inner {
+            cfg,
+            monitor,
+            op: Mutex::new(()),
+        });
+        let task = tokio::spawn(watch(inner.clone()));
+        Controller {
+            handle: ControllerHandle { inner },
+            task,
+        }
+    }
+
+    pub fn handle(&self) -> ControllerHandle {
+        self.handle.clone()
+    }
+}
+
+/// Decides after every health check and acts.
+async fn watch(inner: Arc<Inner>) {
+    let mut ticks = inner.monitor.ticks();
+    let mut last_stuck: Option<String> = None;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        // After a failed attempt, look again at the latest at the retry time.
+        let wait = retry_at.map(|t| t.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            r = ticks.changed() => if r.is_err() { return },
+            _ = sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}
+        }
+        let _guard = inner.op.lock().await;
+        let m = &inner.monitor;
+        let state = m.cluster();
+        let decision = decide(&state, &m.facts(), inner.cfg.auto);
+        if !matches!(decision, Decision::Stuck { .. }) {
+            last_stuck = None;
+        }
+        match decision {
+            Decision::Nothing => {}
+            Decision::Adopt { primary } => {
+                let _ = m.set_primary(
+                    Some(primary),
+                    false,
+                    "adopted: the only node in service that is not in recovery",
+                );
+            }
+            Decision::FenceFalsePrimaries { nodes } => {
+                for n in nodes {
+                    let reason = format!(
+                        "false primary: not in recovery, but node {} is the primary (generation {}); it gets no traffic until it is rebuilt (`pgwarden node recover {n}`)",
+                        state.primary.map_or("?".into(), |p| p.to_string()),
+                        state.generation
+                    );
+                    m.event("fence", Some(n), format!("node {n}: {reason}"));
+                    let _ = m.set_status(n, NodeStatus::Down, &reason);
+                }
+            }
+            Decision::Failover { failed, promote } => {
+                if retry_at.is_some_and(|t| Instant::now() < t) {
+                    continue;
+                }
+                match failover(&inner, failed, promote, false).await {
+                    Ok(_) => retry_at = None,
+                    Err(e) => {
+                        m.event("error", Some(promote), format!("failover: {e}"));
+                        retry_at = Some(Instant::now() + Duration::from_secs(5));
+                    }
+                }
+            }
+            Decision::Stuck { reason } => {
+                if last_stuck.as_deref() != Some(&reason) {
+                    tracing::error!("{reason}");
+                    m.event("stuck", None, reason.clone());
+                    last_stuck = Some(reason);
+                }
+            }
+        }
+    }
+}
+
+impl ControllerHandle {
+    pub fn monitor(&self) -> &MonitorHandle {
+        &self.inner.monitor
+    }
+
+    fn backend(&self, id: u32) -> Result<&Backend, OpError> {
+        self.inner
+            .monitor
+            .backends()
+            .iter()
+            .find(|b| b.id == id)
+            .ok_or(OpError::UnknownNode(id))
+    }
+
+    /// Puts node `id` back into service (pgpool's attach / failback). It is checked at once and
+    /// takes traffic once the check succeeds.
+    pub async fn attach(&self, id: u32) -> Result<String, OpError> {
+        self.backend(id)?;
+        let _guard = self.inner.op.lock().await;
+        let m = &self.inner.monitor;
+        // Look at the node now, not at what the last periodic check saw.
+        refresh(m, id).await;
+        check_attach(&m.cluster(), &m.facts(), id).map_err(OpError::Refused)?;
+        m.set_status(id, NodeStatus::Waiting, "attached by hand")?;
+        m.event("attach", Some(id), format!("node {id} attached"));
+        m.suspect(id);
+        Ok(format!("node {id} attached; it takes traffic once its health check succeeds"))
+    }
+
+    /// Takes node `id` out of service. Detaching the primary fails over to the best standby,
+    /// as in pgpool.
+    pub async fn detach(&self, id: u32) -> Result<String, OpError> {
+        self.backend(id)?;
+        let _guard = self.inner.op.lock().await;
+        let m = &self.inner.monitor;
+        let state = m.cluster();
+        check_detach(&state, &m.facts(), id, self.inner.cfg.auto).map_err(OpError::Refused)?;
+        m.set_status(id, NodeStatus::Down, "detached by hand")?;
+        m.event("detach", Some(id), format!("node {id} detached"));
+        if state.primary == Some(id) {
+            let facts = m.facts();
+            let candidate = choose_candidate(&facts, None).map_err(OpError::Refused)?;
+            let new = failover(&self.inner, Some(id), candidate, false).await?;
+            return Ok(format!(
+                "node {id} detached; it was the primary: node {new} was promoted"
+            ));
+        }
+        Ok(format!("node {id} detached"))
+    }
+
+    /// Promotes standby `id` (`pgwarden node promote`, `pcp_promote_node`). Without `force` it
+    /// refuses while the primary is healthy (that is a switchover) or when another standby has
+    /// more WAL.
+    pub async fn promote(&self, id: u32, force: bool) -> Result<String, OpError> {
+        self.backend(id)?;
+        let _guard = self.inner.op.lock().await;
+        let m = &self.inner.monitor;
+        refresh(m, id).await;
+        let state = m.cluster();
+        check_promote(&state, &m.facts(), id, force).map_err(OpError::Refused)?;
+        let old = state.primary;
+        if let Some(p) = old {
+            m.set_status(
+                p,
+                NodeStatus::Down,
+                &format!("fenced: node {id} is being promoted by hand"),
+            )?;
+        }
+        let new = failover(&self.inner, old, id, true).await?;
+        Ok(format!("node {new} promoted"))
+    }
+}
+
+impl ControllerHandle {
+    /// A planned switchover to standby `id` (`pgwarden switchover`, `pcp_promote_node -s`).
+    pub async fn switchover(&self, id: u32) -> Result<String, OpError> {
+        self.backend(id)?;
+        Err(OpError::Refused(format!(
+            "switchover to node {id} is not available in this version yet: it needs the node agent to stop the old primary and restart it as a standby. Until then: `pgwarden node promote {id} --force` fences the old primary and promotes node {id}"
+        )))
+    }
+}
+
+/// Runs one health check of node `id` right now and waits for its result to be in the table.
+async fn refresh(m: &MonitorHandle, id: u32) {
+    let mut ticks = m.ticks();
+    ticks.borrow_and_update();
+    m.suspect(id);
+    let _ = timeout(Duration::from_secs(5), async {
+        // The check of that node bumps the ticks once it is applied (other nodes' checks may
+        // bump them first; a second look is cheap).
+        for _ in 0..3 {
+            if ticks.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+fn hook_node(b: &Backend) -> HookNode {
+    HookNode {
+        id: b.id,
+        host: b.host.clone(),
+        port: b.port,
+        data_dir: b.data_dir.display().to_string(),
+    }
+}
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Fences the old primary, promotes a standby, records it, and has the others follow.
+/// Returns the new primary's id.
+async fn failover(
+    inner: &Arc<Inner>,
+    failed: Option<u32>,
+    planned: u32,
+    manual: bool,
+) -> Result<u32, OpError> {
+    let m = &inner.monitor;
+    let started = Instant::now();
+    let failed_text = failed.map_or("none".to_string(), |f| format!("node {f}"));
+    m.event(
+        "failover",
+        failed,
+        format!("failover started: old primary {failed_text}; fencing it (no writes are routed until a new primary is promoted)"),
+    );
+    // 1. Fence: from here on no session writes anywhere, and the old primary's sessions are
+    // closed by the proxy (the node is down).
+    let generation = m.set_primary(None, true, "fenced the old primary for a failover")?;
+
+    // 2. Choose with fresh positions: the standbys may have received more since the last
+    // periodic check.
+    let chosen = if manual {
+        planned
+    } else {
+        fresh_candidate(m, failed).await.unwrap_or(planned)
+    };
+    let backends = m.backends().to_vec();
+    let by_id = |id: u32| backends.iter().find(|b| b.id == id);
+    let new_backend = by_id(chosen).ok_or(OpError::UnknownNode(chosen))?.clone();
+    m.event(
+        "failover",
+        Some(chosen),
+        format!("node {chosen} chosen to be promoted (generation {generation})"),
+    );
+
+    // 3. pgpool's failover_command, when configured (it may promote the node itself).
+    if let Some(cmd) = &inner.cfg.failover_command {
+        let failed_b = failed.and_then(by_id);
+        let args = HookArgs {
+            node: failed_b.map(hook_node),
+            new_main: Some(hook_node(&new_backend)),
+            old_main: failed,
+            old_primary: failed_b.map(hook_node),
+        };
+        let out = run_hook(cmd, &args, inner.cfg.command_timeout).await;
+        m.event("hook", failed, format!("failover_command: {}", out.summary()));
+    }
+
+    // 4. Promote.
+    promote_node(inner, &new_backend).await?;
+    m.set_primary(
+        Some(chosen),
+        false,
+        &format!(
+            "promoted in {} ms after {failed_text} was fenced",
+            started.elapsed().as_millis()
+        ),
+    )?;
+    // Writes flow once the monitor has seen the node as a primary: look now.
+    let mut routes = m.routes();
+    m.suspect(chosen);
+    let _ = timeout(Duration::from_secs(10), async {
+        while routes.borrow_and_update().primary != Some(chosen) {
+            if routes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    m.event(
+        "promote",
+        Some(chosen),
+        format!(
+            "node {chosen} is the new primary (generation {generation}); failover took {} ms",
+            started.elapsed().as_millis()
+        ),
+    );
+
+    // 5. The other standbys follow, in the background.
+    let followers: Vec<Backend> = m
+        .facts()
+        .iter()
+        .filter(|f| {
+            f.id != chosen
+                && Some(f.id) != failed
+                && matches!(f.status, NodeStatus::Up | NodeStatus::Waiting)
+                && f.in_recovery == Some(true)
+        })
+        .filter_map(|f| by_id(f.id).cloned())
+        .collect();
+    for b in followers {
+        let inner = inner.clone();
+        let new_backend = new_backend.clone();
+        let old = failed.and_then(by_id).cloned();
+        tokio::spawn(async move {
+            follow(&inner, &b, &new_backend, old.as_ref(), generation).await;
+        });
+    }
+    Ok(chosen)
+}
+
+/// Probes every standby in service now and chooses among them.
+async fn fresh_candidate(m: &MonitorHandle, failed: Option<u32>) -> Option<u32> {
+    let mut facts: Vec<NodeFacts> = m.facts();
+    for f in facts.iter_mut() {
+        if Some(f.id) == failed || f.status != NodeStatus::Up {
+            continue;
+        }
+        let Some(target) = m.target(f.id) else {
+            continue;
+        };
+        match timeout(Duration::from_secs(3), probe(&target)).await {
+            Ok(Ok(obs)) => {
+                f.live = LiveStatus::Up;
+                f.in_recovery = Some(obs.in_recovery);
+                f.lsn = if obs.in_recovery {
+                    obs.receive_lsn.max(obs.replay_lsn)
+                } else {
+                    obs.current_lsn
+                };
+            }
+            _ => f.live = LiveStatus::Down,
+        }
+    }
+    choose_candidate(&facts, None).ok()
+}
+
+async fn promote_node(inner: &Inner, b: &Backend) -> Result<(), OpError> {
+    let m = &inner.monitor;
+    let target = m.target(b.id).ok_or(OpError::UnknownNode(b.id))?;
+    let step = format!("promoting node {}", b.id);
+    let failed = |reason: String| OpError::Failed {
+        step: step.clone(),
+        reason,
+    };
+    let in_recovery = timeout(
+        Duration::from_secs(10),
+        run_sql(&target, "SELECT pg_is_in_recovery()", APP),
+    )
+    .await
+    .map_err(|_| failed("no answer within 10 s".into()))?
+    .map_err(|e| failed(e.to_string()))?;
+    if in_recovery.first().and_then(|r| r.first()).cloned().flatten() == Some("f".into()) {
+        m.event(
+            "promote",
+            Some(b.id),
+            format!("node {} is already out of recovery (promoted by failover_command)", b.id),
+        );
+        return Ok(());
+    }
+    let secs = inner.cfg.promote_timeout.as_secs().max(1);
+    let rows = timeout(
+        inner.cfg.promote_timeout + Duration::from_secs(5),
+        run_sql(&target, &format!("SELECT pg_promote(true, {secs})"), APP),
+    )
+    .await
+    .map_err(|_| failed(format!("pg_promote() did not return within {secs} s")))?
+    .map_err(|e| failed(e.to_string()))?;
+    match rows.first().and_then(|r| r.first()).cloned().flatten() {
+        Some(v) if v == "t" => Ok(()),
+        other => Err(failed(format!(
+            "pg_promote() returned {other:?}: the node did not finish promotion within {secs} s"
+        ))),
+    }
+}
+
+/// Points standby `b` at the new primary and waits until it streams from it. A standby that
+/// does not is taken out of service.
+async fn follow(
+    inner: &Inner,
+    b: &Backend,
+    new_primary: &Backend,
+    old_primary: Option<&Backend>,
+    generation: u64,
+) {
+    let m = &inner.monitor;
+    let result = async {
+        if let Some(cmd) = &inner.cfg.follow_primary_command {
+            let args = HookArgs {
+                node: Some(hook_node(b)),
+                new_main: Some(hook_node(new_primary)),
+                old_main: old_primary.map(|o| o.id),
+                old_primary: old_primary.map(hook_node),
+            };
+            let out = run_hook(cmd, &args, inner.cfg.command_timeout).await;
+            m.event(
+                "hook",
+                Some(b.id),
+                format!("follow_primary_command: {}", out.summary()),
+            );
+        } else {
+            repoint(m, b, new_primary).await?;
+        }
+        wait_streaming(m, b, new_primary, inner.cfg.follow_timeout).await
+    }
+    .await;
+    match result {
+        Ok(()) => m.event(
+            "follow",
+            Some(b.id),
+            format!(
+                "node {} streams from the new primary, node {} (generation {generation})",
+                b.id, new_primary.id
+            ),
+        ),
+        Err(reason) => {
+            let text = format!(
+                "node {} did not follow the new primary, node {}: {reason}",
+                b.id, new_primary.id
+            );
+            m.event("follow", Some(b.id), text.clone());
+            let _ = m.set_status(b.id, NodeStatus::Down, &text);
+        }
+    }
+}
+
+/// The built-in follow: the standby keeps every connection setting but host and port, gets a
+/// replication slot of its name on the new primary, and reloads (PostgreSQL 13+ applies
+/// primary_conninfo without a restart; recovery_target_timeline 'latest' takes it onto the new
+/// timeline).
+async fn repoint(m: &MonitorHandle, b: &Backend, new_primary: &Backend) -> Result<(), String> {
+    let t = m.target(b.id).ok_or("no target")?;
+    let p = m.target(new_primary.id).ok_or("no target")?;
+    let short = Duration::from_secs(10);
+    let rows = timeout(
+        short,
+        run_sql(
+            &t,
+            "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')",
+            APP,
+        ),
+    )
+    .await
+    .map_err(|_| "no answer within 10 s".to_string())?
+    .map_err(|e| e.to_string())?;
+    let row = rows.first().ok_or("no settings returned")?;
+    let conninfo = row.first().cloned().flatten().unwrap_or_default();
+    let slot = row.get(1).cloned().flatten().unwrap_or_default();
+    if !slot.is_empty() {
+        let sql = format!(
+            "SELECT pg_create_physical_replication_slot({0}) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {0})",
+            sql_literal(&slot)
+        );
+        timeout(short, run_sql(&p, &sql, APP))
+            .await
+            .map_err(|_| "creating the slot: no answer within 10 s".to_string())?
+            .map_err(|e| format!("creating slot {slot} on node {}: {e}", new_primary.id))?;
+    }
+    let new_conninfo = repoint_conninfo(&conninfo, &new_primary.host, new_primary.port);
+    for sql in [
+        format!(
+            "ALTER SYSTEM SET primary_conninfo = {}",
+            sql_literal(&new_conninfo)
+        ),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        timeout(short, run_sql(&t, &sql, APP))
+            .await
+            .map_err(|_| "no answer within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    m.event(
+        "follow",
+        Some(b.id),
+        format!(
+            "node {} pointed at node {} ({}:{}) and reloaded",
+            b.id, new_primary.id, new_primary.host, new_primary.port
+        ),
+    );
+    Ok(())
+}
+
+async fn wait_streaming(
+    m: &MonitorHandle,
+    b: &Backend,
+    new_primary: &Backend,
+    limit: Duration,
+) -> Result<(), String> {
+    let p = m.target(new_primary.id).ok_or("no target")?;
+    let sql = format!(
+        "SELECT state FROM pg_stat_replication WHERE application_name = {}",
+        sql_literal(&b.application_name)
+    );
+    let deadline = Instant::now() + limit;
+    let mut last = String::from("not connected");
+    while Instant::now() < deadline {
+        if let Ok(Ok(rows)) = timeout(Duration::from_secs(5), run_sql(&p, &sql, APP)).await {
+            if rows
+                .iter()
+                .any(|r| r.first().cloned().flatten().as_deref() == Some("streaming"))
+            {
+                return Ok(());
+            }
+            if let Some(s) = rows.first().and_then(|r| r.first()).cloned().flatten() {
+                last = s;
+            }
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "not streaming after {} s (last state: {last})",
+        limit.as_secs()
+    ))
+}

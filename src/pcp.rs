@@ -1,0 +1,195 @@
+//! The PCP port: pgpool's `pcp_*` tools drive the warden. The protocol is `pgwarden-pcp`'s;
+//! here each command is mapped to the controller.
+
+use crate::serve::admin_error;
+use pgwarden_api::AdminError;
+use pgwarden_controller::ControllerHandle;
+use pgwarden_core::config::{Config, NodeInfoLayout};
+use pgwarden_pcp::{PcpError, PcpHandler, PcpUsers, ServerOptions, SharedUsers, StopMode};
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// pcp.conf, when `pcp.users_file` is set. A broken file stops the warden from starting, with
+/// the file and line named.
+pub fn load_users(cfg: &Config) -> anyhow::Result<Option<SharedUsers>> {
+    let Some(path) = &cfg.pcp.users_file else {
+        return Ok(None);
+    };
+    let users = PcpUsers::load(path)
+        .map_err(|e| anyhow::anyhow!("{e} (pcp.users_file in {})", cfg.file.display()))?;
+    Ok(Some(Arc::new(RwLock::new(users))))
+}
+
+struct Handler {
+    controller: ControllerHandle,
+    cfg: Config,
+    users: SharedUsers,
+    stop: mpsc::Sender<()>,
+}
+
+fn pcp_error(what: &str, e: AdminError) -> PcpError {
+    let text = match e {
+        AdminError::Refused(t) | AdminError::NotFound(t) | AdminError::Failed(t) => t,
+    };
+    PcpError::with_detail(format!("{what} failed"), text)
+}
+
+impl PcpHandler for Handler {
+    fn nodes(&self) -> Vec<pgwarden_pcp::NodeView> {
+        self.controller.monitor().views()
+    }
+
+    fn pool_status(&self) -> Vec<(String, String, String)> {
+        let c = &self.cfg;
+        let mut rows = vec![
+            (
+                "listen_addresses".to_string(),
+                c.listen.proxy.ip().to_string(),
+                "host name(s) or IP address(es) to listen on".to_string(),
+            ),
+            (
+                "port".into(),
+                c.listen.proxy.port().to_string(),
+                "pgpool accepting port number".into(),
+            ),
+            (
+                "pcp_port".into(),
+                c.listen.pcp.port().to_string(),
+                "PCP port # to bind".into(),
+            ),
+            (
+                "backend_clustering_mode".into(),
+                "streaming_replication".into(),
+                "clustering mode".into(),
+            ),
+            (
+                "failover_on_backend_error".into(),
+                "off".into(),
+                "pgwarden fails over on health checks only".into(),
+            ),
+            (
+                "auto_failover".into(),
+                if c.failover.auto { "on" } else { "off" }.into(),
+                "pgwarden: promote a standby when the primary fails".into(),
+            ),
+        ];
+        for b in &c.backends {
+            let i = b.id;
+            rows.push((
+                format!("backend_hostname{i}"),
+                b.host.clone(),
+                format!("hostname or IP address of backend #{i}"),
+            ));
+            rows.push((
+                format!("backend_port{i}"),
+                b.port.to_string(),
+                format!("port number of backend #{i}"),
+            ));
+            rows.push((
+                format!("backend_weight{i}"),
+                format!("{:.6}", b.weight),
+                format!("weight of backend #{i}"),
+            ));
+            rows.push((
+                format!("backend_data_directory{i}"),
+                b.data_dir.display().to_string(),
+                format!("data directory for backend #{i}"),
+            ));
+            rows.push((
+                format!("backend_flag{i}"),
+                match b.failover {
+                    pgwarden_core::config::FailoverFlag::Allow => "ALLOW_TO_FAILOVER",
+                    pgwarden_core::config::FailoverFlag::Disallow => "DISALLOW_TO_FAILOVER",
+                }
+                .into(),
+                format!("backend #{i} flag"),
+            ));
+        }
+        rows
+    }
+
+    async fn attach(&self, id: u32) -> Result<(), PcpError> {
+        self.controller
+            .attach(id)
+            .await
+            .map(drop)
+            .map_err(|e| pcp_error("processing attach node request", admin_error(e)))
+    }
+
+    async fn detach(&self, id: u32, _graceful: bool) -> Result<(), PcpError> {
+        self.controller
+            .detach(id)
+            .await
+            .map(drop)
+            .map_err(|e| pcp_error("processing detach node request", admin_error(e)))
+    }
+
+    async fn promote(&self, id: u32, switchover: bool) -> Result<(), PcpError> {
+        let r = if switchover {
+            self.controller.switchover(id).await
+        } else {
+            self.controller.promote(id, false).await
+        };
+        r.map(drop)
+            .map_err(|e| pcp_error("processing promote request", admin_error(e)))
+    }
+
+    async fn recover(&self, id: u32) -> Result<(), PcpError> {
+        Err(PcpError::with_detail(
+            "process recovery request failed",
+            format!("online recovery of node {id} is not available in this version of pgwarden yet; rebuild the node by hand (pg_basebackup) and attach it with pcp_attach_node"),
+        ))
+    }
+
+    async fn reload(&self) -> Result<(), PcpError> {
+        // pcp.conf is read again; the rest of the configuration needs a restart for now.
+        let Some(path) = &self.cfg.pcp.users_file else {
+            return Ok(());
+        };
+        match PcpUsers::load(path) {
+            Ok(u) => {
+                *self.users.write().unwrap_or_else(|p| p.into_inner()) = u;
+                self.controller.monitor().event(
+                    "reload",
+                    None,
+                    format!("pcp_reload_config: {} read again (other settings need a restart)", path.display()),
+                );
+                Ok(())
+            }
+            Err(e) => Err(PcpError::with_detail("reloading config failed", e.to_string())),
+        }
+    }
+
+    fn stop(&self, mode: StopMode) {
+        self.controller
+            .monitor()
+            .event("stop", None, format!("pcp_stop_pgpool ({mode:?}): the warden stops"));
+        let _ = self.stop.try_send(());
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    users: SharedUsers,
+    controller: ControllerHandle,
+    cfg: Config,
+    stop: mpsc::Sender<()>,
+) {
+    let opts = ServerOptions {
+        node_info: match cfg.pcp.node_info_layout {
+            NodeInfoLayout::V43 => pgwarden_pcp::NodeInfoLayout::V43,
+            NodeInfoLayout::V44 => pgwarden_pcp::NodeInfoLayout::V44,
+        },
+        ..ServerOptions::default()
+    };
+    let handler = Arc::new(Handler {
+        controller,
+        cfg,
+        users: users.clone(),
+        stop,
+    });
+    if let Err(e) = pgwarden_pcp::serve(listener, users, handler, opts).await {
+        tracing::error!("the PCP server stopped: {e}");
+    }
+}
