@@ -153,18 +153,26 @@ impl PcpHandler for Handler {
                 self.controller.monitor().event(
                     "reload",
                     None,
-                    format!("pcp_reload_config: {} read again (other settings need a restart)", path.display()),
+                    format!(
+                        "pcp_reload_config: {} read again (other settings need a restart)",
+                        path.display()
+                    ),
                 );
                 Ok(())
             }
-            Err(e) => Err(PcpError::with_detail("reloading config failed", e.to_string())),
+            Err(e) => Err(PcpError::with_detail(
+                "reloading config failed",
+                e.to_string(),
+            )),
         }
     }
 
     fn stop(&self, mode: StopMode) {
-        self.controller
-            .monitor()
-            .event("stop", None, format!("pcp_stop_pgpool ({mode:?}): the warden stops"));
+        self.controller.monitor().event(
+            "stop",
+            None,
+            format!("pcp_stop_pgpool ({mode:?}): the warden stops"),
+        );
         let _ = self.stop.try_send(());
     }
 }

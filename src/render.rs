@@ -131,7 +131,10 @@ pub fn sandbox_table(rows: &[SandboxRow]) -> String {
 }
 
 /// The event history, one line each: sequence, local time, kind, node, message.
-pub fn event_lines<Tz: chrono::TimeZone>(events: &[pgwarden_core::cluster::Event], tz: &Tz) -> String
+pub fn event_lines<Tz: chrono::TimeZone>(
+    events: &[pgwarden_core::cluster::Event],
+    tz: &Tz,
+) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
@@ -186,6 +189,7 @@ mod tests {
             observed_at: None,
             last_error: (!up)
                 .then(|| "cannot connect to 127.0.0.1:11004: connection refused".into()),
+            status_reason: String::new(),
             health_check: HealthStats::default(),
         }
     }

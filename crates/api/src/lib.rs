@@ -68,7 +68,11 @@ impl<F: Fn() -> Vec<NodeView> + Send + Sync + 'static> Admin for ViewsOnly<F> {
         Vec::new()
     }
     fn node_op(&self, _id: u32, _op: NodeOp) -> BoxFuture<'_, Result<String, AdminError>> {
-        Box::pin(async { Err(AdminError::Refused("this server does not act on nodes".into())) })
+        Box::pin(async {
+            Err(AdminError::Refused(
+                "this server does not act on nodes".into(),
+            ))
+        })
     }
 }
 
@@ -330,7 +334,10 @@ mod tests {
         assert!(client.nodes().await.unwrap().is_empty());
         assert!(client.events(0).await.unwrap().is_empty());
         let e = client.node_op(1, NodeOp::Attach).await.unwrap_err();
-        assert!(matches!(e, ClientError::Refused { status: 409, .. }), "{e:?}");
+        assert!(
+            matches!(e, ClientError::Refused { status: 409, .. }),
+            "{e:?}"
+        );
         assert_eq!(e.to_string(), "this server does not act on nodes");
     }
 

@@ -128,7 +128,12 @@ mod tests {
             }),
             ..Default::default()
         };
-        let o = run_hook("echo failed=%d at %h:%p; echo oops >&2", &args, Duration::from_secs(5)).await;
+        let o = run_hook(
+            "echo failed=%d at %h:%p; echo oops >&2",
+            &args,
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(o.ok(), "{o:?}");
         assert_eq!(o.output, "failed=0 at h0:5432\noops\n");
         let o = run_hook("exit 3", &args, Duration::from_secs(5)).await;

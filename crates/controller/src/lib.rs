@@ -178,7 +178,9 @@ impl ControllerHandle {
         m.set_status(id, NodeStatus::Waiting, "attached by hand")?;
         m.event("attach", Some(id), format!("node {id} attached"));
         m.suspect(id);
-        Ok(format!("node {id} attached; it takes traffic once its health check succeeds"))
+        Ok(format!(
+            "node {id} attached; it takes traffic once its health check succeeds"
+        ))
     }
 
     /// Takes node `id` out of service. Detaching the primary fails over to the best standby,
@@ -311,7 +313,11 @@ async fn failover(
             old_primary: failed_b.map(hook_node),
         };
         let out = run_hook(cmd, &args, inner.cfg.command_timeout).await;
-        m.event("hook", failed, format!("failover_command: {}", out.summary()));
+        m.event(
+            "hook",
+            failed,
+            format!("failover_command: {}", out.summary()),
+        );
     }
 
     // 4. Promote.
@@ -408,11 +414,20 @@ async fn promote_node(inner: &Inner, b: &Backend) -> Result<(), OpError> {
     .await
     .map_err(|_| failed("no answer within 10 s".into()))?
     .map_err(|e| failed(e.to_string()))?;
-    if in_recovery.first().and_then(|r| r.first()).cloned().flatten() == Some("f".into()) {
+    if in_recovery
+        .first()
+        .and_then(|r| r.first())
+        .cloned()
+        .flatten()
+        == Some("f".into())
+    {
         m.event(
             "promote",
             Some(b.id),
-            format!("node {} is already out of recovery (promoted by failover_command)", b.id),
+            format!(
+                "node {} is already out of recovery (promoted by failover_command)",
+                b.id
+            ),
         );
         return Ok(());
     }

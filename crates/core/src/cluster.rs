@@ -73,13 +73,22 @@ impl NodeFacts {
 pub enum Decision {
     Nothing,
     /// No primary is recorded yet and exactly one node is one: take it.
-    Adopt { primary: u32 },
+    Adopt {
+        primary: u32,
+    },
     /// These nodes are not in recovery, yet are not the primary: keep them out of service.
-    FenceFalsePrimaries { nodes: Vec<u32> },
+    FenceFalsePrimaries {
+        nodes: Vec<u32>,
+    },
     /// The primary failed: promote `promote`.
-    Failover { failed: Option<u32>, promote: u32 },
+    Failover {
+        failed: Option<u32>,
+        promote: u32,
+    },
     /// Something needs a human; the reason says what.
-    Stuck { reason: String },
+    Stuck {
+        reason: String,
+    },
 }
 
 /// Decides what to do next. `auto_failover` off: a failed primary is fenced but nobody is
@@ -214,7 +223,10 @@ pub fn check_attach(state: &ClusterState, nodes: &[NodeFacts], id: u32) -> Resul
         return Err(format!("node {id} is not configured"));
     };
     if n.status == NodeStatus::Up || n.status == NodeStatus::Waiting {
-        return Err(format!("node {id} is already in service ({})", n.status.as_str()));
+        return Err(format!(
+            "node {id} is already in service ({})",
+            n.status.as_str()
+        ));
     }
     if n.in_recovery == Some(false) && n.answers() {
         match state.primary {
@@ -250,7 +262,10 @@ pub fn check_detach(
         return Err(format!("node {id} is not configured"));
     };
     if n.status == NodeStatus::Down || n.status == NodeStatus::Unused {
-        return Err(format!("node {id} is already out of service ({})", n.status.as_str()));
+        return Err(format!(
+            "node {id} is already out of service ({})",
+            n.status.as_str()
+        ));
     }
     let others_in_service = nodes
         .iter()
@@ -427,10 +442,19 @@ pub fn expand_hook(command: &str, a: &HookArgs) -> String {
         let value = match code {
             'd' => id(&a.node),
             'h' => a.node.as_ref().map_or(String::new(), |n| n.host.clone()),
-            'p' => a.node.as_ref().map_or(String::new(), |n| n.port.to_string()),
-            'D' => a.node.as_ref().map_or(String::new(), |n| n.data_dir.clone()),
+            'p' => a
+                .node
+                .as_ref()
+                .map_or(String::new(), |n| n.port.to_string()),
+            'D' => a
+                .node
+                .as_ref()
+                .map_or(String::new(), |n| n.data_dir.clone()),
             'm' => id(&a.new_main),
-            'H' => a.new_main.as_ref().map_or(String::new(), |n| n.host.clone()),
+            'H' => a
+                .new_main
+                .as_ref()
+                .map_or(String::new(), |n| n.host.clone()),
             'r' => a
                 .new_main
                 .as_ref()
@@ -542,7 +566,11 @@ pub fn parse_conninfo(s: &str) -> Vec<(String, String)> {
 }
 
 fn quote_conninfo(v: &str) -> String {
-    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+    if !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
         return v.to_string();
     }
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))

@@ -258,11 +258,17 @@ mod tests {
         assert_eq!(t.primary, Some(2));
         assert!(!t.nodes[0].usable, "a down node gets nothing");
         assert!(t.nodes[1].usable);
-        assert!(!t.nodes[3].usable, "a false primary gets nothing, not even reads");
+        assert!(
+            !t.nodes[3].usable,
+            "a false primary gets nothing, not even reads"
+        );
         let t = RouteTable::from_views(&views, Some(0));
         assert_eq!(t.primary, None, "the primary is down: no writes anywhere");
         let t = RouteTable::from_views(&views, Some(1));
-        assert_eq!(t.primary, None, "the designated primary is in recovery: no writes");
+        assert_eq!(
+            t.primary, None,
+            "the designated primary is in recovery: no writes"
+        );
         assert!(!t.nodes[2].usable && !t.nodes[3].usable);
         let t = RouteTable::from_views(&views, None);
         assert_eq!(t.primary, None, "no primary adopted yet: no writes");

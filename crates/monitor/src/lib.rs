@@ -189,7 +189,9 @@ impl MonitorHandle {
 
     /// How the monitor connects to node `id`, for a check of one's own.
     pub fn target(&self, id: u32) -> Option<Target> {
-        self.shared.index(id).map(|i| self.shared.targets[i].clone())
+        self.shared
+            .index(id)
+            .map(|i| self.shared.targets[i].clone())
     }
 
     pub fn cluster(&self) -> ClusterState {
@@ -282,7 +284,10 @@ impl MonitorHandle {
                 return Err(e);
             }
             let message = match primary {
-                Some(p) => format!("node {p} is the primary (generation {}): {reason}", t.generation),
+                Some(p) => format!(
+                    "node {p} is the primary (generation {}): {reason}",
+                    t.generation
+                ),
                 None => format!("no primary (generation {}): {reason}", t.generation),
             };
             tracing::warn!("{message}");
@@ -410,7 +415,11 @@ impl Monitor {
                         .join(", ")
                 ),
             ),
-            None => shared.event("start", None, "no saved state: every node is checked afresh".into()),
+            None => shared.event(
+                "start",
+                None,
+                "no saved state: every node is checked afresh".into(),
+            ),
         }
         shared.publish();
         let mut tasks = JoinSet::new();

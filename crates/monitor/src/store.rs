@@ -100,7 +100,9 @@ mod tests {
         std::fs::write(&path, "{ half").unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("pgwarden.state is not valid"), "{e}");
-        let e = save(&dir.path().join("no/such/dir/state"), &st).unwrap_err().to_string();
+        let e = save(&dir.path().join("no/such/dir/state"), &st)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot write the state file"), "{e}");
     }
 }

@@ -316,6 +316,7 @@ mod tests {
             server_version: None,
             observed_at: None,
             last_error: None,
+            status_reason: String::new(),
             health_check: HealthStats::default(),
         }
     }

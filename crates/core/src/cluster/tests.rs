@@ -152,16 +152,66 @@ fn candidate_choice() {
     let mut prio = n(4, S::Up, L::Up, s, 90);
     prio.priority = 5;
     let cases: Vec<(&str, Vec<NodeFacts>, Option<Vec<u32>>, Result<u32, ()>)> = vec![
-        ("most WAL wins", vec![n(1, S::Up, L::Up, s, 90), n(2, S::Up, L::Up, s, 95)], None, Ok(2)),
-        ("tie: lowest id", vec![n(2, S::Up, L::Up, s, 90), n(1, S::Up, L::Up, s, 90)], None, Ok(1)),
-        ("tie: priority before id", vec![n(1, S::Up, L::Up, s, 90), prio.clone()], None, Ok(4)),
-        ("never a DISALLOW node", vec![n(1, S::Up, L::Up, s, 90), disallowed.clone()], None, Ok(1)),
-        ("never a down node", vec![n(1, S::Down, L::Up, s, 900), n(2, S::Up, L::Up, s, 90)], None, Ok(2)),
-        ("never one that does not answer", vec![n(1, S::Up, L::Down, s, 900)], None, Err(())),
-        ("never a primary", vec![n(1, S::Up, L::Up, Some(false), 900)], None, Err(())),
-        ("unknown LSN loses to a known one", vec![n(1, S::Up, L::Up, s, 0), n(2, S::Up, L::Up, s, 5)], None, Ok(2)),
-        ("synchronous only", vec![n(1, S::Up, L::Up, s, 99), n(2, S::Up, L::Up, s, 90)], Some(vec![2]), Ok(2)),
-        ("no synchronous standby", vec![n(1, S::Up, L::Up, s, 99)], Some(vec![2]), Err(())),
+        (
+            "most WAL wins",
+            vec![n(1, S::Up, L::Up, s, 90), n(2, S::Up, L::Up, s, 95)],
+            None,
+            Ok(2),
+        ),
+        (
+            "tie: lowest id",
+            vec![n(2, S::Up, L::Up, s, 90), n(1, S::Up, L::Up, s, 90)],
+            None,
+            Ok(1),
+        ),
+        (
+            "tie: priority before id",
+            vec![n(1, S::Up, L::Up, s, 90), prio.clone()],
+            None,
+            Ok(4),
+        ),
+        (
+            "never a DISALLOW node",
+            vec![n(1, S::Up, L::Up, s, 90), disallowed.clone()],
+            None,
+            Ok(1),
+        ),
+        (
+            "never a down node",
+            vec![n(1, S::Down, L::Up, s, 900), n(2, S::Up, L::Up, s, 90)],
+            None,
+            Ok(2),
+        ),
+        (
+            "never one that does not answer",
+            vec![n(1, S::Up, L::Down, s, 900)],
+            None,
+            Err(()),
+        ),
+        (
+            "never a primary",
+            vec![n(1, S::Up, L::Up, Some(false), 900)],
+            None,
+            Err(()),
+        ),
+        (
+            "unknown LSN loses to a known one",
+            vec![n(1, S::Up, L::Up, s, 0), n(2, S::Up, L::Up, s, 5)],
+            None,
+            Ok(2),
+        ),
+        (
+            "synchronous only",
+            vec![n(1, S::Up, L::Up, s, 99), n(2, S::Up, L::Up, s, 90)],
+            Some(vec![2]),
+            Ok(2),
+        ),
+        (
+            "no synchronous standby",
+            vec![n(1, S::Up, L::Up, s, 99)],
+            Some(vec![2]),
+            Err(()),
+        ),
     ];
     for (name, nodes, only, want) in cases {
         let got = choose_candidate(&nodes, only.as_deref()).map_err(|_| ());
@@ -188,26 +238,49 @@ fn manual_operations() {
     assert!(check_attach(&st, &nodes, 2).is_ok());
     let e = check_attach(&st, &nodes, 3).unwrap_err();
     assert!(e.contains("false primary"), "{e}");
-    assert!(check_attach(&st, &nodes, 1).unwrap_err().contains("already in service"));
-    assert!(check_attach(&st, &nodes, 9).unwrap_err().contains("not configured"));
-    assert!(check_attach(&st, &with_tl, 4).unwrap_err().contains("timeline 0"));
+    assert!(check_attach(&st, &nodes, 1)
+        .unwrap_err()
+        .contains("already in service"));
+    assert!(check_attach(&st, &nodes, 9)
+        .unwrap_err()
+        .contains("not configured"));
+    assert!(check_attach(&st, &with_tl, 4)
+        .unwrap_err()
+        .contains("timeline 0"));
     // with no primary, a returning primary may be attached (then adopted)
     assert!(check_attach(&state(None, 2), &nodes, 3).is_ok());
     // detach
     assert!(check_detach(&st, &nodes, 1, true).is_ok());
-    assert!(check_detach(&st, &nodes, 0, true).is_ok(), "the primary: a failover to 1");
-    assert!(check_detach(&st, &nodes, 0, false).unwrap_err().contains("failover.auto is off"));
-    assert!(check_detach(&st, &nodes, 2, true).unwrap_err().contains("already out of service"));
+    assert!(
+        check_detach(&st, &nodes, 0, true).is_ok(),
+        "the primary: a failover to 1"
+    );
+    assert!(check_detach(&st, &nodes, 0, false)
+        .unwrap_err()
+        .contains("failover.auto is off"));
+    assert!(check_detach(&st, &nodes, 2, true)
+        .unwrap_err()
+        .contains("already out of service"));
     let last = vec![n(0, S::Up, L::Up, p, 100), n(1, S::Down, L::Down, s, 90)];
-    assert!(check_detach(&st, &last, 0, true).unwrap_err().contains("last node in service"));
+    assert!(check_detach(&st, &last, 0, true)
+        .unwrap_err()
+        .contains("last node in service"));
     let no_standby = vec![n(0, S::Up, L::Up, p, 100), n(1, S::Waiting, L::Down, s, 90)];
-    assert!(check_detach(&st, &no_standby, 0, true).unwrap_err().contains("no standby is in service"));
+    assert!(check_detach(&st, &no_standby, 0, true)
+        .unwrap_err()
+        .contains("no standby is in service"));
     // promote
     let e = check_promote(&st, &nodes, 1, false).unwrap_err();
     assert!(e.contains("switchover --to 1"), "{e}");
     assert!(check_promote(&st, &nodes, 1, true).is_ok());
-    assert!(check_promote(&st, &nodes, 0, false).unwrap_err().contains("already the primary"));
-    let failed = vec![n(0, S::Down, L::Down, p, 100), n(1, S::Up, L::Up, s, 90), n(2, S::Up, L::Up, s, 95)];
+    assert!(check_promote(&st, &nodes, 0, false)
+        .unwrap_err()
+        .contains("already the primary"));
+    let failed = vec![
+        n(0, S::Down, L::Down, p, 100),
+        n(1, S::Up, L::Up, s, 90),
+        n(2, S::Up, L::Up, s, 95),
+    ];
     let e = check_promote(&st, &failed, 1, false).unwrap_err();
     assert!(e.contains("behind node 2"), "{e}");
     assert!(check_promote(&st, &failed, 1, true).is_ok());

@@ -1,0 +1,648 @@
+//! Failover, fencing and the operations by hand, on real sandbox clusters: the primary killed
+//! or hung under a write load through the proxy, a standby killed, the warden restarted, the
+//! old primary coming back by itself, attach / detach / promote through the CLI and through
+//! pgpool's stock pcp_* tools.
+
+mod common;
+
+use common::Cluster;
+use serde_json::Value;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Blocking calls (the harness's HTTP client, psql) from inside the async part of a test.
+fn sync<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Waits until every process of node `id` is gone (after a kill, its backends exit on their
+/// own shortly after the postmaster).
+fn wait_gone(c: &Cluster, id: u16) {
+    let start = Instant::now();
+    while !node_pids(c, id).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "node {id}'s processes linger"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn get(c: &Cluster, path: &str) -> Value {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(format!("http://127.0.0.1:{}{path}", c.api_port()))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn cluster_state(c: &Cluster) -> Value {
+    get(c, "/v1/cluster")
+}
+
+fn events_text(c: &Cluster) -> String {
+    get(c, "/v1/events")
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| format!("{} {}\n", e["kind"], e["message"]))
+        .collect()
+}
+
+/// Polls until `pred` holds on GET /v1/cluster.
+fn wait_cluster(c: &Cluster, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = cluster_state(c);
+        if pred(&s) {
+            return s;
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "{what} did not happen within {limit:?}; cluster: {s:#}\nevents:\n{}",
+                events_text(c)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn postmaster_pid(c: &Cluster, id: u16) -> nix::unistd::Pid {
+    let text = std::fs::read_to_string(c.data_dir(id).join("postmaster.pid")).expect("pid file");
+    nix::unistd::Pid::from_raw(text.lines().next().unwrap().trim().parse().unwrap())
+}
+
+/// Every process of node `id`: the postmaster and its children.
+fn node_pids(c: &Cluster, id: u16) -> Vec<nix::unistd::Pid> {
+    common::processes_under(&c.data_dir(id))
+        .into_iter()
+        .map(|p| nix::unistd::Pid::from_raw(p as i32))
+        .collect()
+}
+
+/// A writer through the proxy: inserts rows with increasing ids, one at a time, reconnecting
+/// after an error as an application would. It records which ids were acknowledged and when.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+    errors: Arc<AtomicU64>,
+    /// When each failed attempt ended.
+    failed_at: Arc<Mutex<Vec<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(c: &Cluster) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let failed_at = Arc::new(Mutex::new(Vec::new()));
+        let (port, password) = (c.proxy_port(), c.password());
+        let (s, a, e, f) = (
+            stop.clone(),
+            acked.clone(),
+            errors.clone(),
+            failed_at.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut id = 0i64;
+            while !s.load(Ordering::Relaxed) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio_postgres::Config::new()
+                            .host("127.0.0.1")
+                            .port(port)
+                            .user("postgres")
+                            .password(&password)
+                            .dbname("test")
+                            .connect(tokio_postgres::NoTls),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok((cl, conn))) => {
+                            tokio::spawn(conn);
+                            client = Some(cl);
+                        }
+                        _ => {
+                            e.fetch_add(1, Ordering::Relaxed);
+                            f.lock().unwrap().push(Instant::now());
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(cl) = client.as_ref() else { continue };
+                id += 1;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    cl.execute("INSERT INTO acked (id) VALUES ($1)", &[&id]),
+                )
+                .await;
+                match r {
+                    Ok(Ok(_)) => a.lock().unwrap().push((id, Instant::now())),
+                    _ => {
+                        e.fetch_add(1, Ordering::Relaxed);
+                        f.lock().unwrap().push(Instant::now());
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            errors,
+            failed_at,
+            task,
+        }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// How long after `t` writes worked again: the first acknowledgement after the first
+    /// failure that followed `t` (a write in flight at `t` may still have been acknowledged
+    /// by the old primary). Waits up to `limit`.
+    async fn first_ack_after(&self, t: Instant, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let failed = self
+                .failed_at
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .find(|f| *f > t);
+            let acked = failed.and_then(|f| {
+                self.acked
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(_, at)| *at > f)
+                    .map(|(_, at)| *at)
+            });
+            if let Some(at) = acked {
+                return Some(at - t);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    async fn stop(self) -> Vec<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let acked = self.acked.lock().unwrap();
+        acked.iter().map(|(id, _)| *id).collect()
+    }
+}
+
+async fn wait_acks(w: &Writer, n: usize) {
+    let start = Instant::now();
+    while w.acked_count() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the writer got only {} acknowledgements ({} errors)",
+            w.acked_count(),
+            w.errors.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Client backends on node `id` other than pgwarden's own health checks and this query.
+fn client_backends(c: &Cluster, id: u16) -> i64 {
+    c.psql(id, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgwarden%'")
+        .expect("query the old primary directly")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+#[test]
+fn primary_killed_under_write_load_fails_over_and_the_old_primary_never_gets_traffic_again() {
+    let c = Cluster::up(3);
+    c.psql_proxy("test", "CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    let before = cluster_state(&c);
+    assert_eq!(before["primary"], 0);
+    let generation = before["generation"].as_u64().unwrap();
+
+    let acked = block(async {
+        let w = Writer::start(&c);
+        wait_acks(&w, 50).await;
+        let killed_at = Instant::now();
+        nix::sys::signal::kill(postmaster_pid(&c, 0), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let took = w
+            .first_ack_after(killed_at, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no write succeeded after the kill; events:\n{}",
+                    sync(|| events_text(&c))
+                )
+            });
+        eprintln!("primary killed (SIGKILL): first acknowledged write after {took:?}");
+        let n = w.acked_count();
+        wait_acks(&w, n + 50).await;
+        w.stop().await
+    });
+
+    let after = wait_cluster(&c, Duration::from_secs(5), "a new primary", |s| {
+        s["primary"].as_u64().is_some_and(|p| p != 0)
+    });
+    let new = after["primary"].as_u64().unwrap() as u16;
+    assert_eq!(after["generation"].as_u64().unwrap(), generation + 1);
+    let nodes = c.nodes();
+    assert_eq!(nodes[0]["status"], "down");
+    let ev = events_text(&c);
+    assert!(ev.contains("failover started"), "{ev}");
+    assert!(
+        ev.contains(&format!("node {new} is the new primary")),
+        "{ev}"
+    );
+
+    // Every acknowledged write made after the failover is on the new primary; the other
+    // standby follows it.
+    let on_new: i64 = c
+        .psql(new, "test", "SELECT count(*) FROM acked")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        on_new as usize >= acked.len() - 60,
+        "{on_new} rows vs {} acked",
+        acked.len()
+    );
+    let last = *acked.last().unwrap();
+    let present = c
+        .psql(
+            new,
+            "test",
+            &format!("SELECT count(*) FROM acked WHERE id = {last}"),
+        )
+        .unwrap();
+    assert_eq!(
+        present.trim(),
+        "1",
+        "the last acknowledged row is on the new primary"
+    );
+    let other = (1..3).find(|i| *i != new).unwrap();
+    c.wait_node(
+        other as usize,
+        Duration::from_secs(30),
+        "follows the new primary",
+        |n| n["status"] == "up" && n["replication_state"] == "streaming",
+    );
+    let ev = events_text(&c);
+    assert!(
+        ev.contains(&format!("node {other} streams from the new primary")),
+        "{ev}"
+    );
+
+    // The old primary is started again by hand: it comes back as a primary on the old
+    // timeline. It is a false primary and gets nothing.
+    wait_gone(&c, 0);
+    c.start_node(0);
+    c.wait_node(0, Duration::from_secs(15), "pg_status up", |n| {
+        n["pg_status"] == "up"
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.nodes()[0]["status"], "down");
+    for i in 0..20 {
+        c.psql_proxy(
+            "test",
+            &format!("INSERT INTO acked VALUES ({})", 1_000_000 + i),
+        )
+        .unwrap();
+        c.psql_proxy("test", "SELECT count(*) FROM acked").unwrap();
+    }
+    assert_eq!(
+        client_backends(&c, 0),
+        0,
+        "no client session reached the old primary"
+    );
+    let on_old = c
+        .psql(0, "test", "SELECT count(*) FROM acked WHERE id >= 1000000")
+        .unwrap();
+    assert_eq!(on_old.trim(), "0", "no write reached the old primary");
+
+    // Attaching it is refused, by the CLI and by pgpool's tool, and changes nothing.
+    let out = c.pgwarden(&["node", "attach", "0"]);
+    common::assert_error(&out, 1, "false primary");
+    let out = pcp(&c, "pcp_attach_node", &["-n", "0"]);
+    assert!(
+        common::stderr(&out).contains("false primary"),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert_eq!(c.nodes()[0]["status"], "down");
+
+    // The warden restarts: the state is read back, nothing is re-attached.
+    let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = common::pgwarden(&["sandbox", "up", "--dir", c.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let s = wait_cluster(&c, Duration::from_secs(10), "the primary read back", |s| {
+        s["primary"].as_u64() == Some(new as u64)
+    });
+    assert_eq!(s["generation"].as_u64().unwrap(), generation + 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let nodes = c.nodes();
+    assert_eq!(
+        nodes[0]["status"], "down",
+        "the restart did not re-attach the old primary"
+    );
+    assert_eq!(nodes[new as usize]["role"], "primary");
+    c.psql_proxy("test", "INSERT INTO acked VALUES (2000000)")
+        .unwrap();
+    assert_eq!(client_backends(&c, 0), 0);
+}
+
+#[test]
+fn hung_primary_is_failed_over_and_stays_fenced_after_it_wakes() {
+    let c = Cluster::up(3);
+    c.psql_proxy("test", "CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    block(async {
+        let w = Writer::start(&c);
+        wait_acks(&w, 30).await;
+        // The whole host hangs: every process of node 0 stops.
+        let pids = node_pids(&c, 0);
+        assert!(pids.len() > 3, "{pids:?}");
+        let hung_at = Instant::now();
+        for p in &pids {
+            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGSTOP);
+        }
+        let _cont = Cont(pids.clone());
+        let took = w
+            .first_ack_after(hung_at, Duration::from_secs(40))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no write succeeded after the hang; events:\n{}",
+                    sync(|| events_text(&c))
+                )
+            });
+        eprintln!("primary hung (SIGSTOP): first acknowledged write after {took:?}");
+        let n = w.acked_count();
+        wait_acks(&w, n + 30).await;
+        drop(_cont);
+        // It wakes up: a primary again, on the old timeline, and fenced.
+        sync(|| {
+            c.wait_node(0, Duration::from_secs(15), "answers again", |n| {
+                n["pg_status"] == "up"
+            })
+        });
+        let n = w.acked_count();
+        wait_acks(&w, n + 30).await;
+        w.stop().await
+    });
+    let s = cluster_state(&c);
+    assert_ne!(s["primary"], 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let nodes = c.nodes();
+    assert_eq!(nodes[0]["status"], "down");
+    assert_eq!(
+        nodes[0]["pg_role"], "primary",
+        "it woke up as a (false) primary"
+    );
+    assert_eq!(
+        client_backends(&c, 0),
+        0,
+        "no client session is left on the old primary"
+    );
+}
+
+/// Sends SIGCONT on drop, so a failing test never leaves a node stopped.
+struct Cont(Vec<nix::unistd::Pid>);
+
+impl Drop for Cont {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+#[test]
+fn a_standby_killed_leaves_the_primary_and_its_sessions_alone() {
+    let c = Cluster::up(3);
+    c.psql_proxy("test", "CREATE TABLE t (v int)").unwrap();
+    block(async {
+        let s = c.client("test").await;
+        s.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        nix::sys::signal::kill(postmaster_pid(&c, 2), nix::sys::signal::Signal::SIGKILL).unwrap();
+        sync(|| {
+            c.wait_node(2, Duration::from_secs(10), "down", |n| {
+                n["status"] == "down"
+            })
+        });
+        // The session on the primary goes on, its transaction intact.
+        s.batch_execute("INSERT INTO t VALUES (2); COMMIT")
+            .await
+            .unwrap();
+        let n: i64 = s
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+    });
+    let st = cluster_state(&c);
+    assert_eq!(st["primary"], 0);
+    assert_eq!(st["generation"], 0, "no failover for a standby");
+    assert!(!events_text(&c).contains("failover"));
+}
+
+fn pcp(c: &Cluster, tool: &str, args: &[&str]) -> std::process::Output {
+    let port = c.layout.pcp_port().to_string();
+    Command::new(format!("/usr/sbin/{tool}"))
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-w"])
+        .args(args)
+        .env("PCPPASSFILE", c.dir.join("pcppass"))
+        .output()
+        .expect("run a pcp tool (Debian's pgpool2 package)")
+}
+
+#[test]
+fn operations_by_hand_through_the_cli_and_pgpools_tools() {
+    let c = Cluster::up(3);
+    let out = |o: &std::process::Output| format!("{}{}", common::stdout(o), common::stderr(o));
+
+    // pgpool's tools see the cluster.
+    let o = pcp(&c, "pcp_node_count", &[]);
+    assert_eq!(common::stdout(&o).trim(), "3", "{}", out(&o));
+    let o = pcp(&c, "pcp_node_info", &["-n", "0"]);
+    let line = common::stdout(&o);
+    assert!(
+        line.starts_with(&format!(
+            "127.0.0.1 {} 2 0.333333 up up primary primary 0 none none ",
+            c.node_port(0)
+        )),
+        "{}",
+        out(&o)
+    );
+    let o = pcp(&c, "pcp_node_info", &["-n", "7"]);
+    assert!(
+        common::stderr(&o).contains("invalid node ID : 7"),
+        "{}",
+        out(&o)
+    );
+
+    // A wrong password is refused, and nothing changes.
+    let bad = c.dir.join("pcppass.bad");
+    std::fs::write(&bad, format!("*:*:postgres:wrong\n")).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&bad).unwrap().permissions(),
+        0o600,
+    );
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let o = Command::new("/usr/sbin/pcp_detach_node")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.layout.pcp_port().to_string(),
+            "-U",
+            "postgres",
+            "-w",
+            "-n",
+            "1",
+        ])
+        .env("PCPPASSFILE", &bad)
+        .output()
+        .unwrap();
+    assert!(
+        common::stderr(&o).contains("authentication failed"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(c.nodes()[1]["status"], "up");
+
+    // Detach a standby with pgpool's tool, attach it back with ours.
+    let o = pcp(&c, "pcp_detach_node", &["-n", "1"]);
+    assert!(
+        common::stdout(&o).contains("Command Successful"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(c.nodes()[1]["status"], "down");
+    let o = c.pgwarden(&["node", "attach", "1"]);
+    assert!(o.status.success(), "{}", out(&o));
+    c.wait_node(1, Duration::from_secs(10), "up again", |n| {
+        n["status"] == "up"
+    });
+
+    // Refusals say why and change nothing.
+    common::assert_error(
+        &c.pgwarden(&["node", "attach", "9"]),
+        1,
+        "node 9 is not configured",
+    );
+    common::assert_error(
+        &c.pgwarden(&["node", "attach", "1"]),
+        1,
+        "already in service",
+    );
+    common::assert_error(
+        &c.pgwarden(&["node", "promote", "1"]),
+        1,
+        "switchover --to 1",
+    );
+    let o = pcp(&c, "pcp_promote_node", &["-n", "2"]);
+    assert!(common::stderr(&o).contains("switchover"), "{}", out(&o));
+    assert_eq!(cluster_state(&c)["primary"], 0);
+    c.pgwarden(&["node", "detach", "2"]);
+    c.pgwarden(&["node", "detach", "1"]);
+    common::assert_error(
+        &c.pgwarden(&["node", "detach", "0"]),
+        1,
+        "last node in service",
+    );
+    c.pgwarden(&["node", "attach", "1"]);
+    c.pgwarden(&["node", "attach", "2"]);
+    c.wait_node(1, Duration::from_secs(10), "up", |n| n["status"] == "up");
+    c.wait_node(2, Duration::from_secs(10), "up", |n| n["status"] == "up");
+
+    // Detaching the primary fails over, as in pgpool.
+    c.psql_proxy("test", "CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let o = pcp(&c, "pcp_detach_node", &["-n", "0"]);
+    assert!(
+        common::stdout(&o).contains("Command Successful"),
+        "{}",
+        out(&o)
+    );
+    let s = wait_cluster(&c, Duration::from_secs(15), "a new primary", |s| {
+        s["primary"].as_u64().is_some_and(|p| p != 0)
+    });
+    assert_eq!(s["generation"], 1);
+    c.psql_proxy("test", "INSERT INTO t VALUES (2)").unwrap();
+    let new = s["primary"].as_u64().unwrap() as u16;
+    assert_eq!(
+        c.psql(new, "test", "SELECT count(*) FROM t")
+            .unwrap()
+            .trim(),
+        "2"
+    );
+
+    // A forced promotion of the other standby while the primary is healthy: the old one is
+    // fenced first.
+    let other = (1..3).find(|i| *i != new).unwrap();
+    c.wait_node(
+        other as usize,
+        Duration::from_secs(30),
+        "streams from the new primary",
+        |n| n["replication_state"] == "streaming",
+    );
+    let o = c.pgwarden(&["node", "promote", &other.to_string(), "--force"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let s = cluster_state(&c);
+    assert_eq!(s["primary"].as_u64(), Some(other as u64));
+    assert_eq!(s["generation"], 2);
+    assert_eq!(c.nodes()[new as usize]["status"], "down");
+    c.psql_proxy("test", "INSERT INTO t VALUES (3)").unwrap();
+    let ev = c.pgwarden(&["events"]);
+    let text = common::stdout(&ev);
+    assert!(text.contains("detached"), "{text}");
+    assert!(
+        text.contains(&format!("node {other} is the new primary (generation 2)")),
+        "{text}"
+    );
+    let json: Value = serde_json::from_slice(&c.pgwarden(&["events", "--json"]).stdout).unwrap();
+    assert!(json.as_array().unwrap().len() > 10);
+}
