@@ -37,6 +37,20 @@ enum Command {
     /// Look at the cluster's nodes, or put one in or out of service, or promote one.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Hand the primary's role over to standby N, without losing a committed transaction.
+    ///
+    /// New writes wait (up to proxy.primary_wait) while running transactions finish (up to
+    /// failover.switchover_timeout; sessions still in one are then closed), the old primary is
+    /// stopped cleanly, N is promoted once it has all of the old primary's WAL, and the old
+    /// primary restarts as a standby of N. If a step fails before the promotion, the old
+    /// primary stays the primary. Also `pcp_promote_node -s -n N`.
+    Switchover {
+        #[command(flatten)]
+        target: ApiTarget,
+        /// The standby to promote.
+        #[arg(long = "to", value_name = "N")]
+        to: u32,
+    },
     /// What the warden did and saw: status changes, failover steps, promotions, fencing.
     ///
     /// The history is kept in memory (the last 1000 events) and also goes to the warden's log.
@@ -205,6 +219,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Node(NodeCommand::Promote { target, id, force }) => {
             return node_op(&target, id, pgwarden_api::NodeOp::Promote { force }).await;
+        }
+        Command::Switchover { target, to } => {
+            return node_op(&target, to, pgwarden_api::NodeOp::Switchover).await;
         }
         Command::Events {
             target,

@@ -39,6 +39,7 @@ impl Admin for Warden {
                 NodeOp::Attach => self.controller.attach(id).await,
                 NodeOp::Detach => self.controller.detach(id).await,
                 NodeOp::Promote { force } => self.controller.promote(id, force).await,
+                NodeOp::Switchover => self.controller.switchover(id).await,
             };
             r.map_err(admin_error)
         })
@@ -75,7 +76,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let monitor = Monitor::start(&cfg, &passwords)
         .with_context(|| format!("failover.state_file in {}", config_path.display()))?;
-    let controller = Controller::start(cfg.failover.clone(), monitor.handle());
+    let controller = Controller::start(&cfg, monitor.handle());
     let proxy = pgwarden_proxy::Ctx::new(&cfg, passwords.clone(), monitor.handle())?;
     let proxy_task = tokio::spawn(pgwarden_proxy::serve(proxy, proxy_listener));
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);

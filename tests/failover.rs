@@ -28,9 +28,16 @@ fn sync<T>(f: impl FnOnce() -> T) -> T {
 
 /// Waits until every process of node `id` is gone (after a kill, its backends exit on their
 /// own shortly after the postmaster).
-fn wait_gone(c: &Cluster, id: u16) {
+fn wait_gone(c: &Cluster, id: u16, postmaster: nix::unistd::Pid) {
     let start = Instant::now();
-    while !node_pids(c, id).is_empty() {
+    let proc_dir = format!("/proc/{postmaster}");
+    while !node_pids(c, id).is_empty() || std::path::Path::new(&proc_dir).exists() {
+        if start.elapsed() > Duration::from_secs(5) && node_pids(c, id).is_empty() {
+            // Only a zombie is left, waiting for its (re)parent to reap it: the server is
+            // dead, its lock file stale.
+            let _ = std::fs::remove_file(c.data_dir(id).join("postmaster.pid"));
+            return;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "node {id}'s processes linger"
@@ -141,7 +148,8 @@ impl Writer {
                             tokio::spawn(conn);
                             client = Some(cl);
                         }
-                        _ => {
+                        other => {
+                            eprintln!("writer: connect failed: {:?}", other.map(|r| r.err()));
                             e.fetch_add(1, Ordering::Relaxed);
                             f.lock().unwrap().push(Instant::now());
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -158,7 +166,14 @@ impl Writer {
                 .await;
                 match r {
                     Ok(Ok(_)) => a.lock().unwrap().push((id, Instant::now())),
-                    _ => {
+                    other => {
+                        let text = match other {
+                            Ok(Err(e)) => e
+                                .as_db_error()
+                                .map_or(e.to_string(), |d| d.message().to_string()),
+                            _ => "timeout".into(),
+                        };
+                        eprintln!("writer: insert {id} failed: {text}");
                         e.fetch_add(1, Ordering::Relaxed);
                         f.lock().unwrap().push(Instant::now());
                         client = None;
@@ -247,6 +262,7 @@ fn primary_killed_under_write_load_fails_over_and_the_old_primary_never_gets_tra
     let before = cluster_state(&c);
     assert_eq!(before["primary"], 0);
     let generation = before["generation"].as_u64().unwrap();
+    let old_pm = postmaster_pid(&c, 0);
 
     let acked = block(async {
         let w = Writer::start(&c);
@@ -323,7 +339,7 @@ fn primary_killed_under_write_load_fails_over_and_the_old_primary_never_gets_tra
 
     // The old primary is started again by hand: it comes back as a primary on the old
     // timeline. It is a false primary and gets nothing.
-    wait_gone(&c, 0);
+    wait_gone(&c, 0, old_pm);
     c.start_node(0);
     c.wait_node(0, Duration::from_secs(15), "pg_status up", |n| {
         n["pg_status"] == "up"
@@ -525,11 +541,7 @@ fn operations_by_hand_through_the_cli_and_pgpools_tools() {
 
     // A wrong password is refused, and nothing changes.
     let bad = c.dir.join("pcppass.bad");
-    std::fs::write(&bad, format!("*:*:postgres:wrong\n")).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&bad).unwrap().permissions(),
-        0o600,
-    );
+    std::fs::write(&bad, "*:*:postgres:wrong\n").unwrap();
     std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let o = Command::new("/usr/sbin/pcp_detach_node")
         .args([
@@ -645,4 +657,90 @@ fn operations_by_hand_through_the_cli_and_pgpools_tools() {
     );
     let json: Value = serde_json::from_slice(&c.pgwarden(&["events", "--json"]).stdout).unwrap();
     assert!(json.as_array().unwrap().len() > 10);
+}
+
+/// Every acknowledged id is in `acked` on node `id`.
+fn missing_rows(c: &Cluster, id: u16, acked: &[i64]) -> Vec<i64> {
+    let text = c
+        .psql(id, "test", "SELECT string_agg(id::text, ',') FROM acked")
+        .unwrap();
+    let have: std::collections::HashSet<i64> = text
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    acked
+        .iter()
+        .copied()
+        .filter(|i| !have.contains(i))
+        .collect()
+}
+
+#[test]
+fn switchover_under_load_loses_no_committed_row_and_back_again_with_pcp() {
+    let c = Cluster::up(3);
+    c.psql_proxy("test", "CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    let (acked, errors) = block(async {
+        let w = Writer::start(&c);
+        wait_acks(&w, 100).await;
+        let o = sync(|| c.pgwarden(&["switchover", "--to", "1"]));
+        assert!(
+            o.status.success(),
+            "{}{}\nevents:\n{}",
+            common::stdout(&o),
+            common::stderr(&o),
+            sync(|| events_text(&c))
+        );
+        eprintln!("{}", common::stdout(&o).trim());
+        let n = w.acked_count();
+        wait_acks(&w, n + 100).await;
+        sync(|| {
+            c.wait_node(0, Duration::from_secs(30), "streams from node 1", |n| {
+                n["replication_state"] == "streaming"
+            })
+        });
+        let o = sync(|| pcp(&c, "pcp_promote_node", &["-s", "-n", "0"]));
+        assert!(
+            common::stdout(&o).contains("Command Successful"),
+            "{}{}\nevents:\n{}",
+            common::stdout(&o),
+            common::stderr(&o),
+            sync(|| events_text(&c))
+        );
+        let n = w.acked_count();
+        wait_acks(&w, n + 100).await;
+        let errors = w.errors.load(Ordering::Relaxed);
+        (w.stop().await, errors)
+    });
+    let s = cluster_state(&c);
+    assert_eq!(s["primary"], 0, "switched back to node 0");
+    assert_eq!(s["generation"], 2);
+    assert_eq!(
+        missing_rows(&c, 0, &acked),
+        Vec::<i64>::new(),
+        "acknowledged rows lost"
+    );
+    assert_eq!(errors, 0, "clients saw errors during the switchovers");
+    // Node 1 went back to being a standby of node 0, and streams.
+    c.wait_node(1, Duration::from_secs(30), "a streaming standby", |n| {
+        n["status"] == "up" && n["pg_role"] == "standby" && n["replication_state"] == "streaming"
+    });
+    c.wait_node(2, Duration::from_secs(30), "a streaming standby", |n| {
+        n["status"] == "up" && n["replication_state"] == "streaming"
+    });
+    let ev = events_text(&c);
+    assert!(ev.contains("switchover done"), "{ev}");
+    // Refused: to the primary itself, to an unknown node.
+    common::assert_error(
+        &c.pgwarden(&["switchover", "--to", "0"]),
+        1,
+        "already the primary",
+    );
+    common::assert_error(
+        &c.pgwarden(&["switchover", "--to", "5"]),
+        1,
+        "node 5 is not configured",
+    );
 }

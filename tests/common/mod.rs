@@ -291,8 +291,8 @@ impl Cluster {
         for e in entries.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            eprintln!("----- {} (last 40 lines) -----", e.path().display());
-            for l in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("----- {} (last 150 lines) -----", e.path().display());
+            for l in &lines[lines.len().saturating_sub(150)..] {
                 eprintln!("{l}");
             }
         }

@@ -5,7 +5,8 @@
 //!   health-check statistics ([`NodeView`]).
 //! * `GET /v1/cluster` — the primary and the failover generation ([`ClusterState`]).
 //! * `GET /v1/events?after=N` — the event history (status changes, failover steps, fencing).
-//! * `POST /v1/nodes/{id}/attach`, `/detach`, `/promote?force=true` — the operations by hand.
+//! * `POST /v1/nodes/{id}/attach`, `/detach`, `/promote?force=true`, `/switchover` — the
+//!   operations by hand (switchover: to that node).
 //!   200 `{"message": …}`; refused as unsafe: 409 `{"error": …}`; unknown node: 404; a step
 //!   that failed: 500.
 //!
@@ -32,7 +33,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum NodeOp {
     Attach,
     Detach,
-    Promote { force: bool },
+    Promote {
+        force: bool,
+    },
+    /// A planned switchover to this node.
+    Switchover,
 }
 
 /// Why an operation was not done.
@@ -150,17 +155,19 @@ async fn node_op(
             format!("{id:?} is not a node id; expected a number"),
         );
     };
-    let op = match op.as_str() {
-        "attach" => NodeOp::Attach,
-        "detach" => NodeOp::Detach,
-        "promote" => NodeOp::Promote { force: q.force },
-        other => {
-            return error(
+    let op =
+        match op.as_str() {
+            "attach" => NodeOp::Attach,
+            "detach" => NodeOp::Detach,
+            "promote" => NodeOp::Promote { force: q.force },
+            "switchover" => NodeOp::Switchover,
+            other => return error(
                 StatusCode::NOT_FOUND,
-                format!("no such operation: {other:?}; expected attach, detach or promote"),
-            )
-        }
-    };
+                format!(
+                    "no such operation: {other:?}; expected attach, detach, promote or switchover"
+                ),
+            ),
+        };
     match a.node_op(id, op).await {
         Ok(message) => Json(OpResult { message }).into_response(),
         Err(AdminError::Refused(t)) => error(StatusCode::CONFLICT, t),
@@ -268,6 +275,7 @@ impl Client {
             NodeOp::Attach => format!("/v1/nodes/{id}/attach"),
             NodeOp::Detach => format!("/v1/nodes/{id}/detach"),
             NodeOp::Promote { force } => format!("/v1/nodes/{id}/promote?force={force}"),
+            NodeOp::Switchover => format!("/v1/nodes/{id}/switchover"),
         };
         let url = format!("{}{}", self.base, path);
         let resp = self

@@ -14,14 +14,15 @@
 //! lands in the event history. One operation at a time: automatic and manual ones share a lock.
 
 mod hook;
+mod local;
 
 pub use hook::{run_hook, HookOutcome};
 
 use pgwarden_core::cluster::{
-    check_attach, check_detach, check_promote, choose_candidate, decide, repoint_conninfo,
-    Decision, HookArgs, HookNode, NodeFacts,
+    check_attach, check_detach, check_promote, check_switchover, choose_candidate, decide,
+    repoint_conninfo, Decision, HookArgs, HookNode, NodeFacts,
 };
-use pgwarden_core::config::{Backend, FailoverConfig};
+use pgwarden_core::config::{Backend, Config, FailoverConfig};
 use pgwarden_core::node::{LiveStatus, NodeStatus};
 use pgwarden_monitor::{probe, run_sql, MonitorHandle, StoreError};
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub enum OpError {
 
 struct Inner {
     cfg: FailoverConfig,
+    /// The configuration file: the sandbox keeps its logs beside it.
+    config_file: std::path::PathBuf,
     monitor: MonitorHandle,
     /// One operation at a time.
     op: Mutex<()>,
@@ -72,9 +75,10 @@ impl Drop for Controller {
 }
 
 impl Controller {
-    pub fn start(cfg: FailoverConfig, monitor: MonitorHandle) -> Controller {
+    pub fn start(config: &Config, monitor: MonitorHandle) -> Controller {
         let inner = Arc::new(Inner {
-            cfg,
+            cfg: config.failover.clone(),
+            config_file: config.file.clone(),
             monitor,
             op: Mutex::new(()),
         });
@@ -228,13 +232,278 @@ impl ControllerHandle {
 }
 
 impl ControllerHandle {
-    /// A planned switchover to standby `id` (`pgwarden switchover`, `pcp_promote_node -s`).
+    /// A planned switchover to standby `id` (`pgwarden switchover --to`, `pcp_promote_node
+    /// -s`): hold new writes, let running transactions finish (up to
+    /// `failover.switchover_timeout`), fence and cleanly stop the old primary, wait until `id`
+    /// has received all of its WAL, promote `id`, then restart the old primary as a standby of
+    /// it. No committed transaction is lost: `id` has everything before it is promoted. If
+    /// anything fails before the promotion, the old primary is started again and stays the
+    /// primary.
     pub async fn switchover(&self, id: u32) -> Result<String, OpError> {
         self.backend(id)?;
-        Err(OpError::Refused(format!(
-            "switchover to node {id} is not available in this version yet: it needs the node agent to stop the old primary and restart it as a standby. Until then: `pgwarden node promote {id} --force` fences the old primary and promotes node {id}"
-        )))
+        let _guard = self.inner.op.lock().await;
+        let m = &self.inner.monitor;
+        refresh(m, id).await;
+        // Asked of the primary now, not taken from its last periodic check.
+        let new_b = self.backend(id)?.clone();
+        let streaming = match m.cluster().primary.and_then(|p| m.target(p)) {
+            Some(t) => {
+                let sql = format!(
+                    "SELECT state FROM pg_stat_replication WHERE application_name = {}",
+                    sql_literal(&new_b.application_name)
+                );
+                sql_one(&t, &sql).await.ok().flatten().as_deref() == Some("streaming")
+            }
+            None => false,
+        };
+        let old =
+            check_switchover(&m.cluster(), &m.facts(), id, streaming).map_err(OpError::Refused)?;
+        let old_b = self.backend(old)?.clone();
+        if !local::is_local(&old_b) {
+            return Err(OpError::Refused(format!(
+                "node {old} runs on {}, and stopping it there needs the pgwarden agent (not in this version yet); use `pgwarden node promote {id} --force` to fence node {old} and promote node {id}",
+                old_b.host
+            )));
+        }
+        switchover(&self.inner, &old_b, &new_b).await
     }
+}
+
+async fn sql_one(target: &pgwarden_monitor::Target, sql: &str) -> Result<Option<String>, String> {
+    let rows = timeout(Duration::from_secs(10), run_sql(target, sql, APP))
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(rows.first().and_then(|r| r.first()).cloned().flatten())
+}
+
+async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<String, OpError> {
+    let m = &inner.monitor;
+    let started = Instant::now();
+    let fail = |step: &str, reason: String| OpError::Failed {
+        step: format!("switchover: {step}"),
+        reason,
+    };
+    let old_t = m.target(old.id).ok_or(OpError::UnknownNode(old.id))?;
+    let new_t = m.target(new.id).ok_or(OpError::UnknownNode(new.id))?;
+    m.event(
+        "switchover",
+        Some(new.id),
+        format!(
+            "switchover from node {} to node {} started: new writes wait",
+            old.id, new.id
+        ),
+    );
+    // What node `new` streams with: the template for the old primary's conninfo.
+    let new_conninfo = sql_one(&new_t, "SELECT current_setting('primary_conninfo')")
+        .await
+        .map_err(|e| fail("reading the standby's primary_conninfo", e))?
+        .unwrap_or_default();
+
+    // 1. Hold: no primary is recorded, so new writes wait in the proxy (proxy.primary_wait).
+    let generation = m.set_primary(None, true, "switchover: holding new writes")?;
+
+    // 2. Let running work on the old primary finish: the proxy's sessions (statements,
+    // transactions, COPY in progress there) and the transactions of clients connected to it
+    // directly.
+    let busy_sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND application_name NOT LIKE 'pgwarden%'";
+    let deadline = Instant::now() + inner.cfg.switchover_timeout;
+    let quiet = |m: &MonitorHandle| m.engaged(old.id) == 0;
+    loop {
+        let direct = sql_one(&old_t, busy_sql).await;
+        if let Err(e) = &direct {
+            let _ = m.set_primary(Some(old.id), false, "switchover abandoned");
+            return Err(fail("waiting for running transactions", e.clone()));
+        }
+        if quiet(m) && direct.as_ref().ok().cloned().flatten().as_deref() == Some("0") {
+            break;
+        }
+        if Instant::now() >= deadline {
+            m.event(
+                "switchover",
+                Some(old.id),
+                format!(
+                    "work still running on node {} after {} s ({} proxy session(s), {} direct transaction(s)): those sessions are closed",
+                    old.id,
+                    inner.cfg.switchover_timeout.as_secs(),
+                    m.engaged(old.id),
+                    direct.ok().flatten().unwrap_or_default()
+                ),
+            );
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    // 3. Fence the old primary: a session that had not yet engaged it sees the fence and
+    // waits for the new primary; one that had is waited for (briefly) before the stop.
+    m.set_status(old.id, NodeStatus::Down, "switchover: stopped to hand over")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !quiet(m) && Instant::now() < deadline {
+        sleep(Duration::from_millis(10)).await;
+    }
+    // Then stop it cleanly: the shutdown checkpoint and all WAL go to the connected
+    // standbys first.
+    let final_lsn = sql_one(&old_t, "SELECT pg_current_wal_lsn()")
+        .await
+        .ok()
+        .flatten();
+    if let Err(e) = local::stop_fast(old).await {
+        return Err(undo_switchover(inner, old, fail("stopping the old primary", e)).await);
+    }
+    m.event(
+        "switchover",
+        Some(old.id),
+        format!(
+            "node {} stopped cleanly at {}",
+            old.id,
+            final_lsn.as_deref().unwrap_or("?")
+        ),
+    );
+
+    // 4. The new primary must have received everything the old one wrote.
+    if let Some(lsn) = &final_lsn {
+        let sql = format!(
+            "SELECT pg_last_wal_receive_lsn() >= '{}'::pg_lsn",
+            lsn.replace('\'', "")
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match sql_one(&new_t, &sql).await {
+                Ok(Some(t)) if t == "t" => break,
+                _ if Instant::now() < deadline => sleep(Duration::from_millis(50)).await,
+                other => {
+                    let e = format!("node {} has not received up to {lsn}: {other:?}", new.id);
+                    return Err(undo_switchover(inner, old, fail("waiting for the WAL", e)).await);
+                }
+            }
+        }
+    }
+
+    // 5. Promote.
+    if let Err(e) = promote_node(inner, new).await {
+        return Err(undo_switchover(inner, old, e).await);
+    }
+    m.set_primary(Some(new.id), false, "switchover: promoted")?;
+    let mut routes = m.routes();
+    m.suspect(new.id);
+    let _ = timeout(Duration::from_secs(10), async {
+        while routes.borrow_and_update().primary != Some(new.id) {
+            if routes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let pause = started.elapsed();
+    m.event(
+        "switchover",
+        Some(new.id),
+        format!(
+            "node {} is the primary (generation {generation}); writes were held for {} ms",
+            new.id,
+            pause.as_millis()
+        ),
+    );
+
+    // 6. The old primary becomes a standby of the new one; the other standbys follow.
+    let backends = m.backends().to_vec();
+    for f in m.facts() {
+        if f.id != new.id
+            && f.id != old.id
+            && matches!(f.status, NodeStatus::Up | NodeStatus::Waiting)
+            && f.in_recovery == Some(true)
+        {
+            if let Some(b) = backends.iter().find(|b| b.id == f.id).cloned() {
+                let inner = inner.clone();
+                let (new, old) = (new.clone(), old.clone());
+                tokio::spawn(async move {
+                    follow(&inner, &b, &new, Some(&old), generation).await;
+                });
+            }
+        }
+    }
+    let rejoin = async {
+        let slot = local::slot_name(old);
+        let create = format!(
+            "SELECT pg_create_physical_replication_slot({0}) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {0})",
+            sql_literal(&slot)
+        );
+        sql_one(&new_t, &create).await?;
+        let conninfo = pgwarden_core::cluster::conninfo_set(
+            &repoint_conninfo(&new_conninfo, &new.host, new.port),
+            "application_name",
+            &old.application_name,
+        );
+        local::make_standby(old, &conninfo, &slot)?;
+        local::start(old, local::start_log(old, &inner.config_file)).await?;
+        wait_streaming(m, old, new, inner.cfg.follow_timeout).await
+    }
+    .await;
+    match rejoin {
+        Ok(()) => {
+            m.set_status(
+                old.id,
+                NodeStatus::Waiting,
+                &format!("switchover: a standby of node {}", new.id),
+            )?;
+            m.suspect(old.id);
+            m.event(
+                "switchover",
+                Some(old.id),
+                format!(
+                    "switchover done in {} ms: node {} streams from node {}",
+                    started.elapsed().as_millis(),
+                    old.id,
+                    new.id
+                ),
+            );
+            Ok(format!(
+                "switched over to node {} (writes held for {} ms); node {} is a standby of it",
+                new.id,
+                pause.as_millis(),
+                old.id
+            ))
+        }
+        Err(e) => {
+            let text = format!(
+                "node {} is the primary, but node {} did not rejoin as its standby: {e}; rebuild it with `pgwarden node recover {}`",
+                new.id, old.id, old.id
+            );
+            m.event("switchover", Some(old.id), text.clone());
+            Ok(text)
+        }
+    }
+}
+
+/// A switchover failed before the promotion: the old primary is started again (if it was
+/// stopped) and put back as the primary. Returns the original error.
+async fn undo_switchover(inner: &Arc<Inner>, old: &Backend, error: OpError) -> OpError {
+    let m = &inner.monitor;
+    m.event("switchover", Some(old.id), format!("{error}; undoing"));
+    if let Some(t) = m.target(old.id) {
+        if timeout(Duration::from_secs(3), probe(&t))
+            .await
+            .map(|r| r.is_err())
+            .unwrap_or(true)
+        {
+            if let Err(e) = local::start(old, local::start_log(old, &inner.config_file)).await {
+                m.event(
+                    "error",
+                    Some(old.id),
+                    format!("restarting the old primary: {e}"),
+                );
+            }
+        }
+    }
+    let _ = m.set_status(old.id, NodeStatus::Waiting, "switchover undone");
+    let _ = m.set_primary(
+        Some(old.id),
+        false,
+        "switchover undone: the old primary stays",
+    );
+    m.suspect(old.id);
+    error
 }
 
 /// Runs one health check of node `id` right now and waits for its result to be in the table.

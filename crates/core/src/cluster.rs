@@ -344,6 +344,51 @@ pub fn check_promote(
     Ok(())
 }
 
+/// Whether a planned switchover to `to` may start: a healthy primary, and `to` a standby in
+/// service that streams from it (`streaming`, from the primary's pg_stat_replication).
+pub fn check_switchover(
+    state: &ClusterState,
+    nodes: &[NodeFacts],
+    to: u32,
+    streaming: bool,
+) -> Result<u32, String> {
+    let Some(n) = nodes.iter().find(|n| n.id == to) else {
+        return Err(format!("node {to} is not configured"));
+    };
+    let Some(p) = state.primary else {
+        return Err("there is no primary to switch over from (a failover may be under way)".into());
+    };
+    if p == to {
+        return Err(format!("node {to} is already the primary"));
+    }
+    let primary_ok = nodes
+        .iter()
+        .any(|x| x.id == p && x.status == NodeStatus::Up && x.is_live_primary());
+    if !primary_ok {
+        return Err(format!(
+            "the primary, node {p}, is not healthy: a switchover needs it to hand over cleanly; use `pgwarden node promote {to}`"
+        ));
+    }
+    if n.status != NodeStatus::Up || !n.is_live_standby() {
+        return Err(format!(
+            "node {to} is not a standby in service ({}, pg_status {})",
+            n.status.as_str(),
+            n.live.as_str()
+        ));
+    }
+    if n.failover == FailoverFlag::Disallow {
+        return Err(format!(
+            "node {to} is flagged failover = \"disallow\": pgwarden does not promote it"
+        ));
+    }
+    if !streaming {
+        return Err(format!(
+            "node {to} is not streaming from the primary, node {p}: it would have to catch up first"
+        ));
+    }
+    Ok(p)
+}
+
 /// One entry of the event history (`GET /v1/events`, `pgwarden events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -494,6 +539,20 @@ pub fn repoint_conninfo(conninfo: &str, host: &str, port: u16) -> String {
         .collect();
     parts.insert(0, ("port".into(), port.to_string()));
     parts.insert(0, ("host".into(), host.to_string()));
+    parts
+        .iter()
+        .map(|(k, v)| format!("{k}={}", quote_conninfo(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sets (or adds) one setting of a conninfo string, keeping the others.
+pub fn conninfo_set(conninfo: &str, key: &str, value: &str) -> String {
+    let mut parts = parse_conninfo(conninfo);
+    match parts.iter_mut().find(|(k, _)| k == key) {
+        Some(p) => p.1 = value.to_string(),
+        None => parts.push((key.to_string(), value.to_string())),
+    }
     parts
         .iter()
         .map(|(k, v)| format!("{k}={}", quote_conninfo(v)))

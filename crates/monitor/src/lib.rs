@@ -21,6 +21,7 @@ use pgwarden_core::node::{
 use pgwarden_core::passfile::PassFile;
 use pgwarden_core::route::RouteTable;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
@@ -50,6 +51,8 @@ struct Shared {
     wake: Vec<Notify>,
     events: Mutex<EventLog>,
     state_file: Option<PathBuf>,
+    /// Per backend: proxy sessions with a unit of work (statement, transaction, COPY) on it.
+    engaged: Vec<AtomicUsize>,
 }
 
 impl Shared {
@@ -247,6 +250,13 @@ impl MonitorHandle {
             } else {
                 let from = node.status;
                 node.status = status;
+                if status == NodeStatus::Waiting {
+                    // Decisions about a node coming (back) into service wait for a fresh look
+                    // at it: what was seen before (a primary about to be restarted as a
+                    // standby, say) no longer holds.
+                    node.live = LiveStatus::Unknown;
+                    node.observation = None;
+                }
                 node.last_status_change = Utc::now();
                 node.status_reason = reason.to_string();
                 let message = format!(
@@ -296,6 +306,33 @@ impl MonitorHandle {
         };
         self.shared.publish();
         Ok(generation)
+    }
+
+    /// A proxy session starts a unit of work on node `id`. Together with [`Self::engaged`] and
+    /// the fenced set this is how a switchover knows that no session is about to write to
+    /// the old primary: a session engages first and then checks the fence; the controller
+    /// fences first and then reads the count (both with sequentially consistent ordering).
+    pub fn engage(&self, id: u32) {
+        if let Some(i) = self.shared.index(id) {
+            self.shared.engaged[i].fetch_add(1, Ordering::SeqCst);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    pub fn disengage(&self, id: u32) {
+        if let Some(i) = self.shared.index(id) {
+            let _ = self.shared.engaged[i].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(1))
+            });
+        }
+    }
+
+    /// Proxy sessions with a unit of work on node `id` right now.
+    pub fn engaged(&self, id: u32) -> usize {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.shared
+            .index(id)
+            .map_or(0, |i| self.shared.engaged[i].load(Ordering::SeqCst))
     }
 
     /// Adds an event to the history (and the log).
@@ -398,6 +435,11 @@ impl Monitor {
             wake: config.backends.iter().map(|_| Notify::new()).collect(),
             events: Mutex::new(EventLog::new(EVENTS_KEPT)),
             state_file,
+            engaged: config
+                .backends
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
         });
         match &saved {
             Some(s) => shared.event(

@@ -6,6 +6,8 @@ use pgwarden_core::Secret;
 use pgwarden_wire::frame::{self, Frame};
 use pgwarden_wire::msg;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,6 +67,33 @@ pub struct Backend {
     pub tx_status: u8,
     pub created: Instant,
     pub last_used: Instant,
+    /// The owning session's mask of nodes it is waiting on: this connection's bit is set
+    /// while a read or write on it is pending, so that a fence can tell a session stuck on
+    /// that node from one that merely holds an idle connection to it.
+    pub busy: Option<Arc<AtomicU64>>,
+}
+
+/// Sets the node's bit in a busy mask for as long as it lives (also when the I/O future is
+/// dropped half way).
+struct Busy<'a>(Option<&'a AtomicU64>, u64);
+
+impl<'a> Busy<'a> {
+    fn enter(mask: Option<&'a Arc<AtomicU64>>, node: u32) -> Self {
+        let bit = 1u64 << node.min(63);
+        let mask = mask.map(|m| &**m);
+        if let Some(m) = mask {
+            m.fetch_or(bit, Ordering::Relaxed);
+        }
+        Busy(mask, bit)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.fetch_and(!self.1, Ordering::Relaxed);
+        }
+    }
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -97,6 +126,7 @@ impl Backend {
             tx_status: b'I',
             created: Instant::now(),
             last_used: Instant::now(),
+            busy: None,
         };
         tokio::time::timeout(spec.timeout, b.startup(spec))
             .await
@@ -270,6 +300,7 @@ impl Backend {
     }
 
     pub async fn write(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        let _busy = Busy::enter(self.busy.as_ref(), self.node);
         self.stream
             .write_all(data)
             .await
@@ -282,6 +313,7 @@ impl Backend {
     /// Reads more bytes into `buf`; an error at end of stream.
     pub async fn fill(&mut self) -> Result<usize, BackendError> {
         self.buf.reserve(READ_CHUNK);
+        let _busy = Busy::enter(self.busy.as_ref(), self.node);
         match self.stream.read_buf(&mut self.buf).await {
             Ok(0) => Err(BackendError::Lost {
                 addr: self.addr.clone(),

@@ -118,7 +118,11 @@ struct Session {
     last_tx_status: u8,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
-    /// The nodes held (see `held_mask`), readable while a message is being handled.
+    /// The node this session has a unit of work on (see `route`).
+    engaged: Option<u32>,
+    /// The nodes this session is blocked reading from or writing to, one bit per node id (ids
+    /// from 63 up share bit 63); set by the backend connections themselves, readable while a
+    /// message is being handled.
     held: Arc<AtomicU64>,
 }
 
@@ -154,6 +158,7 @@ pub(crate) async fn run(
         last_tx_status: b'I',
         events: Vec::new(),
         held: Arc::new(AtomicU64::new(0)),
+        engaged: None,
     };
     let end = s.main_loop(&mut reader, buf).await;
     if let Err(End::Fatal(code, message)) = &end {
@@ -168,16 +173,17 @@ impl Session {
     async fn main_loop(&mut self, reader: &mut ClientReader, mut cbuf: BytesMut) -> Result<()> {
         let mut fenced = self.ctx.fenced.clone();
         fenced.borrow_and_update();
-        let held = self.held.clone();
+        let busy = self.held.clone();
         loop {
             // Everything complete in the buffer is handled first.
             while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
-                held.store(self.held_mask(), Ordering::Relaxed);
                 // Boxed: the handling of a message needs a large state machine only while it
                 // runs; an idle session keeps just the small loop below.
                 let mut fut = Box::pin(self.on_frame(f));
-                // A node this session holds may be fenced while it waits on it (a hung
-                // primary): the session ends rather than wait.
+                // A node may be fenced while the session waits on it (a hung primary): the
+                // session ends rather than wait. Other fences are dealt with once the message
+                // is handled.
+                let mut pending: Option<Arc<Vec<u32>>> = None;
                 let go_on = loop {
                     tokio::select! {
                         r = &mut fut => break r?,
@@ -186,14 +192,18 @@ impl Session {
                                 break (&mut fut).await?;
                             }
                             let set = fenced.borrow_and_update().clone();
-                            let mask = held.load(Ordering::Relaxed);
+                            let mask = busy.load(Ordering::Relaxed);
                             if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
                                 return Err(fenced_end(*n));
                             }
+                            pending = Some(set);
                         }
                     }
                 };
                 drop(fut);
+                if let Some(set) = pending {
+                    self.on_fence(&set)?;
+                }
                 if !go_on {
                     return Ok(());
                 }
@@ -223,11 +233,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Nodes this session holds a connection to, as a bit mask (ids from 63 up share bit 63).
-    fn held_mask(&self) -> u64 {
-        self.conns.keys().fold(0, |m, n| m | (1u64 << (*n).min(63)))
     }
 
     /// Some nodes were taken out of service: connections to them are dropped. A session that
@@ -309,8 +314,60 @@ impl Session {
 
     // ---- routing -----------------------------------------------------------------------
 
-    /// The node for a unit of this class.
+    /// The node for a unit of this class, engaged: the controller will not stop it under this
+    /// unit. A node fenced between the choice and the engagement is dropped and the choice
+    /// made again (a write then waits for the new primary).
     async fn route(&mut self, class: Class) -> Result<u32> {
+        loop {
+            let target = self.route_inner(class).await?;
+            self.engage(target);
+            if !self.ctx.is_fenced(target) {
+                return Ok(target);
+            }
+            if self.bound_to(target) {
+                return Err(fenced_end(target));
+            }
+            self.conns.remove(&target);
+            if self.lb_node == Some(target) {
+                self.lb_node = None;
+            }
+            self.set_engaged(None);
+        }
+    }
+
+    fn engage(&mut self, node: u32) {
+        if self.engaged != Some(node) {
+            self.set_engaged(Some(node));
+        } else {
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+    }
+
+    fn set_engaged(&mut self, node: Option<u32>) {
+        if self.engaged == node {
+            return;
+        }
+        if let Some(n) = node {
+            self.ctx.monitor.engage(n);
+        }
+        if let Some(old) = self.engaged {
+            self.ctx.monitor.disengage(old);
+        }
+        self.engaged = node;
+    }
+
+    /// The node this session has work on now, if any.
+    fn sync_engaged(&mut self) {
+        let now = self
+            .inflight
+            .map(|(n, _)| n)
+            .or(self.tx_node)
+            .or(self.copy_in)
+            .or(self.open_until_sync);
+        self.set_engaged(now);
+    }
+
+    async fn route_inner(&mut self, class: Class) -> Result<u32> {
         if let Some(n) = self.open_until_sync {
             return Ok(n);
         }
@@ -326,7 +383,13 @@ impl Session {
             }
             return match table.primary {
                 Some(p) => Ok(p),
-                None => self.wait_primary().await,
+                None => {
+                    // Nothing may stay engaged (an LSN probe in flight, say) while waiting:
+                    // a switchover waits for the old primary to be free of this session.
+                    self.drain().await?;
+                    self.sync_engaged();
+                    self.wait_primary().await
+                }
             };
         }
         let r: f64 = rand::random();
@@ -605,6 +668,12 @@ impl Session {
         if !self.conns.contains_key(&node) {
             return Ok(());
         }
+        if self.ctx.is_fenced(node) && !self.bound_to(node) {
+            // The node is out of service (it may be shutting down): its connection, and the
+            // statement with it, are simply dropped.
+            self.conns.remove(&node);
+            return Ok(());
+        }
         self.drain().await?;
         let mut out = BytesMut::new();
         // Close ('C'), statement, name; then Sync.
@@ -702,8 +771,9 @@ impl Session {
                         primary: table.primary == Some(node),
                     },
                 );
-                // Seen by the fence watch while a message is being handled.
-                self.held.fetch_or(1u64 << node.min(63), Ordering::Relaxed);
+                if let Some(c) = self.conns.get_mut(&node) {
+                    c.pooled.backend.busy = Some(self.held.clone());
+                }
                 Ok(())
             }
             Err(e) => {
@@ -902,6 +972,9 @@ impl Session {
                         .find(|(k, _)| *k == b'V' || *k == b'S')
                         .map(|(_, v)| v.as_str())
                         .unwrap_or("");
+                    if sev == "FATAL" {
+                        tracing::debug!(node, inflight = ?self.inflight, lsn_probe = self.lsn_probe, tx_node = ?self.tx_node, open = ?self.open_until_sync, "relaying a FATAL error from the server");
+                    }
                     let stats = self.ctx.node_stats(node);
                     let counter = match sev {
                         "FATAL" => &stats.fatal,
@@ -917,7 +990,9 @@ impl Session {
         if !out.is_empty() {
             self.send_client(&out).await?;
         }
-        self.maybe_probe_lsn(node).await
+        self.maybe_probe_lsn(node).await?;
+        self.sync_engaged();
+        Ok(())
     }
 
     /// After a write has finished on the primary, asks the primary where its WAL is now: from
@@ -937,6 +1012,11 @@ impl Session {
             LoadBalance::Statement => true,
         };
         if !may_read_elsewhere {
+            return Ok(());
+        }
+        // Engaged before the fence is checked, as for any unit (see `route`).
+        self.engage(node);
+        if self.ctx.is_fenced(node) {
             return Ok(());
         }
         let mut q = BytesMut::new();
@@ -1041,6 +1121,7 @@ impl Session {
         if self.inflight.is_some_and(|(n, _)| n == node) {
             self.inflight = None;
         }
+        self.set_engaged(None);
         self.lsn_probe = false;
         self.ctx.report(node);
         tracing::warn!(node, "backend connection lost: {e}");
@@ -1052,9 +1133,11 @@ impl Session {
 
     /// Connections go back to the pool when they are idle and clean; the rest are closed.
     fn release(&mut self) {
+        self.set_engaged(None);
         let clean_session = self.inflight.is_none() && self.copy_in.is_none();
         for (node, conn) in self.conns.drain() {
             let mut pooled = conn.pooled;
+            pooled.backend.busy = None;
             if !(clean_session
                 && !self.ctx.is_fenced(node)
                 && conn.streaming == 0

@@ -353,4 +353,41 @@ fn conninfo_is_repointed_keeping_the_rest() {
     for (old, want) in cases {
         assert_eq!(repoint_conninfo(old, "127.0.0.1", 11003), want, "{old}");
     }
+    assert_eq!(
+        conninfo_set(
+            "host=a application_name=node1 user=x",
+            "application_name",
+            "node0"
+        ),
+        "host=a application_name=node0 user=x"
+    );
+    assert_eq!(
+        conninfo_set("host=a", "application_name", "my app"),
+        "host=a application_name='my app'"
+    );
+}
+
+#[test]
+fn switchover_checks() {
+    let p = Some(false);
+    let s = Some(true);
+    let st = state(Some(0), 1);
+    let nodes = vec![
+        n(0, S::Up, L::Up, p, 100),
+        n(1, S::Up, L::Up, s, 100),
+        n(2, S::Down, L::Up, s, 100),
+    ];
+    assert_eq!(check_switchover(&st, &nodes, 1, true), Ok(0));
+    let e = |to, streaming| check_switchover(&st, &nodes, to, streaming).unwrap_err();
+    assert!(e(1, false).contains("not streaming"));
+    assert!(e(0, true).contains("already the primary"));
+    assert!(e(2, true).contains("not a standby in service"));
+    assert!(e(5, true).contains("not configured"));
+    let failed = vec![n(0, S::Down, L::Down, p, 100), n(1, S::Up, L::Up, s, 100)];
+    assert!(check_switchover(&st, &failed, 1, true)
+        .unwrap_err()
+        .contains("node promote 1"));
+    assert!(check_switchover(&state(None, 1), &nodes, 1, true)
+        .unwrap_err()
+        .contains("no primary"));
 }
