@@ -860,7 +860,10 @@ impl Session {
         let primary = self.ctx.routes.borrow().primary;
         Some(node) != primary
             && !self.conns.get(&node).is_some_and(|c| c.primary)
-            && !self.bound_to(node)
+            && self.tx_node != Some(node)
+            && !self.sticky
+            && self.copy_in.is_none()
+            && self.open_until_sync != Some(node)
     }
 
     /// Whether the session is in the middle of something on `node`: a transaction, COPY, an
