@@ -153,6 +153,10 @@ enum SandboxCommand {
         /// Base port [default: 11000].
         #[arg(long)]
         port: Option<u16>,
+        /// Synchronous mode (on a new sandbox): pgwarden keeps one standby synchronous and
+        /// promotes only that one, so a failover loses no acknowledged commit.
+        #[arg(long)]
+        synchronous: bool,
         /// Run PostgreSQL with fsync=off: faster, and unsafe for anything but throw-away data.
         #[arg(long)]
         no_fsync: bool,
@@ -293,6 +297,7 @@ pub enum SandboxAction {
         nodes: Option<u16>,
         port: Option<u16>,
         fsync: bool,
+        synchronous: bool,
     },
     Status {
         dir: PathBuf,
@@ -312,11 +317,13 @@ impl From<SandboxCommand> for SandboxAction {
                 nodes,
                 port,
                 no_fsync,
+                synchronous,
             } => SandboxAction::Up {
                 dir: absolute(&dir),
                 nodes,
                 port,
                 fsync: !no_fsync,
+                synchronous,
             },
             SandboxCommand::Status { dir, json } => SandboxAction::Status {
                 dir: absolute(&dir),

@@ -22,7 +22,8 @@ pub async fn run(action: SandboxAction) -> anyhow::Result<ExitCode> {
             nodes,
             port,
             fsync,
-        } => up(&dir, nodes, port, fsync).await,
+            synchronous,
+        } => up(&dir, nodes, port, fsync, synchronous).await,
         SandboxAction::Status { dir, json } => status(&dir, json).await,
         SandboxAction::Down { dir, destroy } => {
             let stopped =
@@ -49,6 +50,7 @@ async fn up(
     nodes: Option<u16>,
     port: Option<u16>,
     fsync: bool,
+    synchronous: bool,
 ) -> anyhow::Result<ExitCode> {
     let opts = UpOptions {
         dir: dir.to_path_buf(),
@@ -56,6 +58,7 @@ async fn up(
         base_port: port,
         warden_exe: std::env::current_exe().context("cannot find the pgwarden executable")?,
         fsync,
+        synchronous,
     };
     eprintln!("pgwarden sandbox: bringing up {} …", dir.display());
     let started = tokio::task::spawn_blocking(move || sandbox::up(&opts))

@@ -155,19 +155,20 @@ async fn node_op(
             format!("{id:?} is not a node id; expected a number"),
         );
     };
-    let op =
-        match op.as_str() {
-            "attach" => NodeOp::Attach,
-            "detach" => NodeOp::Detach,
-            "promote" => NodeOp::Promote { force: q.force },
-            "switchover" => NodeOp::Switchover,
-            other => return error(
+    let op = match op.as_str() {
+        "attach" => NodeOp::Attach,
+        "detach" => NodeOp::Detach,
+        "promote" => NodeOp::Promote { force: q.force },
+        "switchover" => NodeOp::Switchover,
+        other => {
+            return error(
                 StatusCode::NOT_FOUND,
                 format!(
                     "no such operation: {other:?}; expected attach, detach, promote or switchover"
                 ),
-            ),
-        };
+            )
+        }
+    };
     match a.node_op(id, op).await {
         Ok(message) => Json(OpResult { message }).into_response(),
         Err(AdminError::Refused(t)) => error(StatusCode::CONFLICT, t),

@@ -20,7 +20,8 @@ pub use hook::{run_hook, HookOutcome};
 
 use pgwarden_core::cluster::{
     check_attach, check_detach, check_promote, check_switchover, choose_candidate, decide,
-    repoint_conninfo, Decision, HookArgs, HookNode, NodeFacts,
+    failover_candidate, repoint_conninfo, sync_plan, Decision, HookArgs, HookNode, NodeFacts,
+    SyncPlan,
 };
 use pgwarden_core::config::{Backend, Config, FailoverConfig};
 use pgwarden_core::node::{LiveStatus, NodeStatus};
@@ -48,6 +49,8 @@ pub enum OpError {
 }
 
 struct Inner {
+    /// What synchronous_standby_names was last set to on the primary (`None`: not since start).
+    sync_names: std::sync::Mutex<Option<String>>,
     cfg: FailoverConfig,
     /// The configuration file: the sandbox keeps its logs beside it.
     config_file: std::path::PathBuf,
@@ -77,6 +80,7 @@ impl Drop for Controller {
 impl Controller {
     pub fn start(config: &Config, monitor: MonitorHandle) -> Controller {
         let inner = Arc::new(Inner {
+            sync_names: std::sync::Mutex::new(None),
             cfg: config.failover.clone(),
             config_file: config.file.clone(),
             monitor,
@@ -99,6 +103,7 @@ async fn watch(inner: Arc<Inner>) {
     let mut ticks = inner.monitor.ticks();
     let mut last_stuck: Option<String> = None;
     let mut retry_at: Option<Instant> = None;
+    let mut sync_retry_at: Option<Instant> = None;
     loop {
         // After a failed attempt, look again at the latest at the retry time.
         let wait = retry_at.map(|t| t.saturating_duration_since(Instant::now()));
@@ -109,12 +114,22 @@ async fn watch(inner: Arc<Inner>) {
         let _guard = inner.op.lock().await;
         let m = &inner.monitor;
         let state = m.cluster();
-        let decision = decide(&state, &m.facts(), inner.cfg.auto);
+        let decision = decide(&state, &m.facts(), inner.cfg.auto, inner.cfg.synchronous);
         if !matches!(decision, Decision::Stuck { .. }) {
             last_stuck = None;
         }
         match decision {
-            Decision::Nothing => {}
+            Decision::Nothing => {
+                if inner.cfg.synchronous && sync_retry_at.is_none_or(|t| Instant::now() >= t) {
+                    match sync_step(&inner).await {
+                        Ok(()) => sync_retry_at = None,
+                        Err(e) => {
+                            m.event("sync", None, format!("synchronous mode: {e}"));
+                            sync_retry_at = Some(Instant::now() + Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
             Decision::Adopt { primary } => {
                 let _ = m.set_primary(
                     Some(primary),
@@ -506,6 +521,153 @@ async fn undo_switchover(inner: &Arc<Inner>, old: &Backend, error: OpError) -> O
     error
 }
 
+/// A standby name no node has: commits wait for it, i.e. until a real standby is named.
+const BLOCK_NAME: &str = "\"pgwarden_no_synchronous_standby\"";
+
+/// Synchronous mode's step: keep one streaming standby synchronous on the primary; replace it
+/// safely (the successor first confirms everything, then the old one is forgotten); with
+/// nobody left, block commits or let them go on, as `failover.sync_fallback` says.
+async fn sync_step(inner: &Inner) -> Result<(), String> {
+    let m = &inner.monitor;
+    let state = m.cluster();
+    let Some(p) = state.primary else {
+        return Ok(());
+    };
+    let Some(pt) = m.target(p) else {
+        return Ok(());
+    };
+    let backends = m.backends().to_vec();
+    let name_of = |id: u32| {
+        backends
+            .iter()
+            .find(|b| b.id == id)
+            .map(|b| format!("\"{}\"", b.application_name.replace('"', "")))
+    };
+    let views = m.views();
+    let streaming: Vec<u32> = views
+        .iter()
+        .filter(|v| v.replication_state.as_deref() == Some("streaming"))
+        .map(|v| v.id)
+        .collect();
+    let applied = inner
+        .sync_names
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let blocking = applied.as_deref() == Some(BLOCK_NAME);
+    let apply = |names: String| {
+        let pt = pt.clone();
+        async move {
+            for sql in [
+                format!(
+                    "ALTER SYSTEM SET synchronous_standby_names = {}",
+                    sql_literal(&names)
+                ),
+                "SELECT pg_reload_conf()".to_string(),
+            ] {
+                sql_one(&pt, &sql).await?;
+            }
+            Ok::<String, String>(names)
+        }
+    };
+    let plan = sync_plan(
+        &state,
+        &m.facts(),
+        &streaming,
+        inner.cfg.sync_fallback,
+        blocking,
+    );
+    let record = |names: String| {
+        *inner.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = Some(names);
+    };
+    match plan {
+        SyncPlan::Keep => {
+            // After a start, make sure the primary says what the state file says.
+            if applied.is_none() {
+                let want = match state.sync_standbys.first() {
+                    Some(id) => name_of(*id).unwrap_or_default(),
+                    None if inner.cfg.sync_fallback
+                        == pgwarden_core::config::SyncFallback::Block =>
+                    {
+                        BLOCK_NAME.to_string()
+                    }
+                    None => String::new(),
+                };
+                record(apply(want).await?);
+            }
+            Ok(())
+        }
+        SyncPlan::Designate { old, new } => {
+            let mut set = state.sync_standbys.clone();
+            if !set.contains(&new) {
+                set.push(new);
+            }
+            // Recorded first: from the moment the primary names it, it may hold commits.
+            m.set_sync_standbys(
+                set,
+                &format!("node {new} is becoming the synchronous standby"),
+            )
+            .map_err(|e| e.to_string())?;
+            let names = name_of(new).ok_or("no such node")?;
+            record(apply(names).await?);
+            // It confirms commits once it is reported synchronous; and everything committed
+            // before (confirmed by the old one) must have reached it.
+            let app = backends
+                .iter()
+                .find(|b| b.id == new)
+                .map(|b| b.application_name.clone())
+                .unwrap_or_default();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let target_lsn = sql_one(&pt, "SELECT pg_current_wal_lsn()")
+                .await?
+                .unwrap_or_default();
+            let check = format!(
+                "SELECT sync_state = 'sync' AND flush_lsn >= '{}'::pg_lsn FROM pg_stat_replication WHERE application_name = {}",
+                target_lsn.replace('\'', ""),
+                sql_literal(&app)
+            );
+            loop {
+                if sql_one(&pt, &check).await?.as_deref() == Some("t") {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "node {new} did not become synchronous and catch up within 30 s"
+                    ));
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+            m.set_sync_standbys(
+                vec![new],
+                &match old {
+                    Some(o) => format!("node {new} replaces node {o} as the synchronous standby"),
+                    None => format!("node {new} is the synchronous standby"),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        SyncPlan::Release => {
+            record(apply(String::new()).await?);
+            m.set_sync_standbys(
+                Vec::new(),
+                "no standby can be synchronous; failover.sync_fallback = \"async\": commits go on unprotected",
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        SyncPlan::Block => {
+            record(apply(BLOCK_NAME.to_string()).await?);
+            m.event(
+                "sync",
+                None,
+                "no standby can be synchronous; failover.sync_fallback = \"block\": commits wait until one streams".into(),
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Runs one health check of node `id` right now and waits for its result to be in the table.
 async fn refresh(m: &MonitorHandle, id: u32) {
     let mut ticks = m.ticks();
@@ -561,7 +723,9 @@ async fn failover(
     let chosen = if manual {
         planned
     } else {
-        fresh_candidate(m, failed).await.unwrap_or(planned)
+        fresh_candidate(m, failed, inner.cfg.synchronous)
+            .await
+            .unwrap_or(planned)
     };
     let backends = m.backends().to_vec();
     let by_id = |id: u32| backends.iter().find(|b| b.id == id);
@@ -599,6 +763,11 @@ async fn failover(
             started.elapsed().as_millis()
         ),
     )?;
+    if !m.cluster().sync_standbys.is_empty() {
+        // It was the synchronous standby; the next one is chosen once a standby streams.
+        m.set_sync_standbys(Vec::new(), &format!("node {chosen} is now the primary"))?;
+        *inner.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
     // Writes flow once the monitor has seen the node as a primary: look now.
     let mut routes = m.routes();
     m.suspect(chosen);
@@ -643,7 +812,7 @@ async fn failover(
 }
 
 /// Probes every standby in service now and chooses among them.
-async fn fresh_candidate(m: &MonitorHandle, failed: Option<u32>) -> Option<u32> {
+async fn fresh_candidate(m: &MonitorHandle, failed: Option<u32>, synchronous: bool) -> Option<u32> {
     let mut facts: Vec<NodeFacts> = m.facts();
     for f in facts.iter_mut() {
         if Some(f.id) == failed || f.status != NodeStatus::Up {
@@ -665,7 +834,7 @@ async fn fresh_candidate(m: &MonitorHandle, failed: Option<u32>) -> Option<u32> 
             _ => f.live = LiveStatus::Down,
         }
     }
-    choose_candidate(&facts, None).ok()
+    failover_candidate(&m.cluster(), &facts, synchronous).ok()
 }
 
 async fn promote_node(inner: &Inner, b: &Backend) -> Result<(), OpError> {

@@ -21,6 +21,12 @@ pub struct ClusterState {
     /// adopted, or between fencing a failed primary and promoting its successor).
     pub primary: Option<u32>,
     pub nodes: BTreeMap<u32, NodeRecord>,
+    /// Synchronous mode: the standbys that may hold commits acknowledged to clients — the
+    /// synchronous standby, and while it is being replaced, its successor too. Only these may
+    /// be promoted, and only when every one of them can be reached (the one with the most WAL
+    /// then has every acknowledged commit).
+    #[serde(default)]
+    pub sync_standbys: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,8 +98,13 @@ pub enum Decision {
 }
 
 /// Decides what to do next. `auto_failover` off: a failed primary is fenced but nobody is
-/// promoted.
-pub fn decide(state: &ClusterState, nodes: &[NodeFacts], auto_failover: bool) -> Decision {
+/// promoted. `synchronous`: synchronous mode, where only `state.sync_standbys` may be promoted.
+pub fn decide(
+    state: &ClusterState,
+    nodes: &[NodeFacts],
+    auto_failover: bool,
+    synchronous: bool,
+) -> Decision {
     let false_primaries: Vec<u32> = nodes
         .iter()
         .filter(|n| {
@@ -125,7 +136,7 @@ pub fn decide(state: &ClusterState, nodes: &[NodeFacts], auto_failover: bool) ->
                     reason: format!("primary node {p} failed and failover.auto is off: promote a standby with `pgwarden node promote N`"),
                 };
             }
-            match choose_candidate(nodes, None) {
+            match failover_candidate(state, nodes, synchronous) {
                 Ok(c) => Decision::Failover {
                     failed: Some(p),
                     promote: c,
@@ -157,7 +168,7 @@ pub fn decide(state: &ClusterState, nodes: &[NodeFacts], auto_failover: bool) ->
                 [] if state.generation > 0 && auto_failover => {
                     // A failover was under way (pgwarden stopped between fencing and
                     // promoting): finish it.
-                    match choose_candidate(nodes, None) {
+                    match failover_candidate(state, nodes, synchronous) {
                         Ok(c) => Decision::Failover {
                             failed: None,
                             promote: c,
@@ -186,6 +197,87 @@ fn join_ids(ids: &[u32]) -> String {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The failover candidate, honouring synchronous mode: when standbys may hold acknowledged
+/// commits (`state.sync_standbys`), one of them is promoted, and only if all of them answer —
+/// otherwise the one that does not might be the only one with some commit.
+pub fn failover_candidate(
+    state: &ClusterState,
+    nodes: &[NodeFacts],
+    synchronous: bool,
+) -> Result<u32, String> {
+    if !synchronous || state.sync_standbys.is_empty() {
+        return choose_candidate(nodes, None);
+    }
+    let unreachable: Vec<u32> = state
+        .sync_standbys
+        .iter()
+        .copied()
+        .filter(|id| !nodes.iter().any(|n| n.id == *id && n.is_live_standby()))
+        .collect();
+    if !unreachable.is_empty() {
+        return Err(format!(
+            "synchronous standby node(s) {} cannot be reached: they may hold acknowledged commits no other node has. Bring them back, or promote a standby by hand with --force (commits may be lost)",
+            join_ids(&unreachable)
+        ));
+    }
+    choose_candidate(nodes, Some(&state.sync_standbys))
+}
+
+/// What synchronous mode needs next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncPlan {
+    /// The synchronous standby is in place (or nothing can be done).
+    Keep,
+    /// Make `new` the synchronous standby (replacing `old`, if any).
+    Designate { old: Option<u32>, new: u32 },
+    /// No standby can be synchronous and the fallback is asynchronous: let commits go on.
+    Release,
+    /// No standby can be synchronous and commits must wait: name a standby that does not
+    /// exist, so that they do.
+    Block,
+}
+
+/// Synchronous mode's next step. `streaming`: the standbys the primary reports streaming.
+/// `blocking`: the primary's synchronous_standby_names currently names no real standby.
+pub fn sync_plan(
+    state: &ClusterState,
+    nodes: &[NodeFacts],
+    streaming: &[u32],
+    fallback: crate::config::SyncFallback,
+    blocking: bool,
+) -> SyncPlan {
+    let current = state.sync_standbys.first().copied();
+    let healthy = |id: u32| {
+        nodes
+            .iter()
+            .any(|n| n.id == id && n.status == NodeStatus::Up && n.is_live_standby())
+            && streaming.contains(&id)
+    };
+    if state.sync_standbys.len() == 1 && current.is_some_and(healthy) {
+        return SyncPlan::Keep;
+    }
+    let mut candidates: Vec<&NodeFacts> = nodes
+        .iter()
+        .filter(|n| Some(n.id) != state.primary && healthy(n.id))
+        .collect();
+    candidates.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+    match candidates.first() {
+        Some(n) => SyncPlan::Designate {
+            old: current.filter(|c| *c != n.id),
+            new: n.id,
+        },
+        None => match fallback {
+            crate::config::SyncFallback::Async if !state.sync_standbys.is_empty() || blocking => {
+                SyncPlan::Release
+            }
+            crate::config::SyncFallback::Block if state.sync_standbys.is_empty() && !blocking => {
+                SyncPlan::Block
+            }
+            _ => SyncPlan::Keep,
+        },
+    }
 }
 
 /// The standby a failover promotes: in service, answering, in recovery, allowed to fail over;
@@ -281,7 +373,7 @@ pub fn check_detach(
             return Err(format!("node {id} is the primary and failover.auto is off: detaching it would leave no primary; use `pgwarden switchover --to N`"));
         }
         let others: Vec<NodeFacts> = nodes.iter().filter(|x| x.id != id).cloned().collect();
-        choose_candidate(&others, None).map_err(|r| {
+        failover_candidate(state, &others, !state.sync_standbys.is_empty()).map_err(|r| {
             format!("node {id} is the primary and detaching it starts a failover, but {r}")
         })?;
     }

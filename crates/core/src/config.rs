@@ -21,7 +21,7 @@ use toml::Spanned;
 pub mod proxy;
 pub use proxy::{AuthMethod, HbaRule, LoadBalance, ProxyConfig};
 pub mod failover;
-pub use failover::{FailoverConfig, NodeInfoLayout, PcpConfig};
+pub use failover::{FailoverConfig, NodeInfoLayout, PcpConfig, SyncFallback};
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]

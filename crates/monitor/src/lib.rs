@@ -36,6 +36,7 @@ struct Table {
     nodes: Vec<NodeState>,
     generation: u64,
     primary: Option<u32>,
+    sync_standbys: Vec<u32>,
 }
 
 struct Shared {
@@ -88,6 +89,7 @@ impl Shared {
                     )
                 })
                 .collect(),
+            sync_standbys: t.sync_standbys.clone(),
         }
     }
 
@@ -335,6 +337,29 @@ impl MonitorHandle {
             .map_or(0, |i| self.shared.engaged[i].load(Ordering::SeqCst))
     }
 
+    /// Records the standbys that may hold acknowledged commits (synchronous mode), written to
+    /// the state file before it returns.
+    pub fn set_sync_standbys(&self, ids: Vec<u32>, reason: &str) -> Result<(), StoreError> {
+        let mut t = self.shared.write();
+        if t.sync_standbys == ids {
+            return Ok(());
+        }
+        let before = std::mem::replace(&mut t.sync_standbys, ids.clone());
+        if let Err(e) = self.shared.persist(&t) {
+            t.sync_standbys = before;
+            return Err(e);
+        }
+        let list = ids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!("synchronous standby(s): [{list}]: {reason}");
+        tracing::info!("{message}");
+        self.shared.event("sync", ids.first().copied(), message);
+        Ok(())
+    }
+
     /// Adds an event to the history (and the log).
     pub fn event(&self, kind: &str, node: Option<u32>, message: String) {
         tracing::info!(node, kind, "{message}");
@@ -390,6 +415,9 @@ impl Monitor {
         let (generation, primary) = saved
             .as_ref()
             .map_or((0, None), |s| (s.generation, s.primary));
+        let sync_standbys = saved
+            .as_ref()
+            .map_or(Vec::new(), |s| s.sync_standbys.clone());
         let primary = primary.filter(|p| config.backend(*p).is_some());
         let views = build_views(&config.backends, &nodes, primary);
         let table = RouteTable::from_views(&views, primary);
@@ -428,6 +456,7 @@ impl Monitor {
                 nodes,
                 generation,
                 primary,
+                sync_standbys,
             }),
             routes: watch::Sender::new(Arc::new(table)),
             fenced: watch::Sender::new(Arc::new(Vec::new())),

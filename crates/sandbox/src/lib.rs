@@ -99,6 +99,8 @@ pub struct UpOptions {
     pub warden_exe: PathBuf,
     /// `fsync = off` in the nodes: for throw-away test clusters only.
     pub fsync: bool,
+    /// `failover.synchronous = true` in a new sandbox's configuration.
+    pub synchronous: bool,
 }
 
 /// What `up` did.
@@ -361,7 +363,7 @@ fn build_in(layout: &Layout, bin: &PgBin, run_as: RunAs, opts: &UpOptions) -> Re
 
     write_file(
         &layout.config(),
-        &warden_config(layout),
+        &warden_config(layout, opts.synchronous),
         0o644,
         RunAs::Current,
     )?;
@@ -437,7 +439,7 @@ fn standby_settings(layout: &Layout, id: u16, upstream: u16) -> String {
     )
 }
 
-fn warden_config(layout: &Layout) -> String {
+fn warden_config(layout: &Layout, synchronous: bool) -> String {
     let mut s = format!(
         "# pgwarden configuration, written by `pgwarden sandbox up`.\n\
          # See pgwarden.example.toml in the source tree for every key.\n\n\
@@ -462,6 +464,7 @@ fn warden_config(layout: &Layout) -> String {
          # pgwarden.state beside this file.\n\
          [failover]\n\
          auto = true\n\
+         synchronous = {synchronous}\n\
          follow_timeout = \"30s\"\n\n\
          # The PCP port for pgpool's pcp_* tools: PCPPASSFILE=pcppass, user postgres.\n\
          [pcp]\n\
@@ -859,7 +862,7 @@ mod tests {
     #[test]
     fn written_config_is_valid() {
         let l = Layout::new(Path::new("/tmp/sb"), 3, 11000).unwrap();
-        let cfg = pgwarden_core::config::parse(&warden_config(&l), &l.config()).unwrap();
+        let cfg = pgwarden_core::config::parse(&warden_config(&l, true), &l.config()).unwrap();
         assert_eq!(cfg.backends.len(), 3);
         assert_eq!(cfg.listen.api.port(), 11100);
         assert_eq!(cfg.backends[2].port, 11004);

@@ -24,6 +24,7 @@ fn state(primary: Option<u32>, generation: u64) -> ClusterState {
         generation,
         primary,
         nodes: BTreeMap::new(),
+        sync_standbys: Vec::new(),
     }
 }
 
@@ -140,7 +141,7 @@ fn decisions() {
         ),
     ];
     for (name, st, nodes, auto, want) in cases {
-        assert_eq!(decide(&st, &nodes, auto), want, "{name}");
+        assert_eq!(decide(&st, &nodes, auto, false), want, "{name}");
     }
 }
 
@@ -390,4 +391,180 @@ fn switchover_checks() {
     assert!(check_switchover(&state(None, 1), &nodes, 1, true)
         .unwrap_err()
         .contains("no primary"));
+}
+
+#[test]
+fn synchronous_mode_promotes_only_a_synchronous_standby_that_answers() {
+    let p = Some(false);
+    let s = Some(true);
+    let mut st = state(Some(0), 1);
+    st.sync_standbys = vec![2];
+    let nodes = vec![
+        n(0, S::Down, L::Down, p, 100),
+        n(1, S::Up, L::Up, s, 999),
+        n(2, S::Up, L::Up, s, 90),
+    ];
+    // Node 1 has more WAL, but only node 2 confirmed every commit.
+    assert_eq!(
+        decide(&st, &nodes, true, true),
+        Decision::Failover {
+            failed: Some(0),
+            promote: 2
+        }
+    );
+    assert_eq!(
+        decide(&st, &nodes, true, false),
+        Decision::Failover {
+            failed: Some(0),
+            promote: 1
+        },
+        "asynchronous mode: the most WAL"
+    );
+    // The synchronous standby died with the primary: nobody is promoted.
+    let dead = vec![
+        n(0, S::Down, L::Down, p, 100),
+        n(1, S::Up, L::Up, s, 999),
+        n(2, S::Down, L::Down, s, 90),
+    ];
+    match decide(&st, &dead, true, true) {
+        Decision::Stuck { reason } => {
+            assert!(reason.contains("node(s) 2 cannot be reached"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // While the synchronous standby is being replaced, both count: the one with more WAL wins,
+    // and both must answer.
+    st.sync_standbys = vec![2, 1];
+    assert_eq!(
+        decide(&st, &nodes, true, true),
+        Decision::Failover {
+            failed: Some(0),
+            promote: 1
+        }
+    );
+    assert!(matches!(
+        decide(&st, &dead, true, true),
+        Decision::Stuck { .. }
+    ));
+    // Nothing designated yet: any standby.
+    st.sync_standbys.clear();
+    assert_eq!(
+        decide(&st, &nodes, true, true),
+        Decision::Failover {
+            failed: Some(0),
+            promote: 1
+        }
+    );
+}
+
+#[test]
+fn synchronous_standby_plans() {
+    use crate::config::SyncFallback::{Async, Block};
+    let p = Some(false);
+    let s = Some(true);
+    let nodes = vec![
+        n(0, S::Up, L::Up, p, 100),
+        n(1, S::Up, L::Up, s, 100),
+        n(2, S::Up, L::Up, s, 100),
+    ];
+    let with = |sync: Vec<u32>| {
+        let mut st = state(Some(0), 1);
+        st.sync_standbys = sync;
+        st
+    };
+    type Case = (
+        &'static str,
+        Vec<u32>,
+        Vec<u32>,
+        crate::config::SyncFallback,
+        bool,
+        SyncPlan,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "in place",
+            vec![1],
+            vec![1, 2],
+            Block,
+            false,
+            SyncPlan::Keep,
+        ),
+        (
+            "none yet: the first streaming one",
+            vec![],
+            vec![2, 1],
+            Block,
+            false,
+            SyncPlan::Designate { old: None, new: 1 },
+        ),
+        (
+            "it stopped streaming: replaced",
+            vec![1],
+            vec![2],
+            Block,
+            false,
+            SyncPlan::Designate {
+                old: Some(1),
+                new: 2,
+            },
+        ),
+        (
+            "a replacement half done is finished",
+            vec![1, 2],
+            vec![2],
+            Block,
+            false,
+            SyncPlan::Designate {
+                old: Some(1),
+                new: 2,
+            },
+        ),
+        (
+            "nobody streams, block: commits wait",
+            vec![],
+            vec![],
+            Block,
+            false,
+            SyncPlan::Block,
+        ),
+        (
+            "nobody streams, block, already blocking",
+            vec![],
+            vec![],
+            Block,
+            true,
+            SyncPlan::Keep,
+        ),
+        (
+            "the sync standby died, block: keep naming it",
+            vec![1],
+            vec![],
+            Block,
+            false,
+            SyncPlan::Keep,
+        ),
+        (
+            "the sync standby died, async: release",
+            vec![1],
+            vec![],
+            Async,
+            false,
+            SyncPlan::Release,
+        ),
+        (
+            "nothing to release",
+            vec![],
+            vec![],
+            Async,
+            false,
+            SyncPlan::Keep,
+        ),
+    ];
+    for (name, sync, streaming, fb, blocking, want) in cases {
+        assert_eq!(
+            sync_plan(&with(sync), &nodes, &streaming, fb, blocking),
+            want,
+            "{name}"
+        );
+    }
 }

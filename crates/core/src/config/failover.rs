@@ -30,6 +30,23 @@ pub struct FailoverConfig {
     /// In a switchover, how long transactions already running may take to finish before their
     /// sessions are closed.
     pub switchover_timeout: Duration,
+    /// Synchronous mode: pgwarden keeps one standby synchronous (`synchronous_standby_names`)
+    /// and promotes only that one, so no acknowledged commit is lost by a failover.
+    pub synchronous: bool,
+    /// What synchronous mode does when no standby can be synchronous.
+    pub sync_fallback: SyncFallback,
+}
+
+/// When no standby is left to confirm commits in synchronous mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncFallback {
+    /// Commits wait until a standby is back (no acknowledged commit can ever be lost).
+    #[default]
+    Block,
+    /// Commits go on without a synchronous standby (available, but a failover may then lose
+    /// what was committed meanwhile).
+    Async,
 }
 
 impl FailoverConfig {
@@ -43,6 +60,8 @@ impl FailoverConfig {
             follow_primary_command: None,
             command_timeout: Duration::from_secs(60),
             switchover_timeout: Duration::from_secs(30),
+            synchronous: false,
+            sync_fallback: SyncFallback::Block,
         }
     }
 }
@@ -76,6 +95,8 @@ pub(super) struct RawFailover {
     follow_primary_command: Option<String>,
     command_timeout: Option<Spanned<RawDuration>>,
     switchover_timeout: Option<Spanned<RawDuration>>,
+    synchronous: Option<bool>,
+    sync_fallback: Option<SyncFallback>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -129,6 +150,8 @@ pub(super) fn validate(raw: RawFailover, file: &Path, c: &mut Collector) -> Fail
         follow_primary_command: command(raw.follow_primary_command),
         command_timeout,
         switchover_timeout,
+        synchronous: raw.synchronous.unwrap_or(d.synchronous),
+        sync_fallback: raw.sync_fallback.unwrap_or(d.sync_fallback),
     }
 }
 
