@@ -225,7 +225,12 @@ impl Session {
             }
             b'X' => return Ok(false),
             b'd' | b'c' | b'f' => {
-                // Copy messages outside COPY are ignored, as PostgreSQL does after a failed COPY.
+                // COPY data may follow its COPY statement before the node's CopyInResponse is
+                // back (asyncpg sends it at once): it belongs to the node answering. Outside
+                // COPY, PostgreSQL ignores copy messages (as after a failed COPY), and so do we.
+                if let Some((node, _)) = self.inflight {
+                    self.write_node(node, &f.bytes).await?;
+                }
             }
             t => {
                 return Err(fatal(
@@ -352,7 +357,16 @@ impl Session {
         if class == Class::Session && upper_starts(sql, "DISCARD") {
             self.statements.clear();
         }
-        let target = self.route(class).await?;
+        // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
+        // It runs on that batch's node when it may (a read, or the node is the primary);
+        // after it, routing is free again (asyncpg prepares with Flush, then sends COPY).
+        let open = self.open_until_sync.take();
+        let mut target = self.route(class).await?;
+        if let Some(n) = open {
+            if class == Class::Read || self.ctx.routes.borrow().primary == Some(n) {
+                target = n;
+            }
+        }
         self.ctx.node_stats(target).count(sql);
         let bytes = f.bytes.clone();
         self.send(target, bytes.clone(), 1).await?;
@@ -866,6 +880,9 @@ impl Session {
                     self.lsn_probe = false;
                     self.inflight = match self.inflight {
                         Some((n, p)) if p > 1 => Some((n, p - 1)),
+                        // A batch that ended with Flush follows the probe: its answers are
+                        // still to be relayed, though no ReadyForQuery is due.
+                        Some((n, _)) if self.open_until_sync == Some(n) => Some((n, 0)),
                         _ => None,
                     };
                     return Ok(());
