@@ -87,7 +87,8 @@ async function main() {
   await l.query("LISTEN pgw_chan");
   await n.query("SELECT pg_notify($1, $2)", ["pgw_chan", "hello"]);
   await n.query("NOTIFY pgw_chan, 'again'");
-  const m = await Promise.race([got, sleep(10000).then(() => null)]);
+  const timeout = new Promise((r) => setTimeout(() => r(null), 10000).unref());
+  const m = await Promise.race([got, timeout]);
   out("notification", m && m.channel, m && m.payload);
   await l.end();
   await n.end();
