@@ -782,7 +782,10 @@ impl Session {
                         if *n == node {
                             *p = p.saturating_sub(1);
                             if *p == 0 {
-                                self.inflight = None;
+                                // A batch that ended with Flush may be pipelined behind: its
+                                // answers are still to be relayed.
+                                self.inflight =
+                                    (self.open_until_sync == Some(node)).then_some((node, 0));
                                 self.last_tx_status = status;
                                 self.tx_node = if status == b'I' { None } else { Some(node) };
                                 self.copy_in = None;
@@ -828,7 +831,12 @@ impl Session {
     /// question goes out as soon as the client has its answer, so it overlaps the client's
     /// next step instead of delaying it.
     async fn maybe_probe_lsn(&mut self, node: u32) -> Result<()> {
-        if !self.dirty || self.inflight.is_some() || self.tx_node.is_some() || self.sticky {
+        if !self.dirty
+            || self.inflight.is_some()
+            || self.open_until_sync.is_some()
+            || self.tx_node.is_some()
+            || self.sticky
+        {
             return Ok(());
         }
         let table = self.ctx.routes.borrow().clone();
