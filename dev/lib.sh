@@ -31,3 +31,42 @@ ensure_deps() {
         exit 1
     fi
 }
+
+# Where the drivers the end-to-end tests use are installed: outside the repository, reused
+# across runs and work trees. tests/drivers.rs looks in the same place.
+drivers_dir() {
+    echo "${PGWARDEN_DRIVERS:-${XDG_CACHE_HOME:-$HOME/.cache}/pgwarden/drivers}"
+}
+
+# psycopg 3 and asyncpg (PyPI, in a venv of Debian's /usr/bin/python3) and node-postgres (npm),
+# at the versions pinned in tests/drivers/. Installs only when those pins changed since the last
+# install, so a machine that has them needs no network.
+ensure_drivers() {
+    local missing=()
+    /usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "== installing from Debian: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    local dir src stamp
+    dir=$(drivers_dir)
+    src=$(pwd)/tests/drivers
+    stamp=$(cat "$src/requirements.txt" "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$dir/installed" 2>/dev/null)" = "$stamp" ] \
+        && "$dir/venv/bin/python" -c "import psycopg, asyncpg" 2>/dev/null \
+        && [ -f "$dir/node/node_modules/pg/package.json" ]; then
+        return 0
+    fi
+    echo "== installing the test drivers into $dir (psycopg, asyncpg, pg)"
+    mkdir -p "$dir"
+    rm -f "$dir/installed"
+    [ -x "$dir/venv/bin/python" ] || /usr/bin/python3 -m venv "$dir/venv"
+    "$dir/venv/bin/python" -m pip install -q --disable-pip-version-check -r "$src/requirements.txt"
+    mkdir -p "$dir/node"
+    cp "$src/package.json" "$src/package-lock.json" "$dir/node/"
+    (cd "$dir/node" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$stamp" >"$dir/installed"
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Cluster;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs a script with psql (echoing every statement, going on after errors) and returns what
@@ -119,4 +119,169 @@ print("ok", cur.fetchone()[0] > 0)
     assert!(text.contains("one n41"), "{text}");
     assert!(text.contains("error 42P01"), "{text}");
     assert!(text.contains("ok True"), "{text}");
+}
+
+/// Where `dev/test` installs the drivers (see `drivers_dir` in dev/lib.sh).
+fn drivers_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PGWARDEN_DRIVERS") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("pgwarden/drivers")
+}
+
+/// The program that runs a driver script, checked to be installed.
+fn driver_program(kind: &str) -> Command {
+    let dir = drivers_dir();
+    let (program, probe) = match kind {
+        "python" => (dir.join("venv/bin/python"), dir.join("venv/bin/python")),
+        _ => (
+            PathBuf::from("node"),
+            dir.join("node/node_modules/pg/package.json"),
+        ),
+    };
+    assert!(
+        probe.exists(),
+        "{} is missing: ./dev/test installs the test drivers (or run `. dev/lib.sh; ensure_drivers`)",
+        probe.display()
+    );
+    // Bounded: a driver waiting on an answer that never comes fails the test, not hangs it.
+    let mut cmd = Command::new("timeout");
+    cmd.arg("180").arg(program);
+    cmd.env("NODE_PATH", dir.join("node/node_modules"));
+    cmd
+}
+
+/// Runs `script` (under tests/drivers) once directly on the primary and once through the
+/// proxy, each in a database of its own. The lines that are not routing claims must be the
+/// same; returns the routing claims of the proxied run, as (what, port) lines.
+fn differential(c: &Cluster, kind: &str, script: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(script);
+    let run = |port: u16, db: &str| {
+        c.psql(0, "postgres", &format!("CREATE DATABASE {db}"))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let out = driver_program(kind)
+            .arg(&path)
+            .arg(port.to_string())
+            .arg(c.password())
+            .arg(db)
+            .arg(c.node_port(0).to_string())
+            .arg(c.node_port(1).to_string())
+            .output()
+            .unwrap();
+        let text = common::stdout(&out);
+        eprintln!("{script} on port {port}: {:?}", started.elapsed());
+        assert!(
+            out.status.success(),
+            "{script} on port {port} failed:\n{text}\n{}",
+            common::stderr(&out)
+        );
+        assert!(text.ends_with("done\n"), "{text}");
+        text
+    };
+    let direct = run(c.node_port(0), "drv_direct");
+    let proxied = run(c.proxy_port(), "drv_proxy");
+    let data = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("route "))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        data(&direct),
+        data(&proxied),
+        "{script}: what the driver saw differs directly and through pgwarden"
+    );
+    eprintln!("{proxied}");
+    proxied
+        .lines()
+        .filter_map(|l| l.strip_prefix("route "))
+        .map(String::from)
+        .collect()
+}
+
+/// The ports named by the routing claims that start with `what`.
+fn ports_of(routes: &[String], what: &str) -> Vec<String> {
+    routes
+        .iter()
+        .filter_map(|l| l.strip_prefix(what))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn python_asyncpg_through_pgwarden() {
+    let c = Cluster::up(2);
+    let routes = differential(&c, "python", "asyncpg_session.py");
+    let (primary, standby) = (c.node_port(0).to_string(), c.node_port(1).to_string());
+    // asyncpg's named statement ran on the standby, then (parsed again there) on the primary
+    // inside a transaction, then on the standby again once it had replayed the writes.
+    assert_eq!(
+        ports_of(&routes, "prepared first"),
+        [standby.as_str()],
+        "{routes:?}"
+    );
+    assert_eq!(
+        ports_of(&routes, "insert"),
+        [primary.as_str()],
+        "{routes:?}"
+    );
+    assert_eq!(
+        ports_of(&routes, "prepared in tx"),
+        [primary.as_str()],
+        "{routes:?}"
+    );
+    assert_eq!(
+        ports_of(&routes, "prepared after catch-up"),
+        [standby],
+        "{routes:?}"
+    );
+}
+
+#[test]
+fn python_psycopg3_through_pgwarden() {
+    let c = Cluster::up(2);
+    let routes = differential(&c, "python", "psycopg_session.py");
+    let (primary, standby) = (c.node_port(0).to_string(), c.node_port(1).to_string());
+    // Every read right after a write saw it: the primary served it, or a standby that had
+    // replayed it (the data lines above are identical to the direct run).
+    let ryw = ports_of(&routes, "read your write");
+    assert_eq!(ryw.len(), 10, "{routes:?}");
+    assert!(
+        ryw.iter().all(|p| *p == primary || *p == standby),
+        "{routes:?}"
+    );
+    // Autocommit reads with server-side binding and prepare=True ran on the standby.
+    assert_eq!(
+        ports_of(&routes, "standby read"),
+        [standby.as_str()],
+        "{routes:?}"
+    );
+}
+
+#[test]
+fn node_postgres_through_pgwarden() {
+    let c = Cluster::up(2);
+    let routes = differential(&c, "node", "pg_session.js");
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    assert!(
+        ports_of(&routes, "write")
+            .iter()
+            .all(|p| *p == primary.to_string()),
+        "{routes:?}"
+    );
+    // The named statement was served by both nodes: by the standby the session is balanced
+    // to, and by the primary (inside the transaction, and right after writes).
+    assert_eq!(
+        ports_of(&routes, "named ports"),
+        [format!("[{primary},{standby}]")],
+        "{routes:?}"
+    );
 }

@@ -716,13 +716,24 @@ mod hostile {
     /// and returns what came back.
     async fn raw_session(c: &Cluster, bytes: &[u8]) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = login(c).await;
+        let mut buf = Vec::new();
+        s.write_all(bytes).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
+            .await
+            .expect("closed, not hung");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// A raw socket through the proxy, logged in and ready for a query.
+    async fn login(c: &Cluster) -> tokio::net::TcpStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
             .await
             .unwrap();
         // Trust is not configured, so authenticate with SCRAM through postgres-protocol.
         s.write_all(&startup("postgres")).await.unwrap();
         let mut scram: Option<postgres_protocol::authentication::sasl::ScramSha256> = None;
-        let mut buf = Vec::new();
         loop {
             let mut head = [0u8; 5];
             s.read_exact(&mut head).await.unwrap();
@@ -759,11 +770,150 @@ mod hostile {
                 _ => {}
             }
         }
-        s.write_all(bytes).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
+        s
+    }
+
+    fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+        let body: Vec<u8> = parts.concat();
+        let mut m = vec![tag];
+        m.extend(((body.len() + 4) as i32).to_be_bytes());
+        m.extend(body);
+        m
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        message(b'Q', &[sql.as_bytes(), b"\0"])
+    }
+
+    /// Parse, Describe and Flush of a named statement, as asyncpg prepares.
+    fn prepare_flush(name: &str, sql: &str) -> Vec<u8> {
+        let n = [name.as_bytes(), b"\0"].concat();
+        let mut v = message(b'P', &[&n, sql.as_bytes(), b"\0", &[0, 0]]);
+        v.extend(message(b'D', &[b"S", &n]));
+        v.extend(message(b'H', &[]));
+        v
+    }
+
+    /// Bind, Execute and Sync of a named statement without parameters.
+    fn execute_sync(name: &str) -> Vec<u8> {
+        let n = [name.as_bytes(), b"\0"].concat();
+        let mut v = message(b'B', &[b"\0", &n, &[0, 0, 0, 0, 0, 0]]);
+        v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+        v.extend(message(b'S', &[]));
+        v
+    }
+
+    /// Reads messages until one with tag `until` arrives; the messages, as (tag, body).
+    async fn read_until(s: &mut tokio::net::TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let read = async {
+            loop {
+                let mut head = [0u8; 5];
+                s.read_exact(&mut head).await.unwrap();
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+                let mut body = vec![0u8; len];
+                s.read_exact(&mut body).await.unwrap();
+                got.push((head[0], body));
+                if head[0] == until {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), read)
             .await
-            .expect("closed, not hung");
-        String::from_utf8_lossy(&buf).into_owned()
+            .is_err()
+        {
+            panic!(
+                "no {:?} within 10 s (hung); got: {:?}",
+                until as char,
+                got.iter().map(|(t, _)| *t as char).collect::<String>()
+            );
+        }
+        got
+    }
+
+    fn text(msgs: &[(u8, Vec<u8>)]) -> String {
+        msgs.iter()
+            .map(|(t, b)| format!("{}:{} ", *t as char, String::from_utf8_lossy(b)))
+            .collect()
+    }
+
+    /// What asyncpg does, which other drivers do not: COPY data right behind the COPY query,
+    /// before the CopyInResponse; a simple Query after a batch that ended with Flush; a
+    /// Flush-ended batch right behind a write (while pgwarden asks the primary for its LSN).
+    #[test]
+    fn asyncpg_style_pipelining_is_answered_in_full() {
+        use tokio::io::AsyncWriteExt;
+        let c = Cluster::up(2);
+        c.psql(0, "test", "CREATE TABLE early (v int)").unwrap();
+        block(async {
+            // COPY data sent at once.
+            let mut s = login(&c).await;
+            let mut b = query("COPY early FROM STDIN");
+            b.extend(message(b'd', &[b"1\n2\n"]));
+            b.extend(message(b'c', &[]));
+            s.write_all(&b).await.unwrap();
+            let got = text(&read_until(&mut s, b'Z').await);
+            assert!(got.contains("COPY 2"), "{got}");
+
+            // A statement prepared with Flush (on the session's read node, often a standby),
+            // then a write as a simple Query: the write reaches the primary.
+            let mut on_standby = 0;
+            for i in 0..40 {
+                let mut s = login(&c).await;
+                s.write_all(&query("SELECT inet_server_port()"))
+                    .await
+                    .unwrap();
+                let got = read_until(&mut s, b'Z').await;
+                let port = got
+                    .iter()
+                    .find(|(t, _)| *t == b'D')
+                    .map(|(_, b)| String::from_utf8_lossy(&b[6..]).into_owned())
+                    .unwrap_or_else(|| panic!("{}", text(&got)));
+                if port == c.node_port(1).to_string() {
+                    on_standby += 1;
+                }
+                s.write_all(&prepare_flush("p", "SELECT inet_server_port()"))
+                    .await
+                    .unwrap();
+                read_until(&mut s, b'T').await;
+                s.write_all(&query(&format!("INSERT INTO early VALUES ({i})")))
+                    .await
+                    .unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                assert!(got.contains("INSERT 0 1"), "{got}");
+                // The prepared statement still works, wherever it runs now.
+                s.write_all(&execute_sync("p")).await.unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                assert!(got.contains("SELECT 1"), "{got}");
+                if on_standby >= 2 {
+                    break;
+                }
+            }
+            assert!(on_standby >= 1, "no session was balanced to the standby");
+
+            // A write, and a Flush-ended batch right behind it (in the same packet, and after
+            // its answer): all the batch's answers arrive.
+            for together in [true, false].repeat(10) {
+                let mut s = login(&c).await;
+                let mut b = query("INSERT INTO early VALUES (100)");
+                let prep = prepare_flush("w", "INSERT INTO early VALUES (101)");
+                if together {
+                    b.extend(&prep);
+                    s.write_all(&b).await.unwrap();
+                    read_until(&mut s, b'Z').await;
+                } else {
+                    s.write_all(&b).await.unwrap();
+                    read_until(&mut s, b'Z').await;
+                    s.write_all(&prep).await.unwrap();
+                }
+                read_until(&mut s, b'n').await;
+                s.write_all(&execute_sync("w")).await.unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                assert!(got.contains("INSERT 0 1"), "{got}");
+            }
+        });
     }
 }
 

@@ -300,7 +300,12 @@ impl Session {
             }
             b'X' => return Ok(false),
             b'd' | b'c' | b'f' => {
-                // Copy messages outside COPY are ignored, as PostgreSQL does after a failed COPY.
+                // COPY data may follow its COPY statement before the node's CopyInResponse is
+                // back (asyncpg sends it at once): it belongs to the node answering. Outside
+                // COPY, PostgreSQL ignores copy messages (as after a failed COPY), and so do we.
+                if let Some((node, _)) = self.inflight {
+                    self.write_node(node, &f.bytes).await?;
+                }
             }
             t => {
                 return Err(fatal(
@@ -508,7 +513,16 @@ impl Session {
         if class == Class::Session && upper_starts(sql, "DISCARD") {
             self.statements.clear();
         }
-        let target = self.route(class).await?;
+        // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
+        // It runs on that batch's node when it may (a read, or the node is the primary);
+        // after it, routing is free again (asyncpg prepares with Flush, then sends COPY).
+        let open = self.open_until_sync.take();
+        let mut target = self.route(class).await?;
+        if let Some(n) = open {
+            if class == Class::Read || self.ctx.routes.borrow().primary == Some(n) {
+                target = n;
+            }
+        }
         self.ctx.node_stats(target).count(sql);
         let bytes = f.bytes.clone();
         self.send(target, bytes.clone(), 1).await?;
@@ -952,7 +966,10 @@ impl Session {
                         if *n == node {
                             *p = p.saturating_sub(1);
                             if *p == 0 {
-                                self.inflight = None;
+                                // A batch that ended with Flush may be pipelined behind: its
+                                // answers are still to be relayed.
+                                self.inflight =
+                                    (self.open_until_sync == Some(node)).then_some((node, 0));
                                 self.last_tx_status = status;
                                 self.tx_node = if status == b'I' { None } else { Some(node) };
                                 self.copy_in = None;
@@ -1003,7 +1020,12 @@ impl Session {
     /// question goes out as soon as the client has its answer, so it overlaps the client's
     /// next step instead of delaying it.
     async fn maybe_probe_lsn(&mut self, node: u32) -> Result<()> {
-        if !self.dirty || self.inflight.is_some() || self.tx_node.is_some() || self.sticky {
+        if !self.dirty
+            || self.inflight.is_some()
+            || self.open_until_sync.is_some()
+            || self.tx_node.is_some()
+            || self.sticky
+        {
             return Ok(());
         }
         let table = self.ctx.routes.borrow().clone();
@@ -1060,6 +1082,9 @@ impl Session {
                     self.lsn_probe = false;
                     self.inflight = match self.inflight {
                         Some((n, p)) if p > 1 => Some((n, p - 1)),
+                        // A batch that ended with Flush follows the probe: its answers are
+                        // still to be relayed, though no ReadyForQuery is due.
+                        Some((n, _)) if self.open_until_sync == Some(n) => Some((n, 0)),
                         _ => None,
                     };
                     return Ok(());

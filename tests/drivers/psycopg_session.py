@@ -1,0 +1,97 @@
+"""psycopg 3 through pgwarden: run by tests/drivers.rs once directly against the primary and
+once through the proxy. Lines starting with "route" say which server ran what and are checked
+by the test; every other line must be the same in both runs.
+
+argv: port password dbname primary_port standby_port
+"""
+import sys
+import time
+
+import psycopg
+
+port, password, db, primary, standby = (int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+proxied = port not in (primary, standby)
+
+
+def out(*a):
+    print(*a, flush=True)
+
+
+def route(*a):
+    print("route", *a, flush=True)
+
+
+def connect(**kw):
+    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=password, dbname=db, **kw)
+
+
+# Server-side binding: every statement with parameters goes through Parse/Bind/Execute.
+with connect() as conn:
+    conn.execute("DROP TABLE IF EXISTS pp")
+    conn.execute("CREATE TABLE pp (id int PRIMARY KEY, name text, data bytea)")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO pp VALUES (%s, %s, %s)", [(i, "n%d" % i, bytes([i % 256]) * 10) for i in range(200)])
+        cur.execute("SELECT count(*), sum(length(data)) FROM pp WHERE name LIKE %s", ("n%",))
+        out("rows", cur.fetchone())
+        cur.execute("SELECT name, data FROM pp WHERE id = %s", (42,), binary=True)
+        out("binary", cur.fetchone())
+    conn.commit()
+
+    # Pipeline mode with an error in the middle: what was before it stays, what follows is
+    # skipped, and the connection works afterwards.
+    conn.autocommit = True
+    results = []
+    try:
+        with conn.pipeline() as p:
+            c1 = conn.execute("INSERT INTO pp VALUES (%s, %s, NULL) RETURNING id", (1000, "pipe"))
+            c2 = conn.execute("SELECT name FROM pp WHERE id = %s", (1000,))
+            p.sync()
+            c3 = conn.execute("INSERT INTO pp VALUES (%s, %s, NULL)", (1, "dup"))
+            c4 = conn.execute("SELECT %s::int", (7,))
+            p.sync()
+    except psycopg.errors.UniqueViolation as e:
+        out("pipeline error", e.sqlstate)
+    out("pipeline before error", c1.fetchone(), c2.fetchone())
+    with conn.pipeline():
+        cs = [conn.execute("SELECT name FROM pp WHERE id = %s", (i,)) for i in range(5)]
+        names = [c.fetchone()[0] for c in cs]
+    out("pipeline after error", names)
+
+    # COPY in and out.
+    with conn.cursor() as cur:
+        with cur.copy("COPY pp (id, name) FROM STDIN") as copy:
+            for i in range(50):
+                copy.write_row((3000 + i, "copy%d" % i))
+        with cur.copy("COPY (SELECT id, name FROM pp WHERE id >= 3000 ORDER BY id) TO STDOUT") as copy:
+            rows = list(copy.rows())
+        out("copy out", len(rows), rows[:2], rows[-1])
+
+    # prepare=True: a named statement, used again and again.
+    for i in range(4):
+        r = conn.execute("SELECT count(*), min(name) FROM pp WHERE id >= %s", (3000 + i,), prepare=True).fetchone()
+        out("prepared", i, r)
+
+    # Read-your-writes: a write, then at once a read that must see it.
+    for i in range(10):
+        conn.execute("INSERT INTO pp VALUES (%s, %s, NULL)", (4000 + i, "ryw%d" % i))
+        r = conn.execute("SELECT name, inet_server_port() FROM pp WHERE id = %s", (4000 + i,)).fetchone()
+        out("read your write", r[0])
+        route("read your write", r[1])
+
+# Autocommit reads through the proxy: a session balanced to the standby reads there, with
+# server-side binding and prepared statements.
+time.sleep(0.5)
+for _ in range(60):
+    conn = connect(autocommit=True)
+    if not proxied or conn.execute("SELECT inet_server_port()").fetchone()[0] == standby:
+        break
+    conn.close()
+for _ in range(50):
+    r = conn.execute("SELECT count(*), inet_server_port() FROM pp WHERE name LIKE %s", ("ryw%",), prepare=True).fetchone()
+    if not proxied or (r[0] == 10 and r[1] == standby):
+        break
+    time.sleep(0.1)
+out("standby read", r[0])
+route("standby read", r[1])
+conn.close()
+out("done")
