@@ -744,3 +744,82 @@ fn switchover_under_load_loses_no_committed_row_and_back_again_with_pcp() {
         "node 5 is not configured",
     );
 }
+
+#[test]
+fn synchronous_mode_loses_no_acknowledged_row_when_the_primary_is_killed_again_and_again() {
+    let c = Cluster::up_with(3, &["--synchronous"]);
+    c.psql_proxy("test", "CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    let sync_is = |want: u64| {
+        wait_cluster(
+            &c,
+            Duration::from_secs(30),
+            &format!("node {want} synchronous"),
+            |s| {
+                s["sync_standbys"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == 1 && a[0] == want)
+            },
+        )
+    };
+    sync_is(1);
+    assert_eq!(
+        c.psql(0, "postgres", "SHOW synchronous_standby_names")
+            .unwrap()
+            .trim(),
+        "\"node1\""
+    );
+    let pm0 = postmaster_pid(&c, 0);
+    let (acked, blocked) = block(async {
+        let w = Writer::start(&c);
+        wait_acks(&w, 100).await;
+        // First failure: only node 1, the synchronous standby, may be promoted.
+        nix::sys::signal::kill(pm0, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let took = w
+            .first_ack_after(Instant::now(), Duration::from_secs(30))
+            .await;
+        eprintln!("synchronous mode, first kill: writes back after {took:?}");
+        sync(|| {
+            wait_cluster(&c, Duration::from_secs(10), "node 1 promoted", |s| {
+                s["primary"] == 1
+            })
+        });
+        // Node 2 follows and becomes the synchronous standby.
+        sync(|| sync_is(2));
+        let n = w.acked_count();
+        wait_acks(&w, n + 100).await;
+        // Second failure.
+        let pm1 = sync(|| postmaster_pid(&c, 1));
+        nix::sys::signal::kill(pm1, nix::sys::signal::Signal::SIGKILL).unwrap();
+        sync(|| {
+            wait_cluster(&c, Duration::from_secs(15), "node 2 promoted", |s| {
+                s["primary"] == 2
+            })
+        });
+        // No standby is left: with sync_fallback = "block", commits wait.
+        let before = w.acked_count();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let blocked = w.acked_count() - before;
+        (w.stop().await, blocked)
+    });
+    let missing = missing_rows(&c, 2, &acked);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged rows lost: {:?}…\nevents:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        events_text(&c)
+    );
+    assert!(acked.len() >= 200);
+    assert!(
+        blocked <= 1,
+        "{blocked} commits were acknowledged with no standby to confirm them"
+    );
+    assert_eq!(
+        c.psql(2, "postgres", "SHOW synchronous_standby_names")
+            .unwrap()
+            .trim(),
+        "\"pgwarden_no_synchronous_standby\"",
+        "commits on the last node wait for a standby"
+    );
+}

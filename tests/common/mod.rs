@@ -84,6 +84,11 @@ pub struct Cluster {
 impl Cluster {
     /// Builds and starts a cluster of `nodes` nodes; panics (with the logs) if it cannot.
     pub fn up(nodes: u16) -> Cluster {
+        Self::up_with(nodes, &[])
+    }
+
+    /// A cluster built with extra `pgwarden sandbox up` flags (`--synchronous`).
+    pub fn up_with(nodes: u16, extra: &[&str]) -> Cluster {
         let tmp = temp_dir();
         let dir = tmp.path().join("sandbox");
         let mut last = String::new();
@@ -100,6 +105,7 @@ impl Cluster {
                 &base.to_string(),
                 "--no-fsync",
             ])
+            .args(extra)
             .output()
             .expect("run pgwarden");
             if out.status.success() {

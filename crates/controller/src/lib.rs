@@ -753,7 +753,30 @@ async fn failover(
         );
     }
 
-    // 4. Promote.
+    // 4. Promote. In synchronous mode the new primary first gets a synchronous_standby_names
+    // that makes its first commits wait (or not, with the async fallback) until a standby is
+    // designated: no commit is acknowledged unconfirmed in between.
+    if inner.cfg.synchronous {
+        let names = match inner.cfg.sync_fallback {
+            pgwarden_core::config::SyncFallback::Block => BLOCK_NAME,
+            pgwarden_core::config::SyncFallback::Async => "",
+        };
+        if let Some(t) = m.target(chosen) {
+            for sql in [
+                format!(
+                    "ALTER SYSTEM SET synchronous_standby_names = {}",
+                    sql_literal(names)
+                ),
+                "SELECT pg_reload_conf()".to_string(),
+            ] {
+                sql_one(&t, &sql).await.map_err(|e| OpError::Failed {
+                    step: format!("setting synchronous_standby_names on node {chosen}"),
+                    reason: e,
+                })?;
+            }
+            *inner.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = Some(names.to_string());
+        }
+    }
     promote_node(inner, &new_backend).await?;
     m.set_primary(
         Some(chosen),
@@ -766,7 +789,6 @@ async fn failover(
     if !m.cluster().sync_standbys.is_empty() {
         // It was the synchronous standby; the next one is chosen once a standby streams.
         m.set_sync_standbys(Vec::new(), &format!("node {chosen} is now the primary"))?;
-        *inner.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
     // Writes flow once the monitor has seen the node as a primary: look now.
     let mut routes = m.routes();
