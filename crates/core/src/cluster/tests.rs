@@ -32,7 +32,8 @@ fn state(primary: Option<u32>, generation: u64) -> ClusterState {
 fn decisions() {
     let p = Some(false);
     let s = Some(true);
-    let cases: Vec<(&str, ClusterState, Vec<NodeFacts>, bool, Decision)> = vec![
+    type Case = (&'static str, ClusterState, Vec<NodeFacts>, bool, Decision);
+    let cases: Vec<Case> = vec![
         (
             "healthy cluster",
             state(Some(0), 1),
@@ -152,7 +153,13 @@ fn candidate_choice() {
     disallowed.failover = FailoverFlag::Disallow;
     let mut prio = n(4, S::Up, L::Up, s, 90);
     prio.priority = 5;
-    let cases: Vec<(&str, Vec<NodeFacts>, Option<Vec<u32>>, Result<u32, ()>)> = vec![
+    type Case = (
+        &'static str,
+        Vec<NodeFacts>,
+        Option<Vec<u32>>,
+        Result<u32, ()>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "most WAL wins",
             vec![n(1, S::Up, L::Up, s, 90), n(2, S::Up, L::Up, s, 95)],
