@@ -823,3 +823,63 @@ fn synchronous_mode_loses_no_acknowledged_row_when_the_primary_is_killed_again_a
         "commits on the last node wait for a standby"
     );
 }
+
+#[test]
+fn pgpool_hook_commands_run_with_pgpools_placeholders() {
+    let c = Cluster::up(3);
+    let out = c.dir.join("hooks.out");
+    let cfg = std::fs::read_to_string(c.config()).unwrap();
+    let cfg = cfg.replacen(
+        "auto = true\n",
+        &format!(
+            "auto = true\nfailover_command = \"echo failover %d %h %p %m %H %r %M %P %N %S %% >> {0}\"\nfollow_primary_command = \"echo follow %d %p %m %r >> {0}\"\n",
+            out.display()
+        ),
+        1,
+    );
+    std::fs::write(c.config(), cfg).unwrap();
+    // The warden restarts with the hooks.
+    let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = common::pgwarden(&["sandbox", "up", "--dir", c.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+    nix::sys::signal::kill(postmaster_pid(&c, 0), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let s = wait_cluster(&c, Duration::from_secs(20), "a new primary", |s| {
+        s["primary"].as_u64().is_some_and(|p| p != 0)
+    });
+    let new = s["primary"].as_u64().unwrap() as u16;
+    let other = (1..3).find(|i| *i != new).unwrap();
+    let start = Instant::now();
+    let text = loop {
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        if t.lines().count() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (p0, pn, po) = (c.node_port(0), c.node_port(new), c.node_port(other));
+    assert!(
+        text.contains(&format!(
+            "failover 0 127.0.0.1 {p0} {new} 127.0.0.1 {pn} 0 0 127.0.0.1 {p0} %\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("follow {other} {po} {new} {pn}\n")),
+        "{text}"
+    );
+    let ev = events_text(&c);
+    assert!(ev.contains("failover_command: `echo failover 0"), "{ev}");
+}
