@@ -81,7 +81,18 @@ pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
     if let Some(pw) = &target.password {
         cfg.password(pw.expose());
     }
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+    // The connect timeout bounds the whole connection, startup and authentication included: a
+    // hung server accepts TCP connections (the kernel does) but never answers the startup.
+    let connected = tokio::time::timeout(target.connect_timeout, cfg.connect(NoTls))
+        .await
+        .map_err(|_| ProbeError::Connect {
+            addr: addr.clone(),
+            reason: format!(
+                "no answer to the connection within {} ms (connect_timeout)",
+                target.connect_timeout.as_millis()
+            ),
+        })?;
+    let (client, connection) = connected.map_err(|e| {
         let busy = e
             .as_db_error()
             .is_some_and(|d| matches!(d.code().code(), "53300" | "53400"));
@@ -183,10 +194,19 @@ pub async fn run_sql(
     if let Some(pw) = &target.password {
         cfg.password(pw.expose());
     }
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| ProbeError::Connect {
-        addr: addr.clone(),
-        reason: error_text(&e),
-    })?;
+    let (client, connection) = tokio::time::timeout(target.connect_timeout, cfg.connect(NoTls))
+        .await
+        .map_err(|_| ProbeError::Connect {
+            addr: addr.clone(),
+            reason: format!(
+                "no answer to the connection within {} ms",
+                target.connect_timeout.as_millis()
+            ),
+        })?
+        .map_err(|e| ProbeError::Connect {
+            addr: addr.clone(),
+            reason: error_text(&e),
+        })?;
     let conn_task = tokio::spawn(connection);
     let result = client.simple_query(sql).await;
     drop(client);

@@ -450,13 +450,14 @@ fn warden_config(layout: &Layout, synchronous: bool) -> String {
          [credentials]\n\
          user = \"postgres\"\n\
          password_file = \"pgpass\"\n\n\
-         # Quick checks: a stopped node shows as down within about two seconds.\n\
+         # Quick checks: a stopped node shows as down within about two seconds, a hung one within\n\
+         # about five (two attempts of connect_timeout and the retry delay).\n\
          [health_check]\n\
          period = \"1s\"\n\
          timeout = \"3s\"\n\
          max_retries = 1\n\
          retry_delay = \"500ms\"\n\
-         connect_timeout = \"2s\"\n\n\
+         connect_timeout = \"1500ms\"\n\n\
          # The front door: connect to the proxy port as to PostgreSQL.\n\
          [proxy]\n\
          auth_timeout = \"5s\"\n\n\
