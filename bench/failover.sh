@@ -8,7 +8,7 @@
 #   bench/failover.sh [TRIALS] [PGPOOL_TRIALS]     (defaults 10 and 3; PGPOOL_TRIALS=0 skips pgpool)
 #
 # Needs: root (pgpool_setup runs as postgres), PostgreSQL 15, pgpool2, a release build
-# (cargo build --release --examples). Each pgwarden trial is a fresh `pgwarden sandbox up`
+# (cargo build --release --bins --examples). Each pgwarden trial is a fresh `pgwarden sandbox up`
 # (its settings: health_check period 1 s, timeout 3 s, max_retries 1, retry_delay 0.5 s,
 # connect_timeout 2 s). pgpool is set up once with pgpool_setup's defaults (health_check_period
 # 10, timeout 20, max_retries 3, retry_delay 1, failover_command = its failover.sh, which runs
@@ -17,9 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${1:-10}
 PGPOOL_TRIALS=${2:-3}
+KINDS=${KINDS:-kill hang}
 P=$PWD/target/release/pgwarden
 PROBE=$PWD/target/release/examples/failover_probe
-[ -x "$P" ] && [ -x "$PROBE" ] || cargo build --release --examples -q
+cargo build --release --bins --examples -q
 W=$(mktemp -d /tmp/pgwarden-fobench-XXXXXX)
 chmod 755 "$W"
 BASE=${BENCH_PORT:-42000}
@@ -37,8 +38,15 @@ trap cleanup EXIT
 pids_in() {
     local dir=$1 p
     for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/cwd" 2>/dev/null)" = "$dir" ] && echo "${p#/proc/}"
+        if [ "$(readlink "$p/cwd" 2>/dev/null)" = "$dir" ]; then echo "${p#/proc/}"; fi
     done
+    return 0
+}
+
+# A shell command that stops, when it runs, every process of the server in DIR (the probe's
+# own backend included: the whole host hangs).
+stop_all() {
+    echo "for p in /proc/[0-9]*; do if [ \"\$(readlink \$p/cwd 2>/dev/null)\" = '$1' ]; then kill -STOP \${p#/proc/}; fi; done; true"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -49,7 +57,7 @@ record() { echo "$1 $2 $3" >> "$RESULTS"; echo "  $1 $2 trial: $3 ms"; }
 
 # ---- pgwarden ------------------------------------------------------------------------------
 echo "== pgwarden: $TRIALS trials each"
-for kind in kill hang; do
+for kind in $KINDS; do
     for i in $(seq 1 "$TRIALS"); do
         "$P" sandbox down --dir "$W/sb" --destroy >/dev/null 2>&1 || true
         "$P" sandbox up --dir "$W/sb" --port "$BASE" --no-fsync >/dev/null
@@ -58,7 +66,7 @@ for kind in kill hang; do
         if [ "$kind" = kill ]; then
             CMD="kill -9 $PM"
         else
-            CMD="kill -STOP $(pids_in "$W/sb/data0" | tr '\n' ' ')"
+            CMD=$(stop_all "$W/sb/data0")
         fi
         OUT=$("$PROBE" "$BASE" postgres "$PW" test "$CMD")
         [ "$kind" = hang ] && kill -CONT $(pids_in "$W/sb/data0") 2>/dev/null || true
@@ -73,10 +81,16 @@ if [ "$PGPOOL_TRIALS" -gt 0 ]; then
     echo "== pgpool-II (pgpool_setup defaults): $PGPOOL_TRIALS trials each"
     mkdir -p "$W/pgpool" && chown postgres "$W/pgpool"
     PGPORT=$((BASE + 10)); PGBASE=$((BASE + 20))
-    runuser -u postgres -- bash -c "cd $W/pgpool && PGBIN=/usr/lib/postgresql/15/bin pgpool_setup -m s -n 3 -p $PGPORT -pg $PGBASE" > "$W/pgpool-setup.log" 2>&1
+    # Debian installs pgpool and the pcp tools in /usr/sbin and the samples under
+    # /usr/share/doc; pgpool_setup expects PGPOOL_INSTALL_DIR/bin and PGPOOLDIR/*.sample.
+    mkdir -p "$W/pgpool-install" && ln -s /usr/sbin "$W/pgpool-install/bin"
+    runuser -u postgres -- bash -c "cd $W/pgpool && PGBIN=/usr/lib/postgresql/15/bin PGPOOL_INSTALL_DIR=$W/pgpool-install PGPOOLDIR=/usr/share/doc/pgpool2/examples pgpool_setup -m s -n 3 -p $PGPORT -pg $PGBASE" > "$W/pgpool-setup.log" 2>&1
+    if [ ! -x "$W/pgpool/startall" ]; then
+        echo "pgpool_setup failed:"; tail -20 "$W/pgpool-setup.log"; exit 1
+    fi
     # pgpool_setup leaves everything stopped: keep pristine copies of the data directories.
     for n in 0 1 2; do cp -a "$W/pgpool/data$n" "$W/pristine$n"; done
-    for kind in kill hang; do
+    for kind in $KINDS; do
         for i in $(seq 1 "$PGPOOL_TRIALS"); do
             for n in 0 1 2; do rm -rf "$W/pgpool/data$n"; cp -a "$W/pristine$n" "$W/pgpool/data$n"; done
             rm -f "$W/pgpool/log/pgpool_status"
@@ -89,7 +103,7 @@ if [ "$PGPOOL_TRIALS" -gt 0 ]; then
             if [ "$kind" = kill ]; then
                 CMD="kill -9 $PM"
             else
-                CMD="kill -STOP $(pids_in "$W/pgpool/data0" | tr '\n' ' ')"
+                CMD=$(stop_all "$W/pgpool/data0")
             fi
             OUT=$(runuser -u postgres -- "$PROBE" "$PGPORT" postgres - test "$CMD" || true)
             [ "$kind" = hang ] && kill -CONT $(pids_in "$W/pgpool/data0") 2>/dev/null || true

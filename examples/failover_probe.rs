@@ -1,7 +1,10 @@
 //! One failover trial for `bench/failover.sh`: writes through a PostgreSQL front door (pgwarden
-//! or pgpool-II), runs a command that breaks the primary, and reports how long it took until a
-//! write succeeded again after the first failure. Reconnects as an application would; every
-//! connect and statement is bounded, so a hung server costs a timeout, not the trial.
+//! or pgpool-II), runs a command that breaks the primary, and reports how long after it writes
+//! worked again: the completion of the first successful write after a failure, or of a write
+//! that was held up (took more than 500 ms) and then succeeded — pgwarden holds writes while
+//! it fails over, so a client may see no error at all. Reconnects as an application would;
+//! every connect is bounded, and a statement gets 60 s, so a hung server costs a timeout, not
+//! the trial.
 //!
 //! cargo run --release --example failover_probe -- PORT USER PASSWORD|- DATABASE 'KILL COMMAND'
 //! prints: {"ms": 1234, "errors": 3} (or {"ms": null, …} when writes never came back)
@@ -80,9 +83,14 @@ async fn main() {
             }
         }
         let Some(c) = client.as_ref() else { continue };
-        match tokio::time::timeout(Duration::from_secs(3), c.execute(insert, &[])).await {
-            Ok(Ok(_)) if errors > 0 => {
+        let started = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(60), c.execute(insert, &[])).await {
+            Ok(Ok(_)) if errors > 0 || started.elapsed() > Duration::from_millis(500) => {
                 ms = Some(t0.elapsed().as_millis());
+                break;
+            }
+            Ok(Ok(_)) if t0.elapsed() > Duration::from_secs(60) => {
+                // Writes never stopped: nothing to measure.
                 break;
             }
             Ok(Ok(_)) => {}

@@ -108,6 +108,8 @@ fn node_pids(c: &Cluster, id: u16) -> Vec<nix::unistd::Pid> {
 struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+    /// Acknowledged writes that were held up (more than 500 ms): their completion time.
+    stalled: Arc<Mutex<Vec<Instant>>>,
     errors: Arc<AtomicU64>,
     /// When each failed attempt ended.
     failed_at: Arc<Mutex<Vec<Instant>>>,
@@ -120,6 +122,8 @@ impl Writer {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(AtomicU64::new(0));
         let failed_at = Arc::new(Mutex::new(Vec::new()));
+        let stalled = Arc::new(Mutex::new(Vec::new()));
+        let st = stalled.clone();
         let (port, password) = (c.proxy_port(), c.password());
         let (s, a, e, f) = (
             stop.clone(),
@@ -159,13 +163,19 @@ impl Writer {
                 }
                 let Some(cl) = client.as_ref() else { continue };
                 id += 1;
+                let started = Instant::now();
                 let r = tokio::time::timeout(
                     Duration::from_secs(10),
                     cl.execute("INSERT INTO acked (id) VALUES ($1)", &[&id]),
                 )
                 .await;
                 match r {
-                    Ok(Ok(_)) => a.lock().unwrap().push((id, Instant::now())),
+                    Ok(Ok(_)) => {
+                        if started.elapsed() > Duration::from_millis(500) {
+                            st.lock().unwrap().push(Instant::now());
+                        }
+                        a.lock().unwrap().push((id, Instant::now()))
+                    }
                     other => {
                         let text = match other {
                             Ok(Err(e)) => e
@@ -185,6 +195,7 @@ impl Writer {
         Writer {
             stop,
             acked,
+            stalled,
             errors,
             failed_at,
             task,
@@ -197,10 +208,21 @@ impl Writer {
 
     /// How long after `t` writes worked again: the first acknowledgement after the first
     /// failure that followed `t` (a write in flight at `t` may still have been acknowledged
-    /// by the old primary). Waits up to `limit`.
+    /// by the old primary), or the first write held up by the failover that then succeeded
+    /// (pgwarden holds writes while it fails over). Waits up to `limit`.
     async fn first_ack_after(&self, t: Instant, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
         while start.elapsed() < limit {
+            if let Some(at) = self
+                .stalled
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .find(|s| *s > t)
+            {
+                return Some(at - t);
+            }
             let failed = self
                 .failed_at
                 .lock()
@@ -882,4 +904,54 @@ fn pgpool_hook_commands_run_with_pgpools_placeholders() {
     );
     let ev = events_text(&c);
     assert!(ev.contains("failover_command: `echo failover 0"), "{ev}");
+}
+
+#[test]
+fn primary_stopped_immediately_under_write_load_fails_over() {
+    let c = Cluster::up(2);
+    c.psql_proxy("test", "CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    let acked = block(async {
+        let w = Writer::start(&c);
+        wait_acks(&w, 50).await;
+        let stopped_at = Instant::now();
+        sync(|| c.pg_ctl(0, &["stop", "-m", "immediate"]));
+        let took = w
+            .first_ack_after(stopped_at, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "writes never came back; events:\n{}",
+                    sync(|| events_text(&c))
+                )
+            });
+        eprintln!("primary stopped (pg_ctl stop -m immediate): writes back after {took:?}");
+        let n = w.acked_count();
+        wait_acks(&w, n + 50).await;
+        w.stop().await
+    });
+    let s = cluster_state(&c);
+    assert_eq!(s["primary"], 1);
+    assert_eq!(c.nodes()[0]["status"], "down");
+    let last = *acked.last().unwrap();
+    assert_eq!(
+        c.psql(
+            1,
+            "test",
+            &format!("SELECT count(*) FROM acked WHERE id = {last}")
+        )
+        .unwrap()
+        .trim(),
+        "1"
+    );
+    // Started again by hand, it stays out.
+    c.start_node(0);
+    c.wait_node(0, Duration::from_secs(15), "answers", |n| {
+        n["pg_status"] == "up"
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.nodes()[0]["status"], "down");
+    c.psql_proxy("test", "INSERT INTO acked VALUES (-1)")
+        .unwrap();
+    assert_eq!(client_backends(&c, 0), 0);
 }
