@@ -96,7 +96,7 @@ if [ "$PGPOOL_TRIALS" -gt 0 ]; then
             rm -f "$W/pgpool/log/pgpool_status"
             runuser -u postgres -- bash -c "cd $W/pgpool && ./startall" > /dev/null 2>&1
             for _ in $(seq 1 100); do
-                runuser -u postgres -- psql -h 127.0.0.1 -p "$PGPORT" -d test -Atc 'SELECT 1' >/dev/null 2>&1 && break
+                runuser -u postgres -- psql -h 127.0.0.1 -p "$PGPORT" -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
                 sleep 0.2
             done
             PM=$(head -1 "$W/pgpool/data0/postmaster.pid")
@@ -105,7 +105,7 @@ if [ "$PGPOOL_TRIALS" -gt 0 ]; then
             else
                 CMD=$(stop_all "$W/pgpool/data0")
             fi
-            OUT=$(runuser -u postgres -- "$PROBE" "$PGPORT" postgres - test "$CMD" || true)
+            OUT=$(runuser -u postgres -- "$PROBE" "$PGPORT" postgres - postgres "$CMD" || true)
             [ "$kind" = hang ] && kill -CONT $(pids_in "$W/pgpool/data0") 2>/dev/null || true
             MS=$(echo "$OUT" | sed -n 's/.*"ms": \([0-9]*\).*/\1/p')
             record pgpool "$kind" "${MS:-timeout}"

@@ -17,6 +17,8 @@ ensure_deps() {
     compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || missing+=(libclang-dev)
     # A Python driver for the end-to-end tests (libpq-based psycopg2, from Debian).
     /usr/bin/python3 -c "import psycopg2" 2>/dev/null || missing+=(python3-psycopg2)
+    # pgpool-II's stock pcp_* tools: the PCP tests drive pgwarden with them.
+    [ -x /usr/sbin/pcp_node_info ] || missing+=(pgpool2)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing from Debian: ${missing[*]}"
         as_root apt-get update -qq

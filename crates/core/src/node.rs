@@ -354,6 +354,40 @@ pub struct NodeView {
     pub health_check: HealthStats,
 }
 
+/// One row of pgpool's health-check statistics (`SHOW POOL_HEALTH_CHECK_STATS`,
+/// `pcp_health_check_stats`): its 20 fields, with the status and role names and the time
+/// format of the caller (the two differ in small ways).
+pub fn health_check_row(
+    v: &NodeView,
+    status: &str,
+    role: &str,
+    time: &dyn Fn(Option<DateTime<Utc>>) -> String,
+) -> [String; 20] {
+    let h = &v.health_check;
+    [
+        v.id.to_string(),
+        v.host.clone(),
+        v.port.to_string(),
+        status.to_string(),
+        role.to_string(),
+        time(Some(v.last_status_change)),
+        h.total_count.to_string(),
+        h.success_count.to_string(),
+        h.fail_count.to_string(),
+        h.skip_count.to_string(),
+        h.retry_count.to_string(),
+        format!("{:.6}", h.average_retry_count),
+        h.max_retry_count.to_string(),
+        h.max_duration_ms.unwrap_or(0).to_string(),
+        h.min_duration_ms.unwrap_or(0).to_string(),
+        format!("{:.6}", h.average_duration_ms),
+        time(h.last_health_check),
+        time(h.last_successful_health_check),
+        time(h.last_skip_health_check),
+        time(h.last_failed_health_check),
+    ]
+}
+
 /// The observation of a node that answers; `None` while it does not.
 fn live_obs(s: &NodeState) -> Option<&Observation> {
     if s.live == LiveStatus::Up {

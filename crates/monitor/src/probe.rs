@@ -68,21 +68,30 @@ fn error_text(e: &tokio_postgres::Error) -> String {
     text
 }
 
-/// Connects, reads the node's state and disconnects. The caller bounds the total time.
-pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
+/// Connects as `target` says. The connect timeout bounds the whole connection, startup and
+/// authentication included: a hung server accepts TCP connections (the kernel does) but never
+/// answers the startup. A refusal for lack of connection slots is [`ProbeError::Busy`].
+async fn connect(
+    target: &Target,
+    application_name: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    ProbeError,
+> {
     let addr = format!("{}:{}", target.host, target.port);
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&target.host)
         .port(target.port)
         .user(&target.user)
         .dbname(&target.database)
-        .application_name("pgwarden health check")
+        .application_name(application_name)
         .connect_timeout(target.connect_timeout);
     if let Some(pw) = &target.password {
         cfg.password(pw.expose());
     }
-    // The connect timeout bounds the whole connection, startup and authentication included: a
-    // hung server accepts TCP connections (the kernel does) but never answers the startup.
     let connected = tokio::time::timeout(target.connect_timeout, cfg.connect(NoTls))
         .await
         .map_err(|_| ProbeError::Connect {
@@ -92,7 +101,7 @@ pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
                 target.connect_timeout.as_millis()
             ),
         })?;
-    let (client, connection) = connected.map_err(|e| {
+    connected.map_err(|e| {
         let busy = e
             .as_db_error()
             .is_some_and(|d| matches!(d.code().code(), "53300" | "53400"));
@@ -107,7 +116,13 @@ pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
                 reason: error_text(&e),
             }
         }
-    })?;
+    })
+}
+
+/// Connects, reads the node's state and disconnects. The caller bounds the total time.
+pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let (client, connection) = connect(target, "pgwarden health check").await?;
     let conn_task = tokio::spawn(connection);
     let result = client.simple_query(SQL).await;
     drop(client);
@@ -184,29 +199,7 @@ pub async fn run_sql(
     application_name: &str,
 ) -> Result<Vec<Vec<Option<String>>>, ProbeError> {
     let addr = format!("{}:{}", target.host, target.port);
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&target.host)
-        .port(target.port)
-        .user(&target.user)
-        .dbname(&target.database)
-        .application_name(application_name)
-        .connect_timeout(target.connect_timeout);
-    if let Some(pw) = &target.password {
-        cfg.password(pw.expose());
-    }
-    let (client, connection) = tokio::time::timeout(target.connect_timeout, cfg.connect(NoTls))
-        .await
-        .map_err(|_| ProbeError::Connect {
-            addr: addr.clone(),
-            reason: format!(
-                "no answer to the connection within {} ms",
-                target.connect_timeout.as_millis()
-            ),
-        })?
-        .map_err(|e| ProbeError::Connect {
-            addr: addr.clone(),
-            reason: error_text(&e),
-        })?;
+    let (client, connection) = connect(target, application_name).await?;
     let conn_task = tokio::spawn(connection);
     let result = client.simple_query(sql).await;
     drop(client);

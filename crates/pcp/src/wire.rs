@@ -204,29 +204,7 @@ fn local_time(t: Option<DateTime<Utc>>) -> String {
 /// The 20 strings of pgpool's `POOL_HEALTH_CHECK_STATS`, in order. Durations are in
 /// milliseconds, as pgpool's; averages are `%f`.
 pub(crate) fn health_check_fields(v: &NodeView) -> [String; 20] {
-    let h = &v.health_check;
-    [
-        v.id.to_string(),
-        v.host.clone(),
-        v.port.to_string(),
-        v.status.as_str().to_string(),
-        role_name(v.role).to_string(),
-        local_time(Some(v.last_status_change)),
-        h.total_count.to_string(),
-        h.success_count.to_string(),
-        h.fail_count.to_string(),
-        h.skip_count.to_string(),
-        h.retry_count.to_string(),
-        format!("{:.6}", h.average_retry_count),
-        h.max_retry_count.to_string(),
-        h.max_duration_ms.unwrap_or(0).to_string(),
-        h.min_duration_ms.unwrap_or(0).to_string(),
-        format!("{:.6}", h.average_duration_ms),
-        local_time(h.last_health_check),
-        local_time(h.last_successful_health_check),
-        local_time(h.last_skip_health_check),
-        local_time(h.last_failed_health_check),
-    ]
+    pgwarden_core::node::health_check_row(v, v.status.as_str(), role_name(v.role), &local_time)
 }
 
 pub(crate) fn health_check_stats(out: &mut BytesMut, v: &NodeView) {

@@ -117,29 +117,8 @@ pub fn answer(ctx: &Ctx, cmd: Show, lb_node: Option<u32>, out: &mut BytesMut) {
             let rows: Vec<Vec<String>> = views
                 .iter()
                 .map(|v| {
-                    let h = &v.health_check;
-                    vec![
-                        v.id.to_string(),
-                        v.host.clone(),
-                        v.port.to_string(),
-                        status(v).into(),
-                        v.role.as_str().into(),
-                        time(Some(v.last_status_change)),
-                        h.total_count.to_string(),
-                        h.success_count.to_string(),
-                        h.fail_count.to_string(),
-                        h.skip_count.to_string(),
-                        h.retry_count.to_string(),
-                        format!("{:.6}", h.average_retry_count),
-                        h.max_retry_count.to_string(),
-                        h.max_duration_ms.unwrap_or(0).to_string(),
-                        h.min_duration_ms.unwrap_or(0).to_string(),
-                        format!("{:.6}", h.average_duration_ms),
-                        time(h.last_health_check),
-                        time(h.last_successful_health_check),
-                        time(h.last_skip_health_check),
-                        time(h.last_failed_health_check),
-                    ]
+                    pgwarden_core::node::health_check_row(v, status(v), v.role.as_str(), &time)
+                        .to_vec()
                 })
                 .collect();
             table(
