@@ -83,11 +83,24 @@ if [ "$PGPOOL_TRIALS" -gt 0 ]; then
     PGPORT=$((BASE + 10)); PGBASE=$((BASE + 20))
     # Debian installs pgpool and the pcp tools in /usr/sbin and the samples under
     # /usr/share/doc; pgpool_setup expects PGPOOL_INSTALL_DIR/bin and PGPOOLDIR/*.sample.
-    mkdir -p "$W/pgpool-install" && ln -s /usr/sbin "$W/pgpool-install/bin"
+    mkdir -p "$W/pgpool-install"
+    ln -s /usr/sbin "$W/pgpool-install/bin"; ln -s /usr/sbin "$W/pgpool-install/sbin"
     runuser -u postgres -- bash -c "cd $W/pgpool && PGBIN=/usr/lib/postgresql/15/bin PGPOOL_INSTALL_DIR=$W/pgpool-install PGPOOLDIR=/usr/share/doc/pgpool2/examples pgpool_setup -m s -n 3 -p $PGPORT -pg $PGBASE" > "$W/pgpool-setup.log" 2>&1
     if [ ! -x "$W/pgpool/startall" ]; then
         echo "pgpool_setup failed:"; tail -20 "$W/pgpool-setup.log"; exit 1
     fi
+    # Debian's pgpool_setup 4.3.5 leaves the "standbys" of a PostgreSQL 15 cluster without
+    # standby.signal: they run as primaries of their own (pg_role primary in SHOW pool_nodes).
+    # Rebuild them as real streaming standbys of data0, keeping their own postgresql.conf.
+    runuser -u postgres -- bash -c "
+        set -e; cd $W/pgpool; B=/usr/lib/postgresql/15/bin
+        \$B/pg_ctl -w -D data0 start -l log/rebuild.log >/dev/null
+        for n in 1 2; do
+            cp data\$n/postgresql.conf conf\$n.saved; rm -rf data\$n
+            \$B/pg_basebackup -h 127.0.0.1 -p $PGBASE -D data\$n -X stream -R -c fast
+            cp conf\$n.saved data\$n/postgresql.conf
+        done
+        \$B/pg_ctl -w -D data0 stop >/dev/null" >> "$W/pgpool-setup.log" 2>&1 || { echo "rebuilding the standbys failed:"; tail -20 "$W/pgpool-setup.log"; exit 1; }
     # pgpool_setup leaves everything stopped: keep pristine copies of the data directories.
     for n in 0 1 2; do cp -a "$W/pgpool/data$n" "$W/pristine$n"; done
     for kind in $KINDS; do
