@@ -273,6 +273,80 @@ fn session_state_behaves_as_on_one_server() {
 }
 
 #[test]
+fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
+    let c = Cluster::up(3);
+    block(async {
+        // A session that reads from node 1.
+        let client = standby_session(&c).await;
+        // tokio-postgres sends these with Parse/Bind/Execute (a named statement).
+        client
+            .execute("SET application_name = 'ext-set'", &[])
+            .await
+            .unwrap();
+        client
+            .execute("SET search_path = pg_catalog, public", &[])
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            let row = client
+                .query_one(
+                    "SELECT inet_server_port(), current_setting('application_name'), current_setting('search_path')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                port_of(&row, 0),
+                c.node_port(1),
+                "reads stay on the standby"
+            );
+            assert_eq!(row.get::<_, String>(1), "ext-set");
+            assert_eq!(row.get::<_, String>(2), "pg_catalog, public");
+        }
+        // RESET is replayed as well, and the primary has the setting too.
+        client.execute("RESET application_name", &[]).await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT inet_server_port(), current_setting('application_name')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(port_of(&row, 0), c.node_port(1));
+        assert_eq!(row.get::<_, String>(1), "");
+        client
+            .batch_execute("CREATE TEMP TABLE t (a int)")
+            .await
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT inet_server_port(), current_setting('search_path')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            port_of(&row, 0),
+            c.node_port(0),
+            "temp table: pinned to the primary"
+        );
+        assert_eq!(row.get::<_, String>(1), "pg_catalog, public");
+        // SET LOCAL belongs to its transaction: not replayed.
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .execute("SET LOCAL statement_timeout = '7s'", &[])
+            .await
+            .unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+        let row = client
+            .query_one("SELECT current_setting('statement_timeout')", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "0");
+    });
+}
+
+#[test]
 fn prepared_statements_never_go_missing() {
     let c = Cluster::up(3);
     c.psql_proxy("test", "CREATE TABLE ps (id int)").unwrap();

@@ -383,7 +383,8 @@ impl Session {
         let readable =
             matches!(class, Class::Read | Class::Begin { read_only: true }) && !self.sticky;
         if !readable {
-            if !matches!(class, Class::Read) {
+            if !matches!(class, Class::Read | Class::Session) {
+                // A setting writes no data: the session need not wait for standbys after it.
                 self.dirty = true;
             }
             return match table.primary {
@@ -549,6 +550,11 @@ impl Session {
         let mut closes: Vec<String> = Vec::new();
         let mut parses: Vec<(String, Bytes, Class)> = Vec::new();
         let mut any_statement = false;
+        // Session state set with SET / RESET through the extended protocol is replayed on
+        // every connection, as with a simple query; other session state pins the session.
+        let mut pins = false;
+        let mut unnamed_sql: Option<String> = None;
+        let mut replay: Vec<String> = Vec::new();
         for f in &frames {
             match f.tag {
                 b'P' => {
@@ -556,8 +562,10 @@ impl Session {
                     let c = classify(p.query, &*functions).class;
                     class = combine(class, c);
                     any_statement = true;
+                    pins |= c == Class::Sticky || (c == Class::Session && !is_setting(p.query));
                     if p.name.is_empty() {
                         parsed_unnamed = true;
+                        unnamed_sql = Some(p.query.to_string());
                     } else {
                         parses.push((p.name.to_string(), f.bytes.clone(), c));
                     }
@@ -565,13 +573,31 @@ impl Session {
                 b'B' => {
                     let (_, stmt) = msg::bind_names(f.body())?;
                     any_statement = true;
-                    if stmt.is_empty() {
+                    let (c, parse) = if stmt.is_empty() {
                         binds_unnamed_without_parse |= !parsed_unnamed;
+                        if parsed_unnamed {
+                            // The unnamed statement's class is already in `class`.
+                            (None, unnamed_sql.clone())
+                        } else {
+                            (None, None)
+                        }
                     } else if let Some(s) = self.statements.get(stmt) {
-                        class = combine(class, s.class);
                         needs.push(stmt.to_string());
-                    } else if let Some((_, _, c)) = parses.iter().find(|(n, _, _)| n == stmt) {
-                        class = combine(class, *c);
+                        (
+                            Some(s.class),
+                            Some(s.parse.clone()).and_then(|b| parse_sql(&b)),
+                        )
+                    } else if let Some((_, b, c)) = parses.iter().find(|(n, _, _)| n == stmt) {
+                        (Some(*c), parse_sql(b))
+                    } else {
+                        (None, None)
+                    };
+                    if let Some(c) = c {
+                        class = combine(class, c);
+                        pins |= c == Class::Sticky;
+                    }
+                    if let Some(sql) = parse.filter(|q| is_setting(q)) {
+                        replay.push(sql);
                     }
                 }
                 b'D' | b'C' => {
@@ -588,9 +614,13 @@ impl Session {
                 _ => {}
             }
         }
-        if matches!(class, Class::Session | Class::Sticky) {
-            // Session state set through the extended protocol stays where it was set.
+        if pins || (class == Class::Session && self.tx_node.is_some() && !replay.is_empty()) {
+            // Session state that cannot be replayed stays where it was set.
             self.sticky = true;
+        }
+        if self.tx_node.is_some() {
+            // A SET inside a transaction is the transaction's (it may be rolled back).
+            replay.clear();
         }
         if !any_statement
             && self.open_until_sync.is_none()
@@ -615,7 +645,9 @@ impl Session {
                 .or(self.inflight.map(|i| i.0))
             {
                 Some(n) => n,
-                None => self.route(Class::Write).await?,
+                // The primary, but nothing is written: the session's reads need not wait
+                // for the standbys (Class::Session does not mark it dirty).
+                None => self.route(Class::Session).await?,
             }
         } else {
             self.route(class).await?
@@ -667,6 +699,14 @@ impl Session {
         }
         self.send(target, bytes, syncs).await?;
         self.open_until_sync = if syncs == 0 { Some(target) } else { None };
+        for sql in replay {
+            let mut q = BytesMut::new();
+            msg::frontend::query(&mut q, &sql);
+            self.settings.push(q.freeze());
+            if let Some(c) = self.conns.get_mut(&target) {
+                c.applied = self.settings.len();
+            }
+        }
         Ok(())
     }
 
@@ -1196,6 +1236,34 @@ fn capacity(e: &PoolError) -> bool {
         }
         PoolError::Backend(_) => false,
     }
+}
+
+/// SET or RESET (not SET LOCAL / SET TRANSACTION / SET CONSTRAINTS, which belong to a
+/// transaction): a setting the session keeps, which can be replayed on another connection.
+fn is_setting(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(2)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    match words.first().map(String::as_str) {
+        Some("RESET") => !sql.contains(';'),
+        Some("SET") => {
+            !sql.contains(';')
+                && !matches!(
+                    words.get(1).map(String::as_str),
+                    Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS" | "SESSION")
+                )
+        }
+        _ => false,
+    }
+}
+
+/// The query text of a Parse message (whole frame, tag and length included).
+fn parse_sql(frame: &Bytes) -> Option<String> {
+    msg::parse(frame.get(5..)?)
+        .ok()
+        .map(|p| p.query.to_string())
 }
 
 fn mask_has(mask: u64, node: u32) -> bool {
