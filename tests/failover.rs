@@ -561,6 +561,39 @@ fn operations_by_hand_through_the_cli_and_pgpools_tools() {
         out(&o)
     );
 
+    // The other commands, against the real warden.
+    let o = pcp(&c, "pcp_health_check_stats", &["-n", "1"]);
+    let line = common::stdout(&o);
+    assert!(
+        line.starts_with(&format!("1 127.0.0.1 {} up standby ", c.node_port(1))),
+        "{}",
+        out(&o)
+    );
+    let o = pcp(&c, "pcp_pool_status", &[]);
+    assert!(
+        common::stdout(&o).contains(&format!("value: {}", c.node_port(2))),
+        "{}",
+        out(&o)
+    );
+    let o = pcp(&c, "pcp_watchdog_info", &[]);
+    assert!(
+        common::stderr(&o).contains("watchdog is not enabled"),
+        "{}",
+        out(&o)
+    );
+    let o = pcp(&c, "pcp_recovery_node", &["-n", "1"]);
+    assert!(
+        common::stderr(&o).contains("online recovery of node 1 is not available"),
+        "{}",
+        out(&o)
+    );
+    let o = pcp(&c, "pcp_reload_config", &[]);
+    assert!(
+        common::stdout(&o).contains("Command Successful"),
+        "{}",
+        out(&o)
+    );
+
     // A wrong password is refused, and nothing changes.
     let bad = c.dir.join("pcppass.bad");
     std::fs::write(&bad, "*:*:postgres:wrong\n").unwrap();
