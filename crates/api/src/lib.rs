@@ -225,22 +225,32 @@ impl Client {
         Ok(Client { base, http })
     }
 
+    /// Sends a request; the status and body of the answer.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<(reqwest::StatusCode, String), ClientError> {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: error_chain(&e),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(unreachable)?;
+        Ok((status, body))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(url: String, body: &str) -> Result<T, ClientError> {
+        serde_json::from_str(body).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: error_chain(&e),
-            })?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let (status, body) = self.exchange(self.http.get(&url), &url).await?;
         if !status.is_success() {
             return Err(ClientError::Status {
                 url,
@@ -248,10 +258,7 @@ impl Client {
                 body,
             });
         }
-        serde_json::from_str(&body).map_err(|e| ClientError::Decode {
-            url,
-            reason: e.to_string(),
-        })
+        Self::decode(url, &body)
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
@@ -279,26 +286,11 @@ impl Client {
             NodeOp::Switchover => format!("/v1/nodes/{id}/switchover"),
         };
         let url = format!("{}{}", self.base, path);
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(600))
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: error_chain(&e),
-            })?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: error_chain(&e),
-        })?;
+        // A switchover or a failover by hand may take a while.
+        let req = self.http.post(&url).timeout(Duration::from_secs(600));
+        let (status, body) = self.exchange(req, &url).await?;
         if status.is_success() {
-            return serde_json::from_str(&body).map_err(|e| ClientError::Decode {
-                url,
-                reason: e.to_string(),
-            });
+            return Self::decode(url, &body);
         }
         let text = serde_json::from_str::<serde_json::Value>(&body)
             .ok()

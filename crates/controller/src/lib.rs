@@ -284,12 +284,65 @@ impl ControllerHandle {
     }
 }
 
-async fn sql_one(target: &pgwarden_monitor::Target, sql: &str) -> Result<Option<String>, String> {
+/// The first row of `sql` on `target` (empty when there is none), within 10 s.
+async fn sql_row(
+    target: &pgwarden_monitor::Target,
+    sql: &str,
+) -> Result<Vec<Option<String>>, String> {
     let rows = timeout(Duration::from_secs(10), run_sql(target, sql, APP))
         .await
         .map_err(|_| "no answer within 10 s".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(rows.first().and_then(|r| r.first()).cloned().flatten())
+    Ok(rows.into_iter().next().unwrap_or_default())
+}
+
+/// The first column of the first row of `sql` on `target`, within 10 s.
+async fn sql_one(target: &pgwarden_monitor::Target, sql: &str) -> Result<Option<String>, String> {
+    Ok(sql_row(target, sql).await?.into_iter().next().flatten())
+}
+
+/// `ALTER SYSTEM SET name = value` and a reload (it cannot run in one multi-statement query:
+/// ALTER SYSTEM refuses to run inside a transaction block).
+async fn alter_system(
+    target: &pgwarden_monitor::Target,
+    name: &str,
+    value: &str,
+) -> Result<(), String> {
+    sql_one(
+        target,
+        &format!("ALTER SYSTEM SET {name} = {}", sql_literal(value)),
+    )
+    .await?;
+    sql_one(target, "SELECT pg_reload_conf()").await?;
+    Ok(())
+}
+
+/// A physical replication slot named `slot` on `target`, created unless it exists.
+async fn ensure_slot(target: &pgwarden_monitor::Target, slot: &str) -> Result<(), String> {
+    sql_one(
+        target,
+        &format!(
+            "SELECT pg_create_physical_replication_slot({0}) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {0})",
+            sql_literal(slot)
+        ),
+    )
+    .await
+    .map(drop)
+}
+
+/// Waits (up to 10 s) until the route table sends writes to `id`: the monitor must have seen
+/// it answer as a primary. It is checked at once rather than at its next period.
+async fn wait_routed(m: &MonitorHandle, id: u32) {
+    let mut routes = m.routes();
+    m.suspect(id);
+    let _ = timeout(Duration::from_secs(10), async {
+        while routes.borrow_and_update().primary != Some(id) {
+            if routes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<String, OpError> {
@@ -400,16 +453,7 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
         return Err(undo_switchover(inner, old, e).await);
     }
     m.set_primary(Some(new.id), false, "switchover: promoted")?;
-    let mut routes = m.routes();
-    m.suspect(new.id);
-    let _ = timeout(Duration::from_secs(10), async {
-        while routes.borrow_and_update().primary != Some(new.id) {
-            if routes.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
+    wait_routed(m, new.id).await;
     let pause = started.elapsed();
     m.event(
         "switchover",
@@ -440,11 +484,7 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
     }
     let rejoin = async {
         let slot = local::slot_name(old);
-        let create = format!(
-            "SELECT pg_create_physical_replication_slot({0}) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {0})",
-            sql_literal(&slot)
-        );
-        sql_one(&new_t, &create).await?;
+        ensure_slot(&new_t, &slot).await?;
         let conninfo = pgwarden_core::cluster::conninfo_set(
             &repoint_conninfo(&new_conninfo, &new.host, new.port),
             "application_name",
@@ -558,15 +598,7 @@ async fn sync_step(inner: &Inner) -> Result<(), String> {
     let apply = |names: String| {
         let pt = pt.clone();
         async move {
-            for sql in [
-                format!(
-                    "ALTER SYSTEM SET synchronous_standby_names = {}",
-                    sql_literal(&names)
-                ),
-                "SELECT pg_reload_conf()".to_string(),
-            ] {
-                sql_one(&pt, &sql).await?;
-            }
+            alter_system(&pt, "synchronous_standby_names", &names).await?;
             Ok::<String, String>(names)
         }
     };
@@ -762,18 +794,12 @@ async fn failover(
             pgwarden_core::config::SyncFallback::Async => "",
         };
         if let Some(t) = m.target(chosen) {
-            for sql in [
-                format!(
-                    "ALTER SYSTEM SET synchronous_standby_names = {}",
-                    sql_literal(names)
-                ),
-                "SELECT pg_reload_conf()".to_string(),
-            ] {
-                sql_one(&t, &sql).await.map_err(|e| OpError::Failed {
+            alter_system(&t, "synchronous_standby_names", names)
+                .await
+                .map_err(|e| OpError::Failed {
                     step: format!("setting synchronous_standby_names on node {chosen}"),
                     reason: e,
                 })?;
-            }
             *inner.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = Some(names.to_string());
         }
     }
@@ -790,17 +816,7 @@ async fn failover(
         // It was the synchronous standby; the next one is chosen once a standby streams.
         m.set_sync_standbys(Vec::new(), &format!("node {chosen} is now the primary"))?;
     }
-    // Writes flow once the monitor has seen the node as a primary: look now.
-    let mut routes = m.routes();
-    m.suspect(chosen);
-    let _ = timeout(Duration::from_secs(10), async {
-        while routes.borrow_and_update().primary != Some(chosen) {
-            if routes.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
+    wait_routed(m, chosen).await;
     m.event(
         "promote",
         Some(chosen),
@@ -847,11 +863,7 @@ async fn fresh_candidate(m: &MonitorHandle, failed: Option<u32>, synchronous: bo
             Ok(Ok(obs)) => {
                 f.live = LiveStatus::Up;
                 f.in_recovery = Some(obs.in_recovery);
-                f.lsn = if obs.in_recovery {
-                    obs.receive_lsn.max(obs.replay_lsn)
-                } else {
-                    obs.current_lsn
-                };
+                f.lsn = obs.wal_position();
             }
             _ => f.live = LiveStatus::Down,
         }
@@ -867,20 +879,10 @@ async fn promote_node(inner: &Inner, b: &Backend) -> Result<(), OpError> {
         step: step.clone(),
         reason,
     };
-    let in_recovery = timeout(
-        Duration::from_secs(10),
-        run_sql(&target, "SELECT pg_is_in_recovery()", APP),
-    )
-    .await
-    .map_err(|_| failed("no answer within 10 s".into()))?
-    .map_err(|e| failed(e.to_string()))?;
-    if in_recovery
-        .first()
-        .and_then(|r| r.first())
-        .cloned()
-        .flatten()
-        == Some("f".into())
-    {
+    let in_recovery = sql_one(&target, "SELECT pg_is_in_recovery()")
+        .await
+        .map_err(failed)?;
+    if in_recovery.as_deref() == Some("f") {
         m.event(
             "promote",
             Some(b.id),
@@ -964,44 +966,20 @@ async fn follow(
 async fn repoint(m: &MonitorHandle, b: &Backend, new_primary: &Backend) -> Result<(), String> {
     let t = m.target(b.id).ok_or("no target")?;
     let p = m.target(new_primary.id).ok_or("no target")?;
-    let short = Duration::from_secs(10);
-    let rows = timeout(
-        short,
-        run_sql(
-            &t,
-            "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')",
-            APP,
-        ),
+    let row = sql_row(
+        &t,
+        "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')",
     )
-    .await
-    .map_err(|_| "no answer within 10 s".to_string())?
-    .map_err(|e| e.to_string())?;
-    let row = rows.first().ok_or("no settings returned")?;
+    .await?;
     let conninfo = row.first().cloned().flatten().unwrap_or_default();
     let slot = row.get(1).cloned().flatten().unwrap_or_default();
     if !slot.is_empty() {
-        let sql = format!(
-            "SELECT pg_create_physical_replication_slot({0}) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {0})",
-            sql_literal(&slot)
-        );
-        timeout(short, run_sql(&p, &sql, APP))
+        ensure_slot(&p, &slot)
             .await
-            .map_err(|_| "creating the slot: no answer within 10 s".to_string())?
             .map_err(|e| format!("creating slot {slot} on node {}: {e}", new_primary.id))?;
     }
     let new_conninfo = repoint_conninfo(&conninfo, &new_primary.host, new_primary.port);
-    for sql in [
-        format!(
-            "ALTER SYSTEM SET primary_conninfo = {}",
-            sql_literal(&new_conninfo)
-        ),
-        "SELECT pg_reload_conf()".to_string(),
-    ] {
-        timeout(short, run_sql(&t, &sql, APP))
-            .await
-            .map_err(|_| "no answer within 10 s".to_string())?
-            .map_err(|e| e.to_string())?;
-    }
+    alter_system(&t, "primary_conninfo", &new_conninfo).await?;
     m.event(
         "follow",
         Some(b.id),

@@ -110,6 +110,16 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// How far this node's WAL goes: a primary's current position, a standby's received (or,
+    /// if further, replayed) position. What a failover compares.
+    pub fn wal_position(&self) -> Option<Lsn> {
+        if self.in_recovery {
+            self.receive_lsn.max(self.replay_lsn)
+        } else {
+            self.current_lsn
+        }
+    }
+
     pub fn role(&self) -> Role {
         if self.in_recovery {
             Role::Standby

@@ -16,7 +16,7 @@ use pgwarden_core::cluster::{
 };
 use pgwarden_core::config::{Backend, Config};
 use pgwarden_core::node::{
-    build_views, CheckCycle, CheckError, LiveStatus, NodeState, NodeStatus, NodeView,
+    build_views, CheckCycle, CheckError, LiveStatus, NodeState, NodeStatus, NodeView, Observation,
 };
 use pgwarden_core::passfile::PassFile;
 use pgwarden_core::route::RouteTable;
@@ -218,13 +218,7 @@ impl MonitorHandle {
                     status: n.status,
                     live: n.live,
                     in_recovery: obs.map(|o| o.in_recovery),
-                    lsn: obs.and_then(|o| {
-                        if o.in_recovery {
-                            o.receive_lsn.max(o.replay_lsn)
-                        } else {
-                            o.current_lsn
-                        }
-                    }),
+                    lsn: obs.and_then(Observation::wal_position),
                     timeline: obs.and_then(|o| o.timeline),
                     failover: b.failover,
                     priority: b.priority,

@@ -123,7 +123,7 @@ struct Session {
     /// The nodes this session is blocked reading from or writing to, one bit per node id (ids
     /// from 63 up share bit 63); set by the backend connections themselves, readable while a
     /// message is being handled.
-    held: Arc<AtomicU64>,
+    busy: Arc<AtomicU64>,
 }
 
 pub(crate) async fn run(
@@ -157,7 +157,7 @@ pub(crate) async fn run(
         cancel_for: None,
         last_tx_status: b'I',
         events: Vec::new(),
-        held: Arc::new(AtomicU64::new(0)),
+        busy: Arc::new(AtomicU64::new(0)),
         engaged: None,
     };
     let end = s.main_loop(&mut reader, buf).await;
@@ -173,7 +173,7 @@ impl Session {
     async fn main_loop(&mut self, reader: &mut ClientReader, mut cbuf: BytesMut) -> Result<()> {
         let mut fenced = self.ctx.fenced.clone();
         fenced.borrow_and_update();
-        let busy = self.held.clone();
+        let busy = self.busy.clone();
         loop {
             // Everything complete in the buffer is handled first.
             while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
@@ -340,12 +340,10 @@ impl Session {
         }
     }
 
+    /// Engaged on `node` before its fence is read (the count's increment carries the ordering;
+    /// already engaged there, the controller counts this session anyway).
     fn engage(&mut self, node: u32) {
-        if self.engaged != Some(node) {
-            self.set_engaged(Some(node));
-        } else {
-            std::sync::atomic::fence(Ordering::SeqCst);
-        }
+        self.set_engaged(Some(node));
     }
 
     fn set_engaged(&mut self, node: Option<u32>) {
@@ -826,7 +824,7 @@ impl Session {
                     },
                 );
                 if let Some(c) = self.conns.get_mut(&node) {
-                    c.pooled.backend.busy = Some(self.held.clone());
+                    c.pooled.backend.busy = Some(self.busy.clone());
                 }
                 Ok(())
             }
