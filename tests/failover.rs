@@ -72,6 +72,22 @@ fn events_text(c: &Cluster) -> String {
         .collect()
 }
 
+/// Polls the event history (up to 10 s) until an event says `needle`.
+fn wait_event(c: &Cluster, needle: &str) {
+    let start = Instant::now();
+    loop {
+        let ev = events_text(c);
+        if ev.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no event says {needle:?}:\n{ev}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls until `pred` holds on GET /v1/cluster.
 fn wait_cluster(c: &Cluster, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
@@ -353,11 +369,8 @@ fn primary_killed_under_write_load_fails_over_and_the_old_primary_never_gets_tra
         "follows the new primary",
         |n| n["status"] == "up" && n["replication_state"] == "streaming",
     );
-    let ev = events_text(&c);
-    assert!(
-        ev.contains(&format!("node {other} streams from the new primary")),
-        "{ev}"
-    );
+    // The controller notes it on its own poll, shortly after the monitor sees it.
+    wait_event(&c, &format!("node {other} streams from the new primary"));
 
     // The old primary is started again by hand: it comes back as a primary on the old
     // timeline. It is a false primary and gets nothing.
