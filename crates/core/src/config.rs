@@ -22,6 +22,8 @@ pub mod proxy;
 pub use proxy::{AuthMethod, HbaRule, LoadBalance, ProxyConfig};
 pub mod failover;
 pub use failover::{FailoverConfig, NodeInfoLayout, PcpConfig, SyncFallback};
+pub mod recovery;
+pub use recovery::{AgentConfig, RecoveryConfig};
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +140,8 @@ pub struct Backend {
     pub failover: FailoverFlag,
     /// The `application_name` this node's WAL receiver uses, to find it in `pg_stat_replication`.
     pub application_name: String,
-    /// Address of this node's agent (used by online recovery, later).
+    /// `HOST:PORT` of this node's `pgwarden agent` (online recovery, switchover of a remote
+    /// primary).
     pub agent: Option<String>,
     /// Among standbys with the same WAL position, a failover promotes the highest priority.
     pub priority: u32,
@@ -156,6 +159,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub failover: FailoverConfig,
     pub pcp: PcpConfig,
+    pub agent: AgentConfig,
+    pub recovery: RecoveryConfig,
     /// 1-based line of `credentials.password_file`, for errors found later.
     password_file_line: Option<usize>,
 }
@@ -234,6 +239,10 @@ struct RawConfig {
     failover: failover::RawFailover,
     #[serde(default)]
     pcp: failover::RawPcp,
+    #[serde(default)]
+    agent: recovery::RawAgent,
+    #[serde(default)]
+    recovery: recovery::RawRecovery,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -278,7 +287,7 @@ struct RawBackend {
     #[serde(default)]
     application_name: Option<Spanned<String>>,
     #[serde(default)]
-    agent: Option<String>,
+    agent: Option<Spanned<String>>,
     #[serde(default)]
     priority: Option<u32>,
     #[serde(default)]
@@ -528,6 +537,14 @@ fn validate(raw: RawConfig, file: &Path, lines: &LineIndex) -> Result<Config, Co
         if let Some(prev) = seen_names.insert(application_name.clone(), i) {
             c.push(b.application_name.as_ref().map(|n| n.span()).or(Some(b.id.span())), key("application_name"), format!("{application_name:?} is also backend[{prev}]'s; expected a unique application_name per backend"));
         }
+        if let Some(a) = &b.agent {
+            let ok = a.get_ref().rsplit_once(':').is_some_and(|(h, p)| {
+                !h.trim().is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                c.push(Some(a.span()), key("agent"), format!("{:?} is not an address; expected HOST:PORT of the node's `pgwarden agent`, such as \"10.0.0.5:9901\"", a.get_ref()));
+            }
+        }
         let health_check = match &b.health_check {
             Some(over) => merge_health_check(&mut c, &key("health_check"), &global, over),
             None => global.clone(),
@@ -540,7 +557,7 @@ fn validate(raw: RawConfig, file: &Path, lines: &LineIndex) -> Result<Config, Co
             weight,
             failover: b.failover.unwrap_or_default(),
             application_name,
-            agent: b.agent.clone(),
+            agent: b.agent.as_ref().map(|a| a.get_ref().clone()),
             priority: b.priority.unwrap_or(0),
             health_check,
         });
@@ -549,6 +566,8 @@ fn validate(raw: RawConfig, file: &Path, lines: &LineIndex) -> Result<Config, Co
     let proxy = proxy::validate(raw.proxy, file, &mut c);
     let failover = failover::validate(raw.failover, file, &mut c);
     let pcp = failover::validate_pcp(raw.pcp, file, &mut c);
+    let agent = recovery::validate_agent(raw.agent, file, &mut c);
+    let recovery = recovery::validate(raw.recovery, &mut c);
 
     if c.errors.is_empty() {
         Ok(Config {
@@ -559,6 +578,8 @@ fn validate(raw: RawConfig, file: &Path, lines: &LineIndex) -> Result<Config, Co
             proxy,
             failover,
             pcp,
+            agent,
+            recovery,
             password_file_line,
         })
     } else {

@@ -88,7 +88,7 @@ fn broken_configs_name_file_line_key_and_expectation() {
         (
             "unknown top-level key",
             "helth_check = 1\n".into(),
-            "/etc/pgwarden/pgwarden.toml:1: helth_check: unknown field `helth_check`, expected one of `listen`, `credentials`, `health_check`, `backend`, `proxy`, `failover`, `pcp`",
+            "/etc/pgwarden/pgwarden.toml:1: helth_check: unknown field `helth_check`, expected one of `listen`, `credentials`, `health_check`, `backend`, `proxy`, `failover`, `pcp`, `agent`, `recovery`",
         ),
         (
             "unknown backend key",
@@ -156,6 +156,21 @@ fn broken_configs_name_file_line_key_and_expectation() {
             "/etc/pgwarden/pgwarden.toml:28: backend[1].weight: -1 is not allowed; expected a number ≥ 0 (0 = no reads are balanced to this node)",
         ),
         (
+            "agent address without a port",
+            GOOD.replace("weight = 2.5", "weight = 2.5\nagent = \"db1\""),
+            "/etc/pgwarden/pgwarden.toml:29: backend[1].agent: \"db1\" is not an address; expected HOST:PORT of the node's `pgwarden agent`, such as \"10.0.0.5:9901\"",
+        ),
+        (
+            "recovery_timeout of 0",
+            format!("{GOOD}\n[recovery]\nrecovery_timeout = 0\n"),
+            "LINE: recovery.recovery_timeout: is 0; expected a duration greater than 0 such as \"90s\"",
+        ),
+        (
+            "unknown recovery key",
+            format!("{GOOD}\n[recovery]\nrecovery_first_stage = 'x'\n"),
+            "LINE: recovery.recovery_first_stage: unknown field `recovery_first_stage`, expected one of `recovery_1st_stage_command`, `recovery_2nd_stage_command`, `remote_start_command`, `recovery_timeout`, `client_idle_limit_in_recovery`, `auto`, `auto_max_backoff`",
+        ),
+        (
             "missing credentials",
             "[[backend]]\nid = 0\nport = 5432\ndata_dir = '/d'\n".into(),
             "/etc/pgwarden/pgwarden.toml:1: missing field `credentials`",
@@ -173,6 +188,14 @@ fn broken_configs_name_file_line_key_and_expectation() {
     ];
     let mut wrong = Vec::new();
     for (what, text, want) in cases {
+        // LINE: the last line of the text (a section appended to GOOD).
+        let want = &want.replace(
+            "LINE",
+            &format!(
+                "/etc/pgwarden/pgwarden.toml:{}",
+                text.trim_end().lines().count()
+            ),
+        );
         let got = errors(text);
         if got.len() != 1 || got[0] != *want {
             wrong.push(format!("{what}:\n  want: {want}\n  got:  {got:?}"));
