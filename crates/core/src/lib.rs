@@ -9,6 +9,7 @@ pub mod config;
 pub mod lsn;
 pub mod node;
 pub mod passfile;
+pub mod recovery;
 pub mod route;
 pub mod secret;
 
