@@ -23,7 +23,7 @@ use pgwarden_core::route::RouteTable;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, MissedTickBehavior};
@@ -39,21 +39,35 @@ struct Table {
     sync_standbys: Vec<u32>,
 }
 
+/// What the monitor holds of one configured node besides its state in the table.
+struct Slot {
+    backend: Backend,
+    target: Target,
+    /// Wakes its check loop for an immediate check.
+    wake: Notify,
+    /// Proxy sessions with a unit of work (statement, transaction, COPY) on it.
+    engaged: AtomicUsize,
+}
+
 struct Shared {
-    backends: Vec<Backend>,
-    targets: Vec<Target>,
+    /// The configured nodes, in the order of `Table::nodes`. Replaced (never changed in place)
+    /// when a configuration reload adds nodes, under the table's write lock.
+    slots: RwLock<Arc<Vec<Arc<Slot>>>>,
     table: RwLock<Table>,
     routes: watch::Sender<Arc<RouteTable>>,
     /// Nodes out of service (status down): sessions holding a connection to one drop it.
     fenced: watch::Sender<Arc<Vec<u32>>>,
     /// Bumped after every health check and every decision: the controller's wake-up.
     ticks: watch::Sender<u64>,
-    /// Per backend: wakes its check loop for an immediate check.
-    wake: Vec<Notify>,
     events: Mutex<EventLog>,
     state_file: Option<PathBuf>,
-    /// Per backend: proxy sessions with a unit of work (statement, transaction, COPY) on it.
-    engaged: Vec<AtomicUsize>,
+    /// Check loops of nodes added by a reload (the first ones live in `Monitor`'s JoinSet).
+    added_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// An online recovery's 2nd stage: new client sessions wait; sessions idle longer than
+    /// the limit are closed (`Some(Duration::ZERO)`: none is closed, all are waited for).
+    hold: watch::Sender<Option<Duration>>,
+    /// Client sessions past the hold (logged in, or logging in).
+    sessions: AtomicUsize,
 }
 
 impl Shared {
@@ -65,9 +79,21 @@ impl Shared {
         self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn slots(&self) -> Arc<Vec<Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn slot(&self, id: u32) -> Option<Arc<Slot>> {
+        self.slots().iter().find(|s| s.backend.id == id).cloned()
+    }
+
+    fn backends(&self) -> Vec<Backend> {
+        self.slots().iter().map(|s| s.backend.clone()).collect()
+    }
+
     fn views(&self) -> Vec<NodeView> {
         let t = self.read();
-        build_views(&self.backends, &t.nodes, t.primary)
+        build_views(&self.backends(), &t.nodes, t.primary)
     }
 
     fn cluster(&self, t: &Table) -> ClusterState {
@@ -75,12 +101,12 @@ impl Shared {
             generation: t.generation,
             primary: t.primary,
             nodes: self
-                .backends
+                .slots()
                 .iter()
                 .zip(&t.nodes)
-                .map(|(b, n)| {
+                .map(|(s, n)| {
                     (
-                        b.id,
+                        s.backend.id,
                         NodeRecord {
                             status: n.status,
                             since: n.last_status_change,
@@ -115,7 +141,7 @@ impl Shared {
     fn publish(&self) {
         let (table, fenced) = {
             let t = self.read();
-            let views = build_views(&self.backends, &t.nodes, t.primary);
+            let views = build_views(&self.backends(), &t.nodes, t.primary);
             let fenced: Vec<u32> = views
                 .iter()
                 .filter(|v| v.status == NodeStatus::Down)
@@ -143,7 +169,7 @@ impl Shared {
     }
 
     fn index(&self, id: u32) -> Option<usize> {
-        self.backends.iter().position(|b| b.id == id)
+        self.slots().iter().position(|s| s.backend.id == id)
     }
 }
 
@@ -151,6 +177,21 @@ impl Shared {
 pub struct Monitor {
     handle: MonitorHandle,
     _tasks: JoinSet<()>,
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        for t in self
+            .handle
+            .shared
+            .added_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
 }
 
 /// What other services hold of the monitor: the views, the route table, the node table's
@@ -183,20 +224,87 @@ impl MonitorHandle {
 
     /// A session saw node `id` fail: check it now rather than at the next period.
     pub fn suspect(&self, id: u32) {
-        if let Some(i) = self.shared.index(id) {
-            self.shared.wake[i].notify_one();
+        if let Some(s) = self.shared.slot(id) {
+            s.wake.notify_one();
         }
     }
 
-    pub fn backends(&self) -> &[Backend] {
-        &self.shared.backends
+    /// The configured nodes (a reload may add some).
+    pub fn backends(&self) -> Vec<Backend> {
+        self.shared.backends()
+    }
+
+    /// Node `id`'s configuration.
+    pub fn backend(&self, id: u32) -> Option<Backend> {
+        self.shared.slot(id).map(|s| s.backend.clone())
+    }
+
+    /// Adds the nodes of `config` not known yet (pgpool: a new backend_hostnameN + reload). Each
+    /// starts out of service (down), as a node pgwarden has never seen serve: put it into
+    /// service with `pgwarden node recover` (a new, empty node) or `node attach` (one that
+    /// already streams). Its health checks start at once. Ids already known are skipped.
+    pub fn add_backends(
+        &self,
+        config: &Config,
+        passwords: &PassFile,
+    ) -> Result<Vec<u32>, StoreError> {
+        let added: Vec<(Backend, Target)> = config
+            .backends
+            .iter()
+            .map(|b| (b.clone(), make_target(config, b, passwords)))
+            .collect();
+        let mut ids = Vec::new();
+        let mut new_slots = Vec::new();
+        {
+            let mut t = self.shared.write();
+            let mut slots = (*self.shared.slots()).clone();
+            for (b, target) in added {
+                if slots.iter().any(|s| s.backend.id == b.id) {
+                    continue;
+                }
+                let mut n = NodeState::new(Utc::now());
+                n.status = NodeStatus::Down;
+                n.status_reason = format!(
+                    "added by a configuration reload; rebuild it with `pgwarden node recover {}` or attach it if it already streams",
+                    b.id
+                );
+                t.nodes.push(n);
+                ids.push(b.id);
+                let slot = Arc::new(Slot {
+                    backend: b,
+                    target,
+                    wake: Notify::new(),
+                    engaged: AtomicUsize::new(0),
+                });
+                new_slots.push((slots.len(), slot.clone()));
+                slots.push(slot);
+            }
+            *self.shared.slots.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(slots);
+            self.shared.persist(&t)?;
+        }
+        for (index, slot) in new_slots {
+            self.shared.event(
+                "reload",
+                Some(slot.backend.id),
+                format!(
+                    "node {} ({}:{}) added by a configuration reload; it is out of service until it is recovered or attached",
+                    slot.backend.id, slot.backend.host, slot.backend.port
+                ),
+            );
+            let task = tokio::spawn(check_loop(self.shared.clone(), index, slot));
+            self.shared
+                .added_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task.abort_handle());
+        }
+        self.shared.publish();
+        Ok(ids)
     }
 
     /// How the monitor connects to node `id`, for a check of one's own.
     pub fn target(&self, id: u32) -> Option<Target> {
-        self.shared
-            .index(id)
-            .map(|i| self.shared.targets[i].clone())
+        self.shared.slot(id).map(|s| s.target.clone())
     }
 
     pub fn cluster(&self) -> ClusterState {
@@ -208,10 +316,11 @@ impl MonitorHandle {
     pub fn facts(&self) -> Vec<NodeFacts> {
         let t = self.shared.read();
         self.shared
-            .backends
+            .slots()
             .iter()
             .zip(&t.nodes)
-            .map(|(b, n)| {
+            .map(|(s, n)| {
+                let b = &s.backend;
                 let obs = n.observation.as_ref();
                 NodeFacts {
                     id: b.id,
@@ -309,17 +418,19 @@ impl MonitorHandle {
     /// the old primary: a session engages first and then checks the fence; the controller
     /// fences first and then reads the count (both with sequentially consistent ordering).
     pub fn engage(&self, id: u32) {
-        if let Some(i) = self.shared.index(id) {
-            self.shared.engaged[i].fetch_add(1, Ordering::SeqCst);
+        if let Some(s) = self.shared.slot(id) {
+            s.engaged.fetch_add(1, Ordering::SeqCst);
         }
         std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     pub fn disengage(&self, id: u32) {
-        if let Some(i) = self.shared.index(id) {
-            let _ = self.shared.engaged[i].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                Some(v.saturating_sub(1))
-            });
+        if let Some(s) = self.shared.slot(id) {
+            let _ = s
+                .engaged
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                    Some(v.saturating_sub(1))
+                });
         }
     }
 
@@ -327,8 +438,39 @@ impl MonitorHandle {
     pub fn engaged(&self, id: u32) -> usize {
         std::sync::atomic::fence(Ordering::SeqCst);
         self.shared
-            .index(id)
-            .map_or(0, |i| self.shared.engaged[i].load(Ordering::SeqCst))
+            .slot(id)
+            .map_or(0, |s| s.engaged.load(Ordering::SeqCst))
+    }
+
+    /// Holds new client sessions (an online recovery's 2nd stage), closing the ones idle longer
+    /// than `idle_limit` (zero: none), or releases them (`None`).
+    pub fn set_hold(&self, idle_limit: Option<Duration>) {
+        self.shared.hold.send_replace(idle_limit);
+    }
+
+    /// Whether sessions are held, and the idle limit: what the proxy watches.
+    pub fn hold(&self) -> watch::Receiver<Option<Duration>> {
+        self.shared.hold.subscribe()
+    }
+
+    /// The proxy counts its client sessions here (after any hold), so a 2nd stage knows when
+    /// none is left.
+    pub fn session_started(&self) {
+        self.shared.sessions.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn session_ended(&self) {
+        let _ = self
+            .shared
+            .sessions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(1))
+            });
+    }
+
+    /// Client sessions connected through the proxy now.
+    pub fn sessions(&self) -> usize {
+        self.shared.sessions.load(Ordering::SeqCst)
     }
 
     /// Records the standbys that may hold acknowledged commits (synchronous mode), written to
@@ -418,34 +560,23 @@ impl Monitor {
         let targets: Vec<Target> = config
             .backends
             .iter()
-            .map(|b| {
-                let password = passwords.lookup(
-                    &b.host,
-                    b.port,
-                    &config.credentials.database,
-                    &config.credentials.user,
-                );
-                if password.is_none() {
-                    tracing::warn!(
-                        node = b.id,
-                        file = %config.credentials.password_file.display(),
-                        "no password for {}@{}:{} in the password file; connecting without one",
-                        config.credentials.user, b.host, b.port
-                    );
-                }
-                Target {
-                    host: b.host.clone(),
-                    port: b.port,
-                    user: config.credentials.user.clone(),
-                    database: config.credentials.database.clone(),
-                    password,
-                    connect_timeout: b.health_check.connect_timeout,
-                }
+            .map(|b| make_target(config, b, passwords))
+            .collect();
+        let slots: Vec<Arc<Slot>> = config
+            .backends
+            .iter()
+            .zip(targets)
+            .map(|(b, target)| {
+                Arc::new(Slot {
+                    backend: b.clone(),
+                    target,
+                    wake: Notify::new(),
+                    engaged: AtomicUsize::new(0),
+                })
             })
             .collect();
         let shared = Arc::new(Shared {
-            backends: config.backends.clone(),
-            targets: targets.clone(),
+            slots: RwLock::new(Arc::new(slots.clone())),
             table: RwLock::new(Table {
                 nodes,
                 generation,
@@ -455,14 +586,11 @@ impl Monitor {
             routes: watch::Sender::new(Arc::new(table)),
             fenced: watch::Sender::new(Arc::new(Vec::new())),
             ticks: watch::Sender::new(0),
-            wake: config.backends.iter().map(|_| Notify::new()).collect(),
             events: Mutex::new(EventLog::new(EVENTS_KEPT)),
             state_file,
-            engaged: config
-                .backends
-                .iter()
-                .map(|_| AtomicUsize::new(0))
-                .collect(),
+            added_tasks: Mutex::new(Vec::new()),
+            hold: watch::Sender::new(None),
+            sessions: AtomicUsize::new(0),
         });
         match &saved {
             Some(s) => shared.event(
@@ -488,8 +616,8 @@ impl Monitor {
         }
         shared.publish();
         let mut tasks = JoinSet::new();
-        for (index, target) in targets.into_iter().enumerate() {
-            tasks.spawn(check_loop(shared.clone(), index, target));
+        for (index, slot) in slots.into_iter().enumerate() {
+            tasks.spawn(check_loop(shared.clone(), index, slot));
         }
         Ok(Monitor {
             handle: MonitorHandle { shared },
@@ -510,6 +638,33 @@ impl Monitor {
     pub fn view_fn(&self) -> impl Fn() -> Vec<NodeView> + Send + Sync + 'static {
         let shared = self.handle.shared.clone();
         move || shared.views()
+    }
+}
+
+/// How the monitor connects to backend `b`: the configured user and database, the password
+/// from the password file.
+fn make_target(config: &Config, b: &Backend, passwords: &PassFile) -> Target {
+    let password = passwords.lookup(
+        &b.host,
+        b.port,
+        &config.credentials.database,
+        &config.credentials.user,
+    );
+    if password.is_none() {
+        tracing::warn!(
+            node = b.id,
+            file = %config.credentials.password_file.display(),
+            "no password for {}@{}:{} in the password file; connecting without one",
+            config.credentials.user, b.host, b.port
+        );
+    }
+    Target {
+        host: b.host.clone(),
+        port: b.port,
+        user: config.credentials.user.clone(),
+        database: config.credentials.database.clone(),
+        password,
+        connect_timeout: b.health_check.connect_timeout,
     }
 }
 
@@ -547,22 +702,21 @@ async fn run_cycle(backend: &Backend, target: &Target) -> CheckCycle {
     }
 }
 
-async fn check_loop(shared: Arc<Shared>, index: usize, target: Target) {
-    let backend = &shared.backends[index];
+async fn check_loop(shared: Arc<Shared>, index: usize, slot: Arc<Slot>) {
+    let backend = &slot.backend;
     let mut ticker = tokio::time::interval(backend.health_check.period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shared.wake[index].notified() => {}
+            _ = slot.wake.notified() => {}
         }
-        let cycle = run_cycle(backend, &target).await;
-        apply_cycle(&shared, index, cycle);
+        let cycle = run_cycle(backend, &slot.target).await;
+        apply_cycle(&shared, index, backend, cycle);
     }
 }
 
-fn apply_cycle(shared: &Shared, index: usize, cycle: CheckCycle) {
-    let backend = &shared.backends[index];
+fn apply_cycle(shared: &Shared, index: usize, backend: &Backend, cycle: CheckCycle) {
     {
         let mut t = shared.write();
         let Some(node) = t.nodes.get_mut(index) else {

@@ -63,6 +63,7 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let mut stream = ClientStream::Plain(stream);
     let count = ctx.clients.fetch_add(1, Ordering::AcqRel) + 1;
     let _guard = CountGuard(ctx.clone());
+    let _session = enter(&ctx).await;
     let mut buf = BytesMut::new();
     // Boxed, like the welcome below: their state is not kept for the life of the session.
     let login = tokio::time::timeout(
@@ -131,6 +132,35 @@ async fn refuse(stream: &mut ClientStream, refusal: Refusal) {
         }
         msg::error_response(&mut out, &e);
         let _ = send(stream, &out).await;
+    }
+}
+
+/// Counts the session in the monitor once no online recovery holds new sessions (its 2nd
+/// stage): a held client waits here, accepted, as pgpool's wait in accept(). The session is
+/// counted before the hold is looked at, and the controller sets the hold before it reads the
+/// count, so no session slips past a 2nd stage unseen.
+async fn enter(ctx: &Arc<Ctx>) -> SessionGuard {
+    let mut hold = ctx.monitor.hold();
+    loop {
+        ctx.monitor.session_started();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if hold.borrow_and_update().is_none() {
+            return SessionGuard(ctx.clone());
+        }
+        ctx.monitor.session_ended();
+        while hold.borrow_and_update().is_some() {
+            if hold.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+struct SessionGuard(Arc<Ctx>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.monitor.session_ended();
     }
 }
 

@@ -174,6 +174,9 @@ impl Session {
         let mut fenced = self.ctx.fenced.clone();
         fenced.borrow_and_update();
         let busy = self.busy.clone();
+        // An online recovery's 2nd stage: a session idle longer than the limit is closed.
+        let mut hold = self.ctx.monitor.hold();
+        let mut idle_since = tokio::time::Instant::now();
         loop {
             // Everything complete in the buffer is handled first.
             while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
@@ -207,6 +210,7 @@ impl Session {
                 if !go_on {
                     return Ok(());
                 }
+                idle_since = tokio::time::Instant::now();
             }
             if cbuf.is_empty() && cbuf.capacity() > 0 {
                 // Nothing pending: give the buffer back while the client thinks.
@@ -219,9 +223,20 @@ impl Session {
                 .inflight
                 .map(|(n, _)| n)
                 .or_else(|| self.idle_watch_node());
+            let idle_limit =
+                (*hold.borrow_and_update()).filter(|l| !l.is_zero() && self.inflight.is_none());
+            let deadline = idle_since + idle_limit.unwrap_or_default();
             tokio::select! {
                 r = read_client(reader, &mut cbuf, partial, self.ctx.cfg.auth_timeout) => r?,
                 r = self.read_node(node), if node.is_some() => r?,
+                _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => {
+                    return Err(recovery_end(idle_limit.unwrap_or_default()));
+                }
+                r = hold.changed() => {
+                    if r.is_err() {
+                        hold = watch::channel(None).1;
+                    }
+                }
                 r = fenced.changed() => {
                     if r.is_ok() {
                         let set = fenced.borrow_and_update().clone();
@@ -1273,6 +1288,14 @@ fn fenced_end(n: u32) -> End {
     fatal(
         "57P01",
         format!("terminating connection: PostgreSQL node {n} was taken out of service by pgwarden (failover, fencing or detach); reconnect to continue on the current primary"),
+    )
+}
+
+/// An online recovery's 2nd stage needs every session closed, and this one was idle.
+fn recovery_end(limit: std::time::Duration) -> End {
+    fatal(
+        "57P01",
+        format!("terminating connection: pgwarden is recovering a node and closes sessions idle for more than {} s (recovery.client_idle_limit_in_recovery); reconnect to continue", limit.as_secs_f64()),
     )
 }
 
