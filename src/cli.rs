@@ -120,6 +120,33 @@ enum NodeCommand {
         target: ApiTarget,
         id: u32,
     },
+    /// Rebuild node ID from the primary and put it back into service, while clients keep
+    /// working (pgpool's pcp_recovery_node / online recovery).
+    ///
+    /// The node must be out of service (down, or detached with `node detach`) and not the
+    /// primary. Through the node's agent: CHECKPOINT on the primary; stop the node; pg_rewind
+    /// if it diverged from the primary (a former primary), otherwise — or if the rewind fails —
+    /// a fresh base backup over a replication slot; the standby configuration; pgpool's 2nd
+    /// stage if recovery_2nd_stage_command is set; start it; wait until it streams (within
+    /// recovery.recovery_timeout); attach it. pgpool's recovery_1st_stage_command and
+    /// remote_start_command run instead of the built-in steps when configured. If a step fails
+    /// the node stays out of service and the error says which step and why.
+    ///
+    /// Shows a progress bar (step, bytes copied, rate, time left) until it ends.
+    Recover {
+        #[command(flatten)]
+        target: ApiTarget,
+        id: u32,
+        /// Start it and return at once; follow it later with --watch or `pgwarden events`.
+        #[arg(long, conflicts_with = "watch")]
+        no_wait: bool,
+        /// Do not start a recovery: follow the one running (or show how the last one ended).
+        #[arg(long)]
+        watch: bool,
+        /// Print the final status as JSON (the API's /v1/nodes/ID/recovery) instead of a bar.
+        #[arg(long)]
+        json: bool,
+    },
     /// Promote standby ID to be the primary (pgpool's pcp_promote_node). The old primary is
     /// fenced first: it gets no more traffic. Refused while the primary is healthy (use a
     /// switchover) or when another standby has more WAL, unless --force.
@@ -223,6 +250,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Node(NodeCommand::Promote { target, id, force }) => {
             return node_op(&target, id, pgwarden_api::NodeOp::Promote { force }).await;
+        }
+        Command::Node(NodeCommand::Recover {
+            target,
+            id,
+            no_wait,
+            watch,
+            json,
+        }) => {
+            let client = api_client(&target)?;
+            return crate::recover_cmd::run(&client, id, no_wait, watch, json).await;
         }
         Command::Switchover { target, to } => {
             return node_op(&target, to, pgwarden_api::NodeOp::Switchover).await;

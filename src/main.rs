@@ -3,6 +3,8 @@
 mod cli;
 mod load;
 mod pcp;
+mod recover_cmd;
+mod reload;
 mod render;
 mod sandbox_cmd;
 mod serve;

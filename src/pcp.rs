@@ -136,35 +136,23 @@ impl PcpHandler for Handler {
     }
 
     async fn recover(&self, id: u32) -> Result<(), PcpError> {
-        Err(PcpError::with_detail(
-            "process recovery request failed",
-            format!("online recovery of node {id} is not available in this version of pgwarden yet; rebuild the node by hand (pg_basebackup) and attach it with pcp_attach_node"),
-        ))
+        self.controller
+            .recover(id)
+            .await
+            .map(drop)
+            .map_err(|e| pcp_error("process recovery request failed", admin_error(e)))
     }
 
     async fn reload(&self) -> Result<(), PcpError> {
-        // pcp.conf is read again; the rest of the configuration needs a restart for now.
-        let Some(path) = &self.cfg.pcp.users_file else {
-            return Ok(());
-        };
-        match PcpUsers::load(path) {
-            Ok(u) => {
-                *self.users.write().unwrap_or_else(|p| p.into_inner()) = u;
-                self.controller.monitor().event(
-                    "reload",
-                    None,
-                    format!(
-                        "pcp_reload_config: {} read again (other settings need a restart)",
-                        path.display()
-                    ),
-                );
-                Ok(())
-            }
-            Err(e) => Err(PcpError::with_detail(
-                "reloading config failed",
-                e.to_string(),
-            )),
+        // pcp.conf, and nodes added to the configuration; the rest needs a restart.
+        if let Some(path) = &self.cfg.pcp.users_file {
+            let users = PcpUsers::load(path)
+                .map_err(|e| PcpError::with_detail("reloading config failed", e.to_string()))?;
+            *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
         }
+        crate::reload::reload(&self.cfg.file, self.controller.monitor())
+            .map(drop)
+            .map_err(|e| PcpError::with_detail("reloading config failed", e))
     }
 
     fn stop(&self, mode: StopMode) {

@@ -40,9 +40,13 @@ impl Admin for Warden {
                 NodeOp::Detach => self.controller.detach(id).await,
                 NodeOp::Promote { force } => self.controller.promote(id, force).await,
                 NodeOp::Switchover => self.controller.switchover(id).await,
+                NodeOp::Recover => self.controller.start_recovery(id).await,
             };
             r.map_err(admin_error)
         })
+    }
+    fn recovery(&self, id: u32) -> Option<pgwarden_core::recovery::RecoveryStatus> {
+        self.controller.recovery_status(id)
     }
 }
 
@@ -79,6 +83,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let controller = Controller::start(&cfg, monitor.handle());
     let proxy = pgwarden_proxy::Ctx::new(&cfg, passwords.clone(), monitor.handle())?;
     let proxy_task = tokio::spawn(pgwarden_proxy::serve(proxy, proxy_listener));
+    let reload_task = tokio::spawn(crate::reload::on_sighup(cfg.file.clone(), monitor.handle()));
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
     let pcp_task = match (pcp_listener, pcp_users) {
         (Some(l), Some(users)) => Some(tokio::spawn(crate::pcp::serve(
@@ -114,6 +119,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .await
         .context("the HTTP API stopped")?;
     proxy_task.abort();
+    reload_task.abort();
     if let Some(t) = pcp_task {
         t.abort();
     }

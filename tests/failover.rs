@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::Cluster;
+use common::{
+    cluster_state, events_text, node_pids, pcp, postmaster_pid, wait_cluster, wait_event,
+    wait_gone, Cluster,
+};
 use serde_json::Value;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,99 +27,6 @@ fn block<F: std::future::Future>(f: F) -> F::Output {
 /// Blocking calls (the harness's HTTP client, psql) from inside the async part of a test.
 fn sync<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
-}
-
-/// Waits until every process of node `id` is gone (after a kill, its backends exit on their
-/// own shortly after the postmaster).
-fn wait_gone(c: &Cluster, id: u16, postmaster: nix::unistd::Pid) {
-    let start = Instant::now();
-    let proc_dir = format!("/proc/{postmaster}");
-    while !node_pids(c, id).is_empty() || std::path::Path::new(&proc_dir).exists() {
-        if start.elapsed() > Duration::from_secs(5) && node_pids(c, id).is_empty() {
-            // Only a zombie is left, waiting for its (re)parent to reap it: the server is
-            // dead, its lock file stale.
-            let _ = std::fs::remove_file(c.data_dir(id).join("postmaster.pid"));
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "node {id}'s processes linger"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn get(c: &Cluster, path: &str) -> Value {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .expect("http client")
-        .get(format!("http://127.0.0.1:{}{path}", c.api_port()))
-        .send()
-        .and_then(|r| r.error_for_status())
-        .and_then(|r| r.json())
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-fn cluster_state(c: &Cluster) -> Value {
-    get(c, "/v1/cluster")
-}
-
-fn events_text(c: &Cluster) -> String {
-    get(c, "/v1/events")
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| format!("{} {}\n", e["kind"], e["message"]))
-        .collect()
-}
-
-/// Polls the event history (up to 10 s) until an event says `needle`.
-fn wait_event(c: &Cluster, needle: &str) {
-    let start = Instant::now();
-    loop {
-        let ev = events_text(c);
-        if ev.contains(needle) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no event says {needle:?}:\n{ev}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Polls until `pred` holds on GET /v1/cluster.
-fn wait_cluster(c: &Cluster, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let s = cluster_state(c);
-        if pred(&s) {
-            return s;
-        }
-        if start.elapsed() > limit {
-            panic!(
-                "{what} did not happen within {limit:?}; cluster: {s:#}\nevents:\n{}",
-                events_text(c)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn postmaster_pid(c: &Cluster, id: u16) -> nix::unistd::Pid {
-    let text = std::fs::read_to_string(c.data_dir(id).join("postmaster.pid")).expect("pid file");
-    nix::unistd::Pid::from_raw(text.lines().next().unwrap().trim().parse().unwrap())
-}
-
-/// Every process of node `id`: the postmaster and its children.
-fn node_pids(c: &Cluster, id: u16) -> Vec<nix::unistd::Pid> {
-    common::processes_under(&c.data_dir(id))
-        .into_iter()
-        .map(|p| nix::unistd::Pid::from_raw(p as i32))
-        .collect()
 }
 
 /// A writer through the proxy: inserts rows with increasing ids, one at a time, reconnecting
@@ -539,16 +449,6 @@ fn a_standby_killed_leaves_the_primary_and_its_sessions_alone() {
     assert!(!events_text(&c).contains("failover"));
 }
 
-fn pcp(c: &Cluster, tool: &str, args: &[&str]) -> std::process::Output {
-    let port = c.layout.pcp_port().to_string();
-    Command::new(format!("/usr/sbin/{tool}"))
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-w"])
-        .args(args)
-        .env("PCPPASSFILE", c.dir.join("pcppass"))
-        .output()
-        .expect("run a pcp tool (Debian's pgpool2 package)")
-}
-
 #[test]
 fn operations_by_hand_through_the_cli_and_pgpools_tools() {
     let c = Cluster::up(3);
@@ -907,22 +807,7 @@ fn pgpool_hook_commands_run_with_pgpools_placeholders() {
     );
     std::fs::write(c.config(), cfg).unwrap();
     // The warden restarts with the hooks.
-    let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let o = common::pgwarden(&["sandbox", "up", "--dir", c.dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        common::stdout(&o),
-        common::stderr(&o)
-    );
+    c.restart_warden();
     nix::sys::signal::kill(postmaster_pid(&c, 0), nix::sys::signal::Signal::SIGKILL).unwrap();
     let s = wait_cluster(&c, Duration::from_secs(20), "a new primary", |s| {
         s["primary"].as_u64().is_some_and(|p| p != 0)

@@ -246,6 +246,38 @@ impl Cluster {
         );
     }
 
+    /// Stops the warden (SIGTERM) and starts it again with `sandbox up`, which reads the
+    /// configuration file afresh.
+    pub fn restart_warden(&self) {
+        let pid = std::fs::read_to_string(self.layout.warden_pid()).expect("warden pid file");
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the warden");
+        let start = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = pgwarden(&[
+            "sandbox",
+            "up",
+            "--dir",
+            self.dir.to_str().expect("utf-8 path"),
+        ])
+        .output()
+        .expect("run pgwarden");
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    }
+
+    /// Appends `text` (TOML sections) to the warden's configuration and restarts the warden.
+    pub fn reconfigure(&self, text: &str) {
+        let mut cfg = std::fs::read_to_string(self.config()).expect("config");
+        cfg.push('\n');
+        cfg.push_str(text);
+        std::fs::write(self.config(), cfg).expect("write config");
+        self.restart_warden();
+    }
+
     /// GET /v1/nodes, straight from the API.
     pub fn nodes(&self) -> Value {
         reqwest::blocking::Client::builder()
@@ -303,6 +335,125 @@ impl Cluster {
             }
         }
     }
+}
+
+/// PostgreSQL's processes of a data directory: their working directory is in it (a node's
+/// agent names the directory on its command line but works elsewhere).
+pub fn postgres_processes_under(dir: &Path) -> Vec<u32> {
+    processes_under(dir)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
+}
+
+/// Waits until every process of node `id` is gone (after a kill, its backends exit on their
+/// own shortly after the postmaster).
+pub fn wait_gone(c: &Cluster, id: u16, postmaster: nix::unistd::Pid) {
+    let start = Instant::now();
+    let proc_dir = format!("/proc/{postmaster}");
+    while !node_pids(c, id).is_empty() || std::path::Path::new(&proc_dir).exists() {
+        if start.elapsed() > Duration::from_secs(5) && node_pids(c, id).is_empty() {
+            // Only a zombie is left, waiting for its (re)parent to reap it: the server is
+            // dead, its lock file stale.
+            let _ = std::fs::remove_file(c.data_dir(id).join("postmaster.pid"));
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "node {id}'s processes linger"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn get(c: &Cluster, path: &str) -> Value {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(format!("http://127.0.0.1:{}{path}", c.api_port()))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+pub fn cluster_state(c: &Cluster) -> Value {
+    get(c, "/v1/cluster")
+}
+
+pub fn events_text(c: &Cluster) -> String {
+    get(c, "/v1/events")
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| format!("{} {}\n", e["kind"], e["message"]))
+        .collect()
+}
+
+/// Polls the event history (up to 10 s) until an event says `needle`.
+pub fn wait_event(c: &Cluster, needle: &str) {
+    let start = Instant::now();
+    loop {
+        let ev = events_text(c);
+        if ev.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no event says {needle:?}:\n{ev}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls until `pred` holds on GET /v1/cluster.
+pub fn wait_cluster(
+    c: &Cluster,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = cluster_state(c);
+        if pred(&s) {
+            return s;
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "{what} did not happen within {limit:?}; cluster: {s:#}\nevents:\n{}",
+                events_text(c)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn postmaster_pid(c: &Cluster, id: u16) -> nix::unistd::Pid {
+    let text = std::fs::read_to_string(c.data_dir(id).join("postmaster.pid")).expect("pid file");
+    nix::unistd::Pid::from_raw(text.lines().next().unwrap().trim().parse().unwrap())
+}
+
+/// Every process of node `id`: the postmaster and its children.
+pub fn node_pids(c: &Cluster, id: u16) -> Vec<nix::unistd::Pid> {
+    postgres_processes_under(&c.data_dir(id))
+        .into_iter()
+        .map(|p| nix::unistd::Pid::from_raw(p as i32))
+        .collect()
+}
+
+pub fn pcp(c: &Cluster, tool: &str, args: &[&str]) -> std::process::Output {
+    let port = c.layout.pcp_port().to_string();
+    Command::new(format!("/usr/sbin/{tool}"))
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-w"])
+        .args(args)
+        .env("PCPPASSFILE", c.dir.join("pcppass"))
+        .output()
+        .expect("run a pcp tool (Debian's pgpool2 package)")
 }
 
 pub fn processes_under(dir: &Path) -> Vec<u32> {

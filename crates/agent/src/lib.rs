@@ -9,3 +9,5 @@
 //! * [`api`]: the requests and answers (JSON over HTTP/1.1), shared by both sides.
 
 pub mod api;
+pub mod client;
+pub mod server;

@@ -9,6 +9,10 @@
 //!   operations by hand (switchover: to that node).
 //!   200 `{"message": …}`; refused as unsafe: 409 `{"error": …}`; unknown node: 404; a step
 //!   that failed: 500.
+//! * `POST /v1/nodes/{id}/recover` — starts an online recovery and answers at once (202
+//!   `{"message": …}`, or 409 with the reason it may not run).
+//! * `GET /v1/nodes/{id}/recovery` — what that recovery is doing: step, bytes copied of the
+//!   total, rate, time left; or how it ended ([`RecoveryStatus`]); 404 if none ran.
 //!
 //! The server side knows nothing of the monitor or the controller: it is handed an [`Admin`].
 //! The client side is what the CLI uses.
@@ -20,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pgwarden_core::cluster::{ClusterState, Event};
 use pgwarden_core::node::NodeView;
+use pgwarden_core::recovery::RecoveryStatus;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +43,8 @@ pub enum NodeOp {
     },
     /// A planned switchover to this node.
     Switchover,
+    /// Start an online recovery of this node (answers once it has started).
+    Recover,
 }
 
 /// Why an operation was not done.
@@ -57,6 +64,8 @@ pub trait Admin: Send + Sync + 'static {
     fn cluster(&self) -> ClusterState;
     fn events(&self, after: u64) -> Vec<Event>;
     fn node_op(&self, id: u32, op: NodeOp) -> BoxFuture<'_, Result<String, AdminError>>;
+    /// The running or last recovery of node `id`.
+    fn recovery(&self, id: u32) -> Option<RecoveryStatus>;
 }
 
 /// Only the views, for tools that look and never act.
@@ -78,6 +87,9 @@ impl<F: Fn() -> Vec<NodeView> + Send + Sync + 'static> Admin for ViewsOnly<F> {
                 "this server does not act on nodes".into(),
             ))
         })
+    }
+    fn recovery(&self, _id: u32) -> Option<RecoveryStatus> {
+        None
     }
 }
 
@@ -104,6 +116,7 @@ pub fn router(admin: Arc<dyn Admin>) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/events", get(events))
         .route("/v1/nodes/{id}/{op}", post(node_op))
+        .route("/v1/nodes/{id}/recovery", get(recovery))
         .fallback(not_found)
         .with_state(admin)
 }
@@ -160,20 +173,40 @@ async fn node_op(
         "detach" => NodeOp::Detach,
         "promote" => NodeOp::Promote { force: q.force },
         "switchover" => NodeOp::Switchover,
+        "recover" => NodeOp::Recover,
         other => {
             return error(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such operation: {other:?}; expected attach, detach, promote or switchover"
+                    "no such operation: {other:?}; expected attach, detach, promote, switchover or recover"
                 ),
             )
         }
     };
     match a.node_op(id, op).await {
+        Ok(message) if op == NodeOp::Recover => {
+            (StatusCode::ACCEPTED, Json(OpResult { message })).into_response()
+        }
         Ok(message) => Json(OpResult { message }).into_response(),
         Err(AdminError::Refused(t)) => error(StatusCode::CONFLICT, t),
         Err(AdminError::NotFound(t)) => error(StatusCode::NOT_FOUND, t),
         Err(AdminError::Failed(t)) => error(StatusCode::INTERNAL_SERVER_ERROR, t),
+    }
+}
+
+async fn recovery(State(a): State<Shared>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u32>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not a node id; expected a number"),
+        );
+    };
+    match a.recovery(id) {
+        Some(s) => Json(s).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no recovery of node {id} has run since the warden started"),
+        ),
     }
 }
 
@@ -277,6 +310,15 @@ impl Client {
         self.get(&format!("/v1/events?after={after}")).await
     }
 
+    /// The running or last recovery of node `id`; `None` when none ran.
+    pub async fn recovery(&self, id: u32) -> Result<Option<RecoveryStatus>, ClientError> {
+        match self.get(&format!("/v1/nodes/{id}/recovery")).await {
+            Ok(s) => Ok(Some(s)),
+            Err(ClientError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs an operation; a refusal comes back as [`ClientError::Refused`] with the reason.
     pub async fn node_op(&self, id: u32, op: NodeOp) -> Result<OpResult, ClientError> {
         let path = match op {
@@ -284,6 +326,7 @@ impl Client {
             NodeOp::Detach => format!("/v1/nodes/{id}/detach"),
             NodeOp::Promote { force } => format!("/v1/nodes/{id}/promote?force={force}"),
             NodeOp::Switchover => format!("/v1/nodes/{id}/switchover"),
+            NodeOp::Recover => format!("/v1/nodes/{id}/recover"),
         };
         let url = format!("{}{}", self.base, path);
         // A switchover or a failover by hand may take a while.

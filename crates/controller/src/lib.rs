@@ -15,6 +15,7 @@
 
 mod hook;
 mod local;
+mod recovery;
 
 pub use hook::{run_hook, HookOutcome};
 
@@ -57,6 +58,11 @@ struct Inner {
     monitor: MonitorHandle,
     /// One operation at a time.
     op: Mutex<()>,
+    recovery: pgwarden_core::config::RecoveryConfig,
+    agent_secret_file: Option<std::path::PathBuf>,
+    /// Per node: the running recovery, or how the last one ended.
+    recoveries:
+        std::sync::Mutex<std::collections::HashMap<u32, pgwarden_core::recovery::RecoveryStatus>>,
 }
 
 /// What the API, the PCP server and the CLI hold of the controller.
@@ -85,6 +91,9 @@ impl Controller {
             config_file: config.file.clone(),
             monitor,
             op: Mutex::new(()),
+            recovery: config.recovery.clone(),
+            agent_secret_file: config.agent.secret_file.clone(),
+            recoveries: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let task = tokio::spawn(watch(inner.clone()));
         Controller {
@@ -104,6 +113,7 @@ async fn watch(inner: Arc<Inner>) {
     let mut last_stuck: Option<String> = None;
     let mut retry_at: Option<Instant> = None;
     let mut sync_retry_at: Option<Instant> = None;
+    let mut auto = recovery::AutoRecovery::default();
     loop {
         // After a failed attempt, look again at the latest at the retry time.
         let wait = retry_at.map(|t| t.saturating_duration_since(Instant::now()));
@@ -114,6 +124,9 @@ async fn watch(inner: Arc<Inner>) {
         let _guard = inner.op.lock().await;
         let m = &inner.monitor;
         let state = m.cluster();
+        if inner.recovery.auto {
+            auto.tick(&inner, &state, &m.facts());
+        }
         let decision = decide(&state, &m.facts(), inner.cfg.auto, inner.cfg.synchronous);
         if !matches!(decision, Decision::Stuck { .. }) {
             last_stuck = None;
@@ -176,12 +189,10 @@ impl ControllerHandle {
         &self.inner.monitor
     }
 
-    fn backend(&self, id: u32) -> Result<&Backend, OpError> {
+    fn backend(&self, id: u32) -> Result<Backend, OpError> {
         self.inner
             .monitor
-            .backends()
-            .iter()
-            .find(|b| b.id == id)
+            .backend(id)
             .ok_or(OpError::UnknownNode(id))
     }
 
@@ -210,7 +221,11 @@ impl ControllerHandle {
         let m = &self.inner.monitor;
         let state = m.cluster();
         check_detach(&state, &m.facts(), id, self.inner.cfg.auto).map_err(OpError::Refused)?;
-        m.set_status(id, NodeStatus::Down, "detached by hand")?;
+        m.set_status(
+            id,
+            NodeStatus::Down,
+            pgwarden_core::recovery::DETACHED_BY_HAND,
+        )?;
         m.event("detach", Some(id), format!("node {id} detached"));
         if state.primary == Some(id) {
             let facts = m.facts();
@@ -260,7 +275,7 @@ impl ControllerHandle {
         let m = &self.inner.monitor;
         refresh(m, id).await;
         // Asked of the primary now, not taken from its last periodic check.
-        let new_b = self.backend(id)?.clone();
+        let new_b = self.backend(id)?;
         let streaming = match m.cluster().primary.and_then(|p| m.target(p)) {
             Some(t) => {
                 let sql = format!(
@@ -273,7 +288,7 @@ impl ControllerHandle {
         };
         let old =
             check_switchover(&m.cluster(), &m.facts(), id, streaming).map_err(OpError::Refused)?;
-        let old_b = self.backend(old)?.clone();
+        let old_b = self.backend(old)?;
         if !local::is_local(&old_b) {
             return Err(OpError::Refused(format!(
                 "node {old} runs on {}, and stopping it there needs the pgwarden agent (not in this version yet); use `pgwarden node promote {id} --force` to fence node {old} and promote node {id}",
@@ -466,7 +481,7 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
     );
 
     // 6. The old primary becomes a standby of the new one; the other standbys follow.
-    let backends = m.backends().to_vec();
+    let backends = m.backends();
     for f in m.facts() {
         if f.id != new.id
             && f.id != old.id
@@ -576,7 +591,7 @@ async fn sync_step(inner: &Inner) -> Result<(), String> {
     let Some(pt) = m.target(p) else {
         return Ok(());
     };
-    let backends = m.backends().to_vec();
+    let backends = m.backends();
     let name_of = |id: u32| {
         backends
             .iter()
@@ -759,7 +774,7 @@ async fn failover(
             .await
             .unwrap_or(planned)
     };
-    let backends = m.backends().to_vec();
+    let backends = m.backends();
     let by_id = |id: u32| backends.iter().find(|b| b.id == id);
     let new_backend = by_id(chosen).ok_or(OpError::UnknownNode(chosen))?.clone();
     m.event(

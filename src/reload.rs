@@ -1,0 +1,70 @@
+//! Reloading the configuration (SIGHUP, `pcp_reload_config`): nodes added to the file since
+//! the start join the node table — out of service until `pgwarden node recover N` (a new,
+//! empty node) or `node attach N` (one that already streams) — as in pgpool, where a new
+//! backend_hostnameN takes a reload. Other changes need a restart, and the reload says which.
+
+use pgwarden_monitor::MonitorHandle;
+use std::path::Path;
+
+/// Reads `config_path` again and applies what can be applied live. The message says what was
+/// added and what needs a restart; an unreadable or invalid file changes nothing.
+pub fn reload(config_path: &Path, monitor: &MonitorHandle) -> Result<String, String> {
+    let cfg = crate::load::config(config_path).map_err(|e| format!("{e:#}"))?;
+    let passwords = crate::load::passwords(&cfg).map_err(|e| format!("{e:#}"))?;
+    let running = monitor.backends();
+    let mut restart = Vec::new();
+    for b in &running {
+        match cfg.backend(b.id) {
+            None => restart.push(format!("node {} was removed", b.id)),
+            Some(n) if n != b => restart.push(format!("node {} changed", b.id)),
+            Some(_) => {}
+        }
+    }
+    let added = monitor
+        .add_backends(&cfg, &passwords)
+        .map_err(|e| e.to_string())?;
+    let mut message = format!("{} read again", config_path.display());
+    if added.is_empty() {
+        message.push_str("; no node added");
+    } else {
+        let ids: Vec<String> = added.iter().map(|i| i.to_string()).collect();
+        message.push_str(&format!(
+            "; node(s) {} added, out of service until recovered (`pgwarden node recover N`) or attached",
+            ids.join(", ")
+        ));
+    }
+    if !restart.is_empty() {
+        message.push_str(&format!(
+            "; needs a restart to take effect: {}",
+            restart.join(", ")
+        ));
+    }
+    message.push_str(" (other sections take effect at the next start)");
+    monitor.event("reload", None, message.clone());
+    Ok(message)
+}
+
+/// Reloads on every SIGHUP (`systemctl reload`, `kill -HUP`).
+pub async fn on_sighup(config_path: std::path::PathBuf, monitor: MonitorHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGHUP: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match reload(&config_path, &monitor) {
+            Ok(m) => tracing::info!("SIGHUP: {m}"),
+            Err(e) => {
+                tracing::error!("SIGHUP: the configuration was not reloaded: {e}");
+                monitor.event(
+                    "error",
+                    None,
+                    format!("reload refused, nothing changed: {e}"),
+                );
+            }
+        }
+    }
+}

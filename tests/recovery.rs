@@ -1,0 +1,680 @@
+//! Online recovery on real sandbox clusters, one agent per node over loopback TCP: a stopped
+//! standby rebuilt while pgbench runs through the proxy, the old primary rejoined by pg_rewind
+//! after a failover (and by a base backup when the rewind is impossible), the stock
+//! `pcp_recovery_node`, pgpool-style scripts, the 2nd stage with idle and busy sessions,
+//! recovery_timeout, an agent that is down or has another secret, and the refusals.
+
+mod common;
+
+use common::{
+    events_text, get, node_pids, pcp, postmaster_pid, wait_cluster, wait_event, wait_gone, Cluster,
+};
+use serde_json::Value;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn out(o: &Output) -> String {
+    format!("{}{}", common::stdout(o), common::stderr(o))
+}
+
+/// `pgwarden node recover ID` (waits for the end; without a terminal it prints each step).
+fn recover(c: &Cluster, id: u16) -> Output {
+    c.pgwarden(&["node", "recover", &id.to_string()])
+}
+
+fn status(c: &Cluster, id: u16) -> String {
+    c.nodes()[id as usize]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether node `id` streams from the current primary (pg_stat_replication on it).
+fn streams(c: &Cluster, primary: u16, id: u16) -> bool {
+    c.psql(
+        primary,
+        "postgres",
+        &format!("SELECT state FROM pg_stat_replication WHERE application_name = 'node{id}'"),
+    )
+    .is_ok_and(|s| s == "streaming")
+}
+
+/// Stops node `id` with `pg_ctl stop -m immediate` and waits until the warden has it down.
+fn stop_and_wait_down(c: &Cluster, id: u16) {
+    c.pg_ctl(id, &["stop", "-m", "immediate"]);
+    c.wait_node(id as usize, Duration::from_secs(20), "down", |n| {
+        n["status"] == "down"
+    });
+}
+
+/// Waits until node `id` is up again (after an attach, a health check must pass).
+fn wait_up(c: &Cluster, id: u16) {
+    c.wait_node(id as usize, Duration::from_secs(20), "up", |n| {
+        n["status"] == "up"
+    });
+}
+
+/// Rows of table `t` on node `id`, polled until it has caught up with `want` (replication).
+fn wait_rows(c: &Cluster, id: u16, t: &str, want: i64) {
+    let start = Instant::now();
+    loop {
+        let n: i64 = c
+            .psql(id, "test", &format!("SELECT count(*) FROM {t}"))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1);
+        if n == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "node {id} has {n} rows in {t}, the primary {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn count(c: &Cluster, id: u16, t: &str) -> i64 {
+    c.psql(id, "test", &format!("SELECT count(*) FROM {t}"))
+        .expect("count")
+        .parse()
+        .expect("a number")
+}
+
+fn pgbench(c: &Cluster, args: &[&str]) -> Command {
+    let bin = pgwarden_sandbox::PgBin::locate().expect("PostgreSQL programs");
+    let mut cmd = Command::new(bin.program("pgbench"));
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &c.proxy_port().to_string(),
+        "-U",
+        "postgres",
+    ])
+    .args(args)
+    .env("PGPASSFILE", c.pgpass());
+    cmd
+}
+
+#[test]
+fn a_stopped_standby_is_rebuilt_while_pgbench_runs_with_no_client_error() {
+    let c = Cluster::up(3);
+    let o = pgbench(&c, &["-i", "-s", "5", "test"]).output().unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    stop_and_wait_down(&c, 2);
+
+    // pgbench through the proxy for the whole recovery: reads and writes, reconnecting
+    // never (a client error ends pgbench with a non-zero status).
+    let bench = pgbench(&c, &["-c", "4", "-T", "12", "-n", "test"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let o = recover(&c, 2);
+    let took = started.elapsed();
+    assert!(
+        o.status.success(),
+        "{}\nevents:\n{}",
+        out(&o),
+        events_text(&c)
+    );
+    let text = out(&o);
+    assert!(
+        text.contains("node 2 recovered by base backup from node 0"),
+        "{text}"
+    );
+    // Without a terminal, each step is printed as a line.
+    assert!(text.contains("[3/7] 1st stage"), "{text}");
+    eprintln!("recovery of a standby under pgbench took {took:?}");
+
+    let o = bench.wait_with_output().unwrap();
+    let text = out(&o);
+    assert!(
+        o.status.success(),
+        "pgbench failed during the recovery:\n{text}"
+    );
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+
+    // Node 2 is a streaming standby in service with every row.
+    wait_up(&c, 2);
+    assert!(streams(&c, 0, 2));
+    let want = count(&c, 0, "pgbench_history");
+    assert!(want > 0);
+    wait_rows(&c, 2, "pgbench_history", want);
+    let s = get(&c, "/v1/nodes/2/recovery");
+    assert_eq!(s["state"], "succeeded", "{s:#}");
+    assert_eq!(s["method"], "base_backup", "{s:#}");
+    assert!(s["bytes_done"].as_u64().unwrap_or(0) > 10_000_000, "{s:#}");
+    let ev = events_text(&c);
+    assert!(ev.contains("a standby on the primary's timeline"), "{ev}");
+
+    // Its slot is in use on the primary (no slot left behind).
+    let slots = c
+        .psql(
+            0,
+            "postgres",
+            "SELECT slot_name || ':' || active FROM pg_replication_slots ORDER BY 1",
+        )
+        .unwrap();
+    assert!(slots.contains("node2:t"), "{slots}");
+}
+
+#[test]
+fn the_old_primary_rejoins_by_pg_rewind_through_the_stock_pcp_recovery_node() {
+    let c = Cluster::up(3);
+    c.psql(
+        0,
+        "test",
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)",
+    )
+    .unwrap();
+    // Killed: it last ran as a primary, and its timeline forks from the new primary's.
+    let pm = postmaster_pid(&c, 0);
+    nix::sys::signal::kill(pm, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_gone(&c, 0, pm);
+    let s = wait_cluster(&c, Duration::from_secs(20), "a new primary", |s| {
+        s["primary"].as_u64().is_some_and(|p| p != 0)
+    });
+    let new = s["primary"].as_u64().unwrap() as u16;
+    c.psql(
+        new,
+        "test",
+        "INSERT INTO t SELECT generate_series(1001, 1500)",
+    )
+    .unwrap();
+
+    // Refused while it is the wrong node: the new primary itself, an unknown node.
+    let o = pcp(&c, "pcp_recovery_node", &["-n", &new.to_string()]);
+    assert!(!o.status.success());
+    assert!(out(&o).contains("is the primary"), "{}", out(&o));
+    let o = recover(&c, 9);
+    assert!(!o.status.success());
+    assert!(out(&o).contains("node 9 is not configured"), "{}", out(&o));
+
+    let started = Instant::now();
+    let o = pcp(&c, "pcp_recovery_node", &["-n", "0"]);
+    assert!(
+        o.status.success(),
+        "{}\nevents:\n{}",
+        out(&o),
+        events_text(&c)
+    );
+    assert!(
+        common::stdout(&o).contains("pcp_recovery_node -- Command Successful"),
+        "{}",
+        out(&o)
+    );
+    eprintln!("rewind of the old primary took {:?}", started.elapsed());
+
+    let s = get(&c, "/v1/nodes/0/recovery");
+    assert_eq!(s["state"], "succeeded", "{s:#}");
+    assert_eq!(s["method"], "rewind", "{s:#}");
+    let ev = events_text(&c);
+    assert!(
+        ev.contains("pg_rewind because it last ran as a primary"),
+        "{ev}"
+    );
+    wait_up(&c, 0);
+    assert!(streams(&c, new, 0));
+    wait_rows(&c, 0, "t", 1500);
+    assert_eq!(
+        c.psql(0, "postgres", "SELECT pg_is_in_recovery()").unwrap(),
+        "t"
+    );
+    // It listens on its own port (the primary's config files were not taken over).
+    assert_eq!(
+        c.psql(0, "postgres", "SHOW port").unwrap(),
+        c.node_port(0).to_string()
+    );
+}
+
+#[test]
+fn a_rewind_that_cannot_work_falls_back_to_a_base_backup() {
+    let c = Cluster::up(2);
+    c.psql(
+        0,
+        "test",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1)",
+    )
+    .unwrap();
+    let pm = postmaster_pid(&c, 0);
+    nix::sys::signal::kill(pm, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_gone(&c, 0, pm);
+    wait_cluster(&c, Duration::from_secs(20), "node 1 primary", |s| {
+        s["primary"] == 1
+    });
+    c.psql(1, "test", "INSERT INTO t VALUES (2)").unwrap();
+    // The old primary's WAL is gone: pg_rewind cannot find where it diverged.
+    for e in std::fs::read_dir(c.data_dir(0).join("pg_wal"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().is_file() {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let o = recover(&c, 0);
+    assert!(
+        o.status.success(),
+        "{}\nevents:\n{}",
+        out(&o),
+        events_text(&c)
+    );
+    assert!(out(&o).contains("recovered by base backup"), "{}", out(&o));
+    let ev = events_text(&c);
+    assert!(ev.contains("pg_rewind failed"), "{ev}");
+    assert!(ev.contains("falling back to a base backup"), "{ev}");
+    wait_up(&c, 0);
+    wait_rows(&c, 0, "t", 2);
+}
+
+#[test]
+fn refusals_agent_down_and_wrong_secret_change_nothing() {
+    let c = Cluster::up(3);
+    // In service: refused, the node untouched.
+    let o = recover(&c, 1);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(out(&o).contains("node 1 is in service (up)"), "{}", out(&o));
+    assert!(out(&o).contains("pgwarden node detach 1"), "{}", out(&o));
+    assert!(streams(&c, 0, 1));
+    let o = recover(&c, 0);
+    assert!(out(&o).contains("node 0 is the primary"), "{}", out(&o));
+
+    stop_and_wait_down(&c, 2);
+    // Its agent is down: refused before anything is done.
+    let pid_file = c.dir.join("run").join("agent2.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = recover(&c, 2);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(out(&o).contains("agent of the node"), "{}", out(&o));
+    assert_eq!(status(&c, 2), "down");
+    // `sandbox up` starts the missing agent again.
+    let o = common::pgwarden(&["sandbox", "up", "--dir", c.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+
+    // The warden signs with another secret than the agents know: refused, and the agent
+    // logs who tried.
+    let secret = c.dir.join("agent.secret");
+    let good = std::fs::read(&secret).unwrap();
+    std::fs::write(&secret, b"0123456789abcdef0123456789abcdef-not-the-one\n").unwrap();
+    let o = recover(&c, 2);
+    std::fs::write(&secret, &good).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(out(&o).to_lowercase().contains("auth"), "{}", out(&o));
+    assert_eq!(status(&c, 2), "down");
+    assert!(node_pids(&c, 2).is_empty(), "nothing was started on node 2");
+    let log = std::fs::read_to_string(c.dir.join("log").join("agent2.log")).unwrap_or_default();
+    assert!(
+        log.contains("127.0.0.1"),
+        "the agent logs the refused peer:\n{log}"
+    );
+
+    // With the right secret it works.
+    let o = recover(&c, 2);
+    assert!(
+        o.status.success(),
+        "{}\nevents:\n{}",
+        out(&o),
+        events_text(&c)
+    );
+    wait_up(&c, 2);
+}
+
+/// pgpool's sample recovery_1st_stage, without SSH (the "remote" host is this one): a slot,
+/// pg_basebackup, the recovery settings, port. And pgpool_remote_start.
+const FIRST_STAGE: &str = r#"#!/bin/bash
+# pgpool-II style recovery_1st_stage: $1 primary PGDATA, $2 target host, $3 target PGDATA,
+# $4 primary port, $5 target node id, $6 target port, $7 primary host
+set -e
+PRIMARY_NODE_PGDATA="$1"; DEST_NODE_HOST="$2"; DEST_NODE_PGDATA="$3"
+PRIMARY_NODE_PORT="$4"; DEST_NODE_ID="$5"; DEST_NODE_PORT="$6"; PRIMARY_NODE_HOST="$7"
+echo "$@" > "$PRIMARY_NODE_PGDATA/../stage1.args"
+SLOT=node${DEST_NODE_ID}
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+$PGBIN/psql -h $PRIMARY_NODE_HOST -p $PRIMARY_NODE_PORT -U postgres -d postgres -Atc \
+  "SELECT pg_create_physical_replication_slot('$SLOT') WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '$SLOT')"
+rm -rf "$DEST_NODE_PGDATA"
+$PGBIN/pg_basebackup -h $PRIMARY_NODE_HOST -p $PRIMARY_NODE_PORT -U postgres -D "$DEST_NODE_PGDATA" -X stream -S $SLOT
+cat >> "$DEST_NODE_PGDATA/postgresql.auto.conf" <<EOT
+primary_conninfo = 'host=$PRIMARY_NODE_HOST port=$PRIMARY_NODE_PORT user=postgres passfile=''$PGPASSFILE'' application_name=node$DEST_NODE_ID'
+primary_slot_name = '$SLOT'
+port = $DEST_NODE_PORT
+EOT
+touch "$DEST_NODE_PGDATA/standby.signal"
+"#;
+
+const REMOTE_START: &str = r#"#!/bin/bash
+# pgpool_remote_start: $1 target host, $2 target PGDATA
+set -e
+echo "$@" > "$PGDATA/../remote_start.args"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+$PGBIN/pg_ctl -w -l "$2/../remote_start.log" -D "$2" start
+"#;
+
+fn install_script(c: &Cluster, node: u16, name: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = c.data_dir(node).join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let owner = std::fs::metadata(c.data_dir(node)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+}
+
+#[test]
+fn pgpool_style_scripts_run_with_pgpools_arguments() {
+    let c = Cluster::up(2);
+    install_script(&c, 0, "recovery_1st_stage", FIRST_STAGE);
+    install_script(&c, 0, "pgpool_remote_start", REMOTE_START);
+    c.reconfigure(
+        "[recovery]\nrecovery_1st_stage_command = \"recovery_1st_stage\"\nremote_start_command = \"pgpool_remote_start\"\n",
+    );
+    stop_and_wait_down(&c, 1);
+    c.psql(
+        0,
+        "test",
+        "CREATE TABLE t AS SELECT generate_series(1, 100) id",
+    )
+    .unwrap();
+    let o = recover(&c, 1);
+    assert!(
+        o.status.success(),
+        "{}\nevents:\n{}",
+        out(&o),
+        events_text(&c)
+    );
+    let args = std::fs::read_to_string(c.dir.join("stage1.args")).unwrap();
+    assert_eq!(
+        args.trim(),
+        format!(
+            "{} 127.0.0.1 {} {} 1 {} 127.0.0.1",
+            c.data_dir(0).display(),
+            c.data_dir(1).display(),
+            c.node_port(0),
+            c.node_port(1)
+        )
+    );
+    let args = std::fs::read_to_string(c.dir.join("remote_start.args")).unwrap();
+    assert_eq!(
+        args.trim(),
+        format!("127.0.0.1 {}", c.data_dir(1).display())
+    );
+    wait_up(&c, 1);
+    assert!(streams(&c, 0, 1));
+    wait_rows(&c, 1, "t", 100);
+    let s = get(&c, "/v1/nodes/1/recovery");
+    assert_eq!(s["method"], "script", "{s:#}");
+
+    // A failing script: the step, the exit and the script's output are named; the node
+    // stays down.
+    install_script(
+        &c,
+        0,
+        "recovery_1st_stage",
+        "#!/bin/sh\necho 'no space left on the target' >&2\nexit 3\n",
+    );
+    c.pgwarden(&["node", "detach", "1"]);
+    c.wait_node(1, Duration::from_secs(10), "down", |n| {
+        n["status"] == "down"
+    });
+    let o = recover(&c, 1);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let text = out(&o);
+    assert!(text.contains("failed at 1st stage"), "{text}");
+    assert!(text.contains("no space left on the target"), "{text}");
+    assert_eq!(status(&c, 1), "down");
+}
+
+#[test]
+fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
+    let c = Cluster::up(2);
+    install_script(
+        &c,
+        0,
+        "recovery_2nd_stage",
+        "#!/bin/sh\necho \"$@\" > \"$1/../stage2.args\"\ndate +%s.%N > \"$1/../stage2.at\"\n",
+    );
+    c.reconfigure(
+        "[recovery]\nrecovery_2nd_stage_command = \"recovery_2nd_stage\"\nclient_idle_limit_in_recovery = \"2s\"\nrecovery_timeout = \"60s\"\n",
+    );
+    stop_and_wait_down(&c, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let idle = c.client("test").await;
+        idle.simple_query("SELECT 1").await.unwrap();
+        // Busy through the whole 1st stage and into the 2nd.
+        let busy = c.client("test").await;
+        let busy_query = tokio::spawn(async move {
+            let r = busy.simple_query("SELECT pg_sleep(8)").await;
+            (
+                r.map(drop),
+                Instant::now(),
+                std::time::SystemTime::now(),
+                busy,
+            )
+        });
+        let o = tokio::task::block_in_place(|| c.pgwarden(&["node", "recover", "1", "--no-wait"]));
+        assert!(o.status.success(), "{}", out(&o));
+        // Once new sessions are held, a newcomer waits instead of being refused.
+        let start = Instant::now();
+        while !events_text_async(&c)
+            .await
+            .contains("2nd stage: new sessions wait")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{}",
+                events_text_async(&c).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !busy_query.is_finished(),
+            "the 1st stage outlasted the busy statement: the test proves nothing"
+        );
+        let asked = Instant::now();
+        let newcomer = tokio::spawn({
+            let port = c.proxy_port();
+            let pw = c.password();
+            async move {
+                let r = tokio_postgres::Config::new()
+                    .host("127.0.0.1")
+                    .port(port)
+                    .user("postgres")
+                    .password(pw)
+                    .dbname("test")
+                    .connect(tokio_postgres::NoTls)
+                    .await;
+                let at = Instant::now();
+                (
+                    r.map(|(cl, conn)| {
+                        tokio::spawn(conn);
+                        cl
+                    }),
+                    at,
+                )
+            }
+        });
+        // The busy session's statement finishes normally: it was waited for.
+        let (r, finished, finished_wall, busy) = busy_query.await.unwrap();
+        assert!(
+            r.is_ok(),
+            "the busy session's statement was interrupted: {r:?}"
+        );
+        // The idle one was closed after its 2 s limit, with the reason.
+        let e = idle.simple_query("SELECT 1").await.unwrap_err();
+        let closed = e.to_string().contains("closed")
+            || e.as_db_error()
+                .is_some_and(|d| d.message().contains("recovering a node"));
+        assert!(closed, "{e}");
+        // The newcomer got in once the 2nd stage was over, after the busy one had ended.
+        let (newcomer, at) = newcomer.await.unwrap();
+        let newcomer = newcomer.expect("a held session is let in afterwards, not refused");
+        assert!(
+            at >= finished,
+            "the newcomer got in before the busy session ended"
+        );
+        assert!(at.duration_since(asked) >= Duration::from_secs(1));
+        newcomer.simple_query("SELECT 1").await.unwrap();
+        drop(busy);
+        // The 2nd stage ran after the busy session was done.
+        let ran: f64 = std::fs::read_to_string(c.dir.join("stage2.at"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let ended = finished_wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            ran >= ended,
+            "2nd stage at {ran}, busy session ended at {ended}"
+        );
+    });
+    let stage2 = std::fs::read_to_string(c.dir.join("stage2.args")).unwrap();
+    assert!(
+        stage2.starts_with(&c.data_dir(0).display().to_string()),
+        "{stage2}"
+    );
+    let s = wait_recovery_end(&c, 1);
+    assert_eq!(s["state"], "succeeded", "{s:#}");
+    wait_up(&c, 1);
+}
+
+async fn events_text_async(c: &Cluster) -> String {
+    tokio::task::block_in_place(|| events_text(c))
+}
+
+/// Polls GET /v1/nodes/ID/recovery until the recovery has ended.
+fn wait_recovery_end(c: &Cluster, id: u16) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = get(c, &format!("/v1/nodes/{id}/recovery"));
+        if s["state"] != "running" {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
+    let c = Cluster::up(2);
+    install_script(
+        &c,
+        0,
+        "recovery_2nd_stage",
+        "#!/bin/sh\ntouch \"$1/../stage2.ran\"\n",
+    );
+    c.reconfigure(
+        "[recovery]\nrecovery_2nd_stage_command = \"recovery_2nd_stage\"\nrecovery_timeout = \"3s\"\n",
+    );
+    stop_and_wait_down(&c, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // A session in a transaction that does not end: with no idle limit it is waited for,
+        // until recovery_timeout.
+        let s = c.client("test").await;
+        s.simple_query("CREATE TABLE IF NOT EXISTS t (id int)")
+            .await
+            .unwrap();
+        s.simple_query("BEGIN; INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        let o = tokio::task::block_in_place(|| recover(&c, 1));
+        assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+        let text = out(&o);
+        assert!(text.contains("failed at 2nd stage"), "{text}");
+        assert!(
+            text.contains("still connected after recovery_timeout (3 s)"),
+            "{text}"
+        );
+        // The session is intact and commits; new sessions get in.
+        s.simple_query("COMMIT").await.unwrap();
+        let other = c.client("test").await;
+        let n = other.simple_query("SELECT count(*) FROM t").await.unwrap();
+        assert!(
+            matches!(&n[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("1"))
+        );
+    });
+    assert!(!c.dir.join("stage2.ran").exists());
+    assert_eq!(status(&c, 1), "down");
+    // The slot made for it was dropped, and it was not left running.
+    let slots = c
+        .psql(
+            0,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'node1'",
+        )
+        .unwrap();
+    assert_eq!(slots, "0");
+    let ev = events_text(&c);
+    assert!(ev.contains("stays out of service"), "{ev}");
+    wait_event(&c, "recovery of node 1 failed at 2nd stage");
+}
+
+#[test]
+fn auto_recovery_rebuilds_a_failed_standby_with_nobody_there() {
+    let c = Cluster::up(2);
+    c.reconfigure("[recovery]\nauto = true\n");
+    c.psql(
+        0,
+        "test",
+        "CREATE TABLE t AS SELECT generate_series(1, 10) id",
+    )
+    .unwrap();
+    stop_and_wait_down(&c, 1);
+    // Nobody asks: after the first backoff (10 s) the warden rebuilds it.
+    wait_up_within(&c, 1, Duration::from_secs(60));
+    let s = get(&c, "/v1/nodes/1/recovery");
+    assert_eq!(s["state"], "succeeded", "{s:#}");
+    assert!(streams(&c, 0, 1));
+    wait_rows(&c, 1, "t", 10);
+    let ev = events_text(&c);
+    assert!(ev.contains("auto-recovery: node 1 failed earlier"), "{ev}");
+
+    // A node detached by hand is left alone.
+    let o = c.pgwarden(&["node", "detach", "1"]);
+    assert!(o.status.success(), "{}", out(&o));
+    std::thread::sleep(Duration::from_secs(15));
+    assert_eq!(status(&c, 1), "down");
+    let s = get(&c, "/v1/nodes/1/recovery");
+    assert_eq!(s["state"], "succeeded", "no second recovery ran: {s:#}");
+}
+
+fn wait_up_within(c: &Cluster, id: u16, limit: Duration) {
+    let start = Instant::now();
+    while status(c, id) != "up" {
+        assert!(
+            start.elapsed() < limit,
+            "node {id} is not up after {limit:?}; events:\n{}",
+            events_text(c)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
