@@ -175,7 +175,7 @@ mod tests {
             rate: Some(85.3 * 1024.0 * 1024.0),
             eta_secs: Some(10),
             elapsed_ms: 1500,
-            message: "1st stage: copying files".into(),
+            message: "copying files".into(),
             error: None,
         };
         insta::assert_snapshot!(line(&s), @"node 1 [3/4] 1st stage: 120.0 MiB / 1.0 GiB, 85.3 MiB/s, 10 s left — copying files");
