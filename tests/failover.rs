@@ -496,7 +496,7 @@ fn operations_by_hand_through_the_cli_and_pgpools_tools() {
     );
     let o = pcp(&c, "pcp_recovery_node", &["-n", "1"]);
     assert!(
-        common::stderr(&o).contains("online recovery of node 1 is not available"),
+        common::stderr(&o).contains("node 1 is in service (up); take it out first"),
         "{}",
         out(&o)
     );
