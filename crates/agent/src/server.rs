@@ -610,6 +610,12 @@ async fn start_job(State(a): State<Arc<Agent>>, body: Bytes) -> Result<Response,
             j.id, j.kind, j.id
         )));
     }
+    if kind == "rewind" && !a.has_cluster() {
+        return Err(conflict(format!(
+            "{} holds no database cluster to rewind; rebuild it with a base backup",
+            a.cfg.data_dir.display()
+        )));
+    }
     if touches_data {
         if let Some(pid) = a.server_pid().await? {
             return Err(conflict(format!(

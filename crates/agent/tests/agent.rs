@@ -720,7 +720,17 @@ async fn scripts_time_out_fail_and_jobs_are_cancelled() {
         .await
         .unwrap_err();
     assert!(matches!(e, AgentError::Refused(_)), "{e:?}");
-    // Start without a cluster is refused; nothing to stop is not an error.
+    // A rewind or a start without a cluster is refused; nothing to stop is not an error.
+    let e = c
+        .start_job(JobSpec::Rewind {
+            source: source(5432),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, AgentError::Refused(ref m) if m.contains("no database cluster to rewind")),
+        "{e:?}"
+    );
     let e = c.start(start_req()).await.unwrap_err();
     assert!(
         matches!(e, AgentError::Refused(ref m) if m.contains("no database cluster")),
