@@ -111,10 +111,12 @@ fn postmaster_pid(c: &Cluster, id: u16) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(text.lines().next().unwrap().trim().parse().unwrap())
 }
 
-/// Every process of node `id`: the postmaster and its children.
+/// Every process of node `id`: the postmaster and its children — not its agent, whose
+/// command line names the data directory too.
 fn node_pids(c: &Cluster, id: u16) -> Vec<nix::unistd::Pid> {
     common::processes_under(&c.data_dir(id))
         .into_iter()
+        .filter(|p| !common::is_agent(*p))
         .map(|p| nix::unistd::Pid::from_raw(p as i32))
         .collect()
 }

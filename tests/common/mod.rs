@@ -355,6 +355,13 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
     pids
 }
 
+/// Whether `pid` is a `pgwarden agent` (the sandbox runs one per node).
+pub fn is_agent(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.first().is_some_and(|a| a.ends_with(b"pgwarden")) && args.get(1) == Some(&&b"agent"[..])
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {

@@ -252,6 +252,11 @@ impl Agent {
     fn tool(&self, name: &str) -> std::process::Command {
         let mut cmd = self.cfg.run_as.command(self.program(name));
         cmd.env("LC_ALL", "C");
+        // A source that accepts TCP but never answers (a hung host) would hold a rewind or a
+        // base backup forever: libpq waits without limit unless told.
+        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+            cmd.env("PGCONNECT_TIMEOUT", "30");
+        }
         cmd
     }
 
