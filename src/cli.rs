@@ -67,6 +67,10 @@ enum Command {
     /// A real PostgreSQL cluster on this machine, for trying pgwarden out and for tests.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    #[command(
+        about = "Run the node agent beside a PostgreSQL server: the warden's hands on that host"
+    )]
+    Agent(crate::agent_cmd::AgentArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,6 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Sandbox(cmd) => return crate::sandbox_cmd::run(cmd.into()).await,
+        Command::Agent(args) => return crate::agent_cmd::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

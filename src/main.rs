@@ -1,5 +1,6 @@
 //! The `pgwarden` binary: the command line, and the wiring of the services it starts.
 
+mod agent_cmd;
 mod cli;
 mod load;
 mod pcp;

@@ -1,5 +1,5 @@
 //! `pgwarden sandbox up | status | down`: the sandbox crate does the processes; this waits for
-//! the warden through its API and tells the user what runs where.
+//! the agents and the warden through their APIs and tells the user what runs where.
 
 use crate::cli::SandboxAction;
 use crate::render::{sandbox_table, SandboxRow};
@@ -66,7 +66,11 @@ async fn up(
         .context("the sandbox task failed")??;
     let layout = &started.layout;
     let client = pgwarden_api::Client::new(api_base(layout), Duration::from_secs(5))?;
-    let views = match wait_ready(&client, layout, started.warden_pid).await {
+    let ready = async {
+        wait_agents(layout, &started.agent_pids).await?;
+        wait_ready(&client, layout, started.warden_pid).await
+    };
+    let views = match ready.await {
         Ok(v) => v,
         Err(e) => {
             if started.built {
@@ -100,6 +104,15 @@ async fn up(
             v.port,
             v.data_dir,
             layout.node_log(v.id as u16).display()
+        );
+    }
+    for (id, pid) in &started.agent_pids {
+        println!(
+            "  agent {:<2} pid {:<7} 127.0.0.1:{:<5}  log: {}",
+            id,
+            pid,
+            layout.agent_port(*id),
+            layout.agent_log(*id).display()
         );
     }
     println!(
@@ -139,6 +152,41 @@ async fn up(
 
 fn api_base(layout: &Layout) -> String {
     format!("http://127.0.0.1:{}", layout.api_port())
+}
+
+/// Waits until every node's agent answers a signed GET /v1/status.
+async fn wait_agents(layout: &Layout, pids: &[(u16, u32)]) -> anyhow::Result<()> {
+    let secret = pgwarden_agent::read_secret(&layout.agent_secret()).map_err(anyhow::Error::msg)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for &(id, pid) in pids {
+        let addr = format!("127.0.0.1:{}", layout.agent_port(id));
+        let client =
+            pgwarden_agent::AgentClient::new(&addr, secret.clone(), Duration::from_secs(5));
+        loop {
+            if !sandbox::process_alive(pid) {
+                return Err(SandboxError::AgentDied {
+                    id,
+                    log: layout.agent_log(id),
+                    tail: sandbox::tail_file(&layout.agent_log(id), 20),
+                }
+                .into());
+            }
+            let err = match client.status().await {
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the agent of node {id} did not answer within {} s: {err}\nthe end of {}:\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    layout.agent_log(id).display(),
+                    sandbox::tail_file(&layout.agent_log(id), 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the warden answers and has seen every node answer once.
@@ -234,6 +282,23 @@ struct NodeJson {
     role: String,
     status: String,
     pg_status: String,
+    agent: AgentJson,
+}
+
+#[derive(Serialize)]
+struct AgentJson {
+    port: u16,
+    running: bool,
+    pid: Option<u32>,
+}
+
+fn agent_json(layout: &Layout, id: u16) -> AgentJson {
+    let pid = sandbox::agent_pid(layout, id);
+    AgentJson {
+        port: layout.agent_port(id),
+        running: pid.is_some(),
+        pid,
+    }
 }
 
 async fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -258,6 +323,7 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     role: v.role.as_str().into(),
                     status: v.status.as_str().into(),
                     pg_status: v.pg_status.as_str().into(),
+                    agent: agent_json(&layout, v.id as u16),
                 })
                 .collect(),
         ),
@@ -302,6 +368,18 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             })
             .collect();
         print!("{}", sandbox_table(&rows));
+        for n in &out.nodes {
+            match n.agent.pid {
+                Some(pid) => println!(
+                    "  agent of node {}: running, pid {pid}, 127.0.0.1:{}",
+                    n.id, n.agent.port
+                ),
+                None => println!(
+                    "  agent of node {}: not running (127.0.0.1:{})",
+                    n.id, n.agent.port
+                ),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -335,6 +413,7 @@ async fn probe_all(layout: &Layout) -> Vec<NodeJson> {
             role,
             status: status.into(),
             pg_status: status.into(),
+            agent: agent_json(layout, id),
         });
     }
     out

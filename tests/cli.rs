@@ -170,11 +170,193 @@ fn node_list_without_a_warden_says_so() {
 fn help_explains_the_commands() {
     let out = pgwarden(&["--help"]).output().unwrap();
     let text = stdout(&out);
-    for cmd in ["serve", "config", "node", "sandbox"] {
+    for cmd in ["serve", "config", "node", "sandbox", "agent"] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = pgwarden(&["sandbox", "up", "--help"]).output().unwrap();
     assert!(stdout(&out).contains("BASE+100"), "{}", stdout(&out));
     let out = pgwarden(&["node", "frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+/// `pgwarden agent ARGS` as the OS user PostgreSQL runs as (`postgres` when the tests run as
+/// root: the agent refuses root).
+fn agent_as_db_user(args: &[&str]) -> std::process::Command {
+    let run_as = pgwarden_sandbox::RunAs::detect().unwrap();
+    let mut c = run_as.command(common::EXE);
+    c.arg("agent").args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PGWARDEN_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// A directory the database user owns, with a good secret file and a data directory.
+fn agent_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = common::temp_dir();
+    let run_as = pgwarden_sandbox::RunAs::detect().unwrap();
+    let dir = t.path().join("agent");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    run_as.own(&dir).unwrap();
+    run_as.own(&dir.join("data")).unwrap();
+    let secret = dir.join("agent.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    run_as.own(&secret).unwrap();
+    (t, dir, secret)
+}
+
+#[test]
+fn agent_refuses_what_it_cannot_work_with_and_exits_2() {
+    let (_t, dir, secret) = agent_dir();
+    let data = dir.join("data");
+    let port = common::free_base(1).to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let base = |secret: &Path, data: &Path| {
+        vec![
+            "--listen".to_string(),
+            listen.clone(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+            "--pg-port".into(),
+            "5432".into(),
+            "--secret-file".into(),
+            secret.to_str().unwrap().into(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        agent_as_db_user(&args).output().unwrap()
+    };
+
+    if nix::unistd::geteuid().is_root() {
+        let args = base(&secret, &data);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = pgwarden(&["agent"]).args(&args).output().unwrap();
+        assert_error(&out, 2, "refuses to run as root");
+        assert_error(&out, 2, "sudo -u postgres");
+    }
+
+    // The secret file: open to others, too short, missing.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_error(&run(base(&secret, &data)), 2, "(mode 0644)");
+    assert_error(&run(base(&secret, &data)), 2, secret.to_str().unwrap());
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let short = dir.join("short.secret");
+    std::fs::write(&short, "tooshort\n").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    pgwarden_sandbox::RunAs::detect()
+        .unwrap()
+        .own(&short)
+        .unwrap();
+    assert_error(&run(base(&short, &data)), 2, "at least 16 are needed");
+    assert_error(
+        &run(base(&dir.join("nope.secret"), &data)),
+        2,
+        "does not exist",
+    );
+
+    // A data directory this user cannot reach.
+    let closed = dir.join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = run(base(&secret, &closed.join("data")));
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_error(&out, 2, "--data-dir");
+    assert_error(&out, 2, "ermission denied");
+
+    // A bad --keep, a missing --pg-bin program.
+    let mut args = base(&secret, &data);
+    args.extend(["--keep".into(), "../postgresql.conf".into()]);
+    assert_error(&run(args), 2, "no absolute path, no ..");
+    let mut args = base(&secret, &data);
+    args.extend(["--pg-bin".into(), dir.to_str().unwrap().into()]);
+    assert_error(&run(args), 2, "pg_ctl, pg_controldata, pg_rewind");
+
+    // A port that is taken.
+    let held = std::net::TcpListener::bind(&listen).unwrap();
+    assert_error(&run(base(&secret, &data)), 2, "already in use");
+    drop(held);
+}
+
+#[test]
+fn agent_serves_signed_requests_and_logs_refused_ones() {
+    let (_t, dir, secret) = agent_dir();
+    let port = common::free_base(1);
+    let child = agent_as_db_user(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        dir.join("data").to_str().unwrap(),
+        "--pg-port",
+        "5432",
+        "--secret-file",
+        secret.to_str().unwrap(),
+    ])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/status");
+    let start = std::time::Instant::now();
+    let unsigned = loop {
+        match http.get(&url).send() {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(
+                    start.elapsed().as_secs() < 20,
+                    "the agent never answered: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let body: serde_json::Value = unsigned.json().unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no Authorization header"),
+        "{body}"
+    );
+    let key = std::fs::read(&secret).unwrap();
+    let key = key.trim_ascii();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signed: serde_json::Value = http
+        .get(&url)
+        .header(
+            "Authorization",
+            pgwarden_agent::auth::authorization(key, ts, "GET", "/v1/status", b""),
+        )
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(signed["running"], false);
+    assert_eq!(signed["control"], serde_json::Value::Null);
+    assert_eq!(signed["port"], 5432);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("refused a request"), "{log}");
+    assert!(log.contains("peer=127.0.0.1:"), "{log}");
+    assert!(log.contains("no Authorization header"), "{log}");
 }

@@ -137,7 +137,38 @@ fn three_nodes_stream_and_every_node_answers() {
         assert_eq!(n["port"], c.node_port(i as u16));
         assert_eq!(n["status"], "up");
         assert_eq!(n["data_dir"], c.data_dir(i as u16).to_str().unwrap());
+        assert_eq!(n["agent"]["port"], c.base + 101 + i as u16);
+        assert_eq!(n["agent"]["running"], true, "{n:#}");
     }
+
+    // Every node has its agent, answering signed requests about its own server.
+    for id in 0..3u16 {
+        let a = c.agent_status(id);
+        assert_eq!(a["running"], true, "{a:#}");
+        assert_eq!(a["port"], c.node_port(id));
+        assert_eq!(a["data_dir"], c.data_dir(id).to_str().unwrap());
+        assert_eq!(a["control"]["timeline"], 1, "{a:#}");
+    }
+    let state = |id: u16| c.agent_status(id)["control"]["state"].clone();
+    assert_eq!(state(0), "in production");
+    assert_eq!(state(1), "in archive recovery");
+    let secret = std::fs::metadata(c.dir.join("agent.secret")).unwrap();
+    assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+    // The warden's configuration names them.
+    let cfg = std::fs::read_to_string(c.config()).unwrap();
+    assert!(cfg.contains("secret_file = \"agent.secret\""), "{cfg}");
+    assert!(
+        cfg.contains(&format!("agent = \"127.0.0.1:{}\"", c.base + 103)),
+        "{cfg}"
+    );
+    let out = pgwarden(&["sandbox", "status", "--dir", c.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("agent of node 2: running, pid"),
+        "{}",
+        stdout(&out)
+    );
 
     // The API's health endpoint.
     let health: Value =
@@ -235,7 +266,7 @@ fn down_leaves_no_process_and_up_restarts_with_the_data() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|n| n["status"] == "down"));
+        .all(|n| n["status"] == "down" && n["agent"]["running"] == false));
 
     // Changing the shape of an existing sandbox is refused, and changes nothing.
     let out = pgwarden(&["sandbox", "up", "--dir", &dir, "--nodes", "3"])
@@ -261,6 +292,8 @@ fn down_leaves_no_process_and_up_restarts_with_the_data() {
         c.psql(1, "test", "SELECT pg_is_in_recovery()").unwrap(),
         "t"
     );
+    // The agents are back too.
+    assert_eq!(c.agent_status(1)["running"], true);
 
     // A second up while it runs is harmless.
     let out = pgwarden(&["sandbox", "up", "--dir", &dir])
@@ -400,4 +433,52 @@ fn a_hung_standby_is_caught_by_the_timeout() {
     });
     assert_eq!(n["pg_role"], "standby");
     assert_eq!(n["status"], "down");
+}
+
+/// As root, the agents run as `postgres`, which may not reach the pgwarden executable (built
+/// under /root, say): the sandbox runs a copy of it in DIR/bin.
+#[test]
+fn agents_run_a_copy_of_an_executable_closed_to_postgres() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only meaningful as root");
+        return;
+    }
+    let tmp = common::temp_dir();
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let exe = private.join("pgwarden");
+    std::fs::copy(common::EXE, &exe).unwrap();
+    let dir = tmp.path().join("sb");
+    let d = dir.to_str().unwrap();
+    let base = common::free_base(1);
+    let up = std::process::Command::new(&exe)
+        .args([
+            "sandbox",
+            "up",
+            "--dir",
+            d,
+            "--nodes",
+            "1",
+            "--no-fsync",
+            "--port",
+        ])
+        .arg(base.to_string())
+        .env_remove("PGWARDEN_SANDBOX")
+        .output()
+        .unwrap();
+    let status = pgwarden(&["sandbox", "status", "--json", "--dir", d])
+        .output()
+        .unwrap();
+    let copied = dir.join("bin/pgwarden").is_file();
+    let down = pgwarden(&["sandbox", "down", "--dir", d, "--destroy"])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}{}", stdout(&up), stderr(&up));
+    assert!(stdout(&up).contains("agent 0"), "{}", stdout(&up));
+    let st: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["nodes"][0]["agent"]["running"], true, "{st:#}");
+    assert!(copied, "the agents run DIR/bin/pgwarden");
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(common::processes_under(&dir), Vec::<u32>::new());
 }

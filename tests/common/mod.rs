@@ -52,7 +52,8 @@ pub fn temp_dir() -> tempfile::TempDir {
     t
 }
 
-/// A base port whose whole range (BASE … BASE+1+N, BASE+100) is free right now.
+/// A base port whose whole range (BASE … BASE+1+N, BASE+100, the agents' BASE+101 …
+/// BASE+100+N) is free right now.
 pub fn free_base(nodes: u16) -> u16 {
     let seed = std::process::id() as u64 * 7919
         + std::time::SystemTime::now()
@@ -62,7 +63,9 @@ pub fn free_base(nodes: u16) -> u16 {
     for i in 0..500u64 {
         // Steps of 200: one range never overlaps the next one's API port (BASE+100).
         let base = 20000 + ((seed + i * 131) % 200) as u16 * 200;
-        let ports = (0..nodes + 2).map(|p| base + p).chain([base + 100]);
+        let ports = (0..nodes + 2)
+            .map(|p| base + p)
+            .chain((0..=nodes).map(|p| base + 100 + p));
         if ports
             .into_iter()
             .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
@@ -292,6 +295,33 @@ impl Cluster {
             .expect("GET /v1/nodes")
     }
 
+    /// GET /v1/status of node `id`'s agent, signed with the sandbox's secret.
+    pub fn agent_status(&self, id: u16) -> Value {
+        let secret =
+            pgwarden_agent::read_secret(&self.layout.agent_secret()).expect("agent.secret");
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("http client")
+            .get(format!(
+                "http://127.0.0.1:{}/v1/status",
+                self.layout.agent_port(id)
+            ))
+            .header(
+                "Authorization",
+                pgwarden_agent::auth::authorization(&secret, ts, "GET", "/v1/status", b""),
+            )
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .expect("GET /v1/status of the agent")
+    }
+
     /// Polls the API until `pred` holds for node `id`; returns that node and how long it took.
     pub fn wait_node(
         &self,
@@ -317,7 +347,8 @@ impl Cluster {
     }
 
     /// Pids of every process that belongs to this sandbox: the warden (its command line
-    /// names the sandbox's config) and PostgreSQL's (their working directory is a data dir).
+    /// names the sandbox's config), the agents (theirs name a data dir) and PostgreSQL's
+    /// (their working directory is a data dir).
     pub fn processes(&self) -> Vec<u32> {
         processes_under(&self.dir)
     }
@@ -473,6 +504,13 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// Whether `pid` is a `pgwarden agent` (the sandbox runs one per node).
+pub fn is_agent(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.first().is_some_and(|a| a.ends_with(b"pgwarden")) && args.get(1) == Some(&&b"agent"[..])
 }
 
 impl Drop for Cluster {

@@ -7,7 +7,18 @@
 //! polls.
 //!
 //! * [`api`]: the requests and answers (JSON over HTTP/1.1), shared by both sides.
+//! * [`server`]: the agent itself ([`server::serve`]).
+//! * [`client`]: what the warden (and the sandbox) call it with ([`client::AgentClient`]).
+//! * [`auth`]: the request signature and the secret file, used by both sides.
 
 pub mod api;
+pub mod auth;
 pub mod client;
+pub mod conf;
+mod jobs;
+pub mod parse;
 pub mod server;
+
+pub use auth::read_secret;
+pub use client::{AgentClient, AgentError};
+pub use server::{serve, serve_with_shutdown, AgentConfig};

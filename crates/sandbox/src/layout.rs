@@ -6,6 +6,9 @@ pub const DEFAULT_NODES: u16 = 3;
 pub const DEFAULT_BASE_PORT: u16 = 11000;
 /// The HTTP API sits this far above the base port.
 pub const API_OFFSET: u16 = 100;
+/// Node N's agent listens at BASE + AGENT_OFFSET + N: above the API, below BASE+200 (where
+/// the next sandbox's range starts when tests space them by 200).
+pub const AGENT_OFFSET: u16 = API_OFFSET + 1;
 
 /// A sandbox's ports and paths; a pure function of its directory, node count and base port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +19,8 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Checks the node count and base port fit: nodes at BASE+2 … BASE+1+N, API at BASE+100.
+    /// Checks the node count and base port fit: nodes at BASE+2 … BASE+1+N, API at BASE+100,
+    /// agents at BASE+101 … BASE+100+N.
     pub fn new(dir: &Path, nodes: u16, base_port: u16) -> Result<Layout, String> {
         if nodes == 0 {
             return Err("--nodes must be at least 1 (one primary)".into());
@@ -27,10 +31,11 @@ impl Layout {
                 API_OFFSET - 2
             ));
         }
-        if base_port < 1024 || u32::from(base_port) + u32::from(API_OFFSET) > 65535 {
+        let highest = u32::from(AGENT_OFFSET) + u32::from(nodes) - 1;
+        if base_port < 1024 || u32::from(base_port) + highest > 65535 {
             return Err(format!(
-                "--port {base_port} does not fit: expected 1024 … {} so that BASE+{API_OFFSET} is a valid port",
-                65535 - API_OFFSET
+                "--port {base_port} does not fit: expected 1024 … {} so that the last agent's port BASE+{highest} is a valid port",
+                65535 - highest
             ));
         }
         Ok(Layout {
@@ -52,6 +57,10 @@ impl Layout {
     pub fn api_port(&self) -> u16 {
         self.base_port + API_OFFSET
     }
+    /// Node `id`'s agent (`pgwarden agent`).
+    pub fn agent_port(&self, id: u16) -> u16 {
+        self.base_port + AGENT_OFFSET + id
+    }
     pub fn node_ids(&self) -> impl Iterator<Item = u16> {
         0..self.nodes
     }
@@ -69,6 +78,24 @@ impl Layout {
     }
     pub fn warden_pid(&self) -> PathBuf {
         self.dir.join("warden.pid")
+    }
+    /// The secret the warden and the agents share (mode 0600, the database user's).
+    pub fn agent_secret(&self) -> PathBuf {
+        self.dir.join("agent.secret")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    pub fn agent_pid(&self, id: u16) -> PathBuf {
+        self.run_dir().join(format!("agent{id}.pid"))
+    }
+    pub fn agent_log(&self, id: u16) -> PathBuf {
+        self.log_dir().join(format!("agent{id}.log"))
+    }
+    /// Where the pgwarden executable is copied when the database user cannot run it where
+    /// it is (a build under /root, say).
+    pub fn bin_dir(&self) -> PathBuf {
+        self.dir.join("bin")
     }
     pub fn config(&self) -> PathBuf {
         self.dir.join("pgwarden.toml")
@@ -99,6 +126,10 @@ impl Layout {
                 .map(|i| (self.node_port(i), format!("PostgreSQL node {i}"))),
         );
         v.push((self.api_port(), "the HTTP API".to_string()));
+        v.extend(
+            self.node_ids()
+                .map(|i| (self.agent_port(i), format!("the agent of node {i}"))),
+        );
         v
     }
 }
@@ -115,9 +146,16 @@ mod tests {
     fn pgpool_setup_port_habit() {
         let l = Layout::new(Path::new("/s"), 3, 11000).unwrap();
         let ports: Vec<u16> = l.ports().iter().map(|p| p.0).collect();
-        assert_eq!(ports, [11000, 11001, 11002, 11003, 11004, 11100]);
+        assert_eq!(
+            ports,
+            [11000, 11001, 11002, 11003, 11004, 11100, 11101, 11102, 11103]
+        );
         assert_eq!(l.data_dir(2), Path::new("/s/data2"));
         assert_eq!(l.node_log(1), Path::new("/s/log/node1.log"));
+        assert_eq!(l.agent_port(2), 11103);
+        assert_eq!(l.agent_pid(1), Path::new("/s/run/agent1.pid"));
+        assert_eq!(l.agent_log(0), Path::new("/s/log/agent0.log"));
+        assert_eq!(l.agent_secret(), Path::new("/s/agent.secret"));
     }
 
     #[test]
@@ -126,8 +164,15 @@ mod tests {
         assert!(Layout::new(d, 0, 11000).is_err());
         assert!(Layout::new(d, 98, 11000).is_ok());
         assert!(Layout::new(d, 99, 11000).is_err());
-        assert!(Layout::new(d, 1, 65435).is_ok());
-        assert!(Layout::new(d, 1, 65436).is_err());
+        // The last agent's port, BASE+100+N, must exist.
+        assert!(Layout::new(d, 1, 65434).is_ok());
+        assert!(Layout::new(d, 1, 65435).is_err());
+        assert!(Layout::new(d, 3, 65432).is_ok());
+        assert!(Layout::new(d, 3, 65433).is_err());
+        let l = Layout::new(d, 98, 11000).unwrap();
+        assert_eq!(l.agent_port(97), 11198, "below the next range at BASE+200");
+        let e = Layout::new(d, 3, 65500).unwrap_err();
+        assert!(e.contains("expected 1024 … 65432"), "{e}");
         assert!(Layout::new(d, 1, 80).is_err());
     }
 }

@@ -8,8 +8,12 @@
 //! A sandbox directory holds:
 //! * `sandbox.toml` — what was built (node count, base port, PostgreSQL's bin directory);
 //! * `pgwarden.toml` — the warden's configuration; `pgpass` — the superuser's password (0600);
-//! * `data0` … — the nodes' data directories; `log/` — one log per node and the warden's;
-//! * `warden.pid` — the warden started in the background.
+//! * `data0` … — the nodes' data directories; `log/` — one log per node, per agent and the
+//!   warden's;
+//! * `warden.pid` — the warden started in the background; `run/agentN.pid` — node N's agent
+//!   (`pgwarden agent`, run as the database's OS user), `agent.secret` — the secret the warden
+//!   and the agents share; `bin/pgwarden` — a copy of the executable, only when the database
+//!   user cannot run the original where it is.
 
 pub mod layout;
 pub mod pg;
@@ -62,6 +66,8 @@ pub enum SandboxError {
     },
     #[error("the warden did not stay up; the end of {log}:\n{tail}")]
     WardenDied { log: PathBuf, tail: String },
+    #[error("the agent of node {id} did not stay up; the end of {log}:\n{tail}")]
+    AgentDied { id: u16, log: PathBuf, tail: String },
 }
 
 impl SandboxError {
@@ -95,7 +101,8 @@ pub struct UpOptions {
     /// `None`: what the sandbox was built with, or the default for a new one.
     pub nodes: Option<u16>,
     pub base_port: Option<u16>,
-    /// The `pgwarden` executable to run as the warden (`pgwarden serve`).
+    /// The `pgwarden` executable to run as the warden (`pgwarden serve`) and as the nodes'
+    /// agents (`pgwarden agent`).
     pub warden_exe: PathBuf,
     /// `fsync = off` in the nodes: for throw-away test clusters only.
     pub fsync: bool,
@@ -109,6 +116,8 @@ pub struct Started {
     pub layout: Layout,
     pub built: bool,
     pub warden_pid: u32,
+    /// Each node's agent: node id and pid.
+    pub agent_pids: Vec<(u16, u32)>,
     pub pg_bin: PathBuf,
     pub run_as: RunAs,
 }
@@ -193,6 +202,9 @@ fn restart(opts: &UpOptions, meta: Meta, run_as: RunAs) -> Result<Started> {
         if !node_running(&bin, &layout, id, run_as) {
             to_check.push((layout.node_port(id), format!("PostgreSQL node {id}")));
         }
+        if agent_pid(&layout, id).is_none() {
+            to_check.push((layout.agent_port(id), format!("the agent of node {id}")));
+        }
     }
     if !warden_running {
         to_check.push((layout.api_port(), "the HTTP API".into()));
@@ -205,6 +217,7 @@ fn restart(opts: &UpOptions, meta: Meta, run_as: RunAs) -> Result<Started> {
             start_node(&bin, &layout, id, run_as)?;
         }
     }
+    let agent_pids = start_agents(&layout, &bin, &opts.warden_exe, run_as)?;
     let warden_pid = match warden_pid(&layout) {
         Some(pid) => pid,
         None => start_warden(&layout, &opts.warden_exe)?,
@@ -213,6 +226,7 @@ fn restart(opts: &UpOptions, meta: Meta, run_as: RunAs) -> Result<Started> {
         layout,
         built: false,
         warden_pid,
+        agent_pids,
         pg_bin: bin.dir,
         run_as,
     })
@@ -244,10 +258,11 @@ fn build(opts: &UpOptions, run_as: RunAs) -> Result<Started> {
 
     let result = build_in(&layout, &bin, run_as, opts);
     match result {
-        Ok(pid) => Ok(Started {
+        Ok((pid, agent_pids)) => Ok(Started {
             layout,
             built: true,
             warden_pid: pid,
+            agent_pids,
             pg_bin: bin.dir,
             run_as,
         }),
@@ -271,7 +286,12 @@ fn build(opts: &UpOptions, run_as: RunAs) -> Result<Started> {
     }
 }
 
-fn build_in(layout: &Layout, bin: &PgBin, run_as: RunAs, opts: &UpOptions) -> Result<u32> {
+fn build_in(
+    layout: &Layout,
+    bin: &PgBin,
+    run_as: RunAs,
+    opts: &UpOptions,
+) -> Result<(u32, Vec<(u16, u32)>)> {
     let dir = &layout.dir;
     run_as.own(dir)?;
     check_reachable(dir, run_as)?;
@@ -285,6 +305,9 @@ fn build_in(layout: &Layout, bin: &PgBin, run_as: RunAs, opts: &UpOptions) -> Re
         pw = passfile::escape(&password)
     );
     write_file(&layout.pgpass(), &pgpass, 0o600, run_as)?;
+    // The agents' shared secret: theirs (they run as the database user and refuse a file
+    // others can read); the warden runs as root or as that same user, and reads it too.
+    write_file(&layout.agent_secret(), &generate_secret(), 0o600, run_as)?;
     // pgpool's PCP files: pcp.conf for the warden (user:md5 of the password), pcppass for the
     // stock pcp_* tools (PCPPASSFILE=DIR/pcppass pcp_node_info -h 127.0.0.1 -p BASE+1 -U postgres -w).
     let pcp_conf = format!(
@@ -361,6 +384,7 @@ fn build_in(layout: &Layout, bin: &PgBin, run_as: RunAs, opts: &UpOptions) -> Re
         start_node(bin, layout, id, run_as)?;
     }
 
+    let agent_pids = start_agents(layout, bin, &opts.warden_exe, run_as)?;
     write_file(
         &layout.config(),
         &warden_config(layout, opts.synchronous),
@@ -369,7 +393,7 @@ fn build_in(layout: &Layout, bin: &PgBin, run_as: RunAs, opts: &UpOptions) -> Re
     )?;
     let pid = start_warden(layout, &opts.warden_exe)?;
     write_meta(layout, bin, true)?;
-    Ok(pid)
+    Ok((pid, agent_pids))
 }
 
 const HBA: &str = "\
@@ -469,15 +493,19 @@ fn warden_config(layout: &Layout, synchronous: bool) -> String {
          follow_timeout = \"30s\"\n\n\
          # The PCP port for pgpool's pcp_* tools: PCPPASSFILE=pcppass, user postgres.\n\
          [pcp]\n\
-         users_file = \"pcp.conf\"\n",
+         users_file = \"pcp.conf\"\n\n\
+         # Each node's agent (`pgwarden agent`, see log/agentN.log) signs with this secret.\n\
+         [agent]\n\
+         secret_file = \"agent.secret\"\n",
         layout.proxy_port(),
         layout.pcp_port(),
         layout.api_port()
     );
     for id in layout.node_ids() {
         s.push_str(&format!(
-            "\n[[backend]]\nid = {id}\nhost = \"127.0.0.1\"\nport = {}\ndata_dir = \"data{id}\"\napplication_name = \"node{id}\"\n",
-            layout.node_port(id)
+            "\n[[backend]]\nid = {id}\nhost = \"127.0.0.1\"\nport = {}\ndata_dir = \"data{id}\"\napplication_name = \"node{id}\"\nagent = \"127.0.0.1:{}\"\n",
+            layout.node_port(id),
+            layout.agent_port(id)
         ));
     }
     s
@@ -497,6 +525,15 @@ fn write_meta(layout: &Layout, bin: &PgBin, complete: bool) -> Result<()> {
         0o644,
         RunAs::Current,
     )
+}
+
+/// 32 random bytes, in hex.
+fn generate_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}\n")
 }
 
 fn generate_password() -> String {
@@ -780,6 +817,162 @@ fn start_warden(layout: &Layout, exe: &Path) -> Result<u32> {
     Ok(pid)
 }
 
+/// Node `id`'s agent's pid, if the agent this sandbox started still runs.
+pub fn agent_pid(layout: &Layout, id: u16) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(layout.agent_pid(id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let data = layout.data_dir(id);
+    // Guard against a recycled pid: it must be an agent, for this node's data directory.
+    let ours = cmdline.split('\0').any(|a| a == "agent")
+        && cmdline.split('\0').any(|a| Path::new(a) == data);
+    (ours && process_alive(pid)).then_some(pid)
+}
+
+/// Starts the agent of every node that has none running; every node's agent pid.
+fn start_agents(
+    layout: &Layout,
+    bin: &PgBin,
+    exe: &Path,
+    run_as: RunAs,
+) -> Result<Vec<(u16, u32)>> {
+    let mut exe_for_agents: Option<PathBuf> = None;
+    let mut pids = Vec::new();
+    for id in layout.node_ids() {
+        let pid = match agent_pid(layout, id) {
+            Some(pid) => pid,
+            None => {
+                let exe = match &exe_for_agents {
+                    Some(e) => e.clone(),
+                    None => {
+                        let e = agent_exe(layout, exe, run_as)?;
+                        exe_for_agents = Some(e.clone());
+                        e
+                    }
+                };
+                start_agent(layout, bin, id, &exe, run_as)?
+            }
+        };
+        pids.push((id, pid));
+    }
+    Ok(pids)
+}
+
+/// The executable the agents run: `exe`, or a copy in DIR/bin when the database user cannot
+/// run `exe` where it is (a parent directory closed to it).
+fn agent_exe(layout: &Layout, exe: &Path, run_as: RunAs) -> Result<PathBuf> {
+    if run_as == RunAs::Current {
+        return Ok(exe.to_path_buf());
+    }
+    let runnable = run_as
+        .command("test")
+        .arg("-x")
+        .arg(exe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if runnable {
+        return Ok(exe.to_path_buf());
+    }
+    let dir = layout.bin_dir();
+    fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, "create", e))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+        .map_err(|e| SandboxError::io(&dir, "set the mode of", e))?;
+    let copy = dir.join("pgwarden");
+    // Copied beside and renamed over: an agent may still run the previous copy.
+    let tmp = dir.join(".pgwarden.tmp");
+    fs::copy(exe, &tmp)
+        .map_err(|e| SandboxError::io(&tmp, "copy the pgwarden executable to", e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+        .map_err(|e| SandboxError::io(&tmp, "set the mode of", e))?;
+    fs::rename(&tmp, &copy).map_err(|e| SandboxError::io(&copy, "write", e))?;
+    Ok(copy)
+}
+
+fn start_agent(layout: &Layout, bin: &PgBin, id: u16, exe: &Path, run_as: RunAs) -> Result<u32> {
+    let log_path = layout.agent_log(id);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| SandboxError::io(&log_path, "open", e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| SandboxError::io(&log_path, "open", e))?;
+    let mut cmd = run_as.command(exe);
+    cmd.arg("agent")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", layout.agent_port(id)))
+        .arg("--data-dir")
+        .arg(layout.data_dir(id))
+        .arg("--pg-port")
+        .arg(layout.node_port(id).to_string())
+        .arg("--secret-file")
+        .arg(layout.agent_secret())
+        .arg("--pg-bin")
+        .arg(&bin.dir)
+        .arg("--passfile")
+        .arg(layout.pgpass())
+        .arg("--log-file")
+        .arg(layout.node_log(id));
+    // The defaults, and the node's own port and name (the sandbox's per-node file).
+    for keep in [
+        "postgresql.conf",
+        "pg_hba.conf",
+        "pg_ident.conf",
+        "pgwarden.node.conf",
+    ] {
+        cmd.arg("--keep").arg(keep);
+    }
+    cmd.env_remove("PGWARDEN_AGENT_KEEP")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .current_dir(&layout.dir);
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group, as the warden: a Ctrl-C of `sandbox up` leaves it be.
+        cmd.process_group(0);
+    }
+    let child = cmd.spawn().map_err(|e| SandboxError::Command {
+        what: format!("starting the agent of node {id}"),
+        command: describe(&cmd),
+        status: "could not start".into(),
+        output: e.to_string(),
+    })?;
+    let pid = child.id();
+    create_dir(&layout.run_dir(), RunAs::Current)?;
+    write_file(
+        &layout.agent_pid(id),
+        &format!("{pid}\n"),
+        0o644,
+        RunAs::Current,
+    )?;
+    // Reaped by whoever outlives it; `sandbox down` stops it by pid.
+    std::mem::forget(child);
+    Ok(pid)
+}
+
+fn stop_agent(layout: &Layout, id: u16) {
+    if let Some(pid) = agent_pid(layout, id) {
+        stop_pid(pid);
+    }
+    let _ = fs::remove_file(layout.agent_pid(id));
+}
+
+/// SIGTERM, then SIGKILL if it has not gone within 10 s.
+fn stop_pid(pid: u32) {
+    let npid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(npid, nix::sys::signal::Signal::SIGTERM);
+    if !wait_gone(pid, Duration::from_secs(10)) {
+        let _ = nix::sys::signal::kill(npid, nix::sys::signal::Signal::SIGKILL);
+        wait_gone(pid, Duration::from_secs(5));
+    }
+}
+
 /// Waits until `pid` is gone; true if it went within `limit`.
 fn wait_gone(pid: u32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -799,18 +992,18 @@ fn wait_gone(pid: u32, limit: Duration) -> bool {
 
 fn stop_warden(layout: &Layout) {
     if let Some(pid) = warden_pid(layout) {
-        let npid = nix::unistd::Pid::from_raw(pid as i32);
-        let _ = nix::sys::signal::kill(npid, nix::sys::signal::Signal::SIGTERM);
-        if !wait_gone(pid, Duration::from_secs(10)) {
-            let _ = nix::sys::signal::kill(npid, nix::sys::signal::Signal::SIGKILL);
-            wait_gone(pid, Duration::from_secs(5));
-        }
+        stop_pid(pid);
     }
     let _ = fs::remove_file(layout.warden_pid());
 }
 
 fn stop_all(layout: &Layout, bin: Option<&PgBin>, run_as: RunAs) -> Vec<SandboxError> {
+    // The warden first (it would react to what follows), then the agents (so none acts on a
+    // node being stopped), then the nodes.
     stop_warden(layout);
+    for id in layout.node_ids() {
+        stop_agent(layout, id);
+    }
     let mut errors = Vec::new();
     if let Some(bin) = bin {
         for id in layout.node_ids() {
@@ -869,6 +1062,11 @@ mod tests {
         assert_eq!(cfg.backends[2].port, 11004);
         assert_eq!(cfg.backends[2].data_dir, Path::new("/tmp/sb/data2"));
         assert_eq!(cfg.credentials.password_file, Path::new("/tmp/sb/pgpass"));
+        assert_eq!(
+            cfg.agent.secret_file.as_deref(),
+            Some(Path::new("/tmp/sb/agent.secret"))
+        );
+        assert_eq!(cfg.backends[1].agent.as_deref(), Some("127.0.0.1:11102"));
     }
 
     #[test]
