@@ -166,11 +166,11 @@ enum NodeCommand {
 
 #[derive(Subcommand, Debug)]
 enum SandboxCommand {
-    /// Build a cluster in DIR (the first time) or restart it (later), start the warden, and
-    /// wait until everything answers.
+    /// Build a cluster in DIR (the first time) or restart it (later), start the node agents
+    /// and the warden, and wait until everything answers.
     ///
     /// Ports follow pgpool_setup: proxy BASE, PCP BASE+1, PostgreSQL nodes BASE+2 … BASE+1+N,
-    /// HTTP API BASE+100. Node 0 is the primary; the others stream from it through
+    /// HTTP API BASE+100, node agents BASE+101 … BASE+100+N. Node 0 is the primary; the others stream from it through
     /// replication slots. The superuser is `postgres`, its password in DIR/pgpass (libpq's
     /// format); a database `test` is created. Run as root, PostgreSQL runs as the `postgres`
     /// OS user.

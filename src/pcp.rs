@@ -140,7 +140,7 @@ impl PcpHandler for Handler {
             .recover(id)
             .await
             .map(drop)
-            .map_err(|e| pcp_error("process recovery request failed", admin_error(e)))
+            .map_err(|e| pcp_error("process recovery request", admin_error(e)))
     }
 
     async fn reload(&self) -> Result<(), PcpError> {

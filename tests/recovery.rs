@@ -22,6 +22,16 @@ fn recover(c: &Cluster, id: u16) -> Output {
     c.pgwarden(&["node", "recover", &id.to_string()])
 }
 
+/// The command succeeded; otherwise its output and the warden's events are shown.
+fn assert_ok(c: &Cluster, o: &Output) {
+    assert!(
+        o.status.success(),
+        "{}\nevents:\n{}",
+        out(o),
+        events_text(c)
+    );
+}
+
 fn status(c: &Cluster, id: u16) -> String {
     c.nodes()[id as usize]["status"]
         .as_str()
@@ -115,12 +125,7 @@ fn a_stopped_standby_is_rebuilt_while_pgbench_runs_with_no_client_error() {
     let started = Instant::now();
     let o = recover(&c, 2);
     let took = started.elapsed();
-    assert!(
-        o.status.success(),
-        "{}\nevents:\n{}",
-        out(&o),
-        events_text(&c)
-    );
+    assert_ok(&c, &o);
     let text = out(&o);
     assert!(
         text.contains("node 2 recovered by base backup from node 0"),
@@ -187,21 +192,31 @@ fn the_old_primary_rejoins_by_pg_rewind_through_the_stock_pcp_recovery_node() {
     .unwrap();
 
     // Refused while it is the wrong node: the new primary itself, an unknown node.
+    // (the stock client prints pgpool's ERROR but exits 0, as pgpool's own does)
     let o = pcp(&c, "pcp_recovery_node", &["-n", &new.to_string()]);
-    assert!(!o.status.success());
-    assert!(out(&o).contains("is the primary"), "{}", out(&o));
+    let text = common::stderr(&o);
+    assert!(
+        text.contains("ERROR:  process recovery request failed"),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        text.contains(&format!("node {new} is the primary")),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        !common::stdout(&o).contains("Command Successful"),
+        "{}",
+        out(&o)
+    );
     let o = recover(&c, 9);
     assert!(!o.status.success());
     assert!(out(&o).contains("node 9 is not configured"), "{}", out(&o));
 
     let started = Instant::now();
     let o = pcp(&c, "pcp_recovery_node", &["-n", "0"]);
-    assert!(
-        o.status.success(),
-        "{}\nevents:\n{}",
-        out(&o),
-        events_text(&c)
-    );
+    assert_ok(&c, &o);
     assert!(
         common::stdout(&o).contains("pcp_recovery_node -- Command Successful"),
         "{}",
@@ -257,12 +272,7 @@ fn a_rewind_that_cannot_work_falls_back_to_a_base_backup() {
         }
     }
     let o = recover(&c, 0);
-    assert!(
-        o.status.success(),
-        "{}\nevents:\n{}",
-        out(&o),
-        events_text(&c)
-    );
+    assert_ok(&c, &o);
     assert!(out(&o).contains("recovered by base backup"), "{}", out(&o));
     let ev = events_text(&c);
     assert!(ev.contains("pg_rewind failed"), "{ev}");
@@ -306,6 +316,8 @@ fn refusals_agent_down_and_wrong_secret_change_nothing() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", out(&o));
+    // (it starts node 2's server too: stop it again)
+    c.pg_ctl(2, &["stop", "-m", "fast"]);
 
     // The warden signs with another secret than the agents know: refused, and the agent
     // logs who tried.
@@ -326,12 +338,7 @@ fn refusals_agent_down_and_wrong_secret_change_nothing() {
 
     // With the right secret it works.
     let o = recover(&c, 2);
-    assert!(
-        o.status.success(),
-        "{}\nevents:\n{}",
-        out(&o),
-        events_text(&c)
-    );
+    assert_ok(&c, &o);
     wait_up(&c, 2);
 }
 
@@ -392,12 +399,7 @@ fn pgpool_style_scripts_run_with_pgpools_arguments() {
     )
     .unwrap();
     let o = recover(&c, 1);
-    assert!(
-        o.status.success(),
-        "{}\nevents:\n{}",
-        out(&o),
-        events_text(&c)
-    );
+    assert_ok(&c, &o);
     let args = std::fs::read_to_string(c.dir.join("stage1.args")).unwrap();
     assert_eq!(
         args.trim(),
@@ -677,4 +679,74 @@ fn wait_up_within(c: &Cluster, id: u16, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Kills the agent started by hand for a node the sandbox does not know of.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+#[test]
+fn a_brand_new_node_is_added_by_a_reload_and_recovered_from_nothing() {
+    let c = Cluster::up(2);
+    c.psql(
+        0,
+        "test",
+        "CREATE TABLE t AS SELECT generate_series(1, 42) id",
+    )
+    .unwrap();
+    // A third host: its agent runs, its data directory does not exist yet.
+    let bigger = pgwarden_sandbox::Layout::new(&c.dir, 3, c.base).unwrap();
+    let bin = pgwarden_sandbox::PgBin::locate().unwrap();
+    let run_as = pgwarden_sandbox::RunAs::detect().unwrap();
+    let pids =
+        pgwarden_sandbox::start_agents(&bigger, &bin, std::path::Path::new(common::EXE), run_as)
+            .unwrap();
+    let (_, pid) = pids.iter().find(|(id, _)| *id == 2).copied().unwrap();
+    let _agent = KillOnDrop(pid);
+    assert!(!bigger.data_dir(2).exists());
+
+    let mut cfg = std::fs::read_to_string(c.config()).unwrap();
+    cfg.push_str(&format!(
+        "\n[[backend]]\nid = 2\nhost = \"127.0.0.1\"\nport = {}\ndata_dir = \"data2\"\napplication_name = \"node2\"\nagent = \"127.0.0.1:{}\"\n",
+        bigger.node_port(2),
+        bigger.agent_port(2)
+    ));
+    std::fs::write(c.config(), cfg).unwrap();
+    // pgpool's way: reload, then recover.
+    let o = pcp(&c, "pcp_reload_config", &[]);
+    assert!(
+        common::stdout(&o).contains("Command Successful"),
+        "{}",
+        out(&o)
+    );
+    let n = c.nodes();
+    assert_eq!(n.as_array().unwrap().len(), 3, "{n:#}");
+    assert_eq!(n[2]["status"], "down", "{n:#}");
+    let ev = events_text(&c);
+    assert!(ev.contains("node 2 (127.0.0.1:"), "{ev}");
+
+    let o = recover(&c, 2);
+    assert_ok(&c, &o);
+    assert!(
+        out(&o).contains("because the node has no data directory yet")
+            || events_text(&c).contains("no data directory yet")
+    );
+    wait_up(&c, 2);
+    assert!(streams(&c, 0, 2));
+    let port = bigger.node_port(2);
+    let rows = c.psql_at(port, "test", "SELECT count(*) FROM t").unwrap();
+    assert_eq!(rows, "42");
+    // Reads are balanced to it too: SHOW POOL_NODES lists it up.
+    let pool_nodes = c.psql_proxy("test", "SHOW POOL_NODES").unwrap();
+    assert!(pool_nodes.contains(&port.to_string()), "{pool_nodes}");
+    // Its server is stopped before the sandbox goes (the sandbox does not know it).
+    c.pg_ctl_dir(&bigger.data_dir(2), &["stop", "-m", "fast"]);
 }

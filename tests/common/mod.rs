@@ -223,13 +223,18 @@ impl Cluster {
 
     /// `pg_ctl ARGS -D dataN`, as the OS user PostgreSQL runs as.
     pub fn pg_ctl(&self, id: u16, args: &[&str]) {
+        self.pg_ctl_dir(&self.data_dir(id), args)
+    }
+
+    /// `pg_ctl ARGS -D DIR`, as the OS user PostgreSQL runs as.
+    pub fn pg_ctl_dir(&self, dir: &Path, args: &[&str]) {
         let bin = PgBin::locate().expect("PostgreSQL programs");
         let run_as = RunAs::detect().expect("OS user");
         let out = run_as
             .command(bin.program("pg_ctl"))
             .args(args)
             .arg("-D")
-            .arg(self.data_dir(id))
+            .arg(dir)
             .output()
             .expect("run pg_ctl");
         assert!(

@@ -834,7 +834,7 @@ pub fn agent_pid(layout: &Layout, id: u16) -> Option<u32> {
 }
 
 /// Starts the agent of every node that has none running; every node's agent pid.
-fn start_agents(
+pub fn start_agents(
     layout: &Layout,
     bin: &PgBin,
     exe: &Path,
