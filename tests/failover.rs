@@ -246,18 +246,15 @@ fn primary_killed_under_write_load_fails_over_and_the_old_primary_never_gets_tra
         "{ev}"
     );
 
-    // Every acknowledged write made after the failover is on the new primary; the other
-    // standby follows it.
-    let on_new: i64 = c
-        .psql(new, "test", "SELECT count(*) FROM acked")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // Every write acknowledged after the failover (the last 50) is on the new primary; the
+    // other standby follows it. (Commits acknowledged by the old primary but not yet sent to
+    // any standby are lost in asynchronous mode, how many depends on the machine's load:
+    // synchronous mode is the test for that.)
+    let after_failover = &acked[acked.len().saturating_sub(50)..];
+    let missing = missing_rows(&c, new, after_failover);
     assert!(
-        on_new as usize >= acked.len() - 60,
-        "{on_new} rows vs {} acked",
-        acked.len()
+        missing.is_empty(),
+        "acknowledged after the failover, missing on the new primary: {missing:?}"
     );
     let last = *acked.last().unwrap();
     let present = c

@@ -155,6 +155,14 @@ fn a_stopped_standby_is_rebuilt_while_pgbench_runs_with_no_client_error() {
     assert!(s["bytes_done"].as_u64().unwrap_or(0) > 10_000_000, "{s:#}");
     let ev = events_text(&c);
     assert!(ev.contains("a standby on the primary's timeline"), "{ev}");
+    // Each step is in the history.
+    for step in [
+        "step 1/7, checkpoint on the primary",
+        "step 3/7, 1st stage",
+        "step 7/7, attach",
+    ] {
+        assert!(ev.contains(&format!("node 2: {step}")), "{step}: {ev}");
+    }
 
     // Its slot is in use on the primary (no slot left behind).
     let slots = c

@@ -13,6 +13,7 @@
 //! Every step is persisted (through the monitor's state file) before the next one starts, and
 //! lands in the event history. One operation at a time: automatic and manual ones share a lock.
 
+mod hands;
 mod hook;
 mod local;
 mod recovery;
@@ -289,13 +290,12 @@ impl ControllerHandle {
         let old =
             check_switchover(&m.cluster(), &m.facts(), id, streaming).map_err(OpError::Refused)?;
         let old_b = self.backend(old)?;
-        if !local::is_local(&old_b) {
-            return Err(OpError::Refused(format!(
-                "node {old} runs on {}, and stopping it there needs the pgwarden agent (not in this version yet); use `pgwarden node promote {id} --force` to fence node {old} and promote node {id}",
-                old_b.host
-            )));
-        }
-        switchover(&self.inner, &old_b, &new_b).await
+        let hands = hands::Hands::for_node(&self.inner, &old_b).map_err(|e| {
+            OpError::Refused(format!(
+                "{e}; use `pgwarden node promote {id} --force` to fence node {old} and promote node {id}"
+            ))
+        })?;
+        switchover(&self.inner, &hands, &old_b, &new_b).await
     }
 }
 
@@ -360,7 +360,12 @@ async fn wait_routed(m: &MonitorHandle, id: u32) {
     .await;
 }
 
-async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<String, OpError> {
+async fn switchover(
+    inner: &Arc<Inner>,
+    hands: &hands::Hands,
+    old: &Backend,
+    new: &Backend,
+) -> Result<String, OpError> {
     let m = &inner.monitor;
     let started = Instant::now();
     let fail = |step: &str, reason: String| OpError::Failed {
@@ -431,8 +436,8 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
         .await
         .ok()
         .flatten();
-    if let Err(e) = local::stop_fast(old).await {
-        return Err(undo_switchover(inner, old, fail("stopping the old primary", e)).await);
+    if let Err(e) = hands.stop_fast(old).await {
+        return Err(undo_switchover(inner, hands, old, fail("stopping the old primary", e)).await);
     }
     m.event(
         "switchover",
@@ -457,7 +462,9 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
                 _ if Instant::now() < deadline => sleep(Duration::from_millis(50)).await,
                 other => {
                     let e = format!("node {} has not received up to {lsn}: {other:?}", new.id);
-                    return Err(undo_switchover(inner, old, fail("waiting for the WAL", e)).await);
+                    return Err(
+                        undo_switchover(inner, hands, old, fail("waiting for the WAL", e)).await,
+                    );
                 }
             }
         }
@@ -465,7 +472,7 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
 
     // 5. Promote.
     if let Err(e) = promote_node(inner, new).await {
-        return Err(undo_switchover(inner, old, e).await);
+        return Err(undo_switchover(inner, hands, old, e).await);
     }
     m.set_primary(Some(new.id), false, "switchover: promoted")?;
     wait_routed(m, new.id).await;
@@ -505,8 +512,11 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
             "application_name",
             &old.application_name,
         );
-        local::make_standby(old, &conninfo, &slot)?;
-        local::start(old, local::start_log(old, &inner.config_file)).await?;
+        let user = m.target(new.id).map(|t| t.user).unwrap_or_default();
+        hands
+            .make_standby(old, new, &user, &conninfo, &slot)
+            .await?;
+        hands.start(inner, old).await?;
         wait_streaming(m, old, new, inner.cfg.follow_timeout).await
     }
     .await;
@@ -548,7 +558,12 @@ async fn switchover(inner: &Arc<Inner>, old: &Backend, new: &Backend) -> Result<
 
 /// A switchover failed before the promotion: the old primary is started again (if it was
 /// stopped) and put back as the primary. Returns the original error.
-async fn undo_switchover(inner: &Arc<Inner>, old: &Backend, error: OpError) -> OpError {
+async fn undo_switchover(
+    inner: &Arc<Inner>,
+    hands: &hands::Hands,
+    old: &Backend,
+    error: OpError,
+) -> OpError {
     let m = &inner.monitor;
     m.event("switchover", Some(old.id), format!("{error}; undoing"));
     if let Some(t) = m.target(old.id) {
@@ -557,7 +572,7 @@ async fn undo_switchover(inner: &Arc<Inner>, old: &Backend, error: OpError) -> O
             .map(|r| r.is_err())
             .unwrap_or(true)
         {
-            if let Err(e) = local::start(old, local::start_log(old, &inner.config_file)).await {
+            if let Err(e) = hands.start(inner, old).await {
                 m.event(
                     "error",
                     Some(old.id),

@@ -262,7 +262,7 @@ impl AutoRecovery {
     }
 }
 
-fn agent_client(inner: &Inner, addr: &str) -> Result<AgentClient, OpError> {
+pub(crate) fn agent_client(inner: &Inner, addr: &str) -> Result<AgentClient, OpError> {
     let Some(file) = &inner.agent_secret_file else {
         return Err(OpError::Refused(
             "agent.secret_file is not set in the configuration: the warden cannot talk to the node agents".into(),
@@ -270,7 +270,7 @@ fn agent_client(inner: &Inner, addr: &str) -> Result<AgentClient, OpError> {
     };
     let secret = pgwarden_agent::server::read_secret(file)
         .map_err(|e| OpError::Refused(format!("agent.secret_file ({}): {e}", file.display())))?;
-    Ok(AgentClient::new(addr, secret, Duration::from_secs(10)))
+    Ok(AgentClient::new(addr, secret, crate::hands::AGENT_TIMEOUT))
 }
 
 /// One recovery, running.
@@ -362,6 +362,17 @@ impl Run {
             s.step_index = index;
             s.message = String::new();
         });
+        self.inner.monitor.event(
+            "recovery",
+            Some(self.node.id),
+            format!(
+                "node {}: step {index}/{}, {} ({:.1} s in)",
+                self.node.id,
+                self.steps.len(),
+                step.describe(),
+                self.started.elapsed().as_secs_f64()
+            ),
+        );
         Ok(())
     }
 
