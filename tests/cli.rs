@@ -212,8 +212,11 @@ fn agent_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
 fn agent_refuses_what_it_cannot_work_with_and_exits_2() {
     let (_t, dir, secret) = agent_dir();
     let data = dir.join("data");
-    let port = common::free_base(1).to_string();
-    let listen = format!("127.0.0.1:{port}");
+    // A port held by this test the whole time: every other problem is found before the agent
+    // binds, and the last case is the taken port itself. (Picking a free port and binding it
+    // later races with the other tests' clusters.)
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
     let base = |secret: &Path, data: &Path| {
         vec![
             "--listen".to_string(),
@@ -276,7 +279,6 @@ fn agent_refuses_what_it_cannot_work_with_and_exits_2() {
     assert_error(&run(args), 2, "pg_ctl, pg_controldata, pg_rewind");
 
     // A port that is taken.
-    let held = std::net::TcpListener::bind(&listen).unwrap();
     assert_error(&run(base(&secret, &data)), 2, "already in use");
     drop(held);
 }
