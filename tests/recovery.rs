@@ -566,6 +566,14 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
         stage2.starts_with(&c.data_dir(0).display().to_string()),
         "{stage2}"
     );
+    // --watch follows the running recovery to its end without starting one.
+    let o = c.pgwarden(&["node", "recover", "1", "--watch"]);
+    assert_ok(&c, &o);
+    assert!(
+        common::stdout(&o).contains("node 1 recovered by base backup"),
+        "{}",
+        out(&o)
+    );
     let s = wait_recovery_end(&c, 1);
     assert_eq!(s["state"], "succeeded", "{s:#}");
     wait_up(&c, 1);
@@ -741,12 +749,14 @@ fn a_brand_new_node_is_added_by_a_reload_and_recovered_from_nothing() {
     let ev = events_text(&c);
     assert!(ev.contains("node 2 (127.0.0.1:"), "{ev}");
 
-    let o = recover(&c, 2);
+    // --json: the final status for scripts, on stdout.
+    let o = c.pgwarden(&["node", "recover", "2", "--json"]);
     assert_ok(&c, &o);
-    assert!(
-        out(&o).contains("because the node has no data directory yet")
-            || events_text(&c).contains("no data directory yet")
-    );
+    let s: Value = serde_json::from_str(&common::stdout(&o)).expect("JSON on stdout");
+    assert_eq!(s["state"], "succeeded", "{s:#}");
+    assert_eq!(s["method"], "base_backup", "{s:#}");
+    assert_eq!(s["node"], 2, "{s:#}");
+    assert!(events_text(&c).contains("base backup because the node has no data directory yet"));
     wait_up(&c, 2);
     assert!(streams(&c, 0, 2));
     let port = bigger.node_port(2);
