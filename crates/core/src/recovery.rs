@@ -81,9 +81,9 @@ impl Method {
     }
 }
 
-/// The built-in 1st stage: pg_rewind when the node holds data that diverged from the primary
-/// (a former primary, or a standby left on an older timeline), a base backup otherwise. With
-/// the reason, for the event history.
+/// The built-in 1st stage: pg_rewind when the node last ran as a primary (its data may have
+/// diverged from the primary's), a base backup otherwise. With the reason, for the event
+/// history.
 pub fn first_stage(
     node: Option<&NodeData>,
     primary_system_identifier: &str,
@@ -119,25 +119,24 @@ pub fn first_stage(
             ),
         );
     }
-    if d.timeline < primary_timeline {
-        return (
-            Method::Rewind,
-            format!(
-                "it is on timeline {}, the primary on {primary_timeline}: it may have replayed WAL the primary does not have",
-                d.timeline
-            ),
-        );
-    }
+    // A standby, whatever its timeline: a fresh copy. A standby's control file may still name
+    // an old timeline after a rewind (until its first restartpoint), and rewinding a rewound
+    // node again is unsafe: pg_rewind's crash recovery would end its recovery on its own,
+    // after which it reports "no rewind required" for data the primary does not have.
+    let timeline = if d.timeline < primary_timeline {
+        format!(
+            "on timeline {} (the primary on {primary_timeline})",
+            d.timeline
+        )
+    } else {
+        format!("on the primary's timeline ({})", d.timeline)
+    };
     (
         Method::BaseBackup,
-        format!(
-            "a standby on the primary's timeline ({}): rebuilt from a fresh base backup",
-            d.timeline
-        ),
+        format!("a standby {timeline}: rebuilt from a fresh base backup"),
     )
 }
 
-/// One step of a recovery, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {

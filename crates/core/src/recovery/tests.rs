@@ -180,14 +180,16 @@ fn rewind_or_base_backup() {
         (
             "standby left on an older timeline",
             Some(d("shut down in recovery", 1, "42")),
-            Method::Rewind,
-            "timeline 1, the primary on 2",
+            Method::BaseBackup,
+            "a standby on timeline 1 (the primary on 2)",
         ),
         (
-            "standby killed on an older timeline",
+            // Its control file names the old timeline until its first restartpoint; a second
+            // rewind would be unsafe.
+            "a rewound node killed before its first restartpoint",
             Some(d("in archive recovery", 1, "42")),
-            Method::Rewind,
-            "timeline 1",
+            Method::BaseBackup,
+            "fresh base backup",
         ),
         (
             "standby on the primary's timeline",
