@@ -31,7 +31,15 @@ async def connect(**kw):
 async def caught_up():
     """Waits until the standby has replayed everything the primary has written."""
     p = await asyncpg.connect(host="127.0.0.1", port=primary, user="postgres", password=password, database=db)
-    s = await asyncpg.connect(host="127.0.0.1", port=standby, user="postgres", password=password, database=db)
+    # The standby may not have replayed the CREATE DATABASE yet.
+    for _ in range(200):
+        try:
+            s = await asyncpg.connect(host="127.0.0.1", port=standby, user="postgres", password=password, database=db)
+            break
+        except asyncpg.InvalidCatalogNameError:
+            await asyncio.sleep(0.05)
+    else:
+        s = await asyncpg.connect(host="127.0.0.1", port=standby, user="postgres", password=password, database=db)
     lsn = await p.fetchval("SELECT pg_current_wal_lsn()")
     for _ in range(200):
         if await s.fetchval("SELECT pg_last_wal_replay_lsn() >= $1", lsn):
