@@ -240,7 +240,14 @@ fn python_asyncpg_through_pgwarden() {
     );
     assert_eq!(
         ports_of(&routes, "prepared after catch-up"),
-        [standby],
+        [standby.as_str()],
+        "{routes:?}"
+    );
+    // A pool of one connection, released (asyncpg's reset) and acquired again between the
+    // reads: every read of that pooled session was served by the standby.
+    assert_eq!(
+        ports_of(&routes, "pool of one reads"),
+        [format!("[{standby}]")],
         "{routes:?}"
     );
 }

@@ -346,6 +346,94 @@ fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
     });
 }
 
+/// asyncpg 0.32's pool reset (`Connection.get_reset_query()` on PostgreSQL): one simple Query
+/// sent on every release of a pooled connection.
+const ASYNCPG_RESET: &str = "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;";
+
+/// The proxy's per-node `select_cnt` (SHOW POOL_NODES), by node id.
+async fn select_counts(client: &tokio_postgres::Client) -> HashMap<u16, u64> {
+    let mut counts = HashMap::new();
+    for m in client.simple_query("SHOW POOL_NODES").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let id: u16 = r.get("node_id").unwrap().parse().unwrap();
+            let n: u64 = r.get("select_cnt").unwrap().parse().unwrap();
+            counts.insert(id, n);
+        }
+    }
+    counts
+}
+
+fn simple_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
+}
+
+#[test]
+fn asyncpg_pool_reset_clears_settings_and_keeps_reads_on_the_standby() {
+    let c = Cluster::up(2);
+    c.psql_proxy("test", "CREATE TABLE w (id serial PRIMARY KEY)")
+        .unwrap();
+    block(async {
+        let (primary, standby) = (c.node_port(0), c.node_port(1));
+        let client = standby_session(&c).await;
+        let default_work_mem =
+            simple_value(&client.simple_query("SHOW work_mem").await.unwrap()).unwrap();
+        assert_ne!(default_work_mem, "7MB");
+        // Another client writes straight to the primary before every reset: had the reset been
+        // taken for a write, the session would have to wait for the standby to replay those
+        // writes (read-your-writes), and its next read would go to the primary.
+        let writer = c.try_connect(primary, "test").await.unwrap();
+        let before = select_counts(&client).await;
+        let read = "SELECT inet_server_port(), current_setting('application_name'), current_setting('work_mem')";
+        for round in 0..5 {
+            client
+                .batch_execute(&format!("SET application_name = 'round {round}'"))
+                .await
+                .unwrap();
+            client.batch_execute("SET work_mem = '7MB'").await.unwrap();
+            let row = client.query_one(read, &[]).await.unwrap();
+            assert_eq!(port_of(&row, 0), standby, "round {round}: before the reset");
+            assert_eq!(row.get::<_, String>(1), format!("round {round}"));
+            assert_eq!(row.get::<_, String>(2), "7MB");
+
+            writer
+                .execute("INSERT INTO w DEFAULT VALUES", &[])
+                .await
+                .unwrap();
+            client.batch_execute(ASYNCPG_RESET).await.unwrap();
+
+            // The same session still reads from the standby, where the settings are gone.
+            let row = client.query_one(read, &[]).await.unwrap();
+            assert_eq!(port_of(&row, 0), standby, "round {round}: after the reset");
+            assert_eq!(row.get::<_, String>(1), "", "round {round}");
+            assert_eq!(row.get::<_, String>(2), default_work_mem, "round {round}");
+            let shown = simple_value(&client.simple_query("SHOW work_mem").await.unwrap());
+            assert_eq!(shown.as_deref(), Some(default_work_mem.as_str()));
+        }
+        // The reset ran on the primary as well: a transaction there sees the defaults.
+        client.batch_execute("BEGIN").await.unwrap();
+        let row = client.query_one(read, &[]).await.unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(port_of(&row, 0), primary);
+        assert_eq!(row.get::<_, String>(1), "");
+        assert_eq!(row.get::<_, String>(2), default_work_mem);
+        // The proxy's own counters agree: the standby served the 10 reads, the primary the 5
+        // resets (counted as SELECTs) and the read in the transaction.
+        let after = select_counts(&client).await;
+        let delta = |n: u16| after[&n] - before[&n];
+        assert_eq!((delta(0), delta(1)), (6, 10), "{before:?} → {after:?}");
+
+        // LISTEN pins the session to the primary. pgwarden does not track which channels a
+        // session listens on, so UNLISTEN * (in asyncpg's reset) leaves it pinned.
+        client.batch_execute("LISTEN chan").await.unwrap();
+        client.batch_execute(ASYNCPG_RESET).await.unwrap();
+        let row = client.query_one(read, &[]).await.unwrap();
+        assert_eq!(port_of(&row, 0), primary, "still pinned after UNLISTEN *");
+    });
+}
+
 #[test]
 fn prepared_statements_never_go_missing() {
     let c = Cluster::up(3);

@@ -31,7 +31,15 @@ async def connect(**kw):
 async def caught_up():
     """Waits until the standby has replayed everything the primary has written."""
     p = await asyncpg.connect(host="127.0.0.1", port=primary, user="postgres", password=password, database=db)
-    s = await asyncpg.connect(host="127.0.0.1", port=standby, user="postgres", password=password, database=db)
+    # The standby may not have replayed the CREATE DATABASE yet.
+    for _ in range(200):
+        try:
+            s = await asyncpg.connect(host="127.0.0.1", port=standby, user="postgres", password=password, database=db)
+            break
+        except asyncpg.InvalidCatalogNameError:
+            await asyncio.sleep(0.05)
+    else:
+        s = await asyncpg.connect(host="127.0.0.1", port=standby, user="postgres", password=password, database=db)
     lsn = await p.fetchval("SELECT pg_current_wal_lsn()")
     for _ in range(200):
         if await s.fetchval("SELECT pg_last_wal_replay_lsn() >= $1", lsn):
@@ -154,6 +162,39 @@ async def main():
         ports.add(await pool.fetchval("SELECT inet_server_port()"))
     route("pool ports", sorted(ports))
     await pool.close()
+
+    # A pool of one connection, acquired and released several times: every release sends
+    # asyncpg's reset, one simple Query "SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    # UNLISTEN *; RESET ALL;". Through pgwarden it must not pin the pooled session to the
+    # primary, nor make it wait for the standby (it writes nothing), and a setting made before
+    # a release is gone after it. Another client writes to the primary before every release:
+    # a reset taken for a write would send the next read to the primary.
+    await caught_up()
+    for _ in range(60):
+        one = await asyncpg.create_pool(
+            host="127.0.0.1", port=port, user="postgres", password=password, database=db, min_size=1, max_size=1,
+        )
+        if not proxied or await one.fetchval("SELECT inet_server_port()") == standby:
+            break
+        await one.close()
+    else:
+        out("no pooled session read from the standby")
+    writer = await asyncpg.connect(host="127.0.0.1", port=primary, user="postgres", password=password, database=db)
+    await writer.execute("CREATE TABLE apw (id serial PRIMARY KEY)")
+    reads = []
+    for i in range(6):
+        async with one.acquire() as pc:
+            setting, where = await pc.fetchrow("SELECT current_setting('work_mem'), inet_server_port()")
+            out("pool of one, acquired", i, setting)
+            reads.append(where)
+            await pc.execute("SET work_mem = '7MB'")
+            setting, where = await pc.fetchrow("SELECT current_setting('work_mem'), inet_server_port()")
+            out("pool of one, after SET", i, setting)
+            reads.append(where)
+            await writer.execute("INSERT INTO apw DEFAULT VALUES")
+    route("pool of one reads", sorted(set(reads)))
+    await writer.close()
+    await one.close()
     out("done")
 
 

@@ -524,7 +524,11 @@ impl Session {
         if class == Class::Sticky {
             self.sticky = true;
         }
-        if class == Class::Session && upper_starts(sql, "DISCARD") {
+        // A session-state operation (SET, RESET ALL, asyncpg's pool reset …) writes nothing:
+        // it runs where a setting does and leaves the read-your-writes floor alone. One that
+        // drops every prepared statement (DISCARD ALL, DEALLOCATE ALL) drops pgwarden's record
+        // of them too, so none is parsed again behind the client's back.
+        if class == Class::Session && pgwarden_sql::resets(sql).statements {
             self.statements.clear();
         }
         // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
@@ -1337,12 +1341,6 @@ fn may_hold_state(sql: &str) -> bool {
     .any(|w| first.eq_ignore_ascii_case(w))
         || sql.trim_start().starts_with('/')
         || sql.trim_start().starts_with('-')
-}
-
-fn upper_starts(sql: &str, word: &str) -> bool {
-    sql.trim_start()
-        .get(..word.len())
-        .is_some_and(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// The more restrictive of two classes, for a batch of several statements.

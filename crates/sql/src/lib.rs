@@ -2,10 +2,13 @@
 //! decides; anything it cannot vouch for is a [`Class::Write`] and goes to the primary.
 //!
 //! The rules, in order:
-//! * a leading `/*NO LOAD BALANCE*/` comment, a parse error, or several statements → primary;
+//! * a leading `/*NO LOAD BALANCE*/` comment or a parse error → primary;
+//! * several statements that are all session resets (`SET`, `RESET`, `DISCARD`, `DEALLOCATE`,
+//!   `UNLISTEN`, `CLOSE ALL`, `SELECT pg_advisory_unlock_all()`, as in asyncpg's pool reset)
+//!   → [`Class::Session`]; several statements of any other kind → primary, unless all are reads;
 //! * transaction control → [`Class::Begin`] / [`Class::End`] / [`Class::InTransaction`];
-//! * `SET`, `RESET`, `DISCARD`, `DEALLOCATE` → [`Class::Session`] (applies to every backend the
-//!   session uses);
+//! * `SET`, `RESET`, `DISCARD`, `DEALLOCATE`, `UNLISTEN` → [`Class::Session`] (applies to every
+//!   backend the session uses);
 //! * `LISTEN`, SQL `PREPARE`, `CREATE TEMP …` → [`Class::Sticky`] (the rest of the session stays
 //!   on the primary, where that state lives);
 //! * `SELECT` (and read-only `WITH`) is a [`Class::Read`] only if it writes no table (no DML in
@@ -151,6 +154,19 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         Some(t) => *t,
     };
 
+    // Session settings and resets, one or several (asyncpg's pool reset: `SELECT
+    // pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`): checked statement by
+    // statement on the parse tree. The summary's kinds only say whether that is worth doing
+    // (they are listed once each, however many statements there are): reads are not worth a
+    // second parse, and `CLOSE ALL` alone stays a cursor statement.
+    if types.iter().any(|t| *t != "SelectStmt")
+        && types != ["ClosePortalStmt"]
+        && types.iter().all(|t| RESET_KINDS.contains(t))
+        && resets_only(sql)
+    {
+        return v(Class::Session, "session settings or resets");
+    }
+
     // Top-level statement kinds. (statement_types lists nested statements too: a CTE's DELETE,
     // EXPLAIN's target.)
     match first {
@@ -161,14 +177,12 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
                 || starts_with_words(&lower, &["set", "constraints"])
             {
                 v(Class::InTransaction, "transaction-level setting")
-            } else if types.len() == 1 {
+            } else if statements(sql) == Some(1) {
+                // SET SESSION CHARACTERISTICS AS TRANSACTION …, SET … FROM CURRENT
                 v(Class::Session, "session setting")
             } else {
                 v(Class::Write, "several statements")
             };
-        }
-        "DiscardStmt" | "DeallocateStmt" if types.len() == 1 => {
-            return v(Class::Session, "session state")
         }
         "ListenStmt" | "UnlistenStmt" | "PrepareStmt" | "ExecuteStmt" => {
             return v(Class::Sticky, "session state that lives on the primary")
@@ -233,6 +247,209 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         }
     }
     v(Class::Read, "read-only query")
+}
+
+/// The statement kinds a session reset is made of (see [`resets_only`]).
+const RESET_KINDS: &[&str] = &[
+    "VariableSetStmt",
+    "DiscardStmt",
+    "DeallocateStmt",
+    "UnlistenStmt",
+    "ClosePortalStmt",
+    "SelectStmt",
+];
+
+/// Whether every statement of `sql` only resets or sets session state: `SET` / `RESET` of a
+/// setting (not `SET LOCAL`, `SET TRANSACTION`, `SET SESSION CHARACTERISTICS`), `RESET ALL`,
+/// `DISCARD …`, `DEALLOCATE …`, `UNLISTEN …`, `CLOSE ALL`, `SELECT pg_advisory_unlock_all()`.
+///
+/// The text is parsed twice, with `standard_conforming_strings` on (the default) and off: a
+/// backslash before a quote ends a string in one mode and not in the other, so a text that is
+/// only resets in one reading could hide another statement in the other. Both must agree.
+fn resets_only(sql: &str) -> bool {
+    both_readings(sql).is_some_and(|trees| {
+        trees.iter().all(|tree| {
+            !tree.protobuf.stmts.is_empty()
+                && tree.protobuf.stmts.iter().all(|raw| {
+                    raw.stmt
+                        .as_ref()
+                        .and_then(|n| n.node.as_ref())
+                        .is_some_and(is_reset)
+                })
+        })
+    })
+}
+
+/// The parse trees of `sql` with `standard_conforming_strings` on and off; `None` when either
+/// reading fails.
+fn both_readings(sql: &str) -> Option<[pg_query::ParseResult; 2]> {
+    use pg_query::ParserOptions;
+    let on = pg_query::parse(sql, ParserOptions::DEFAULT).ok()?;
+    let off = pg_query::parse(sql, ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS).ok()?;
+    Some([on, off])
+}
+
+/// How many statements `sql` holds, when both readings agree.
+fn statements(sql: &str) -> Option<usize> {
+    let [on, off] = both_readings(sql)?;
+    (on.protobuf.stmts.len() == off.protobuf.stmts.len()).then_some(on.protobuf.stmts.len())
+}
+
+fn is_reset(node: &pg_query::NodeEnum) -> bool {
+    use pg_query::protobuf::VariableSetKind as K;
+    use pg_query::NodeEnum as N;
+    match node {
+        N::VariableSetStmt(s) => {
+            !s.is_local
+                && [
+                    K::VarSetValue,
+                    K::VarSetDefault,
+                    K::VarReset,
+                    K::VarResetAll,
+                ]
+                .iter()
+                .any(|k| s.kind == *k as i32)
+        }
+        N::DiscardStmt(_) | N::DeallocateStmt(_) | N::UnlistenStmt(_) => true,
+        // CLOSE ALL; closing one cursor belongs to where that cursor lives.
+        N::ClosePortalStmt(s) => s.portalname.is_empty(),
+        N::SelectStmt(s) => is_advisory_unlock_all(s),
+        _ => false,
+    }
+}
+
+/// `SELECT pg_advisory_unlock_all()` (or `pg_catalog.pg_advisory_unlock_all()`), and nothing
+/// else: no FROM, WHERE, other column, argument, set operation … Every field is named, so a new
+/// field in the parse tree is a compile error here rather than silently accepted.
+fn is_advisory_unlock_all(s: &pg_query::protobuf::SelectStmt) -> bool {
+    use pg_query::protobuf::{FuncCall, ResTarget, SelectStmt, SetOperation};
+    use pg_query::NodeEnum as N;
+    let SelectStmt {
+        distinct_clause,
+        into_clause,
+        target_list,
+        from_clause,
+        where_clause,
+        group_clause,
+        group_distinct,
+        having_clause,
+        window_clause,
+        values_lists,
+        sort_clause,
+        limit_offset,
+        limit_count,
+        limit_option: _,
+        locking_clause,
+        with_clause,
+        op,
+        all,
+        larg,
+        rarg,
+    } = s;
+    let plain = distinct_clause.is_empty()
+        && into_clause.is_none()
+        && from_clause.is_empty()
+        && where_clause.is_none()
+        && group_clause.is_empty()
+        && !group_distinct
+        && having_clause.is_none()
+        && window_clause.is_empty()
+        && values_lists.is_empty()
+        && sort_clause.is_empty()
+        && limit_offset.is_none()
+        && limit_count.is_none()
+        && locking_clause.is_empty()
+        && with_clause.is_none()
+        && *op == SetOperation::SetopNone as i32
+        && !all
+        && larg.is_none()
+        && rarg.is_none();
+    let [target] = target_list.as_slice() else {
+        return false;
+    };
+    let Some(N::ResTarget(t)) = &target.node else {
+        return false;
+    };
+    let ResTarget {
+        name: _,
+        indirection,
+        val,
+        location: _,
+    } = &**t;
+    let Some(N::FuncCall(f)) = val.as_ref().and_then(|v| v.node.as_ref()) else {
+        return false;
+    };
+    let FuncCall {
+        funcname,
+        args,
+        agg_order,
+        agg_filter,
+        over,
+        agg_within_group,
+        agg_star,
+        agg_distinct,
+        func_variadic,
+        funcformat: _,
+        location: _,
+    } = &**f;
+    let name: Vec<&str> = funcname
+        .iter()
+        .map(|n| match &n.node {
+            Some(N::String(s)) => s.sval.as_str(),
+            _ => "",
+        })
+        .collect();
+    // Unqualified, the name resolves to pg_catalog's function unless the session put another
+    // schema before pg_catalog in its search_path: the same trust the read-only function list
+    // places in unqualified names.
+    plain
+        && indirection.is_empty()
+        && matches!(
+            name.as_slice(),
+            ["pg_advisory_unlock_all"] | ["pg_catalog", "pg_advisory_unlock_all"]
+        )
+        && args.is_empty()
+        && agg_order.is_empty()
+        && agg_filter.is_none()
+        && over.is_none()
+        && !agg_within_group
+        && !agg_star
+        && !agg_distinct
+        && !func_variadic
+}
+
+/// What a [`Class::Session`] query resets, for the state a proxy keeps about the session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resets {
+    /// `RESET ALL` or `DISCARD ALL`: every setting back to its default (`RESET ALL` leaves
+    /// `SET ROLE` and `SET SESSION AUTHORIZATION` alone; `DISCARD ALL` resets those too).
+    pub settings: bool,
+    /// `DISCARD ALL` or `DEALLOCATE ALL`: every prepared statement is gone.
+    pub statements: bool,
+}
+
+/// Which session state `sql` resets (nothing when it does not parse).
+pub fn resets(sql: &str) -> Resets {
+    use pg_query::protobuf::{DiscardMode, VariableSetKind};
+    use pg_query::NodeEnum as N;
+    let mut r = Resets::default();
+    let Ok(tree) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return r;
+    };
+    for raw in &tree.protobuf.stmts {
+        match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            Some(N::VariableSetStmt(s)) if s.kind == VariableSetKind::VarResetAll as i32 => {
+                r.settings = true;
+            }
+            Some(N::DiscardStmt(d)) if d.target == DiscardMode::DiscardAll as i32 => {
+                r.settings = true;
+                r.statements = true;
+            }
+            Some(N::DeallocateStmt(d)) if d.isall || d.name.is_empty() => r.statements = true,
+            _ => {}
+        }
+    }
+    r
 }
 
 fn summary_has_write_table(s: &pg_query::SummaryResult) -> bool {

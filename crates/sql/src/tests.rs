@@ -87,6 +87,8 @@ fn classification_table() {
         ("RESET ALL", Session),
         ("DISCARD ALL", Session),
         ("DEALLOCATE ALL", Session),
+        ("UNLISTEN *", Session),
+        ("UNLISTEN chan", Session),
         ("LISTEN chan", Sticky),
         ("PREPARE q AS SELECT 1", Sticky),
         ("EXECUTE q", Sticky),
@@ -104,6 +106,114 @@ fn classification_table() {
         }
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+/// asyncpg 0.32's `Connection.get_reset_query()` for a PostgreSQL server, which its pool
+/// sends as one simple Query on every release.
+const ASYNCPG_RESET: &str = "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;";
+
+#[test]
+fn several_session_resets_are_a_session_operation_and_anything_else_is_not() {
+    use Class::*;
+    #[rustfmt::skip]
+    let cases: &[(&str, Class)] = &[
+        (ASYNCPG_RESET, Session),
+        ("select PG_ADVISORY_UNLOCK_ALL ( ) ; close all ; unlisten * ; reset all", Session),
+        ("SELECT pg_catalog.pg_advisory_unlock_all(); RESET ALL", Session),
+        ("SELECT pg_advisory_unlock_all() AS unlocked; RESET ALL", Session),
+        ("SET search_path = app; SET work_mem = '8MB'", Session),
+        ("RESET ALL; SET application_name = 'pool'; RESET work_mem; SET datestyle TO DEFAULT", Session),
+        ("DISCARD PLANS; DISCARD SEQUENCES; DISCARD TEMP; DEALLOCATE ALL; DEALLOCATE q", Session),
+        ("DISCARD ALL; UNLISTEN chan", Session), // PostgreSQL refuses DISCARD ALL there; no write
+        ("RESET ALL;;; UNLISTEN *;", Session),
+        // comments and strings hide nothing, and show nothing that is not there
+        ("RESET ALL; /* ; DELETE FROM t; */ UNLISTEN *", Session),
+        ("SET application_name = 'a; DELETE FROM t'; RESET ALL", Session),
+        ("SET application_name = $$x; DELETE FROM t$$; RESET ALL", Session),
+        ("RESET ALL; -- comment\nDELETE FROM t", Write),
+        ("RESET ALL /* ; */; SELECT f()", Write),
+        // with standard_conforming_strings off, the server reads one string here and then a
+        // DELETE; with it on, two SETs
+        ("SET application_name = 'x\\'; SET search_path = '; DELETE FROM t; --'", Write),
+        ("SET application_name = E'x\\'; DELETE FROM t; --'", Session), // one string either way
+        // anything else in the batch: the primary, as before
+        ("SELECT pg_advisory_unlock_all(); DELETE FROM t", Write),
+        ("RESET ALL; SELECT f()", Write),
+        ("RESET ALL; SELECT 1", Write),
+        ("RESET ALL; SELECT pg_advisory_unlock_all", Write), // a column, not the function
+        ("SELECT pg_advisory_unlock_all(1); RESET ALL", Write),
+        ("SELECT public.pg_advisory_unlock_all(); RESET ALL", Write),
+        ("SELECT \"PG_ADVISORY_UNLOCK_ALL\"(); RESET ALL", Write),
+        ("SELECT pg_advisory_unlock_all(), nextval('s'); RESET ALL", Write),
+        ("SELECT pg_advisory_unlock_all() FROM t; RESET ALL", Write),
+        ("SELECT DISTINCT pg_advisory_unlock_all(); RESET ALL", Write),
+        ("SELECT pg_advisory_unlock_all() INTO t2; RESET ALL", Write),
+        ("SELECT pg_advisory_unlock_all() WHERE f(); RESET ALL", Write),
+        ("SELECT pg_advisory_unlock_all() UNION SELECT pg_advisory_unlock_all(); RESET ALL", Write),
+        ("WITH d AS (DELETE FROM t RETURNING 1) SELECT pg_advisory_unlock_all(); RESET ALL", Write),
+        ("SELECT pg_advisory_lock(1); RESET ALL", Write),
+        ("CLOSE c; RESET ALL", Write),
+        ("RESET ALL; LISTEN chan", Write),
+        ("RESET ALL; NOTIFY chan", Write),
+        ("RESET ALL; VACUUM t", Write),
+        ("BEGIN; RESET ALL", Write),
+        ("RESET ALL; COMMIT", Write),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; RESET ALL", Write),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", Session),
+        ("SET LOCAL work_mem = '1MB'; RESET ALL", InTransaction),
+        ("SET TRANSACTION READ ONLY; RESET ALL", InTransaction),
+        ("/*NO LOAD BALANCE*/ RESET ALL; UNLISTEN *", Write),
+        ("RESET ALL; UNLISTEN *; SELEKT 1", Write),
+        // one statement: as before
+        ("SELECT pg_advisory_unlock_all()", Write),
+        ("CLOSE ALL", InTransaction),
+        ("CLOSE ALL; SELECT pg_advisory_unlock_all()", Session),
+        ("RESET ALL", Session),
+    ];
+    let mut wrong = Vec::new();
+    for (sql, want) in cases {
+        let got = classify(sql, &Builtins);
+        if got.class != *want {
+            wrong.push(format!(
+                "{sql:?}: want {want:?}, got {:?} ({})",
+                got.class, got.reason
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn what_a_session_operation_resets() {
+    let none = Resets::default();
+    let settings = Resets {
+        settings: true,
+        statements: false,
+    };
+    let statements = Resets {
+        settings: false,
+        statements: true,
+    };
+    let both = Resets {
+        settings: true,
+        statements: true,
+    };
+    for (sql, want) in [
+        (ASYNCPG_RESET, settings),
+        ("RESET ALL", settings),
+        ("reset all; set work_mem = '1MB'", settings),
+        ("DISCARD ALL", both),
+        ("DEALLOCATE ALL", statements),
+        ("DEALLOCATE PREPARE ALL; RESET work_mem", statements),
+        ("DEALLOCATE q", none),
+        ("DISCARD PLANS", none),
+        ("DISCARD TEMP", none),
+        ("RESET work_mem", none),
+        ("SET search_path = 'RESET ALL'", none),
+        ("does not parse; RESET ALL", none),
+    ] {
+        assert_eq!(resets(sql), want, "{sql}");
+    }
 }
 
 #[test]
