@@ -167,6 +167,25 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         return v(Class::Session, "session settings or resets");
     }
 
+    // Session state that lives on the primary anywhere in a batch of several statements
+    // (`RESET ALL; LISTEN chan`, `SELECT 1; CREATE TEMP TABLE x …`): the batch runs there and
+    // the session stays there, as when the statement comes alone.
+    let sticky = types
+        .iter()
+        .any(|t| matches!(*t, "ListenStmt" | "PrepareStmt" | "ExecuteStmt"))
+        || (types.iter().any(|t| {
+            matches!(
+                *t,
+                "CreateStmt" | "CreateTableAsStmt" | "ViewStmt" | "CreateSeqStmt"
+            )
+        }) && (has_word(&lower, "temp") || has_word(&lower, "temporary")));
+    if sticky && statements(sql) != Some(1) {
+        return v(
+            Class::Sticky,
+            "several statements, one of them session state that lives on the primary",
+        );
+    }
+
     // Top-level statement kinds. (statement_types lists nested statements too: a CTE's DELETE,
     // EXPLAIN's target.)
     match first {
