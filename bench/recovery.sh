@@ -405,5 +405,5 @@ if [ -n "${KEEP_LOGS:-}" ]; then
     cp -r "$W/results.txt" "$W/notes.txt" "$KEEP_LOGS/" 2>/dev/null || true
     [ -f "$W/pgpool/log/pgpool.log" ] && cp "$W/pgpool/log/pgpool.log" "$KEEP_LOGS/" || true
     [ -f "$W/pgwarden-events.txt" ] && cp "$W/pgwarden-events.txt" "$KEEP_LOGS/" || true
-    [ -d "$W/sb" ] && cp "$W"/sb/*.log "$KEEP_LOGS/" 2>/dev/null || true
+    [ -d "$W/sb" ] && cp -r "$W"/sb/log "$KEEP_LOGS/sandbox-log" 2>/dev/null || true
 fi
