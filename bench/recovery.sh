@@ -61,8 +61,19 @@ pids_in() {
     return 0
 }
 
+keep_logs() {
+    [ -n "${KEEP_LOGS:-}" ] || return 0
+    mkdir -p "$KEEP_LOGS"
+    cp "$W/results.txt" "$W/notes.txt" "$KEEP_LOGS/" 2>/dev/null
+    [ -f "$W/pgpool/log/pgpool.log" ] && cp "$W/pgpool/log/pgpool.log" "$KEEP_LOGS/"
+    [ -f "$W/pgwarden-events.txt" ] && cp "$W/pgwarden-events.txt" "$KEEP_LOGS/"
+    [ -d "$W/sb/log" ] && cp -r "$W/sb/log" "$KEEP_LOGS/sandbox-log"
+    return 0
+}
+
 cleanup() {
     set +e
+    keep_logs
     [ -x "$P" ] && "$P" sandbox down --dir "$W/sb" --destroy >/dev/null 2>&1
     if [ -x "$W/pgpool/shutdownall" ]; then
         as_pg bash -c "cd $W/pgpool && ./shutdownall" >/dev/null 2>&1
@@ -244,7 +255,7 @@ pgpool_phases() { # from-line
 
 trial_pgpool() {
     local ms start from
-    as_pg $B/pg_ctl -D "$W/pgpool/data1" stop -m immediate >/dev/null
+    as_pg $B/pg_ctl -D "$W/pgpool/data1" stop -m immediate >/dev/null 2>&1 || note "pgpool trial $TRIAL: node 1 was not running"
     from=$(( $(wc -l < "$W/pgpool/log/pgpool.log") + 1 ))
     pcp pcp_detach_node -n 1 >/dev/null
     for _ in $(seq 1 100); do [ "$(pgpool_status 1)" = 3 ] && break; sleep 0.2; done
@@ -313,14 +324,42 @@ setup_pgwarden() {
     echo "   databases: $((SIZE[pgwarden] / 1048576)) MiB"
 }
 
+# Where one `pgwarden node recover` spent its time, from the warden's and the node agent's
+# logs (UTC ISO timestamps) between the command's start T0 and end T1.
+pgwarden_phases() { # t0 t1 id
+    cat "$W/sb/log/warden.log" "$W/sb/log/agent$3.log" 2>/dev/null \
+        | awk -v t0="$1" -v t1="$2" '$1 >= t0 && $1 <= t1' | sort \
+        | awk -v t0="$1" -v t1="$2" '
+        function ms(t) { return ((substr(t, 12, 2) * 60 + substr(t, 15, 2)) * 60 + substr(t, 18, 9)) * 1000 }
+        /recovery of node .* started/ && !s { s = ms($1) }
+        /job started/ && !j { j = ms($1); kind = $0; sub(/.*kind="/, "", kind); sub(/".*/, "", kind) }
+        /job succeeded/ && !e { e = ms($1) }
+        /standby.signal and postgresql.auto.conf written/ && !c { c = ms($1) }
+        /started the server/ && !st { st = ms($1) }
+        /recovered by/ && !r { r = ms($1) }
+        END {
+            if (!(s && j && e && c && st && r)) { print "(step times not found in the logs)"; exit }
+            printf "before the recovery starts %d ms; checkpoint + stop %d ms; %s %d ms; standby config %d ms; start %d ms; wait for streaming + attach %d ms; until the command returns %d ms",
+                s - ms(t0), j - s, kind, e - j, c - e, st - c, r - st, ms(t1) - r
+        }'
+}
+
 # Time `pgwarden node recover ID` and keep the warden's events of it.
 timed_recover() { # method id
     local method=$1 id=$2 seq start ms rc=0
     seq=$(last_event)
+    local t0 t1
+    t0=$(date -u +%FT%T.%6NZ)
     start=$(now_ms)
     pw node recover "$id" > "$W/recover.out" 2>&1 || rc=$?
     ms=$(( $(now_ms) - start ))
+    t1=$(date -u +%FT%T.%6NZ)
+    [ $rc -eq 0 ] && note "$method trial $TRIAL (node $id): $(pgwarden_phases "$t0" "$t1" "$id")"
     if [ $rc -eq 0 ]; then record "$method" "$ms"; else record "$method" fail; tail -5 "$W/recover.out"; fi
+    if [ $rc -ne 0 ]; then
+        note "pgwarden trial $TRIAL: $method of node $id failed: $(tail -1 "$W/recover.out")"
+        { echo "  the end of node $id's log:"; tail -15 "$W/sb/log/node$id.log" 2>/dev/null | sed 's/^/      /'; } >> "$W/pgwarden-events.txt"
+    fi
     {
         echo "pgwarden trial $TRIAL, $method of node $id (exit $rc, $ms ms):"
         pw events --after "${seq:-0}" 2>&1 | sed 's/^/      /'
@@ -330,13 +369,29 @@ timed_recover() { # method id
     wait_for 30 "node $id to stream again" is_streaming_standby "$id" || note "pgwarden trial $TRIAL: node $id not a streaming standby after $method"
 }
 
+replayed() { [ "$(sb_psql "$1" "SELECT pg_last_wal_replay_lsn() >= '$2'")" = t ]; }
+settle() { # primary standby
+    local lsn
+    sb_psql "$1" CHECKPOINT
+    lsn=$(sb_psql "$1" "SELECT pg_current_wal_lsn()")
+    wait_for 60 "node $2 to replay $lsn" replayed "$2" "$lsn" || true
+    sb_psql "$2" CHECKPOINT || true
+}
+
 trial_pgwarden() {
     local pri stby pm
     pri=$(primary)
     [ -n "$pri" ] || { echo "   no primary"; record pgwarden fail; record pgwarden-rewind fail; return; }
     stby=$(( 1 - pri ))
+    # Let the standby settle first: the primary's checkpoint replayed and a restartpoint on the
+    # standby, so that its pg_control shows the primary's timeline, as on any standby that has
+    # run for checkpoint_timeout. Without this, a node rewound in the previous trial and killed
+    # before its first restartpoint still says timeline 1: pgwarden then picks pg_rewind, whose
+    # single-user crash recovery writes a shutdown checkpoint the primary does not have, and the
+    # node never streams ("invalid resource manager ID" at that LSN; see docs/BENCHMARKS.md).
+    settle "$pri" "$stby"
     # (a) a standby stopped and rebuilt.
-    as_pg $B/pg_ctl -D "$W/sb/data$stby" stop -m immediate >/dev/null
+    as_pg $B/pg_ctl -D "$W/sb/data$stby" stop -m immediate >/dev/null 2>&1 || note "pgwarden trial $TRIAL: node $stby was not running"
     if wait_for 60 "node $stby down" is_status "$stby" down; then
         sb_psql "$pri" CHECKPOINT; sync
         timed_recover pgwarden "$stby"
@@ -345,7 +400,7 @@ trial_pgwarden() {
     fi
     # (b) the primary killed, the standby promoted, a few writes, the former primary rewound.
     wait_for 60 "node $stby to stream" is_streaming_standby "$stby" || { record pgwarden-rewind fail; return; }
-    pm=$(head -1 "$W/sb/data$pri/postmaster.pid")
+    pm=$(head -1 "$W/sb/data$pri/postmaster.pid" 2>/dev/null) || { note "pgwarden trial $TRIAL: node $pri has no postmaster"; record pgwarden-rewind fail; return; }
     kill -9 "$pm"
     if ! wait_for 60 "node $stby to be the primary" is_primary "$stby"; then record pgwarden-rewind fail; return; fi
     PGPASSFILE="$W/sb/pgpass" $B/psql -h 127.0.0.1 -p "$BASE" -U postgres -d test -qAtc \
@@ -400,10 +455,3 @@ for m in basebackup basebackup-slot pgpool pgwarden pgwarden-rewind; do
 done
 if [ -s "$NOTES" ]; then echo; echo "Notes:"; sed 's/^/  /' "$NOTES"; fi
 if [ -s "$W/pgwarden-events.txt" ]; then echo; echo "pgwarden's events of each recovery:"; cat "$W/pgwarden-events.txt"; fi
-if [ -n "${KEEP_LOGS:-}" ]; then
-    mkdir -p "$KEEP_LOGS"
-    cp -r "$W/results.txt" "$W/notes.txt" "$KEEP_LOGS/" 2>/dev/null || true
-    [ -f "$W/pgpool/log/pgpool.log" ] && cp "$W/pgpool/log/pgpool.log" "$KEEP_LOGS/" || true
-    [ -f "$W/pgwarden-events.txt" ] && cp "$W/pgwarden-events.txt" "$KEEP_LOGS/" || true
-    [ -d "$W/sb" ] && cp -r "$W"/sb/log "$KEEP_LOGS/sandbox-log" 2>/dev/null || true
-fi
