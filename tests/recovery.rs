@@ -252,6 +252,17 @@ fn the_old_primary_rejoins_by_pg_rewind_through_the_stock_pcp_recovery_node() {
         c.psql(0, "postgres", "SHOW port").unwrap(),
         c.node_port(0).to_string()
     );
+
+    // Killed again before its first restartpoint, its control file still names the old
+    // timeline: a second rewind would break it (found by bench/recovery.sh), so it is copied
+    // afresh, and streams.
+    stop_and_wait_down(&c, 0);
+    let o = recover(&c, 0);
+    assert_ok(&c, &o);
+    assert!(out(&o).contains("recovered by base backup"), "{}", out(&o));
+    wait_up(&c, 0);
+    assert!(streams(&c, new, 0));
+    wait_rows(&c, 0, "t", 1500);
 }
 
 #[test]

@@ -82,7 +82,12 @@ impl ControllerHandle {
         let inner = self.inner.clone();
         let m = &inner.monitor;
         let _guard = inner.op.lock().await;
-        refresh(m, id).await;
+        // Whether a node without an agent still runs must be seen afresh (nothing could stop
+        // it). A node with an agent is asked by the agent itself, and a fresh health check of a
+        // down node only costs its retry delays (about a second in the sandbox).
+        if node.agent.is_none() {
+            refresh(m, id).await;
+        }
         let running: Vec<u32> = self.running_recoveries();
         let primary =
             check_recover(&m.cluster(), &m.facts(), id, &running).map_err(OpError::Refused)?;
