@@ -259,6 +259,30 @@ fn session_state_behaves_as_on_one_server() {
         });
         assert_eq!(v.as_deref(), Some("42"));
     });
+    // A SET inside a transaction (simple query) outlives the COMMIT on that connection only:
+    // the session stays on that node, so every later read sees it.
+    block(async {
+        let client = standby_session(&c).await;
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute("SET work_mem = '7MB'").await.unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+        // Long enough for the monitor to see the standby caught up, so reads could go there.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        for _ in 0..5 {
+            let rows = client
+                .simple_query("SELECT current_setting('work_mem') || ' on ' || inet_server_port()")
+                .await
+                .unwrap();
+            let v = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            });
+            assert!(
+                v.as_deref().is_some_and(|v| v.starts_with("7MB on ")),
+                "{v:?}"
+            );
+        }
+    });
     // LISTEN / NOTIFY through the proxy, with psql on both ends.
     let out = c
         .psql_proxy(

@@ -521,7 +521,10 @@ impl Session {
             tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
             verdict.class
         };
-        if class == Class::Sticky {
+        // A setting inside a transaction is not recorded for replay (a ROLLBACK would undo it
+        // on one connection only): the session stays on that node instead, as through the
+        // extended protocol.
+        if class == Class::Sticky || (class == Class::Session && in_tx) {
             self.sticky = true;
         }
         // A session-state operation (SET, RESET ALL, asyncpg's pool reset …) writes nothing:

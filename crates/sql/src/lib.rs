@@ -189,7 +189,16 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
     // Top-level statement kinds. (statement_types lists nested statements too: a CTE's DELETE,
     // EXPLAIN's target.)
     match first {
-        "TransactionStmt" => return transaction(&lower, types.len()),
+        "TransactionStmt" => {
+            // The summary lists each kind once (`BEGIN; COMMIT` is one kind): count the
+            // statements, parsing again only when a `;` inside the text says there may be more.
+            let count = if sql.trim_end().trim_end_matches(';').contains(';') {
+                statements(sql).unwrap_or(2)
+            } else {
+                1
+            };
+            return transaction(&lower, count);
+        }
         "VariableSetStmt" => {
             return if starts_with_words(&lower, &["set", "transaction"])
                 || starts_with_words(&lower, &["set", "local"])
