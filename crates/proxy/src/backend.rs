@@ -314,7 +314,16 @@ impl Backend {
     pub async fn fill(&mut self) -> Result<usize, BackendError> {
         self.buf.reserve(READ_CHUNK);
         let _busy = Busy::enter(self.busy.as_ref(), self.node);
-        match self.stream.read_buf(&mut self.buf).await {
+        let read = loop {
+            if let Err(e) = self.stream.readable().await {
+                break Err(e);
+            }
+            match crate::stream::read_drained(&self.stream, &mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => break other,
+            }
+        };
+        match read {
             Ok(0) => Err(BackendError::Lost {
                 addr: self.addr.clone(),
                 reason: "the server closed the connection".into(),

@@ -101,7 +101,7 @@ impl ClientReader {
                 if buf.capacity() - buf.len() < 4096 {
                     buf.reserve(8 * 1024);
                 }
-                match r.try_read_buf(buf) {
+                match read_drained(r.as_ref(), buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     other => return other,
                 }
@@ -124,6 +124,32 @@ impl ClientWriter {
                 w.flush().await
             }
         }
+    }
+}
+
+/// Reads what the socket has into `buf`'s spare room, without waiting (`WouldBlock` when it
+/// has nothing). A read that leaves room unused has emptied the socket: its readiness is
+/// cleared then and there, so the next read waits for the poller instead of first asking the
+/// kernel in vain. That saves one `recvfrom` per request in a request/answer exchange (tokio
+/// otherwise learns that a socket is empty only from an EAGAIN).
+///
+/// Safe against lost wake-ups: tokio clears readiness only if no readiness event arrived since
+/// it was observed (before the read); bytes that arrive after the read raise a new one.
+pub(crate) fn read_drained(sock: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut short = None;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        match sock.try_read_buf(buf) {
+            Ok(n) if n > 0 && n < room => {
+                short = Some(n);
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            other => other,
+        }
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
     }
 }
 
