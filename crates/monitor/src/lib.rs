@@ -49,6 +49,33 @@ struct Slot {
     engaged: AtomicUsize,
 }
 
+/// How a proxy session tells that it has a unit of work on a node. Together with
+/// [`MonitorHandle::engaged`] and the fenced set this is how a switchover knows that no session
+/// is about to write to the old primary: a session engages first and then checks the fence;
+/// the controller fences first and then reads the count (both with sequentially consistent
+/// ordering). A node's slot is never replaced (a reload only adds nodes), so a kept handle
+/// stays the node's.
+#[derive(Clone)]
+pub struct Engagement(Arc<Slot>);
+
+impl Engagement {
+    /// A unit of work starts on the node.
+    pub fn engage(&self) {
+        self.0.engaged.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// It is over.
+    pub fn disengage(&self) {
+        let _ = self
+            .0
+            .engaged
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(1))
+            });
+    }
+}
+
 struct Shared {
     /// The configured nodes, in the order of `Table::nodes`. Replaced (never changed in place)
     /// when a configuration reload adds nodes, under the table's write lock.
@@ -413,25 +440,11 @@ impl MonitorHandle {
         Ok(generation)
     }
 
-    /// A proxy session starts a unit of work on node `id`. Together with [`Self::engaged`] and
-    /// the fenced set this is how a switchover knows that no session is about to write to
-    /// the old primary: a session engages first and then checks the fence; the controller
-    /// fences first and then reads the count (both with sequentially consistent ordering).
-    pub fn engage(&self, id: u32) {
-        if let Some(s) = self.shared.slot(id) {
-            s.engaged.fetch_add(1, Ordering::SeqCst);
-        }
-        std::sync::atomic::fence(Ordering::SeqCst);
-    }
-
-    pub fn disengage(&self, id: u32) {
-        if let Some(s) = self.shared.slot(id) {
-            let _ = s
-                .engaged
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                    Some(v.saturating_sub(1))
-                });
-        }
+    /// A handle on node `id`'s count of proxy sessions with a unit of work on it (see
+    /// [`Engagement`]); none for an unknown node. Sessions keep it, so that engaging costs
+    /// one atomic add, not a lookup.
+    pub fn engagement(&self, id: u32) -> Option<Engagement> {
+        self.shared.slot(id).map(Engagement)
     }
 
     /// Proxy sessions with a unit of work on node `id` right now.

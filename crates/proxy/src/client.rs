@@ -59,16 +59,47 @@ pub(crate) struct Login {
 }
 
 /// Serves one client connection from accept to close.
+///
+/// The login and the session each run boxed: the task itself keeps neither's state, and the
+/// login's is freed once the client is in, so an idle session costs only what it waits with.
 pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    if let Some(admitted) = Box::pin(admit(ctx, stream, peer)).await {
+        Box::pin(session(admitted)).await;
+    }
+}
+
+/// A client that logged in and was welcomed, with what its session needs.
+struct Admitted {
+    ctx: Arc<Ctx>,
+    stream: ClientStream,
+    buf: BytesMut,
+    login: Login,
+    slot: CancelSlot,
+    guards: (CountGuard, SessionGuard, CancelEntry),
+}
+
+/// The session's future, built without an async prologue so that it holds the session only
+/// once (an async fn would also keep its moved-from arguments).
+fn session(a: Admitted) -> impl std::future::Future<Output = ()> + Send {
+    let run = crate::session::run(a.ctx, a.stream, a.buf, a.login, a.slot);
+    let guards = a.guards;
+    async move {
+        run.await;
+        drop(guards);
+    }
+}
+
+/// Counts the client, authenticates it and sends the welcome; None when it was refused or
+/// left (it has been told why).
+async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Admitted> {
     let mut stream = ClientStream::Plain(stream);
     let count = ctx.clients.fetch_add(1, Ordering::AcqRel) + 1;
-    let _guard = CountGuard(ctx.clone());
-    let _session = enter(&ctx).await;
+    let count_guard = CountGuard(ctx.clone());
+    let session_guard = enter(&ctx).await;
     let mut buf = BytesMut::new();
-    // Boxed, like the welcome below: their state is not kept for the life of the session.
     let login = tokio::time::timeout(
         ctx.cfg.auth_timeout,
-        Box::pin(handshake(&ctx, &mut stream, &mut buf, peer, count)),
+        handshake(&ctx, &mut stream, &mut buf, peer, count),
     )
     .await;
     let login = match login {
@@ -78,7 +109,7 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
                 tracing::debug!(%peer, code, "client refused: {message}");
             }
             refuse(&mut stream, refusal).await;
-            return;
+            return None;
         }
         Err(_) => {
             refuse(
@@ -86,7 +117,7 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
                 Refusal::fatal("08P01", "canceling authentication due to timeout"),
             )
             .await;
-            return;
+            return None;
         }
     };
     let (pid, key) = ctx.next_backend_key();
@@ -95,20 +126,38 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert((pid, key), slot.clone());
-    let welcome = Box::pin(welcome(&ctx, &login, pid, key)).await;
-    match welcome {
+    let entry = CancelEntry(ctx.clone(), pid, key);
+    match welcome(&ctx, &login, pid, key).await {
         Ok(out) => {
-            if send(&mut stream, &out).await.is_ok() {
-                // Whatever the client sent after its login stays in `buf` for the session.
-                crate::session::run(ctx.clone(), stream, buf, login, slot).await;
-            }
+            // Whatever the client sent after its login stays in `buf` for the session.
+            send(&mut stream, &out).await.ok()?;
+            Some(Admitted {
+                ctx,
+                stream,
+                buf,
+                login,
+                slot,
+                guards: (count_guard, session_guard, entry),
+            })
         }
-        Err(refusal) => refuse(&mut stream, refusal).await,
+        Err(refusal) => {
+            refuse(&mut stream, refusal).await;
+            None
+        }
     }
-    ctx.cancels
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&(pid, key));
+}
+
+/// The session's entry in the table of cancel keys, removed when the session ends.
+struct CancelEntry(Arc<Ctx>, i32, i32);
+
+impl Drop for CancelEntry {
+    fn drop(&mut self) {
+        self.0
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(self.1, self.2));
+    }
 }
 
 /// Writes and flushes (a TLS stream holds records until flushed).

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// Where a cancel request for a session goes: the backend running its query.
 #[derive(Debug, Clone)]
@@ -123,6 +123,13 @@ pub struct Ctx {
     /// Nodes out of service: sessions drop their connections to them (a primary's sessions
     /// end), and the pool closes its idle ones.
     pub fenced: watch::Receiver<Arc<Vec<u32>>>,
+    /// An online recovery's 2nd stage: new sessions wait, idle ones past the limit are closed.
+    pub hold: watch::Receiver<Option<Duration>>,
+    /// One wake-up per session, rung when the fenced set or the hold changes. A session waits
+    /// on its own (rather than on the shared watches) so that the hot path never takes a lock
+    /// that every session's task contends for.
+    wakeups: Mutex<HashMap<u64, Arc<Notify>>>,
+    next_wakeup: AtomicU64,
     pub pools: pool::Pools,
     pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
@@ -133,6 +140,9 @@ pub struct Ctx {
     /// Nodes a session found dead, and when: no reads go there until a later health check
     /// has succeeded (or the monitor takes the node out of service).
     suspects: Mutex<HashMap<u32, chrono::DateTime<chrono::Utc>>>,
+    /// One bit per node ever reported (ids from 63 up share bit 63): most reads then need not
+    /// look at `suspects` at all.
+    suspect_mask: AtomicU64,
     next_pid: AtomicI32,
     pub mock_key: [u8; 32],
     /// Credentials for pgwarden's own catalog queries.
@@ -194,6 +204,9 @@ impl Ctx {
             derived: Mutex::new(HashMap::new()),
             routes: monitor.routes(),
             fenced: monitor.fenced(),
+            hold: monitor.hold(),
+            wakeups: Mutex::new(HashMap::new()),
+            next_wakeup: AtomicU64::new(0),
             monitor,
             cancels: Mutex::new(HashMap::new()),
             stats: RwLock::new(HashMap::new()),
@@ -201,6 +214,7 @@ impl Ctx {
             clients: AtomicUsize::new(0),
             tls,
             suspects: Mutex::new(HashMap::new()),
+            suspect_mask: AtomicU64::new(0),
             next_pid: AtomicI32::new(1),
             mock_key,
             admin_user: config.credentials.user.clone(),
@@ -255,11 +269,16 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node, chrono::Utc::now());
+        self.suspect_mask
+            .fetch_or(1u64 << node.min(63), Ordering::SeqCst);
         self.monitor.suspect(node);
     }
 
     /// Whether `node` was reported dead after its last successful health check.
     pub fn suspected(&self, node: u32, table: &RouteTable) -> bool {
+        if self.suspect_mask.load(Ordering::Relaxed) & (1u64 << node.min(63)) == 0 {
+            return false;
+        }
         let suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
         match suspects.get(&node) {
             None => false,
@@ -305,6 +324,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
     tokio::spawn(load_functions(ctx.clone()));
     tokio::spawn(reap_pools(ctx.clone()));
     tokio::spawn(close_fenced(ctx.clone()));
+    tokio::spawn(wake_sessions(ctx.clone()));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -349,6 +369,63 @@ async fn close_fenced(ctx: Arc<Ctx>) {
             tracing::warn!(nodes = ?set, "closing pooled connections to nodes out of service");
             ctx.pools.reap(&|node| !set.contains(&node));
         }
+    }
+}
+
+/// Rings every session's wake-up when a node is taken out of service or an online recovery
+/// holds or releases sessions.
+async fn wake_sessions(ctx: Arc<Ctx>) {
+    let mut fenced = ctx.fenced.clone();
+    let mut hold = ctx.hold.clone();
+    loop {
+        tokio::select! {
+            r = fenced.changed() => if r.is_err() { fenced = watch::channel(Arc::new(Vec::new())).1 },
+            r = hold.changed() => if r.is_err() { hold = watch::channel(None).1 },
+        }
+        let all: Vec<Arc<Notify>> = ctx
+            .wakeups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for w in all {
+            // A stored permit: a session busy elsewhere sees it when it next waits.
+            w.notify_one();
+        }
+    }
+}
+
+/// A session's wake-up (see `Ctx::wakeups`), unregistered when dropped.
+pub(crate) struct Wakeup {
+    ctx: Arc<Ctx>,
+    id: u64,
+    pub notify: Arc<Notify>,
+}
+
+impl Wakeup {
+    pub(crate) fn new(ctx: &Arc<Ctx>) -> Wakeup {
+        let id = ctx.next_wakeup.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        ctx.wakeups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, notify.clone());
+        Wakeup {
+            ctx: ctx.clone(),
+            id,
+            notify,
+        }
+    }
+}
+
+impl Drop for Wakeup {
+    fn drop(&mut self) {
+        self.ctx
+            .wakeups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 

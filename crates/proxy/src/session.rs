@@ -23,16 +23,20 @@ use crate::backend::{Backend, BackendError};
 use crate::client::{connect_spec, Login};
 use crate::pool::{PoolError, Pooled};
 use crate::stream::{ClientReader, ClientStream, ClientWriter};
-use crate::{CancelSlot, CancelTarget, Ctx};
+use crate::{CancelSlot, CancelTarget, Ctx, NodeStats, Wakeup};
 use bytes::{Bytes, BytesMut};
 use pgwarden_core::config::LoadBalance;
+use pgwarden_core::route::RouteTable;
 use pgwarden_core::Lsn;
+use pgwarden_monitor::Engagement;
 use pgwarden_sql::{classify, Class};
 use pgwarden_wire::frame::{self, Frame, ProtocolError};
 use pgwarden_wire::msg::{self, ErrorFields};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::sync::watch;
 
 /// How a session ends.
@@ -124,17 +128,40 @@ struct Session {
     /// from 63 up share bit 63); set by the backend connections themselves, readable while a
     /// message is being handled.
     busy: Arc<AtomicU64>,
+    /// Rung when a node is fenced or an online recovery holds sessions.
+    wake: Wakeup,
+    /// The routing table and the fenced set as last seen, refreshed when their watches say
+    /// they changed (an atomic load, where reading the watch itself takes a shared lock).
+    routes: watch::Receiver<Arc<RouteTable>>,
+    table: Arc<RouteTable>,
+    fenced_rx: watch::Receiver<Arc<Vec<u32>>>,
+    fenced: Arc<Vec<u32>>,
+    /// Per node: its statement counters and its engagement count, looked up once.
+    nodes: Vec<NodeRefs>,
 }
 
-pub(crate) async fn run(
+struct NodeRefs {
+    id: u32,
+    stats: Arc<NodeStats>,
+    engagement: Option<Engagement>,
+}
+
+/// The session's future. Built without an async prologue, so that the future holds the
+/// session once (an async fn would also keep its moved-from arguments).
+pub(crate) fn run(
     ctx: Arc<Ctx>,
     stream: ClientStream,
     buf: BytesMut,
     login: Login,
     cancel: CancelSlot,
-) {
-    let (mut reader, writer) = stream.split();
-    let mut s = Session {
+) -> impl Future<Output = ()> + Send {
+    let (reader, writer) = stream.split();
+    let mut routes = ctx.routes.clone();
+    let table = routes.borrow_and_update().clone();
+    let mut fenced_rx = ctx.fenced.clone();
+    let fenced = fenced_rx.borrow_and_update().clone();
+    let s = Session {
+        wake: Wakeup::new(&ctx),
         ctx,
         client: writer,
         login,
@@ -159,23 +186,30 @@ pub(crate) async fn run(
         events: Vec::new(),
         busy: Arc::new(AtomicU64::new(0)),
         engaged: None,
+        routes,
+        table,
+        fenced_rx,
+        fenced,
+        nodes: Vec::new(),
     };
-    let end = s.main_loop(&mut reader, buf).await;
-    if let Err(End::Fatal(code, message)) = &end {
-        let mut out = BytesMut::new();
-        msg::error_response(&mut out, &ErrorFields::fatal(code, message));
-        let _ = s.client.write_all(&out).await;
+    async move {
+        let mut s = s;
+        let mut reader = reader;
+        let end = s.main_loop(&mut reader, buf).await;
+        if let Err(End::Fatal(code, message)) = &end {
+            let mut out = BytesMut::new();
+            msg::error_response(&mut out, &ErrorFields::fatal(code, message));
+            let _ = s.client.write_all(&out).await;
+        }
+        s.release();
     }
-    s.release();
 }
 
 impl Session {
     async fn main_loop(&mut self, reader: &mut ClientReader, mut cbuf: BytesMut) -> Result<()> {
-        let mut fenced = self.ctx.fenced.clone();
-        fenced.borrow_and_update();
         let busy = self.busy.clone();
-        // An online recovery's 2nd stage: a session idle longer than the limit is closed.
-        let mut hold = self.ctx.monitor.hold();
+        let wake = self.wake.notify.clone();
+        let ctx = self.ctx.clone();
         let mut idle_since = tokio::time::Instant::now();
         loop {
             // Everything complete in the buffer is handled first.
@@ -183,25 +217,29 @@ impl Session {
                 // Boxed: the handling of a message needs a large state machine only while it
                 // runs; an idle session keeps just the small loop below.
                 let mut fut = Box::pin(self.on_frame(f));
+                // Most messages are handled without waiting (answers are read below), and
+                // then there is no fence to watch for.
+                let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
                 // A node may be fenced while the session waits on it (a hung primary): the
                 // session ends rather than wait. Other fences are dealt with once the message
                 // is handled.
                 let mut pending: Option<Arc<Vec<u32>>> = None;
-                let go_on = loop {
-                    tokio::select! {
-                        r = &mut fut => break r?,
-                        r = fenced.changed() => {
-                            if r.is_err() {
-                                break (&mut fut).await?;
+                let go_on = match first {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut fut => break r?,
+                            _ = wake.notified() => {
+                                let set = ctx.fenced.borrow().clone();
+                                let mask = busy.load(Ordering::Relaxed);
+                                if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
+                                    return Err(fenced_end(*n));
+                                }
+                                pending = Some(set);
                             }
-                            let set = fenced.borrow_and_update().clone();
-                            let mask = busy.load(Ordering::Relaxed);
-                            if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
-                                return Err(fenced_end(*n));
-                            }
-                            pending = Some(set);
                         }
-                    }
+                    },
                 };
                 drop(fut);
                 if let Some(set) = pending {
@@ -223,28 +261,25 @@ impl Session {
                 .inflight
                 .map(|(n, _)| n)
                 .or_else(|| self.idle_watch_node());
+            // An online recovery's 2nd stage: a session idle longer than the limit is closed.
             let idle_limit =
-                (*hold.borrow_and_update()).filter(|l| !l.is_zero() && self.inflight.is_none());
+                (*self.ctx.hold.borrow()).filter(|l| !l.is_zero() && self.inflight.is_none());
             let deadline = idle_since + idle_limit.unwrap_or_default();
+            let auth_timeout = self.ctx.cfg.auth_timeout;
+            // The node's answers first (a client that pipelines must not keep the proxy from
+            // reading them). The branches that are idle most of the time are boxed when first
+            // polled: an idle session's task keeps only its client read and its wake-up.
             tokio::select! {
-                r = read_client(reader, &mut cbuf, partial, self.ctx.cfg.auth_timeout) => r?,
-                r = self.read_node(node), if node.is_some() => r?,
-                _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => {
+                biased;
+                r = async { Box::pin(self.read_node(node)).await }, if node.is_some() => r?,
+                r = read_client(reader, &mut cbuf, partial, auth_timeout) => r?,
+                _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
                     return Err(recovery_end(idle_limit.unwrap_or_default()));
                 }
-                r = hold.changed() => {
-                    if r.is_err() {
-                        hold = watch::channel(None).1;
-                    }
-                }
-                r = fenced.changed() => {
-                    if r.is_ok() {
-                        let set = fenced.borrow_and_update().clone();
-                        self.on_fence(&set)?;
-                    } else {
-                        // The monitor is gone (shutting down): stop watching.
-                        fenced = watch::channel(Arc::new(Vec::new())).1;
-                    }
+                _ = wake.notified() => {
+                    // A node fenced, or a hold set or lifted (the limit is read again above).
+                    let set = self.ctx.fenced.borrow().clone();
+                    self.on_fence(&set)?;
                 }
             }
         }
@@ -341,7 +376,7 @@ impl Session {
         loop {
             let target = self.route_inner(class).await?;
             self.engage(target);
-            if !self.ctx.is_fenced(target) {
+            if !self.is_fenced(target) {
                 return Ok(target);
             }
             if self.bound_to(target) {
@@ -366,10 +401,14 @@ impl Session {
             return;
         }
         if let Some(n) = node {
-            self.ctx.monitor.engage(n);
+            if let Some(e) = &self.node_refs(n).engagement {
+                e.engage();
+            }
         }
         if let Some(old) = self.engaged {
-            self.ctx.monitor.disengage(old);
+            if let Some(e) = &self.node_refs(old).engagement {
+                e.disengage();
+            }
         }
         self.engaged = node;
     }
@@ -385,6 +424,39 @@ impl Session {
         self.set_engaged(now);
     }
 
+    /// The routing table, as the monitor last published it.
+    fn table(&mut self) -> &Arc<RouteTable> {
+        if self.routes.has_changed().unwrap_or(false) {
+            self.table = self.routes.borrow_and_update().clone();
+        }
+        &self.table
+    }
+
+    /// Whether `node` is out of service now. Read after engaging on it (see `route`): the
+    /// watch's version is loaded then, which is what orders it against the controller.
+    fn is_fenced(&mut self, node: u32) -> bool {
+        if self.fenced_rx.has_changed().unwrap_or(false) {
+            self.fenced = self.fenced_rx.borrow_and_update().clone();
+        }
+        self.fenced.contains(&node)
+    }
+
+    /// The node's counters and engagement count.
+    fn node_refs(&mut self, node: u32) -> &NodeRefs {
+        let i = match self.nodes.iter().position(|r| r.id == node) {
+            Some(i) => i,
+            None => {
+                self.nodes.push(NodeRefs {
+                    id: node,
+                    stats: self.ctx.node_stats(node),
+                    engagement: self.ctx.monitor.engagement(node),
+                });
+                self.nodes.len() - 1
+            }
+        };
+        &self.nodes[i]
+    }
+
     async fn route_inner(&mut self, class: Class) -> Result<u32> {
         if let Some(n) = self.open_until_sync {
             return Ok(n);
@@ -392,7 +464,7 @@ impl Session {
         if let Some(n) = self.tx_node {
             return Ok(n);
         }
-        let table = self.ctx.routes.borrow().clone();
+        let table = self.table().clone();
         let readable =
             matches!(class, Class::Read | Class::Begin { read_only: true }) && !self.sticky;
         if !readable {
@@ -456,7 +528,7 @@ impl Session {
                 // where the primary is now.
                 self.min_lsn = Some(self.primary_lsn().await?);
                 self.dirty = false;
-                let table = self.ctx.routes.borrow().clone();
+                let table = self.table().clone();
                 table
                     .read_target(lb, delay, self.min_lsn, r)
                     .ok_or_else(no_node)
@@ -516,6 +588,9 @@ impl Session {
         // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
         let class = if in_tx && !may_hold_state(sql) {
             Class::InTransaction
+        } else if pgwarden_sql::plain_select(sql) {
+            // The common read, told apart without the parser or the function catalog.
+            Class::Read
         } else {
             let verdict = classify(sql, &*self.ctx.functions());
             tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
@@ -544,7 +619,7 @@ impl Session {
                 target = n;
             }
         }
-        self.ctx.node_stats(target).count(sql);
+        self.node_refs(target).stats.count(sql);
         let bytes = f.bytes.clone();
         self.send(target, bytes.clone(), 1).await?;
         if class == Class::Session && !in_tx {
@@ -562,7 +637,7 @@ impl Session {
         let frames = std::mem::take(&mut self.batch_frames);
         let bytes = self.batch.split().freeze();
         // Classify: the batch reads only if every statement it parses or binds reads.
-        let functions = self.ctx.functions();
+        let mut functions = None;
         let mut class = Class::Read;
         let mut needs: Vec<String> = Vec::new();
         let mut binds_unnamed_without_parse = false;
@@ -579,7 +654,8 @@ impl Session {
             match f.tag {
                 b'P' => {
                     let p = msg::parse(f.body())?;
-                    let c = classify(p.query, &*functions).class;
+                    let functions = functions.get_or_insert_with(|| self.ctx.functions());
+                    let c = classify(p.query, &**functions).class;
                     class = combine(class, c);
                     any_statement = true;
                     pins |= c == Class::Sticky || (c == Class::Session && !is_setting(p.query));
@@ -699,6 +775,7 @@ impl Session {
                 }
             }
         }
+        let any_parse = parsed_unnamed || !parses.is_empty();
         for (name, parse, c) in parses {
             self.statements.insert(
                 name,
@@ -712,9 +789,12 @@ impl Session {
         if parsed_unnamed {
             self.unnamed_node = Some(target);
         }
-        for f in frames.iter().filter(|f| f.tag == b'P') {
-            if let Ok(p) = msg::parse(f.body()) {
-                self.ctx.node_stats(target).count(p.query);
+        if any_parse {
+            let stats = self.node_refs(target).stats.clone();
+            for f in frames.iter().filter(|f| f.tag == b'P') {
+                if let Ok(p) = msg::parse(f.body()) {
+                    stats.count(p.query);
+                }
             }
         }
         self.send(target, bytes, syncs).await?;
@@ -1088,7 +1168,7 @@ impl Session {
         {
             return Ok(());
         }
-        let table = self.ctx.routes.borrow().clone();
+        let table = self.table().clone();
         if table.primary != Some(node) {
             return Ok(());
         }
@@ -1101,7 +1181,7 @@ impl Session {
         }
         // Engaged before the fence is checked, as for any unit (see `route`).
         self.engage(node);
-        if self.ctx.is_fenced(node) {
+        if self.is_fenced(node) {
             return Ok(());
         }
         let mut q = BytesMut::new();
@@ -1361,11 +1441,10 @@ async fn read_client(
     partial: bool,
     limit: std::time::Duration,
 ) -> Result<()> {
-    let read = reader.read_into(buf);
     let n = if partial {
         // A message has started: the rest must follow promptly (a client that sends one byte a
-        // minute holds nothing for long).
-        match tokio::time::timeout(limit, read).await {
+        // minute holds nothing for long). Boxed: an idle session keeps no timer.
+        match Box::pin(tokio::time::timeout(limit, reader.read_into(buf))).await {
             Ok(r) => r,
             Err(_) => {
                 return Err(fatal(
@@ -1375,7 +1454,7 @@ async fn read_client(
             }
         }
     } else {
-        read.await
+        reader.read_into(buf).await
     };
     match n {
         Ok(0) | Err(_) => Err(End::ClientGone),
