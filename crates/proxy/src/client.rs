@@ -52,19 +52,33 @@ impl From<ProtocolError> for Refusal {
 }
 
 /// What a client authenticated as.
+/// A logged-in client's startup parameters (user and database among them).
 pub(crate) struct Login {
     pub params: Vec<(String, String)>,
-    pub user: String,
-    pub database: String,
+}
+
+impl Login {
+    pub fn user(&self) -> &str {
+        Startup::param(&self.params, "user").unwrap_or_default()
+    }
+
+    /// The database, which defaults to the user's name as in PostgreSQL.
+    pub fn database(&self) -> &str {
+        Startup::param(&self.params, "database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or(self.user())
+    }
 }
 
 /// Serves one client connection from accept to close.
 ///
-/// The login and the session each run boxed: the task itself keeps neither's state, and the
-/// login's is freed once the client is in, so an idle session costs only what it waits with.
+/// The session runs as a task of its own, spawned once the client is in: the login's state
+/// is gone by then, and the session's task holds only what the session waits with.
 pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
-    if let Some(admitted) = Box::pin(admit(ctx, stream, peer)).await {
-        Box::pin(session(admitted)).await;
+    if let Some(a) = admit(ctx, stream, peer).await {
+        tokio::spawn(crate::session::run(
+            a.ctx, a.stream, a.buf, a.login, a.slot, a.guards,
+        ));
     }
 }
 
@@ -75,18 +89,7 @@ struct Admitted {
     buf: BytesMut,
     login: Login,
     slot: CancelSlot,
-    guards: (CountGuard, SessionGuard, CancelEntry),
-}
-
-/// The session's future, built without an async prologue so that it holds the session only
-/// once (an async fn would also keep its moved-from arguments).
-fn session(a: Admitted) -> impl std::future::Future<Output = ()> + Send {
-    let run = crate::session::run(a.ctx, a.stream, a.buf, a.login, a.slot);
-    let guards = a.guards;
-    async move {
-        run.await;
-        drop(guards);
-    }
+    guards: Admission,
 }
 
 /// Counts the client, authenticates it and sends the welcome; None when it was refused or
@@ -94,8 +97,13 @@ fn session(a: Admitted) -> impl std::future::Future<Output = ()> + Send {
 async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Admitted> {
     let mut stream = ClientStream::Plain(stream);
     let count = ctx.clients.fetch_add(1, Ordering::AcqRel) + 1;
-    let count_guard = CountGuard(ctx.clone());
-    let session_guard = enter(&ctx).await;
+    let mut guards = Admission {
+        ctx: ctx.clone(),
+        entered: false,
+        cancel_key: None,
+    };
+    enter(&ctx).await;
+    guards.entered = true;
     let mut buf = BytesMut::new();
     let login = tokio::time::timeout(
         ctx.cfg.auth_timeout,
@@ -126,7 +134,7 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert((pid, key), slot.clone());
-    let entry = CancelEntry(ctx.clone(), pid, key);
+    guards.cancel_key = Some((pid, key));
     match welcome(&ctx, &login, pid, key).await {
         Ok(out) => {
             // Whatever the client sent after its login stays in `buf` for the session.
@@ -137,7 +145,7 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
                 buf,
                 login,
                 slot,
-                guards: (count_guard, session_guard, entry),
+                guards,
             })
         }
         Err(refusal) => {
@@ -147,16 +155,27 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
     }
 }
 
-/// The session's entry in the table of cancel keys, removed when the session ends.
-struct CancelEntry(Arc<Ctx>, i32, i32);
+/// What a client holds from its accept to its end, undone when dropped: its place in the
+/// count of clients, in the monitor's count of sessions (once entered), and its cancel key.
+struct Admission {
+    ctx: Arc<Ctx>,
+    entered: bool,
+    cancel_key: Option<(i32, i32)>,
+}
 
-impl Drop for CancelEntry {
+impl Drop for Admission {
     fn drop(&mut self) {
-        self.0
-            .cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(self.1, self.2));
+        if let Some(k) = self.cancel_key {
+            self.ctx
+                .cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&k);
+        }
+        if self.entered {
+            self.ctx.monitor.session_ended();
+        }
+        self.ctx.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -188,13 +207,13 @@ async fn refuse(stream: &mut ClientStream, refusal: Refusal) {
 /// stage): a held client waits here, accepted, as pgpool's wait in accept(). The session is
 /// counted before the hold is looked at, and the controller sets the hold before it reads the
 /// count, so no session slips past a 2nd stage unseen.
-async fn enter(ctx: &Arc<Ctx>) -> SessionGuard {
+async fn enter(ctx: &Arc<Ctx>) {
     let mut hold = ctx.monitor.hold();
     loop {
         ctx.monitor.session_started();
         std::sync::atomic::fence(Ordering::SeqCst);
         if hold.borrow_and_update().is_none() {
-            return SessionGuard(ctx.clone());
+            return;
         }
         ctx.monitor.session_ended();
         while hold.borrow_and_update().is_some() {
@@ -202,22 +221,6 @@ async fn enter(ctx: &Arc<Ctx>) -> SessionGuard {
                 break;
             }
         }
-    }
-}
-
-struct SessionGuard(Arc<Ctx>);
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        self.0.monitor.session_ended();
-    }
-}
-
-struct CountGuard(Arc<Ctx>);
-
-impl Drop for CountGuard {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -367,11 +370,7 @@ async fn handshake(
                 })?
         }
     }
-    Ok(Login {
-        params,
-        user,
-        database,
-    })
+    Ok(Login { params })
 }
 
 enum ScramOutcome {
@@ -440,7 +439,7 @@ pub(crate) fn connect_spec(
         host: host.to_string(),
         port,
         params: login.params.clone(),
-        password: ctx.backend_password(host, port, &login.database, &login.user),
+        password: ctx.backend_password(host, port, login.database(), login.user()),
         timeout: Duration::from_secs(10),
     }
 }

@@ -128,8 +128,8 @@ pub struct Ctx {
     /// One wake-up per session, rung when the fenced set or the hold changes. A session waits
     /// on its own (rather than on the shared watches) so that the hot path never takes a lock
     /// that every session's task contends for.
-    wakeups: Mutex<HashMap<u64, Arc<Notify>>>,
-    next_wakeup: AtomicU64,
+    /// Keyed by the address of the session's `Notify`.
+    wakeups: Mutex<HashMap<usize, Arc<Notify>>>,
     pub pools: pool::Pools,
     pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
@@ -206,7 +206,6 @@ impl Ctx {
             fenced: monitor.fenced(),
             hold: monitor.hold(),
             wakeups: Mutex::new(HashMap::new()),
-            next_wakeup: AtomicU64::new(0),
             monitor,
             cancels: Mutex::new(HashMap::new()),
             stats: RwLock::new(HashMap::new()),
@@ -396,36 +395,27 @@ async fn wake_sessions(ctx: Arc<Ctx>) {
     }
 }
 
-/// A session's wake-up (see `Ctx::wakeups`), unregistered when dropped.
+/// A session's wake-up (see `Ctx::wakeups`); the session closes it when it ends.
 pub(crate) struct Wakeup {
-    ctx: Arc<Ctx>,
-    id: u64,
     pub notify: Arc<Notify>,
 }
 
 impl Wakeup {
     pub(crate) fn new(ctx: &Arc<Ctx>) -> Wakeup {
-        let id = ctx.next_wakeup.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         ctx.wakeups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, notify.clone());
-        Wakeup {
-            ctx: ctx.clone(),
-            id,
-            notify,
-        }
+            .insert(Arc::as_ptr(&notify) as usize, notify.clone());
+        Wakeup { notify }
     }
-}
 
-impl Drop for Wakeup {
-    fn drop(&mut self) {
-        self.ctx
-            .wakeups
+    /// Unregisters it (the session ends).
+    pub(crate) fn close(&self, ctx: &Ctx) {
+        ctx.wakeups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(&(Arc::as_ptr(&self.notify) as usize));
     }
 }
 

@@ -39,6 +39,21 @@ use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::watch;
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.wake.close(&self.ctx);
+    }
+}
+
+/// What `handle_frames` did.
+enum Handled {
+    /// No complete message yet.
+    Nothing,
+    Some,
+    /// The client sent Terminate.
+    Goodbye,
+}
+
 /// How a session ends.
 #[derive(Debug)]
 enum End {
@@ -97,7 +112,7 @@ struct Session {
     /// Node the open transaction runs on.
     tx_node: Option<u32>,
     /// The node answering the units in flight, and how many ReadyForQuery are still due.
-    inflight: Option<(u32, usize)>,
+    inflight: Option<(u32, u32)>,
     /// After a Flush, the node holding the unfinished batch's portals until the next Sync.
     open_until_sync: Option<u32>,
     copy_in: Option<u32>,
@@ -147,20 +162,22 @@ struct NodeRefs {
 }
 
 /// The session's future. Built without an async prologue, so that the future holds the
-/// session once (an async fn would also keep its moved-from arguments).
+/// session once (an async fn would also keep its moved-from arguments). `guards` live as long
+/// as the session (the client's counts, its cancel key).
 pub(crate) fn run(
     ctx: Arc<Ctx>,
     stream: ClientStream,
     buf: BytesMut,
     login: Login,
     cancel: CancelSlot,
+    guards: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send {
     let (reader, writer) = stream.split();
     let mut routes = ctx.routes.clone();
     let table = routes.borrow_and_update().clone();
     let mut fenced_rx = ctx.fenced.clone();
     let fenced = fenced_rx.borrow_and_update().clone();
-    let s = Session {
+    let mut s = Session {
         wake: Wakeup::new(&ctx),
         ctx,
         client: writer,
@@ -192,67 +209,45 @@ pub(crate) fn run(
         fenced,
         nodes: Vec::new(),
     };
+    let mut reader = reader;
+    let mut buf = buf;
     async move {
-        let mut s = s;
-        let mut reader = reader;
-        let end = s.main_loop(&mut reader, buf).await;
-        if let Err(End::Fatal(code, message)) = &end {
-            let mut out = BytesMut::new();
-            msg::error_response(&mut out, &ErrorFields::fatal(code, message));
-            let _ = s.client.write_all(&out).await;
+        // Used in place: rebinding them inside would store them twice.
+        let end = s.main_loop(&mut reader, &mut buf).await;
+        if let Err(End::Fatal(code, message)) = end {
+            // Boxed: this rare write would otherwise take room in every session's task.
+            Box::pin(s.say_fatal(code, message)).await;
         }
         s.release();
+        drop(guards);
     }
 }
 
 impl Session {
-    async fn main_loop(&mut self, reader: &mut ClientReader, mut cbuf: BytesMut) -> Result<()> {
-        let busy = self.busy.clone();
+    /// Tells the client why its session ends.
+    async fn say_fatal(&mut self, code: String, message: String) {
+        let mut out = BytesMut::new();
+        msg::error_response(&mut out, &ErrorFields::fatal(&code, &message));
+        let _ = self.client.write_all(&out).await;
+    }
+
+    async fn main_loop(&mut self, reader: &mut ClientReader, cbuf: &mut BytesMut) -> Result<()> {
         let wake = self.wake.notify.clone();
-        let ctx = self.ctx.clone();
         let mut idle_since = tokio::time::Instant::now();
         loop {
-            // Everything complete in the buffer is handled first.
-            while let Some(f) = frame::split_frame(&mut cbuf, self.ctx.cfg.max_message_size)? {
-                // Boxed: the handling of a message needs a large state machine only while it
-                // runs; an idle session keeps just the small loop below.
-                let mut fut = Box::pin(self.on_frame(f));
-                // Most messages are handled without waiting (answers are read below), and
-                // then there is no fence to watch for.
-                let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-                // A node may be fenced while the session waits on it (a hung primary): the
-                // session ends rather than wait. Other fences are dealt with once the message
-                // is handled.
-                let mut pending: Option<Arc<Vec<u32>>> = None;
-                let go_on = match first {
-                    Poll::Ready(r) => r?,
-                    Poll::Pending => loop {
-                        tokio::select! {
-                            biased;
-                            r = &mut fut => break r?,
-                            _ = wake.notified() => {
-                                let set = ctx.fenced.borrow().clone();
-                                let mask = busy.load(Ordering::Relaxed);
-                                if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
-                                    return Err(fenced_end(*n));
-                                }
-                                pending = Some(set);
-                            }
-                        }
-                    },
-                };
-                drop(fut);
-                if let Some(set) = pending {
-                    self.on_fence(&set)?;
+            // Everything complete in the buffer is handled first. Boxed: handling messages
+            // needs a large state machine only while it runs; an idle session keeps just the
+            // small wait below.
+            if cbuf.len() >= 5 {
+                match Box::pin(self.handle_frames(cbuf)).await? {
+                    Handled::Nothing => {}
+                    Handled::Some => idle_since = tokio::time::Instant::now(),
+                    Handled::Goodbye => return Ok(()),
                 }
-                if !go_on {
-                    return Ok(());
-                }
-                idle_since = tokio::time::Instant::now();
             }
             if cbuf.is_empty() && cbuf.capacity() > 0 {
                 // Nothing pending: give the buffer back while the client thinks.
-                cbuf = BytesMut::new();
+                *cbuf = BytesMut::new();
             }
             let partial = !cbuf.is_empty();
             // The node to listen to: the one answering, or while idle the primary of a session
@@ -272,7 +267,7 @@ impl Session {
             tokio::select! {
                 biased;
                 r = async { Box::pin(self.read_node(node)).await }, if node.is_some() => r?,
-                r = read_client(reader, &mut cbuf, partial, auth_timeout) => r?,
+                r = read_client(reader, cbuf, partial, auth_timeout) => r?,
                 _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
                     return Err(recovery_end(idle_limit.unwrap_or_default()));
                 }
@@ -283,6 +278,50 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Handles every complete message in `cbuf`.
+    async fn handle_frames(&mut self, cbuf: &mut BytesMut) -> Result<Handled> {
+        let busy = self.busy.clone();
+        let wake = self.wake.notify.clone();
+        let ctx = self.ctx.clone();
+        let mut handled = Handled::Nothing;
+        while let Some(f) = frame::split_frame(cbuf, self.ctx.cfg.max_message_size)? {
+            handled = Handled::Some;
+            // A node may be fenced while the session waits on it (a hung primary): the
+            // session ends rather than wait. Other fences are dealt with once the message is
+            // handled.
+            let mut pending: Option<Arc<Vec<u32>>> = None;
+            let go_on = {
+                let mut fut = std::pin::pin!(self.on_frame(f));
+                // Most messages are handled without waiting (answers are read in the main
+                // loop), and then there is no fence to watch for.
+                match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut fut => break r?,
+                            _ = wake.notified() => {
+                                let set = ctx.fenced.borrow().clone();
+                                let mask = busy.load(Ordering::Relaxed);
+                                if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
+                                    return Err(fenced_end(*n));
+                                }
+                                pending = Some(set);
+                            }
+                        }
+                    },
+                }
+            };
+            if let Some(set) = pending {
+                self.on_fence(&set)?;
+            }
+            if !go_on {
+                return Ok(Handled::Goodbye);
+            }
+        }
+        Ok(handled)
     }
 
     /// Some nodes were taken out of service: connections to them are dropped. A session that
@@ -996,8 +1035,10 @@ impl Session {
                 Err(e) => return Err(self.lost(node, e)),
             }
         }
+        // (A count of Syncs in flight: a client cannot send 2^32 of them unanswered.)
+        let syncs = u32::try_from(syncs).unwrap_or(u32::MAX);
         let pending = match self.inflight {
-            Some((n, p)) if n == node => p + syncs,
+            Some((n, p)) if n == node => p.saturating_add(syncs),
             _ => syncs,
         };
         self.inflight = if pending > 0 || syncs == 0 {

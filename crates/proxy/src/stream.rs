@@ -96,16 +96,22 @@ impl ClientReader {
     /// buffer.
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            ClientReader::Plain(r) => loop {
-                r.readable().await?;
-                if buf.capacity() - buf.len() < 4096 {
-                    buf.reserve(8 * 1024);
-                }
-                match read_drained(r.as_ref(), buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    other => return other,
-                }
-            },
+            // Polled by hand rather than through `readable()`: the waker then lives in the
+            // socket's own slot and the waiting future holds nothing (an idle session's task
+            // is that much smaller).
+            ClientReader::Plain(r) => {
+                std::future::poll_fn(|cx| loop {
+                    std::task::ready!(r.as_ref().poll_read_ready(cx))?;
+                    if buf.capacity() - buf.len() < 4096 {
+                        buf.reserve(8 * 1024);
+                    }
+                    match read_drained(r.as_ref(), buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        other => return Poll::Ready(other),
+                    }
+                })
+                .await
+            }
             ClientReader::Tls(r) => {
                 buf.reserve(8 * 1024);
                 r.read_buf(buf).await
