@@ -23,7 +23,7 @@ PROBE=$PWD/target/release/examples/failover_probe
 cargo build --release --bins --examples -q
 W=$(mktemp -d /tmp/pgwarden-fobench-XXXXXX)
 chmod 755 "$W"
-BASE=${BENCH_PORT:-42000}
+BASE=${BENCH_PORT:-30000}
 cleanup() {
     "$P" sandbox down --dir "$W/sb" --destroy >/dev/null 2>&1 || true
     if [ -x "$W/pgpool/shutdownall" ]; then

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 T=${1:-15}
 W=$(mktemp -d /tmp/pgwarden-ppbench-XXXXXX)
 chmod 755 "$W"
-BASE=${BENCH_PORT:-43000}
+BASE=${BENCH_PORT:-29000}
 PGPORT=$((BASE + 10)); PGBASE=$((BASE + 20))
 B=/usr/lib/postgresql/15/bin
 cleanup() {

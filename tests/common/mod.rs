@@ -61,8 +61,11 @@ pub fn free_base(nodes: u16) -> u16 {
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
     for i in 0..500u64 {
-        // Steps of 200: one range never overlaps the next one's API port (BASE+100).
-        let base = 20000 + ((seed + i * 131) % 200) as u16 * 200;
+        // Steps of 200: one range never overlaps the next one's API port (BASE+100). All
+        // below 32768, where Linux's ephemeral ports start: a node restarted on a port that
+        // some client connection happened to take as its own (and left in TIME_WAIT) could
+        // not listen there.
+        let base = 20000 + ((seed + i * 131) % 63) as u16 * 200;
         let ports = (0..nodes + 2)
             .map(|p| base + p)
             .chain((0..=nodes).map(|p| base + 100 + p));
