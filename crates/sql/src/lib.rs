@@ -134,6 +134,9 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
     if plain_select(sql) {
         return v(Class::Read, "plain SELECT");
     }
+    if let Some(verdict) = plain_transaction_control(sql) {
+        return verdict;
+    }
     let trimmed = sql.trim_start();
     if trimmed.starts_with("/*NO LOAD BALANCE*/") {
         return v(Class::Write, "/*NO LOAD BALANCE*/ comment");
@@ -485,6 +488,29 @@ fn summary_has_write_table(s: &pg_query::SummaryResult) -> bool {
     s.tables
         .iter()
         .any(|t| matches!(t.context, Context::Dml | Context::Ddl))
+}
+
+/// `BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `ABORT`, `START TRANSACTION …` told apart without the
+/// parser (which costs more than the rest of a proxied statement): only when the text is
+/// letters, spaces and commas with at most one trailing `;` — one statement, no comment, no
+/// quote. It then gets what the parser's path gives it (`transaction`); anything else goes
+/// through libpg_query.
+fn plain_transaction_control(sql: &str) -> Option<Verdict> {
+    let body = sql.trim().strip_suffix(';').unwrap_or(sql.trim());
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b.is_ascii_whitespace() || b == b',')
+    {
+        return None;
+    }
+    let lower = body.to_ascii_lowercase();
+    let first = lower.split_ascii_whitespace().next()?;
+    matches!(
+        first,
+        "begin" | "start" | "commit" | "end" | "rollback" | "abort"
+    )
+    .then(|| transaction(&lower, 1))
 }
 
 fn transaction(lower: &str, statements: usize) -> Verdict {

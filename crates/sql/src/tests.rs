@@ -243,6 +243,61 @@ fn words() {
 }
 
 #[test]
+fn transaction_control_without_the_parser_is_classified_as_with_it() {
+    // The same verdict as libpg_query's path (`transaction` on the summary's kind).
+    let slow = |sql: &str| {
+        let summary = pg_query::summary(sql, 0, -1).expect("parses");
+        assert_eq!(summary.statement_types, ["TransactionStmt"], "{sql}");
+        transaction(&sql.to_ascii_lowercase(), 1).class
+    };
+    for sql in [
+        "BEGIN",
+        "begin;",
+        "  BEGIN TRANSACTION ; ",
+        "BEGIN WORK",
+        "BEGIN READ ONLY",
+        "begin   read   only",
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "COMMIT",
+        "commit;",
+        "END",
+        "END TRANSACTION",
+        "ROLLBACK",
+        "ROLLBACK WORK",
+        "ABORT",
+        "ROLLBACK TO SAVEPOINT a",
+        "rollback to a",
+        "COMMIT AND CHAIN",
+    ] {
+        let fast = plain_transaction_control(sql).map(|v| v.class);
+        assert_eq!(fast, Some(slow(sql)), "{sql}");
+        assert_eq!(classify(sql, &NoFunctions).class, slow(sql), "{sql}");
+    }
+    // Left to the parser: quotes, comments, several statements, other kinds.
+    for sql in [
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+        "BEGIN; COMMIT",
+        "BEGIN -- x",
+        "/* x */ BEGIN",
+        "SAVEPOINT a",
+        "RELEASE SAVEPOINT a",
+        "PREPARE TRANSACTION 'x'",
+        "DELETE FROM t",
+        "",
+        ";",
+    ] {
+        assert!(plain_transaction_control(sql).is_none(), "{sql}");
+    }
+    assert_eq!(classify("BEGIN; COMMIT", &NoFunctions).class, Class::Write);
+    assert_eq!(
+        classify("COMMIT PREPARED 'x'", &NoFunctions).class,
+        Class::Write
+    );
+}
+
+#[test]
 fn the_fast_path_only_takes_plain_selects() {
     for sql in [
         "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
