@@ -110,6 +110,14 @@ impl RouteTable {
         self.pick(usable, r)
     }
 
+    /// Whether any standby may take reads at all (usable, weight above zero): without one, a
+    /// session's reads stay on the primary and it need not track where its writes are.
+    pub fn standby_readable(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            n.usable && n.role == Role::Standby && Some(n.id) != self.primary && n.weight > 0.0
+        })
+    }
+
     /// Where one read goes. `lb_node`: the session's node (session-level balancing), or `None`
     /// for a fresh weighted pick among the nodes that qualify now (statement level).
     pub fn read_target(
@@ -214,6 +222,24 @@ mod tests {
         let none = table(vec![n(0, Primary, false, 1.0, 0, 0)]);
         assert_eq!(none.choose_lb_node(0.5), None);
         assert_eq!(none.read_target(None, None, None, 0.5), None);
+    }
+
+    #[test]
+    fn whether_a_standby_may_take_reads() {
+        use Role::*;
+        #[rustfmt::skip]
+        let cases: &[(Vec<RouteNode>, bool)] = &[
+            (vec![n(0, Primary, true, 1.0, 0, 0), n(1, Standby, true, 1.0, 0, 0)], true),
+            // weight 0: reads stay on the primary
+            (vec![n(0, Primary, true, 1.0, 0, 0), n(1, Standby, true, 0.0, 0, 0)], false),
+            // out of service
+            (vec![n(0, Primary, true, 1.0, 0, 0), n(1, Standby, false, 1.0, 0, 0)], false),
+            (vec![n(0, Primary, true, 1.0, 0, 0)], false),
+            (vec![n(0, Primary, true, 0.0, 0, 0), n(1, Standby, false, 1.0, 0, 0), n(2, Standby, true, 0.5, 0, 0)], true),
+        ];
+        for (nodes, want) in cases {
+            assert_eq!(table(nodes.clone()).standby_readable(), *want, "{nodes:?}");
+        }
     }
 
     #[test]

@@ -1213,10 +1213,20 @@ impl Session {
         if table.primary != Some(node) {
             return Ok(());
         }
-        let may_read_elsewhere = match self.ctx.cfg.load_balance {
-            LoadBalance::Session => self.lb_node.is_none_or(|n| Some(n) != table.primary),
-            LoadBalance::Statement => true,
-        };
+        // No question when this session's reads cannot go to a standby: its load-balance node
+        // is the primary (chosen now if it has none yet: the choice is random either way), or
+        // no standby takes reads at all. Its next read then routes with `dirty` still set,
+        // which asks the primary first if a standby has become the target meanwhile.
+        let may_read_elsewhere = table.standby_readable()
+            && match self.ctx.cfg.load_balance {
+                LoadBalance::Session => {
+                    if self.lb_node.is_none() {
+                        self.lb_node = table.choose_lb_node(rand::random());
+                    }
+                    self.lb_node.is_some_and(|n| Some(n) != table.primary)
+                }
+                LoadBalance::Statement => true,
+            };
         if !may_read_elsewhere {
             return Ok(());
         }
