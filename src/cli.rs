@@ -26,6 +26,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the warden in the foreground: health checks and the HTTP API.
+    ///
+    /// It also serves the front door (the PostgreSQL proxy, `listen.proxy`) and pgpool's PCP
+    /// port (`listen.pcp`, open when `pcp.users_file` is set). It uses one worker thread per core; set PGWARDEN_WORKERS=N to
+    /// use N instead (on a machine it shares with PostgreSQL and the clients, fewer workers
+    /// wake each other less: docs/BENCHMARKS.md). Stop it with SIGTERM; SIGHUP reloads the
+    /// configuration.
     Serve {
         /// The configuration file.
         #[arg(short, long, env = "PGWARDEN_CONFIG", default_value = "pgwarden.toml")]

@@ -173,6 +173,12 @@ fn help_explains_the_commands() {
     for cmd in ["serve", "config", "node", "sandbox", "agent"] {
         assert!(text.contains(cmd), "{text}");
     }
+    let out = pgwarden(&["serve", "--help"]).output().unwrap();
+    assert!(
+        stdout(&out).contains("PGWARDEN_WORKERS"),
+        "{}",
+        stdout(&out)
+    );
     let out = pgwarden(&["sandbox", "up", "--help"]).output().unwrap();
     assert!(stdout(&out).contains("BASE+100"), "{}", stdout(&out));
     let out = pgwarden(&["node", "frobnicate"]).output().unwrap();
