@@ -91,6 +91,14 @@ pub struct Functions {
     write: HashSet<String>,
 }
 
+/// The catalog as it stands now, read only when the classifier actually looks a function up:
+/// most statements name none (plain SELECTs, transaction control are decided before that).
+impl pgwarden_sql::FunctionCatalog for Ctx {
+    fn is_read_only(&self, schema: Option<&str>, name: &str) -> bool {
+        self.functions().is_read_only(schema, name)
+    }
+}
+
 impl pgwarden_sql::FunctionCatalog for Functions {
     fn is_read_only(&self, schema: Option<&str>, name: &str) -> bool {
         let qualified = schema.map(|s| format!("{s}.{name}"));

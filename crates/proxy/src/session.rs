@@ -39,12 +39,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::watch;
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.wake.close(&self.ctx);
-    }
-}
-
 /// What `handle_frames` did.
 enum Handled {
     /// No complete message yet.
@@ -145,14 +139,33 @@ struct Session {
     busy: Arc<AtomicU64>,
     /// Rung when a node is fenced or an online recovery holds sessions.
     wake: Wakeup,
-    /// The routing table and the fenced set as last seen, refreshed when their watches say
-    /// they changed (an atomic load, where reading the watch itself takes a shared lock).
-    routes: watch::Receiver<Arc<RouteTable>>,
-    table: Arc<RouteTable>,
-    fenced_rx: watch::Receiver<Arc<Vec<u32>>>,
-    fenced: Arc<Vec<u32>>,
+    /// The routing table and the fenced set.
+    routes: Latest<Arc<RouteTable>>,
+    fenced: Latest<Arc<Vec<u32>>>,
     /// Per node: its statement counters and its engagement count, looked up once.
     nodes: Vec<NodeRefs>,
+}
+
+/// A watch's value as last seen, refreshed only when the watch's version moved (an atomic
+/// load; reading the watch itself takes its shared read lock, which every session contends for).
+struct Latest<T> {
+    rx: watch::Receiver<T>,
+    value: T,
+}
+
+impl<T: Clone> Latest<T> {
+    fn new(rx: &watch::Receiver<T>) -> Self {
+        let mut rx = rx.clone();
+        let value = rx.borrow_and_update().clone();
+        Latest { rx, value }
+    }
+
+    fn get(&mut self) -> &T {
+        if self.rx.has_changed().unwrap_or(false) {
+            self.value = self.rx.borrow_and_update().clone();
+        }
+        &self.value
+    }
 }
 
 struct NodeRefs {
@@ -172,12 +185,11 @@ pub(crate) fn run(
     cancel: CancelSlot,
     guards: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send {
-    let (reader, writer) = stream.split();
-    let mut routes = ctx.routes.clone();
-    let table = routes.borrow_and_update().clone();
-    let mut fenced_rx = ctx.fenced.clone();
-    let fenced = fenced_rx.borrow_and_update().clone();
+    let (mut reader, writer) = stream.split();
+    let mut buf = buf;
     let mut s = Session {
+        routes: Latest::new(&ctx.routes),
+        fenced: Latest::new(&ctx.fenced),
         wake: Wakeup::new(&ctx),
         ctx,
         client: writer,
@@ -203,14 +215,8 @@ pub(crate) fn run(
         events: Vec::new(),
         busy: Arc::new(AtomicU64::new(0)),
         engaged: None,
-        routes,
-        table,
-        fenced_rx,
-        fenced,
         nodes: Vec::new(),
     };
-    let mut reader = reader;
-    let mut buf = buf;
     async move {
         // Used in place: rebinding them inside would store them twice.
         let end = s.main_loop(&mut reader, &mut buf).await;
@@ -220,6 +226,12 @@ pub(crate) fn run(
         }
         s.release();
         drop(guards);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.wake.close(&self.ctx);
     }
 }
 
@@ -465,19 +477,13 @@ impl Session {
 
     /// The routing table, as the monitor last published it.
     fn table(&mut self) -> &Arc<RouteTable> {
-        if self.routes.has_changed().unwrap_or(false) {
-            self.table = self.routes.borrow_and_update().clone();
-        }
-        &self.table
+        self.routes.get()
     }
 
     /// Whether `node` is out of service now. Read after engaging on it (see `route`): the
     /// watch's version is loaded then, which is what orders it against the controller.
     fn is_fenced(&mut self, node: u32) -> bool {
-        if self.fenced_rx.has_changed().unwrap_or(false) {
-            self.fenced = self.fenced_rx.borrow_and_update().clone();
-        }
-        self.fenced.contains(&node)
+        self.fenced.get().contains(&node)
     }
 
     /// The node's counters and engagement count.
@@ -627,11 +633,8 @@ impl Session {
         // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
         let class = if in_tx && !may_hold_state(sql) {
             Class::InTransaction
-        } else if pgwarden_sql::plain_select(sql) {
-            // The common read, told apart without the parser or the function catalog.
-            Class::Read
         } else {
-            let verdict = classify(sql, &*self.ctx.functions());
+            let verdict = classify(sql, &*self.ctx);
             tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
             verdict.class
         };
@@ -676,7 +679,6 @@ impl Session {
         let frames = std::mem::take(&mut self.batch_frames);
         let bytes = self.batch.split().freeze();
         // Classify: the batch reads only if every statement it parses or binds reads.
-        let mut functions = None;
         let mut class = Class::Read;
         let mut needs: Vec<String> = Vec::new();
         let mut binds_unnamed_without_parse = false;
@@ -693,8 +695,7 @@ impl Session {
             match f.tag {
                 b'P' => {
                     let p = msg::parse(f.body())?;
-                    let functions = functions.get_or_insert_with(|| self.ctx.functions());
-                    let c = classify(p.query, &**functions).class;
+                    let c = classify(p.query, &*self.ctx).class;
                     class = combine(class, c);
                     any_statement = true;
                     pins |= c == Class::Sticky || (c == Class::Session && !is_setting(p.query));
@@ -814,7 +815,6 @@ impl Session {
                 }
             }
         }
-        let any_parse = parsed_unnamed || !parses.is_empty();
         for (name, parse, c) in parses {
             self.statements.insert(
                 name,
@@ -828,12 +828,9 @@ impl Session {
         if parsed_unnamed {
             self.unnamed_node = Some(target);
         }
-        if any_parse {
-            let stats = self.node_refs(target).stats.clone();
-            for f in frames.iter().filter(|f| f.tag == b'P') {
-                if let Ok(p) = msg::parse(f.body()) {
-                    stats.count(p.query);
-                }
+        for f in frames.iter().filter(|f| f.tag == b'P') {
+            if let Ok(p) = msg::parse(f.body()) {
+                self.node_refs(target).stats.count(p.query);
             }
         }
         self.send(target, bytes, syncs).await?;

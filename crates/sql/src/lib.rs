@@ -91,7 +91,7 @@ fn starts_with_words(lower: &str, words: &[&str]) -> bool {
 /// `<` `>` `*` `$` and one trailing `;`: no function call, no string, no comment, no cast, no
 /// subquery; and no word that could make it more than a read (`for`, `into`) or reach a system
 /// catalog (`pg_…`, `information_schema`). Anything else goes through libpg_query.
-pub fn plain_select(sql: &str) -> bool {
+fn plain_select(sql: &str) -> bool {
     let body = sql.trim().trim_end_matches(';');
     let bytes = body.as_bytes();
     if bytes.len() < 7
