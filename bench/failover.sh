@@ -15,6 +15,7 @@
 # pg_ctl promote) and its data directories are restored from a pristine copy for each trial.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 TRIALS=${1:-10}
 PGPOOL_TRIALS=${2:-3}
 KINDS=${KINDS:-kill hang}
@@ -33,15 +34,6 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-
-# The pids of every process whose working directory is DIR (a postmaster and its children).
-pids_in() {
-    local dir=$1 p
-    for p in /proc/[0-9]*; do
-        if [ "$(readlink "$p/cwd" 2>/dev/null)" = "$dir" ]; then echo "${p#/proc/}"; fi
-    done
-    return 0
-}
 
 # A shell command that stops, when it runs, every process of the server in DIR (the probe's
 # own backend included: the whole host hangs).

@@ -28,6 +28,7 @@
 # there before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 TRIALS=${1:-3}
 SCALE=${SCALE:-70}
 METHODS=${METHODS:-basebackup pgpool pgwarden}
@@ -51,15 +52,6 @@ TMP_PGCONF_EXISTED=no
 RUN_SSHD_CREATED=no
 
 as_pg() { runuser -u postgres -- "$@"; }
-
-# The pids of every process whose working directory is DIR (a postmaster and its children).
-pids_in() {
-    local dir=$1 p
-    for p in /proc/[0-9]*; do
-        if [ "$(readlink "$p/cwd" 2>/dev/null)" = "$dir" ]; then echo "${p#/proc/}"; fi
-    done
-    return 0
-}
 
 keep_logs() {
     [ -n "${KEEP_LOGS:-}" ] || return 0
