@@ -913,8 +913,13 @@ mod hostile {
 
     /// A raw socket through the proxy, logged in and ready for a query.
     async fn login(c: &Cluster) -> tokio::net::TcpStream {
+        login_at(c, c.proxy_port()).await
+    }
+
+    /// A raw socket to `port` (the proxy or a node), logged in and ready for a query.
+    async fn login_at(c: &Cluster, port: u16) -> tokio::net::TcpStream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
         // Trust is not configured, so authenticate with SCRAM through postgres-protocol.
@@ -1023,6 +1028,139 @@ mod hostile {
         msgs.iter()
             .map(|(t, b)| format!("{}:{} ", *t as char, String::from_utf8_lossy(b)))
             .collect()
+    }
+
+    /// A pipeline without a Sync until its end, far larger than the sockets' buffers both
+    /// ways (as psycopg's `executemany` or pgbench's `\startpipeline` send): the client writes
+    /// while it reads, as libpq does, and every answer arrives, through the proxy as directly.
+    /// A proxy that only reads a server's answers between writes to it deadlocks here: the
+    /// server stops reading once its answers back up. The answers flow before the Sync is
+    /// sent, as from PostgreSQL itself: the proxy does not hold the pipeline back until then.
+    #[test]
+    fn a_pipeline_larger_than_the_socket_buffers_is_answered_in_full() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = Cluster::up(2);
+        c.psql(0, "test", "CREATE TABLE piped (v text)").unwrap();
+        const ROWS: usize = 3000;
+        let value = "x".repeat(16 * 1024);
+        let mut batch = message(
+            b'P',
+            &[
+                b"\0",
+                b"INSERT INTO piped VALUES ($1) RETURNING v",
+                b"\0",
+                &[0, 0],
+            ],
+        );
+        for _ in 0..ROWS {
+            let len = (value.len() as i32).to_be_bytes();
+            batch.extend(message(
+                b'B',
+                &[b"\0\0", &[0, 0], &[0, 1], &len, value.as_bytes(), &[0, 0]],
+            ));
+            batch.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+        }
+        let batch = std::sync::Arc::new(batch);
+        block(async {
+            for (via, port) in [
+                ("directly", c.node_port(0)),
+                ("through the proxy", c.proxy_port()),
+            ] {
+                let s = login_at(&c, port).await;
+                let (mut rd, mut wr) = s.into_split();
+                let out = batch.clone();
+                let (first_row, answered) = tokio::sync::oneshot::channel::<()>();
+                let writer = tokio::spawn(async move {
+                    wr.write_all(&out).await?;
+                    // The Sync only once answers have come without it.
+                    let _ = answered.await;
+                    wr.write_all(&message(b'S', &[])).await?;
+                    Ok::<_, std::io::Error>(wr)
+                });
+                let read = async {
+                    let mut first_row = Some(first_row);
+                    let (mut rows, mut bytes, mut tags) = (0usize, 0usize, String::new());
+                    loop {
+                        let mut head = [0u8; 5];
+                        rd.read_exact(&mut head).await.unwrap();
+                        let len =
+                            u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+                        let mut body = vec![0u8; len];
+                        rd.read_exact(&mut body).await.unwrap();
+                        match head[0] {
+                            b'D' => {
+                                rows += 1;
+                                bytes += len;
+                                if let Some(tx) = first_row.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                            b'Z' => return (rows, bytes, tags),
+                            b'E' => tags.push_str(&String::from_utf8_lossy(&body)),
+                            _ => {}
+                        }
+                    }
+                };
+                let (rows, bytes, errors) = tokio::time::timeout(Duration::from_secs(120), read)
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("{via}: the pipeline's answers stopped coming (a deadlock, or held back until a Sync)")
+                    });
+                assert_eq!(errors, "", "{via}");
+                assert_eq!(rows, ROWS, "{via}: every row's answer arrives");
+                assert!(bytes > ROWS * value.len(), "{via}");
+                let _wr = writer.await.unwrap().expect("the whole pipeline was taken");
+            }
+        });
+        let n = c.psql(0, "test", "SELECT count(*) FROM piped").unwrap();
+        assert_eq!(n.trim(), (2 * ROWS).to_string());
+
+        // A statement prepared by a session whose reads go to the standby, then bound in a
+        // long pipeline (which goes to the primary, as it may write): it exists there too.
+        block(async {
+            use tokio::io::AsyncWriteExt;
+            for attempt in 0.. {
+                assert!(attempt < 60, "no session was balanced to the standby");
+                let mut s = login(&c).await;
+                let mut prep = message(
+                    b'P',
+                    &[
+                        b"r\0",
+                        b"SELECT inet_server_port(), $1::text",
+                        b"\0",
+                        &[0, 0],
+                    ],
+                );
+                prep.extend(message(b'S', &[]));
+                s.write_all(&prep).await.unwrap();
+                read_until(&mut s, b'Z').await;
+                s.write_all(&query("SELECT inet_server_port()"))
+                    .await
+                    .unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                if !got.contains(&c.node_port(1).to_string()) {
+                    continue;
+                }
+                // The first parts bind a statement parsed in the pipeline itself; only a
+                // later part binds the one parsed on the standby.
+                let mut batch = message(b'P', &[b"q\0", b"SELECT 0, $1::text", b"\0", &[0, 0]]);
+                for i in 0..200 {
+                    let len = (value.len() as i32).to_be_bytes();
+                    let stmt: &[u8] = if i < 100 { b"\0q\0" } else { b"\0r\0" };
+                    batch.extend(message(
+                        b'B',
+                        &[stmt, &[0, 0], &[0, 1], &len, value.as_bytes(), &[0, 0]],
+                    ));
+                    batch.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+                }
+                batch.extend(message(b'S', &[]));
+                s.write_all(&batch).await.unwrap();
+                let got = read_until(&mut s, b'Z').await;
+                let rows = got.iter().filter(|(t, _)| *t == b'D').count();
+                assert_eq!(rows, 200, "{}", text(&got[..3.min(got.len())]));
+                break;
+            }
+        });
     }
 
     /// What asyncpg does, which other drivers do not: COPY data right behind the COPY query,

@@ -310,6 +310,58 @@ impl Backend {
             })
     }
 
+    /// Writes `data[*done..]` as far as the socket takes it, advancing `done`. True once all
+    /// is written; false as soon as the server has something to say while the write waits
+    /// for room. A server whose answers back up stops reading, so a large write must let the
+    /// caller relay them (`try_fill`) before it goes on, or both sides wait forever.
+    pub async fn write_some(
+        &mut self,
+        data: &[u8],
+        done: &mut usize,
+    ) -> Result<bool, BackendError> {
+        let _busy = Busy::enter(self.busy.as_ref(), self.node);
+        let lost = |addr: &str, reason: String| BackendError::Lost {
+            addr: addr.to_string(),
+            reason,
+        };
+        while *done < data.len() {
+            match self.stream.try_write(&data[*done..]) {
+                Ok(0) => return Err(lost(&self.addr, "the server takes no more bytes".into())),
+                Ok(n) => *done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let ready = self
+                        .stream
+                        .ready(tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE)
+                        .await
+                        .map_err(|e| lost(&self.addr, e.to_string()))?;
+                    if ready.is_readable() || ready.is_read_closed() {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(lost(&self.addr, e.to_string())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads what has arrived into `buf`, without waiting: 0 when nothing has. An error at end
+    /// of stream.
+    pub fn try_fill(&mut self) -> Result<usize, BackendError> {
+        self.buf.reserve(READ_CHUNK);
+        match self.stream.try_read_buf(&mut self.buf) {
+            Ok(0) => Err(BackendError::Lost {
+                addr: self.addr.clone(),
+                reason: "the server closed the connection".into(),
+            }),
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(BackendError::Lost {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     /// Reads more bytes into `buf`; an error at end of stream.
     pub async fn fill(&mut self) -> Result<usize, BackendError> {
         self.buf.reserve(READ_CHUNK);

@@ -376,23 +376,29 @@ impl Session {
         match f.tag {
             b'Q' => {
                 if !self.batch_frames.is_empty() {
-                    self.dispatch_batch(0).await?;
+                    self.dispatch_batch(0, false).await?;
                 }
                 self.simple_query(f).await?;
             }
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 self.batch.extend_from_slice(&f.bytes);
                 self.batch_frames.push(f);
+                if self.batch.len() >= BATCH_PART {
+                    // A long pipeline without a Sync (psycopg's executemany, JDBC batches,
+                    // pgbench's pipelines) goes out in parts as it arrives: the session holds
+                    // a bounded amount of it, and the node starts work at once.
+                    self.dispatch_batch(0, true).await?;
+                }
             }
             b'S' => {
                 self.batch.extend_from_slice(&f.bytes);
                 self.batch_frames.push(f);
-                self.dispatch_batch(1).await?;
+                self.dispatch_batch(1, false).await?;
             }
             b'H' => {
                 self.batch.extend_from_slice(&f.bytes);
                 self.batch_frames.push(f);
-                self.dispatch_batch(0).await?;
+                self.dispatch_batch(0, false).await?;
             }
             b'F' => {
                 // FunctionCall: may do anything.
@@ -675,7 +681,10 @@ impl Session {
 
     // ---- extended protocol ---------------------------------------------------------------
 
-    async fn dispatch_batch(&mut self, syncs: usize) -> Result<()> {
+    /// Sends the batch collected so far: up to its Sync (`syncs` = 1), a Flush, or, as a
+    /// `part`, because it grew long. The rest of a part's batch is not known yet, and may
+    /// write: a part goes to the primary, and the batch's later parts follow it there.
+    async fn dispatch_batch(&mut self, syncs: usize, part: bool) -> Result<()> {
         let frames = std::mem::take(&mut self.batch_frames);
         let bytes = self.batch.split().freeze();
         // Classify: the batch reads only if every statement it parses or binds reads.
@@ -750,6 +759,9 @@ impl Session {
                 _ => {}
             }
         }
+        if part {
+            class = combine(class, Class::Write);
+        }
         if pins || (class == Class::Session && self.tx_node.is_some() && !replay.is_empty()) {
             // Session state that cannot be replayed stays where it was set.
             self.sticky = true;
@@ -792,6 +804,12 @@ impl Session {
             if let Some(n) = self.unnamed_node {
                 target = n;
             }
+        }
+        if part && self.open_until_sync.is_none() {
+            // Later parts go where this one goes, behind it in one pipeline: a statement they
+            // use cannot be parsed there in between (that needs a Sync of its own). So every
+            // statement the session has goes there now.
+            needs = self.statements.keys().cloned().collect();
         }
         // A named statement must exist where it is used.
         for name in needs {
@@ -1018,8 +1036,8 @@ impl Session {
                     self.cancel_for = Some((pid, key));
                 }
             }
-            let conn = self.conn(node).await?;
-            match conn.b().write(&data).await {
+            self.conn(node).await?;
+            match self.write_unit(node, &data).await? {
                 Ok(()) => break,
                 Err(e)
                     if self.recoverable(node)
@@ -1044,6 +1062,34 @@ impl Session {
             None
         };
         Ok(())
+    }
+
+    /// Writes `data` to `node`. Whenever the write has to wait for room and the node has
+    /// answers waiting, they are relayed to the client first: a server whose answers back up
+    /// stops reading, and a long pipeline would leave both sides waiting forever.
+    async fn write_unit(
+        &mut self,
+        node: u32,
+        data: &[u8],
+    ) -> Result<std::result::Result<(), BackendError>> {
+        let mut done = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(&node) else {
+                return Err(fatal("XX000", "connection vanished"));
+            };
+            match conn.b().write_some(data, &mut done).await {
+                Ok(true) => return Ok(Ok(())),
+                Ok(false) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            match conn.b().try_fill() {
+                Ok(0) => {}
+                // Relayed, but the unit is not out yet: nothing may be sent in between (no
+                // LSN question) and the node stays engaged.
+                Ok(_) => self.forward(node, false).await?,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
     }
 
     /// Whether the session can go on without `node`: a standby it is not in a transaction,
@@ -1115,8 +1161,10 @@ impl Session {
     }
 
     /// Forwards the complete (or streamable) part of `node`'s buffer to the client, noting
-    /// ReadyForQuery, CopyInResponse, ParameterStatus and errors.
-    async fn forward(&mut self, node: u32) -> Result<()> {
+    /// ReadyForQuery, CopyInResponse, ParameterStatus and errors. `settle`: the session may
+    /// then act on what it learnt (ask for the LSN, disengage), which it must not while a unit
+    /// is half written.
+    async fn forward(&mut self, node: u32, settle: bool) -> Result<()> {
         if self.lsn_probe {
             // The probe's answer comes first; whatever follows it is the client's.
             self.probe_answer(node)?;
@@ -1188,8 +1236,10 @@ impl Session {
         if !out.is_empty() {
             self.send_client(&out).await?;
         }
-        self.maybe_probe_lsn(node).await?;
-        self.sync_engaged();
+        if settle {
+            self.maybe_probe_lsn(node).await?;
+            self.sync_engaged();
+        }
         Ok(())
     }
 
@@ -1320,7 +1370,7 @@ impl Session {
             }
             return Err(self.lost(node, e));
         }
-        self.forward(node).await
+        self.forward(node, true).await
     }
 
     async fn send_client(&mut self, data: &[u8]) -> Result<()> {
@@ -1509,6 +1559,9 @@ async fn read_client(
         Ok(_) => Ok(()),
     }
 }
+
+/// A batch without a Sync is sent on in parts of about this size.
+const BATCH_PART: usize = 256 * 1024;
 
 /// Walks the backend bytes in `buf`: returns how many can be forwarded now and collects the
 /// messages the session needs to see. Large messages (rows, COPY data) are forwarded as their
