@@ -1163,6 +1163,60 @@ mod hostile {
         });
     }
 
+    /// `DEALLOCATE name` drops a statement parsed through the protocol too (they share one
+    /// namespace): a later Bind fails as on one server, even where the session's reads go
+    /// elsewhere (pgwarden must not parse it again there from its record).
+    #[test]
+    fn a_deallocated_statement_is_gone_as_on_one_server() {
+        use tokio::io::AsyncWriteExt;
+        let c = Cluster::up(2);
+        block(async {
+            for attempt in 0.. {
+                assert!(attempt < 60, "no session was balanced to the standby");
+                let mut s = login(&c).await;
+                s.write_all(&query("SELECT inet_server_port()"))
+                    .await
+                    .unwrap();
+                if !text(&read_until(&mut s, b'Z').await).contains(&c.node_port(1).to_string()) {
+                    continue;
+                }
+                // Parsed in a transaction: on the primary only.
+                s.write_all(&query("BEGIN")).await.unwrap();
+                read_until(&mut s, b'Z').await;
+                let mut prep = message(
+                    b'P',
+                    &[b"q\0", b"SELECT inet_server_port()", b"\0", &[0, 0]],
+                );
+                prep.extend(message(b'S', &[]));
+                s.write_all(&prep).await.unwrap();
+                read_until(&mut s, b'Z').await;
+                s.write_all(&query("COMMIT")).await.unwrap();
+                read_until(&mut s, b'Z').await;
+
+                s.write_all(&query("DEALLOCATE q")).await.unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                assert!(got.contains("DEALLOCATE"), "{got}");
+                s.write_all(&execute_sync("q")).await.unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                assert!(
+                    got.contains("C26000"),
+                    "a Bind of a deallocated statement: {got}"
+                );
+                assert!(
+                    got.contains("prepared statement \"q\" does not exist"),
+                    "{got}"
+                );
+                // And it can be prepared again under that name.
+                let mut prep = message(b'P', &[b"q\0", b"SELECT 42", b"\0", &[0, 0]]);
+                prep.extend(execute_sync("q"));
+                s.write_all(&prep).await.unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                assert!(got.contains("42") && !got.contains("C42P05"), "{got}");
+                break;
+            }
+        });
+    }
+
     /// What asyncpg does, which other drivers do not: COPY data right behind the COPY query,
     /// before the CopyInResponse; a simple Query after a batch that ended with Flush; a
     /// Flush-ended batch right behind a write (while pgwarden asks the primary for its LSN).

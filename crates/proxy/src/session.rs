@@ -652,10 +652,18 @@ impl Session {
         }
         // A session-state operation (SET, RESET ALL, asyncpg's pool reset …) writes nothing:
         // it runs where a setting does and leaves the read-your-writes floor alone. One that
-        // drops every prepared statement (DISCARD ALL, DEALLOCATE ALL) drops pgwarden's record
-        // of them too, so none is parsed again behind the client's back.
-        if class == Class::Session && pgwarden_sql::resets(sql).statements {
-            self.statements.clear();
+        // drops prepared statements (DISCARD ALL, DEALLOCATE) drops pgwarden's record of them
+        // too, so none is parsed again behind the client's back.
+        if class == Class::Session {
+            let resets = pgwarden_sql::resets(sql);
+            if resets.statements {
+                self.statements.clear();
+            }
+            // `DEALLOCATE name` drops that one: it is not parsed again elsewhere for a later
+            // Bind, which fails as it would on one server.
+            for name in &resets.deallocated {
+                self.statements.remove(name);
+            }
         }
         // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
         // It runs on that batch's node when it may (a read, or the node is the primary);

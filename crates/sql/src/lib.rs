@@ -450,13 +450,16 @@ fn is_advisory_unlock_all(s: &pg_query::protobuf::SelectStmt) -> bool {
 }
 
 /// What a [`Class::Session`] query resets, for the state a proxy keeps about the session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resets {
     /// `RESET ALL` or `DISCARD ALL`: every setting back to its default (`RESET ALL` leaves
     /// `SET ROLE` and `SET SESSION AUTHORIZATION` alone; `DISCARD ALL` resets those too).
     pub settings: bool,
     /// `DISCARD ALL` or `DEALLOCATE ALL`: every prepared statement is gone.
     pub statements: bool,
+    /// `DEALLOCATE name`: these prepared statements are gone (SQL's and the protocol's share
+    /// one namespace).
+    pub deallocated: Vec<String>,
 }
 
 /// Which session state `sql` resets (nothing when it does not parse).
@@ -477,6 +480,7 @@ pub fn resets(sql: &str) -> Resets {
                 r.statements = true;
             }
             Some(N::DeallocateStmt(d)) if d.isall || d.name.is_empty() => r.statements = true,
+            Some(N::DeallocateStmt(d)) => r.deallocated.push(d.name.clone()),
             _ => {}
         }
     }

@@ -196,28 +196,37 @@ fn what_a_session_operation_resets() {
     let none = Resets::default();
     let settings = Resets {
         settings: true,
-        statements: false,
+        ..Resets::default()
     };
     let statements = Resets {
-        settings: false,
         statements: true,
+        ..Resets::default()
     };
     let both = Resets {
         settings: true,
         statements: true,
+        ..Resets::default()
+    };
+    let deallocated = |names: &[&str]| Resets {
+        deallocated: names.iter().map(|n| n.to_string()).collect(),
+        ..Resets::default()
     };
     for (sql, want) in [
-        (ASYNCPG_RESET, settings),
-        ("RESET ALL", settings),
+        (ASYNCPG_RESET, settings.clone()),
+        ("RESET ALL", settings.clone()),
         ("reset all; set work_mem = '1MB'", settings),
         ("DISCARD ALL", both),
-        ("DEALLOCATE ALL", statements),
+        ("DEALLOCATE ALL", statements.clone()),
         ("DEALLOCATE PREPARE ALL; RESET work_mem", statements),
-        ("DEALLOCATE q", none),
-        ("DISCARD PLANS", none),
-        ("DISCARD TEMP", none),
-        ("RESET work_mem", none),
-        ("SET search_path = 'RESET ALL'", none),
+        ("DEALLOCATE q", deallocated(&["q"])),
+        (
+            "DEALLOCATE PREPARE q; deallocate \"Mixed Case\"; SET work_mem = '1MB'",
+            deallocated(&["q", "Mixed Case"]),
+        ),
+        ("DISCARD PLANS", none.clone()),
+        ("DISCARD TEMP", none.clone()),
+        ("RESET work_mem", none.clone()),
+        ("SET search_path = 'RESET ALL'", none.clone()),
         ("does not parse; RESET ALL", none),
     ] {
         assert_eq!(resets(sql), want, "{sql}");
