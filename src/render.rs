@@ -187,6 +187,7 @@ mod tests {
             sync_state: (up && role == Role::Standby).then(|| "async".into()),
             server_version: None,
             observed_at: None,
+            asked_at: None,
             last_error: (!up)
                 .then(|| "cannot connect to 127.0.0.1:11004: connection refused".into()),
             status_reason: String::new(),

@@ -148,6 +148,56 @@ fn a_session_reads_its_own_writes_under_a_write_load() {
     });
 }
 
+/// The floor that keeps a session's reads off a standby that has not replayed its write: with
+/// the standby's replay paused, a read after the write goes to the primary and sees it, as
+/// long as the pause lasts (a floor taken before the write would let the standby serve it,
+/// without the row); once replay resumes, the standby serves the session again.
+#[test]
+fn a_standby_behind_the_sessions_write_gets_none_of_its_reads() {
+    let c = Cluster::up(2);
+    c.psql_proxy("test", "CREATE TABLE floor (id int)").unwrap();
+    block(async {
+        let client = standby_session(&c).await;
+        c.psql(1, "test", "SELECT pg_wal_replay_pause()").unwrap();
+        client
+            .execute("INSERT INTO floor VALUES (1)", &[])
+            .await
+            .unwrap();
+        let read = || async {
+            let row = client
+                .query_one("SELECT count(*)::int, inet_server_port() FROM floor", &[])
+                .await
+                .unwrap();
+            (row.get::<_, i32>(0), port_of(&row, 1))
+        };
+        // Right after the write, and after health checks of both nodes have seen the primary
+        // past it and the standby short of it.
+        for wait_ms in [0, 2500, 1200] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            let (count, port) = read().await;
+            assert_eq!(
+                count, 1,
+                "a read {wait_ms} ms on missed the session's own write"
+            );
+            assert_eq!(port, c.node_port(0), "the paused standby served the read");
+        }
+        c.psql(1, "test", "SELECT pg_wal_replay_resume()").unwrap();
+        let started = Instant::now();
+        loop {
+            let (count, port) = read().await;
+            assert_eq!(count, 1);
+            if port == c.node_port(1) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the standby never served the session again after catching up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
 #[test]
 fn transactions_stay_on_one_node() {
     let c = Cluster::up(3);

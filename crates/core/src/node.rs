@@ -14,7 +14,7 @@ use crate::config::{Backend, FailoverFlag};
 use crate::Lsn;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// pgwarden's status of a node, with pgpool-II's names and meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +132,8 @@ impl Observation {
 /// One health-check cycle: the first attempt and its retries.
 #[derive(Debug, Clone)]
 pub struct CheckCycle {
+    /// When the cycle began: what it observed is at least this recent.
+    pub started: Instant,
     pub finished_at: DateTime<Utc>,
     pub duration: Duration,
     /// Attempts after the first one.
@@ -254,6 +256,8 @@ pub struct NodeState {
     pub role: Role,
     pub observation: Option<Observation>,
     pub observed_at: Option<DateTime<Utc>>,
+    /// When the check that made `observation` began.
+    pub asked_at: Option<Instant>,
     pub last_error: Option<String>,
     pub stats: HealthStats,
     /// Why the status is what it is.
@@ -269,6 +273,7 @@ impl NodeState {
             role: Role::Unknown,
             observation: None,
             observed_at: None,
+            asked_at: None,
             last_error: None,
             stats: HealthStats::default(),
             status_reason: "configured".into(),
@@ -288,6 +293,7 @@ impl NodeState {
                 self.role = obs.role();
                 self.observation = Some(obs);
                 self.observed_at = Some(cycle.finished_at);
+                self.asked_at = Some(cycle.started);
                 self.last_error = None;
                 "health check succeeded".to_string()
             }
@@ -358,6 +364,10 @@ pub struct NodeView {
     pub sync_state: Option<String>,
     pub server_version: Option<String>,
     pub observed_at: Option<DateTime<Utc>>,
+    /// When the health check behind the positions above began: they are at least that
+    /// recent (read-your-writes compares it with a session's commit; not shown).
+    #[serde(skip)]
+    pub asked_at: Option<Instant>,
     pub last_error: Option<String>,
     /// Why the status is what it is (the last status change's reason).
     pub status_reason: String,
@@ -468,6 +478,7 @@ pub fn build_views(
                 sync_state: rep_row.and_then(|r| r.sync_state.clone()),
                 server_version: obs.and_then(|o| o.server_version.clone()),
                 observed_at: s.observed_at,
+                asked_at: obs.and(s.asked_at),
                 last_error: s.last_error.clone(),
                 status_reason: s.status_reason.clone(),
                 health_check: s.stats.clone(),

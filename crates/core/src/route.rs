@@ -5,10 +5,16 @@
 //! is the primary, or a standby that is no more than `delay_threshold` bytes behind and has
 //! replayed at least the session's last commit (`min_lsn`, read-your-writes). When no standby
 //! qualifies, reads go to the primary.
+//!
+//! A session learns its `min_lsn` without asking: the primary's WAL position from the first
+//! health check of the primary that began after the session's write was done
+//! ([`RouteTable::primary_lsn_after`]). That position is at or past the write's commit; until
+//! the monitor has one, the session's reads go to the primary.
 
 use crate::node::{LiveStatus, NodeStatus, NodeView, Role};
 use crate::Lsn;
 use chrono::{DateTime, Utc};
+use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteNode {
@@ -19,6 +25,8 @@ pub struct RouteNode {
     pub usable: bool,
     pub role: Role,
     pub replay_lsn: Option<Lsn>,
+    /// A primary's WAL position (`pg_current_wal_lsn()`), and when the check that saw it began.
+    pub current_lsn: Option<(Lsn, Instant)>,
     pub lag_bytes: Option<u64>,
     /// When its last health check succeeded.
     pub checked_ok_at: Option<DateTime<Utc>>,
@@ -50,6 +58,7 @@ impl RouteTable {
                         || (v.pg_role == Role::Primary && Some(v.id) == primary)),
                 role: v.pg_role,
                 replay_lsn: v.replay_lsn,
+                current_lsn: v.current_lsn.zip(v.asked_at),
                 lag_bytes: v.lag_bytes,
                 checked_ok_at: v.health_check.last_successful_health_check,
             })
@@ -118,6 +127,17 @@ impl RouteTable {
         })
     }
 
+    /// The primary's WAL position as seen by a health check that began after `done` (when a
+    /// session's write was done): at or past that write's commit, so the floor a standby must
+    /// have replayed for the session to read its own write there. `None` until such a check.
+    pub fn primary_lsn_after(&self, done: Instant) -> Option<Lsn> {
+        let primary = self.node(self.primary?)?;
+        primary
+            .current_lsn
+            .filter(|(_, asked)| *asked > done)
+            .map(|(lsn, _)| lsn)
+    }
+
     /// Where one read goes. `lb_node`: the session's node (session-level balancing), or `None`
     /// for a fresh weighted pick among the nodes that qualify now (statement level).
     pub fn read_target(
@@ -155,6 +175,7 @@ mod tests {
             usable,
             role,
             replay_lsn: (role == Role::Standby).then_some(Lsn(replay)),
+            current_lsn: None,
             lag_bytes: (role == Role::Standby).then_some(lag),
             checked_ok_at: None,
         }
@@ -204,6 +225,36 @@ mod tests {
         for r in [0.0, 0.3, 0.6, 0.99] {
             let got = t.read_target(None, Some(100), Some(Lsn(900)), r).unwrap();
             assert!([0, 1].contains(&got), "{got}");
+        }
+    }
+
+    #[test]
+    fn the_primary_position_counts_once_asked_after_the_write() {
+        use std::time::Duration;
+        use Role::*;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let with = |role: Role, usable: bool, lsn: Option<(u64, u64)>| {
+            let mut p = n(0, role, usable, 1.0, 0, 0);
+            p.current_lsn = lsn.map(|(l, ms)| (Lsn(l), at(ms)));
+            table(vec![p, n(1, Standby, true, 1.0, 0, 0)])
+        };
+        #[rustfmt::skip]
+        let cases: &[(RouteTable, u64, Option<u64>)] = &[
+            // table, write done at (ms) → floor
+            (with(Primary, true, Some((700, 1000))), 500,  Some(700)), // asked after the write
+            (with(Primary, true, Some((700, 1000))), 1000, None),      // asked as it finished: not after
+            (with(Primary, true, Some((700, 1000))), 1500, None),      // asked before it
+            (with(Primary, true, None),              500,  None),      // never seen
+            (with(Primary, false, Some((700, 1000))), 500, None),      // no primary in service
+            (with(Standby, true, Some((700, 1000))), 500,  None),      // no primary at all
+        ];
+        for (t, done, want) in cases {
+            assert_eq!(
+                t.primary_lsn_after(at(*done)),
+                want.map(Lsn),
+                "done at {done} ms: {t:?}"
+            );
         }
     }
 
@@ -270,6 +321,7 @@ mod tests {
             sync_state: None,
             server_version: None,
             observed_at: None,
+            asked_at: None,
             last_error: None,
             status_reason: String::new(),
             health_check: HealthStats::default(),

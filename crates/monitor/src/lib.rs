@@ -708,6 +708,7 @@ async fn run_cycle(backend: &Backend, target: &Target) -> CheckCycle {
         sleep(hc.retry_delay).await;
     };
     CheckCycle {
+        started,
         finished_at: Utc::now(),
         duration: started.elapsed(),
         retries,

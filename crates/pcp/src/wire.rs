@@ -293,6 +293,7 @@ mod tests {
             sync_state: None,
             server_version: None,
             observed_at: None,
+            asked_at: None,
             last_error: None,
             status_reason: String::new(),
             health_check: HealthStats::default(),

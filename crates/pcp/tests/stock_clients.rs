@@ -122,6 +122,7 @@ fn node(id: u32, role: Role, status: NodeStatus, lag: Option<u64>, changed: i64)
         sync_state: lag.map(|_| "async".into()),
         server_version: Some("16.4".into()),
         observed_at: None,
+        asked_at: None,
         last_error: None,
         status_reason: String::new(),
         health_check: HealthStats::default(),

@@ -37,6 +37,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// What `handle_frames` did.
@@ -91,6 +92,17 @@ impl Conn {
     }
 }
 
+/// Where a session's last write stands, for read-your-writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Nothing written since `min_lsn` was set.
+    No,
+    /// A write is on its way, or in a transaction still open.
+    Pending,
+    /// The last write was done (its ReadyForQuery had arrived) by this instant.
+    At(Instant),
+}
+
 /// A named prepared statement, as the client sees it.
 struct Statement {
     parse: Bytes,
@@ -114,12 +126,11 @@ struct Session {
     sticky: bool,
     /// Settings to apply on every connection, in order.
     settings: Vec<Bytes>,
-    /// Sent something that may write since `min_lsn` was taken.
-    dirty: bool,
-    /// `SELECT pg_current_wal_lsn()` sent to the primary right after a write finished; its
-    /// answer is pgwarden's, not the client's.
-    lsn_probe: bool,
-    min_lsn: Option<Lsn>,
+    /// Where the session's last write stands, for read-your-writes.
+    wrote: Wrote,
+    /// How far a standby must have replayed to serve this session's reads (0/0: no floor).
+    /// Not an Option, nor is `cancel_for`: the session task stays within 1,024 bytes.
+    min_lsn: Lsn,
     lb_node: Option<u32>,
     statements: HashMap<String, Statement>,
     unnamed_node: Option<u32>,
@@ -127,7 +138,8 @@ struct Session {
     batch_frames: Vec<Frame>,
     cancel: CancelSlot,
     /// The backend (pid, key) the cancel slot points at.
-    cancel_for: Option<(i32, i32)>,
+    /// (0, 0) before the first: no server process has pid 0.
+    cancel_for: (i32, i32),
     last_tx_status: u8,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
@@ -201,16 +213,15 @@ pub(crate) fn run(
         copy_in: None,
         sticky: false,
         settings: Vec::new(),
-        dirty: false,
-        lsn_probe: false,
-        min_lsn: None,
+        wrote: Wrote::No,
+        min_lsn: Lsn(0),
         lb_node: None,
         statements: HashMap::new(),
         unnamed_node: None,
         batch: BytesMut::new(),
         batch_frames: Vec::new(),
         cancel,
-        cancel_for: None,
+        cancel_for: (0, 0),
         last_tx_status: b'I',
         events: Vec::new(),
         busy: Arc::new(AtomicU64::new(0)),
@@ -521,13 +532,13 @@ impl Session {
         if !readable {
             if !matches!(class, Class::Read | Class::Session) {
                 // A setting writes no data: the session need not wait for standbys after it.
-                self.dirty = true;
+                self.wrote = Wrote::Pending;
             }
             return match table.primary {
                 Some(p) => Ok(p),
                 None => {
-                    // Nothing may stay engaged (an LSN probe in flight, say) while waiting:
-                    // a switchover waits for the old primary to be free of this session.
+                    // Nothing may stay engaged while waiting: a switchover waits for the old
+                    // primary to be free of this session.
                     self.drain().await?;
                     self.sync_engaged();
                     self.wait_primary().await
@@ -548,17 +559,29 @@ impl Session {
             LoadBalance::Statement => None,
         };
         let delay = self.ctx.cfg.delay_threshold;
-        if self.lsn_probe {
-            // The LSN of this session's last write is on its way: wait for it.
-            self.drain().await?;
-        }
-        let target = table.read_target(lb, delay, self.min_lsn, r).map(|t| {
-            if Some(t) != table.primary && self.ctx.suspected(t, &table) {
-                table.primary.unwrap_or(t)
-            } else {
-                t
+        // Read-your-writes: once this session has written, a standby serves its reads only
+        // when it has replayed what the primary had when a health check began after the write
+        // was done. Until the monitor has such a position, the primary serves them: no
+        // question to the primary for every write.
+        self.note_write_done();
+        if let Wrote::At(done) = self.wrote {
+            if let Some(lsn) = table.primary_lsn_after(done) {
+                self.min_lsn = lsn;
+                self.wrote = Wrote::No;
             }
-        });
+        }
+        let target = if self.wrote != Wrote::No {
+            table.primary
+        } else {
+            let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
+            table.read_target(lb, delay, floor, r).map(|t| {
+                if Some(t) != table.primary && self.ctx.suspected(t, &table) {
+                    table.primary.unwrap_or(t)
+                } else {
+                    t
+                }
+            })
+        };
         let target = match target {
             Some(t)
                 if Some(t) != table.primary
@@ -573,19 +596,18 @@ impl Session {
             }
             other => other,
         };
-        match target {
-            Some(t) if Some(t) != table.primary && self.dirty => {
-                // Read-your-writes: this session wrote; a standby must have replayed up to
-                // where the primary is now.
-                self.min_lsn = Some(self.primary_lsn().await?);
-                self.dirty = false;
-                let table = self.table().clone();
-                table
-                    .read_target(lb, delay, self.min_lsn, r)
-                    .ok_or_else(no_node)
-            }
-            Some(t) => Ok(t),
-            None => Err(no_node()),
+        target.ok_or_else(no_node)
+    }
+
+    /// A write is done once nothing is in flight and no transaction is open; from then on, a
+    /// health check of the primary tells how far a standby must be to serve this session.
+    fn note_write_done(&mut self) {
+        if self.wrote == Wrote::Pending
+            && self.inflight.is_none()
+            && self.open_until_sync.is_none()
+            && self.tx_node.is_none()
+        {
+            self.wrote = Wrote::At(Instant::now());
         }
     }
 
@@ -606,20 +628,6 @@ impl Session {
         match tokio::time::timeout(self.ctx.cfg.primary_wait, wait).await {
             Ok(Some(p)) => Ok(p),
             _ => Err(no_primary()),
-        }
-    }
-
-    async fn primary_lsn(&mut self) -> Result<Lsn> {
-        let primary = self.ctx.routes.borrow().primary.ok_or_else(no_primary)?;
-        self.drain().await?;
-        let conn = self.conn(primary).await?;
-        let v = conn.b().query_value("SELECT pg_current_wal_lsn()").await;
-        match v {
-            Ok(Some(text)) => text
-                .parse()
-                .map_err(|_| fatal("XX000", format!("pg_current_wal_lsn() returned {text:?}"))),
-            Ok(None) => Err(fatal("XX000", "pg_current_wal_lsn() returned nothing")),
-            Err(e) => Err(self.lost(primary, e)),
         }
     }
 
@@ -802,7 +810,7 @@ impl Session {
             {
                 Some(n) => n,
                 // The primary, but nothing is written: the session's reads need not wait
-                // for the standbys (Class::Session does not mark it dirty).
+                // for the standbys (Class::Session is not a write).
                 None => self.route(Class::Session).await?,
             }
         } else {
@@ -1033,7 +1041,7 @@ impl Session {
             let (pid, key) = (conn.b().pid, conn.b().key);
             // Cancel requests go to the backend about to run this; rewritten (with an
             // allocation) only when that backend changes, not for every statement.
-            if self.cancel_for != Some((pid, key)) {
+            if self.cancel_for != (pid, key) {
                 if let Some(n) = self.ctx.routes.borrow().node(node) {
                     *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(CancelTarget {
                         host: n.host.clone(),
@@ -1041,7 +1049,7 @@ impl Session {
                         pid,
                         key,
                     });
-                    self.cancel_for = Some((pid, key));
+                    self.cancel_for = (pid, key);
                 }
             }
             self.conn(node).await?;
@@ -1093,7 +1101,7 @@ impl Session {
             match conn.b().try_fill() {
                 Ok(0) => {}
                 // Relayed, but the unit is not out yet: nothing may be sent in between (no
-                // LSN question) and the node stays engaged.
+                // write done) and the node stays engaged.
                 Ok(_) => self.forward(node, false).await?,
                 Err(e) => return Ok(Err(e)),
             }
@@ -1170,16 +1178,9 @@ impl Session {
 
     /// Forwards the complete (or streamable) part of `node`'s buffer to the client, noting
     /// ReadyForQuery, CopyInResponse, ParameterStatus and errors. `settle`: the session may
-    /// then act on what it learnt (ask for the LSN, disengage), which it must not while a unit
-    /// is half written.
+    /// then act on what it learnt (a write done, the node free), which it must not while a
+    /// unit is half written.
     async fn forward(&mut self, node: u32, settle: bool) -> Result<()> {
-        if self.lsn_probe {
-            // The probe's answer comes first; whatever follows it is the client's.
-            self.probe_answer(node)?;
-            if self.lsn_probe {
-                return Ok(());
-            }
-        }
         let Some(conn) = self.conns.get_mut(&node) else {
             return Ok(());
         };
@@ -1227,7 +1228,7 @@ impl Session {
                         .map(|(_, v)| v.as_str())
                         .unwrap_or("");
                     if sev == "FATAL" {
-                        tracing::debug!(node, inflight = ?self.inflight, lsn_probe = self.lsn_probe, tx_node = ?self.tx_node, open = ?self.open_until_sync, "relaying a FATAL error from the server");
+                        tracing::debug!(node, inflight = ?self.inflight, tx_node = ?self.tx_node, open = ?self.open_until_sync, "relaying a FATAL error from the server");
                     }
                     let stats = self.ctx.node_stats(node);
                     let counter = match sev {
@@ -1245,98 +1246,8 @@ impl Session {
             self.send_client(&out).await?;
         }
         if settle {
-            self.maybe_probe_lsn(node).await?;
+            self.note_write_done();
             self.sync_engaged();
-        }
-        Ok(())
-    }
-
-    /// After a write has finished on the primary, asks the primary where its WAL is now: from
-    /// there on, a standby may serve this session's reads once it has replayed that far. The
-    /// question goes out as soon as the client has its answer, so it overlaps the client's
-    /// next step instead of delaying it.
-    async fn maybe_probe_lsn(&mut self, node: u32) -> Result<()> {
-        if !self.dirty
-            || self.inflight.is_some()
-            || self.open_until_sync.is_some()
-            || self.tx_node.is_some()
-            || self.sticky
-        {
-            return Ok(());
-        }
-        let table = self.table().clone();
-        if table.primary != Some(node) {
-            return Ok(());
-        }
-        // No question when this session's reads cannot go to a standby: its load-balance node
-        // is the primary (chosen now if it has none yet: the choice is random either way), or
-        // no standby takes reads at all. Its next read then routes with `dirty` still set,
-        // which asks the primary first if a standby has become the target meanwhile.
-        let may_read_elsewhere = table.standby_readable()
-            && match self.ctx.cfg.load_balance {
-                LoadBalance::Session => {
-                    if self.lb_node.is_none() {
-                        self.lb_node = table.choose_lb_node(rand::random());
-                    }
-                    self.lb_node.is_some_and(|n| Some(n) != table.primary)
-                }
-                LoadBalance::Statement => true,
-            };
-        if !may_read_elsewhere {
-            return Ok(());
-        }
-        // Engaged before the fence is checked, as for any unit (see `route`).
-        self.engage(node);
-        if self.is_fenced(node) {
-            return Ok(());
-        }
-        let mut q = BytesMut::new();
-        msg::frontend::query(&mut q, "SELECT pg_current_wal_lsn()");
-        let Some(conn) = self.conns.get_mut(&node) else {
-            return Ok(());
-        };
-        if let Err(e) = conn.b().write(&q).await {
-            return Err(self.lost(node, e));
-        }
-        self.lsn_probe = true;
-        self.dirty = false;
-        self.inflight = Some((node, 1));
-        Ok(())
-    }
-
-    /// Reads the answer to the LSN question (whole frames; it is small), keeping it from the
-    /// client.
-    fn probe_answer(&mut self, node: u32) -> Result<()> {
-        let Some(conn) = self.conns.get_mut(&node) else {
-            return Ok(());
-        };
-        while let Some(f) = frame::split_frame(&mut conn.pooled.backend.buf, 1 << 20)
-            .map_err(|e| fatal("08P01", e.to_string()))?
-        {
-            match f.tag {
-                b'D' => {
-                    let b = f.body();
-                    if b.len() > 6 {
-                        let text = String::from_utf8_lossy(&b[6..]);
-                        if let Ok(lsn) = text.parse::<Lsn>() {
-                            self.min_lsn = Some(lsn);
-                        }
-                    }
-                }
-                b'Z' => {
-                    conn.pooled.backend.tx_status = f.body().first().copied().unwrap_or(b'I');
-                    self.lsn_probe = false;
-                    self.inflight = match self.inflight {
-                        Some((n, p)) if p > 1 => Some((n, p - 1)),
-                        // A batch that ended with Flush follows the probe: its answers are
-                        // still to be relayed, though no ReadyForQuery is due.
-                        Some((n, _)) if self.open_until_sync == Some(n) => Some((n, 0)),
-                        _ => None,
-                    };
-                    return Ok(());
-                }
-                _ => {}
-            }
         }
         Ok(())
     }
@@ -1396,7 +1307,6 @@ impl Session {
             self.inflight = None;
         }
         self.set_engaged(None);
-        self.lsn_probe = false;
         self.ctx.report(node);
         tracing::warn!(node, "backend connection lost: {e}");
         fatal(

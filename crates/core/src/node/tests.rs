@@ -41,6 +41,7 @@ fn status_transitions() {
 
 fn ok_cycle(at: i64, obs: Observation, retries: u32, ms: u64) -> CheckCycle {
     CheckCycle {
+        started: std::time::Instant::now(),
         finished_at: t(at),
         duration: Duration::from_millis(ms),
         retries,
@@ -50,6 +51,7 @@ fn ok_cycle(at: i64, obs: Observation, retries: u32, ms: u64) -> CheckCycle {
 
 fn failed_cycle(at: i64, retries: u32, ms: u64) -> CheckCycle {
     CheckCycle {
+        started: std::time::Instant::now(),
         finished_at: t(at),
         duration: Duration::from_millis(ms),
         retries,
@@ -65,6 +67,7 @@ fn a_server_that_refuses_for_lack_of_connections_stays_in_service() {
         FailoverFlag::Allow,
     );
     let busy = CheckCycle {
+        started: std::time::Instant::now(),
         finished_at: t(2),
         duration: Duration::from_millis(3),
         retries: 2,
