@@ -348,7 +348,7 @@ impl Backend {
     /// of stream.
     pub fn try_fill(&mut self) -> Result<usize, BackendError> {
         self.buf.reserve(READ_CHUNK);
-        match self.stream.try_read_buf(&mut self.buf) {
+        match crate::stream::read_drained(&self.stream, &mut self.buf) {
             Ok(0) => Err(BackendError::Lost {
                 addr: self.addr.clone(),
                 reason: "the server closed the connection".into(),

@@ -289,7 +289,16 @@ impl Session {
             // polled: an idle session's task keeps only its client read and its wake-up.
             tokio::select! {
                 biased;
-                r = async { Box::pin(self.read_node(node)).await }, if node.is_some() => r?,
+                r = async {
+                    match node.and_then(|n| self.conns.get(&n)) {
+                        Some(c) => Box::pin(c.pooled.backend.stream.readable()).await,
+                        None => std::future::pending().await,
+                    }
+                }, if node.is_some() => {
+                    // An error is the read's to report (a standby lost under a read, say).
+                    let _ = r;
+                    Box::pin(self.read_node(node, false)).await?;
+                }
                 r = read_client(reader, cbuf, partial, auth_timeout) => r?,
                 _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
                     return Err(recovery_end(idle_limit.unwrap_or_default()));
@@ -1173,7 +1182,7 @@ impl Session {
             self.inflight = None;
             return Ok(());
         }
-        self.read_node(node).await
+        self.read_node(node, true).await
     }
 
     /// Forwards the complete (or streamable) part of `node`'s buffer to the client, noting
@@ -1263,13 +1272,24 @@ impl Session {
     }
 
     /// Reads once from `node` and forwards what arrived: answers in flight, or asynchronous
-    /// messages (NOTIFY, notices, parameter changes) on an idle connection.
-    async fn read_node(&mut self, node: Option<u32>) -> Result<()> {
+    /// messages (NOTIFY, notices, parameter changes) on an idle connection. `wait`: for bytes
+    /// to arrive; otherwise only what has (the main loop waits for the node to be readable in
+    /// its select, and reads here after it: relaying is not cancel-safe, since bytes taken from
+    /// the node and half written to the client would be lost if another branch won).
+    async fn read_node(&mut self, node: Option<u32>, wait: bool) -> Result<()> {
         let Some(node) = node else { return Ok(()) };
         let Some(conn) = self.conns.get_mut(&node) else {
             return Ok(());
         };
-        if let Err(e) = conn.b().fill().await {
+        let read = if wait {
+            conn.b().fill().await
+        } else {
+            match conn.b().try_fill() {
+                Ok(0) => return Ok(()),
+                other => other,
+            }
+        };
+        if let Err(e) = read {
             let mid_message = conn.streaming > 0 || !conn.b().buf.is_empty();
             let pending = self
                 .inflight
