@@ -6,6 +6,9 @@
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [SECONDS]      (default 8 s per cell)
 #
+# AB_ROUNDS=N (default 3) and AB_CELLS="-S:8 -N:64 ..." (default every workload at 8 and 64
+# clients) narrow or lengthen a run; the medians per binary and cell close the table.
+#
 # An older binary: git worktree add /tmp/old REV && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target
 # cargo build --release --bins), then /tmp/old-target/release/pgwarden.
 set -euo pipefail
@@ -33,7 +36,10 @@ sed -i 's/^application_name = "node\([12]\)"$/application_name = "node\1"\nweigh
 pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 10 -q test >/dev/null 2>&1
 echo "| round | binary | workload | clients | TPS | proxy CPU per tx (µs) |"
 echo "|---|---|---|---|---|---|"
-for round in 1 2 3; do
+ROUNDS=${AB_ROUNDS:-3}
+CELLS=${AB_CELLS:--S:8 -S:64 -N:8 -N:64}
+RESULTS=$W/results
+for round in $(seq 1 "$ROUNDS"); do
     for which in old new; do
         bin=$([ $which = old ] && echo "$OLD" || echo "$NEW")
         "$NEW" sandbox down --dir "$SB" >/dev/null
@@ -41,17 +47,36 @@ for round in 1 2 3; do
         sleep 2
         pid=$(cat "$SB/warden.pid")
         pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -S -T 2 -c 8 -j 2 test >/dev/null 2>&1 || true
-        for mode in -S -N; do
-            for c in 8 64; do
-                t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-                out=$(pgbench -h 127.0.0.1 -p $PROXY -U postgres $mode -T "$T" -c $c -j 2 test 2>&1) || true
-                t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-                tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
-                n=$(echo "$out" | awk '/processed:/ {print $NF}'); n=${n%%/*}
-                cpu=$(awk -v a="$t0" -v b="$t1" -v n="${n:-0}" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print "-" }')
-                name=$([ "$mode" = "-S" ] && echo "select-only" || echo "simple-update")
-                echo "| $round | $which | $name | $c | ${tps:-0} | $cpu |"
-            done
+        for cell in $CELLS; do
+            mode=${cell%%:*}; c=${cell##*:}
+            t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            out=$(pgbench -h 127.0.0.1 -p $PROXY -U postgres $mode -T "$T" -c $c -j 2 test 2>&1) || true
+            t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
+            [ -n "$tps" ] || echo "$out" | grep -m3 -E 'error|FATAL' >&2 || true
+            n=$(echo "$out" | awk '/processed:/ {print $NF}'); n=${n%%/*}
+            cpu=$(awk -v a="$t0" -v b="$t1" -v n="${n:-0}" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print "-" }')
+            name=$([ "$mode" = "-S" ] && echo "select-only" || echo "simple-update")
+            echo "| $round | $which | $name | $c | ${tps:-0} | $cpu |"
+            echo "$which $name $c ${tps:-0} $cpu" >>"$RESULTS"
+            # A node marked down stays down across restarts, so every later cell would measure
+            # a broken cluster: stop and say so.
+            if grep -q "status up -> down" "$SB/log/warden.log"; then
+                echo "a node was marked down during the run; the numbers after it are void:" >&2
+                grep "status up -> down" "$SB/log/warden.log" >&2
+                exit 1
+            fi
         done
     done
 done
+echo
+echo "| binary | workload | clients | median TPS | median proxy CPU per tx (µs) |"
+echo "|---|---|---|---|---|"
+sort -k1,1r -k2,2 -k3,3n "$RESULTS" | awk '
+    function median(list,   n, a, i, j, t) {
+        n = split(list, a, " ")
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { k = $1 " | " $2 " | " $3; if (!(k in tps)) order[++m] = k; tps[k] = tps[k] " " $4; cpu[k] = cpu[k] " " $5 }
+    END { for (i = 1; i <= m; i++) printf "| %s | %.0f | %.1f |\n", order[i], median(tps[order[i]]), median(cpu[order[i]]) }'
