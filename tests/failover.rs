@@ -446,6 +446,92 @@ fn a_standby_killed_leaves_the_primary_and_its_sessions_alone() {
     assert!(!events_text(&c).contains("failover"));
 }
 
+/// A primary that cannot take new connections for a while — every new backend waits on a lock
+/// during its startup, as under a fork storm or a saturated host — but answers its sessions is
+/// alive: the health checks (on their kept connection) pass, nobody is failed over, and the
+/// proxy's sessions keep writing.
+#[test]
+fn a_primary_slow_to_accept_connections_is_not_failed_over() {
+    let c = Cluster::up(2);
+    c.psql_proxy("test", "CREATE TABLE t (v int)").unwrap();
+    sync_wait_up(&c);
+    block(async {
+        let session = c.client("test").await;
+        session
+            .batch_execute("INSERT INTO t VALUES (0)")
+            .await
+            .unwrap();
+        let locker = c.try_connect(c.node_port(0), "test").await.unwrap();
+        // A new backend reads pg_database during its startup: it waits for this lock.
+        locker
+            .batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_database IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(1500),
+            c.try_connect(c.node_port(0), "test"),
+        )
+        .await;
+        assert!(attempt.is_err(), "a new connection should wait on the lock");
+        // Longer than the sandbox's health checks need to call a node down (period 1 s, two
+        // attempts with a 1.5 s connect timeout, a 0.5 s retry delay), writing all along.
+        let until = Instant::now() + Duration::from_secs(7);
+        let mut v = 1;
+        while Instant::now() < until {
+            session
+                .batch_execute(&format!("INSERT INTO t VALUES ({v})"))
+                .await
+                .unwrap();
+            v += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let nodes = sync(|| c.nodes());
+        assert_eq!(nodes[0]["status"], "up", "{:#}", nodes[0]);
+        assert_eq!(nodes[0]["pg_status"], "up", "{:#}", nodes[0]);
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        // New connections are served again.
+        let fresh = c.client("test").await;
+        let n: i64 = fresh
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, v);
+        // A kept check connection that the server closes (pg_terminate_backend,
+        // idle_session_timeout) is replaced within the same check: no failed check.
+        let fails = |nodes: &Value| nodes[0]["health_check"]["fail_count"].as_u64();
+        let before = fails(&sync(|| c.nodes()));
+        for _ in 0..3 {
+            let killed: i64 = fresh
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = 'pgwarden health check'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(killed, 1, "one kept check connection per node and warden");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        let nodes = sync(|| c.nodes());
+        assert_eq!(fails(&nodes), before, "{:#}", nodes[0]);
+        assert_eq!(nodes[0]["status"], "up");
+    });
+    let st = cluster_state(&c);
+    assert_eq!(st["primary"], 0);
+    assert_eq!(st["generation"], 0, "no failover for a live primary");
+    let events = events_text(&c);
+    assert!(!events.contains("failover"), "{events}");
+    assert!(!events.contains("-> down"), "{events}");
+}
+
+fn sync_wait_up(c: &Cluster) {
+    for id in 0..2 {
+        c.wait_node(id, Duration::from_secs(10), "up", |n| n["status"] == "up");
+    }
+}
+
 #[test]
 fn operations_by_hand_through_the_cli_and_pgpools_tools() {
     let c = Cluster::up(3);

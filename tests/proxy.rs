@@ -1463,6 +1463,15 @@ fn a_primary_out_of_connections_stays_in_service() {
             }
         };
         assert_eq!(refusal.code().map(|c| c.code()), Some("53300"));
+        // The monitor keeps its check connection between checks; close it, so that its next
+        // check needs a new connection and meets the full server.
+        held[0]
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'pgwarden health check'",
+            )
+            .await
+            .unwrap();
         // Keep the server full for a few health-check periods: any slot that frees (the
         // monitor's own check connection, say) is taken again at once.
         let deadline = Instant::now() + Duration::from_secs(4);

@@ -386,11 +386,13 @@ fn a_directory_that_is_not_a_sandbox_is_left_alone() {
 }
 
 /// Sends SIGCONT on drop, so a failing test never leaves a server stopped.
-struct Stopped(nix::unistd::Pid);
+struct Stopped(Vec<nix::unistd::Pid>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        for p in &self.0 {
+            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGCONT);
+        }
     }
 }
 
@@ -398,14 +400,17 @@ impl Drop for Stopped {
 fn a_hung_standby_is_caught_by_the_timeout() {
     let c = Cluster::up(2);
     c.wait_node(1, Duration::from_secs(10), "up", |n| n["status"] == "up");
-    let pidfile = std::fs::read_to_string(c.data_dir(1).join("postmaster.pid")).unwrap();
-    let pid = nix::unistd::Pid::from_raw(pidfile.lines().next().unwrap().trim().parse().unwrap());
-
-    // The postmaster stops answering; the kernel still accepts connections for it.
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let hung = Stopped(pid);
-    // period 1 s + two attempts bounded by connect_timeout (1.5 s: the startup never gets an
-    // answer) + 0.5 s between them, and some slack for the poll.
+    // The host hangs: every process of the node stops (the backend of the monitor's kept
+    // check connection too); the kernel still accepts connections for the postmaster.
+    let pids = common::node_pids(&c, 1);
+    assert!(pids.len() > 3, "{pids:?}");
+    for p in &pids {
+        nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+    let hung = Stopped(pids);
+    // period 1 s + two attempts bounded by connect_timeout (1.5 s: the kept connection's query,
+    // then a new connection's startup, never get an answer) + 0.5 s between them, and some
+    // slack for the poll.
     let (n, took) = c.wait_node(1, Duration::from_secs(10), "down", |n| {
         n["status"] == "down"
     });

@@ -7,7 +7,7 @@
 mod probe;
 pub mod store;
 
-pub use probe::{probe, run_sql, ProbeError, Target};
+pub use probe::{probe, run_sql, Checker, ProbeError, Target};
 pub use store::StoreError;
 
 use chrono::Utc;
@@ -682,12 +682,12 @@ fn make_target(config: &Config, b: &Backend, passwords: &PassFile) -> Target {
 }
 
 /// One health-check cycle: the first attempt, then up to `max_retries` more.
-async fn run_cycle(backend: &Backend, target: &Target) -> CheckCycle {
+async fn run_cycle(backend: &Backend, target: &Target, checker: &mut Checker) -> CheckCycle {
     let hc = &backend.health_check;
     let started = Instant::now();
     let mut retries = 0;
     let result = loop {
-        let error: CheckError = match timeout(hc.timeout, probe(target)).await {
+        let error: CheckError = match timeout(hc.timeout, checker.check(target)).await {
             Ok(Ok(obs)) => break Ok(obs),
             Ok(Err(e @ ProbeError::Busy { .. })) => CheckError {
                 message: e.to_string(),
@@ -720,12 +720,13 @@ async fn check_loop(shared: Arc<Shared>, index: usize, slot: Arc<Slot>) {
     let backend = &slot.backend;
     let mut ticker = tokio::time::interval(backend.health_check.period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut checker = Checker::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = slot.wake.notified() => {}
         }
-        let cycle = run_cycle(backend, &slot.target).await;
+        let cycle = run_cycle(backend, &slot.target, &mut checker).await;
         apply_cycle(&shared, index, backend, cycle);
     }
 }

@@ -135,6 +135,89 @@ pub async fn probe(target: &Target) -> Result<Observation, ProbeError> {
     parse(&messages).map_err(|reason| ProbeError::Answer { addr, reason })
 }
 
+/// A monitor's health checks on one node. The connection of a passing check is kept for the
+/// next one, so a check is one query on a live connection, as Patroni does, rather than a new
+/// backend (a fork and an authentication) every period: on a saturated host a new connection
+/// can take seconds while the server answers queries in milliseconds, and a failed connect
+/// must not be what takes a healthy primary out of service.
+///
+/// Every failure still ends in a fresh connection, so nothing is hidden: a server that was
+/// stopped or restarted, or that closed the kept connection (`idle_session_timeout`,
+/// `pg_terminate_backend`), is asked again at once on a new one, with the usual errors; a
+/// hung server stalls the kept connection's query, the attempt fails and drops it, and the
+/// retry connects afresh. The query on the kept connection is bounded by `connect_timeout`,
+/// the bound a new connection has, so a hang is caught as fast as it was with new connections.
+#[derive(Default)]
+pub struct Checker {
+    kept: Option<Kept>,
+}
+
+struct Kept {
+    client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // The connection task owns the socket: ending it closes the connection.
+        self.task.abort();
+    }
+}
+
+impl Checker {
+    /// One attempt: the query on the kept connection if there is one and it answers, else on a
+    /// new connection (kept if the check passes). The caller bounds the time; a cancelled
+    /// attempt leaves no connection behind.
+    pub async fn check(&mut self, target: &Target) -> Result<Observation, ProbeError> {
+        let addr = || format!("{}:{}", target.host, target.port);
+        if let Some(kept) = self.kept.take() {
+            // Bounded like a new connection would be, so a hung server is called down no later
+            // than before: this attempt fails, the connection is dropped, the retry connects.
+            match tokio::time::timeout(target.connect_timeout, kept.client.simple_query(SQL)).await
+            {
+                Ok(Ok(messages)) => {
+                    let obs = parse(&messages).map_err(|reason| ProbeError::Answer {
+                        addr: addr(),
+                        reason,
+                    })?;
+                    self.kept = Some(kept);
+                    return Ok(obs);
+                }
+                // Gone or broken: a new connection says what is wrong.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    return Err(ProbeError::Query {
+                        addr: addr(),
+                        reason: format!(
+                            "no answer on the kept connection within {} ms (connect_timeout)",
+                            target.connect_timeout.as_millis()
+                        ),
+                    })
+                }
+            }
+        }
+        let (client, connection) = connect(target, "pgwarden health check").await?;
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let kept = Kept { client, task };
+        let messages = kept
+            .client
+            .simple_query(SQL)
+            .await
+            .map_err(|e| ProbeError::Query {
+                addr: addr(),
+                reason: error_text(&e),
+            })?;
+        let obs = parse(&messages).map_err(|reason| ProbeError::Answer {
+            addr: addr(),
+            reason,
+        })?;
+        self.kept = Some(kept);
+        Ok(obs)
+    }
+}
+
 fn parse(messages: &[SimpleQueryMessage]) -> Result<Observation, String> {
     let mut statement = 0;
     let mut own: Option<&SimpleQueryRow> = None;
