@@ -230,10 +230,16 @@ pub(crate) fn run(
     };
     async move {
         // Used in place: rebinding them inside would store them twice.
-        let end = s.main_loop(&mut reader, &mut buf).await;
-        if let Err(End::Fatal(code, message)) = end {
+        // The error is boxed before the await below: kept as it is, its 48 bytes would take
+        // room in every session's task for the whole session (a task's layout overlaps
+        // locals of different await points only so far), which pushed it past tokio's 1,024.
+        let fatal = match s.main_loop(&mut reader, &mut buf).await {
+            Err(End::Fatal(code, message)) => Some(Box::new((code, message))),
+            _ => None,
+        };
+        if let Some(fatal) = fatal {
             // Boxed: this rare write would otherwise take room in every session's task.
-            Box::pin(s.say_fatal(code, message)).await;
+            Box::pin(s.say_fatal(fatal)).await;
         }
         s.release();
         drop(guards);
@@ -248,9 +254,10 @@ impl Drop for Session {
 
 impl Session {
     /// Tells the client why its session ends.
-    async fn say_fatal(&mut self, code: String, message: String) {
+    async fn say_fatal(&mut self, fatal: Box<(String, String)>) {
+        let (code, message) = &*fatal;
         let mut out = BytesMut::new();
-        msg::error_response(&mut out, &ErrorFields::fatal(&code, &message));
+        msg::error_response(&mut out, &ErrorFields::fatal(code, message));
         let _ = self.client.write_all(&out).await;
     }
 
