@@ -1074,6 +1074,14 @@ mod hostile {
         got
     }
 
+    /// The first column of the first row among `msgs` (a one-column DataRow).
+    fn first_value(msgs: &[(u8, Vec<u8>)]) -> String {
+        msgs.iter()
+            .find(|(t, _)| *t == b'D')
+            .map(|(_, b)| String::from_utf8_lossy(&b[6..]).into_owned())
+            .unwrap_or_else(|| panic!("no row: {}", text(msgs)))
+    }
+
     fn text(msgs: &[(u8, Vec<u8>)]) -> String {
         msgs.iter()
             .map(|(t, b)| format!("{}:{} ", *t as char, String::from_utf8_lossy(b)))
@@ -1299,11 +1307,7 @@ mod hostile {
                     .await
                     .unwrap();
                 let got = read_until(&mut s, b'Z').await;
-                let port = got
-                    .iter()
-                    .find(|(t, _)| *t == b'D')
-                    .map(|(_, b)| String::from_utf8_lossy(&b[6..]).into_owned())
-                    .unwrap_or_else(|| panic!("{}", text(&got)));
+                let port = first_value(&got);
                 if port == c.node_port(1).to_string() {
                     on_standby += 1;
                 }
@@ -1347,6 +1351,94 @@ mod hostile {
                 assert!(got.contains("INSERT 0 1"), "{got}");
             }
         });
+    }
+
+    /// Parse, Bind and Execute of an unnamed statement without parameters.
+    fn run_unnamed(sql: &str) -> Vec<u8> {
+        let mut v = message(b'P', &[b"\0", sql.as_bytes(), b"\0", &[0, 0]]);
+        v.extend(message(b'B', &[b"\0\0", &[0, 0, 0, 0, 0, 0]]));
+        v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+        v
+    }
+
+    /// A pipeline that reads, flushes (psycopg 3 does so when a result is fetched inside
+    /// `conn.pipeline()`), then writes: the read part runs on the session's standby, the
+    /// write on the primary — not on the standby, which would refuse it ("cannot execute INSERT
+    /// in a read-only transaction"). When the read part fails, the write is dropped up to the
+    /// Sync, as PostgreSQL drops it: the client sees the same messages as from one server.
+    #[test]
+    fn a_write_after_a_flushed_read_in_a_pipeline_reaches_the_primary() {
+        use tokio::io::AsyncWriteExt;
+        let c = Cluster::up(2);
+        c.psql(0, "test", "CREATE TABLE piped (v int)").unwrap();
+        c.wait_node(1, Duration::from_secs(10), "replayed", |n| {
+            n["lag_bytes"] == 0
+        });
+        block(async {
+            let mut ok_on_standby = 0;
+            let mut failed_on_standby = 0;
+            for i in 0..60 {
+                let mut s = login(&c).await;
+                // Where this session's reads go.
+                let mut b = run_unnamed("SELECT inet_server_port()");
+                b.extend(message(b'H', &[]));
+                s.write_all(&b).await.unwrap();
+                let got = read_until(&mut s, b'C').await;
+                let port = first_value(&got);
+                if port != c.node_port(1).to_string() {
+                    continue;
+                }
+                let fail = ok_on_standby > 0 && failed_on_standby == 0;
+                if fail {
+                    // The open part fails on the standby…
+                    let mut b = run_unnamed("SELECT 1/0");
+                    b.extend(message(b'H', &[]));
+                    s.write_all(&b).await.unwrap();
+                    let got = text(&read_until(&mut s, b'E').await);
+                    assert!(got.contains("division by zero"), "{got}");
+                }
+                let mut b = run_unnamed(&format!("INSERT INTO piped VALUES ({i})"));
+                b.extend(run_unnamed(&format!(
+                    "SELECT count(*) FROM piped WHERE v = {i}"
+                )));
+                b.extend(message(b'S', &[]));
+                s.write_all(&b).await.unwrap();
+                let got = read_until(&mut s, b'Z').await;
+                let tags: String = got.iter().map(|(t, _)| *t as char).collect();
+                if fail {
+                    // …and the rest of the pipeline is dropped up to the Sync.
+                    assert_eq!(tags, "Z", "{}", text(&got));
+                    failed_on_standby += 1;
+                } else {
+                    assert_eq!(tags, "12C12DCZ", "{}", text(&got));
+                    let all = text(&got);
+                    assert!(all.contains("INSERT 0 1"), "{all}");
+                    assert!(
+                        all.contains("D:\0\u{1}\0\0\0\u{1}1"),
+                        "the session reads its own write: {all}"
+                    );
+                    ok_on_standby += 1;
+                }
+                // The session goes on.
+                s.write_all(&query("SELECT 42")).await.unwrap();
+                let got = text(&read_until(&mut s, b'Z').await);
+                assert!(got.contains("42"), "{got}");
+                if ok_on_standby >= 2 && failed_on_standby >= 1 {
+                    break;
+                }
+            }
+            assert!(
+                ok_on_standby >= 2 && failed_on_standby >= 1,
+                "too few sessions were balanced to the standby: {ok_on_standby} + {failed_on_standby}"
+            );
+        });
+        // The writes after a failed read were not made; the others were.
+        let rows = c.psql(0, "test", "SELECT count(*) FROM piped").unwrap();
+        let expected = c
+            .psql(0, "test", "SELECT count(DISTINCT v) FROM piped")
+            .unwrap();
+        assert_eq!(rows, expected);
+        assert_eq!(rows, "2", "two pipelines wrote, the failed one did not");
     }
 }
 

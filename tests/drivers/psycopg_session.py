@@ -93,5 +93,14 @@ for _ in range(50):
     time.sleep(0.1)
 out("standby read", r[0])
 route("standby read", r[1])
+
+# A pipeline that reads, fetches (psycopg flushes to get the result), then writes and reads
+# that back: through the proxy the read runs on the standby and the write on the primary,
+# which a standby would refuse ("cannot execute INSERT in a read-only transaction").
+with conn.pipeline():
+    n = conn.execute("SELECT count(*) FROM pp WHERE name LIKE %s", ("ryw%",)).fetchone()[0]
+    conn.execute("INSERT INTO pp VALUES (%s, %s, NULL)", (5000, "piped"))
+    r = conn.execute("SELECT name FROM pp WHERE id = %s", (5000,)).fetchone()
+out("pipeline read then write", n, r[0])
 conn.close()
 out("done")

@@ -124,6 +124,11 @@ struct Session {
     copy_in: Option<u32>,
     /// Pinned to the primary (LISTEN, SQL PREPARE, temporary tables).
     sticky: bool,
+    /// The client's pipeline failed on a node pgwarden has since left (see `end_open_batch`):
+    /// its messages are dropped until its Sync, as a server drops them after an error.
+    discard_until_sync: bool,
+    /// An error came back for the open part of the pipeline (after its earlier Syncs' answers).
+    open_failed: bool,
     /// Settings to apply on every connection, in order.
     settings: Vec<Bytes>,
     /// Where the session's last write stands, for read-your-writes.
@@ -210,6 +215,8 @@ pub(crate) fn run(
         tx_node: None,
         inflight: None,
         open_until_sync: None,
+        discard_until_sync: false,
+        open_failed: false,
         copy_in: None,
         sticky: false,
         settings: Vec::new(),
@@ -391,6 +398,19 @@ impl Session {
 
     /// Handles one client frame; false when the client said goodbye.
     async fn on_frame(&mut self, f: Frame) -> Result<bool> {
+        if self.discard_until_sync {
+            match f.tag {
+                b'X' => return Ok(false),
+                b'S' => {
+                    self.discard_until_sync = false;
+                    let mut out = BytesMut::new();
+                    msg::ready_for_query(&mut out, self.last_tx_status);
+                    self.send_client(&out).await?;
+                }
+                _ => {}
+            }
+            return Ok(true);
+        }
         if let Some(node) = self.copy_in {
             if matches!(f.tag, b'd' | b'c' | b'f') {
                 if f.tag != b'd' {
@@ -692,7 +712,15 @@ impl Session {
         // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
         // It runs on that batch's node when it may (a read, or the node is the primary);
         // after it, routing is free again (asyncpg prepares with Flush, then sends COPY).
+        // A server drops a Query after a pipeline's error, up to the Sync.
+        if self.open_until_sync.is_some()
+            && needs_primary(class)
+            && Box::pin(self.leave_open_standby(0)).await? == Ended::Failed
+        {
+            return Ok(());
+        }
         let open = self.open_until_sync.take();
+        self.open_failed = false;
         let mut target = self.route(class).await?;
         if let Some(n) = open {
             if class == Class::Read || self.ctx.routes.borrow().primary == Some(n) {
@@ -817,6 +845,12 @@ impl Session {
             }
             return Ok(());
         }
+        if self.open_until_sync.is_some()
+            && needs_primary(class)
+            && Box::pin(self.leave_open_standby(syncs)).await? == Ended::Failed
+        {
+            return Ok(());
+        }
         let mut target = if !any_statement {
             // Sync, Flush, Describe/Close of portals: where the session's work is.
             match self
@@ -884,7 +918,11 @@ impl Session {
             }
         }
         self.send(target, bytes, syncs).await?;
+        let was_open = self.open_until_sync.is_some();
         self.open_until_sync = if syncs == 0 { Some(target) } else { None };
+        if !was_open || self.open_until_sync.is_none() {
+            self.open_failed = false;
+        }
         for sql in replay {
             let mut q = BytesMut::new();
             msg::frontend::query(&mut q, &sql);
@@ -894,6 +932,120 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Before a unit that must run on the primary: if the pipeline's open part runs on a
+    /// standby, it is ended there (see `end_open_batch`). `syncs`: the unit ends with a Sync,
+    /// which is answered here when the rest of the pipeline is dropped.
+    async fn leave_open_standby(&mut self, syncs: usize) -> Result<Ended> {
+        let Some(open) = self.open_until_sync else {
+            return Ok(Ended::Clean);
+        };
+        if self.ctx.routes.borrow().primary == Some(open) {
+            return Ok(Ended::Clean);
+        }
+        let ended = self.end_open_batch(open).await?;
+        if ended == Ended::Failed && syncs > 0 {
+            self.discard_until_sync = false;
+            let mut out = BytesMut::new();
+            msg::ready_for_query(&mut out, self.last_tx_status);
+            self.send_client(&out).await?;
+        }
+        Ok(ended)
+    }
+
+    /// Ends the open part of a pipeline (sent with Flush, not yet with Sync) on `node`, a
+    /// standby, because what follows writes and must go to the primary. pgwarden sends its own
+    /// Sync there, relays every answer up to that Sync's ReadyForQuery and keeps the
+    /// ReadyForQuery from the client, who has not sent a Sync. That ends the open part's
+    /// implicit transaction, which only read. What the client sees is what one server would
+    /// have shown it:
+    /// - an explicit transaction open there (a `BEGIN READ ONLY` in the open part): the
+    ///   session stays on the standby, which refuses the write as it must;
+    /// - an error in the open part: a server would drop everything up to the client's Sync,
+    ///   and so does pgwarden;
+    /// - otherwise the pipeline goes on on the primary.
+    async fn end_open_batch(&mut self, node: u32) -> Result<Ended> {
+        let mut out = BytesMut::new();
+        msg::frontend::sync(&mut out);
+        self.write_node(node, &out).await?;
+        let mut failed = self.open_failed;
+        let status = loop {
+            let Some(conn) = self.conns.get_mut(&node) else {
+                return Err(fatal(
+                    "08006",
+                    format!("the connection to node {node} was lost"),
+                ));
+            };
+            let before = conn.streaming;
+            let mut streaming = before;
+            let mut events = Vec::new();
+            let n = scan(&conn.pooled.backend.buf, &mut streaming, &mut events).map_err(|e| {
+                fatal(
+                    "08P01",
+                    format!("node {node} sent a malformed message: {e}"),
+                )
+            })?;
+            let ready = if events.iter().any(|(t, _)| *t == b'Z') {
+                find_frame(&conn.pooled.backend.buf[..n], before, b'Z')
+            } else {
+                None
+            };
+            for (tag, body) in events.iter().take_while(|(t, _)| *t != b'Z') {
+                match tag {
+                    b'E' => failed = true,
+                    b'S' => {
+                        if let Some((k, rest)) = frame::cstr(body) {
+                            if let Some((v, _)) = frame::cstr(rest) {
+                                conn.pooled.backend.set_param(k, v);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match ready {
+                Some((start, end)) => {
+                    let answers = conn.b().buf.split_to(start);
+                    let z = conn.b().buf.split_to(end - start);
+                    // What follows the ReadyForQuery starts a new message; it is relayed later.
+                    conn.streaming = 0;
+                    let status = z.get(5).copied().unwrap_or(b'I');
+                    conn.pooled.backend.tx_status = status;
+                    if !answers.is_empty() {
+                        self.send_client(&answers).await?;
+                    }
+                    break status;
+                }
+                None => {
+                    conn.streaming = streaming;
+                    let answers = conn.b().buf.split_to(n);
+                    if !answers.is_empty() {
+                        self.send_client(&answers).await?;
+                    }
+                    let Some(conn) = self.conns.get_mut(&node) else {
+                        continue;
+                    };
+                    if let Err(e) = conn.b().fill().await {
+                        return Err(self.lost(node, e));
+                    }
+                }
+            }
+        };
+        self.open_until_sync = None;
+        self.open_failed = false;
+        if self.inflight.is_some_and(|(n, _)| n == node) {
+            self.inflight = None;
+        }
+        self.last_tx_status = status;
+        self.tx_node = (status != b'I').then_some(node);
+        self.sync_engaged();
+        tracing::debug!(node, failed, status = %char::from(status), "ended a pipeline's open part on a standby before a write");
+        if failed && status == b'I' {
+            self.discard_until_sync = true;
+            return Ok(Ended::Failed);
+        }
+        Ok(Ended::Clean)
     }
 
     /// Parses a statement on `node` (it was parsed elsewhere), swallowing the answers.
@@ -1237,6 +1389,11 @@ impl Session {
                     }
                 }
                 b'E' => {
+                    if self.open_until_sync == Some(node)
+                        && self.inflight.is_none_or(|(n, p)| n != node || p == 0)
+                    {
+                        self.open_failed = true;
+                    }
                     let fields = msg::error_fields(&body);
                     let sev = fields
                         .iter()
@@ -1505,6 +1662,42 @@ async fn read_client(
     }
 }
 
+/// How `Session::end_open_batch` left the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The rest of the pipeline may go where it must.
+    Clean,
+    /// The open part failed: the rest is dropped up to the client's Sync.
+    Failed,
+}
+
+/// Whether a statement of this class may only run on the primary (and so may not join a
+/// pipeline left open on a standby).
+fn needs_primary(class: Class) -> bool {
+    matches!(
+        class,
+        Class::Write | Class::Sticky | Class::Begin { read_only: false }
+    )
+}
+
+/// The first whole message tagged `tag` in `buf`, whose messages start at `from`: its start
+/// and end.
+fn find_frame(buf: &[u8], from: usize, tag: u8) -> Option<(usize, usize)> {
+    let mut pos = from;
+    while let Some(head) = buf.get(pos..pos + 5) {
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let end = pos + 1 + usize::try_from(len).ok()?;
+        if end > buf.len() {
+            return None;
+        }
+        if head[0] == tag {
+            return Some((pos, end));
+        }
+        pos = end;
+    }
+    None
+}
+
 /// A batch without a Sync is sent on in parts of about this size.
 const BATCH_PART: usize = 256 * 1024;
 
@@ -1568,6 +1761,40 @@ mod tests {
         v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn find_frame_finds_the_first_whole_message_of_a_kind() {
+        let mut buf = msg(b'C', b"SELECT 1\0");
+        let z_at = buf.len();
+        buf.extend(msg(b'Z', b"I"));
+        buf.extend(msg(b'N', b"notice"));
+        assert_eq!(find_frame(&buf, 0, b'Z'), Some((z_at, z_at + 6)));
+        // From inside a message that was streamed: the walk starts where the next one does.
+        assert_eq!(find_frame(&buf, z_at, b'Z'), Some((z_at, z_at + 6)));
+        assert_eq!(find_frame(&buf, 0, b'E'), None);
+        // A cut message is not found, nor anything after it.
+        assert_eq!(find_frame(&buf[..z_at + 5], 0, b'Z'), None);
+        // A broken length stops the walk instead of reading past the buffer.
+        let mut broken = vec![b'C', 0xff, 0xff, 0xff, 0xff];
+        broken.extend(msg(b'Z', b"I"));
+        assert_eq!(find_frame(&broken, 0, b'Z'), None);
+    }
+
+    #[test]
+    fn what_may_not_join_a_pipeline_left_open_on_a_standby() {
+        for (class, primary_only) in [
+            (Class::Read, false),
+            (Class::Write, true),
+            (Class::Sticky, true),
+            (Class::Begin { read_only: false }, true),
+            (Class::Begin { read_only: true }, false),
+            (Class::Session, false),
+            (Class::End, false),
+            (Class::InTransaction, false),
+        ] {
+            assert_eq!(needs_primary(class), primary_only, "{class:?}");
+        }
     }
 
     #[test]
