@@ -14,7 +14,10 @@ ensure_deps() {
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
     command -v runuser >/dev/null || missing+=(util-linux)
     # libpg_query (the SQL classifier) is built with bindgen, which needs libclang.
-    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || missing+=(libclang-dev)
+    # (Not libclang-cpp, which comes with other packages and is not what bindgen loads.)
+    compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
+        || compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null \
+        || missing+=(libclang-dev)
     # A Python driver for the end-to-end tests (libpq-based psycopg2, from Debian).
     /usr/bin/python3 -c "import psycopg2" 2>/dev/null || missing+=(python3-psycopg2)
     # pgpool-II's stock pcp_* tools: the PCP tests drive pgwarden with them.
