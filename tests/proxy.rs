@@ -1440,6 +1440,178 @@ mod hostile {
         assert_eq!(rows, expected);
         assert_eq!(rows, "2", "two pipelines wrote, the failed one did not");
     }
+
+    /// A raw session through the proxy whose reads go to the standby (node 1), learnt with a
+    /// read ended by Sync (the session's load-balance node holds until it writes).
+    async fn standby_session(c: &Cluster) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..60 {
+            let mut s = login(c).await;
+            let mut b = run_unnamed("SELECT inet_server_port()");
+            b.extend(message(b'S', &[]));
+            s.write_all(&b).await.unwrap();
+            if first_value(&read_until(&mut s, b'Z').await) == c.node_port(1).to_string() {
+                return s;
+            }
+        }
+        panic!("no session was balanced to the standby in 60 tries");
+    }
+
+    /// Bytes to send, and the tag whose arrival ends what they bring back.
+    type Steps = Vec<(Vec<u8>, u8)>;
+
+    /// Sends each step's bytes, then reads until the step's closing tag; what came back, as
+    /// tags (a ReadyForQuery with its status, an error with its SQLSTATE, a row with its first
+    /// value: an answer relayed late shows as a wrong value).
+    async fn exchange(s: &mut tokio::net::TcpStream, steps: &[(Vec<u8>, u8)]) -> String {
+        use tokio::io::AsyncWriteExt;
+        let mut out = String::new();
+        for (bytes, until) in steps {
+            s.write_all(bytes).await.unwrap();
+            for (t, b) in read_until(s, *until).await {
+                match t {
+                    b'Z' => out.push_str(&format!("Z({}) ", b[0] as char)),
+                    b'E' => {
+                        let code = b
+                            .split(|x| *x == 0)
+                            .find(|f| f.first() == Some(&b'C'))
+                            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                            .unwrap_or_default();
+                        out.push_str(&format!("E({code}) "));
+                    }
+                    b'D' => out.push_str(&format!("D({}) ", first_value(&[(t, b)]))),
+                    t => out.push(t as char),
+                }
+            }
+            out.push('|');
+        }
+        out
+    }
+
+    /// The corners of ending a pipeline's open part on a standby, each compared with the same
+    /// messages sent straight to the primary: the client must see what one server shows.
+    /// - earlier Syncs' answers still due when the write arrives (their ReadyForQuery is the
+    ///   client's, not the one pgwarden keeps back);
+    /// - a statement prepared on the standby, bound after the pipeline moved to the primary
+    ///   (it is parsed there before the pipeline opens, not in the middle of it);
+    /// - an error in the open part inside `BEGIN READ ONLY` (the rest is dropped, the Sync
+    ///   answered 'E');
+    /// - an error in the open part, then a simple Query before the Sync (dropped too).
+    #[test]
+    fn a_pipeline_moved_off_a_standby_answers_as_one_server_would() {
+        let c = Cluster::up(2);
+        c.psql(0, "test", "CREATE TABLE moved (v int)").unwrap();
+        c.wait_node(1, Duration::from_secs(10), "replayed", |n| {
+            n["lag_bytes"] == 0
+        });
+        let h = || message(b'H', &[]);
+        let sync = || message(b'S', &[]);
+        let with = |mut a: Vec<u8>, b: Vec<u8>| {
+            a.extend(b);
+            a
+        };
+        let cases: Vec<(&str, Steps)> = vec![
+            (
+                "answers due from earlier Syncs",
+                vec![
+                    (
+                        [
+                            run_unnamed("SELECT 1"),
+                            sync(),
+                            run_unnamed("SELECT 2"),
+                            h(),
+                            run_unnamed("INSERT INTO moved VALUES (1)"),
+                            sync(),
+                        ]
+                        .concat(),
+                        b'Z',
+                    ),
+                    // (The first read stops at the first Sync's answer.)
+                    (Vec::new(), b'Z'),
+                ],
+            ),
+            (
+                "a statement prepared in the open part, bound after the write",
+                vec![
+                    (
+                        {
+                            let mut v = message(b'P', &[b"s1\0", b"SELECT 7\0", &[0, 0]]);
+                            v.extend(message(b'B', &[b"\0s1\0", &[0, 0, 0, 0, 0, 0]]));
+                            v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+                            with(v, h())
+                        },
+                        b'C',
+                    ),
+                    // (In one write: the INSERT's answers are not relayed yet when the Bind
+                    // of s1 arrives.)
+                    (
+                        {
+                            let mut v = run_unnamed("INSERT INTO moved VALUES (2)");
+                            v.extend(h());
+                            v.extend(message(b'B', &[b"\0s1\0", &[0, 0, 0, 0, 0, 0]]));
+                            v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+                            with(v, sync())
+                        },
+                        b'Z',
+                    ),
+                ],
+            ),
+            (
+                "an error in an explicit read-only transaction's open part",
+                vec![
+                    (
+                        [
+                            run_unnamed("BEGIN READ ONLY"),
+                            run_unnamed("SELECT 1/0"),
+                            h(),
+                        ]
+                        .concat(),
+                        b'E',
+                    ),
+                    (
+                        with(run_unnamed("INSERT INTO moved VALUES (3)"), sync()),
+                        b'Z',
+                    ),
+                    (query("ROLLBACK"), b'Z'),
+                ],
+            ),
+            (
+                "an error in the open part, then a Query before the Sync",
+                vec![
+                    (with(run_unnamed("SELECT 1/0"), h()), b'E'),
+                    (
+                        [
+                            run_unnamed("INSERT INTO moved VALUES (4)"),
+                            query("SELECT 42"),
+                            sync(),
+                        ]
+                        .concat(),
+                        b'Z',
+                    ),
+                    (query("SELECT 43"), b'Z'),
+                ],
+            ),
+        ];
+        block(async {
+            for (what, steps) in &cases {
+                let mut direct = login_at(&c, c.node_port(0)).await;
+                let want = exchange(&mut direct, steps).await;
+                let mut proxied = standby_session(&c).await;
+                let got = exchange(&mut proxied, steps).await;
+                assert_eq!(got, want, "{what}");
+            }
+        });
+        // Rows 1 and 2 were written twice (direct and through pgwarden); 3 and 4 never.
+        assert_eq!(
+            c.psql(
+                0,
+                "test",
+                "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
+            )
+            .unwrap(),
+            "1,1,2,2"
+        );
+    }
 }
 
 #[test]

@@ -424,6 +424,11 @@ impl Session {
             b'Q' => {
                 if !self.batch_frames.is_empty() {
                     self.dispatch_batch(0, false).await?;
+                    if self.discard_until_sync {
+                        // Those frames ended a failed open part (see `end_open_batch`): a
+                        // server drops the Query too, up to the client's Sync.
+                        return Ok(true);
+                    }
                 }
                 self.simple_query(f).await?;
             }
@@ -871,10 +876,12 @@ impl Session {
                 target = n;
             }
         }
-        if part && self.open_until_sync.is_none() {
-            // Later parts go where this one goes, behind it in one pipeline: a statement they
-            // use cannot be parsed there in between (that needs a Sync of its own). So every
-            // statement the session has goes there now.
+        if syncs == 0 && self.open_until_sync.is_none() {
+            // This batch opens a pipeline (a part of a long one, or one that ends with Flush):
+            // what follows goes where it goes, behind it, and a statement it uses cannot be
+            // parsed there in between (that needs a Sync of its own, which would end the
+            // client's implicit transaction and swallow its answers). So every statement the
+            // session has goes there now.
             needs = self.statements.keys().cloned().collect();
         }
         // A named statement must exist where it is used.
@@ -917,10 +924,17 @@ impl Session {
                 self.node_refs(target).stats.count(p.query);
             }
         }
+        // A batch that leaves the pipeline open is open from its first byte: an error of its
+        // own relayed while it is being written (`write_unit`) counts as the open part's.
+        if syncs == 0 {
+            if self.open_until_sync.is_none() {
+                self.open_failed = false;
+            }
+            self.open_until_sync = Some(target);
+        }
         self.send(target, bytes, syncs).await?;
-        let was_open = self.open_until_sync.is_some();
-        self.open_until_sync = if syncs == 0 { Some(target) } else { None };
-        if !was_open || self.open_until_sync.is_none() {
+        if syncs > 0 {
+            self.open_until_sync = None;
             self.open_failed = false;
         }
         for sql in replay {
@@ -966,9 +980,16 @@ impl Session {
     ///   and so does pgwarden;
     /// - otherwise the pipeline goes on on the primary.
     async fn end_open_batch(&mut self, node: u32) -> Result<Ended> {
+        // The ReadyForQuery still due for the pipeline's earlier Syncs come first, relayed with
+        // their own bookkeeping: the one kept back must be the answer to pgwarden's Sync. An
+        // error after them is the open part's (`open_failed`).
+        self.drain().await?;
         let mut out = BytesMut::new();
         msg::frontend::sync(&mut out);
-        self.write_node(node, &out).await?;
+        // Relaying while the Sync waits for room: the node may be blocked on its answers.
+        if let Err(e) = self.write_unit(node, &out).await? {
+            return Err(self.lost(node, e));
+        }
         let mut failed = self.open_failed;
         let status = loop {
             let Some(conn) = self.conns.get_mut(&node) else {
@@ -1041,7 +1062,18 @@ impl Session {
         self.tx_node = (status != b'I').then_some(node);
         self.sync_engaged();
         tracing::debug!(node, failed, status = %char::from(status), "ended a pipeline's open part on a standby before a write");
-        if failed && status == b'I' {
+        // What arrived after the ReadyForQuery (a notice, a notification) goes on now.
+        if self
+            .conns
+            .get(&node)
+            .is_some_and(|c| !c.pooled.backend.buf.is_empty())
+        {
+            self.forward(node, true).await?;
+        }
+        if failed {
+            // In an explicit transaction too: the server would drop the rest up to the
+            // client's Sync, then answer it with the failed transaction's status ('E'), which
+            // is `last_tx_status` now; the session stays on that node until it rolls back.
             self.discard_until_sync = true;
             return Ok(Ended::Failed);
         }
