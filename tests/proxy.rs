@@ -346,6 +346,87 @@ fn session_state_behaves_as_on_one_server() {
     );
 }
 
+/// A long-lived session that runs the same settings again and again (an application's own
+/// pool setting `application_name` at each checkout, asyncpg's `RESET ALL` at each release)
+/// has a node it comes to later replay the latest of them only, and sees there what one server
+/// would show. pgwarden's record of the settings kept every one of them, and a new connection
+/// replayed hundreds of statements before the session's first read on it.
+#[test]
+fn repeated_settings_are_replayed_once_on_a_node_the_session_comes_to_later() {
+    let c = Cluster::up(3);
+    // The standbys log every statement, the replayed ones included.
+    for n in 1..3 {
+        let conf = c.data_dir(n).join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nlog_statement = 'all'\n");
+        std::fs::write(&conf, text).unwrap();
+        c.psql(n, "test", "SELECT pg_reload_conf()").unwrap();
+    }
+    block(async {
+        for attempt in 0..30 {
+            let cl = c.client("test").await;
+            // Run on the primary (settings go there) and recorded.
+            for i in 0..200 {
+                cl.batch_execute(&format!("SET application_name = 'app_{attempt}_{i}'"))
+                    .await
+                    .unwrap();
+            }
+            cl.batch_execute("SET statement_timeout = '17s'")
+                .await
+                .unwrap();
+            cl.batch_execute("SET work_mem = '3MB'").await.unwrap();
+            // A custom parameter stays defined after RESET ALL, with the value ''.
+            cl.batch_execute("SET myapp.tenant = '7'").await.unwrap();
+            for _ in 0..100 {
+                cl.batch_execute("RESET ALL").await.unwrap();
+            }
+            cl.batch_execute("SET work_mem = '5MB'").await.unwrap();
+            // A SET that fails changes nothing, here or there.
+            let err = cl.batch_execute("SET work_mem = 'lots'").await.unwrap_err();
+            assert!(format!("{err:?}").contains("work_mem"), "{err:?}");
+            cl.batch_execute(&format!("SET application_name = 'final_{attempt}'"))
+                .await
+                .unwrap();
+            // The first read: on the session's load-balance node.
+            let row = cl
+                .query_one(
+                    "SELECT inet_server_port(), current_setting('application_name'), \
+                     current_setting('statement_timeout'), current_setting('work_mem'), \
+                     current_setting('myapp.tenant')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let port = port_of(&row, 0);
+            assert_eq!(row.get::<_, String>(1), format!("final_{attempt}"));
+            assert_eq!(row.get::<_, String>(2), "0", "RESET ALL undid it");
+            assert_eq!(row.get::<_, String>(3), "5MB");
+            assert_eq!(row.get::<_, String>(4), "");
+            if port == c.node_port(0) {
+                continue;
+            }
+            let log = std::fs::read_to_string(
+                c.dir.join(format!("log/node{}.log", c.node_of_port(port))),
+            )
+            .unwrap();
+            let count = |needle: &str| {
+                log.lines()
+                    .filter(|l| l.contains("statement: ") && l.contains(needle))
+                    .count()
+            };
+            assert_eq!(count(&format!("app_{attempt}_")), 0, "superseded");
+            assert_eq!(count(&format!("'final_{attempt}'")), 1);
+            assert_eq!(count("statement: SET statement_timeout = '17s'"), 0);
+            // (RESET ALL and work_mem once for this session: no other session ran them there.)
+            assert_eq!(count("statement: RESET ALL"), 1);
+            assert_eq!(count("statement: SET work_mem = '3MB'"), 0);
+            assert_eq!(count("statement: SET work_mem = '5MB'"), 1);
+            return;
+        }
+        panic!("no session read from a standby in 30 tries");
+    });
+}
+
 #[test]
 fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
     let c = Cluster::up(3);

@@ -14,6 +14,7 @@ pub mod backend;
 pub mod client;
 pub mod pool;
 pub mod session;
+mod settings;
 pub mod show;
 pub mod stream;
 

@@ -22,6 +22,7 @@
 use crate::backend::{Backend, BackendError};
 use crate::client::{connect_spec, Login};
 use crate::pool::{PoolError, Pooled};
+use crate::settings::Settings;
 use crate::stream::{ClientReader, ClientStream, ClientWriter};
 use crate::{CancelSlot, CancelTarget, Ctx, NodeStats, Wakeup};
 use bytes::{Bytes, BytesMut};
@@ -80,8 +81,8 @@ struct Conn {
     pooled: Pooled,
     /// Bytes remaining of a large backend frame being streamed through.
     streaming: usize,
-    /// How many of the session's settings this connection has had.
-    applied: usize,
+    /// The last of the session's settings this connection has had (see `settings::Settings`).
+    applied: u64,
     /// Bound as the primary's: if that node is fenced, the session cannot go on.
     primary: bool,
 }
@@ -129,8 +130,11 @@ struct Session {
     discard_until_sync: bool,
     /// An error came back for the open part of the pipeline (after its earlier Syncs' answers).
     open_failed: bool,
+    /// An error was relayed since this was last cleared (a setting's outcome, see
+    /// `settings::Settings::settle`).
+    error_seen: bool,
     /// Settings to apply on every connection, in order.
-    settings: Vec<Bytes>,
+    settings: Settings,
     /// Where the session's last write stands, for read-your-writes.
     wrote: Wrote,
     /// How far a standby must have replayed to serve this session's reads (0/0: no floor).
@@ -217,9 +221,10 @@ pub(crate) fn run(
         open_until_sync: None,
         discard_until_sync: false,
         open_failed: false,
+        error_seen: false,
         copy_in: None,
         sticky: false,
-        settings: Vec::new(),
+        settings: Settings::default(),
         wrote: Wrote::No,
         min_lsn: Lsn(0),
         lb_node: None,
@@ -699,21 +704,6 @@ impl Session {
         if class == Class::Sticky || (class == Class::Session && in_tx) {
             self.sticky = true;
         }
-        // A session-state operation (SET, RESET ALL, asyncpg's pool reset …) writes nothing:
-        // it runs where a setting does and leaves the read-your-writes floor alone. One that
-        // drops prepared statements (DISCARD ALL, DEALLOCATE) drops pgwarden's record of them
-        // too, so none is parsed again behind the client's back.
-        if class == Class::Session {
-            let resets = pgwarden_sql::resets(sql);
-            if resets.statements {
-                self.statements.clear();
-            }
-            // `DEALLOCATE name` drops that one: it is not parsed again elsewhere for a later
-            // Bind, which fails as it would on one server.
-            for name in &resets.deallocated {
-                self.statements.remove(name);
-            }
-        }
         // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
         // It runs on that batch's node when it may (a read, or the node is the primary);
         // after it, routing is free again (asyncpg prepares with Flush, then sends COPY).
@@ -734,14 +724,50 @@ impl Session {
         }
         self.node_refs(target).stats.count(sql);
         let bytes = f.bytes.clone();
+        let record = class == Class::Session && !in_tx;
+        if record {
+            self.error_seen = false;
+        }
         self.send(target, bytes.clone(), 1).await?;
-        if class == Class::Session && !in_tx {
-            self.settings.push(bytes);
-            if let Some(c) = self.conns.get_mut(&target) {
-                c.applied = self.settings.len();
-            }
+        if record {
+            // Its outcome decides whether it makes earlier settings moot (the client waits
+            // for it anyway).
+            self.drain().await?;
+        }
+        if class == Class::Session {
+            self.session_operation(target, bytes, in_tx);
         }
         Ok(())
+    }
+
+    /// After a session-state operation (SET, RESET ALL, asyncpg's pool reset …): it writes
+    /// nothing, so it leaves the read-your-writes floor alone; outside a transaction it goes
+    /// into the settings record, replayed on the session's other connections. One that drops
+    /// prepared statements (DISCARD ALL, DEALLOCATE) drops pgwarden's record of them too, so
+    /// none is parsed again behind the client's back.
+    fn session_operation(&mut self, target: u32, query: Bytes, in_tx: bool) {
+        let sql = query
+            .get(5..)
+            .and_then(|b| msg::query_text(b).ok())
+            .unwrap_or_default();
+        let resets = pgwarden_sql::resets(sql);
+        if resets.statements {
+            self.statements.clear();
+        }
+        // `DEALLOCATE name` drops that one: it is not parsed again elsewhere for a later
+        // Bind, which fails as it would on one server.
+        for name in &resets.deallocated {
+            self.statements.remove(name);
+        }
+        if !in_tx {
+            let seq = self.settings.push(query, resets.kind);
+            if !self.error_seen {
+                self.settings.settle(seq);
+            }
+            if let Some(c) = self.conns.get_mut(&target) {
+                c.applied = seq;
+            }
+        }
     }
 
     // ---- extended protocol ---------------------------------------------------------------
@@ -932,17 +958,31 @@ impl Session {
             }
             self.open_until_sync = Some(target);
         }
+        if !replay.is_empty() {
+            self.error_seen = false;
+        }
         self.send(target, bytes, syncs).await?;
+        // A setting's outcome decides whether it makes earlier ones moot: known once its Sync
+        // is answered (not in an open pipeline, where it is recorded as it is).
+        let settle = !replay.is_empty() && syncs > 0;
         if syncs > 0 {
             self.open_until_sync = None;
             self.open_failed = false;
         }
+        if settle {
+            self.drain().await?;
+        }
         for sql in replay {
             let mut q = BytesMut::new();
             msg::frontend::query(&mut q, &sql);
-            self.settings.push(q.freeze());
+            let seq = self
+                .settings
+                .push(q.freeze(), pgwarden_sql::resets(&sql).kind);
+            if settle && !self.error_seen {
+                self.settings.settle(seq);
+            }
             if let Some(c) = self.conns.get_mut(&target) {
-                c.applied = self.settings.len();
+                c.applied = seq;
             }
         }
         Ok(())
@@ -1144,9 +1184,9 @@ impl Session {
             }
         }
         // Apply the session's settings this connection has not had.
-        let settings_len = self.settings.len();
+        let last = self.settings.last();
         let missing: Vec<Bytes> = match self.conns.get(&node) {
-            Some(c) if c.applied < settings_len => self.settings[c.applied..].to_vec(),
+            Some(c) if c.applied < last => self.settings.since(c.applied),
             _ => Vec::new(),
         };
         if !missing.is_empty() {
@@ -1160,7 +1200,7 @@ impl Session {
                     tracing::debug!(node, "replaying a session setting failed: {e}");
                 }
             }
-            conn.applied = settings_len;
+            conn.applied = last;
         }
         self.conns
             .get_mut(&node)
@@ -1421,6 +1461,7 @@ impl Session {
                     }
                 }
                 b'E' => {
+                    self.error_seen = true;
                     if self.open_until_sync == Some(node)
                         && self.inflight.is_none_or(|(n, p)| n != node || p == 0)
                     {

@@ -460,6 +460,26 @@ pub struct Resets {
     /// `DEALLOCATE name`: these prepared statements are gone (SQL's and the protocol's share
     /// one namespace).
     pub deallocated: Vec<String>,
+    /// What the query does to the session's settings, so that a record of them replayed on
+    /// other connections can drop what a later query makes moot.
+    pub kind: SettingKind,
+}
+
+/// What a [`Class::Session`] query does to the session's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SettingKind {
+    /// One statement: `SET name …`, `SET name FROM CURRENT` or `RESET name` (not `LOCAL`), with
+    /// the parameter's name as PostgreSQL knows it (`SET TIME ZONE` sets `timezone`, `SET ROLE`
+    /// sets `role`).
+    One(String),
+    /// Resets only (`RESET ALL`, `DISCARD …`, `DEALLOCATE …`, `UNLISTEN …`, `CLOSE ALL`,
+    /// `SELECT pg_advisory_unlock_all()`), one of them `RESET ALL` or `DISCARD ALL`.
+    /// `role`: `DISCARD ALL` is among them, which also resets the role and session
+    /// authorization (`RESET ALL` does not). `statements`: every prepared statement goes.
+    Reset { role: bool, statements: bool },
+    /// Anything else (several settings in one query, say): made moot only by `DISCARD ALL`.
+    #[default]
+    Other,
 }
 
 /// Which session state `sql` resets (nothing when it does not parse).
@@ -470,6 +490,7 @@ pub fn resets(sql: &str) -> Resets {
     let Ok(tree) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
         return r;
     };
+    r.kind = setting_kind(&tree.protobuf.stmts);
     for raw in &tree.protobuf.stmts {
         match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
             Some(N::VariableSetStmt(s)) if s.kind == VariableSetKind::VarResetAll as i32 => {
@@ -485,6 +506,56 @@ pub fn resets(sql: &str) -> Resets {
         }
     }
     r
+}
+
+fn setting_kind(stmts: &[pg_query::protobuf::RawStmt]) -> SettingKind {
+    use pg_query::protobuf::{DiscardMode, VariableSetKind as K};
+    use pg_query::NodeEnum as N;
+    let nodes: Vec<Option<&N>> = stmts
+        .iter()
+        .map(|raw| raw.stmt.as_ref().and_then(|n| n.node.as_ref()))
+        .collect();
+    if let [Some(N::VariableSetStmt(s))] = nodes.as_slice() {
+        let one = [
+            K::VarSetValue,
+            K::VarSetDefault,
+            K::VarSetCurrent,
+            K::VarReset,
+        ]
+        .iter()
+        .any(|k| s.kind == *k as i32);
+        return if one && !s.is_local && !s.name.is_empty() {
+            SettingKind::One(s.name.clone())
+        } else if s.kind == K::VarResetAll as i32 {
+            SettingKind::Reset {
+                role: false,
+                statements: false,
+            }
+        } else {
+            SettingKind::Other
+        };
+    }
+    let (mut all, mut role, mut statements) = (false, false, false);
+    for node in &nodes {
+        match node {
+            Some(N::VariableSetStmt(s)) if s.kind == K::VarResetAll as i32 => all = true,
+            Some(N::DiscardStmt(d)) => {
+                if d.target == DiscardMode::DiscardAll as i32 {
+                    (all, role, statements) = (true, true, true);
+                }
+            }
+            Some(N::DeallocateStmt(d)) => statements |= d.isall || d.name.is_empty(),
+            Some(N::UnlistenStmt(_)) => {}
+            Some(N::ClosePortalStmt(c)) if c.portalname.is_empty() => {}
+            Some(N::SelectStmt(s)) if is_advisory_unlock_all(s) => {}
+            _ => return SettingKind::Other,
+        }
+    }
+    if all {
+        SettingKind::Reset { role, statements }
+    } else {
+        SettingKind::Other
+    }
 }
 
 fn summary_has_write_table(s: &pg_query::SummaryResult) -> bool {

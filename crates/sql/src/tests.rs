@@ -229,8 +229,64 @@ fn what_a_session_operation_resets() {
         ("SET search_path = 'RESET ALL'", none.clone()),
         ("does not parse; RESET ALL", none),
     ] {
-        assert_eq!(resets(sql), want, "{sql}");
+        // (What each does to the settings record: the next test.)
+        let got = Resets {
+            kind: SettingKind::Other,
+            ..resets(sql)
+        };
+        assert_eq!(got, want, "{sql}");
     }
+}
+
+#[test]
+fn what_a_session_operation_does_to_the_settings_record() {
+    let one = |n: &str| SettingKind::One(n.to_string());
+    let reset = |role, statements| SettingKind::Reset { role, statements };
+    let other = SettingKind::Other;
+    let mut wrong = Vec::new();
+    for (sql, want) in [
+        ("SET application_name = 'a'", one("application_name")),
+        ("set Work_Mem to '1MB';", one("work_mem")),
+        (
+            "SET SESSION statement_timeout = 0",
+            one("statement_timeout"),
+        ),
+        ("SET \"myapp.Tenant\" = 7", one("myapp.Tenant")),
+        ("SET TIME ZONE 'UTC'", one("timezone")),
+        ("SET ROLE alice", one("role")),
+        ("RESET ROLE", one("role")),
+        (
+            "SET SESSION AUTHORIZATION DEFAULT",
+            one("session_authorization"),
+        ),
+        ("SET search_path FROM CURRENT", one("search_path")),
+        ("SET work_mem TO DEFAULT", one("work_mem")),
+        ("RESET work_mem", one("work_mem")),
+        ("SET LOCAL work_mem = '1MB'", other.clone()),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            other.clone(),
+        ),
+        ("RESET ALL", reset(false, false)),
+        ("DISCARD ALL", reset(true, true)),
+        (ASYNCPG_RESET, reset(false, false)),
+        ("DEALLOCATE ALL; RESET ALL", reset(false, true)),
+        ("UNLISTEN *; CLOSE ALL; DISCARD ALL", reset(true, true)),
+        // Several settings in one query, or a setting after a reset: kept as they are.
+        ("SET a.b = 1; SET a.c = 2", other.clone()),
+        ("RESET ALL; SET ROLE alice", other.clone()),
+        ("DEALLOCATE ALL", other.clone()),
+        ("DEALLOCATE q", other.clone()),
+        ("DISCARD PLANS", other.clone()),
+        ("UNLISTEN *", other.clone()),
+        ("does not parse", other),
+    ] {
+        let got = resets(sql).kind;
+        if got != want {
+            wrong.push(format!("{sql}: {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
 }
 
 #[test]

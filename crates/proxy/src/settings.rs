@@ -1,0 +1,247 @@
+//! A session's settings record: the `SET` / `RESET` / `DISCARD` queries it ran outside a
+//! transaction, which pgwarden replays, in order, on each other backend connection the session
+//! comes to use (a session's reads and writes may run on different nodes, and each must see
+//! its settings).
+//!
+//! The record drops what a later query makes moot: an application that runs
+//! `SET application_name = …` at every checkout from its own pool, or asyncpg's `RESET ALL`
+//! at every release, keeps one entry, not one per time. Without that, a long-lived session's
+//! record grew without bound, and every connection it was given later replayed all of it.
+//!
+//! Entries carry sequence numbers; a connection remembers the last one it has had
+//! (`applied`) and is given only the later ones. An entry is dropped only for a later one
+//! that overrides all it did, so a connection that missed the dropped one gets the later one,
+//! and only once that later one is known to have succeeded (`settle`): a `SET` that failed
+//! changed nothing, and the earlier value must still be replayed.
+
+use bytes::Bytes;
+use pgwarden_sql::SettingKind;
+
+/// The record (see the module's documentation).
+#[derive(Default)]
+pub(crate) struct Settings {
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    seq: u64,
+    query: Bytes,
+    kind: SettingKind,
+}
+
+impl Settings {
+    /// Records `query` (a whole Query message). Returns its sequence number, which the
+    /// connection that ran it has now had.
+    pub(crate) fn push(&mut self, query: Bytes, kind: SettingKind) -> u64 {
+        let seq = self.last() + 1;
+        self.entries.push(Entry { seq, query, kind });
+        seq
+    }
+
+    /// Entry `seq` succeeded: the earlier entries it makes moot are dropped.
+    pub(crate) fn settle(&mut self, seq: u64) {
+        let Some(i) = self.entries.iter().position(|e| e.seq == seq) else {
+            return;
+        };
+        let kind = self.entries[i].kind.clone();
+        let mut j = 0;
+        self.entries.retain(|e| {
+            j += 1;
+            j > i || !supersedes(&kind, &e.kind)
+        });
+    }
+
+    /// The sequence number of the latest entry; 0 for none. (The latest entry is never
+    /// dropped, so this only grows.)
+    pub(crate) fn last(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.seq)
+    }
+
+    /// The queries a connection that has had everything up to `applied` still needs, in order.
+    pub(crate) fn since(&self, applied: u64) -> Vec<Bytes> {
+        self.entries
+            .iter()
+            .filter(|e| e.seq > applied)
+            .map(|e| e.query.clone())
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn queries(&self) -> Vec<&[u8]> {
+        self.entries.iter().map(|e| &e.query[..]).collect()
+    }
+}
+
+/// Parameters `RESET ALL` leaves alone (PostgreSQL's GUC_NO_RESET_ALL): only `DISCARD ALL`
+/// (which sets the session authorization back) resets the role. A custom parameter
+/// (`myapp.tenant`) is reset too, but stays defined: `current_setting('myapp.tenant')` then
+/// gives '' where a connection that never had it raises an error, so its `SET` is kept.
+const NOT_RESET_BY_RESET_ALL: &[&str] = &[
+    "role",
+    "session_authorization",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+];
+
+/// Whether a query of kind `new`, run after one of kind `old`, leaves nothing of what `old` did
+/// to the session's settings, so that replaying `old` first changes nothing.
+pub(crate) fn supersedes(new: &SettingKind, old: &SettingKind) -> bool {
+    use SettingKind::*;
+    match (new, old) {
+        (One(a), One(b)) => a == b,
+        (Reset { role, .. }, One(b)) => {
+            !b.contains('.') && (*role || !NOT_RESET_BY_RESET_ALL.contains(&b.as_str()))
+        }
+        (
+            Reset {
+                role: r2,
+                statements: s2,
+            },
+            Reset {
+                role: r1,
+                statements: s1,
+            },
+        ) => (!r1 || *r2) && (!s1 || *s2),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SettingKind::*;
+
+    fn one(n: &str) -> SettingKind {
+        One(n.to_string())
+    }
+
+    #[test]
+    fn what_makes_an_earlier_setting_moot() {
+        let reset_all = Reset {
+            role: false,
+            statements: false,
+        };
+        let dealloc_reset = Reset {
+            role: false,
+            statements: true,
+        };
+        let discard_all = Reset {
+            role: true,
+            statements: true,
+        };
+        #[rustfmt::skip]
+        let cases = [
+            // (new, old, moot?)
+            (one("work_mem"), one("work_mem"), true),
+            (one("work_mem"), one("search_path"), false),
+            (one("role"), one("role"), true),
+            (reset_all.clone(), one("work_mem"), true),
+            (reset_all.clone(), one("role"), false),
+            (reset_all.clone(), one("session_authorization"), false),
+            (discard_all.clone(), one("role"), true),
+            (reset_all.clone(), reset_all.clone(), true),
+            // A later plain RESET ALL does not drop the statements an earlier one dropped
+            // on connections that have not had it.
+            (reset_all.clone(), dealloc_reset.clone(), false),
+            (dealloc_reset.clone(), reset_all.clone(), true),
+            (discard_all.clone(), dealloc_reset.clone(), true),
+            (reset_all.clone(), discard_all.clone(), false),
+            (one("work_mem"), reset_all.clone(), false),
+            (Other, one("work_mem"), false),
+            (one("work_mem"), Other, false),
+            (reset_all.clone(), Other, false),
+            (discard_all.clone(), Other, false),
+            (reset_all.clone(), one("myapp.tenant"), false),
+            (discard_all, one("myapp.tenant"), false),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter(|(new, old, want)| supersedes(new, old) != *want)
+            .map(|(new, old, want)| format!("{new:?} after {old:?}: want {want}"))
+            .collect();
+        assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn the_record_keeps_one_entry_per_setting_and_connections_get_what_they_missed() {
+        let mut s = Settings::default();
+        let q = |t: &'static str| Bytes::from_static(t.as_bytes());
+        // A query that succeeded.
+        let ok = |s: &mut Settings, t: &'static str, kind: SettingKind| {
+            let seq = s.push(q(t), kind);
+            s.settle(seq);
+            seq
+        };
+        let reset_all = || Reset {
+            role: false,
+            statements: false,
+        };
+        let a = ok(
+            &mut s,
+            "SET application_name = 'a'",
+            one("application_name"),
+        );
+        ok(&mut s, "SET work_mem = '1MB'", one("work_mem"));
+        // A connection that has had the first two.
+        let seen = s.last();
+        for _ in 0..1000 {
+            ok(
+                &mut s,
+                "SET application_name = 'b'",
+                one("application_name"),
+            );
+        }
+        ok(&mut s, "SET a.b = 1; SET a.c = 2", Other);
+        assert_eq!(
+            s.queries(),
+            [
+                &b"SET work_mem = '1MB'"[..],
+                b"SET application_name = 'b'",
+                b"SET a.b = 1; SET a.c = 2"
+            ]
+        );
+        // A new connection gets all three; the one that had the first two gets what came
+        // after them, the overriding application_name included.
+        assert_eq!(s.since(0).len(), 3);
+        assert_eq!(
+            s.since(seen),
+            [
+                q("SET application_name = 'b'"),
+                q("SET a.b = 1; SET a.c = 2")
+            ]
+        );
+        assert_eq!(
+            s.since(a).len(),
+            3,
+            "the first entry is gone, the rest remain"
+        );
+        // A SET that failed (never settled) makes nothing moot: the value before it stays.
+        s.push(q("SET work_mem = 'lots'"), one("work_mem"));
+        assert_eq!(s.since(0).len(), 4);
+        assert_eq!(s.since(0)[0], q("SET work_mem = '1MB'"));
+        // RESET ALL drops the settings before it, but not the multi-setting query, nor a
+        // custom parameter (still defined after RESET ALL).
+        ok(&mut s, "SET myapp.tenant = 7", one("myapp.tenant"));
+        ok(&mut s, "RESET ALL", reset_all());
+        assert_eq!(
+            s.queries(),
+            [
+                &b"SET a.b = 1; SET a.c = 2"[..],
+                b"SET myapp.tenant = 7",
+                b"RESET ALL"
+            ]
+        );
+        // Repeated resets keep one.
+        for _ in 0..100 {
+            ok(&mut s, "RESET ALL", reset_all());
+        }
+        assert_eq!(s.queries().len(), 3);
+        // A settled entry settled again, or one long gone, changes nothing.
+        let last = s.last();
+        s.settle(last);
+        s.settle(a);
+        assert_eq!(s.queries().len(), 3);
+        assert!(s.since(last).is_empty());
+    }
+}
