@@ -1577,11 +1577,15 @@ mod hostile {
     ///   (it is parsed there before the pipeline opens, not in the middle of it);
     /// - an error in the open part inside `BEGIN READ ONLY` (the rest is dropped, the Sync
     ///   answered 'E');
-    /// - an error in the open part, then a simple Query before the Sync (dropped too).
+    /// - an error in the open part, then a simple Query before the Sync (dropped too);
+    /// - a setting and a COPY in one batch (pgwarden waits for a setting's outcome, but not
+    ///   past the COPY's start: the rest of it comes from the client);
+    /// - a setting pipelined behind a BEGIN, rolled back: not replayed on another node.
     #[test]
     fn a_pipeline_moved_off_a_standby_answers_as_one_server_would() {
         let c = Cluster::up(2);
         c.psql(0, "test", "CREATE TABLE moved (v int)").unwrap();
+        c.psql(0, "test", "CREATE TABLE copied (v int)").unwrap();
         c.wait_node(1, Duration::from_secs(10), "replayed", |n| {
             n["lag_bytes"] == 0
         });
@@ -1591,7 +1595,7 @@ mod hostile {
             a.extend(b);
             a
         };
-        let cases: Vec<(&str, Steps)> = vec![
+        let mut cases: Vec<(&str, Steps)> = vec![
             (
                 "answers due from earlier Syncs",
                 vec![
@@ -1673,6 +1677,50 @@ mod hostile {
                 ],
             ),
         ];
+        let copy_data = || {
+            // (The Sync sent with the COPY is ignored during COPY: libpq sends another after
+            // CopyDone.)
+            let mut v = message(b'd', &[b"5\n"]);
+            v.extend(message(b'c', &[]));
+            v.extend(message(b'S', &[]));
+            v
+        };
+        cases.push((
+            "a setting and a COPY in one batch",
+            vec![
+                (
+                    [
+                        run_unnamed("SET application_name = 'copying'"),
+                        run_unnamed("COPY copied FROM STDIN"),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'G',
+                ),
+                (copy_data(), b'Z'),
+                (query("SELECT current_setting('application_name')"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "a setting pipelined behind a BEGIN, rolled back",
+            vec![
+                (
+                    [
+                        query("BEGIN READ ONLY"),
+                        query("SET application_name = 'in_tx'"),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (Vec::new(), b'Z'),
+                (query("ROLLBACK"), b'Z'),
+                // On the primary, whose connection pgwarden gives the session's settings.
+                (
+                    query("/*NO LOAD BALANCE*/ SELECT current_setting('application_name')"),
+                    b'Z',
+                ),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let mut direct = login_at(&c, c.node_port(0)).await;

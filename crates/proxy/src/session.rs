@@ -707,9 +707,17 @@ impl Session {
         // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
         // It runs on that batch's node when it may (a read, or the node is the primary);
         // after it, routing is free again (asyncpg prepares with Flush, then sends COPY).
-        // A server drops a Query after a pipeline's error, up to the Sync.
-        if self.open_until_sync.is_some()
-            && needs_primary(class)
+        // A server drops a Query after a pipeline's error, up to the Sync: so does pgwarden
+        // (the client's Sync then goes to that node).
+        if self.open_until_sync.is_some() && self.open_failed {
+            return Ok(());
+        }
+        // A Query that will not run where the open part runs (a standby) ends it there first,
+        // as a write does: left without a Sync, it would hold that connection's transaction
+        // open and its answers back.
+        if self
+            .open_until_sync
+            .is_some_and(|n| class != Class::Read && self.tx_node != Some(n))
             && Box::pin(self.leave_open_standby(0)).await? == Ended::Failed
         {
             return Ok(());
@@ -724,20 +732,40 @@ impl Session {
         }
         self.node_refs(target).stats.count(sql);
         let bytes = f.bytes.clone();
-        let record = class == Class::Session && !in_tx;
+        let record = class == Class::Session && !in_tx && open.is_none();
         if record {
             self.error_seen = false;
         }
         self.send(target, bytes.clone(), 1).await?;
+        self.note_begin(matches!(class, Class::Begin { .. }), target);
+        let mut in_tx = in_tx;
+        let mut settle = false;
         if record {
             // Its outcome decides whether it makes earlier settings moot (the client waits
             // for it anyway).
-            self.drain().await?;
+            settle = self.drain_for_outcome().await?;
+            if settle && self.last_tx_status != b'I' {
+                // It ran in a transaction the client began in the same pipeline: not
+                // replayable, the session stays on that node.
+                (in_tx, settle) = (true, false);
+                self.sticky = true;
+            }
         }
         if class == Class::Session {
-            self.session_operation(target, bytes, in_tx);
+            self.session_operation(target, bytes, in_tx, settle);
         }
         Ok(())
+    }
+
+    /// A unit that begins a transaction was sent to `node`: the session's next units belong
+    /// to that transaction at once, before its answer is back (a client that pipelines
+    /// `BEGIN READ ONLY` and a `SET` or a read must have them run in it, on that node). The
+    /// ReadyForQuery that ends the pipeline sets it right (`forward`), should the BEGIN fail.
+    fn note_begin(&mut self, begins: bool, node: u32) {
+        if begins && self.tx_node.is_none() {
+            self.tx_node = Some(node);
+            self.sync_engaged();
+        }
     }
 
     /// After a session-state operation (SET, RESET ALL, asyncpg's pool reset …): it writes
@@ -745,7 +773,8 @@ impl Session {
     /// into the settings record, replayed on the session's other connections. One that drops
     /// prepared statements (DISCARD ALL, DEALLOCATE) drops pgwarden's record of them too, so
     /// none is parsed again behind the client's back.
-    fn session_operation(&mut self, target: u32, query: Bytes, in_tx: bool) {
+    /// `settle`: it is known to have completed (whether it failed is `error_seen`).
+    fn session_operation(&mut self, target: u32, query: Bytes, in_tx: bool, settle: bool) {
         let sql = query
             .get(5..)
             .and_then(|b| msg::query_text(b).ok())
@@ -761,7 +790,7 @@ impl Session {
         }
         if !in_tx {
             let seq = self.settings.push(query, resets.kind);
-            if !self.error_seen {
+            if settle && !self.error_seen {
                 self.settings.settle(seq);
             }
             if let Some(c) = self.conns.get_mut(&target) {
@@ -789,6 +818,9 @@ impl Session {
         // Session state set with SET / RESET through the extended protocol is replayed on
         // every connection, as with a simple query; other session state pins the session.
         let mut pins = false;
+        // The batch begins a transaction: what follows belongs to it, and its settings are
+        // the transaction's.
+        let mut begins = false;
         let mut unnamed_sql: Option<String> = None;
         let mut replay: Vec<String> = Vec::new();
         for f in &frames {
@@ -799,6 +831,7 @@ impl Session {
                     class = combine(class, c);
                     any_statement = true;
                     pins |= c == Class::Sticky || (c == Class::Session && !is_setting(p.query));
+                    begins |= matches!(c, Class::Begin { .. });
                     if p.name.is_empty() {
                         parsed_unnamed = true;
                         unnamed_sql = Some(p.query.to_string());
@@ -831,6 +864,7 @@ impl Session {
                     if let Some(c) = c {
                         class = combine(class, c);
                         pins |= c == Class::Sticky;
+                        begins |= matches!(c, Class::Begin { .. });
                     }
                     if let Some(sql) = parse.filter(|q| is_setting(q)) {
                         replay.push(sql);
@@ -853,11 +887,14 @@ impl Session {
         if part {
             class = combine(class, Class::Write);
         }
-        if pins || (class == Class::Session && self.tx_node.is_some() && !replay.is_empty()) {
+        if pins
+            || (class == Class::Session && self.tx_node.is_some() && !replay.is_empty())
+            || (begins && !replay.is_empty())
+        {
             // Session state that cannot be replayed stays where it was set.
             self.sticky = true;
         }
-        if self.tx_node.is_some() {
+        if self.tx_node.is_some() || begins {
             // A SET inside a transaction is the transaction's (it may be rolled back).
             replay.clear();
         }
@@ -902,7 +939,8 @@ impl Session {
                 target = n;
             }
         }
-        if syncs == 0 && self.open_until_sync.is_none() {
+        let failed_tx = self.tx_node == Some(target) && self.last_tx_status == b'E';
+        if syncs == 0 && self.open_until_sync.is_none() && !failed_tx {
             // This batch opens a pipeline (a part of a long one, or one that ends with Flush):
             // what follows goes where it goes, behind it, and a statement it uses cannot be
             // parsed there in between (that needs a Sync of its own, which would end the
@@ -918,9 +956,12 @@ impl Session {
                 .filter(|s| !s.nodes.contains(&target))
                 .map(|s| s.parse.clone());
             if let Some(parse) = missing {
-                self.prepare_on(target, &parse).await?;
-                if let Some(s) = self.statements.get_mut(&name) {
-                    s.nodes.push(target);
+                // Refused there (a standby behind the primary's DDL, say): not recorded, so a
+                // Bind of it fails as one would expect, and it is tried again later.
+                if self.prepare_on(target, &parse).await? {
+                    if let Some(s) = self.statements.get_mut(&name) {
+                        s.nodes.push(target);
+                    }
                 }
             }
         }
@@ -962,15 +1003,21 @@ impl Session {
             self.error_seen = false;
         }
         self.send(target, bytes, syncs).await?;
+        self.note_begin(begins, target);
         // A setting's outcome decides whether it makes earlier ones moot: known once its Sync
         // is answered (not in an open pipeline, where it is recorded as it is).
-        let settle = !replay.is_empty() && syncs > 0;
+        let mut settle = !replay.is_empty() && syncs > 0;
         if syncs > 0 {
             self.open_until_sync = None;
             self.open_failed = false;
         }
         if settle {
-            self.drain().await?;
+            settle = self.drain_for_outcome().await?;
+            if settle && self.last_tx_status != b'I' {
+                // The batch began a transaction: its settings are the transaction's.
+                replay.clear();
+                self.sticky = true;
+            }
         }
         for sql in replay {
             let mut q = BytesMut::new();
@@ -1095,6 +1142,7 @@ impl Session {
         };
         self.open_until_sync = None;
         self.open_failed = false;
+        self.error_seen |= failed;
         if self.inflight.is_some_and(|(n, _)| n == node) {
             self.inflight = None;
         }
@@ -1120,8 +1168,9 @@ impl Session {
         Ok(Ended::Clean)
     }
 
-    /// Parses a statement on `node` (it was parsed elsewhere), swallowing the answers.
-    async fn prepare_on(&mut self, node: u32, parse: &Bytes) -> Result<()> {
+    /// Parses a statement on `node` (it was parsed elsewhere), swallowing the answers; false
+    /// when the node refused it.
+    async fn prepare_on(&mut self, node: u32, parse: &Bytes) -> Result<bool> {
         self.drain().await?;
         let mut out = BytesMut::from(&parse[..]);
         msg::frontend::sync(&mut out);
@@ -1149,19 +1198,22 @@ impl Session {
         out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         out.extend_from_slice(&body);
         msg::frontend::sync(&mut out);
-        self.internal(node, out).await
+        self.internal(node, out).await.map(|_| ())
     }
 
-    /// Sends pgwarden's own messages on an idle connection and reads until ReadyForQuery.
-    async fn internal(&mut self, node: u32, out: BytesMut) -> Result<()> {
+    /// Sends pgwarden's own messages on an idle connection and reads until ReadyForQuery;
+    /// false when an error came back.
+    async fn internal(&mut self, node: u32, out: BytesMut) -> Result<bool> {
         let conn = self.conn(node).await?;
         let r = async {
             conn.b().write(&out).await?;
+            let mut ok = true;
             loop {
                 let f = conn.b().read_frame().await?;
+                ok &= f.tag != b'E';
                 if f.tag == b'Z' {
                     conn.b().tx_status = f.body().first().copied().unwrap_or(b'I');
-                    return Ok::<(), BackendError>(());
+                    return Ok::<bool, BackendError>(ok);
                 }
             }
         }
@@ -1269,6 +1321,7 @@ impl Session {
                         let mut out = BytesMut::new();
                         let text = e.to_string();
                         msg::error_response(&mut out, &ErrorFields::error("53300", &text));
+                        self.error_seen = true;
                         for _ in 0..syncs {
                             msg::ready_for_query(&mut out, self.last_tx_status);
                         }
@@ -1395,6 +1448,15 @@ impl Session {
             return Err(self.lost(node, e));
         }
         Ok(())
+    }
+
+    /// Relays until the units in flight are answered, to learn their outcome; false when that
+    /// cannot be known now (COPY began: the rest comes from the client).
+    async fn drain_for_outcome(&mut self) -> Result<bool> {
+        while self.copy_in.is_none() && self.inflight.is_some_and(|(_, pending)| pending > 0) {
+            self.relay_once().await?;
+        }
+        Ok(self.copy_in.is_none())
     }
 
     /// Relays until no ReadyForQuery is due. (After a Flush nothing is due: the node's answers
@@ -1538,6 +1600,7 @@ impl Session {
                 let mut out = BytesMut::new();
                 let text = format!("the connection to standby node {node} was lost: {e}; the statement did not complete (the session goes on, without that node)");
                 msg::error_response(&mut out, &ErrorFields::error("08006", &text));
+                self.error_seen = true;
                 for _ in 0..pending {
                     msg::ready_for_query(&mut out, b'I');
                 }

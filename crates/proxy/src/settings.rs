@@ -38,16 +38,26 @@ impl Settings {
         seq
     }
 
-    /// Entry `seq` succeeded: the earlier entries it makes moot are dropped.
+    /// Entry `seq` succeeded: the earlier entries it makes moot are dropped. Not one that a
+    /// kept entry after it may have relied on (see `relied_on`): `SET ROLE admin`, then
+    /// `SET session_replication_role = replica` (which needs admin's rights), then
+    /// `RESET ROLE` keeps all three, or the second would fail where it is replayed.
     pub(crate) fn settle(&mut self, seq: u64) {
         let Some(i) = self.entries.iter().position(|e| e.seq == seq) else {
             return;
         };
         let kind = self.entries[i].kind.clone();
-        let mut j = 0;
-        self.entries.retain(|e| {
-            j += 1;
-            j > i || !supersedes(&kind, &e.kind)
+        let mut drop = vec![false; i];
+        let mut kept_between = false;
+        for k in (0..i).rev() {
+            let old = &self.entries[k].kind;
+            drop[k] = supersedes(&kind, old) && !(kept_between && relied_on(old));
+            kept_between |= !drop[k] && !independent(old);
+        }
+        let mut k = 0;
+        self.entries.retain(|_| {
+            k += 1;
+            !drop.get(k - 1).copied().unwrap_or(false)
         });
     }
 
@@ -78,11 +88,57 @@ impl Settings {
 /// gives '' where a connection that never had it raises an error, so its `SET` is kept.
 const NOT_RESET_BY_RESET_ALL: &[&str] = &[
     "role",
+    "seed",
     "session_authorization",
     "transaction_isolation",
     "transaction_read_only",
     "transaction_deferrable",
 ];
+
+/// Whether later settings may depend on this one: the role and session authorization decide
+/// which settings may be set at all, `search_path` how some values are looked up
+/// (`default_text_search_config`), and a reset changes all of them.
+fn relied_on(kind: &SettingKind) -> bool {
+    match kind {
+        SettingKind::One(n) => {
+            matches!(n.as_str(), "role" | "session_authorization" | "search_path")
+        }
+        SettingKind::Reset { .. } | SettingKind::Other => true,
+    }
+}
+
+/// Settings any role may set, whose values depend on nothing else: kept between a setting and
+/// the one that makes it moot, they do not keep it (an application that sets the role and
+/// `application_name` at each checkout keeps one of each).
+fn independent(kind: &SettingKind) -> bool {
+    const PLAIN: &[&str] = &[
+        "application_name",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
+        "work_mem",
+        "maintenance_work_mem",
+        "timezone",
+        "datestyle",
+        "intervalstyle",
+        "extra_float_digits",
+        "client_encoding",
+        "client_min_messages",
+        "bytea_output",
+        "standard_conforming_strings",
+        "synchronous_commit",
+        "enable_seqscan",
+        "enable_indexscan",
+        "jit",
+    ];
+    match kind {
+        // A custom parameter (`myapp.tenant`) is only a string, unless a loaded module
+        // defines it.
+        SettingKind::One(n) => n.contains('.') || PLAIN.contains(&n.as_str()),
+        _ => false,
+    }
+}
 
 /// Whether a query of kind `new`, run after one of kind `old`, leaves nothing of what `old` did
 /// to the session's settings, so that replaying `old` first changes nothing.
@@ -161,6 +217,58 @@ mod tests {
             .map(|(new, old, want)| format!("{new:?} after {old:?}: want {want}"))
             .collect();
         assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    /// The record after each query of `run` succeeded.
+    fn settled(run: &[(&'static str, SettingKind)]) -> Vec<String> {
+        let mut s = Settings::default();
+        for (t, kind) in run {
+            let seq = s.push(Bytes::from_static(t.as_bytes()), kind.clone());
+            s.settle(seq);
+        }
+        s.queries()
+            .iter()
+            .map(|q| String::from_utf8_lossy(q).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn what_later_settings_relied_on_is_kept() {
+        let reset_all = Reset {
+            role: false,
+            statements: false,
+        };
+        type Run = Vec<(&'static str, SettingKind)>;
+        #[rustfmt::skip]
+        let cases: Vec<(Run, Vec<&str>)> = vec![
+            // The second needs admin's rights where it is replayed.
+            (
+                vec![("SET ROLE admin", one("role")), ("SET session_replication_role = replica", one("session_replication_role")), ("RESET ROLE", one("role"))],
+                vec!["SET ROLE admin", "SET session_replication_role = replica", "RESET ROLE"],
+            ),
+            // Looked up through the search_path.
+            (
+                vec![("SET search_path = app", one("search_path")), ("SET default_text_search_config = mycfg", one("default_text_search_config")), ("RESET ALL", reset_all.clone())],
+                vec!["RESET ALL"],
+            ),
+            (
+                vec![("SET search_path = app", one("search_path")), ("SET default_text_search_config = mycfg", one("default_text_search_config")), ("SET search_path = other", one("search_path"))],
+                vec!["SET search_path = app", "SET default_text_search_config = mycfg", "SET search_path = other"],
+            ),
+            // Plain settings between do not keep the role: one of each stays.
+            (
+                vec![("SET ROLE t1", one("role")), ("SET application_name = 't1'", one("application_name")), ("SET myapp.tenant = 1", one("myapp.tenant")), ("SET ROLE t2", one("role")), ("SET application_name = 't2'", one("application_name")), ("SET myapp.tenant = 2", one("myapp.tenant"))],
+                vec!["SET ROLE t2", "SET application_name = 't2'", "SET myapp.tenant = 2"],
+            ),
+            // Nothing kept between: dropped.
+            (
+                vec![("SET ROLE a", one("role")), ("SET ROLE b", one("role"))],
+                vec!["SET ROLE b"],
+            ),
+        ];
+        for (run, want) in cases {
+            assert_eq!(settled(&run), want, "{run:?}");
+        }
     }
 
     #[test]

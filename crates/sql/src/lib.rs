@@ -468,7 +468,7 @@ pub struct Resets {
 /// What a [`Class::Session`] query does to the session's settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SettingKind {
-    /// One statement: `SET name …`, `SET name FROM CURRENT` or `RESET name` (not `LOCAL`), with
+    /// One statement: `SET name …` or `RESET name` (not `LOCAL`), with
     /// the parameter's name as PostgreSQL knows it (`SET TIME ZONE` sets `timezone`, `SET ROLE`
     /// sets `role`).
     One(String),
@@ -516,14 +516,10 @@ fn setting_kind(stmts: &[pg_query::protobuf::RawStmt]) -> SettingKind {
         .map(|raw| raw.stmt.as_ref().and_then(|n| n.node.as_ref()))
         .collect();
     if let [Some(N::VariableSetStmt(s))] = nodes.as_slice() {
-        let one = [
-            K::VarSetValue,
-            K::VarSetDefault,
-            K::VarSetCurrent,
-            K::VarReset,
-        ]
-        .iter()
-        .any(|k| s.kind == *k as i32);
+        // (Not `SET name FROM CURRENT`: it keeps the value the earlier settings gave.)
+        let one = [K::VarSetValue, K::VarSetDefault, K::VarReset]
+            .iter()
+            .any(|k| s.kind == *k as i32);
         return if one && !s.is_local && !s.name.is_empty() {
             SettingKind::One(s.name.clone())
         } else if s.kind == K::VarResetAll as i32 {

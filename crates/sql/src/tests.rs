@@ -259,7 +259,7 @@ fn what_a_session_operation_does_to_the_settings_record() {
             "SET SESSION AUTHORIZATION DEFAULT",
             one("session_authorization"),
         ),
-        ("SET search_path FROM CURRENT", one("search_path")),
+        ("SET search_path FROM CURRENT", other.clone()),
         ("SET work_mem TO DEFAULT", one("work_mem")),
         ("RESET work_mem", one("work_mem")),
         ("SET LOCAL work_mem = '1MB'", other.clone()),
