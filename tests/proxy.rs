@@ -1580,7 +1580,10 @@ mod hostile {
     /// - an error in the open part, then a simple Query before the Sync (dropped too);
     /// - a setting and a COPY in one batch (pgwarden waits for a setting's outcome, but not
     ///   past the COPY's start: the rest of it comes from the client);
-    /// - a setting pipelined behind a BEGIN, rolled back: not replayed on another node.
+    /// - a setting pipelined behind a BEGIN, rolled back: not replayed on another node;
+    /// - a BEGIN that fails behind a Flush (nothing held), BEGIN READ ONLY in the open part
+    ///   followed by a write (refused in that transaction, as one server would), and a
+    ///   transaction begun, read, written and committed across Flushes.
     #[test]
     fn a_pipeline_moved_off_a_standby_answers_as_one_server_would() {
         let c = Cluster::up(2);
@@ -1721,6 +1724,51 @@ mod hostile {
                 ),
             ],
         ));
+        // A BEGIN holds the session from when it is sent (before its answer): what follows it
+        // in the pipeline runs in its transaction, where it runs; a BEGIN that fails holds
+        // nothing.
+        cases.push((
+            "a failing BEGIN behind a Flush, then a write",
+            vec![
+                (with(run_unnamed("BEGIN ISOLATION LEVEL bogus"), h()), b'E'),
+                (with(run_unnamed("SELECT 1"), sync()), b'Z'),
+                (query("INSERT INTO moved VALUES (5)"), b'Z'),
+                (query("SELECT 44"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "BEGIN READ ONLY in the open part, then a write in it",
+            vec![
+                (with(run_unnamed("SELECT 1"), h()), b'C'),
+                (
+                    [run_unnamed("BEGIN READ ONLY"), run_unnamed("SELECT 2"), h()].concat(),
+                    b'C',
+                ),
+                (Vec::new(), b'C'),
+                (
+                    with(run_unnamed("INSERT INTO moved VALUES (6)"), sync()),
+                    b'Z',
+                ),
+                (query("ROLLBACK"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "BEGIN, a read, a write and COMMIT across Flushes",
+            vec![
+                (with(run_unnamed("BEGIN"), h()), b'C'),
+                (with(run_unnamed("SELECT 3"), h()), b'C'),
+                (
+                    [
+                        run_unnamed("INSERT INTO moved VALUES (7)"),
+                        run_unnamed("COMMIT"),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (query("SELECT 45"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let mut direct = login_at(&c, c.node_port(0)).await;
@@ -1730,7 +1778,8 @@ mod hostile {
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1 and 2 were written twice (direct and through pgwarden); 3 and 4 never.
+        // Rows 1, 2, 5 and 7 were written twice (direct and through pgwarden); 3, 4 and 6
+        // never.
         assert_eq!(
             c.psql(
                 0,
@@ -1738,7 +1787,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2"
+            "1,1,2,2,5,5,7,7"
         );
     }
 }
