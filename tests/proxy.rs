@@ -1583,7 +1583,9 @@ mod hostile {
     /// - a setting pipelined behind a BEGIN, rolled back: not replayed on another node;
     /// - a BEGIN that fails behind a Flush (nothing held), BEGIN READ ONLY in the open part
     ///   followed by a write (refused in that transaction, as one server would), and a
-    ///   transaction begun, read, written and committed across Flushes.
+    ///   transaction begun, read, written and committed across Flushes;
+    /// - a write pipelined behind a failing BEGIN READ ONLY, or behind BEGIN READ ONLY and
+    ///   COMMIT: it runs outside a transaction, on the primary.
     #[test]
     fn a_pipeline_moved_off_a_standby_answers_as_one_server_would() {
         let c = Cluster::up(2);
@@ -1769,6 +1771,38 @@ mod hostile {
                 (query("SELECT 45"), b'Z'),
             ],
         ));
+        // A write pipelined behind a transaction's end, or behind a BEGIN READ ONLY that
+        // fails, runs outside any transaction: on the primary, not on the standby.
+        cases.push((
+            "a failing BEGIN READ ONLY and a write, pipelined",
+            vec![
+                (
+                    [
+                        query("BEGIN READ ONLY ISOLATION LEVEL bogus"),
+                        query("INSERT INTO moved VALUES (8)"),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (Vec::new(), b'Z'),
+            ],
+        ));
+        cases.push((
+            "BEGIN READ ONLY, COMMIT and a write, pipelined",
+            vec![
+                (
+                    [
+                        query("BEGIN READ ONLY"),
+                        query("COMMIT"),
+                        query("INSERT INTO moved VALUES (9)"),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (Vec::new(), b'Z'),
+                (Vec::new(), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let mut direct = login_at(&c, c.node_port(0)).await;
@@ -1778,8 +1812,8 @@ mod hostile {
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5 and 7 were written twice (direct and through pgwarden); 3, 4 and 6
-        // never.
+        // Rows 1, 2, 5, 7, 8 and 9 were written twice (direct and through pgwarden); 3, 4
+        // and 6 never.
         assert_eq!(
             c.psql(
                 0,
@@ -1787,7 +1821,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7"
+            "1,1,2,2,5,5,7,7,8,8,9,9"
         );
     }
 }

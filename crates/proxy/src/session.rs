@@ -688,6 +688,14 @@ impl Session {
             msg::ready_for_query(&mut out, self.last_tx_status);
             return self.send_client(&out).await;
         }
+        // A server drops a Query after a pipeline's error, up to the Sync: so does pgwarden
+        // (the client's Sync then goes to that node), before the Query can pin anything.
+        if self.open_until_sync.is_some() && self.open_failed {
+            return Ok(());
+        }
+        if self.standby_tx_unsettled() && classify(sql, &*self.ctx).class != Class::Read {
+            Box::pin(self.drain_for_outcome()).await?;
+        }
         let in_tx = self.tx_node.is_some();
         // Inside a transaction the node is fixed; the parser is needed only for statements that
         // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
@@ -707,11 +715,6 @@ impl Session {
         // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
         // It runs on that batch's node when it may (a read, or the node is the primary);
         // after it, routing is free again (asyncpg prepares with Flush, then sends COPY).
-        // A server drops a Query after a pipeline's error, up to the Sync: so does pgwarden
-        // (the client's Sync then goes to that node).
-        if self.open_until_sync.is_some() && self.open_failed {
-            return Ok(());
-        }
         // A Query that will not run where the open part runs (a standby) ends it there first,
         // as a write does: left without a Sync, it would hold that connection's transaction
         // open and its answers back.
@@ -736,8 +739,8 @@ impl Session {
         if record {
             self.error_seen = false;
         }
-        self.send(target, bytes.clone(), 1).await?;
-        self.note_begin(matches!(class, Class::Begin { .. }), target);
+        let sent = self.send(target, bytes.clone(), 1).await?;
+        self.note_begin(matches!(class, Class::Begin { .. }), sent);
         let mut in_tx = in_tx;
         let mut settle = false;
         if record {
@@ -757,12 +760,24 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the session's transaction is on a standby and answers are still due there: a
+    /// unit that may not run on a standby must wait for them (that transaction may have ended,
+    /// or its BEGIN failed, and then the unit goes to the primary). A transaction on the
+    /// primary needs no wait: what follows goes there either way.
+    fn standby_tx_unsettled(&self) -> bool {
+        self.tx_node.is_some_and(|n| {
+            self.inflight.is_some_and(|(i, p)| i == n && p > 0)
+                && self.ctx.routes.borrow().primary != Some(n)
+        })
+    }
+
     /// A unit that begins a transaction was sent to `node`: the session's next units belong
     /// to that transaction at once, before its answer is back (a client that pipelines
     /// `BEGIN READ ONLY` and a `SET` or a read must have them run in it, on that node). The
     /// ReadyForQuery that ends the pipeline sets it right (`forward`), should the BEGIN fail.
-    fn note_begin(&mut self, begins: bool, node: u32) {
-        if begins && self.tx_node.is_none() {
+    /// `node`: where the unit went (None: nowhere, there is no transaction).
+    fn note_begin(&mut self, begins: bool, node: Option<u32>) {
+        if let Some(node) = node.filter(|_| begins && self.tx_node.is_none()) {
             self.tx_node = Some(node);
             self.sync_engaged();
         }
@@ -887,6 +902,9 @@ impl Session {
         if part {
             class = combine(class, Class::Write);
         }
+        if class != Class::Read && self.standby_tx_unsettled() {
+            Box::pin(self.drain_for_outcome()).await?;
+        }
         if pins
             || (class == Class::Session && self.tx_node.is_some() && !replay.is_empty())
             || (begins && !replay.is_empty())
@@ -1002,8 +1020,8 @@ impl Session {
         if !replay.is_empty() {
             self.error_seen = false;
         }
-        self.send(target, bytes, syncs).await?;
-        self.note_begin(begins, target);
+        let sent = self.send(target, bytes, syncs).await?;
+        self.note_begin(begins, sent);
         // A setting's outcome decides whether it makes earlier ones moot: known once its Sync
         // is answered (not in an open pipeline, where it is recorded as it is).
         let mut settle = !replay.is_empty() && syncs > 0;
@@ -1305,7 +1323,10 @@ impl Session {
     /// Writes a unit to `node`; its `syncs` ReadyForQuery are then due from it. A simple query
     /// bound for a standby whose connection turns out dead goes to the primary instead: the
     /// client has seen nothing of it yet.
-    async fn send(&mut self, mut node: u32, data: Bytes, syncs: usize) -> Result<()> {
+    /// Sends a unit to `node` (or, should a standby's connection fail before a Query is out,
+    /// to the primary): the node it went to, or None when it went nowhere (the pool was full
+    /// and the client has its 53300).
+    async fn send(&mut self, mut node: u32, data: Bytes, syncs: usize) -> Result<Option<u32>> {
         loop {
             if let Some((n, _)) = self.inflight {
                 if n != node {
@@ -1325,7 +1346,8 @@ impl Session {
                         for _ in 0..syncs {
                             msg::ready_for_query(&mut out, self.last_tx_status);
                         }
-                        return self.send_client(&out).await;
+                        self.send_client(&out).await?;
+                        return Ok(None);
                     }
                     Err(e) => return Err(fatal("08006", format!("cannot reach node {node}: {e}"))),
                 }
@@ -1370,7 +1392,7 @@ impl Session {
         } else {
             None
         };
-        Ok(())
+        Ok(Some(node))
     }
 
     /// Writes `data` to `node`. Whenever the write has to wait for room and the node has
@@ -1505,10 +1527,16 @@ impl Session {
                             if *p == 0 {
                                 // A batch that ended with Flush may be pipelined behind: its
                                 // answers are still to be relayed.
-                                self.inflight =
-                                    (self.open_until_sync == Some(node)).then_some((node, 0));
+                                let open = self.open_until_sync == Some(node);
+                                self.inflight = open.then_some((node, 0));
                                 self.last_tx_status = status;
-                                self.tx_node = if status == b'I' { None } else { Some(node) };
+                                if status != b'I' {
+                                    self.tx_node = Some(node);
+                                } else if !open {
+                                    // (Behind an open part a BEGIN may already be on its
+                                    // way: that part's Sync tells.)
+                                    self.tx_node = None;
+                                }
                                 self.copy_in = None;
                             }
                         }
