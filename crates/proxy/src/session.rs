@@ -1322,10 +1322,8 @@ impl Session {
 
     /// Writes a unit to `node`; its `syncs` ReadyForQuery are then due from it. A simple query
     /// bound for a standby whose connection turns out dead goes to the primary instead: the
-    /// client has seen nothing of it yet.
-    /// Sends a unit to `node` (or, should a standby's connection fail before a Query is out,
-    /// to the primary): the node it went to, or None when it went nowhere (the pool was full
-    /// and the client has its 53300).
+    /// client has seen nothing of it yet. Returns the node it went to, or None when it went
+    /// nowhere (the pool was full and the client has its 53300).
     async fn send(&mut self, mut node: u32, data: Bytes, syncs: usize) -> Result<Option<u32>> {
         loop {
             if let Some((n, _)) = self.inflight {
