@@ -217,18 +217,30 @@ impl Job {
     ) -> ChildEnd {
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);
-        let mut child = match cmd.spawn() {
+        // Standard output and error share one pipe, as with `2>&1` in a terminal: the tail
+        // shows the lines in the order the program wrote them (read from two pipes, an error
+        // written last could land before the output written first, and out of the tail).
+        let reader = match std::io::pipe().and_then(|(r, w)| {
+            cmd.stdout(w.try_clone()?).stderr(w);
+            Ok(r)
+        }) {
+            Ok(r) => r,
+            Err(e) => return ChildEnd::NotStarted(format!("cannot make a pipe: {e}")),
+        };
+        let spawned = cmd.spawn();
+        // Our copies of the pipe's writing end go with `cmd`: the pipe closes when the child
+        // (and whatever it started) is done with it.
+        drop(cmd);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => return ChildEnd::NotStarted(e.to_string()),
         };
         // process_group(0): the child leads a group of its own, whose id is its pid.
         let pgid = child.id().and_then(|p| i32::try_from(p).ok());
         let mut readers = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(read_lines(out, Arc::clone(self))));
-        }
-        if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(read_lines(err, Arc::clone(self))));
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader)) {
+            Ok(out) => readers.push(tokio::spawn(read_lines(out, Arc::clone(self)))),
+            Err(e) => self.record(&format!("pgwarden: the output cannot be read: {e}")),
         }
         let mut cancel = self.cancel.subscribe();
         let deadline = async {
@@ -299,7 +311,8 @@ fn push_tail(p: &mut Progress, line: String, progress: bool) {
 }
 
 /// Sets up `cmd` to run as a job: its own process group (so it can be killed whole, and a
-/// Ctrl-C of the agent's terminal does not reach it), no input, output piped to the job.
+/// Ctrl-C of the agent's terminal does not reach it), no input, output piped to the job
+/// (`Job::run` puts standard output and error on one pipe).
 pub fn prepare(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0)
