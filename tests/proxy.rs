@@ -309,8 +309,8 @@ fn session_state_behaves_as_on_one_server() {
         });
         assert_eq!(v.as_deref(), Some("42"));
     });
-    // A SET inside a transaction (simple query) outlives the COMMIT on that connection only:
-    // the session stays on that node, so every later read sees it.
+    // A SET inside a transaction (simple query) outlives the COMMIT: every later read sees it,
+    // wherever it runs.
     block(async {
         let client = standby_session(&c).await;
         client.batch_execute("BEGIN").await.unwrap();
@@ -499,6 +499,187 @@ fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "0");
     });
+}
+
+/// A setting changed inside a transaction lasts as PostgreSQL says it does (a COMMIT keeps it;
+/// a ROLLBACK, a ROLLBACK TO SAVEPOINT or an error undoes it), on every node the session uses
+/// afterwards: a `BEGIN READ ONLY` transaction runs on a standby, and the session's writes
+/// later run on the primary, which never saw the SET. pgwarden used to pin such a session to
+/// the primary instead, and its unqualified names then found other tables there.
+#[test]
+fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
+    let c = Cluster::up(2);
+    c.psql_proxy(
+        "test",
+        "CREATE SCHEMA app; CREATE TABLE public.t (v text); CREATE TABLE app.t (v text)",
+    )
+    .unwrap();
+    // Each case: a new session reading from the standby, what it runs there, and the
+    // search_path and work_mem the primary must then have for it.
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "committed",
+            &["BEGIN READ ONLY", "SET search_path = app", "COMMIT"],
+            "app",
+            "4MB",
+        ),
+        (
+            "rolled back",
+            &["BEGIN READ ONLY", "SET search_path = app", "ROLLBACK"],
+            "\"$user\", public",
+            "4MB",
+        ),
+        (
+            "savepoint",
+            &[
+                "START TRANSACTION READ ONLY",
+                "SET search_path = app",
+                "SAVEPOINT s",
+                "SET work_mem = '9MB'",
+                "ROLLBACK TO SAVEPOINT s",
+                "COMMIT",
+            ],
+            "app",
+            "4MB",
+        ),
+        (
+            "error",
+            &[
+                "BEGIN READ ONLY",
+                "SET search_path = app",
+                "SELECT 1/0",
+                "COMMIT",
+            ],
+            "\"$user\", public",
+            "4MB",
+        ),
+        (
+            "several statements",
+            &[
+                "BEGIN READ ONLY",
+                "SELECT 1; SET work_mem = '5MB'",
+                "COMMIT",
+            ],
+            "\"$user\", public",
+            "5MB",
+        ),
+    ];
+    block(async {
+        for (name, steps, path, work_mem) in cases {
+            let client = standby_session(&c).await;
+            let mut in_tx_port = None;
+            for step in steps.iter() {
+                let r = client.simple_query(step).await;
+                assert_eq!(r.is_err(), step.contains("1/0"), "{name}: {step}: {r:?}");
+                if *step == "SAVEPOINT s" || step.starts_with("SELECT 1;") {
+                    let row = client
+                        .query_one("SELECT inet_server_port()", &[])
+                        .await
+                        .unwrap();
+                    in_tx_port = Some(port_of(&row, 0));
+                }
+            }
+            if let Some(p) = in_tx_port {
+                assert_eq!(
+                    p,
+                    c.node_port(1),
+                    "{name}: the transaction ran on the standby"
+                );
+            }
+            // Reads stay on the standby, and see there what one server would show.
+            let row = client
+                .query_one(
+                    "SELECT inet_server_port(), current_setting('search_path'), current_setting('work_mem')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(port_of(&row, 0), c.node_port(1), "{name}: not pinned");
+            assert_eq!(
+                (row.get::<_, String>(1), row.get::<_, String>(2)),
+                (path.to_string(), work_mem.to_string()),
+                "{name}: on the standby"
+            );
+            // A write runs on the primary, with the same settings.
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO t SELECT '{name} ' || current_setting('work_mem')"
+                ))
+                .await
+                .unwrap();
+        }
+        // Through the extended protocol (tokio-postgres: Parse/Bind/Execute), and in a
+        // transaction begun in one query.
+        let mut client = standby_session(&c).await;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .unwrap();
+        tx.execute("SET search_path = app", &[]).await.unwrap();
+        tx.execute("SET work_mem = '6MB'", &[]).await.unwrap();
+        let row = tx
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap();
+        assert_eq!(port_of(&row, 0), c.node_port(1));
+        tx.commit().await.unwrap();
+        client
+            .batch_execute("INSERT INTO t SELECT 'extended ' || current_setting('work_mem')")
+            .await
+            .unwrap();
+        let client = standby_session(&c).await;
+        client
+            .batch_execute("BEGIN READ ONLY; SET work_mem = '7MB'; SET search_path = app; COMMIT")
+            .await
+            .unwrap();
+        client
+            .batch_execute("INSERT INTO t SELECT 'one query ' || current_setting('work_mem')")
+            .await
+            .unwrap();
+        // Outside a transaction, a setting among other statements reaches the standby too.
+        let client = standby_session(&c).await;
+        client
+            .batch_execute("SET work_mem = '8MB'; SELECT 1")
+            .await
+            .unwrap();
+        // (Long enough for the monitor to see the standby caught up with that query, which
+        // went to the primary, so that reads may go back to the standby.)
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let row = client
+            .query_one(
+                "SELECT inet_server_port(), current_setting('work_mem')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(port_of(&row, 0), c.node_port(1));
+        assert_eq!(row.get::<_, String>(1), "8MB");
+    });
+    let sorted = |sql: &str| {
+        let mut v: Vec<String> = c
+            .psql(0, "test", sql)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted("SELECT v FROM app.t"),
+        [
+            "committed 4MB",
+            "extended 6MB",
+            "one query 7MB",
+            "savepoint 4MB"
+        ]
+    );
+    assert_eq!(
+        sorted("SELECT v FROM public.t"),
+        ["error 4MB", "rolled back 4MB", "several statements 5MB"]
+    );
 }
 
 /// asyncpg 0.32's pool reset (`Connection.get_reset_query()` on PostgreSQL): one simple Query
@@ -1803,6 +1984,31 @@ mod hostile {
                 (Vec::new(), b'Z'),
             ],
         ));
+        // A Query sent behind an open part before its answers are read: the server runs it
+        // as if a Sync came first, unless the open part failed, and then it skips it (no
+        // answer at all, not even a ReadyForQuery) up to the client's Sync.
+        cases.push((
+            "a Query behind an open part that fails, sent before the error is read",
+            vec![
+                (
+                    [run_unnamed("SELECT 1/0"), h(), query("SELECT 46"), sync()].concat(),
+                    b'Z',
+                ),
+                (query("INSERT INTO moved VALUES (10)"), b'Z'),
+                (query("SELECT 47"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "a Query behind an open part that succeeds, sent before its answers are read",
+            vec![
+                (
+                    [run_unnamed("SELECT 5"), h(), query("SELECT 48"), sync()].concat(),
+                    b'Z',
+                ),
+                (Vec::new(), b'Z'),
+                (query("INSERT INTO moved VALUES (11)"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let mut direct = login_at(&c, c.node_port(0)).await;
@@ -1812,8 +2018,8 @@ mod hostile {
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5, 7, 8 and 9 were written twice (direct and through pgwarden); 3, 4
-        // and 6 never.
+        // Rows 1, 2, 5, 7, 8, 9, 10 and 11 were written twice (direct and through pgwarden);
+        // 3, 4 and 6 never.
         assert_eq!(
             c.psql(
                 0,
@@ -1821,7 +2027,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7,8,8,9,9"
+            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11"
         );
     }
 }

@@ -693,49 +693,37 @@ impl Session {
         if self.open_until_sync.is_some() && self.open_failed {
             return Ok(());
         }
+        // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would:
+        // pgwarden ends it with its own Sync first, on whatever node it runs, and sees how it
+        // ended. Sent behind it unread, the Query would be dropped by a server that had met
+        // an error there (it skips to the client's Sync), and the ReadyForQuery counted for it
+        // would never come. After it, routing is free again (asyncpg prepares with Flush, then
+        // sends COPY).
+        if let Some(n) = self.open_until_sync {
+            if Box::pin(self.end_open_batch(n)).await? == Ended::Failed {
+                return Ok(());
+            }
+        }
         if self.standby_tx_unsettled() && classify(sql, &*self.ctx).class != Class::Read {
             Box::pin(self.drain_for_outcome()).await?;
         }
         let in_tx = self.tx_node.is_some();
         // Inside a transaction the node is fixed; the parser is needed only for statements that
         // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
-        let class = if in_tx && !may_hold_state(sql) {
-            Class::InTransaction
+        let (class, sets) = if in_tx && !may_hold_state(sql) {
+            (Class::InTransaction, false)
         } else {
             let verdict = classify(sql, &*self.ctx);
             tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
-            verdict.class
+            (verdict.class, verdict.sets)
         };
-        // A setting inside a transaction is not recorded for replay (a ROLLBACK would undo it
-        // on one connection only): the session stays on that node instead, as through the
-        // extended protocol.
-        if class == Class::Sticky || (class == Class::Session && in_tx) {
+        if class == Class::Sticky {
             self.sticky = true;
         }
-        // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would.
-        // It runs on that batch's node when it may (a read, or the node is the primary);
-        // after it, routing is free again (asyncpg prepares with Flush, then sends COPY).
-        // A Query that will not run where the open part runs (a standby) ends it there first,
-        // as a write does: left without a Sync, it would hold that connection's transaction
-        // open and its answers back.
-        if self
-            .open_until_sync
-            .is_some_and(|n| class != Class::Read && self.tx_node != Some(n))
-            && Box::pin(self.leave_open_standby(0)).await? == Ended::Failed
-        {
-            return Ok(());
-        }
-        let open = self.open_until_sync.take();
-        self.open_failed = false;
-        let mut target = self.route(class).await?;
-        if let Some(n) = open {
-            if class == Class::Read || self.ctx.routes.borrow().primary == Some(n) {
-                target = n;
-            }
-        }
+        let target = self.route(class).await?;
         self.node_refs(target).stats.count(sql);
         let bytes = f.bytes.clone();
-        let record = class == Class::Session && !in_tx && open.is_none();
+        let record = class == Class::Session && !in_tx;
         if record {
             self.error_seen = false;
         }
@@ -748,14 +736,77 @@ impl Session {
             // for it anyway).
             settle = self.drain_for_outcome().await?;
             if settle && self.last_tx_status != b'I' {
-                // It ran in a transaction the client began in the same pipeline: not
-                // replayable, the session stays on that node.
+                // It ran in a transaction the client began in the same pipeline: the
+                // transaction's, as below.
                 (in_tx, settle) = (true, false);
+            }
+        }
+        if class == Class::Session && !in_tx {
+            self.session_operation(target, bytes, settle);
+        } else if sets || class == Class::Session {
+            // A setting inside a transaction, or among other statements: whether it lasts
+            // depends on how the transaction ends, so its value is read back once it has.
+            if let Some(node) = sent {
+                self.note_settings_changed(node, sql);
+            }
+            if class == Class::Session {
+                self.forget_dropped_statements(sql);
+            }
+        }
+        Ok(())
+    }
+
+    /// `sql` ran on `node` and may have changed the settings `setting_names` names there: they
+    /// are read back before the session uses another connection (see `settings`). Settings
+    /// that cannot be named (`RESET ALL` in a transaction) pin the session instead.
+    fn note_settings_changed(&mut self, node: u32, sql: &str) {
+        match pgwarden_sql::setting_names(sql) {
+            Some(names) => self.settings.note_changed(node, names),
+            None => {
+                if self.ctx.routes.borrow().primary != Some(node) {
+                    tracing::warn!(
+                        node,
+                        "session settings changed on a standby in a way pgwarden cannot carry \
+                         to other nodes; the session stays on the primary from now on"
+                    );
+                }
                 self.sticky = true;
             }
         }
-        if class == Class::Session {
-            self.session_operation(target, bytes, in_tx, settle);
+    }
+
+    /// Before a connection other than `node` is used: reads back, from the node that has them,
+    /// settings changed there inside a transaction or among other statements, once nothing is
+    /// under way there, and records their values (see `settings`).
+    async fn read_back_settings(&mut self, node: u32) -> Result<()> {
+        if !self.settings.unread_elsewhere(node)
+            || self.tx_node.is_some()
+            || self.open_until_sync.is_some()
+            || self.inflight.is_some()
+        {
+            return Ok(());
+        }
+        for (from, name) in self.settings.take_unread() {
+            let sql = format!(
+                "SELECT pg_catalog.current_setting({}, true)",
+                crate::settings::literal(&name)
+            );
+            // A connection since lost took what was set on it along.
+            let Some(conn) = self.conns.get_mut(&from) else {
+                continue;
+            };
+            let had_all = conn.applied == self.settings.last();
+            let value = match conn.b().query_value(&sql).await {
+                Ok(v) => v,
+                Err(e) => return Err(self.lost(from, e)),
+            };
+            // NULL: a custom parameter that was never defined there.
+            if let Some(v) = value {
+                let seq = self.settings.record_value(&name, &v);
+                if let Some(c) = self.conns.get_mut(&from).filter(|_| had_all) {
+                    c.applied = seq;
+                }
+            }
         }
         Ok(())
     }
@@ -783,17 +834,29 @@ impl Session {
         }
     }
 
-    /// After a session-state operation (SET, RESET ALL, asyncpg's pool reset …): it writes
-    /// nothing, so it leaves the read-your-writes floor alone; outside a transaction it goes
-    /// into the settings record, replayed on the session's other connections. One that drops
-    /// prepared statements (DISCARD ALL, DEALLOCATE) drops pgwarden's record of them too, so
-    /// none is parsed again behind the client's back.
+    /// After a session-state operation (SET, RESET ALL, asyncpg's pool reset …) outside a
+    /// transaction: it writes nothing, so it leaves the read-your-writes floor alone; it goes
+    /// into the settings record, replayed on the session's other connections.
     /// `settle`: it is known to have completed (whether it failed is `error_seen`).
-    fn session_operation(&mut self, target: u32, query: Bytes, in_tx: bool, settle: bool) {
+    fn session_operation(&mut self, target: u32, query: Bytes, settle: bool) {
         let sql = query
             .get(5..)
             .and_then(|b| msg::query_text(b).ok())
             .unwrap_or_default();
+        let kind = self.forget_dropped_statements(sql);
+        let seq = self.settings.push(query, kind);
+        if settle && !self.error_seen {
+            self.settings.settle(seq);
+        }
+        if let Some(c) = self.conns.get_mut(&target) {
+            c.applied = seq;
+        }
+    }
+
+    /// A session-state operation that drops prepared statements (DISCARD ALL, DEALLOCATE)
+    /// drops pgwarden's record of them too, so none is parsed again behind the client's back.
+    /// Returns what it does to the settings.
+    fn forget_dropped_statements(&mut self, sql: &str) -> pgwarden_sql::SettingKind {
         let resets = pgwarden_sql::resets(sql);
         if resets.statements {
             self.statements.clear();
@@ -803,15 +866,7 @@ impl Session {
         for name in &resets.deallocated {
             self.statements.remove(name);
         }
-        if !in_tx {
-            let seq = self.settings.push(query, resets.kind);
-            if settle && !self.error_seen {
-                self.settings.settle(seq);
-            }
-            if let Some(c) = self.conns.get_mut(&target) {
-                c.applied = seq;
-            }
-        }
+        resets.kind
     }
 
     // ---- extended protocol ---------------------------------------------------------------
@@ -905,16 +960,15 @@ impl Session {
         if class != Class::Read && self.standby_tx_unsettled() {
             Box::pin(self.drain_for_outcome()).await?;
         }
-        if pins
-            || (class == Class::Session && self.tx_node.is_some() && !replay.is_empty())
-            || (begins && !replay.is_empty())
-        {
+        if pins {
             // Session state that cannot be replayed stays where it was set.
             self.sticky = true;
         }
+        // A SET inside a transaction is the transaction's (it may be rolled back): not
+        // recorded as said, but read back once the transaction is over.
+        let mut in_tx_settings = Vec::new();
         if self.tx_node.is_some() || begins {
-            // A SET inside a transaction is the transaction's (it may be rolled back).
-            replay.clear();
+            in_tx_settings = std::mem::take(&mut replay);
         }
         if !any_statement
             && self.open_until_sync.is_none()
@@ -1033,8 +1087,12 @@ impl Session {
             settle = self.drain_for_outcome().await?;
             if settle && self.last_tx_status != b'I' {
                 // The batch began a transaction: its settings are the transaction's.
-                replay.clear();
-                self.sticky = true;
+                in_tx_settings.append(&mut replay);
+            }
+        }
+        if let Some(node) = sent {
+            for sql in &in_tx_settings {
+                self.note_settings_changed(node, sql);
             }
         }
         for sql in replay {
@@ -1073,12 +1131,14 @@ impl Session {
         Ok(ended)
     }
 
-    /// Ends the open part of a pipeline (sent with Flush, not yet with Sync) on `node`, a
-    /// standby, because what follows writes and must go to the primary. pgwarden sends its own
-    /// Sync there, relays every answer up to that Sync's ReadyForQuery and keeps the
-    /// ReadyForQuery from the client, who has not sent a Sync. That ends the open part's
-    /// implicit transaction, which only read. What the client sees is what one server would
-    /// have shown it:
+    /// Ends the open part of a pipeline (sent with Flush, not yet with Sync) on `node`: it is
+    /// on a standby and what follows writes and must go to the primary, or a simple Query
+    /// follows (which a server runs as if a Sync came first, unless an error came before it).
+    /// pgwarden sends its own Sync there, relays every answer up to that Sync's ReadyForQuery
+    /// and keeps the ReadyForQuery from the client, who has not sent a Sync. That ends the
+    /// open part's implicit transaction (on a standby it only read; before a Query, the one
+    /// difference from one server is that a Query that then fails does not undo the open
+    /// part's writes). What the client sees is what one server would have shown it:
     /// - an explicit transaction open there (a `BEGIN READ ONLY` in the open part): the
     ///   session stays on the standby, which refuses the write as it must;
     /// - an error in the open part: a server would drop everything up to the client's Sync,
@@ -1167,7 +1227,7 @@ impl Session {
         self.last_tx_status = status;
         self.tx_node = (status != b'I').then_some(node);
         self.sync_engaged();
-        tracing::debug!(node, failed, status = %char::from(status), "ended a pipeline's open part on a standby before a write");
+        tracing::debug!(node, failed, status = %char::from(status), "ended a pipeline's open part");
         // What arrived after the ReadyForQuery (a notice, a notification) goes on now.
         if self
             .conns
@@ -1244,6 +1304,9 @@ impl Session {
     /// The session's connection to `node`, bound from the pool when needed, with the session's
     /// settings applied.
     async fn conn(&mut self, node: u32) -> Result<&mut Conn> {
+        if self.settings.unread_elsewhere(node) {
+            Box::pin(self.read_back_settings(node)).await?;
+        }
         if !self.conns.contains_key(&node) {
             match self.bind(node).await {
                 Ok(()) => {}
@@ -1763,7 +1826,7 @@ fn no_node() -> End {
     )
 }
 
-/// Whether a statement inside a transaction may create state that outlives it.
+/// Whether a query inside a transaction may create state that outlives it.
 fn may_hold_state(sql: &str) -> bool {
     let first = sql
         .trim_start()
@@ -1786,6 +1849,8 @@ fn may_hold_state(sql: &str) -> bool {
     .any(|w| first.eq_ignore_ascii_case(w))
         || sql.trim_start().starts_with('/')
         || sql.trim_start().starts_with('-')
+        // Several statements: one of them may (`SELECT 1; SET search_path = app`).
+        || sql.trim_end().trim_end_matches(';').contains(';')
 }
 
 /// The more restrictive of two classes, for a batch of several statements.

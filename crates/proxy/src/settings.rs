@@ -13,14 +13,28 @@
 //! that overrides all it did, so a connection that missed the dropped one gets the later one,
 //! and only once that later one is known to have succeeded (`settle`): a `SET` that failed
 //! changed nothing, and the earlier value must still be replayed.
+//!
+//! A setting changed inside a transaction, or among other statements in one query, cannot be
+//! recorded as the query that changed it: whether it lasts depends on how the transaction ends
+//! (COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT, an error), which pgwarden does not follow. Its
+//! name is noted instead (`note_changed`), and once the transaction is over, before the session
+//! uses another connection, its value is read back from the node that ran it and recorded as a
+//! `set_config` (`record_value`): whatever the server did, the record then says what it has.
 
 use bytes::Bytes;
 use pgwarden_sql::SettingKind;
 
-/// The record (see the module's documentation).
+/// The record (see the module's documentation). Empty until the session first changes a
+/// setting: most sessions never do, and the session task stays small (see ARCHITECTURE.md).
 #[derive(Default)]
-pub(crate) struct Settings {
+pub(crate) struct Settings(Option<Box<Record>>);
+
+#[derive(Default)]
+struct Record {
     entries: Vec<Entry>,
+    /// Settings changed where they could not be recorded (see the module's documentation):
+    /// the node that has them, and their names, to be read back from there.
+    unread: Vec<(u32, String)>,
 }
 
 struct Entry {
@@ -29,7 +43,7 @@ struct Entry {
     kind: SettingKind,
 }
 
-impl Settings {
+impl Record {
     /// Records `query` (a whole Query message). Returns its sequence number, which the
     /// connection that ran it has now had.
     pub(crate) fn push(&mut self, query: Bytes, kind: SettingKind) -> u64 {
@@ -76,10 +90,116 @@ impl Settings {
             .collect()
     }
 
+    /// `names` were changed on `node` in a way that cannot be recorded as it was said: their
+    /// values are to be read back from there (`take_unread`, `record_value`).
+    pub(crate) fn note_changed(&mut self, node: u32, names: Vec<String>) {
+        for name in names {
+            if !self.unread.iter().any(|(n, m)| *n == node && *m == name) {
+                self.unread.push((node, name));
+            }
+        }
+    }
+
+    /// Whether a setting changed on a node other than `node` is still to be read back: before
+    /// `node` is used, it is.
+    pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
+        self.unread.iter().any(|(n, _)| *n != node)
+    }
+
+    /// The settings to read back, in the order they were changed.
+    pub(crate) fn take_unread(&mut self) -> Vec<(u32, String)> {
+        std::mem::take(&mut self.unread)
+    }
+
+    /// Records that setting `name` is `value` now (read back from a connection that has every
+    /// earlier entry): a `set_config`, known to have succeeded. Returns its sequence number.
+    pub(crate) fn record_value(&mut self, name: &str, value: &str) -> u64 {
+        let sql = format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            literal(name),
+            literal(value)
+        );
+        let mut q = bytes::BytesMut::new();
+        pgwarden_wire::msg::frontend::query(&mut q, &sql);
+        let seq = self.push(q.freeze(), SettingKind::One(name.to_string()));
+        self.settle(seq);
+        seq
+    }
+
     #[cfg(test)]
     fn queries(&self) -> Vec<&[u8]> {
         self.entries.iter().map(|e| &e.query[..]).collect()
     }
+}
+
+impl Settings {
+    fn record(&mut self) -> &mut Record {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// See [`Record::push`].
+    pub(crate) fn push(&mut self, query: Bytes, kind: SettingKind) -> u64 {
+        self.record().push(query, kind)
+    }
+
+    /// See [`Record::settle`].
+    pub(crate) fn settle(&mut self, seq: u64) {
+        if let Some(r) = self.0.as_mut() {
+            r.settle(seq);
+        }
+    }
+
+    /// See [`Record::last`].
+    pub(crate) fn last(&self) -> u64 {
+        self.0.as_ref().map_or(0, |r| r.last())
+    }
+
+    /// See [`Record::since`].
+    pub(crate) fn since(&self, applied: u64) -> Vec<Bytes> {
+        self.0.as_ref().map_or_else(Vec::new, |r| r.since(applied))
+    }
+
+    /// See [`Record::note_changed`].
+    pub(crate) fn note_changed(&mut self, node: u32, names: Vec<String>) {
+        if !names.is_empty() {
+            self.record().note_changed(node, names);
+        }
+    }
+
+    /// See [`Record::unread_elsewhere`].
+    pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
+        self.0.as_ref().is_some_and(|r| r.unread_elsewhere(node))
+    }
+
+    /// See [`Record::take_unread`].
+    pub(crate) fn take_unread(&mut self) -> Vec<(u32, String)> {
+        self.0.as_mut().map_or_else(Vec::new, |r| r.take_unread())
+    }
+
+    /// See [`Record::record_value`].
+    pub(crate) fn record_value(&mut self, name: &str, value: &str) -> u64 {
+        self.record().record_value(name, value)
+    }
+
+    #[cfg(test)]
+    fn queries(&self) -> Vec<&[u8]> {
+        self.0.as_ref().map_or_else(Vec::new, |r| r.queries())
+    }
+}
+
+/// `s` as an SQL string literal, whatever the session's `standard_conforming_strings`.
+pub(crate) fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// Parameters `RESET ALL` leaves alone (PostgreSQL's GUC_NO_RESET_ALL): only `DISCARD ALL`
@@ -170,6 +290,43 @@ mod tests {
 
     fn one(n: &str) -> SettingKind {
         One(n.to_string())
+    }
+
+    #[test]
+    fn literals_survive_either_string_mode() {
+        assert_eq!(literal("app"), "E'app'");
+        assert_eq!(literal(r#""$user", public"#), r#"E'"$user", public'"#);
+        assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
+    }
+
+    #[test]
+    fn settings_read_back_are_recorded_once_each_and_make_earlier_ones_moot() {
+        let mut s = Settings::default();
+        s.push(
+            Bytes::from_static(b"SET search_path = public"),
+            one("search_path"),
+        );
+        s.note_changed(1, vec!["search_path".into(), "work_mem".into()]);
+        s.note_changed(1, vec!["search_path".into()]);
+        assert!(s.unread_elsewhere(0));
+        assert!(!s.unread_elsewhere(1));
+        let unread = s.take_unread();
+        assert_eq!(
+            unread,
+            vec![(1, "search_path".to_string()), (1, "work_mem".to_string())]
+        );
+        assert!(!s.unread_elsewhere(0));
+        let seq = s.record_value("search_path", "app");
+        assert_eq!(seq, s.last());
+        let texts: Vec<String> = s
+            .queries()
+            .iter()
+            .map(|b| String::from_utf8_lossy(&b[5..b.len() - 1]).into_owned())
+            .collect();
+        assert_eq!(
+            texts,
+            ["SELECT pg_catalog.set_config(E'search_path', E'app', false)"]
+        );
     }
 
     #[test]

@@ -44,12 +44,16 @@ pub enum Class {
 pub struct Verdict {
     pub class: Class,
     pub reason: Cow<'static, str>,
+    /// The query holds a `SET` / `RESET` statement (perhaps `LOCAL`, perhaps among others):
+    /// [`setting_names`] tells which session settings it may change.
+    pub sets: bool,
 }
 
 fn v(class: Class, reason: impl Into<Cow<'static, str>>) -> Verdict {
     Verdict {
         class,
         reason: reason.into(),
+        sets: false,
     }
 }
 
@@ -150,6 +154,20 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
             )
         }
     };
+    let mut verdict = classify_summary(sql, &summary, functions);
+    verdict.sets = summary
+        .statement_types
+        .iter()
+        .any(|t| t == "VariableSetStmt");
+    verdict
+}
+
+/// [`classify`], for a query that needed the parser.
+fn classify_summary(
+    sql: &str,
+    summary: &pg_query::SummaryResult,
+    functions: &dyn FunctionCatalog,
+) -> Verdict {
     let types: Vec<&str> = summary.statement_types.iter().map(String::as_str).collect();
     let lower = sql.to_ascii_lowercase();
     let first = match types.first() {
@@ -235,7 +253,7 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
     if types.len() > 1 && first != "ExplainStmt" && !types.iter().all(|t| *t == "SelectStmt") {
         return v(Class::Write, "several statements, or a data-modifying CTE");
     }
-    if summary_has_write_table(&summary) {
+    if summary_has_write_table(summary) {
         return v(Class::Write, "writes a table");
     }
     match first {
@@ -506,6 +524,54 @@ pub fn resets(sql: &str) -> Resets {
         }
     }
     r
+}
+
+/// The session settings `sql` may change, by name as `current_setting` knows them, in the
+/// order its statements first change them: each `SET name …` / `RESET name` not `LOCAL`
+/// (`SET ROLE` changes `role`, `SET TIME ZONE` `timezone`), and the three
+/// `default_transaction_*` for `SET SESSION CHARACTERISTICS AS TRANSACTION …`. `SET LOCAL`,
+/// `SET TRANSACTION` and `SET CONSTRAINTS` change none. `None` when that cannot be told by name:
+/// `RESET ALL`, `DISCARD`, a text that does not parse, or one that parses differently with
+/// `standard_conforming_strings` off (see [`classify`]'s resets).
+pub fn setting_names(sql: &str) -> Option<Vec<String>> {
+    let [on, off] = both_readings(sql)?;
+    let names = names_set(&on.protobuf.stmts)?;
+    (names_set(&off.protobuf.stmts)? == names).then_some(names)
+}
+
+fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
+    use pg_query::protobuf::VariableSetKind as K;
+    use pg_query::NodeEnum as N;
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |n: &str| {
+        if !names.iter().any(|m| m == n) {
+            names.push(n.to_string());
+        }
+    };
+    for raw in stmts {
+        match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            Some(N::VariableSetStmt(s)) if s.is_local => {}
+            Some(N::VariableSetStmt(s)) if s.kind == K::VarResetAll as i32 => return None,
+            Some(N::VariableSetStmt(s))
+                if s.kind == K::VarSetMulti as i32
+                    && s.name.eq_ignore_ascii_case("session characteristics") =>
+            {
+                for n in [
+                    "default_transaction_isolation",
+                    "default_transaction_read_only",
+                    "default_transaction_deferrable",
+                ] {
+                    add(n);
+                }
+            }
+            // `SET TRANSACTION …`, `SET TRANSACTION SNAPSHOT …`: this transaction's.
+            Some(N::VariableSetStmt(s)) if s.kind == K::VarSetMulti as i32 => {}
+            Some(N::VariableSetStmt(s)) if !s.name.is_empty() => add(&s.name),
+            Some(N::VariableSetStmt(_)) | Some(N::DiscardStmt(_)) => return None,
+            _ => {}
+        }
+    }
+    Some(names)
 }
 
 fn setting_kind(stmts: &[pg_query::protobuf::RawStmt]) -> SettingKind {

@@ -388,3 +388,65 @@ fn the_fast_path_only_takes_plain_selects() {
         assert!(!plain_select(sql), "{sql}");
     }
 }
+
+#[test]
+fn settings_a_query_may_change_are_named() {
+    let names = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    #[rustfmt::skip]
+    let cases: &[(&str, Option<Vec<String>>)] = &[
+        ("SET search_path = app", names(&["search_path"])),
+        ("set Search_Path to app, public", names(&["search_path"])),
+        ("RESET work_mem", names(&["work_mem"])),
+        ("SET work_mem TO DEFAULT", names(&["work_mem"])),
+        ("SET ROLE alice", names(&["role"])),
+        ("RESET ROLE", names(&["role"])),
+        ("SET SESSION AUTHORIZATION alice", names(&["session_authorization"])),
+        ("SET TIME ZONE 'UTC'", names(&["timezone"])),
+        ("SET myapp.tenant = '7'", names(&["myapp.tenant"])),
+        ("SET statement_timeout FROM CURRENT", names(&["statement_timeout"])),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", names(&[
+            "default_transaction_isolation",
+            "default_transaction_read_only",
+            "default_transaction_deferrable",
+        ])),
+        // Several statements: each setting once, in the order first set.
+        ("SET a.b = 1; SELECT 1; SET search_path = x; SET a.b = 2", names(&["a.b", "search_path"])),
+        ("BEGIN; SET search_path = app; COMMIT", names(&["search_path"])),
+        ("INSERT INTO t VALUES (1); RESET statement_timeout", names(&["statement_timeout"])),
+        // The transaction's own, or nothing at all.
+        ("SET LOCAL search_path = app", names(&[])),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", names(&[])),
+        ("SET CONSTRAINTS ALL DEFERRED", names(&[])),
+        ("SELECT 1", names(&[])),
+        // Not by name.
+        ("RESET ALL", None),
+        ("SET a.b = 1; RESET ALL", None),
+        ("DISCARD ALL", None),
+        ("SET search_path = ", None),
+        // A backslash that ends the string in one reading only.
+        (r"SET a.b = 'x\'; SET search_path = evil; --'", None),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(&setting_names(sql), want, "{sql}");
+    }
+}
+
+#[test]
+fn a_verdict_says_whether_the_query_sets_anything() {
+    for (sql, sets) in [
+        ("SET search_path = app", true),
+        ("SELECT 1; SET search_path = app", true),
+        ("BEGIN; SET LOCAL work_mem = '1MB'; COMMIT", true),
+        ("SELECT 1", false),
+        ("UPDATE t SET a = 1", false),
+        ("SELECT set_config('a.b', '1', false)", false),
+        ("BEGIN", false),
+    ] {
+        assert_eq!(classify(sql, &NoFunctions).sets, sets, "{sql}");
+    }
+    // Several statements with a setting go to the primary (not a read).
+    assert_eq!(
+        classify("SET search_path = app; SELECT 1", &NoFunctions).class,
+        Class::Write
+    );
+}
