@@ -2009,6 +2009,30 @@ mod hostile {
                 (query("INSERT INTO moved VALUES (11)"), b'Z'),
             ],
         ));
+        // The same for a FunctionCall (libpq's PQfn, as its large-object calls send), of
+        // pg_catalog.pg_backend_pid() (oid 2026): no formats, no arguments, text result.
+        let call = || message(b'F', &[&2026i32.to_be_bytes(), &[0, 0], &[0, 0], &[0, 0]]);
+        cases.push((
+            "a FunctionCall behind an open part that fails",
+            vec![
+                (
+                    [run_unnamed("SELECT 1/0"), h(), call(), sync()].concat(),
+                    b'Z',
+                ),
+                (query("INSERT INTO moved VALUES (12)"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "a FunctionCall behind an open part that succeeds",
+            vec![
+                (
+                    [run_unnamed("SELECT 6"), h(), call(), sync()].concat(),
+                    b'Z',
+                ),
+                (Vec::new(), b'Z'),
+                (query("INSERT INTO moved VALUES (13)"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let mut direct = login_at(&c, c.node_port(0)).await;
@@ -2018,8 +2042,8 @@ mod hostile {
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5, 7, 8, 9, 10 and 11 were written twice (direct and through pgwarden);
-        // 3, 4 and 6 never.
+        // Rows 1, 2, 5, 7, 8, 9, 10, 11, 12 and 13 were written twice (direct and through
+        // pgwarden); 3, 4 and 6 never.
         assert_eq!(
             c.psql(
                 0,
@@ -2027,7 +2051,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11"
+            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13"
         );
     }
 }

@@ -458,7 +458,14 @@ impl Session {
                 self.dispatch_batch(0, false).await?;
             }
             b'F' => {
-                // FunctionCall: may do anything.
+                // FunctionCall (libpq's large-object calls): may do anything. It ends a batch
+                // in progress, and the pipeline's open part, as a Query does.
+                if !self.batch_frames.is_empty() {
+                    self.dispatch_batch(0, false).await?;
+                }
+                if self.discard_until_sync || Box::pin(self.end_open_part_before_query()).await? {
+                    return Ok(true);
+                }
                 let target = self.route(Class::Write).await?;
                 self.send(target, f.bytes.clone(), 1).await?;
             }
@@ -688,21 +695,9 @@ impl Session {
             msg::ready_for_query(&mut out, self.last_tx_status);
             return self.send_client(&out).await;
         }
-        // A server drops a Query after a pipeline's error, up to the Sync: so does pgwarden
-        // (the client's Sync then goes to that node), before the Query can pin anything.
-        if self.open_until_sync.is_some() && self.open_failed {
+        // (Before the Query can pin anything.)
+        if self.end_open_part_before_query().await? {
             return Ok(());
-        }
-        // A Query ends an unfinished extended-protocol batch (after Flush) as a Sync would:
-        // pgwarden ends it with its own Sync first, on whatever node it runs, and sees how it
-        // ended. Sent behind it unread, the Query would be dropped by a server that had met
-        // an error there (it skips to the client's Sync), and the ReadyForQuery counted for it
-        // would never come. After it, routing is free again (asyncpg prepares with Flush, then
-        // sends COPY).
-        if let Some(n) = self.open_until_sync {
-            if Box::pin(self.end_open_batch(n)).await? == Ended::Failed {
-                return Ok(());
-            }
         }
         if self.standby_tx_unsettled() && classify(sql, &*self.ctx).class != Class::Read {
             Box::pin(self.drain_for_outcome()).await?;
@@ -809,6 +804,24 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Before a simple Query or a FunctionCall, which a server runs as if a Sync came first,
+    /// unless the pipeline's open part (after Flush) met an error: then it skips it, without
+    /// a word (not even a ReadyForQuery), up to the client's Sync. pgwarden ends the open part
+    /// with its own Sync first, on whatever node it runs, and sees how it ended: sent behind it
+    /// unread, the ReadyForQuery counted for the Query might never come. After it, routing is
+    /// free again (asyncpg prepares with Flush, then sends COPY). Returns whether the Query is
+    /// to be dropped, as the server would drop it (the client's Sync then goes to that node,
+    /// or is answered by pgwarden, see `end_open_batch`).
+    async fn end_open_part_before_query(&mut self) -> Result<bool> {
+        let Some(n) = self.open_until_sync else {
+            return Ok(false);
+        };
+        if self.open_failed {
+            return Ok(true);
+        }
+        Ok(Box::pin(self.end_open_batch(n)).await? == Ended::Failed)
     }
 
     /// Whether the session's transaction is on a standby and answers are still due there: a
