@@ -511,7 +511,8 @@ fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
     let c = Cluster::up(2);
     c.psql_proxy(
         "test",
-        "CREATE SCHEMA app; CREATE TABLE public.t (v text); CREATE TABLE app.t (v text)",
+        "CREATE SCHEMA app; CREATE TABLE public.t (v text); CREATE TABLE app.t (v text); \
+         CREATE ROLE appu; GRANT INSERT ON public.t TO appu",
     )
     .unwrap();
     // Each case: a new session reading from the standby, what it runs there, and the
@@ -656,7 +657,61 @@ fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
             .unwrap();
         assert_eq!(port_of(&row, 0), c.node_port(1));
         assert_eq!(row.get::<_, String>(1), "8MB");
+        // A setting that cannot be read back (only a superuser may see
+        // dynamic_library_path, and the role is appu by then) is logged; the rest is read back
+        // and the session goes on (it ended with "connection lost" before).
+        let client = standby_session(&c).await;
+        client
+            .batch_execute(
+                "BEGIN READ ONLY; SET dynamic_library_path = '$libdir'; SET ROLE appu; COMMIT",
+            )
+            .await
+            .unwrap();
+        client
+            .batch_execute("INSERT INTO t SELECT 'role ' || current_user")
+            .await
+            .unwrap();
     });
+    // A value that is not ASCII, read back through connections in another client encoding.
+    let want = c
+        .psql(
+            0,
+            "test",
+            r#"SET search_path = U&"caf\00e9"; SELECT encode(convert_to(current_setting('search_path'), 'UTF8'), 'hex')"#,
+        )
+        .unwrap();
+    let mut on_standby = false;
+    for _ in 0..40 {
+        let out = c
+            .psql_env(
+                c.proxy_port(),
+                "test",
+                &[
+                    "BEGIN READ ONLY",
+                    "SELECT 'port ' || inet_server_port()",
+                    r#"SET search_path = U&"caf\00e9""#,
+                    "COMMIT",
+                    "INSERT INTO public.t SELECT 'latin1 ' || \
+                     encode(convert_to(current_setting('search_path'), 'UTF8'), 'hex')",
+                ],
+                &[("PGCLIENTENCODING", "LATIN1")],
+            )
+            .unwrap();
+        if out.contains(&format!("port {}", c.node_port(1))) {
+            on_standby = true;
+            break;
+        }
+    }
+    assert!(on_standby, "no session ran its transaction on the standby");
+    assert!(
+        c.psql(0, "test", "SELECT v FROM public.t WHERE v LIKE 'latin1 %'")
+            .unwrap()
+            .lines()
+            .all(|l| l == format!("latin1 {}", want.lines().last().unwrap())),
+        "{want}"
+    );
+    c.psql(0, "test", "DELETE FROM public.t WHERE v LIKE 'latin1 %'")
+        .unwrap();
     let sorted = |sql: &str| {
         let mut v: Vec<String> = c
             .psql(0, "test", sql)
@@ -678,7 +733,36 @@ fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
     );
     assert_eq!(
         sorted("SELECT v FROM public.t"),
-        ["error 4MB", "rolled back 4MB", "several statements 5MB"]
+        [
+            "error 4MB",
+            "role appu",
+            "rolled back 4MB",
+            "several statements 5MB"
+        ]
+    );
+    // The standby that holds a session's setting is lost before it was read back: the
+    // session ends with an error rather than go on without it.
+    block(async {
+        let client = standby_session(&c).await;
+        for step in ["BEGIN READ ONLY", "SET search_path = app", "COMMIT"] {
+            client.batch_execute(step).await.unwrap();
+        }
+        c.pg_ctl(1, &["stop", "-m", "immediate"]);
+        let e = client
+            .batch_execute("INSERT INTO t VALUES ('after loss')")
+            .await
+            .unwrap_err();
+        eprintln!("after the standby's loss: {e}");
+    });
+    assert_eq!(
+        c.psql(
+            0,
+            "test",
+            "SELECT count(*) FROM (SELECT v FROM public.t UNION ALL SELECT v FROM app.t) x \
+             WHERE v = 'after loss'"
+        )
+        .unwrap(),
+        "0"
     );
 }
 
@@ -2033,6 +2117,33 @@ mod hostile {
                 (query("INSERT INTO moved VALUES (13)"), b'Z'),
             ],
         ));
+        // A setting made in a transaction on the standby reaches the primary before a write
+        // there opens a pipeline (it was read back only at the next simple Query); a later
+        // setting is not undone by an older value read back.
+        cases.push((
+            "a setting made in a transaction, then a write opening a pipeline",
+            vec![
+                (query("BEGIN READ ONLY"), b'Z'),
+                (query("SET search_path = app"), b'Z'),
+                (query("COMMIT"), b'Z'),
+                (
+                    with(
+                        run_unnamed(
+                            "INSERT INTO public.moved VALUES (14) RETURNING current_setting('search_path')",
+                        ),
+                        h(),
+                    ),
+                    b'C',
+                ),
+                (sync(), b'Z'),
+                (with(run_unnamed("SET search_path = public"), h()), b'C'),
+                (sync(), b'Z'),
+                (
+                    query("INSERT INTO public.moved VALUES (15) RETURNING current_setting('search_path')"),
+                    b'Z',
+                ),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let mut direct = login_at(&c, c.node_port(0)).await;
@@ -2042,8 +2153,8 @@ mod hostile {
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5, 7, 8, 9, 10, 11, 12 and 13 were written twice (direct and through
-        // pgwarden); 3, 4 and 6 never.
+        // Rows 1, 2, 5 and 7 to 15 were written twice (direct and through pgwarden); 3, 4 and
+        // 6 never.
         assert_eq!(
             c.psql(
                 0,
@@ -2051,7 +2162,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13"
+            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15"
         );
     }
 }

@@ -167,8 +167,25 @@ impl Cluster {
 
     /// `psql` on any port of the sandbox: the trimmed output, or the error output.
     pub fn psql_at(&self, port: u16, db: &str, sql: &str) -> Result<String, String> {
+        self.psql_env(port, db, &[sql], &[])
+    }
+
+    /// `psql_at` with several queries in one session (one `-c` each, one Query message each)
+    /// and more environment (`PGCLIENTENCODING`, say).
+    pub fn psql_env(
+        &self,
+        port: u16,
+        db: &str,
+        sqls: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String, String> {
         let bin = PgBin::locate().expect("PostgreSQL programs");
-        let out = pgwarden_sandbox::psql_command_at(&bin, &self.layout, port, db, sql)
+        let mut cmd = pgwarden_sandbox::psql_command_at(&bin, &self.layout, port, db, sqls[0]);
+        for sql in &sqls[1..] {
+            cmd.args(["-c", sql]);
+        }
+        let out = cmd
+            .envs(env.iter().copied())
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {

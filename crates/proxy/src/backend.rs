@@ -31,6 +31,13 @@ pub enum BackendError {
     Protocol { addr: String, reason: String },
     #[error("connection to {addr} lost: {reason}")]
     Lost { addr: String, reason: String },
+    /// pgwarden's own query was refused (an ErrorResponse): the connection is fine.
+    #[error("{addr}: `{sql}` failed: {message}")]
+    Sql {
+        addr: String,
+        sql: String,
+        message: String,
+    },
 }
 
 impl BackendError {
@@ -439,10 +446,11 @@ impl Backend {
                 b'Z' => {
                     self.tx_status = f.body().first().copied().unwrap_or(b'I');
                     return match error {
-                        Some(e) => Err(BackendError::protocol(
-                            &self.addr,
-                            format!("`{sql}` failed: {e}"),
-                        )),
+                        Some(message) => Err(BackendError::Sql {
+                            addr: self.addr.clone(),
+                            sql: sql.to_string(),
+                            message,
+                        }),
                         None => Ok(value),
                     };
                 }

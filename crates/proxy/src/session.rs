@@ -494,6 +494,9 @@ impl Session {
     /// unit. A node fenced between the choice and the engagement is dropped and the choice
     /// made again (a write then waits for the new primary).
     async fn route(&mut self, class: Class) -> Result<u32> {
+        if self.settings.has_unread() {
+            Box::pin(self.read_back_settings()).await?;
+        }
         loop {
             let target = self.route_inner(class).await?;
             self.engage(target);
@@ -688,16 +691,16 @@ impl Session {
 
     async fn simple_query(&mut self, f: Frame) -> Result<()> {
         let sql = msg::query_text(f.body())?;
+        // (Before the Query can pin anything, or be answered by pgwarden.)
+        if self.end_open_part_before_query().await? {
+            return Ok(());
+        }
         if let Some(cmd) = crate::show::parse(sql) {
             self.drain().await?;
             let mut out = BytesMut::new();
             crate::show::answer(&self.ctx, cmd, self.lb_node, &mut out);
             msg::ready_for_query(&mut out, self.last_tx_status);
             return self.send_client(&out).await;
-        }
-        // (Before the Query can pin anything.)
-        if self.end_open_part_before_query().await? {
-            return Ok(());
         }
         if self.standby_tx_unsettled() && classify(sql, &*self.ctx).class != Class::Read {
             Box::pin(self.drain_for_outcome()).await?;
@@ -770,39 +773,63 @@ impl Session {
         }
     }
 
-    /// Before a connection other than `node` is used: reads back, from the node that has them,
-    /// settings changed there inside a transaction or among other statements, once nothing is
-    /// under way there, and records their values (see `settings`).
-    async fn read_back_settings(&mut self, node: u32) -> Result<()> {
-        if !self.settings.unread_elsewhere(node)
-            || self.tx_node.is_some()
-            || self.open_until_sync.is_some()
-            || self.inflight.is_some()
-        {
-            return Ok(());
-        }
+    /// Reads back, from the node that has them, settings changed there inside a transaction or
+    /// among other statements, once that node is idle (no transaction, nothing in flight, no
+    /// open pipeline part), and records their values (see `settings`). Done before the session's
+    /// next unit is routed, and before it uses another connection. The node is first given the
+    /// settings recorded since (a later `SET` elsewhere must not be undone by an older value).
+    /// Its connection lost, the session ends: what was set there is gone, and going on without
+    /// it would give other answers than one server.
+    async fn read_back_settings(&mut self) -> Result<()> {
+        let mut kept = Vec::new();
         for (from, name) in self.settings.take_unread() {
+            if self.tx_node == Some(from)
+                || self.open_until_sync == Some(from)
+                || self.inflight.is_some_and(|(n, _)| n == from)
+            {
+                kept.push((from, name));
+                continue;
+            }
+            if !self.conns.contains_key(&from) {
+                return Err(fatal(
+                    "08006",
+                    format!(
+                        "the connection to node {from} was lost, and with it the session's \
+                         setting of {name} made in a transaction there"
+                    ),
+                ));
+            }
+            self.catch_up(from).await?;
             let sql = format!(
-                "SELECT pg_catalog.current_setting({}, true)",
+                "SELECT pg_catalog.encode(pg_catalog.convert_to(\
+                 pg_catalog.current_setting({}, true), 'UTF8'), 'hex')",
                 crate::settings::literal(&name)
             );
-            // A connection since lost took what was set on it along.
             let Some(conn) = self.conns.get_mut(&from) else {
                 continue;
             };
-            let had_all = conn.applied == self.settings.last();
-            let value = match conn.b().query_value(&sql).await {
-                Ok(v) => v,
-                Err(e) => return Err(self.lost(from, e)),
-            };
-            // NULL: a custom parameter that was never defined there.
-            if let Some(v) = value {
-                let seq = self.settings.record_value(&name, &v);
-                if let Some(c) = self.conns.get_mut(&from).filter(|_| had_all) {
-                    c.applied = seq;
+            match conn.b().query_value(&sql).await {
+                // NULL: a custom parameter that was never defined there.
+                Ok(None) => {}
+                Ok(Some(hex)) => {
+                    if let Some(seq) = self.settings.record_value(&name, &hex) {
+                        if let Some(c) = self.conns.get_mut(&from) {
+                            c.applied = seq;
+                        }
+                    }
                 }
+                Err(BackendError::Sql { message, .. }) => {
+                    tracing::warn!(
+                        node = from,
+                        setting = %name,
+                        "cannot read back a setting changed in a transaction ({message}); \
+                         the session's other connections keep its earlier value"
+                    );
+                }
+                Err(e) => return Err(self.lost(from, e)),
             }
         }
+        self.settings.keep_unread(kept);
         Ok(())
     }
 
@@ -1318,7 +1345,7 @@ impl Session {
     /// settings applied.
     async fn conn(&mut self, node: u32) -> Result<&mut Conn> {
         if self.settings.unread_elsewhere(node) {
-            Box::pin(self.read_back_settings(node)).await?;
+            Box::pin(self.read_back_settings()).await?;
         }
         if !self.conns.contains_key(&node) {
             match self.bind(node).await {
@@ -1329,28 +1356,31 @@ impl Session {
                 }
             }
         }
-        // Apply the session's settings this connection has not had.
-        let last = self.settings.last();
-        let missing: Vec<Bytes> = match self.conns.get(&node) {
-            Some(c) if c.applied < last => self.settings.since(c.applied),
-            _ => Vec::new(),
-        };
-        if !missing.is_empty() {
-            let conn = self
-                .conns
-                .get_mut(&node)
-                .ok_or_else(|| fatal("XX000", "connection vanished"))?;
-            for q in &missing {
-                let sql = msg::query_text(&q[5..]).unwrap_or_default().to_string();
-                if let Err(e) = conn.b().query_value(&sql).await {
-                    tracing::debug!(node, "replaying a session setting failed: {e}");
-                }
-            }
-            conn.applied = last;
-        }
+        self.catch_up(node).await?;
         self.conns
             .get_mut(&node)
             .ok_or_else(|| fatal("XX000", "connection vanished"))
+    }
+
+    /// Applies the session's settings the connection to `node` has not had.
+    async fn catch_up(&mut self, node: u32) -> Result<()> {
+        let last = self.settings.last();
+        let missing: Vec<Bytes> = match self.conns.get(&node) {
+            Some(c) if c.applied < last => self.settings.since(c.applied),
+            _ => return Ok(()),
+        };
+        let conn = self
+            .conns
+            .get_mut(&node)
+            .ok_or_else(|| fatal("XX000", "connection vanished"))?;
+        for q in &missing {
+            let sql = msg::query_text(&q[5..]).unwrap_or_default().to_string();
+            if let Err(e) = conn.b().query_value(&sql).await {
+                tracing::debug!(node, "replaying a session setting failed: {e}");
+            }
+        }
+        conn.applied = last;
+        Ok(())
     }
 
     /// Takes a connection to `node` from the pool for this session. A node that cannot be
@@ -1507,17 +1537,19 @@ impl Session {
             && !self.sticky
             && self.copy_in.is_none()
             && self.open_until_sync != Some(node)
+            && !self.settings.unread_on(node)
     }
 
     /// Whether the session is in the middle of something on `node`: a transaction, COPY, an
-    /// unfinished batch, a statement in flight, or state pinned there (LISTEN, SQL PREPARE,
-    /// temporary tables).
+    /// unfinished batch, a statement in flight, state pinned there (LISTEN, SQL PREPARE,
+    /// temporary tables), or settings changed there in a transaction, not read back yet.
     fn bound_to(&self, node: u32) -> bool {
         self.tx_node == Some(node)
             || (self.sticky && self.conns.get(&node).is_some_and(|c| c.primary))
             || self.copy_in.is_some()
             || self.open_until_sync == Some(node)
             || self.inflight.is_some_and(|(i, _)| i == node)
+            || self.settings.unread_on(node)
     }
 
     /// Drops a dead connection to a standby and has the monitor check that node now.

@@ -106,24 +106,48 @@ impl Record {
         self.unread.iter().any(|(n, _)| *n != node)
     }
 
-    /// The settings to read back, in the order they were changed.
-    pub(crate) fn take_unread(&mut self) -> Vec<(u32, String)> {
-        std::mem::take(&mut self.unread)
+    /// Whether `node` holds settings still to be read back: the session needs that connection.
+    pub(crate) fn unread_on(&self, node: u32) -> bool {
+        self.unread.iter().any(|(n, _)| *n == node)
     }
 
-    /// Records that setting `name` is `value` now (read back from a connection that has every
-    /// earlier entry): a `set_config`, known to have succeeded. Returns its sequence number.
-    pub(crate) fn record_value(&mut self, name: &str, value: &str) -> u64 {
+    /// The settings to read back, in the order they are to be replayed: the session
+    /// authorization, then the role (setting the first resets the second, and other settings
+    /// may need the role's rights), then the others in the order they were first changed.
+    pub(crate) fn take_unread(&mut self) -> Vec<(u32, String)> {
+        let mut unread = std::mem::take(&mut self.unread);
+        unread.sort_by_key(|(_, name)| match name.as_str() {
+            "session_authorization" => 0,
+            "role" => 1,
+            _ => 2,
+        });
+        unread
+    }
+
+    /// Puts back settings that could not be read back yet (their node was busy).
+    pub(crate) fn keep_unread(&mut self, kept: Vec<(u32, String)>) {
+        for (node, name) in kept {
+            self.note_changed(node, vec![name]);
+        }
+    }
+
+    /// Records that setting `name` is now the value whose UTF-8 bytes are `utf8_hex` (read
+    /// back from a connection that has every earlier entry): a `set_config`, known to have
+    /// succeeded. The value travels as hex, so neither side's `client_encoding` can mangle it.
+    /// Returns its sequence number; None when `utf8_hex` is not hex.
+    pub(crate) fn record_value(&mut self, name: &str, utf8_hex: &str) -> Option<u64> {
+        if !utf8_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
         let sql = format!(
-            "SELECT pg_catalog.set_config({}, {}, false)",
+            "SELECT pg_catalog.set_config({}, pg_catalog.convert_from(pg_catalog.decode('{utf8_hex}', 'hex'), 'UTF8'), false)",
             literal(name),
-            literal(value)
         );
         let mut q = bytes::BytesMut::new();
         pgwarden_wire::msg::frontend::query(&mut q, &sql);
         let seq = self.push(q.freeze(), SettingKind::One(name.to_string()));
         self.settle(seq);
-        seq
+        Some(seq)
     }
 
     #[cfg(test)]
@@ -171,14 +195,31 @@ impl Settings {
         self.0.as_ref().is_some_and(|r| r.unread_elsewhere(node))
     }
 
+    /// Whether any setting is still to be read back.
+    pub(crate) fn has_unread(&self) -> bool {
+        self.0.as_ref().is_some_and(|r| !r.unread.is_empty())
+    }
+
+    /// See [`Record::unread_on`].
+    pub(crate) fn unread_on(&self, node: u32) -> bool {
+        self.0.as_ref().is_some_and(|r| r.unread_on(node))
+    }
+
     /// See [`Record::take_unread`].
     pub(crate) fn take_unread(&mut self) -> Vec<(u32, String)> {
         self.0.as_mut().map_or_else(Vec::new, |r| r.take_unread())
     }
 
+    /// See [`Record::keep_unread`].
+    pub(crate) fn keep_unread(&mut self, kept: Vec<(u32, String)>) {
+        if !kept.is_empty() {
+            self.record().keep_unread(kept);
+        }
+    }
+
     /// See [`Record::record_value`].
-    pub(crate) fn record_value(&mut self, name: &str, value: &str) -> u64 {
-        self.record().record_value(name, value)
+    pub(crate) fn record_value(&mut self, name: &str, utf8_hex: &str) -> Option<u64> {
+        self.record().record_value(name, utf8_hex)
     }
 
     #[cfg(test)]
@@ -307,16 +348,25 @@ mod tests {
             one("search_path"),
         );
         s.note_changed(1, vec!["search_path".into(), "work_mem".into()]);
-        s.note_changed(1, vec!["search_path".into()]);
+        s.note_changed(1, vec!["search_path".into(), "role".into()]);
+        s.note_changed(1, vec!["session_authorization".into()]);
         assert!(s.unread_elsewhere(0));
         assert!(!s.unread_elsewhere(1));
+        assert!(s.unread_on(1) && !s.unread_on(0));
+        // The session authorization and the role first (each resets what follows it), then the
+        // rest in the order first changed.
         let unread = s.take_unread();
+        let names: Vec<&str> = unread.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(
-            unread,
-            vec![(1, "search_path".to_string()), (1, "work_mem".to_string())]
+            names,
+            ["session_authorization", "role", "search_path", "work_mem"]
         );
-        assert!(!s.unread_elsewhere(0));
-        let seq = s.record_value("search_path", "app");
+        assert!(!s.has_unread() && !s.unread_elsewhere(0));
+        s.keep_unread(vec![(1, "work_mem".into())]);
+        assert!(s.has_unread() && s.unread_on(1));
+        s.take_unread();
+        assert_eq!(s.record_value("search_path", "61'70"), None);
+        let seq = s.record_value("search_path", "617070").unwrap();
         assert_eq!(seq, s.last());
         let texts: Vec<String> = s
             .queries()
@@ -325,7 +375,7 @@ mod tests {
             .collect();
         assert_eq!(
             texts,
-            ["SELECT pg_catalog.set_config(E'search_path', E'app', false)"]
+            ["SELECT pg_catalog.set_config(E'search_path', pg_catalog.convert_from(pg_catalog.decode('617070', 'hex'), 'UTF8'), false)"]
         );
     }
 

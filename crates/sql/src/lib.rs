@@ -530,7 +530,8 @@ pub fn resets(sql: &str) -> Resets {
 /// order its statements first change them: each `SET name …` / `RESET name` not `LOCAL`
 /// (`SET ROLE` changes `role`, `SET TIME ZONE` `timezone`), and the three
 /// `default_transaction_*` for `SET SESSION CHARACTERISTICS AS TRANSACTION …`. `SET LOCAL`,
-/// `SET TRANSACTION` and `SET CONSTRAINTS` change none. `None` when that cannot be told by name:
+/// `SET TRANSACTION`, `SET CONSTRAINTS`, `SET SEED` (whose value cannot be read back) and
+/// `DISCARD PLANS` / `SEQUENCES` / `TEMP` change none. `None` when that cannot be told by name:
 /// `RESET ALL`, `DISCARD`, a text that does not parse, or one that parses differently with
 /// `standard_conforming_strings` off (see [`classify`]'s resets).
 pub fn setting_names(sql: &str) -> Option<Vec<String>> {
@@ -566,7 +567,12 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
             }
             // `SET TRANSACTION …`, `SET TRANSACTION SNAPSHOT …`: this transaction's.
             Some(N::VariableSetStmt(s)) if s.kind == K::VarSetMulti as i32 => {}
+            // (`seed` cannot be read back: `current_setting('seed')` says 'unavailable'.)
+            Some(N::VariableSetStmt(s)) if s.name.eq_ignore_ascii_case("seed") => {}
             Some(N::VariableSetStmt(s)) if !s.name.is_empty() => add(&s.name),
+            // DISCARD PLANS / SEQUENCES / TEMP change no setting; DISCARD ALL resets them all.
+            Some(N::DiscardStmt(d))
+                if d.target != pg_query::protobuf::DiscardMode::DiscardAll as i32 => {}
             Some(N::VariableSetStmt(_)) | Some(N::DiscardStmt(_)) => return None,
             _ => {}
         }

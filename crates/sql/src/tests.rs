@@ -418,6 +418,9 @@ fn settings_a_query_may_change_are_named() {
         ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", names(&[])),
         ("SET CONSTRAINTS ALL DEFERRED", names(&[])),
         ("SELECT 1", names(&[])),
+        ("SET seed = 0.5", names(&[])),
+        ("DISCARD TEMP", names(&[])),
+        ("DISCARD PLANS; SET a.b = 1", names(&["a.b"])),
         // Not by name.
         ("RESET ALL", None),
         ("SET a.b = 1; RESET ALL", None),
