@@ -2144,6 +2144,23 @@ mod hostile {
                 ),
             ],
         ));
+        // A SET through the extended protocol, undone by an error later in its batch (one
+        // implicit transaction): a standby the session reads from must not be given it.
+        cases.push((
+            "a SET undone by an error later in its batch",
+            vec![
+                (
+                    [
+                        run_unnamed("SET search_path = app"),
+                        run_unnamed("SELECT 1/0"),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (query("SELECT current_setting('search_path')"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let mut direct = login_at(&c, c.node_port(0)).await;

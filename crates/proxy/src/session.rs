@@ -790,6 +790,10 @@ impl Session {
                 kept.push((from, name));
                 continue;
             }
+            if self.is_fenced(from) {
+                // Out of service: what was set there cannot be read any more.
+                return Err(fenced_end(from));
+            }
             if !self.conns.contains_key(&from) {
                 return Err(fatal(
                     "08006",
@@ -1133,6 +1137,16 @@ impl Session {
         if let Some(node) = sent {
             for sql in &in_tx_settings {
                 self.note_settings_changed(node, sql);
+            }
+        }
+        // A setting whose batch met an error may have been undone with the batch's implicit
+        // transaction, and one in an open part is not known to have lasted: their values are
+        // read back instead of the statements recorded.
+        if !replay.is_empty() && (!settle || self.error_seen) {
+            if let Some(node) = sent {
+                for sql in std::mem::take(&mut replay) {
+                    self.note_settings_changed(node, &sql);
+                }
             }
         }
         for sql in replay {

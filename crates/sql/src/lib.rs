@@ -568,7 +568,11 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
             // `SET TRANSACTION …`, `SET TRANSACTION SNAPSHOT …`: this transaction's.
             Some(N::VariableSetStmt(s)) if s.kind == K::VarSetMulti as i32 => {}
             // (`seed` cannot be read back: `current_setting('seed')` says 'unavailable'.)
-            Some(N::VariableSetStmt(s)) if s.name.eq_ignore_ascii_case("seed") => {}
+            // (Nor the transaction's own `transaction_isolation`, `transaction_read_only` …:
+            // `set_config` of them after the transaction's first query fails.)
+            Some(N::VariableSetStmt(s))
+                if s.name.eq_ignore_ascii_case("seed")
+                    || s.name.to_ascii_lowercase().starts_with("transaction_") => {}
             Some(N::VariableSetStmt(s)) if !s.name.is_empty() => add(&s.name),
             // DISCARD PLANS / SEQUENCES / TEMP change no setting; DISCARD ALL resets them all.
             Some(N::DiscardStmt(d))

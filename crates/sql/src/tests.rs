@@ -419,6 +419,7 @@ fn settings_a_query_may_change_are_named() {
         ("SET CONSTRAINTS ALL DEFERRED", names(&[])),
         ("SELECT 1", names(&[])),
         ("SET seed = 0.5", names(&[])),
+        ("SET transaction_read_only = on", names(&[])),
         ("DISCARD TEMP", names(&[])),
         ("DISCARD PLANS; SET a.b = 1", names(&["a.b"])),
         // Not by name.
