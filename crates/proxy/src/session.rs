@@ -1008,11 +1008,11 @@ impl Session {
             // Session state that cannot be replayed stays where it was set.
             self.sticky = true;
         }
-        // A SET inside a transaction is the transaction's (it may be rolled back): not
-        // recorded as said, but read back once the transaction is over.
-        let mut in_tx_settings = Vec::new();
+        // Settings not recorded as said, but read back later (see `settings`): a SET inside a
+        // transaction is the transaction's (it may be rolled back).
+        let mut read_back = Vec::new();
         if self.tx_node.is_some() || begins {
-            in_tx_settings = std::mem::take(&mut replay);
+            read_back = std::mem::take(&mut replay);
         }
         if !any_statement
             && self.open_until_sync.is_none()
@@ -1131,22 +1131,17 @@ impl Session {
             settle = self.drain_for_outcome().await?;
             if settle && self.last_tx_status != b'I' {
                 // The batch began a transaction: its settings are the transaction's.
-                in_tx_settings.append(&mut replay);
-            }
-        }
-        if let Some(node) = sent {
-            for sql in &in_tx_settings {
-                self.note_settings_changed(node, sql);
+                read_back.append(&mut replay);
             }
         }
         // A setting whose batch met an error may have been undone with the batch's implicit
-        // transaction, and one in an open part is not known to have lasted: their values are
-        // read back instead of the statements recorded.
-        if !replay.is_empty() && (!settle || self.error_seen) {
-            if let Some(node) = sent {
-                for sql in std::mem::take(&mut replay) {
-                    self.note_settings_changed(node, &sql);
-                }
+        // transaction, and one in an open part is not known to have lasted.
+        if !settle || self.error_seen {
+            read_back.append(&mut replay);
+        }
+        if let Some(node) = sent {
+            for sql in &read_back {
+                self.note_settings_changed(node, sql);
             }
         }
         for sql in replay {

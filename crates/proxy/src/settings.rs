@@ -17,9 +17,10 @@
 //! A setting changed inside a transaction, or among other statements in one query, cannot be
 //! recorded as the query that changed it: whether it lasts depends on how the transaction ends
 //! (COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT, an error), which pgwarden does not follow. Its
-//! name is noted instead (`note_changed`), and once the transaction is over, before the session
-//! uses another connection, its value is read back from the node that ran it and recorded as a
-//! `set_config` (`record_value`): whatever the server did, the record then says what it has.
+//! name is noted instead (`note_changed`), and once that node is idle (at the routing of the
+//! session's next unit, or before another connection is used), its value is read back from the
+//! node that ran it and recorded as a `set_config` (`record_value`): whatever the server did,
+//! the record then says what it has.
 
 use bytes::Bytes;
 use pgwarden_sql::SettingKind;
@@ -94,9 +95,13 @@ impl Record {
     /// values are to be read back from there (`take_unread`, `record_value`).
     pub(crate) fn note_changed(&mut self, node: u32, names: Vec<String>) {
         for name in names {
-            if !self.unread.iter().any(|(n, m)| *n == node && *m == name) {
-                self.unread.push((node, name));
-            }
+            self.add_unread(node, name);
+        }
+    }
+
+    fn add_unread(&mut self, node: u32, name: String) {
+        if !self.unread.iter().any(|(n, m)| *n == node && *m == name) {
+            self.unread.push((node, name));
         }
     }
 
@@ -127,7 +132,7 @@ impl Record {
     /// Puts back settings that could not be read back yet (their node was busy).
     pub(crate) fn keep_unread(&mut self, kept: Vec<(u32, String)>) {
         for (node, name) in kept {
-            self.note_changed(node, vec![name]);
+            self.add_unread(node, name);
         }
     }
 
