@@ -51,6 +51,9 @@ ensure_drivers() {
     /usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
+    # pgjdbc, run as a single-file Java program (the source launcher needs the JDK's compiler).
+    command -v javac >/dev/null || missing+=(default-jdk-headless)
+    [ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "== installing from Debian: ${missing[*]}"
         as_root apt-get update -qq

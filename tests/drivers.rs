@@ -121,6 +121,9 @@ print("ok", cur.fetchone()[0] > 0)
     assert!(text.contains("ok True"), "{text}");
 }
 
+/// pgjdbc, as Debian's libpostgresql-jdbc-java installs it (`dev/test` installs it).
+const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
 /// Where `dev/test` installs the drivers (see `drivers_dir` in dev/lib.sh).
 fn drivers_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PGWARDEN_DRIVERS") {
@@ -139,6 +142,8 @@ fn driver_program(kind: &str) -> Command {
     let dir = drivers_dir();
     let (program, probe) = match kind {
         "python" => (dir.join("venv/bin/python"), dir.join("venv/bin/python")),
+        // Debian's pgjdbc (libpostgresql-jdbc-java), the program run from its source.
+        "java" => (PathBuf::from("java"), PathBuf::from(JDBC_JAR)),
         _ => (
             PathBuf::from("node"),
             dir.join("node/node_modules/pg/package.json"),
@@ -152,6 +157,9 @@ fn driver_program(kind: &str) -> Command {
     // Bounded: a driver waiting on an answer that never comes fails the test, not hangs it.
     let mut cmd = Command::new("timeout");
     cmd.arg("180").arg(program);
+    if kind == "java" {
+        cmd.arg("-cp").arg(JDBC_JAR);
+    }
     cmd.env("NODE_PATH", dir.join("node/node_modules"));
     cmd
 }
@@ -289,6 +297,32 @@ fn node_postgres_through_pgwarden() {
     assert_eq!(
         ports_of(&routes, "named ports"),
         [format!("[{primary},{standby}]")],
+        "{routes:?}"
+    );
+}
+
+#[test]
+fn jdbc_through_pgwarden() {
+    let c = Cluster::up(2);
+    let routes = differential(&c, "java", "JdbcSession.java");
+    let (primary, standby) = (c.node_port(0).to_string(), c.node_port(1).to_string());
+    assert_eq!(
+        ports_of(&routes, "tx write"),
+        [primary.as_str()],
+        "{routes:?}"
+    );
+    // A session balanced to the standby: its reads, through an unnamed then a named (S_n)
+    // statement, ran there.
+    assert_eq!(
+        ports_of(&routes, "balanced reads"),
+        [format!("[{standby}]")],
+        "{routes:?}"
+    );
+    // setReadOnly(true) with autocommit off: pgjdbc's BEGIN READ ONLY, a named statement
+    // parsed in the same batch as the first read, runs there too (it was taken for a write).
+    assert_eq!(
+        ports_of(&routes, "read-only tx"),
+        [format!("[{standby}]")],
         "{routes:?}"
     );
 }

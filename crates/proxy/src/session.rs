@@ -970,8 +970,10 @@ impl Session {
                             Some(s.class),
                             Some(s.parse.clone()).and_then(|b| parse_sql(&b)),
                         )
-                    } else if let Some((_, b, c)) = parses.iter().find(|(n, _, _)| n == stmt) {
-                        (Some(*c), parse_sql(b))
+                    } else if let Some((_, b, _)) = parses.iter().find(|(n, _, _)| n == stmt) {
+                        // Parsed in this batch: its class is already in `class` (counted
+                        // twice, pgjdbc's named `BEGIN READ ONLY` made two BEGINs, a write).
+                        (None, parse_sql(b))
                     } else {
                         (None, None)
                     };
