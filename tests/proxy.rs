@@ -1294,6 +1294,57 @@ mod hostile {
         assert_eq!(c.psql_proxy("test", "SELECT 1").unwrap(), "1");
     }
 
+    /// A session that LISTENs and changes a setting inside a transaction has the value read
+    /// back on its primary connection (pgwarden's own query there). Notifications that arrive
+    /// meanwhile are the client's: every one sent must reach it, none swallowed by pgwarden.
+    #[test]
+    fn notifications_arriving_while_pgwarden_reads_a_setting_back_all_reach_the_client() {
+        use tokio::io::AsyncWriteExt;
+        const SENT: usize = 600;
+        let c = Cluster::up(1);
+        block(async {
+            let mut s = login(&c).await;
+            s.write_all(&query("LISTEN ch")).await.unwrap();
+            read_until(&mut s, b'Z').await;
+            let notifier = c.try_connect(c.node_port(0), "test").await.unwrap();
+            let sender = tokio::spawn(async move {
+                for i in 0..SENT {
+                    notifier
+                        .batch_execute(&format!("NOTIFY ch, '{i}'"))
+                        .await
+                        .unwrap();
+                }
+            });
+            let mut got = 0;
+            let mut rounds = 0;
+            let count = |m: &[(u8, Vec<u8>)]| m.iter().filter(|(t, _)| *t == b'A').count();
+            while !sender.is_finished() {
+                // Each round: a setting changed among other statements (read back before the
+                // next query), then a query.
+                s.write_all(&query("BEGIN; SET search_path = public; COMMIT"))
+                    .await
+                    .unwrap();
+                got += count(&read_until(&mut s, b'Z').await);
+                s.write_all(&query("SELECT 1")).await.unwrap();
+                got += count(&read_until(&mut s, b'Z').await);
+                rounds += 1;
+            }
+            sender.await.unwrap();
+            // The last ones: a query picks up whatever is still on its way.
+            let start = Instant::now();
+            while got < SENT && start.elapsed() < Duration::from_secs(10) {
+                s.write_all(&query("SELECT 1")).await.unwrap();
+                got += count(&read_until(&mut s, b'Z').await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(rounds > 10, "too few rounds to mean anything: {rounds}");
+            assert_eq!(
+                got, SENT,
+                "notifications received, of {SENT} sent ({rounds} rounds)"
+            );
+        });
+    }
+
     /// Logs in with tokio-postgres's own authentication, on a raw socket, then sends `bytes`
     /// and returns what came back.
     async fn raw_session(c: &Cluster, bytes: &[u8]) -> String {

@@ -408,7 +408,9 @@ impl Backend {
         }
     }
 
-    /// Runs `sql` and returns the first column of the first row, discarding everything else.
+    /// Runs `sql` and returns the first column of the first row, discarding everything else
+    /// but notifications: those belong to the client (its session LISTENs on this connection),
+    /// and are left at the head of `buf`, to be relayed with the connection's next answers.
     /// For pgwarden's own queries on an idle connection.
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         let mut out = BytesMut::new();
@@ -416,9 +418,11 @@ impl Backend {
         self.write(&out).await?;
         let mut value = None;
         let mut error = None;
+        let mut notifications = BytesMut::new();
         loop {
             let f = self.read_frame().await?;
             match f.tag {
+                b'A' => notifications.extend_from_slice(&f.bytes),
                 b'D' if value.is_none() => {
                     let mut b = f.body();
                     if b.len() >= 6 {
@@ -445,6 +449,10 @@ impl Backend {
                 }
                 b'Z' => {
                     self.tx_status = f.body().first().copied().unwrap_or(b'I');
+                    if !notifications.is_empty() {
+                        notifications.extend_from_slice(&self.buf);
+                        self.buf = notifications;
+                    }
                     return match error {
                         Some(message) => Err(BackendError::Sql {
                             addr: self.addr.clone(),

@@ -298,6 +298,17 @@ impl Session {
                 .inflight
                 .map(|(n, _)| n)
                 .or_else(|| self.idle_watch_node());
+            if self.inflight.is_none() {
+                if let Some(n) = node.filter(|n| {
+                    self.conns
+                        .get(n)
+                        .is_some_and(|c| !c.pooled.backend.buf.is_empty())
+                }) {
+                    // Notifications that came while pgwarden asked something of its own on
+                    // the connection (`Backend::query_value`) are relayed now.
+                    Box::pin(self.forward(n, true)).await?;
+                }
+            }
             // An online recovery's 2nd stage: a session idle longer than the limit is closed.
             let idle_limit =
                 (*self.ctx.hold.borrow()).filter(|l| !l.is_zero() && self.inflight.is_none());
@@ -1797,8 +1808,11 @@ impl Session {
             }
             let ctx = self.ctx.clone();
             tokio::spawn(async move {
+                // (Notifications that came meanwhile were for this session's client: such a
+                // connection is closed, not handed to another client.)
                 if pooled.backend.query_value("DISCARD ALL").await.is_ok()
                     && pooled.backend.tx_status == b'I'
+                    && pooled.backend.buf.is_empty()
                 {
                     ctx.pools.put(pooled);
                 }
