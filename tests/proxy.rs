@@ -1294,6 +1294,83 @@ mod hostile {
         assert_eq!(c.psql_proxy("test", "SELECT 1").unwrap(), "1");
     }
 
+    /// A client that stops reading a large result keeps its session engaged on the primary.
+    /// A switchover waits `switchover_timeout` for it, as for any running statement; then the
+    /// fence must end that session at once (its connection to the old primary closed), not
+    /// leave it blocked on the client until the old primary is stopped under it.
+    #[test]
+    fn a_client_that_stops_reading_does_not_hold_the_old_primary_past_its_fence() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = Cluster::up(2);
+        let cfg = std::fs::read_to_string(c.config()).unwrap();
+        let cfg = cfg.replacen(
+            "follow_timeout = \"30s\"",
+            "follow_timeout = \"30s\"\nswitchover_timeout = \"2s\"",
+            1,
+        );
+        assert!(cfg.contains("switchover_timeout"), "{cfg}");
+        std::fs::write(c.config(), cfg).unwrap();
+        c.restart_warden();
+        c.wait_node(1, Duration::from_secs(30), "a streaming standby", |n| {
+            n["status"] == "up" && n["replication_state"] == "streaming"
+        });
+        block(async {
+            let mut s = login(&c).await;
+            // /*NO LOAD BALANCE*/: on the primary, the node being handed over.
+            s.write_all(&query(
+                "/*NO LOAD BALANCE*/ SELECT repeat('x', 8000) FROM generate_series(1, 50000)",
+            ))
+            .await
+            .unwrap();
+            // The primary's backend blocks writing to pgwarden once pgwarden's write to this
+            // client, which reads nothing, is blocked in turn.
+            let blocked = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '/*NO LOAD BALANCE*/%' AND wait_event = 'ClientWrite'";
+            let start = Instant::now();
+            while tokio::task::block_in_place(|| c.psql(0, "test", blocked)).unwrap() != "1" {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the query never blocked"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let o = tokio::task::block_in_place(|| c.pgwarden(&["switchover", "--to", "1"]));
+            let events = tokio::task::block_in_place(|| common::events_text(&c));
+            assert!(
+                o.status.success(),
+                "{}{}\n{events}",
+                common::stdout(&o),
+                common::stderr(&o)
+            );
+            // The session was waited for as running work, then closed at the fence.
+            assert!(events.contains("work still running on node 0"), "{events}");
+            assert!(
+                !events.contains("still engaged on node 0"),
+                "a session blocked on its client outlived the fence:\n{events}"
+            );
+            // The client gets what was relayed, then the end of the connection (no FATAL can
+            // follow a message cut short), rather than a session left hanging.
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest))
+                .await
+                .expect("the connection was closed, not left hanging")
+                .unwrap();
+            assert!(
+                rest.len() < 8000 * 50000,
+                "the whole result came through ({} bytes)",
+                rest.len()
+            );
+        });
+        // The proxy goes on, on the new primary.
+        c.wait_node(0, Duration::from_secs(60), "a streaming standby", |n| {
+            n["status"] == "up" && n["replication_state"] == "streaming"
+        });
+        assert_eq!(
+            c.psql_proxy("test", "/*NO LOAD BALANCE*/ SELECT pg_is_in_recovery()")
+                .unwrap(),
+            "f"
+        );
+    }
+
     /// A session that LISTENs and changes a setting inside a transaction has the value read
     /// back on its primary connection (pgwarden's own query there). Notifications that arrive
     /// meanwhile are the client's: every one sent must reach it, none swallowed by pgwarden.

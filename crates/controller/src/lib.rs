@@ -430,6 +430,19 @@ async fn switchover(
     while !quiet(m) && Instant::now() < deadline {
         sleep(Duration::from_millis(10)).await;
     }
+    if !quiet(m) {
+        // Sessions end at a fence of a node they work on; one that did not is named here,
+        // since the stop below cuts it off under its client.
+        m.event(
+            "switchover",
+            Some(old.id),
+            format!(
+                "{} proxy session(s) still engaged on node {} 5 s after its fence: stopping it anyway",
+                m.engaged(old.id),
+                old.id
+            ),
+        );
+    }
     // Then stop it cleanly: the shutdown checkpoint and all WAL go to the connected
     // standbys first.
     let final_lsn = sql_one(&old_t, "SELECT pg_current_wal_lsn()")

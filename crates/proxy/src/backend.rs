@@ -82,10 +82,10 @@ pub struct Backend {
 
 /// Sets the node's bit in a busy mask for as long as it lives (also when the I/O future is
 /// dropped half way).
-struct Busy<'a>(Option<&'a AtomicU64>, u64);
+pub(crate) struct Busy<'a>(Option<&'a AtomicU64>, u64);
 
 impl<'a> Busy<'a> {
-    fn enter(mask: Option<&'a Arc<AtomicU64>>, node: u32) -> Self {
+    pub(crate) fn enter(mask: Option<&'a Arc<AtomicU64>>, node: u32) -> Self {
         let bit = 1u64 << node.min(63);
         let mask = mask.map(|m| &**m);
         if let Some(m) = mask {

@@ -19,7 +19,7 @@
 //!   temporary tables pin the rest of the session to the primary;
 //! * a named prepared statement is parsed again on a node that lacks it before it is used there.
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Busy};
 use crate::client::{connect_spec, Login};
 use crate::pool::{PoolError, Pooled};
 use crate::settings::Settings;
@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// What `handle_frames` did.
 enum Handled {
@@ -150,6 +150,9 @@ struct Session {
     /// (0, 0) before the first: no server process has pid 0.
     cancel_for: (i32, i32),
     last_tx_status: u8,
+    /// A write to the client was cut short (the session ended under it): what the client has
+    /// may end mid-message, so no FATAL can follow it.
+    client_cut: bool,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
     /// The node this session has a unit of work on (see `route`).
@@ -235,6 +238,7 @@ pub(crate) fn run(
         cancel,
         cancel_for: (0, 0),
         last_tx_status: b'I',
+        client_cut: false,
         events: Vec::new(),
         busy: Arc::new(AtomicU64::new(0)),
         engaged: None,
@@ -249,11 +253,13 @@ pub(crate) fn run(
             Err(End::Fatal(code, message)) => Some(Box::new((code, message))),
             _ => None,
         };
-        if let Some(fatal) = fatal {
+        // The nodes first: a client that does not read must not keep this session engaged on
+        // a node being stopped, nor its connections open.
+        s.release();
+        if let Some(fatal) = fatal.filter(|_| !s.client_cut) {
             // Boxed: this rare write would otherwise take room in every session's task.
             Box::pin(s.say_fatal(fatal)).await;
         }
-        s.release();
         drop(guards);
     }
 }
@@ -270,7 +276,8 @@ impl Session {
         let (code, message) = &*fatal;
         let mut out = BytesMut::new();
         msg::error_response(&mut out, &ErrorFields::fatal(code, message));
-        let _ = self.client.write_all(&out).await;
+        // Bounded: a client that does not read is not waited for.
+        let _ = tokio::time::timeout(FATAL_WRITE_LIMIT, self.client.write_all(&out)).await;
     }
 
     async fn main_loop(&mut self, reader: &mut ClientReader, cbuf: &mut BytesMut) -> Result<()> {
@@ -327,7 +334,7 @@ impl Session {
                 }, if node.is_some() => {
                     // An error is the read's to report (a standby lost under a read, say).
                     let _ = r;
-                    Box::pin(self.read_node(node, false)).await?;
+                    Box::pin(self.relay_watching_fences(node)).await?;
                 }
                 r = read_client(reader, cbuf, partial, auth_timeout) => r?,
                 _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
@@ -353,29 +360,7 @@ impl Session {
             // A node may be fenced while the session waits on it (a hung primary): the
             // session ends rather than wait. Other fences are dealt with once the message is
             // handled.
-            let mut pending: Option<Arc<Vec<u32>>> = None;
-            let go_on = {
-                let mut fut = std::pin::pin!(self.on_frame(f));
-                // Most messages are handled without waiting (answers are read in the main
-                // loop), and then there is no fence to watch for.
-                match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-                    Poll::Ready(r) => r?,
-                    Poll::Pending => loop {
-                        tokio::select! {
-                            biased;
-                            r = &mut fut => break r?,
-                            _ = wake.notified() => {
-                                let set = ctx.fenced.borrow().clone();
-                                let mask = busy.load(Ordering::Relaxed);
-                                if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
-                                    return Err(fenced_end(*n));
-                                }
-                                pending = Some(set);
-                            }
-                        }
-                    },
-                }
-            };
+            let (go_on, pending) = watching_fences(self.on_frame(f), &wake, &ctx, &busy).await?;
             if let Some(set) = pending {
                 self.on_fence(&set)?;
             }
@@ -384,6 +369,23 @@ impl Session {
             }
         }
         Ok(handled)
+    }
+
+    /// Relays what `node` sent, as `handle_frames` handles a message: a fence of `node` while
+    /// the client is slow to take the answers (their write blocked) ends the session at once,
+    /// rather than keep it engaged on a node being stopped until the client reads.
+    async fn relay_watching_fences(&mut self, node: Option<u32>) -> Result<()> {
+        let (busy, wake, ctx) = (
+            self.busy.clone(),
+            self.wake.notify.clone(),
+            self.ctx.clone(),
+        );
+        let ((), pending) =
+            watching_fences(self.read_node(node, false), &wake, &ctx, &busy).await?;
+        if let Some(set) = pending {
+            self.on_fence(&set)?;
+        }
+        Ok(())
     }
 
     /// Some nodes were taken out of service: connections to them are dropped. A session that
@@ -1707,7 +1709,15 @@ impl Session {
         }
         self.events = events;
         if !out.is_empty() {
-            self.send_client(&out).await?;
+            // Blocked on the client, the session still works for `node`: a fence of it must
+            // not wait for this write (see `watching_fences`).
+            let _busy = Busy::enter(Some(&self.busy), node);
+            self.client_cut = true;
+            self.client
+                .write_all(&out)
+                .await
+                .map_err(|_| End::ClientGone)?;
+            self.client_cut = false;
         }
         if settle {
             self.note_write_done();
@@ -1769,10 +1779,14 @@ impl Session {
     }
 
     async fn send_client(&mut self, data: &[u8]) -> Result<()> {
+        // Left set if the write is dropped half way (the session ended under it).
+        self.client_cut = true;
         self.client
             .write_all(data)
             .await
-            .map_err(|_| End::ClientGone)
+            .map_err(|_| End::ClientGone)?;
+        self.client_cut = false;
+        Ok(())
     }
 
     /// A backend connection failed: forget it, have the monitor look at the node, and end the
@@ -1866,6 +1880,41 @@ fn mask_has(mask: u64, node: u32) -> bool {
 }
 
 /// The session held node `n`, which was just taken out of service.
+/// How long a session's last words (a FATAL error) wait for a client that does not read.
+const FATAL_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs one step of the session's work (a client message handled, a node's answer relayed)
+/// while watching for fences: a fence of a node the step is blocked on (its bit in `busy`:
+/// reading from it, writing to it, or writing its answers to the client) ends the session at
+/// once; any other fence is returned, to be dealt with once the step is done.
+async fn watching_fences<T>(
+    fut: impl Future<Output = Result<T>>,
+    wake: &Notify,
+    ctx: &Ctx,
+    busy: &AtomicU64,
+) -> Result<(T, Option<Arc<Vec<u32>>>)> {
+    let mut fut = std::pin::pin!(fut);
+    // Most steps finish without waiting, and then there is no fence to watch for.
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Ok((r?, None));
+    }
+    let mut pending = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut fut => return Ok((r?, pending)),
+            _ = wake.notified() => {
+                let set = ctx.fenced.borrow().clone();
+                let mask = busy.load(Ordering::Relaxed);
+                if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
+                    return Err(fenced_end(*n));
+                }
+                pending = Some(set);
+            }
+        }
+    }
+}
+
 fn fenced_end(n: u32) -> End {
     fatal(
         "57P01",
