@@ -506,6 +506,135 @@ fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
 /// afterwards: a `BEGIN READ ONLY` transaction runs on a standby, and the session's writes
 /// later run on the primary, which never saw the SET. pgwarden used to pin such a session to
 /// the primary instead, and its unqualified names then found other tables there.
+/// A hot standby refuses SERIALIZABLE transactions, read-only ones too ("cannot use
+/// serializable mode in a hot standby"). A session whose transactions are SERIALIZABLE, by
+/// default (SET, JDBC's setTransactionIsolation, a setting changed in a transaction, PGOPTIONS)
+/// or one at a time (BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY), reads on the primary, as
+/// on a single server, and goes back to the standby once that default is reset.
+#[test]
+fn serializable_transactions_are_not_sent_to_a_hot_standby() {
+    let c = Cluster::up(2);
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    block(async {
+        let s = standby_session(&c).await;
+        let read = |sql: &'static str| {
+            let s = &s;
+            async move {
+                match s.query_one(sql, &[]).await {
+                    Ok(r) => Ok(port_of(&r, 0)),
+                    Err(e) => Err(e
+                        .as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or(e.to_string())),
+                }
+            }
+        };
+        let cases: &[(&str, &str, u16)] = &[
+            (
+                "SET",
+                "SET default_transaction_isolation = serializable",
+                primary,
+            ),
+            ("RESET", "RESET default_transaction_isolation", standby),
+            (
+                "JDBC's setTransactionIsolation",
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                primary,
+            ),
+            (
+                "another level",
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                standby,
+            ),
+            (
+                "changed in a transaction (read back)",
+                "BEGIN; SET default_transaction_isolation = 'serializable'; COMMIT",
+                primary,
+            ),
+            ("DISCARD ALL", "DISCARD ALL", standby),
+        ];
+        for (what, sql, want) in cases {
+            s.batch_execute(sql).await.unwrap();
+            if *want == standby {
+                // Back on the standby once it has replayed the session's last write (a
+                // multi-statement transaction counts as one): read-your-writes.
+                let start = Instant::now();
+                while read("SELECT inet_server_port()").await != Ok(standby) {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(15),
+                        "never back on the standby after {what}: {:?}",
+                        read("SELECT inet_server_port()").await
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            for _ in 0..3 {
+                assert_eq!(
+                    read("SELECT inet_server_port()").await,
+                    Ok(*want),
+                    "after {what}"
+                );
+            }
+            // A read-only transaction, as pgjdbc's setReadOnly(true) begins it.
+            s.batch_execute("BEGIN READ ONLY").await.unwrap();
+            let r = read("SELECT inet_server_port()").await;
+            s.batch_execute("COMMIT").await.unwrap();
+            assert_eq!(r, Ok(*want), "a read-only transaction after {what}");
+        }
+        // One transaction at a time: psycopg's and asyncpg's serializable read-only BEGIN.
+        s.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE")
+            .await
+            .unwrap();
+        let r = read("SELECT inet_server_port()").await;
+        s.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(
+            r,
+            Ok(primary),
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"
+        );
+    });
+    // From the database's own default, which pgwarden learns from the standby's refusal: at
+    // most a session's first read fails, the others run on the primary.
+    c.psql(0, "postgres", "CREATE DATABASE ser").unwrap();
+    c.psql(
+        0,
+        "postgres",
+        "ALTER DATABASE ser SET default_transaction_isolation = serializable",
+    )
+    .unwrap();
+    block(async {
+        let mut refused = 0;
+        for _ in 0..10 {
+            let s = c.try_connect(c.proxy_port(), "ser").await.unwrap();
+            for i in 0..3 {
+                match s.query_one("SELECT inet_server_port()", &[]).await {
+                    Ok(r) => assert_eq!(port_of(&r, 0), primary, "read {i}"),
+                    Err(e) => {
+                        let m = e.as_db_error().map(|d| d.message().to_string());
+                        assert_eq!(i, 0, "read {i} of a session failed: {m:?}");
+                        assert_eq!(
+                            m.as_deref(),
+                            Some("cannot use serializable mode in a hot standby")
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        eprintln!("{refused} of 10 sessions had their first read refused by the standby");
+    });
+    // From the startup packet (libpq's PGOPTIONS): every session, wherever it is balanced.
+    for _ in 0..10 {
+        let got = c.psql_env(
+            c.proxy_port(),
+            "test",
+            &["SELECT inet_server_port()", "SELECT inet_server_port()"],
+            &[("PGOPTIONS", "-c default_transaction_isolation=serializable")],
+        );
+        assert_eq!(got, Ok(format!("{primary}\n{primary}")), "with PGOPTIONS");
+    }
+}
+
 #[test]
 fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
     let c = Cluster::up(2);

@@ -244,6 +244,9 @@ pub(crate) fn run(
         engaged: None,
         nodes: Vec::new(),
     };
+    if starts_serializable(&s.login.params) {
+        s.settings.begin_serializable();
+    }
     async move {
         // Used in place: rebinding them inside would store them twice.
         // The error is boxed before the await below: kept as it is, its 48 bytes would take
@@ -596,11 +599,18 @@ impl Session {
             return Ok(n);
         }
         let table = self.table().clone();
-        let readable =
-            matches!(class, Class::Read | Class::Begin { read_only: true }) && !self.sticky;
+        // (A hot standby refuses SERIALIZABLE transactions, even read-only ones.)
+        let readable = matches!(class, Class::Read | Class::Begin { read_only: true })
+            && !self.sticky
+            && !self.settings.serializable();
         if !readable {
-            if !matches!(class, Class::Read | Class::Session) {
-                // A setting writes no data: the session need not wait for standbys after it.
+            if !matches!(
+                class,
+                Class::Read | Class::Session | Class::Begin { read_only: true }
+            ) {
+                // A setting writes no data, nor does a read-only transaction (on the primary
+                // because the session is pinned or SERIALIZABLE, where reads stay anyway): the
+                // session need not wait for standbys after it.
                 self.wrote = Wrote::Pending;
             }
             return match table.primary {
@@ -1696,6 +1706,13 @@ impl Session {
                     if sev == "FATAL" {
                         tracing::debug!(node, inflight = ?self.inflight, tx_node = ?self.tx_node, open = ?self.open_until_sync, "relaying a FATAL error from the server");
                     }
+                    if refuses_serializable(&fields) && !self.settings.serializable() {
+                        // SERIALIZABLE by the server's, database's or role's default, which
+                        // pgwarden does not see (it follows what the session sets): this read
+                        // failed, the session's next ones stay on the primary.
+                        tracing::warn!(node, "a standby refused a SERIALIZABLE transaction (default_transaction_isolation of the server, database or role): this session reads on the primary from now on");
+                        self.settings.begin_serializable();
+                    }
                     let stats = self.ctx.node_stats(node);
                     let counter = match sev {
                         "FATAL" => &stats.fatal,
@@ -1880,6 +1897,47 @@ fn mask_has(mask: u64, node: u32) -> bool {
 }
 
 /// The session held node `n`, which was just taken out of service.
+/// A hot standby's refusal of a SERIALIZABLE transaction (in English; the SQLSTATE alone,
+/// feature_not_supported, says too little).
+fn refuses_serializable(fields: &[(u8, String)]) -> bool {
+    fields.iter().any(|(k, v)| *k == b'C' && v == "0A000")
+        && fields
+            .iter()
+            .any(|(k, v)| *k == b'M' && v.contains("serializable mode in a hot standby"))
+}
+
+/// Whether a client's startup parameters make its transactions SERIALIZABLE by default:
+/// `options=-c default_transaction_isolation=serializable` (libpq's PGOPTIONS, or
+/// `--default_transaction_isolation=…`), or the parameter itself among the startup parameters.
+fn starts_serializable(params: &[(String, String)]) -> bool {
+    let is_serializable = |v: &str| {
+        v.trim_matches(|c: char| c == '\'' || c.is_whitespace())
+            .eq_ignore_ascii_case("serializable")
+    };
+    params.iter().any(|(k, v)| {
+        if k == "default_transaction_isolation" {
+            return is_serializable(v);
+        }
+        if k != "options" {
+            return false;
+        }
+        // The last occurrence wins, as in PostgreSQL.
+        let lower = v.to_ascii_lowercase();
+        let mut last = None;
+        for (i, _) in lower.match_indices("default_transaction_isolation") {
+            let rest = lower[i + "default_transaction_isolation".len()..].trim_start();
+            if let Some(value) = rest.strip_prefix('=') {
+                let value = value.trim_start();
+                let end = value
+                    .find(|c: char| c.is_whitespace() && !value.starts_with('\''))
+                    .unwrap_or(value.len());
+                last = Some(is_serializable(&value[..end]));
+            }
+        }
+        last.unwrap_or(false)
+    })
+}
+
 /// How long a session's last words (a FATAL error) wait for a client that does not read.
 const FATAL_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -2173,6 +2231,32 @@ mod tests {
         assert_eq!(scan(&z[..4], &mut streaming, &mut events).unwrap(), 0);
         assert_eq!(scan(&z, &mut streaming, &mut events).unwrap(), z.len());
         assert!(scan(&[b'D', 0, 0, 0, 1], &mut streaming, &mut events).is_err());
+    }
+
+    #[test]
+    fn serializable_from_the_startup_packet() {
+        let p = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        for (params, want) in [
+            (p("options", "-c default_transaction_isolation=serializable"), true),
+            (p("options", "-c default_transaction_isolation = SERIALIZABLE"), true),
+            (p("options", "--default_transaction_isolation=serializable -c work_mem=64MB"), true),
+            (p("options", "-c default_transaction_isolation='serializable'"), true),
+            // The last one counts.
+            (
+                p(
+                    "options",
+                    "-c default_transaction_isolation=serializable -c default_transaction_isolation=repeatable\\ read",
+                ),
+                false,
+            ),
+            (p("options", "-c default_transaction_isolation=repeatable\\ read"), false),
+            (p("options", "-c work_mem=64MB"), false),
+            (p("default_transaction_isolation", "serializable"), true),
+            (p("application_name", "serializable"), false),
+            (vec![], false),
+        ] {
+            assert_eq!(starts_serializable(&params), want, "{params:?}");
+        }
     }
 
     #[test]

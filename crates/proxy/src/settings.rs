@@ -23,7 +23,7 @@
 //! the record then says what it has.
 
 use bytes::Bytes;
-use pgwarden_sql::SettingKind;
+use pgwarden_sql::{Isolation, SettingKind};
 
 /// The record (see the module's documentation). Empty until the session first changes a
 /// setting: most sessions never do, and the session task stays small (see ARCHITECTURE.md).
@@ -36,6 +36,10 @@ struct Record {
     /// Settings changed where they could not be recorded (see the module's documentation):
     /// the node that has them, and their names, to be read back from there.
     unread: Vec<(u32, String)>,
+    /// The session's transactions are SERIALIZABLE by default, which a hot standby refuses:
+    /// as the session began (its startup `options`), and as a setting since changed it.
+    serializable_at_start: bool,
+    serializable_now: Option<bool>,
 }
 
 struct Entry {
@@ -49,8 +53,24 @@ impl Record {
     /// connection that ran it has now had.
     pub(crate) fn push(&mut self, query: Bytes, kind: SettingKind) -> u64 {
         let seq = self.last() + 1;
+        if let Some(change) = query
+            .get(5..)
+            .and_then(|b| pgwarden_wire::msg::query_text(b).ok())
+            .filter(|sql| may_change_isolation(sql))
+            .and_then(pgwarden_sql::isolation_change)
+        {
+            self.note_isolation(change);
+        }
         self.entries.push(Entry { seq, query, kind });
         seq
+    }
+
+    fn note_isolation(&mut self, change: Isolation) {
+        self.serializable_now = match change {
+            Isolation::Serializable => Some(true),
+            Isolation::Other => Some(false),
+            Isolation::Reset => None,
+        };
     }
 
     /// Entry `seq` succeeded: the earlier entries it makes moot are dropped. Not one that a
@@ -144,6 +164,14 @@ impl Record {
         if !utf8_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
+        if name.eq_ignore_ascii_case("default_transaction_isolation") {
+            let value = hex_text(utf8_hex).to_ascii_lowercase();
+            self.note_isolation(if value.trim() == "serializable" {
+                Isolation::Serializable
+            } else {
+                Isolation::Other
+            });
+        }
         let sql = format!(
             "SELECT pg_catalog.set_config({}, pg_catalog.convert_from(pg_catalog.decode('{utf8_hex}', 'hex'), 'UTF8'), false)",
             literal(name),
@@ -227,10 +255,47 @@ impl Settings {
         self.record().record_value(name, utf8_hex)
     }
 
+    /// The session began with SERIALIZABLE as its default isolation (`options=-c
+    /// default_transaction_isolation=serializable`, or that name as a startup parameter).
+    pub(crate) fn begin_serializable(&mut self) {
+        self.record().serializable_at_start = true;
+    }
+
+    /// Whether the session's transactions are SERIALIZABLE by default, so that none of its
+    /// reads may run on a standby. (Not what a server, database or role configures.)
+    pub(crate) fn serializable(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|r| r.serializable_now.unwrap_or(r.serializable_at_start))
+    }
+
     #[cfg(test)]
     fn queries(&self) -> Vec<&[u8]> {
         self.0.as_ref().map_or_else(Vec::new, |r| r.queries())
     }
+}
+
+/// Whether a setting query may change the default isolation (the parser decides; most
+/// setting queries, `SET application_name …` at each pool checkout, need not meet it).
+fn may_change_isolation(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    ["isolation", "reset", "discard"]
+        .iter()
+        .any(|w| lower.contains(w))
+}
+
+/// The text of hex-encoded UTF-8 (what `record_value` is given); empty when it is not.
+fn hex_text(hex: &str) -> String {
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    bytes
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
 }
 
 /// `s` as an SQL string literal, whatever the session's `standard_conforming_strings`.
@@ -343,6 +408,43 @@ mod tests {
         assert_eq!(literal("app"), "E'app'");
         assert_eq!(literal(r#""$user", public"#), r#"E'"$user", public'"#);
         assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
+    }
+
+    #[test]
+    fn the_default_isolation_follows_what_the_session_set() {
+        let q = |sql: &str| {
+            let mut b = bytes::BytesMut::new();
+            pgwarden_wire::msg::frontend::query(&mut b, sql);
+            b.freeze()
+        };
+        let hex = |v: &str| v.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut s = Settings::default();
+        assert!(!s.serializable());
+        s.push(q("SET application_name = 'isolation'"), Other);
+        assert!(!s.serializable(), "a name that merely contains the word");
+        s.push(q("SET default_transaction_isolation = serializable"), Other);
+        assert!(s.serializable());
+        s.push(q("SET application_name = 'a'"), Other);
+        assert!(s.serializable(), "other settings change nothing");
+        s.record_value("default_transaction_isolation", &hex("read committed"));
+        assert!(!s.serializable(), "a value read back");
+        s.record_value("default_transaction_isolation", &hex("serializable"));
+        assert!(s.serializable());
+        s.push(q("RESET ALL"), Other);
+        assert!(!s.serializable());
+        // Begun SERIALIZABLE (startup options): a reset goes back to that.
+        let mut s = Settings::default();
+        s.begin_serializable();
+        assert!(s.serializable());
+        s.push(
+            q("SET default_transaction_isolation = 'read committed'"),
+            Other,
+        );
+        assert!(!s.serializable());
+        s.push(q("RESET default_transaction_isolation"), Other);
+        assert!(s.serializable());
+        assert_eq!(hex_text("zz"), "");
+        assert_eq!(hex_text(&hex("é")), "é");
     }
 
     #[test]

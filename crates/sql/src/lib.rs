@@ -584,6 +584,79 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
     Some(names)
 }
 
+/// What a setting query does to the session's default transaction isolation. It decides
+/// where the session's reads may run: a hot standby refuses to run a SERIALIZABLE transaction
+/// ("cannot use serializable mode in a hot standby"), even a read-only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Set to SERIALIZABLE.
+    Serializable,
+    /// Set to another level.
+    Other,
+    /// Back to what the connection began with: `RESET`, `SET … TO DEFAULT`, `RESET ALL`,
+    /// `DISCARD ALL`.
+    Reset,
+}
+
+/// The last change `sql` (a query run outside a transaction) makes to
+/// `default_transaction_isolation`: `SET default_transaction_isolation …`,
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL …` (JDBC's
+/// `setTransactionIsolation`), `RESET ALL`, `DISCARD ALL`. None when it makes none (or names a
+/// level PostgreSQL does not know, which fails).
+pub fn isolation_change(sql: &str) -> Option<Isolation> {
+    use pg_query::protobuf::{a_const::Val, DiscardMode, VariableSetKind as K};
+    use pg_query::NodeEnum as N;
+    let tree = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let level = |arg: Option<&pg_query::protobuf::Node>| -> Option<Isolation> {
+        let Some(N::AConst(c)) = arg.and_then(|n| n.node.as_ref()) else {
+            return None;
+        };
+        let Some(Val::Sval(v)) = &c.val else {
+            return None;
+        };
+        match v.sval.to_ascii_lowercase().trim() {
+            "serializable" => Some(Isolation::Serializable),
+            "repeatable read" | "read committed" | "read uncommitted" => Some(Isolation::Other),
+            _ => None,
+        }
+    };
+    let mut last = None;
+    for raw in &tree.protobuf.stmts {
+        match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            Some(N::VariableSetStmt(s)) if s.is_local => {}
+            Some(N::VariableSetStmt(s)) if s.kind == K::VarResetAll as i32 => {
+                last = Some(Isolation::Reset)
+            }
+            Some(N::DiscardStmt(d)) if d.target == DiscardMode::DiscardAll as i32 => {
+                last = Some(Isolation::Reset)
+            }
+            Some(N::VariableSetStmt(s))
+                if s.kind == K::VarSetMulti as i32
+                    && s.name.eq_ignore_ascii_case("session characteristics") =>
+            {
+                for a in &s.args {
+                    if let Some(N::DefElem(d)) = a.node.as_ref() {
+                        if d.defname == "transaction_isolation" {
+                            last = level(d.arg.as_deref()).or(last);
+                        }
+                    }
+                }
+            }
+            Some(N::VariableSetStmt(s))
+                if s.name.eq_ignore_ascii_case("default_transaction_isolation") =>
+            {
+                if s.kind == K::VarSetValue as i32 {
+                    last = level(s.args.first()).or(last);
+                } else if s.kind == K::VarSetDefault as i32 || s.kind == K::VarReset as i32 {
+                    last = Some(Isolation::Reset);
+                }
+            }
+            _ => {}
+        }
+    }
+    last
+}
+
 fn setting_kind(stmts: &[pg_query::protobuf::RawStmt]) -> SettingKind {
     use pg_query::protobuf::{DiscardMode, VariableSetKind as K};
     use pg_query::NodeEnum as N;
@@ -671,11 +744,12 @@ fn transaction(lower: &str, statements: usize) -> Verdict {
         .unwrap_or("");
     match word {
         "begin" | "start" => {
-            // "BEGIN READ ONLY", "START TRANSACTION ISOLATION LEVEL …, READ ONLY"
-            let read_only = lower.contains("read only") || {
+            // "BEGIN READ ONLY", "START TRANSACTION ISOLATION LEVEL …, READ ONLY"; not
+            // SERIALIZABLE, which a hot standby refuses.
+            let read_only = (lower.contains("read only") || {
                 let squeezed: String = lower.split_whitespace().collect::<Vec<_>>().join(" ");
                 squeezed.contains("read only")
-            };
+            }) && !has_word(lower, "serializable");
             v(Class::Begin { read_only }, "transaction start")
         }
         "commit" | "end" | "abort" => {

@@ -69,6 +69,10 @@ fn classification_table() {
         ("begin transaction isolation level serializable", Begin { read_only: false }),
         ("BEGIN READ ONLY", Begin { read_only: true }),
         ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ   ONLY", Begin { read_only: true }),
+        // A hot standby refuses SERIALIZABLE, even read-only: the primary runs it.
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Begin { read_only: false }),
+        ("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE", Begin { read_only: false }),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE", Begin { read_only: false }),
         ("COMMIT", End),
         ("end;", End),
         ("ROLLBACK", End),
@@ -453,4 +457,64 @@ fn a_verdict_says_whether_the_query_sets_anything() {
         classify("SET search_path = app; SELECT 1", &NoFunctions).class,
         Class::Write
     );
+}
+
+#[test]
+fn isolation_changes() {
+    use crate::{isolation_change, Isolation::*};
+    let cases: &[(&str, Option<crate::Isolation>)] = &[
+        (
+            "SET default_transaction_isolation = 'serializable'",
+            Some(Serializable),
+        ),
+        (
+            "SET default_transaction_isolation TO serializable",
+            Some(Serializable),
+        ),
+        (
+            "set SESSION default_transaction_isolation = 'SERIALIZABLE'",
+            Some(Serializable),
+        ),
+        (
+            "SET default_transaction_isolation = 'repeatable read'",
+            Some(Other),
+        ),
+        ("SET default_transaction_isolation TO DEFAULT", Some(Reset)),
+        ("RESET default_transaction_isolation", Some(Reset)),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Some(Serializable),
+        ),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, ISOLATION LEVEL READ COMMITTED",
+            Some(Other),
+        ),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", None),
+        ("RESET ALL", Some(Reset)),
+        ("DISCARD ALL", Some(Reset)),
+        ("DISCARD PLANS", None),
+        // The last change counts.
+        (
+            "SET default_transaction_isolation = 'serializable'; RESET ALL",
+            Some(Reset),
+        ),
+        (
+            "RESET ALL; SET default_transaction_isolation = 'serializable'",
+            Some(Serializable),
+        ),
+        // Not the session's: the transaction's own, or LOCAL.
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
+        (
+            "SET LOCAL default_transaction_isolation = 'serializable'",
+            None,
+        ),
+        // A level PostgreSQL refuses changes nothing.
+        ("SET default_transaction_isolation = 'snapshot'", None),
+        ("SET search_path = app", None),
+        ("SELECT 1", None),
+        ("not sql", None),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(isolation_change(sql), *want, "{sql}");
+    }
 }
