@@ -325,4 +325,12 @@ fn jdbc_through_pgwarden() {
         [format!("[{standby}]")],
         "{routes:?}"
     );
+    // A named statement made where the reads after a write ran (the primary, until the
+    // standby has replayed the write: not asserted, a health check may be quick) then served a
+    // read-only transaction on the standby.
+    assert_eq!(
+        ports_of(&routes, "later read-only tx"),
+        [standby.as_str()],
+        "{routes:?}"
+    );
 }

@@ -229,6 +229,33 @@ public class JdbcSession {
                     r.next();
                     out("reads its write", r.getString(1));
                 }
+                // A statement made named (S_n) on the primary, where the reads right after the
+                // write ran, then used in a read-only transaction once the standby has caught
+                // up: it is parsed there too.
+                try (PreparedStatement q = c.prepareStatement("SELECT name, inet_server_port() FROM jd WHERE id = ?")) {
+                    Set<Integer> at = new TreeSet<>();
+                    for (int i = 0; i < 6; i++) {
+                        q.setInt(1, 3000);
+                        try (ResultSet r = q.executeQuery()) {
+                            r.next();
+                            out("after write", i, r.getString(1));
+                            at.add(r.getInt(2));
+                        }
+                    }
+                    route("after write", at);
+                    Thread.sleep(proxied ? 1500 : 0);
+                    c.setReadOnly(true);
+                    c.setAutoCommit(false);
+                    q.setInt(1, 3000);
+                    try (ResultSet r = q.executeQuery()) {
+                        r.next();
+                        out("read-only tx, statement from the primary", r.getString(1));
+                        route("later read-only tx", r.getInt(2));
+                    }
+                    c.commit();
+                    c.setAutoCommit(true);
+                    c.setReadOnly(false);
+                }
             }
             // A query timeout: pgjdbc cancels it with a CancelRequest.
             try (Statement s = c.createStatement()) {
