@@ -506,6 +506,93 @@ fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
 /// afterwards: a `BEGIN READ ONLY` transaction runs on a standby, and the session's writes
 /// later run on the primary, which never saw the SET. pgwarden used to pin such a session to
 /// the primary instead, and its unqualified names then found other tables there.
+/// A SQL PREPARE in a `BEGIN READ ONLY` transaction on a standby outlives the transaction, as
+/// on one server (even a ROLLBACK); the session, pinned to the primary by it, EXECUTEs there,
+/// where pgwarden has prepared it too. One DEALLOCATEd in the transaction, or never made (the
+/// transaction had failed), does not exist afterwards, as on one server.
+#[test]
+fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_it() {
+    let c = Cluster::up(2);
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    block(async {
+        let value = |m: &[tokio_postgres::SimpleQueryMessage], col: usize| -> String {
+            m.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(col).map(str::to_string),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        let error = |e: tokio_postgres::Error| {
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or(e.to_string())
+        };
+        // (what, statements in the transaction, how it ends, the EXECUTE, what it gives)
+        type Case<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a str,
+            &'a str,
+            Result<&'a str, &'a str>,
+        );
+        let cases: &[Case] = &[
+            (
+                "committed",
+                &["PREPARE q(int) AS SELECT $1 + 1, inet_server_port()"],
+                "COMMIT",
+                "EXECUTE q(41)",
+                Ok("42"),
+            ),
+            (
+                "rolled back",
+                &["PREPARE r AS SELECT 2, inet_server_port()"],
+                "ROLLBACK",
+                "EXECUTE r",
+                Ok("2"),
+            ),
+            (
+                "deallocated in the transaction",
+                &["PREPARE d AS SELECT 3", "DEALLOCATE d"],
+                "COMMIT",
+                "EXECUTE d",
+                Err("prepared statement \"d\" does not exist"),
+            ),
+        ];
+        for (what, statements, end, execute, want) in cases {
+            let s = standby_session(&c).await;
+            s.batch_execute("BEGIN READ ONLY").await.unwrap();
+            let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+            assert_eq!(
+                port_of(&at, 0),
+                standby,
+                "{what}: the transaction runs on the standby"
+            );
+            for sql in *statements {
+                s.batch_execute(sql).await.unwrap();
+            }
+            s.batch_execute(end).await.unwrap();
+            let got = s.simple_query(execute).await;
+            match (got, want) {
+                (Ok(m), Ok(v)) => {
+                    assert_eq!(value(&m, 0), *v, "{what}");
+                    assert_eq!(
+                        value(&m, 1),
+                        primary.to_string(),
+                        "{what}: EXECUTE on the primary"
+                    );
+                }
+                (Err(e), Err(v)) => assert_eq!(error(e), *v, "{what}"),
+                (got, _) => panic!("{what}: {:?}", got.map(|m| value(&m, 0)).map_err(error)),
+            }
+            // Still pinned to the primary, and the statement stays usable.
+            if want.is_ok() {
+                assert!(s.simple_query(execute).await.is_ok(), "{what}: again");
+            }
+        }
+    });
+}
+
 /// A hot standby refuses SERIALIZABLE transactions, read-only ones too ("cannot use
 /// serializable mode in a hot standby"). A session whose transactions are SERIALIZABLE, by
 /// default (SET, JDBC's setTransactionIsolation, a setting changed in a transaction, PGOPTIONS)

@@ -742,6 +742,13 @@ impl Session {
             self.sticky = true;
         }
         let target = self.route(class).await?;
+        if class == Class::Sticky && in_tx && self.table().primary != Some(target) {
+            // In a transaction on a standby: a PREPARE outlives it, and the session, pinned to
+            // the primary from now on, will EXECUTE there (see `prepare_on_primary`).
+            for (name, text) in pgwarden_sql::prepares(sql) {
+                self.settings.note_prepared(target, name, text);
+            }
+        }
         self.node_refs(target).stats.count(sql);
         let bytes = f.bytes.clone();
         let record = class == Class::Session && !in_tx;
@@ -857,6 +864,67 @@ impl Session {
             }
         }
         self.settings.keep_unread(kept);
+        if self.settings.has_unread() {
+            Box::pin(self.prepare_on_primary()).await?;
+        }
+        Ok(())
+    }
+
+    /// SQL `PREPARE`s run in a transaction on a standby: once that node is idle, each one
+    /// still there (not DEALLOCATEd, not failed) is prepared on the primary too, where the
+    /// session, pinned there by it, will EXECUTE it. (The primary's connection gets the
+    /// session's settings first: the statement resolves names as the client expects.)
+    async fn prepare_on_primary(&mut self) -> Result<()> {
+        let mut kept = Vec::new();
+        for (from, name, text) in self.settings.take_prepared() {
+            let primary = self.ctx.routes.borrow().primary;
+            let busy = |n: u32| {
+                self.tx_node == Some(n)
+                    || self.open_until_sync == Some(n)
+                    || self.inflight.is_some_and(|(m, _)| m == n)
+            };
+            let Some(primary) = primary.filter(|p| !busy(from) && !busy(*p)) else {
+                kept.push((from, name, text));
+                continue;
+            };
+            if from == primary {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(&from) else {
+                tracing::warn!(node = from, statement = %name, "the connection that prepared a statement in a transaction was lost: it is not made on the primary");
+                continue;
+            };
+            let probe = format!(
+                "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE name = {}",
+                crate::settings::literal(&name)
+            );
+            match conn.b().query_value(&probe).await {
+                Ok(Some(n)) if n == "1" => {}
+                Ok(_) => continue,
+                Err(BackendError::Sql { message, .. }) => {
+                    tracing::warn!(node = from, statement = %name, "cannot tell whether a statement prepared in a transaction is still there ({message})");
+                    continue;
+                }
+                Err(e) => return Err(self.lost(from, e)),
+            }
+            if !self.conns.contains_key(&primary) {
+                if let Err(e) = self.bind(primary).await {
+                    return Err(fatal("08006", format!("cannot reach the primary (node {primary}) to prepare statement {name} there: {e}")));
+                }
+            }
+            self.catch_up(primary).await?;
+            let Some(conn) = self.conns.get_mut(&primary) else {
+                continue;
+            };
+            match conn.b().query_value(&text).await {
+                Ok(_) => {}
+                Err(BackendError::Sql { message, .. }) => {
+                    tracing::warn!(node = primary, statement = %name, "a statement prepared in a transaction on node {from} could not be prepared on the primary ({message})");
+                }
+                Err(e) => return Err(self.lost(primary, e)),
+            }
+        }
+        self.settings.keep_prepared(kept);
         Ok(())
     }
 

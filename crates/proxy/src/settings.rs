@@ -40,6 +40,11 @@ struct Record {
     /// as the session began (its startup `options`), and as a setting since changed it.
     serializable_at_start: bool,
     serializable_now: Option<bool>,
+    /// SQL `PREPARE`s run in a transaction on a standby (the session is pinned to the primary
+    /// from then on): the node, the statement's name and its text, to be prepared on the
+    /// primary too once that transaction is over (a prepared statement outlives it, even a
+    /// ROLLBACK).
+    prepared: Vec<(u32, String, String)>,
 }
 
 struct Entry {
@@ -129,11 +134,14 @@ impl Record {
     /// `node` is used, it is.
     pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
         self.unread.iter().any(|(n, _)| *n != node)
+            || self.prepared.iter().any(|(n, _, _)| *n != node)
     }
 
-    /// Whether `node` holds settings still to be read back: the session needs that connection.
+    /// Whether `node` holds settings (or prepared statements) still to be read back: the
+    /// session needs that connection.
     pub(crate) fn unread_on(&self, node: u32) -> bool {
         self.unread.iter().any(|(n, _)| *n == node)
+            || self.prepared.iter().any(|(n, _, _)| *n == node)
     }
 
     /// The settings to read back, in the order they are to be replayed: the session
@@ -228,9 +236,35 @@ impl Settings {
         self.0.as_ref().is_some_and(|r| r.unread_elsewhere(node))
     }
 
-    /// Whether any setting is still to be read back.
+    /// Whether any setting (or prepared statement) is still to be read back.
     pub(crate) fn has_unread(&self) -> bool {
-        self.0.as_ref().is_some_and(|r| !r.unread.is_empty())
+        self.0
+            .as_ref()
+            .is_some_and(|r| !r.unread.is_empty() || !r.prepared.is_empty())
+    }
+
+    /// A SQL `PREPARE` of `name` (`text`) ran in a transaction on `node`, a standby.
+    pub(crate) fn note_prepared(&mut self, node: u32, name: String, text: String) {
+        let r = self.record();
+        r.prepared.retain(|(_, n, _)| *n != name);
+        r.prepared.push((node, name, text));
+    }
+
+    /// The prepared statements to make on the primary (see `note_prepared`), in order.
+    pub(crate) fn take_prepared(&mut self) -> Vec<(u32, String, String)> {
+        self.0
+            .as_mut()
+            .map_or_else(Vec::new, |r| std::mem::take(&mut r.prepared))
+    }
+
+    /// Those that could not be made yet (their node busy, or no primary).
+    pub(crate) fn keep_prepared(&mut self, kept: Vec<(u32, String, String)>) {
+        if !kept.is_empty() {
+            let r = self.record();
+            let later = std::mem::take(&mut r.prepared);
+            r.prepared = kept;
+            r.prepared.extend(later);
+        }
     }
 
     /// See [`Record::unread_on`].

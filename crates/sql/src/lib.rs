@@ -584,6 +584,29 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
     Some(names)
 }
 
+/// The SQL `PREPARE` statements in `sql`: each one's name and its own text (a server keeps the
+/// whole query string, `pg_prepared_statements.statement`, which may hold other statements).
+/// Empty when it does not parse.
+pub fn prepares(sql: &str) -> Vec<(String, String)> {
+    use pg_query::NodeEnum as N;
+    let Ok(pieces) = pg_query::split_with_parser(sql) else {
+        return Vec::new();
+    };
+    pieces
+        .into_iter()
+        .filter_map(|piece| {
+            let tree = pg_query::parse(piece, pg_query::ParserOptions::DEFAULT).ok()?;
+            match tree.protobuf.stmts.as_slice() {
+                [raw] => match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+                    Some(N::PrepareStmt(p)) => Some((p.name.clone(), piece.trim().to_string())),
+                    _ => None,
+                },
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// What a setting query does to the session's default transaction isolation. It decides
 /// where the session's reads may run: a hot standby refuses to run a SERIALIZABLE transaction
 /// ("cannot use serializable mode in a hot standby"), even a read-only one.

@@ -518,3 +518,25 @@ fn isolation_changes() {
         assert_eq!(isolation_change(sql), *want, "{sql}");
     }
 }
+
+#[test]
+fn prepare_statements_are_found_with_their_own_text() {
+    let p = |sql: &str| crate::prepares(sql);
+    assert_eq!(
+        p("PREPARE q(int) AS SELECT $1 + 1"),
+        [(
+            "q".to_string(),
+            "PREPARE q(int) AS SELECT $1 + 1".to_string()
+        )]
+    );
+    assert_eq!(
+        p("SELECT 1; prepare \"Odd Name\" as select ';' ; SELECT 2"),
+        [(
+            "Odd Name".to_string(),
+            "prepare \"Odd Name\" as select ';'".to_string()
+        )]
+    );
+    assert!(p("EXECUTE q(1)").is_empty());
+    assert!(p("PREPARE TRANSACTION 'x'").is_empty());
+    assert!(p("PREPARE q AS").is_empty());
+}
