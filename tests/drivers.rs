@@ -333,4 +333,17 @@ fn jdbc_through_pgwarden() {
         [standby.as_str()],
         "{routes:?}"
     );
+    // setTransactionIsolation: REPEATABLE READ reads stay on the standby (the setting, sent
+    // through the extended protocol, once pinned the session to the primary); SERIALIZABLE
+    // ones run on the primary (a hot standby refuses them).
+    assert_eq!(
+        ports_of(&routes, "repeatable read reads"),
+        [format!("[{standby}]")],
+        "{routes:?}"
+    );
+    assert_eq!(
+        ports_of(&routes, "serializable reads"),
+        [format!("[{primary}]")],
+        "{routes:?}"
+    );
 }

@@ -269,6 +269,23 @@ public class JdbcSession {
                 r.next();
                 out("after cancel", r.getString(1));
             }
+            // setTransactionIsolation: SET SESSION CHARACTERISTICS through the extended
+            // protocol, replayed on every node; reads stay balanced, except SERIALIZABLE ones
+            // (a hot standby refuses them).
+            Thread.sleep(proxied ? 1500 : 0);
+            for (int level : new int[] {Connection.TRANSACTION_REPEATABLE_READ, Connection.TRANSACTION_SERIALIZABLE}) {
+                c.setTransactionIsolation(level);
+                Set<Integer> at = new TreeSet<>();
+                for (int i = 0; i < 3; i++) {
+                    try (Statement s = c.createStatement(); ResultSet r = s.executeQuery("SELECT current_setting('transaction_isolation'), inet_server_port()")) {
+                        r.next();
+                        out("isolation", level, r.getString(1));
+                        at.add(r.getInt(2));
+                    }
+                }
+                route(level == Connection.TRANSACTION_SERIALIZABLE ? "serializable reads" : "repeatable read reads", at);
+            }
+            c.setTransactionIsolation(Connection.TRANSACTION_READ_COMMITTED);
             // The catalog, through DatabaseMetaData.
             try (ResultSet r = c.getMetaData().getColumns(null, "public", "jd", null)) {
                 List<String> cols = new ArrayList<>();

@@ -1934,6 +1934,8 @@ fn capacity(e: &PoolError) -> bool {
 
 /// SET or RESET (not SET LOCAL / SET TRANSACTION / SET CONSTRAINTS, which belong to a
 /// transaction): a setting the session keeps, which can be replayed on another connection.
+/// `SET SESSION …` is one (pgjdbc's setTransactionIsolation sends `SET SESSION
+/// CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL …` this way; a standby takes it).
 fn is_setting(sql: &str) -> bool {
     let words: Vec<String> = sql
         .split_whitespace()
@@ -1946,7 +1948,7 @@ fn is_setting(sql: &str) -> bool {
             !sql.contains(';')
                 && !matches!(
                     words.get(1).map(String::as_str),
-                    Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS" | "SESSION")
+                    Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS")
                 )
         }
         _ => false,
@@ -2299,6 +2301,26 @@ mod tests {
         assert_eq!(scan(&z[..4], &mut streaming, &mut events).unwrap(), 0);
         assert_eq!(scan(&z, &mut streaming, &mut events).unwrap(), z.len());
         assert!(scan(&[b'D', 0, 0, 0, 1], &mut streaming, &mut events).is_err());
+    }
+
+    #[test]
+    fn settings_replayable_as_said() {
+        for (sql, want) in [
+            ("SET search_path = app", true),
+            ("set SESSION statement_timeout = '5s'", true),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                true,
+            ),
+            ("RESET ALL", true),
+            ("SET LOCAL work_mem = '1MB'", false),
+            ("SET TRANSACTION READ ONLY", false),
+            ("SET CONSTRAINTS ALL DEFERRED", false),
+            ("SET a = 1; SET b = 2", false),
+            ("SELECT 1", false),
+        ] {
+            assert_eq!(is_setting(sql), want, "{sql}");
+        }
     }
 
     #[test]
