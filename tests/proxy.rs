@@ -593,6 +593,89 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
     });
 }
 
+/// A cursor declared WITH HOLD in a `BEGIN READ ONLY` transaction on a standby lives there
+/// after the transaction: FETCH, MOVE and CLOSE of it go there, as on one server; once closed
+/// (or after DISCARD ALL) it is gone, as on one server.
+#[test]
+fn a_cursor_held_after_a_read_only_transaction_on_a_standby_is_fetched_there() {
+    let c = Cluster::up(2);
+    let standby = c.node_port(1);
+    block(async {
+        let rows = |m: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+            m.into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(format!(
+                        "{}@{}",
+                        r.get(0).unwrap_or_default(),
+                        r.get(1).unwrap_or_default()
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+        let error = |e: tokio_postgres::Error| {
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or(e.to_string())
+        };
+        let s = standby_session(&c).await;
+        let at = |n: &str| format!("{n}@{standby}");
+        s.batch_execute("BEGIN READ ONLY").await.unwrap();
+        s.batch_execute(
+            "DECLARE c CURSOR WITH HOLD FOR SELECT g, inet_server_port() FROM generate_series(1, 10) g",
+        )
+        .await
+        .unwrap();
+        let first = rows(s.simple_query("FETCH 2 FROM c").await.unwrap());
+        assert_eq!(
+            first,
+            [at("1"), at("2")],
+            "in the transaction, on the standby"
+        );
+        s.batch_execute("COMMIT").await.unwrap();
+        let next = rows(s.simple_query("FETCH 3 FROM c").await.unwrap());
+        assert_eq!(next, [at("3"), at("4"), at("5")], "after COMMIT");
+        // Other statements in between go where they go; the cursor stays where it is.
+        s.batch_execute(
+            "CREATE TABLE IF NOT EXISTS held_between (v int); INSERT INTO held_between VALUES (1)",
+        )
+        .await
+        .unwrap();
+        s.batch_execute("MOVE 2 IN c").await.unwrap();
+        let after_move = rows(s.simple_query("FETCH 1 FROM c").await.unwrap());
+        assert_eq!(after_move, [at("8")], "after MOVE");
+        s.batch_execute("CLOSE c").await.unwrap();
+        let gone = s
+            .simple_query("FETCH 1 FROM c")
+            .await
+            .map(rows)
+            .map_err(error);
+        assert_eq!(
+            gone,
+            Err("cursor \"c\" does not exist".to_string()),
+            "after CLOSE"
+        );
+        // DISCARD ALL closes it too.
+        let s = standby_session(&c).await;
+        s.batch_execute("BEGIN READ ONLY").await.unwrap();
+        s.batch_execute("DECLARE d CURSOR WITH HOLD FOR SELECT 1, 2")
+            .await
+            .unwrap();
+        s.batch_execute("COMMIT").await.unwrap();
+        s.batch_execute("DISCARD ALL").await.unwrap();
+        let gone = s
+            .simple_query("FETCH 1 FROM d")
+            .await
+            .map(rows)
+            .map_err(error);
+        assert_eq!(
+            gone,
+            Err("cursor \"d\" does not exist".to_string()),
+            "after DISCARD ALL"
+        );
+    });
+}
+
 /// A hot standby refuses SERIALIZABLE transactions, read-only ones too ("cannot use
 /// serializable mode in a hot standby"). A session whose transactions are SERIALIZABLE, by
 /// default (SET, JDBC's setTransactionIsolation, a setting changed in a transaction, PGOPTIONS)

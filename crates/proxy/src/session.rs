@@ -30,7 +30,7 @@ use pgwarden_core::config::LoadBalance;
 use pgwarden_core::route::RouteTable;
 use pgwarden_core::Lsn;
 use pgwarden_monitor::Engagement;
-use pgwarden_sql::{classify, Class};
+use pgwarden_sql::{classify, Class, CursorUse};
 use pgwarden_wire::frame::{self, Frame, ProtocolError};
 use pgwarden_wire::msg::{self, ErrorFields};
 use std::collections::HashMap;
@@ -741,12 +741,39 @@ impl Session {
         if class == Class::Sticky {
             self.sticky = true;
         }
-        let target = self.route(class).await?;
-        if class == Class::Sticky && in_tx && self.table().primary != Some(target) {
-            // In a transaction on a standby: a PREPARE outlives it, and the session, pinned to
-            // the primary from now on, will EXECUTE there (see `prepare_on_primary`).
-            for (name, text) in pgwarden_sql::prepares(sql) {
-                self.settings.note_prepared(target, name, text);
+        // A cursor declared WITH HOLD on a standby is used there (see `held_cursor`).
+        let cursor = if self.settings.has_held() {
+            pgwarden_sql::cursor_use(sql)
+        } else {
+            None
+        };
+        let target = match self.held_cursor(in_tx, cursor.as_ref()) {
+            Some(n) => {
+                self.engage(n);
+                if self.is_fenced(n) {
+                    return Err(fenced_end(n));
+                }
+                n
+            }
+            None => self.route(class).await?,
+        };
+        match &cursor {
+            Some(CursorUse::Close(name)) => self.settings.forget_held(Some(name)),
+            Some(CursorUse::CloseAll) => self.settings.forget_held(None),
+            _ => {}
+        }
+        if in_tx && self.table().primary != Some(target) {
+            if class == Class::Sticky {
+                // In a transaction on a standby: a PREPARE outlives it, and the session,
+                // pinned to the primary from now on, will EXECUTE there (see
+                // `prepare_on_primary`).
+                for (name, text) in pgwarden_sql::prepares(sql) {
+                    self.settings.note_prepared(target, name, text);
+                }
+            } else if has_first_word(sql, "declare") {
+                for name in pgwarden_sql::held_cursors(sql) {
+                    self.settings.note_held(name, target);
+                }
             }
         }
         self.node_refs(target).stats.count(sql);
@@ -782,6 +809,26 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The standby a FETCH, MOVE or CLOSE outside a transaction must go to: the cursor it
+    /// names was declared WITH HOLD in a transaction there, and lives only there. A cursor
+    /// whose connection is gone (the node lost or fenced since) is forgotten: the statement
+    /// goes where it would, and fails as on a server that never had it.
+    fn held_cursor(&mut self, in_tx: bool, cursor: Option<&CursorUse>) -> Option<u32> {
+        let (CursorUse::Use(name) | CursorUse::Close(name)) = cursor? else {
+            return None;
+        };
+        let node = self.settings.held_on(name)?;
+        if in_tx {
+            // (In a transaction on another node, it cannot be reached: that node answers.)
+            return None;
+        }
+        if self.conns.contains_key(&node) && !self.is_fenced(node) {
+            return Some(node);
+        }
+        self.settings.forget_held(Some(name));
+        None
     }
 
     /// `sql` ran on `node` and may have changed the settings `setting_names` names there: they
@@ -995,6 +1042,13 @@ impl Session {
         let resets = pgwarden_sql::resets(sql);
         if resets.statements {
             self.statements.clear();
+        }
+        if matches!(
+            resets.kind,
+            pgwarden_sql::SettingKind::Reset { role: true, .. }
+        ) {
+            // DISCARD ALL closes every cursor, those held on a standby too.
+            self.settings.forget_held(None);
         }
         // `DEALLOCATE name` drops that one: it is not parsed again elsewhere for a later
         // Bind, which fails as it would on one server.
@@ -2074,6 +2128,14 @@ fn no_node() -> End {
 }
 
 /// Whether a query inside a transaction may create state that outlives it.
+/// Whether the first word of `sql` is `word` (lower case).
+fn has_first_word(sql: &str, word: &str) -> bool {
+    sql.trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+}
+
 fn may_hold_state(sql: &str) -> bool {
     let first = sql
         .trim_start()

@@ -45,6 +45,9 @@ struct Record {
     /// primary too once that transaction is over (a prepared statement outlives it, even a
     /// ROLLBACK).
     prepared: Vec<(u32, String, String)>,
+    /// Cursors declared `WITH HOLD` in a transaction on a standby: they live there after it,
+    /// and a FETCH, MOVE or CLOSE of one goes there (by name, with the node).
+    held: Vec<(String, u32)>,
 }
 
 struct Entry {
@@ -248,6 +251,35 @@ impl Settings {
         let r = self.record();
         r.prepared.retain(|(_, n, _)| *n != name);
         r.prepared.push((node, name, text));
+    }
+
+    /// A cursor `name` was declared WITH HOLD in a transaction on `node`, a standby.
+    pub(crate) fn note_held(&mut self, name: String, node: u32) {
+        let r = self.record();
+        r.held.retain(|(n, _)| *n != name);
+        r.held.push((name, node));
+    }
+
+    /// The standby where cursor `name` lives (see `note_held`).
+    pub(crate) fn held_on(&self, name: &str) -> Option<u32> {
+        self.0.as_ref().and_then(|r| {
+            r.held
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, node)| *node)
+        })
+    }
+
+    /// Whether any cursor lives on a standby.
+    pub(crate) fn has_held(&self) -> bool {
+        self.0.as_ref().is_some_and(|r| !r.held.is_empty())
+    }
+
+    /// Cursor `name` is closed (None: all of them, or their connection is gone).
+    pub(crate) fn forget_held(&mut self, name: Option<&str>) {
+        if let Some(r) = self.0.as_mut() {
+            r.held.retain(|(n, _)| name.is_some_and(|name| name != n));
+        }
     }
 
     /// The prepared statements to make on the primary (see `note_prepared`), in order.

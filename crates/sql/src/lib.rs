@@ -607,6 +607,55 @@ pub fn prepares(sql: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// libpg_query's `DeclareCursorStmt.options` bit for `WITH HOLD` (`CURSOR_OPT_HOLD`).
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+/// The cursors `sql` declares `WITH HOLD` (they outlive their transaction), by name.
+pub fn held_cursors(sql: &str) -> Vec<String> {
+    use pg_query::NodeEnum as N;
+    let Ok(tree) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return Vec::new();
+    };
+    tree.protobuf
+        .stmts
+        .iter()
+        .filter_map(
+            |raw| match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+                Some(N::DeclareCursorStmt(d)) if d.options & CURSOR_OPT_HOLD != 0 => {
+                    Some(d.portalname.clone())
+                }
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// What a query alone does with a cursor: `FETCH` / `MOVE` from it, or `CLOSE` it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorUse {
+    /// FETCH or MOVE from the named cursor.
+    Use(String),
+    /// CLOSE name.
+    Close(String),
+    /// CLOSE ALL.
+    CloseAll,
+}
+
+/// The cursor a query made of one FETCH, MOVE or CLOSE statement uses; None otherwise.
+pub fn cursor_use(sql: &str) -> Option<CursorUse> {
+    use pg_query::NodeEnum as N;
+    let tree = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let [raw] = tree.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match raw.stmt.as_ref().and_then(|n| n.node.as_ref())? {
+        N::FetchStmt(f) => Some(CursorUse::Use(f.portalname.clone())),
+        N::ClosePortalStmt(c) if c.portalname.is_empty() => Some(CursorUse::CloseAll),
+        N::ClosePortalStmt(c) => Some(CursorUse::Close(c.portalname.clone())),
+        _ => None,
+    }
+}
+
 /// What a setting query does to the session's default transaction isolation. It decides
 /// where the session's reads may run: a hot standby refuses to run a SERIALIZABLE transaction
 /// ("cannot use serializable mode in a hot standby"), even a read-only one.

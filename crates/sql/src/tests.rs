@@ -540,3 +540,27 @@ fn prepare_statements_are_found_with_their_own_text() {
     assert!(p("PREPARE TRANSACTION 'x'").is_empty());
     assert!(p("PREPARE q AS").is_empty());
 }
+
+#[test]
+fn held_cursors_and_their_uses() {
+    use crate::{cursor_use, held_cursors, CursorUse::*};
+    assert_eq!(
+        held_cursors("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+        ["c"]
+    );
+    assert_eq!(
+        held_cursors("DECLARE \"Big\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1"),
+        ["Big"]
+    );
+    assert!(held_cursors("DECLARE c CURSOR FOR SELECT 1").is_empty());
+    assert!(held_cursors("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1").is_empty());
+    assert!(held_cursors("DECLARE c SCROLL CURSOR FOR SELECT 1").is_empty());
+    assert!(held_cursors("SELECT 1").is_empty());
+    assert_eq!(cursor_use("FETCH 10 FROM c"), Some(Use("c".into())));
+    assert_eq!(cursor_use("fetch all in \"Big\""), Some(Use("Big".into())));
+    assert_eq!(cursor_use("MOVE ABSOLUTE 5 IN c"), Some(Use("c".into())));
+    assert_eq!(cursor_use("CLOSE c"), Some(Close("c".into())));
+    assert_eq!(cursor_use("CLOSE ALL"), Some(CloseAll));
+    assert_eq!(cursor_use("FETCH 1 FROM c; SELECT 1"), None);
+    assert_eq!(cursor_use("SELECT 1"), None);
+}
