@@ -590,6 +590,39 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
                 assert!(s.simple_query(execute).await.is_ok(), "{what}: again");
             }
         }
+        // With standard_conforming_strings off, a backslash quotes a quote: the standby runs
+        // this text as a PREPARE, then a CREATE TABLE (refused there, read-only). Read with
+        // it on, the text is one PREPARE: replayed on the primary as it stands, the CREATE
+        // TABLE would run there.
+        let s = standby_session(&c).await;
+        s.batch_execute("SET standard_conforming_strings = off")
+            .await
+            .unwrap();
+        s.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+        assert_eq!(
+            port_of(&at, 0),
+            standby,
+            "the transaction runs on the standby"
+        );
+        let crafted = r"PREPARE p AS SELECT 'a\', '; CREATE TABLE smuggled (); --'";
+        let refused = s.batch_execute(crafted).await.map_err(error);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("read-only transaction")),
+            "the standby refuses the CREATE TABLE: {refused:?}"
+        );
+        s.batch_execute("ROLLBACK").await.unwrap();
+        let at = s.simple_query("SELECT inet_server_port()").await.unwrap();
+        assert_eq!(value(&at, 0), primary.to_string(), "pinned by the PREPARE");
+        assert_eq!(
+            c.psql(0, "test", "SELECT to_regclass('smuggled') IS NULL")
+                .unwrap()
+                .trim(),
+            "t",
+            "nothing but the PREPARE is run on the primary"
+        );
     });
 }
 

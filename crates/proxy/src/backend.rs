@@ -61,6 +61,15 @@ pub struct ConnectSpec {
     pub timeout: Duration,
 }
 
+/// What [`Backend::exchange`] read back.
+#[derive(Debug, Default)]
+pub struct Exchanged {
+    /// The first column of the first row, when a row came.
+    pub value: Option<String>,
+    /// The first error's message, when one came.
+    pub error: Option<String>,
+}
+
 pub struct Backend {
     pub node: u32,
     pub addr: String,
@@ -409,13 +418,31 @@ impl Backend {
     }
 
     /// Runs `sql` and returns the first column of the first row, discarding everything else
-    /// but notifications: those belong to the client (its session LISTENs on this connection),
-    /// and are left at the head of `buf`, to be relayed with the connection's next answers.
-    /// For pgwarden's own queries on an idle connection.
+    /// but notifications (see [`Backend::exchange`]). For pgwarden's own queries on an idle
+    /// connection.
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         let mut out = BytesMut::new();
         msg::frontend::query(&mut out, sql);
-        self.write(&out).await?;
+        match self.exchange(&out).await? {
+            Exchanged {
+                error: Some(message),
+                ..
+            } => Err(BackendError::Sql {
+                addr: self.addr.clone(),
+                sql: sql.to_string(),
+                message,
+            }),
+            Exchanged { value, .. } => Ok(value),
+        }
+    }
+
+    /// Sends pgwarden's own messages `out` (ending in a Query or a Sync) on an idle connection
+    /// and reads up to the ReadyForQuery: the first column of the first row, the first error's
+    /// message. ParameterStatus changes are kept; notifications belong to the client (its
+    /// session LISTENs on this connection), and are left at the head of `buf`, to be relayed
+    /// with the connection's next answers (with any parked there before); the rest is dropped.
+    pub async fn exchange(&mut self, out: &[u8]) -> Result<Exchanged, BackendError> {
+        self.write(out).await?;
         let mut value = None;
         let mut error = None;
         let mut notifications = BytesMut::new();
@@ -433,12 +460,15 @@ impl Backend {
                         }
                     }
                 }
-                b'E' => {
+                b'E' if error.is_none() => {
                     let fields = msg::error_fields(f.body());
-                    error = fields
-                        .iter()
-                        .find(|(k, _)| *k == b'M')
-                        .map(|(_, v)| v.clone());
+                    error = Some(
+                        fields
+                            .iter()
+                            .find(|(k, _)| *k == b'M')
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default(),
+                    );
                 }
                 b'S' => {
                     if let Some((k, rest)) = frame::cstr(f.body()) {
@@ -453,14 +483,7 @@ impl Backend {
                         notifications.extend_from_slice(&self.buf);
                         self.buf = notifications;
                     }
-                    return match error {
-                        Some(message) => Err(BackendError::Sql {
-                            addr: self.addr.clone(),
-                            sql: sql.to_string(),
-                            message,
-                        }),
-                        None => Ok(value),
-                    };
+                    return Ok(Exchanged { value, error });
                 }
                 _ => {}
             }

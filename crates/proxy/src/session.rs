@@ -963,10 +963,19 @@ impl Session {
             let Some(conn) = self.conns.get_mut(&primary) else {
                 continue;
             };
-            match conn.b().query_value(&text).await {
-                Ok(_) => {}
-                Err(BackendError::Sql { message, .. }) => {
-                    tracing::warn!(node = primary, statement = %name, "a statement prepared in a transaction on node {from} could not be prepared on the primary ({message})");
+            // As one extended-protocol statement: the server refuses a text that would hold
+            // more than one command, whatever `pgwarden_sql::prepares` made of it.
+            let mut out = BytesMut::new();
+            msg::frontend::parse(&mut out, "", &text, &[]);
+            msg::frontend::bind(&mut out, "", "");
+            msg::frontend::execute(&mut out, "", 0);
+            msg::frontend::close(&mut out, b'S', "");
+            msg::frontend::sync(&mut out);
+            match conn.b().exchange(&out).await {
+                Ok(done) => {
+                    if let Some(message) = done.error {
+                        tracing::warn!(node = primary, statement = %name, "a statement prepared in a transaction on node {from} could not be prepared on the primary ({message})");
+                    }
                 }
                 Err(e) => return Err(self.lost(primary, e)),
             }
@@ -1463,36 +1472,20 @@ impl Session {
         }
         self.drain().await?;
         let mut out = BytesMut::new();
-        // Close ('C'), statement, name; then Sync.
-        let mut body = BytesMut::new();
-        body.extend_from_slice(b"S");
-        body.extend_from_slice(name.as_bytes());
-        body.extend_from_slice(&[0]);
-        out.extend_from_slice(b"C");
-        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        out.extend_from_slice(&body);
+        msg::frontend::close(&mut out, b'S', name);
         msg::frontend::sync(&mut out);
         self.internal(node, out).await.map(|_| ())
     }
 
-    /// Sends pgwarden's own messages on an idle connection and reads until ReadyForQuery;
-    /// false when an error came back.
+    /// Sends pgwarden's own messages on an idle connection and reads until ReadyForQuery
+    /// (keeping the client's notifications, see `Backend::exchange`); false when an error
+    /// came back.
     async fn internal(&mut self, node: u32, out: BytesMut) -> Result<bool> {
         let conn = self.conn(node).await?;
-        let r = async {
-            conn.b().write(&out).await?;
-            let mut ok = true;
-            loop {
-                let f = conn.b().read_frame().await?;
-                ok &= f.tag != b'E';
-                if f.tag == b'Z' {
-                    conn.b().tx_status = f.body().first().copied().unwrap_or(b'I');
-                    return Ok::<bool, BackendError>(ok);
-                }
-            }
+        match conn.b().exchange(&out).await {
+            Ok(done) => Ok(done.error.is_none()),
+            Err(e) => Err(self.lost(node, e)),
         }
-        .await;
-        r.map_err(|e| self.lost(node, e))
     }
 
     // ---- sending and relaying ------------------------------------------------------------

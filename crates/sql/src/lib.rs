@@ -586,25 +586,39 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
 
 /// The SQL `PREPARE` statements in `sql`: each one's name and its own text (a server keeps the
 /// whole query string, `pg_prepared_statements.statement`, which may hold other statements).
-/// Empty when it does not parse.
+///
+/// The text is read with `standard_conforming_strings` on and off (see [`resets_only`]):
+/// when both readings parse, they must find the same statements, or none is reported; when
+/// only one parses (a legacy `'it\'s'` string, say), that one is used. A text reported here
+/// must still be sent as one extended-protocol statement, which the server refuses to run if
+/// it holds more than one command.
 pub fn prepares(sql: &str) -> Vec<(String, String)> {
-    use pg_query::NodeEnum as N;
-    let Ok(pieces) = pg_query::split_with_parser(sql) else {
-        return Vec::new();
-    };
-    pieces
-        .into_iter()
-        .filter_map(|piece| {
-            let tree = pg_query::parse(piece, pg_query::ParserOptions::DEFAULT).ok()?;
-            match tree.protobuf.stmts.as_slice() {
-                [raw] => match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
-                    Some(N::PrepareStmt(p)) => Some((p.name.clone(), piece.trim().to_string())),
-                    _ => None,
-                },
-                _ => None,
+    use pg_query::ParserOptions;
+    let found = |tree: &pg_query::ParseResult| -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for raw in &tree.protobuf.stmts {
+            if let Some(pg_query::NodeEnum::PrepareStmt(p)) =
+                raw.stmt.as_ref().and_then(|n| n.node.as_ref())
+            {
+                let at = usize::try_from(raw.stmt_location).ok()?;
+                let end = match usize::try_from(raw.stmt_len).ok()? {
+                    0 => sql.len(),
+                    len => at.checked_add(len)?,
+                };
+                out.push((p.name.clone(), sql.get(at..end)?.trim().to_string()));
             }
-        })
-        .collect()
+        }
+        Some(out)
+    };
+    let on = pg_query::parse(sql, ParserOptions::DEFAULT).ok();
+    let off = pg_query::parse(sql, ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS).ok();
+    let found = match (on.as_ref().map(found), off.as_ref().map(found)) {
+        (Some(a), Some(b)) if a == b => a,
+        (Some(_), Some(_)) => None,
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => None,
+    };
+    found.unwrap_or_default()
 }
 
 /// libpg_query's `DeclareCursorStmt.options` bit for `WITH HOLD` (`CURSOR_OPT_HOLD`).

@@ -539,6 +539,19 @@ fn prepare_statements_are_found_with_their_own_text() {
     assert!(p("EXECUTE q(1)").is_empty());
     assert!(p("PREPARE TRANSACTION 'x'").is_empty());
     assert!(p("PREPARE q AS").is_empty());
+    // Read differently with standard_conforming_strings off, where the backslash quotes the
+    // quote: `'a\', '` is one string there, and a DELETE follows. Neither reading is trusted.
+    assert!(p("PREPARE p AS SELECT 'a\\', '; DELETE FROM t; --'").is_empty());
+    // A legacy string only one reading parses: that reading is used.
+    assert_eq!(
+        p(r"PREPARE q AS SELECT 'it\'s'; SELECT 1"),
+        [("q".to_string(), r"PREPARE q AS SELECT 'it\'s'".to_string())]
+    );
+    // The same in both readings.
+    assert_eq!(
+        p(r"PREPARE q AS SELECT E'a\'b'"),
+        [("q".to_string(), r"PREPARE q AS SELECT E'a\'b'".to_string())]
+    );
 }
 
 #[test]

@@ -324,6 +324,33 @@ pub mod frontend {
         });
     }
 
+    /// Bind of `statement` to `portal`, without parameters, all results in text.
+    pub fn bind(buf: &mut BytesMut, portal: &str, statement: &str) {
+        with_len(buf, b'B', |b| {
+            put_cstr(b, portal);
+            put_cstr(b, statement);
+            b.put_u16(0);
+            b.put_u16(0);
+            b.put_u16(0);
+        });
+    }
+
+    /// Execute of `portal`, all its rows (`max_rows` 0) or that many.
+    pub fn execute(buf: &mut BytesMut, portal: &str, max_rows: i32) {
+        with_len(buf, b'E', |b| {
+            put_cstr(b, portal);
+            b.put_i32(max_rows);
+        });
+    }
+
+    /// Close of a prepared statement (`kind` b'S') or a portal (b'P').
+    pub fn close(buf: &mut BytesMut, kind: u8, name: &str) {
+        with_len(buf, b'C', |b| {
+            b.put_u8(kind);
+            put_cstr(b, name);
+        });
+    }
+
     pub fn sync(buf: &mut BytesMut) {
         with_len(buf, b'S', |_| {});
     }
