@@ -1940,6 +1940,10 @@ impl Session {
     /// Connections go back to the pool when they are idle and clean; the rest are closed.
     fn release(&mut self) {
         self.set_engaged(None);
+        // The client's cancel key no longer reaches these connections: one put back in the
+        // pool may run another client's query before this session's end is complete.
+        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.cancel_for = (0, 0);
         let clean_session = self.inflight.is_none() && self.copy_in.is_none();
         for (node, conn) in self.conns.drain() {
             let mut pooled = conn.pooled;
