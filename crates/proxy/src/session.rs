@@ -956,7 +956,10 @@ impl Session {
             }
             if !self.conns.contains_key(&primary) {
                 if let Err(e) = self.bind(primary).await {
-                    return Err(fatal("08006", format!("cannot reach the primary (node {primary}) to prepare statement {name} there: {e}")));
+                    // (A switchover, say: tried again on the session's next statement.)
+                    tracing::debug!(node = primary, statement = %name, "cannot reach the primary to prepare a statement there yet: {e}");
+                    kept.push((from, name, text));
+                    continue;
                 }
             }
             self.catch_up(primary).await?;

@@ -140,11 +140,12 @@ impl Record {
             || self.prepared.iter().any(|(n, _, _)| *n != node)
     }
 
-    /// Whether `node` holds settings (or prepared statements) still to be read back: the
-    /// session needs that connection.
+    /// Whether `node` holds settings still to be read back: the session needs that
+    /// connection. (Not for a prepared statement still to be made on the primary: that is
+    /// made if the standby is still there when the session comes to it; losing the standby
+    /// first loses the statement, not the session.)
     pub(crate) fn unread_on(&self, node: u32) -> bool {
         self.unread.iter().any(|(n, _)| *n == node)
-            || self.prepared.iter().any(|(n, _, _)| *n == node)
     }
 
     /// The settings to read back, in the order they are to be replayed: the session
@@ -550,6 +551,27 @@ mod tests {
             texts,
             ["SELECT pg_catalog.set_config(E'search_path', pg_catalog.convert_from(pg_catalog.decode('617070', 'hex'), 'UTF8'), false)"]
         );
+    }
+
+    #[test]
+    fn a_statement_prepared_on_a_standby_is_made_on_the_primary_but_binds_no_node() {
+        let mut s = Settings::default();
+        s.note_prepared(1, "q".into(), "PREPARE q AS SELECT 1".into());
+        s.note_prepared(1, "r".into(), "PREPARE r AS SELECT 2".into());
+        s.note_prepared(1, "q".into(), "PREPARE q AS SELECT 3".into());
+        // To be made once the session comes to another node...
+        assert!(s.has_unread() && s.unread_elsewhere(0) && !s.unread_elsewhere(1));
+        // ...but the standby may go without ending the session.
+        assert!(!s.unread_on(1));
+        let made = s.take_prepared();
+        let names: Vec<&str> = made.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(names, ["r", "q"]);
+        assert!(!s.has_unread());
+        // Kept for later (no primary yet): before any noted meanwhile.
+        s.note_prepared(1, "t".into(), "PREPARE t AS SELECT 4".into());
+        s.keep_prepared(made);
+        let names: Vec<String> = s.take_prepared().into_iter().map(|(_, n, _)| n).collect();
+        assert_eq!(names, ["r", "q", "t"]);
     }
 
     #[test]
