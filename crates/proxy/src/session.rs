@@ -315,8 +315,8 @@ impl Session {
                         .is_some_and(|c| !c.pooled.backend.buf.is_empty())
                 }) {
                     // Notifications that came while pgwarden asked something of its own on
-                    // the connection (`Backend::query_value`) are relayed now.
-                    Box::pin(self.forward(n, true)).await?;
+                    // the connection (`Backend::exchange`) are relayed now.
+                    Box::pin(self.relay_watching_fences(Some(n), true)).await?;
                 }
             }
             // An online recovery's 2nd stage: a session idle longer than the limit is closed.
@@ -337,7 +337,7 @@ impl Session {
                 }, if node.is_some() => {
                     // An error is the read's to report (a standby lost under a read, say).
                     let _ = r;
-                    Box::pin(self.relay_watching_fences(node)).await?;
+                    Box::pin(self.relay_watching_fences(node, false)).await?;
                 }
                 r = read_client(reader, cbuf, partial, auth_timeout) => r?,
                 _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
@@ -377,14 +377,21 @@ impl Session {
     /// Relays what `node` sent, as `handle_frames` handles a message: a fence of `node` while
     /// the client is slow to take the answers (their write blocked) ends the session at once,
     /// rather than keep it engaged on a node being stopped until the client reads.
-    async fn relay_watching_fences(&mut self, node: Option<u32>) -> Result<()> {
+    /// `parked`: only what is already in the connection's buffer (notifications parked there
+    /// by `Backend::exchange`), without reading.
+    async fn relay_watching_fences(&mut self, node: Option<u32>, parked: bool) -> Result<()> {
         let (busy, wake, ctx) = (
             self.busy.clone(),
             self.wake.notify.clone(),
             self.ctx.clone(),
         );
-        let ((), pending) =
-            watching_fences(self.read_node(node, false), &wake, &ctx, &busy).await?;
+        let step = async {
+            match node {
+                Some(n) if parked => self.forward(n, true).await,
+                _ => self.read_node(node, false).await,
+            }
+        };
+        let ((), pending) = watching_fences(step, &wake, &ctx, &busy).await?;
         if let Some(set) = pending {
             self.on_fence(&set)?;
         }
@@ -1407,7 +1414,7 @@ impl Session {
                     let status = z.get(5).copied().unwrap_or(b'I');
                     conn.pooled.backend.tx_status = status;
                     if !answers.is_empty() {
-                        self.send_client(&answers).await?;
+                        self.send_client_for(node, &answers).await?;
                     }
                     break status;
                 }
@@ -1415,7 +1422,7 @@ impl Session {
                     conn.streaming = streaming;
                     let answers = conn.b().buf.split_to(n);
                     if !answers.is_empty() {
-                        self.send_client(&answers).await?;
+                        self.send_client_for(node, &answers).await?;
                     }
                     let Some(conn) = self.conns.get_mut(&node) else {
                         continue;
@@ -1844,15 +1851,7 @@ impl Session {
         }
         self.events = events;
         if !out.is_empty() {
-            // Blocked on the client, the session still works for `node`: a fence of it must
-            // not wait for this write (see `watching_fences`).
-            let _busy = Busy::enter(Some(&self.busy), node);
-            self.client_cut = true;
-            self.client
-                .write_all(&out)
-                .await
-                .map_err(|_| End::ClientGone)?;
-            self.client_cut = false;
+            self.send_client_for(node, &out).await?;
         }
         if settle {
             self.note_write_done();
@@ -1911,6 +1910,19 @@ impl Session {
             return Err(self.lost(node, e));
         }
         self.forward(node, true).await
+    }
+
+    /// Writes `node`'s answers to the client. Blocked on the client, the session still works
+    /// for `node`: a fence of it must not wait for this write (see `watching_fences`).
+    async fn send_client_for(&mut self, node: u32, data: &[u8]) -> Result<()> {
+        let _busy = Busy::enter(Some(&self.busy), node);
+        self.client_cut = true;
+        self.client
+            .write_all(data)
+            .await
+            .map_err(|_| End::ClientGone)?;
+        self.client_cut = false;
+        Ok(())
     }
 
     async fn send_client(&mut self, data: &[u8]) -> Result<()> {
