@@ -1831,7 +1831,10 @@ impl Session {
                     if sev == "FATAL" {
                         tracing::debug!(node, inflight = ?self.inflight, tx_node = ?self.tx_node, open = ?self.open_until_sync, "relaying a FATAL error from the server");
                     }
-                    if refuses_serializable(&fields) && !self.settings.serializable() {
+                    if refuses_serializable(&fields)
+                        && !self.settings.serializable()
+                        && !self.settings.isolation_chosen()
+                    {
                         // SERIALIZABLE by the server's, database's or role's default, which
                         // pgwarden does not see (it follows what the session sets): this read
                         // failed, the session's next ones stay on the primary.
@@ -2050,28 +2053,57 @@ fn starts_serializable(params: &[(String, String)]) -> bool {
         v.trim_matches(|c: char| c == '\'' || c.is_whitespace())
             .eq_ignore_ascii_case("serializable")
     };
-    params.iter().any(|(k, v)| {
-        if k == "default_transaction_isolation" {
-            return is_serializable(v);
+    // A startup parameter of its own is applied after `options`, and wins.
+    if let Some((_, v)) = params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("default_transaction_isolation"))
+    {
+        return is_serializable(v);
+    }
+    params
+        .iter()
+        .filter(|(k, _)| k == "options")
+        .flat_map(|(_, v)| option_settings(v))
+        .rfind(|(name, _)| name == "default_transaction_isolation")
+        .is_some_and(|(_, v)| is_serializable(&v))
+}
+
+/// The settings in a startup packet's `options`, read as PostgreSQL reads them
+/// (`pg_split_opts`, then its `-c` / `--` switches): words split on whitespace, a backslash
+/// keeping the next character; `-c name=value`, `-cname=value` or `--name=value`, with
+/// dashes in the name read as underscores.
+fn option_settings(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_whitespace() {
+            words.extend(word.take());
+            continue;
         }
-        if k != "options" {
-            return false;
+        let w = word.get_or_insert_with(String::new);
+        match c {
+            '\\' => w.extend(chars.next()),
+            c => w.push(c),
         }
-        // The last occurrence wins, as in PostgreSQL.
-        let lower = v.to_ascii_lowercase();
-        let mut last = None;
-        for (i, _) in lower.match_indices("default_transaction_isolation") {
-            let rest = lower[i + "default_transaction_isolation".len()..].trim_start();
-            if let Some(value) = rest.strip_prefix('=') {
-                let value = value.trim_start();
-                let end = value
-                    .find(|c: char| c.is_whitespace() && !value.starts_with('\''))
-                    .unwrap_or(value.len());
-                last = Some(is_serializable(&value[..end]));
-            }
+    }
+    words.extend(word);
+    let mut out = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let switch = if w == "-c" {
+            it.next().map(String::as_str)
+        } else {
+            w.strip_prefix("--").or_else(|| w.strip_prefix("-c"))
+        };
+        if let Some((name, value)) = switch.and_then(|s| s.split_once('=')) {
+            out.push((
+                name.replace('-', "_").to_ascii_lowercase(),
+                value.to_string(),
+            ));
         }
-        last.unwrap_or(false)
-    })
+    }
+    out
 }
 
 /// How long a session's last words (a FATAL error) wait for a client that does not read.
@@ -2402,7 +2434,12 @@ mod tests {
         let p = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         for (params, want) in [
             (p("options", "-c default_transaction_isolation=serializable"), true),
-            (p("options", "-c default_transaction_isolation = SERIALIZABLE"), true),
+            (p("options", "-c default_transaction_isolation=SERIALIZABLE"), true),
+            (p("options", "--default-transaction-isolation=serializable"), true),
+            (p("options", "-cdefault_transaction_isolation=serializable"), true),
+            (p("options", "  -c   Default-Transaction-Isolation=serializable  "), true),
+            // (`-c name = value` is refused by the server: no value.)
+            (p("options", "-c default_transaction_isolation = serializable"), false),
             (p("options", "--default_transaction_isolation=serializable -c work_mem=64MB"), true),
             (p("options", "-c default_transaction_isolation='serializable'"), true),
             // The last one counts.
@@ -2416,6 +2453,14 @@ mod tests {
             (p("options", "-c default_transaction_isolation=repeatable\\ read"), false),
             (p("options", "-c work_mem=64MB"), false),
             (p("default_transaction_isolation", "serializable"), true),
+            // A parameter of its own wins over `options`.
+            (
+                vec![
+                    ("options".into(), "-c default_transaction_isolation=serializable".into()),
+                    ("default_transaction_isolation".into(), "read committed".into()),
+                ],
+                false,
+            ),
             (p("application_name", "serializable"), false),
             (vec![], false),
         ] {

@@ -336,6 +336,14 @@ impl Settings {
             .is_some_and(|r| r.serializable_now.unwrap_or(r.serializable_at_start))
     }
 
+    /// Whether the session has chosen its default isolation itself (a SET not undone since):
+    /// then a server, database or role default does not apply to it.
+    pub(crate) fn isolation_chosen(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|r| r.serializable_now.is_some())
+    }
+
     #[cfg(test)]
     fn queries(&self) -> Vec<&[u8]> {
         self.0.as_ref().map_or_else(Vec::new, |r| r.queries())
@@ -498,7 +506,7 @@ mod tests {
         s.record_value("default_transaction_isolation", &hex("serializable"));
         assert!(s.serializable());
         s.push(q("RESET ALL"), Other);
-        assert!(!s.serializable());
+        assert!(!s.serializable() && !s.isolation_chosen());
         // Begun SERIALIZABLE (startup options): a reset goes back to that.
         let mut s = Settings::default();
         s.begin_serializable();
@@ -507,9 +515,9 @@ mod tests {
             q("SET default_transaction_isolation = 'read committed'"),
             Other,
         );
-        assert!(!s.serializable());
+        assert!(!s.serializable() && s.isolation_chosen());
         s.push(q("RESET default_transaction_isolation"), Other);
-        assert!(s.serializable());
+        assert!(s.serializable() && !s.isolation_chosen());
         assert_eq!(hex_text("zz"), "");
         assert_eq!(hex_text(&hex("é")), "é");
     }
