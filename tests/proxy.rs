@@ -501,6 +501,147 @@ fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
     });
 }
 
+/// `set_config(name, value, false)` changes a session setting like `SET`, but is a function
+/// call: it runs on the primary (not known to be read-only), and the session's later reads on
+/// a standby must see it too. Row-level-security setups set their tenant this way, with the
+/// value as a parameter; pg_dump empties `search_path` this way before its read-only
+/// transaction. pgwarden reads the value back from where the call ran and replays it
+/// elsewhere; a name that is not a constant pins the session to the primary.
+#[test]
+fn set_config_calls_follow_the_session_to_every_node() {
+    let c = Cluster::up(2);
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    c.psql(
+        0,
+        "test",
+        "CREATE SCHEMA s; CREATE TABLE s.t (v text); INSERT INTO s.t VALUES ('s'); \
+         CREATE TABLE public.t (v text); INSERT INTO public.t VALUES ('public')",
+    )
+    .unwrap();
+    let start = Instant::now();
+    while c.psql(1, "test", "SELECT count(*) FROM s.t").as_deref() != Ok("1") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "standby caught up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    async fn read(s: &tokio_postgres::Client) -> (String, Option<String>, u16) {
+        let row = s
+            .query_one(
+                "SELECT v, current_setting('app.tenant', true), inet_server_port() \
+                 FROM t ORDER BY v DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), port_of(&row, 2))
+    }
+    // Reads until one runs on `node` (the first may go to the primary, until the standby has
+    // replayed up to where the primary was after the call: it counts as a write); each read
+    // must see `want`, wherever it runs.
+    async fn read_on(s: &tokio_postgres::Client, node: u16, want: (&str, Option<&str>)) {
+        for _ in 0..50 {
+            let (v, tenant, port) = read(s).await;
+            assert_eq!((v.as_str(), tenant.as_deref()), want, "on {port}");
+            if port == node {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no read ran on {node}");
+    }
+    block(async {
+        let s = standby_session(&c).await;
+        // The extended protocol, the value a parameter.
+        s.query_one("SELECT set_config('search_path', $1, false)", &[&"s"])
+            .await
+            .unwrap();
+        s.query_one("SELECT set_config('app.tenant', $1, false)", &[&"42"])
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            read_on(&s, standby, ("s", Some("42"))).await;
+        }
+        // A simple query, as pg_dump sends it.
+        s.simple_query("SELECT pg_catalog.set_config('search_path', 'public', false)")
+            .await
+            .unwrap();
+        read_on(&s, standby, ("public", Some("42"))).await;
+        // In a transaction: kept by COMMIT, undone by ROLLBACK, as on one server.
+        s.batch_execute("BEGIN; SELECT set_config('app.tenant', '7', false); COMMIT")
+            .await
+            .unwrap();
+        read_on(&s, standby, ("public", Some("7"))).await;
+        s.batch_execute("BEGIN").await.unwrap();
+        s.query_one("SELECT set_config('app.tenant', $1, false)", &[&"8"])
+            .await
+            .unwrap();
+        s.batch_execute("ROLLBACK").await.unwrap();
+        read_on(&s, standby, ("public", Some("7"))).await;
+        // The session's writes on the primary use them as well.
+        s.batch_execute("INSERT INTO t VALUES (current_setting('app.tenant'))")
+            .await
+            .unwrap();
+        assert_eq!(
+            c.psql(
+                0,
+                "test",
+                "SELECT string_agg(v, ',' ORDER BY v) FROM public.t"
+            )
+            .unwrap(),
+            "7,public"
+        );
+        // A name that is not a constant cannot be followed: the session stays where it ran.
+        s.query_one("SELECT set_config($1, $2, false)", &[&"app.tenant", &"9"])
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let (_, tenant, port) = read(&s).await;
+            assert_eq!((tenant.as_deref(), port), (Some("9"), primary), "pinned");
+        }
+    });
+}
+
+/// pg_dump through pgwarden writes what it writes directly. (It empties `search_path` with
+/// `set_config` first, so that view definitions and defaults come out schema-qualified: a
+/// dump read where that call did not reach would restore wrongly.)
+#[test]
+fn pg_dump_through_pgwarden_matches_a_direct_dump() {
+    let c = Cluster::up(2);
+    c.psql(
+        0,
+        "test",
+        "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL DEFAULT lower('X')); \
+         INSERT INTO items (name) SELECT 'item ' || g FROM generate_series(1, 50) g; \
+         CREATE VIEW named AS SELECT id, upper(name) AS name FROM items WHERE id > 10; \
+         CREATE FUNCTION twice(i int) RETURNS int LANGUAGE sql AS 'SELECT i * 2'; \
+         CREATE INDEX items_name ON items (name)",
+    )
+    .unwrap();
+    let bin = pgwarden_sandbox::PgBin::locate().unwrap();
+    let dump = |port: u16| -> String {
+        let out = Command::new(bin.program("pg_dump"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-p"])
+            .arg(port.to_string())
+            .env("PGPASSFILE", c.pgpass())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_dump: {}", common::stderr(&out));
+        // (pg_dump's `\restrict` lines carry a random key.)
+        common::stdout(&out)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let direct = dump(c.node_port(0));
+    assert!(direct.contains("FROM public.items"), "{direct}");
+    for _ in 0..2 {
+        assert_eq!(dump(c.proxy_port()), direct);
+    }
+}
+
 /// A setting changed inside a transaction lasts as PostgreSQL says it does (a COMMIT keeps it;
 /// a ROLLBACK, a ROLLBACK TO SAVEPOINT or an error undoes it), on every node the session uses
 /// afterwards: a `BEGIN READ ONLY` transaction runs on a standby, and the session's writes

@@ -1101,6 +1101,7 @@ impl Session {
         let mut begins = false;
         let mut unnamed_sql: Option<String> = None;
         let mut replay: Vec<String> = Vec::new();
+        let mut config_calls: Vec<String> = Vec::new();
         for f in &frames {
             match f.tag {
                 b'P' => {
@@ -1146,8 +1147,12 @@ impl Session {
                         pins |= c == Class::Sticky;
                         begins |= matches!(c, Class::Begin { .. });
                     }
-                    if let Some(sql) = parse.filter(|q| is_setting(q)) {
-                        replay.push(sql);
+                    match parse {
+                        Some(sql) if is_setting(&sql) => replay.push(sql),
+                        // Its value is not known before it runs (a parameter, often): read
+                        // back once it has.
+                        Some(sql) if pgwarden_sql::calls_set_config(&sql) => config_calls.push(sql),
+                        _ => {}
                     }
                 }
                 b'D' | b'C' => {
@@ -1305,6 +1310,7 @@ impl Session {
         if !settle || self.error_seen {
             read_back.append(&mut replay);
         }
+        read_back.append(&mut config_calls);
         if let Some(node) = sent {
             for sql in &read_back {
                 self.note_settings_changed(node, sql);
@@ -2204,6 +2210,7 @@ fn may_hold_state(sql: &str) -> bool {
         || sql.trim_start().starts_with('-')
         // Several statements: one of them may (`SELECT 1; SET search_path = app`).
         || sql.trim_end().trim_end_matches(';').contains(';')
+        || pgwarden_sql::calls_set_config(sql)
 }
 
 /// The more restrictive of two classes, for a batch of several statements.

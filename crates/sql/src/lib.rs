@@ -44,8 +44,8 @@ pub enum Class {
 pub struct Verdict {
     pub class: Class,
     pub reason: Cow<'static, str>,
-    /// The query holds a `SET` / `RESET` statement (perhaps `LOCAL`, perhaps among others):
-    /// [`setting_names`] tells which session settings it may change.
+    /// The query holds a `SET` / `RESET` statement (perhaps `LOCAL`, perhaps among others) or
+    /// calls `set_config`: [`setting_names`] tells which session settings it may change.
     pub sets: bool,
 }
 
@@ -158,8 +158,21 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
     verdict.sets = summary
         .statement_types
         .iter()
-        .any(|t| t == "VariableSetStmt");
+        .any(|t| t == "VariableSetStmt")
+        || summary
+            .functions
+            .iter()
+            .any(|f| f.function_name.eq_ignore_ascii_case("set_config"));
     verdict
+}
+
+/// Whether `sql` may call `set_config` (a cheap look at its text, for queries the parser is
+/// otherwise spared: a transaction's statements, the extended protocol's binds).
+pub fn calls_set_config(sql: &str) -> bool {
+    const NAME: &[u8] = b"set_config";
+    sql.as_bytes()
+        .windows(NAME.len())
+        .any(|w| w.eq_ignore_ascii_case(NAME))
 }
 
 /// [`classify`], for a query that needed the parser.
@@ -531,9 +544,11 @@ pub fn resets(sql: &str) -> Resets {
 /// (`SET ROLE` changes `role`, `SET TIME ZONE` `timezone`), and the three
 /// `default_transaction_*` for `SET SESSION CHARACTERISTICS AS TRANSACTION …`. `SET LOCAL`,
 /// `SET TRANSACTION`, `SET CONSTRAINTS`, `SET SEED` (whose value cannot be read back) and
-/// `DISCARD PLANS` / `SEQUENCES` / `TEMP` change none. `None` when that cannot be told by name:
-/// `RESET ALL`, `DISCARD`, a text that does not parse, or one that parses differently with
-/// `standard_conforming_strings` off (see [`classify`]'s resets).
+/// `DISCARD PLANS` / `SEQUENCES` / `TEMP` change none. A `set_config` call anywhere changes the
+/// setting its first argument names. `None` when that cannot be told by name: `RESET ALL`,
+/// `DISCARD`, `set_config` of a name that is not a constant, a text that does not parse, or
+/// one that parses differently with `standard_conforming_strings` off (see [`classify`]'s
+/// resets).
 pub fn setting_names(sql: &str) -> Option<Vec<String>> {
     let [on, off] = both_readings(sql)?;
     let names = names_set(&on.protobuf.stmts)?;
@@ -580,8 +595,49 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
             Some(N::VariableSetStmt(_)) | Some(N::DiscardStmt(_)) => return None,
             _ => {}
         }
+        // `set_config(name, value, is_local)` anywhere in the statement (`SELECT
+        // set_config('app.tenant', $1, false)`, pg_dump's `SELECT
+        // pg_catalog.set_config('search_path', '', false)`): the setting it names, which must
+        // be a constant. (Read back even when `is_local`: the value read after the
+        // transaction is the session's, whatever the call did.)
+        let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        for (node, ..) in stmt.nodes() {
+            let pg_query::NodeRef::FuncCall(f) = node else {
+                continue;
+            };
+            if !is_set_config(&f.funcname) {
+                continue;
+            }
+            let name = match f.args.first().and_then(|a| a.node.as_ref()) {
+                Some(N::AConst(pg_query::protobuf::AConst {
+                    val: Some(pg_query::protobuf::a_const::Val::Sval(s)),
+                    ..
+                })) => s.sval.trim().to_ascii_lowercase(),
+                _ => return None,
+            };
+            if name != "seed" && !name.starts_with("transaction_") {
+                add(&name);
+            }
+        }
     }
     Some(names)
+}
+
+/// `set_config` or `pg_catalog.set_config`.
+fn is_set_config(funcname: &[pg_query::protobuf::Node]) -> bool {
+    let parts: Vec<&str> = funcname
+        .iter()
+        .filter_map(|n| match n.node.as_ref() {
+            Some(pg_query::NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    matches!(
+        parts.as_slice(),
+        ["set_config"] | ["pg_catalog", "set_config"]
+    )
 }
 
 /// The SQL `PREPARE` statements in `sql`: each one's name and its own text (a server keeps the

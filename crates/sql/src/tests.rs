@@ -433,6 +433,16 @@ fn settings_a_query_may_change_are_named() {
         ("SET search_path = ", None),
         // A backslash that ends the string in one reading only.
         (r"SET a.b = 'x\'; SET search_path = evil; --'", None),
+        // set_config, by the constant it names, wherever it is called.
+        ("SELECT set_config('App.Tenant', $1, false)", names(&["app.tenant"])),
+        ("SELECT pg_catalog.set_config('search_path', '', false)", names(&["search_path"])),
+        ("SELECT 1 FROM t WHERE set_config('a.b', x, true) IS NOT NULL", names(&["a.b"])),
+        ("SELECT set_config('a.b', '1', false); SET work_mem = '1MB'", names(&["a.b", "work_mem"])),
+        ("SELECT set_config('seed', '0', false)", names(&[])),
+        ("SELECT myschema.set_config('a.b', '1', false)", names(&[])),
+        // A name that is not a constant cannot be followed.
+        ("SELECT set_config($1, $2, false)", None),
+        ("SELECT set_config(name, 'x', false) FROM settings", None),
     ];
     for (sql, want) in cases {
         assert_eq!(&setting_names(sql), want, "{sql}");
@@ -447,11 +457,20 @@ fn a_verdict_says_whether_the_query_sets_anything() {
         ("BEGIN; SET LOCAL work_mem = '1MB'; COMMIT", true),
         ("SELECT 1", false),
         ("UPDATE t SET a = 1", false),
-        ("SELECT set_config('a.b', '1', false)", false),
+        ("SELECT set_config('a.b', '1', false)", true),
+        (
+            "SELECT pg_catalog.set_config('search_path', '', false)",
+            true,
+        ),
+        ("SELECT current_setting('a.b')", false),
         ("BEGIN", false),
     ] {
         assert_eq!(classify(sql, &NoFunctions).sets, sets, "{sql}");
     }
+    assert!(crate::calls_set_config(
+        "select PG_CATALOG.SET_CONFIG('a', 'b', false)"
+    ));
+    assert!(!crate::calls_set_config("SELECT current_setting('a.b')"));
     // Several statements with a setting go to the primary (not a read).
     assert_eq!(
         classify("SET search_path = app; SELECT 1", &NoFunctions).class,
