@@ -1062,11 +1062,10 @@ impl Session {
         if resets.statements {
             self.statements.clear();
         }
-        if matches!(
-            resets.kind,
-            pgwarden_sql::SettingKind::Reset { role: true, .. }
-        ) {
-            // DISCARD ALL closes every cursor, those held on a standby too.
+        if resets.cursors {
+            // DISCARD ALL or CLOSE ALL (asyncpg's reset holds one among other statements)
+            // closes every cursor, those held on a standby too (where the query is replayed
+            // before that connection's next use).
             self.settings.forget_held(None);
         }
         // `DEALLOCATE name` drops that one: it is not parsed again elsewhere for a later

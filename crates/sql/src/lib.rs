@@ -491,6 +491,8 @@ pub struct Resets {
     /// `DEALLOCATE name`: these prepared statements are gone (SQL's and the protocol's share
     /// one namespace).
     pub deallocated: Vec<String>,
+    /// `CLOSE ALL` or `DISCARD ALL`, among other statements or alone: every cursor is closed.
+    pub cursors: bool,
     /// What the query does to the session's settings, so that a record of them replayed on
     /// other connections can drop what a later query makes moot.
     pub kind: SettingKind,
@@ -530,7 +532,9 @@ pub fn resets(sql: &str) -> Resets {
             Some(N::DiscardStmt(d)) if d.target == DiscardMode::DiscardAll as i32 => {
                 r.settings = true;
                 r.statements = true;
+                r.cursors = true;
             }
+            Some(N::ClosePortalStmt(c)) if c.portalname.is_empty() => r.cursors = true,
             Some(N::DeallocateStmt(d)) if d.isall || d.name.is_empty() => r.statements = true,
             Some(N::DeallocateStmt(d)) => r.deallocated.push(d.name.clone()),
             _ => {}

@@ -206,9 +206,20 @@ fn what_a_session_operation_resets() {
         statements: true,
         ..Resets::default()
     };
-    let both = Resets {
+    let all = Resets {
         settings: true,
         statements: true,
+        cursors: true,
+        ..Resets::default()
+    };
+    let cursors = Resets {
+        cursors: true,
+        ..Resets::default()
+    };
+    // asyncpg's reset closes every cursor among its statements.
+    let asyncpg = Resets {
+        settings: true,
+        cursors: true,
         ..Resets::default()
     };
     let deallocated = |names: &[&str]| Resets {
@@ -216,10 +227,12 @@ fn what_a_session_operation_resets() {
         ..Resets::default()
     };
     for (sql, want) in [
-        (ASYNCPG_RESET, settings.clone()),
+        (ASYNCPG_RESET, asyncpg),
+        ("CLOSE ALL", cursors.clone()),
+        ("SELECT 1; close all", cursors),
         ("RESET ALL", settings.clone()),
         ("reset all; set work_mem = '1MB'", settings),
-        ("DISCARD ALL", both),
+        ("DISCARD ALL", all),
         ("DEALLOCATE ALL", statements.clone()),
         ("DEALLOCATE PREPARE ALL; RESET work_mem", statements),
         ("DEALLOCATE q", deallocated(&["q"])),
