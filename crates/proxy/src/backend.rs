@@ -87,6 +87,9 @@ pub struct Backend {
     /// while a read or write on it is pending, so that a fence can tell a session stuck on
     /// that node from one that merely holds an idle connection to it.
     pub busy: Option<Arc<AtomicU64>>,
+    /// Whether transactions on this connection are SERIALIZABLE by default (a server,
+    /// database or role setting), once asked (see `client::welcome`).
+    pub serializable_default: Option<bool>,
 }
 
 /// Sets the node's bit in a busy mask for as long as it lives (also when the I/O future is
@@ -143,6 +146,7 @@ impl Backend {
             created: Instant::now(),
             last_used: Instant::now(),
             busy: None,
+            serializable_default: None,
         };
         tokio::time::timeout(spec.timeout, b.startup(spec))
             .await

@@ -77,7 +77,13 @@ impl Login {
 pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     if let Some(a) = admit(ctx, stream, peer).await {
         tokio::spawn(crate::session::run(
-            a.ctx, a.stream, a.buf, a.login, a.slot, a.guards,
+            a.ctx,
+            a.stream,
+            a.buf,
+            a.login,
+            a.slot,
+            a.guards,
+            a.serializable_default,
         ));
     }
 }
@@ -90,6 +96,8 @@ struct Admitted {
     login: Login,
     slot: CancelSlot,
     guards: Admission,
+    /// Transactions are SERIALIZABLE by default where the client logged in.
+    serializable_default: bool,
 }
 
 /// Counts the client, authenticates it and sends the welcome; None when it was refused or
@@ -136,7 +144,7 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
         .insert((pid, key), slot.clone());
     guards.cancel_key = Some((pid, key));
     match welcome(&ctx, &login, pid, key).await {
-        Ok(out) => {
+        Ok((out, serializable_default)) => {
             // Whatever the client sent after its login stays in `buf` for the session.
             send(&mut stream, &out).await.ok()?;
             Some(Admitted {
@@ -146,6 +154,7 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
                 login,
                 slot,
                 guards,
+                serializable_default,
             })
         }
         Err(refusal) => {
@@ -448,7 +457,14 @@ pub(crate) fn connect_spec(
 /// The values come from a pooled connection to the primary (or, without a primary, any usable
 /// node) opened with the client's own startup parameters; that connection goes back to the
 /// pool, so an idle client holds no backend connection.
-async fn welcome(ctx: &Ctx, login: &Login, pid: i32, key: i32) -> Result<BytesMut, Refusal> {
+/// The welcome messages, and whether the session's transactions are SERIALIZABLE by default
+/// where it logged in.
+async fn welcome(
+    ctx: &Ctx,
+    login: &Login,
+    pid: i32,
+    key: i32,
+) -> Result<(BytesMut, bool), Refusal> {
     let table = ctx.routes.borrow().clone();
     let node = table
         .primary
@@ -475,6 +491,23 @@ async fn welcome(ctx: &Ctx, login: &Login, pid: i32, key: i32) -> Result<BytesMu
         },
         PoolError::Backend(e) => Refusal::fatal("08006", e.to_string()),
     })?;
+    let mut pooled = pooled;
+    if pooled.backend.serializable_default.is_none() {
+        // A server, database or role default (`ALTER DATABASE … SET
+        // default_transaction_isolation`) is in no startup packet: asked once per connection.
+        // A hot standby refuses SERIALIZABLE transactions, so such a session reads on the
+        // primary (see `session::run`).
+        let asked = pooled
+            .backend
+            .query_value("SELECT pg_catalog.current_setting('default_transaction_isolation')")
+            .await;
+        pooled.backend.serializable_default = match asked {
+            Ok(v) => Some(v.as_deref() == Some("serializable")),
+            Err(BackendError::Sql { .. }) => Some(false),
+            Err(e) => return Err(Refusal::fatal("08006", e.to_string())),
+        };
+    }
+    let serializable = pooled.backend.serializable_default == Some(true);
     let mut out = BytesMut::new();
     msg::auth_ok(&mut out);
     for (k, v) in &pooled.backend.params {
@@ -483,7 +516,7 @@ async fn welcome(ctx: &Ctx, login: &Login, pid: i32, key: i32) -> Result<BytesMu
     msg::backend_key_data(&mut out, pid, key);
     msg::ready_for_query(&mut out, b'I');
     ctx.pools.put(pooled);
-    Ok(out)
+    Ok((out, serializable))
 }
 
 /// The SQLSTATEs a backend may refuse a login with, kept as they came.

@@ -208,6 +208,7 @@ pub(crate) fn run(
     login: Login,
     cancel: CancelSlot,
     guards: impl Send + 'static,
+    serializable_default: bool,
 ) -> impl Future<Output = ()> + Send {
     let (mut reader, writer) = stream.split();
     let mut buf = buf;
@@ -244,7 +245,8 @@ pub(crate) fn run(
         engaged: None,
         nodes: Vec::new(),
     };
-    if starts_serializable(&s.login.params) {
+    // What the startup packet says, else what the server, database or role says.
+    if startup_isolation(&s.login.params).unwrap_or(serializable_default) {
         s.settings.begin_serializable();
     }
     async move {
@@ -2053,7 +2055,8 @@ fn refuses_serializable(fields: &[(u8, String)]) -> bool {
 /// Whether a client's startup parameters make its transactions SERIALIZABLE by default:
 /// `options=-c default_transaction_isolation=serializable` (libpq's PGOPTIONS, or
 /// `--default_transaction_isolation=…`), or the parameter itself among the startup parameters.
-fn starts_serializable(params: &[(String, String)]) -> bool {
+/// None when they do not say (the server's, database's or role's default applies).
+fn startup_isolation(params: &[(String, String)]) -> Option<bool> {
     let is_serializable = |v: &str| {
         v.trim_matches(|c: char| c == '\'' || c.is_whitespace())
             .eq_ignore_ascii_case("serializable")
@@ -2063,14 +2066,14 @@ fn starts_serializable(params: &[(String, String)]) -> bool {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("default_transaction_isolation"))
     {
-        return is_serializable(v);
+        return Some(is_serializable(v));
     }
     params
         .iter()
         .filter(|(k, _)| k == "options")
         .flat_map(|(_, v)| option_settings(v))
         .rfind(|(name, _)| name == "default_transaction_isolation")
-        .is_some_and(|(_, v)| is_serializable(&v))
+        .map(|(_, v)| is_serializable(&v))
 }
 
 /// The settings in a startup packet's `options`, read as PostgreSQL reads them
@@ -2470,7 +2473,25 @@ mod tests {
             (p("application_name", "serializable"), false),
             (vec![], false),
         ] {
-            assert_eq!(starts_serializable(&params), want, "{params:?}");
+            assert_eq!(
+                startup_isolation(&params).unwrap_or(false),
+                want,
+                "{params:?}"
+            );
+        }
+        // Said or not said: a database default applies only when not said.
+        for (params, want) in [
+            (p("options", "-c work_mem=64MB"), None),
+            (p("application_name", "x"), None),
+            (
+                p(
+                    "options",
+                    "-c default_transaction_isolation=read\\ committed",
+                ),
+                Some(false),
+            ),
+        ] {
+            assert_eq!(startup_isolation(&params), want, "{params:?}");
         }
     }
 
