@@ -592,6 +592,29 @@ fn set_config_calls_follow_the_session_to_every_node() {
             .unwrap(),
             "7,public"
         );
+        // is_local true, as PostgREST sets its role and claims in each request's transaction:
+        // the transaction's own, whatever the names; the session is neither pinned nor changed.
+        read_on(&s, standby, ("public", Some("7"))).await;
+        for _ in 0..3 {
+            s.batch_execute("BEGIN READ ONLY").await.unwrap();
+            let row = s
+                .query_one(
+                    "SELECT set_config('search_path', $1, true), set_config($2, $3, true), \
+                     inet_server_port()",
+                    &[&"s", &"request.claims", &"{}"],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                port_of(&row, 2),
+                standby,
+                "a read-only transaction on the standby"
+            );
+            let (v, ..) = read(&s).await;
+            assert_eq!(v, "s", "in the transaction");
+            s.batch_execute("COMMIT").await.unwrap();
+            read_on(&s, standby, ("public", Some("7"))).await;
+        }
         // A name that is not a constant cannot be followed: the session stays where it ran.
         s.query_one("SELECT set_config($1, $2, false)", &[&"app.tenant", &"9"])
             .await

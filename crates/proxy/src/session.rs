@@ -109,6 +109,31 @@ struct Statement {
     parse: Bytes,
     class: Class,
     nodes: Vec<u32>,
+    /// What running it does to the session's settings, told once at its Parse.
+    effect: SettingEffect,
+}
+
+/// What a statement does to the session's settings when it runs (see `setting_effect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SettingEffect {
+    None,
+    /// A `SET` / `RESET`, replayed on the session's other connections as said.
+    Replayed,
+    /// A `set_config` call that may last beyond its transaction: its value is read back once
+    /// it has run (it is often a parameter).
+    ReadBack,
+}
+
+fn setting_effect(sql: &str) -> SettingEffect {
+    if is_setting(sql) {
+        SettingEffect::Replayed
+    } else if pgwarden_sql::calls_set_config(sql)
+        && pgwarden_sql::setting_names(sql).is_none_or(|names| !names.is_empty())
+    {
+        SettingEffect::ReadBack
+    } else {
+        SettingEffect::None
+    }
 }
 
 struct Session {
@@ -1092,7 +1117,7 @@ impl Session {
         let mut binds_unnamed_without_parse = false;
         let mut parsed_unnamed = false;
         let mut closes: Vec<String> = Vec::new();
-        let mut parses: Vec<(String, Bytes, Class)> = Vec::new();
+        let mut parses: Vec<(String, Bytes, Class, SettingEffect)> = Vec::new();
         let mut any_statement = false;
         // Session state set with SET / RESET through the extended protocol is replayed on
         // every connection, as with a simple query; other session state pins the session.
@@ -1100,7 +1125,7 @@ impl Session {
         // The batch begins a transaction: what follows belongs to it, and its settings are
         // the transaction's.
         let mut begins = false;
-        let mut unnamed_sql: Option<String> = None;
+        let mut unnamed: Option<(String, SettingEffect)> = None;
         let mut replay: Vec<String> = Vec::new();
         let mut config_calls: Vec<String> = Vec::new();
         for f in &frames {
@@ -1112,34 +1137,42 @@ impl Session {
                     any_statement = true;
                     pins |= c == Class::Sticky || (c == Class::Session && !is_setting(p.query));
                     begins |= matches!(c, Class::Begin { .. });
+                    let effect = setting_effect(p.query);
                     if p.name.is_empty() {
                         parsed_unnamed = true;
-                        unnamed_sql = Some(p.query.to_string());
+                        unnamed = Some((p.query.to_string(), effect));
                     } else {
-                        parses.push((p.name.to_string(), f.bytes.clone(), c));
+                        parses.push((p.name.to_string(), f.bytes.clone(), c, effect));
                     }
                 }
                 b'B' => {
                     let (_, stmt) = msg::bind_names(f.body())?;
                     any_statement = true;
+                    // (The text only for a statement that changes settings: most binds
+                    // need no copy of it.)
                     let (c, parse) = if stmt.is_empty() {
                         binds_unnamed_without_parse |= !parsed_unnamed;
-                        if parsed_unnamed {
-                            // The unnamed statement's class is already in `class`.
-                            (None, unnamed_sql.clone())
-                        } else {
-                            (None, None)
-                        }
+                        // The unnamed statement's class, when parsed here, is already in
+                        // `class`.
+                        let text = unnamed
+                            .as_ref()
+                            .filter(|(_, e)| parsed_unnamed && *e != SettingEffect::None)
+                            .map(|(sql, e)| (sql.clone(), *e));
+                        (None, text)
                     } else if let Some(s) = self.statements.get(stmt) {
                         needs.push(stmt.to_string());
-                        (
-                            Some(s.class),
-                            Some(s.parse.clone()).and_then(|b| parse_sql(&b)),
-                        )
-                    } else if let Some((_, b, _)) = parses.iter().find(|(n, _, _)| n == stmt) {
+                        let text = (s.effect != SettingEffect::None)
+                            .then(|| parse_sql(&s.parse).map(|sql| (sql, s.effect)))
+                            .flatten();
+                        (Some(s.class), text)
+                    } else if let Some((_, b, _, e)) = parses.iter().find(|(n, _, _, _)| n == stmt)
+                    {
                         // Parsed in this batch: its class is already in `class` (counted
                         // twice, pgjdbc's named `BEGIN READ ONLY` made two BEGINs, a write).
-                        (None, parse_sql(b))
+                        let text = (*e != SettingEffect::None)
+                            .then(|| parse_sql(b).map(|sql| (sql, *e)))
+                            .flatten();
+                        (None, text)
                     } else {
                         (None, None)
                     };
@@ -1149,10 +1182,10 @@ impl Session {
                         begins |= matches!(c, Class::Begin { .. });
                     }
                     match parse {
-                        Some(sql) if is_setting(&sql) => replay.push(sql),
+                        Some((sql, SettingEffect::Replayed)) => replay.push(sql),
                         // Its value is not known before it runs (a parameter, often): read
                         // back once it has.
-                        Some(sql) if pgwarden_sql::calls_set_config(&sql) => config_calls.push(sql),
+                        Some((sql, SettingEffect::ReadBack)) => config_calls.push(sql),
                         _ => {}
                     }
                 }
@@ -1261,13 +1294,14 @@ impl Session {
                 }
             }
         }
-        for (name, parse, c) in parses {
+        for (name, parse, c, effect) in parses {
             self.statements.insert(
                 name,
                 Statement {
                     parse,
                     class: c,
                     nodes: vec![target],
+                    effect,
                 },
             );
         }

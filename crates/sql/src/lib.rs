@@ -601,9 +601,9 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
         }
         // `set_config(name, value, is_local)` anywhere in the statement (`SELECT
         // set_config('app.tenant', $1, false)`, pg_dump's `SELECT
-        // pg_catalog.set_config('search_path', '', false)`): the setting it names, which must
-        // be a constant. (Read back even when `is_local`: the value read after the
-        // transaction is the session's, whatever the call did.)
+        // pg_catalog.set_config('search_path', '', false)`), unless `is_local` is the
+        // constant true: the setting it names, which must be a constant. (An `is_local`
+        // that is not a constant may be false.)
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
@@ -611,7 +611,9 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
             let pg_query::NodeRef::FuncCall(f) = node else {
                 continue;
             };
-            if !is_set_config(&f.funcname) {
+            if !is_set_config(&f.funcname) || is_true(f.args.get(2)) {
+                // (`is_local` true: the transaction's own, as `SET LOCAL`. PostgREST sets
+                // its role and claims this way in every request's transaction.)
                 continue;
             }
             let name = match f.args.first().and_then(|a| a.node.as_ref()) {
@@ -627,6 +629,25 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
         }
     }
     Some(names)
+}
+
+/// Whether an argument is the constant `true` (or a string PostgreSQL reads as true).
+fn is_true(arg: Option<&pg_query::protobuf::Node>) -> bool {
+    use pg_query::protobuf::{a_const::Val, AConst};
+    match arg.and_then(|a| a.node.as_ref()) {
+        Some(pg_query::NodeEnum::AConst(AConst {
+            val: Some(Val::Boolval(b)),
+            ..
+        })) => b.boolval,
+        Some(pg_query::NodeEnum::AConst(AConst {
+            val: Some(Val::Sval(s)),
+            ..
+        })) => matches!(
+            s.sval.trim().to_ascii_lowercase().as_str(),
+            "t" | "tr" | "tru" | "true" | "y" | "ye" | "yes" | "on" | "1"
+        ),
+        _ => false,
+    }
 }
 
 /// `set_config` or `pg_catalog.set_config`.

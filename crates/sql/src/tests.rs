@@ -449,12 +449,18 @@ fn settings_a_query_may_change_are_named() {
         // set_config, by the constant it names, wherever it is called.
         ("SELECT set_config('App.Tenant', $1, false)", names(&["app.tenant"])),
         ("SELECT pg_catalog.set_config('search_path', '', false)", names(&["search_path"])),
-        ("SELECT 1 FROM t WHERE set_config('a.b', x, true) IS NOT NULL", names(&["a.b"])),
+        ("SELECT 1 FROM t WHERE set_config('a.b', x, false) IS NOT NULL", names(&["a.b"])),
         ("SELECT set_config('a.b', '1', false); SET work_mem = '1MB'", names(&["a.b", "work_mem"])),
         ("SELECT set_config('seed', '0', false)", names(&[])),
         ("SELECT myschema.set_config('a.b', '1', false)", names(&[])),
+        // is_local true: the transaction's own (PostgREST's every request), whatever the name.
+        ("SELECT set_config('search_path', $1, true), set_config($2, $3, TRUE)", names(&[])),
+        ("SELECT set_config($1, $2, 'on')", names(&[])),
+        ("SELECT set_config('a.b', $2, $3)", names(&["a.b"])),
+        ("SELECT set_config('a.b', 'x', 'off')", names(&["a.b"])),
         // A name that is not a constant cannot be followed.
         ("SELECT set_config($1, $2, false)", None),
+        ("SELECT set_config($1, $2, $3)", None),
         ("SELECT set_config(name, 'x', false) FROM settings", None),
     ];
     for (sql, want) in cases {
