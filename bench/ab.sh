@@ -7,7 +7,9 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY [SECONDS]      (default 8 s per cell)
 #
 # AB_ROUNDS=N (default 3) and AB_CELLS="-S:8 -N:64 ..." (default every workload at 8 and 64
-# clients) narrow or lengthen a run; the medians per binary and cell close the table.
+# clients) narrow or lengthen a run; the medians per binary and cell close the table. A cell's
+# pgbench options are joined with commas: "-S,-Mprepared:8" is select-only with named
+# prepared statements.
 #
 # An older binary: git worktree add /tmp/old REV && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target
 # cargo build --release --bins), then /tmp/old-target/release/pgwarden.
@@ -48,7 +50,7 @@ for round in $(seq 1 "$ROUNDS"); do
         pid=$(cat "$SB/warden.pid")
         pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -S -T 2 -c 8 -j 2 test >/dev/null 2>&1 || true
         for cell in $CELLS; do
-            mode=${cell%%:*}; c=${cell##*:}
+            mode=${cell%%:*}; mode=${mode//,/ }; c=${cell##*:}
             t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
             out=$(pgbench -h 127.0.0.1 -p $PROXY -U postgres $mode -T "$T" -c $c -j 2 test 2>&1) || true
             t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
@@ -56,7 +58,8 @@ for round in $(seq 1 "$ROUNDS"); do
             [ -n "$tps" ] || echo "$out" | grep -m3 -E 'error|FATAL' >&2 || true
             n=$(echo "$out" | awk '/processed:/ {print $NF}'); n=${n%%/*}
             cpu=$(awk -v a="$t0" -v b="$t1" -v n="${n:-0}" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print "-" }')
-            name=$([ "$mode" = "-S" ] && echo "select-only" || echo "simple-update")
+            name=$(case "$mode" in *-S*) echo "select-only" ;; *) echo "simple-update" ;; esac)
+            case "$mode" in *-M*) name="$name,${mode##*-M}" ;; esac
             echo "| $round | $which | $name | $c | ${tps:-0} | $cpu |"
             echo "$which $name $c ${tps:-0} $cpu" >>"$RESULTS"
             # A node marked down stays down across restarts, so every later cell would measure

@@ -502,8 +502,8 @@ fn settings_through_the_extended_protocol_are_replayed_not_pinned() {
 }
 
 /// `set_config(name, value, false)` changes a session setting like `SET`, but is a function
-/// call: it runs on the primary (not known to be read-only), and the session's later reads on
-/// a standby must see it too. Row-level-security setups set their tenant this way, with the
+/// call: it runs on the primary, and the session's later reads on a standby must see it too;
+/// alone in its query, it writes nothing, so those reads need not wait for the standby. Row-level-security setups set their tenant this way, with the
 /// value as a parameter; pg_dump empties `search_path` this way before its read-only
 /// transaction. pgwarden reads the value back from where the call ran and replays it
 /// elsewhere; a name that is not a constant pins the session to the primary.
@@ -560,14 +560,18 @@ fn set_config_calls_follow_the_session_to_every_node() {
         s.query_one("SELECT set_config('app.tenant', $1, false)", &[&"42"])
             .await
             .unwrap();
+        // Nothing was written: the very next reads run on the standby, not on the primary
+        // as after a write.
         for _ in 0..3 {
-            read_on(&s, standby, ("s", Some("42"))).await;
+            let got = read(&s).await;
+            assert_eq!(got, ("s".into(), Some("42".into()), standby));
         }
         // A simple query, as pg_dump sends it.
         s.simple_query("SELECT pg_catalog.set_config('search_path', 'public', false)")
             .await
             .unwrap();
-        read_on(&s, standby, ("public", Some("42"))).await;
+        let got = read(&s).await;
+        assert_eq!(got, ("public".into(), Some("42".into()), standby));
         // In a transaction: kept by COMMIT, undone by ROLLBACK, as on one server.
         s.batch_execute("BEGIN; SELECT set_config('app.tenant', '7', false); COMMIT")
             .await

@@ -812,7 +812,8 @@ impl Session {
         }
         self.node_refs(target).stats.count(sql);
         let bytes = f.bytes.clone();
-        let record = class == Class::Session && !in_tx;
+        // (A `set_config` is read back, not recorded as said: its value may be an expression.)
+        let record = class == Class::Session && !in_tx && !pgwarden_sql::calls_set_config(sql);
         if record {
             self.error_seen = false;
         }
@@ -830,7 +831,7 @@ impl Session {
                 (in_tx, settle) = (true, false);
             }
         }
-        if class == Class::Session && !in_tx {
+        if record && !in_tx {
             self.session_operation(target, bytes, settle);
         } else if sets || class == Class::Session {
             // A setting inside a transaction, or among other statements: whether it lasts
@@ -1135,7 +1136,11 @@ impl Session {
                     let c = classify(p.query, &*self.ctx).class;
                     class = combine(class, c);
                     any_statement = true;
-                    pins |= c == Class::Sticky || (c == Class::Session && !is_setting(p.query));
+                    // (A `set_config` is read back once it has run, see `SettingEffect`.)
+                    pins |= c == Class::Sticky
+                        || (c == Class::Session
+                            && !is_setting(p.query)
+                            && !pgwarden_sql::calls_set_config(p.query));
                     begins |= matches!(c, Class::Begin { .. });
                     let effect = setting_effect(p.query);
                     if p.name.is_empty() {

@@ -201,6 +201,20 @@ fn classify_summary(
         return v(Class::Session, "session settings or resets");
     }
 
+    // `SELECT set_config('app.tenant', $1, false)` and nothing else: a setting, not a write
+    // (the session's reads need not wait for the standbys after it); the proxy reads its
+    // value back and replays it on the session's other connections.
+    if types == ["SelectStmt"]
+        && !summary.functions.is_empty()
+        && summary
+            .functions
+            .iter()
+            .all(|f| f.function_name.eq_ignore_ascii_case("set_config"))
+        && set_config_only(sql, true)
+    {
+        return v(Class::Session, "set_config only");
+    }
+
     // Session state that lives on the primary anywhere in a batch of several statements
     // (`RESET ALL; LISTEN chan`, `SELECT 1; CREATE TEMP TABLE x …`): the batch runs there and
     // the session stays there, as when the statement comes alone.
@@ -381,9 +395,29 @@ fn is_reset(node: &pg_query::NodeEnum) -> bool {
 }
 
 /// `SELECT pg_advisory_unlock_all()` (or `pg_catalog.pg_advisory_unlock_all()`), and nothing
-/// else: no FROM, WHERE, other column, argument, set operation … Every field is named, so a new
-/// field in the parse tree is a compile error here rather than silently accepted.
+/// else: no FROM, WHERE, other column, argument, set operation … (see [`bare_calls`]).
 fn is_advisory_unlock_all(s: &pg_query::protobuf::SelectStmt) -> bool {
+    matches!(
+        bare_calls(s).as_deref(),
+        Some([(name, args)]) if is_catalog_function(name, "pg_advisory_unlock_all") && args.is_empty()
+    )
+}
+
+/// Whether a function's name is `name` or `pg_catalog.name`. Unqualified, the name resolves to
+/// pg_catalog's function unless the session put another schema before pg_catalog in its
+/// search_path: the same trust the read-only function list places in unqualified names.
+fn is_catalog_function(parts: &[&str], name: &str) -> bool {
+    matches!(parts, [n] | ["pg_catalog", n] if *n == name)
+}
+
+/// The function calls a SELECT is made of, when it is nothing else: `SELECT f(…), g(…)` with
+/// no FROM, WHERE, set operation, … and plain calls (no aggregate or window clause, no
+/// `VARIADIC`, no field of the result). Each call's name parts and arguments. Every field is
+/// named, so a new field in the parse tree is a compile error here rather than silently
+/// accepted.
+fn bare_calls(
+    s: &pg_query::protobuf::SelectStmt,
+) -> Option<Vec<(Vec<&str>, &[pg_query::protobuf::Node])>> {
     use pg_query::protobuf::{FuncCall, ResTarget, SelectStmt, SetOperation};
     use pg_query::NodeEnum as N;
     let SelectStmt {
@@ -426,58 +460,86 @@ fn is_advisory_unlock_all(s: &pg_query::protobuf::SelectStmt) -> bool {
         && !all
         && larg.is_none()
         && rarg.is_none();
-    let [target] = target_list.as_slice() else {
-        return false;
-    };
-    let Some(N::ResTarget(t)) = &target.node else {
-        return false;
-    };
-    let ResTarget {
-        name: _,
-        indirection,
-        val,
-        location: _,
-    } = &**t;
-    let Some(N::FuncCall(f)) = val.as_ref().and_then(|v| v.node.as_ref()) else {
-        return false;
-    };
-    let FuncCall {
-        funcname,
-        args,
-        agg_order,
-        agg_filter,
-        over,
-        agg_within_group,
-        agg_star,
-        agg_distinct,
-        func_variadic,
-        funcformat: _,
-        location: _,
-    } = &**f;
-    let name: Vec<&str> = funcname
+    if !plain || target_list.is_empty() {
+        return None;
+    }
+    target_list
         .iter()
-        .map(|n| match &n.node {
-            Some(N::String(s)) => s.sval.as_str(),
-            _ => "",
+        .map(|target| {
+            let Some(N::ResTarget(t)) = &target.node else {
+                return None;
+            };
+            let ResTarget {
+                name: _,
+                indirection,
+                val,
+                location: _,
+            } = &**t;
+            let Some(N::FuncCall(f)) = val.as_ref().and_then(|v| v.node.as_ref()) else {
+                return None;
+            };
+            let FuncCall {
+                funcname,
+                args,
+                agg_order,
+                agg_filter,
+                over,
+                agg_within_group,
+                agg_star,
+                agg_distinct,
+                func_variadic,
+                funcformat: _,
+                location: _,
+            } = &**f;
+            let name: Vec<&str> = funcname
+                .iter()
+                .map(|n| match &n.node {
+                    Some(N::String(s)) => s.sval.as_str(),
+                    _ => "",
+                })
+                .collect();
+            let call = indirection.is_empty()
+                && agg_order.is_empty()
+                && agg_filter.is_none()
+                && over.is_none()
+                && !agg_within_group
+                && !agg_star
+                && !agg_distinct
+                && !func_variadic;
+            call.then_some((name, args.as_slice()))
         })
-        .collect();
-    // Unqualified, the name resolves to pg_catalog's function unless the session put another
-    // schema before pg_catalog in its search_path: the same trust the read-only function list
-    // places in unqualified names.
-    plain
-        && indirection.is_empty()
-        && matches!(
-            name.as_slice(),
-            ["pg_advisory_unlock_all"] | ["pg_catalog", "pg_advisory_unlock_all"]
-        )
-        && args.is_empty()
-        && agg_order.is_empty()
-        && agg_filter.is_none()
-        && over.is_none()
-        && !agg_within_group
-        && !agg_star
-        && !agg_distinct
-        && !func_variadic
+        .collect()
+}
+
+/// Whether `sql` only calls `set_config`: one `SELECT set_config(…)[, set_config(…) …]` and
+/// nothing else, read the same with `standard_conforming_strings` on and off, every argument
+/// a constant (or, with `params`, a parameter `$n`). Such a query changes settings and
+/// nothing else: it need not count as a write, and (with constants) replayed as it stands
+/// elsewhere, it does the same there.
+pub fn set_config_only(sql: &str, params: bool) -> bool {
+    use pg_query::NodeEnum as N;
+    let Some(trees) = both_readings(sql) else {
+        return false;
+    };
+    trees.iter().all(|tree| {
+        let [raw] = tree.protobuf.stmts.as_slice() else {
+            return false;
+        };
+        let Some(N::SelectStmt(s)) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            return false;
+        };
+        bare_calls(s).is_some_and(|calls| {
+            calls.iter().all(|(name, args)| {
+                is_catalog_function(name, "set_config")
+                    && args.len() == 3
+                    && args.iter().all(|a| match a.node.as_ref() {
+                        Some(N::AConst(_)) => true,
+                        Some(N::ParamRef(_)) => params,
+                        _ => false,
+                    })
+            })
+        })
+    })
 }
 
 /// What a [`Class::Session`] query resets, for the state a proxy keeps about the session.
@@ -659,10 +721,7 @@ fn is_set_config(funcname: &[pg_query::protobuf::Node]) -> bool {
             _ => None,
         })
         .collect();
-    matches!(
-        parts.as_slice(),
-        ["set_config"] | ["pg_catalog", "set_config"]
-    )
+    is_catalog_function(&parts, "set_config")
 }
 
 /// The SQL `PREPARE` statements in `sql`: each one's name and its own text (a server keeps the

@@ -486,6 +486,39 @@ fn a_verdict_says_whether_the_query_sets_anything() {
     ] {
         assert_eq!(classify(sql, &NoFunctions).sets, sets, "{sql}");
     }
+    // set_config alone is a setting, not a write; with anything else, a write as before.
+    for (sql, class) in [
+        ("SELECT set_config('app.tenant', $1, false)", Class::Session),
+        (
+            "select pg_catalog.set_config('search_path', '', false)",
+            Class::Session,
+        ),
+        (
+            "SELECT set_config('a.b', '1', false), set_config('c.d', $1, $2)",
+            Class::Session,
+        ),
+        ("SELECT set_config('a.b', now()::text, false)", Class::Write),
+        ("SELECT set_config('a.b', '1', false) FROM t", Class::Write),
+        (
+            "SELECT set_config('a.b', '1', false), pg_sleep(1)",
+            Class::Write,
+        ),
+        (
+            "SELECT set_config('a.b', '1', false); DELETE FROM t",
+            Class::Write,
+        ),
+        (
+            "SELECT myschema.set_config('a.b', '1', false)",
+            Class::Write,
+        ),
+        // One reading sees a DELETE after the call.
+        (
+            r"SELECT set_config('a.b', 'x\', false); DELETE FROM t; --', false)",
+            Class::Write,
+        ),
+    ] {
+        assert_eq!(classify(sql, &NoFunctions).class, class, "{sql}");
+    }
     assert!(crate::calls_set_config(
         "select PG_CATALOG.SET_CONFIG('a', 'b', false)"
     ));
