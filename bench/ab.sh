@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Two pgwarden binaries head to head on one sandbox, reads on the primary only (the standbys at
-# weight 0), so that a change's cost shows apart from this machine's drift: three rounds, each
-# restarting the sandbox with one binary then the other, pgbench -S and -N at 8 and 64 clients
-# through the proxy, with the proxy's CPU time per transaction from /proc/PID/stat.
+# weight 0; AB_BALANCED=1 keeps their weight), so that a change's cost shows apart from this
+# machine's drift: three rounds, each restarting the sandbox with one binary then the other,
+# pgbench -S and -N at 8 and 64 clients through the proxy, with the proxy's CPU time per
+# transaction from /proc/PID/stat.
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [SECONDS]      (default 8 s per cell)
 #
@@ -32,7 +33,8 @@ trap cleanup EXIT
 export PGPASSFILE=$SB/pgpass
 for n in 0 1 2; do psql -h 127.0.0.1 -p $((BASE + 2 + n)) -U postgres -d postgres -qc "ALTER SYSTEM SET max_connections = 400"; done
 sed -i 's/^\[proxy\]$/[proxy]\npool_size = 200/' "$SB/pgwarden.toml"
-sed -i 's/^application_name = "node\([12]\)"$/application_name = "node\1"\nweight = 0/' "$SB/pgwarden.toml"
+# (AB_BALANCED=1: the standbys keep their weight, and reads are balanced over them.)
+[ -n "${AB_BALANCED:-}" ] || sed -i 's/^application_name = "node\([12]\)"$/application_name = "node\1"\nweight = 0/' "$SB/pgwarden.toml"
 "$NEW" sandbox down --dir "$SB" >/dev/null
 "$NEW" sandbox up --dir "$SB" >/dev/null
 pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 10 -q test >/dev/null 2>&1

@@ -172,7 +172,7 @@ pub fn calls_set_config(sql: &str) -> bool {
     const NAME: &[u8] = b"set_config";
     sql.as_bytes()
         .windows(NAME.len())
-        .any(|w| w.eq_ignore_ascii_case(NAME))
+        .any(|w| w[0] | 0x20 == b's' && w.eq_ignore_ascii_case(NAME))
 }
 
 /// [`classify`], for a query that needed the parser.
