@@ -674,6 +674,51 @@ fn pg_dump_through_pgwarden_matches_a_direct_dump() {
 /// afterwards: a `BEGIN READ ONLY` transaction runs on a standby, and the session's writes
 /// later run on the primary, which never saw the SET. pgwarden used to pin such a session to
 /// the primary instead, and its unqualified names then found other tables there.
+/// A setting changed in a read-only transaction on a standby is read back as soon as that
+/// transaction is over, while the client thinks: the standby may be taken out of service
+/// before the session's next statement, which then runs on the primary with the setting.
+/// (pgwarden read it back at that next statement before, and ended the session when the
+/// standby was gone by then.)
+#[test]
+fn a_setting_made_on_a_standby_outlives_that_standby() {
+    let c = Cluster::up(2);
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    block(async {
+        let s = standby_session(&c).await;
+        s.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+        assert_eq!(
+            port_of(&at, 0),
+            standby,
+            "the transaction runs on the standby"
+        );
+        s.batch_execute("SET application_name = 'kept'; SET search_path = pg_catalog")
+            .await
+            .unwrap();
+        s.batch_execute("COMMIT").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // (The API's blocking client must not run on the runtime's thread.)
+        tokio::task::block_in_place(|| {
+            let o = c.pgwarden(&["node", "detach", "1"]);
+            assert!(o.status.success(), "{}", common::stderr(&o));
+            c.wait_node(1, Duration::from_secs(10), "down", |n| {
+                n["status"] == "down"
+            });
+        });
+        let row = s
+            .query_one(
+                "SELECT current_setting('application_name'), current_setting('search_path'), \
+                 inet_server_port()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "kept");
+        assert_eq!(row.get::<_, String>(1), "pg_catalog");
+        assert_eq!(port_of(&row, 2), primary);
+    });
+}
+
 /// A SQL PREPARE in a `BEGIN READ ONLY` transaction on a standby outlives the transaction, as
 /// on one server (even a ROLLBACK); the session, pinned to the primary by it, EXECUTEs there,
 /// where pgwarden has prepared it too. One DEALLOCATEd in the transaction, or never made (the
@@ -1229,29 +1274,30 @@ fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
             "several statements 5MB"
         ]
     );
-    // The standby that holds a session's setting is lost before it was read back: the
-    // session ends with an error rather than go on without it.
+    // The standby that held a session's setting is lost once the transaction is over: the
+    // setting was read back as soon as it was (not at the next statement), and the session
+    // goes on with it on the primary. (Lost before that, the session would end with an error
+    // rather than go on without it.)
     block(async {
         let client = standby_session(&c).await;
         for step in ["BEGIN READ ONLY", "SET search_path = app", "COMMIT"] {
             client.batch_execute(step).await.unwrap();
         }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         c.pg_ctl(1, &["stop", "-m", "immediate"]);
-        let e = client
+        client
             .batch_execute("INSERT INTO t VALUES ('after loss')")
             .await
-            .unwrap_err();
-        eprintln!("after the standby's loss: {e}");
+            .unwrap();
     });
     assert_eq!(
         c.psql(
             0,
             "test",
-            "SELECT count(*) FROM (SELECT v FROM public.t UNION ALL SELECT v FROM app.t) x \
-             WHERE v = 'after loss'"
+            "SELECT count(*) FROM app.t WHERE v = 'after loss'"
         )
         .unwrap(),
-        "0"
+        "1"
     );
 }
 

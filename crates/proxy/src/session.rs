@@ -328,6 +328,18 @@ impl Session {
                 // Nothing pending: give the buffer back while the client thinks.
                 *cbuf = BytesMut::new();
             }
+            if cbuf.is_empty()
+                && self.inflight.is_none()
+                && self.tx_node.is_none()
+                && self.open_until_sync.is_none()
+                && self.copy_in.is_none()
+                && self.settings.has_unread()
+            {
+                // Settings changed in a transaction that has ended are read back now, while
+                // the client thinks, not at its next statement: the node that holds them may
+                // be taken out of service meanwhile, and the session would end with them.
+                Box::pin(self.read_back_watching_fences()).await?;
+            }
             let partial = !cbuf.is_empty();
             // The node to listen to: the one answering, or while idle the primary of a session
             // that listens for notifications.
@@ -419,6 +431,21 @@ impl Session {
             }
         };
         let ((), pending) = watching_fences(step, &wake, &ctx, &busy).await?;
+        if let Some(set) = pending {
+            self.on_fence(&set)?;
+        }
+        Ok(())
+    }
+
+    /// `read_back_settings` from the idle loop, under the same fence watch as a client
+    /// message (a hung holder must not keep the session engaged on it).
+    async fn read_back_watching_fences(&mut self) -> Result<()> {
+        let (busy, wake, ctx) = (
+            self.busy.clone(),
+            self.wake.notify.clone(),
+            self.ctx.clone(),
+        );
+        let ((), pending) = watching_fences(self.read_back_settings(), &wake, &ctx, &busy).await?;
         if let Some(set) = pending {
             self.on_fence(&set)?;
         }
