@@ -279,6 +279,13 @@ fn python_psycopg3_through_pgwarden() {
         [standby.as_str()],
         "{routes:?}"
     );
+    // The WITH HOLD cursor was declared on the standby (and then fetched there: the data line
+    // is identical to the direct run's).
+    assert_eq!(
+        ports_of(&routes, "held cursor"),
+        [standby.as_str()],
+        "{routes:?}"
+    );
 }
 
 #[test]

@@ -103,4 +103,23 @@ with conn.pipeline():
     r = conn.execute("SELECT name FROM pp WHERE id = %s", (5000,)).fetchone()
 out("pipeline read then write", n, r[0])
 conn.close()
+
+# A server-side cursor WITH HOLD (psycopg declares and fetches it through Parse/Bind) made in
+# a read-only transaction, which pgwarden balances to the standby: after the COMMIT the
+# cursor lives only there, and the fetches and the CLOSE must go there.
+for _ in range(60):
+    conn = connect()
+    conn.read_only = True
+    if not proxied or conn.execute("SELECT inet_server_port()").fetchone()[0] == standby:
+        break
+    conn.close()
+cur = conn.cursor("held", withhold=True)
+cur.execute("SELECT g, inet_server_port() FROM generate_series(1, 10) g")
+first = cur.fetchmany(2)
+conn.commit()
+rest = cur.fetchmany(3)
+cur.close()
+out("held cursor", [r[0] for r in first], [r[0] for r in rest])
+route("held cursor", first[0][1])
+conn.close()
 out("done")

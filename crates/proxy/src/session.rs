@@ -1156,6 +1156,11 @@ impl Session {
         let mut unnamed: Option<(String, SettingEffect)> = None;
         let mut replay: Vec<String> = Vec::new();
         let mut config_calls: Vec<String> = Vec::new();
+        // Cursors declared WITH HOLD in the batch, and the one cursor its only statement
+        // fetches from, moves or closes (see `held_cursor`; psycopg sends these as Parse).
+        let mut declared: Vec<String> = Vec::new();
+        let mut cursor: Option<CursorUse> = None;
+        let mut parse_count = 0usize;
         for f in &frames {
             match f.tag {
                 b'P' => {
@@ -1170,6 +1175,12 @@ impl Session {
                             && !pgwarden_sql::calls_set_config(p.query));
                     begins |= matches!(c, Class::Begin { .. });
                     let effect = setting_effect(p.query);
+                    parse_count += 1;
+                    if has_first_word(p.query, "declare") {
+                        declared.extend(pgwarden_sql::held_cursors(p.query));
+                    } else if self.settings.has_held() {
+                        cursor = pgwarden_sql::cursor_use(p.query);
+                    }
                     if p.name.is_empty() {
                         parsed_unnamed = true;
                         unnamed = Some((p.query.to_string(), effect));
@@ -1272,7 +1283,24 @@ impl Session {
         {
             return Ok(());
         }
-        let mut target = if !any_statement {
+        let in_tx = self.tx_node.is_some();
+        let held = if parse_count == 1 {
+            self.held_cursor(in_tx, cursor.as_ref())
+        } else {
+            None
+        };
+        match &cursor {
+            Some(CursorUse::Close(name)) => self.settings.forget_held(Some(name)),
+            Some(CursorUse::CloseAll) => self.settings.forget_held(None),
+            _ => {}
+        }
+        let mut target = if let Some(n) = held {
+            self.engage(n);
+            if self.is_fenced(n) {
+                return Err(fenced_end(n));
+            }
+            n
+        } else if !any_statement {
             // Sync, Flush, Describe/Close of portals: where the session's work is.
             match self
                 .open_until_sync
@@ -1290,6 +1318,11 @@ impl Session {
         if binds_unnamed_without_parse && self.open_until_sync.is_none() && self.tx_node.is_none() {
             if let Some(n) = self.unnamed_node {
                 target = n;
+            }
+        }
+        if (in_tx || begins) && self.table().primary != Some(target) {
+            for name in declared {
+                self.settings.note_held(name, target);
             }
         }
         let failed_tx = self.tx_node == Some(target) && self.last_tx_status == b'E';
