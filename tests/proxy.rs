@@ -803,6 +803,24 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
                 assert!(s.simple_query(execute).await.is_ok(), "{what}: again");
             }
         }
+        // The same through the extended protocol (tokio-postgres parses it).
+        let s = standby_session(&c).await;
+        s.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+        assert_eq!(
+            port_of(&at, 0),
+            standby,
+            "the transaction runs on the standby"
+        );
+        s.execute("PREPARE e AS SELECT 5, inet_server_port()", &[])
+            .await
+            .unwrap();
+        s.batch_execute("COMMIT").await.unwrap();
+        let m = s.simple_query("EXECUTE e").await.map_err(error).unwrap();
+        assert_eq!(
+            (value(&m, 0), value(&m, 1)),
+            ("5".into(), primary.to_string())
+        );
         // With standard_conforming_strings off, a backslash quotes a quote: the standby runs
         // this text as a PREPARE, then a CREATE TABLE (refused there, read-only). Read with
         // it on, the text is one PREPARE: replayed on the primary as it stands, the CREATE

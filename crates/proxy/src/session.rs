@@ -1159,6 +1159,8 @@ impl Session {
         // Cursors declared WITH HOLD in the batch, and the one cursor its only statement
         // fetches from, moves or closes (see `held_cursor`; psycopg sends these as Parse).
         let mut declared: Vec<String> = Vec::new();
+        // SQL PREPAREs parsed in the batch (see `prepare_on_primary`).
+        let mut prepared: Vec<(String, String)> = Vec::new();
         let mut cursor: Option<CursorUse> = None;
         let mut parse_count = 0usize;
         for f in &frames {
@@ -1178,6 +1180,8 @@ impl Session {
                     parse_count += 1;
                     if has_first_word(p.query, "declare") {
                         declared.extend(pgwarden_sql::held_cursors(p.query));
+                    } else if c == Class::Sticky && has_first_word(p.query, "prepare") {
+                        prepared.extend(pgwarden_sql::prepares(p.query));
                     } else if self.settings.has_held() {
                         cursor = pgwarden_sql::cursor_use(p.query);
                     }
@@ -1323,6 +1327,9 @@ impl Session {
         if (in_tx || begins) && self.table().primary != Some(target) {
             for name in declared {
                 self.settings.note_held(name, target);
+            }
+            for (name, text) in prepared {
+                self.settings.note_prepared(target, name, text);
             }
         }
         let failed_tx = self.tx_node == Some(target) && self.last_tx_status == b'E';
