@@ -821,6 +821,30 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
             (value(&m, 0), value(&m, 1)),
             ("5".into(), primary.to_string())
         );
+        // A second PREPARE of a taken name fails there, and the first one lives on: that one
+        // is made on the primary, not the text of the one that failed.
+        let s = standby_session(&c).await;
+        s.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+        assert_eq!(
+            port_of(&at, 0),
+            standby,
+            "the transaction runs on the standby"
+        );
+        s.batch_execute("PREPARE f AS SELECT 1, inet_server_port()")
+            .await
+            .unwrap();
+        let taken = s
+            .batch_execute("PREPARE f AS SELECT 2, inet_server_port()")
+            .await
+            .map_err(error);
+        assert_eq!(taken, Err("prepared statement \"f\" already exists".into()));
+        s.batch_execute("ROLLBACK").await.unwrap();
+        let m = s.simple_query("EXECUTE f").await.map_err(error).unwrap();
+        assert_eq!(
+            (value(&m, 0), value(&m, 1)),
+            ("1".into(), primary.to_string())
+        );
         // With standard_conforming_strings off, a backslash quotes a quote: the standby runs
         // this text as a PREPARE, then a CREATE TABLE (refused there, read-only). Read with
         // it on, the text is one PREPARE: replayed on the primary as it stands, the CREATE

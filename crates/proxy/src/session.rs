@@ -1003,19 +1003,32 @@ impl Session {
                 tracing::warn!(node = from, statement = %name, "the connection that prepared a statement in a transaction was lost: it is not made on the primary");
                 continue;
             };
+            // What the server prepared, not what pgwarden noted: a PREPARE of a name already
+            // taken fails there, and the statement made earlier under that name is the one
+            // that lives on. Its source query (`statement`, the client's whole query) must
+            // hold exactly one PREPARE of this name, whose own text is made on the primary.
             let probe = format!(
-                "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE name = {}",
+                "SELECT statement FROM pg_catalog.pg_prepared_statements \
+                 WHERE name = {} AND from_sql",
                 crate::settings::literal(&name)
             );
-            match conn.b().query_value(&probe).await {
-                Ok(Some(n)) if n == "1" => {}
-                Ok(_) => continue,
+            let source = match conn.b().query_value(&probe).await {
+                Ok(Some(source)) => source,
+                Ok(None) => continue,
                 Err(BackendError::Sql { message, .. }) => {
                     tracing::warn!(node = from, statement = %name, "cannot tell whether a statement prepared in a transaction is still there ({message})");
                     continue;
                 }
                 Err(e) => return Err(self.lost(from, e)),
-            }
+            };
+            let mut texts = pgwarden_sql::prepares(&source)
+                .into_iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, text)| text);
+            let (Some(text), None) = (texts.next(), texts.next()) else {
+                tracing::warn!(node = from, statement = %name, "a statement prepared in a transaction cannot be told apart in its query; it is not made on the primary");
+                continue;
+            };
             if !self.conns.contains_key(&primary) {
                 if let Err(e) = self.bind(primary).await {
                     // (A switchover, say: tried again on the session's next statement.)
