@@ -1050,6 +1050,20 @@ fn serializable_transactions_are_not_sent_to_a_hot_standby() {
             Ok(primary),
             "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"
         );
+        // The client's own SET TRANSACTION … SERIALIZABLE in a read-only transaction already
+        // on the standby is refused there (a known limit); it says nothing of the session's
+        // default, and the session's reads stay balanced.
+        let s = standby_session(&c).await;
+        s.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let refused = s
+            .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .await;
+        assert!(refused.is_err(), "refused on the standby");
+        s.batch_execute("ROLLBACK").await.unwrap();
+        for _ in 0..3 {
+            let r = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+            assert_eq!(port_of(&r, 0), standby, "reads stay on the standby");
+        }
     });
     // From the database's own default (or a role's: the same), which pgwarden asks each new
     // connection for: every read runs on the primary, none is refused by the standby.

@@ -2162,13 +2162,18 @@ fn mask_has(mask: u64, node: u32) -> bool {
 }
 
 /// The session held node `n`, which was just taken out of service.
-/// A hot standby's refusal of a SERIALIZABLE transaction (in English; the SQLSTATE alone,
-/// feature_not_supported, says too little).
+/// A hot standby's refusal of a SERIALIZABLE transaction because of the session's default
+/// isolation (in English; the SQLSTATE alone, feature_not_supported, says too little).
 fn refuses_serializable(fields: &[(u8, String)]) -> bool {
     fields.iter().any(|(k, v)| *k == b'C' && v == "0A000")
         && fields
             .iter()
             .any(|(k, v)| *k == b'M' && v.contains("serializable mode in a hot standby"))
+        // Because of the default (its detail says so), not a `SET TRANSACTION ISOLATION LEVEL
+        // SERIALIZABLE` of the client's own, which is refused without a detail.
+        && fields
+            .iter()
+            .any(|(k, v)| *k == b'D' && v.contains("default_transaction_isolation"))
 }
 
 /// Whether a client's startup parameters make its transactions SERIALIZABLE by default:
