@@ -1184,12 +1184,12 @@ impl Session {
                     class = combine(class, c);
                     any_statement = true;
                     // (A `set_config` is read back once it has run, see `SettingEffect`.)
+                    let effect = setting_effect(p.query);
                     pins |= c == Class::Sticky
                         || (c == Class::Session
-                            && !is_setting(p.query)
+                            && effect != SettingEffect::Replayed
                             && !pgwarden_sql::calls_set_config(p.query));
                     begins |= matches!(c, Class::Begin { .. });
-                    let effect = setting_effect(p.query);
                     parse_count += 1;
                     if has_first_word(p.query, "declare") {
                         declared.extend(pgwarden_sql::held_cursors(p.query));
@@ -2045,24 +2045,11 @@ impl Session {
     /// for `node`: a fence of it must not wait for this write (see `watching_fences`).
     async fn send_client_for(&mut self, node: u32, data: &[u8]) -> Result<()> {
         let _busy = Busy::enter(Some(&self.busy), node);
-        self.client_cut = true;
-        self.client
-            .write_all(data)
-            .await
-            .map_err(|_| End::ClientGone)?;
-        self.client_cut = false;
-        Ok(())
+        write_client(&mut self.client, &mut self.client_cut, data).await
     }
 
     async fn send_client(&mut self, data: &[u8]) -> Result<()> {
-        // Left set if the write is dropped half way (the session ended under it).
-        self.client_cut = true;
-        self.client
-            .write_all(data)
-            .await
-            .map_err(|_| End::ClientGone)?;
-        self.client_cut = false;
-        Ok(())
+        write_client(&mut self.client, &mut self.client_cut, data).await
     }
 
     /// A backend connection failed: forget it, have the monitor look at the node, and end the
@@ -2132,22 +2119,27 @@ fn capacity(e: &PoolError) -> bool {
 /// `SET SESSION …` is one (pgjdbc's setTransactionIsolation sends `SET SESSION
 /// CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL …` this way; a standby takes it).
 fn is_setting(sql: &str) -> bool {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take(2)
-        .map(|w| w.to_ascii_uppercase())
-        .collect();
-    match words.first().map(String::as_str) {
-        Some("RESET") => !sql.contains(';'),
-        Some("SET") => {
-            !sql.contains(';')
-                && !matches!(
-                    words.get(1).map(String::as_str),
-                    Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS")
-                )
-        }
-        _ => false,
+    let mut words = sql.split_whitespace();
+    let first = words.next().unwrap_or("");
+    if first.eq_ignore_ascii_case("reset") {
+        return !sql.contains(';');
     }
+    first.eq_ignore_ascii_case("set")
+        && !sql.contains(';')
+        && !words.next().is_some_and(|w| {
+            ["local", "transaction", "constraints"]
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(k))
+        })
+}
+
+/// Writes to the client; `cut` is left set if the write is dropped half way (the session
+/// ended under it: no FATAL may follow mid-message).
+async fn write_client(client: &mut ClientWriter, cut: &mut bool, data: &[u8]) -> Result<()> {
+    *cut = true;
+    client.write_all(data).await.map_err(|_| End::ClientGone)?;
+    *cut = false;
+    Ok(())
 }
 
 /// The query text of a Parse message (whole frame, tag and length included).
