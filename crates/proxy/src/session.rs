@@ -338,7 +338,7 @@ impl Session {
                 // Settings changed in a transaction that has ended are read back now, while
                 // the client thinks, not at its next statement: the node that holds them may
                 // be taken out of service meanwhile, and the session would end with them.
-                Box::pin(self.read_back_watching_fences()).await?;
+                Box::pin(self.idle_step_watching_fences(IdleStep::ReadBack)).await?;
             }
             let partial = !cbuf.is_empty();
             // The node to listen to: the one answering, or while idle the primary of a session
@@ -355,7 +355,7 @@ impl Session {
                 }) {
                     // Notifications that came while pgwarden asked something of its own on
                     // the connection (`Backend::exchange`) are relayed now.
-                    Box::pin(self.relay_watching_fences(Some(n), true)).await?;
+                    Box::pin(self.idle_step_watching_fences(IdleStep::Parked(n))).await?;
                 }
             }
             // An online recovery's 2nd stage: a session idle longer than the limit is closed.
@@ -376,7 +376,7 @@ impl Session {
                 }, if node.is_some() => {
                     // An error is the read's to report (a standby lost under a read, say).
                     let _ = r;
-                    Box::pin(self.relay_watching_fences(node, false)).await?;
+                    Box::pin(self.idle_step_watching_fences(IdleStep::Relay(node))).await?;
                 }
                 r = read_client(reader, cbuf, partial, auth_timeout) => r?,
                 _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
@@ -413,39 +413,24 @@ impl Session {
         Ok(handled)
     }
 
-    /// Relays what `node` sent, as `handle_frames` handles a message: a fence of `node` while
-    /// the client is slow to take the answers (their write blocked) ends the session at once,
-    /// rather than keep it engaged on a node being stopped until the client reads.
-    /// `parked`: only what is already in the connection's buffer (notifications parked there
-    /// by `Backend::exchange`), without reading.
-    async fn relay_watching_fences(&mut self, node: Option<u32>, parked: bool) -> Result<()> {
+    /// One step of the idle loop's own work, under the same fence watch as a client message
+    /// (`handle_frames`): a fence of a node the step is blocked on (a client slow to take that
+    /// node's answers, a hung node) ends the session at once, rather than keep it engaged on
+    /// a node being stopped.
+    async fn idle_step_watching_fences(&mut self, step: IdleStep) -> Result<()> {
         let (busy, wake, ctx) = (
             self.busy.clone(),
             self.wake.notify.clone(),
             self.ctx.clone(),
         );
-        let step = async {
-            match node {
-                Some(n) if parked => self.forward(n, true).await,
-                _ => self.read_node(node, false).await,
+        let work = async {
+            match step {
+                IdleStep::Relay(node) => self.read_node(node, false).await,
+                IdleStep::Parked(n) => self.forward(n, true).await,
+                IdleStep::ReadBack => self.read_back_settings().await,
             }
         };
-        let ((), pending) = watching_fences(step, &wake, &ctx, &busy).await?;
-        if let Some(set) = pending {
-            self.on_fence(&set)?;
-        }
-        Ok(())
-    }
-
-    /// `read_back_settings` from the idle loop, under the same fence watch as a client
-    /// message (a hung holder must not keep the session engaged on it).
-    async fn read_back_watching_fences(&mut self) -> Result<()> {
-        let (busy, wake, ctx) = (
-            self.busy.clone(),
-            self.wake.notify.clone(),
-            self.ctx.clone(),
-        );
-        let ((), pending) = watching_fences(self.read_back_settings(), &wake, &ctx, &busy).await?;
+        let ((), pending) = watching_fences(work, &wake, &ctx, &busy).await?;
         if let Some(set) = pending {
             self.on_fence(&set)?;
         }
@@ -2365,6 +2350,17 @@ async fn read_client(
         Ok(0) | Err(_) => Err(End::ClientGone),
         Ok(_) => Ok(()),
     }
+}
+
+/// What the idle loop does under the fence watch (`Session::idle_step_watching_fences`).
+#[derive(Debug, Clone, Copy)]
+enum IdleStep {
+    /// Relay what the node (the one answering, or a listening session's primary) sent.
+    Relay(Option<u32>),
+    /// Relay notifications parked in that connection's buffer by `Backend::exchange`.
+    Parked(u32),
+    /// Read back settings changed in a transaction that has ended (`read_back_settings`).
+    ReadBack,
 }
 
 /// How `Session::end_open_batch` left the pipeline.
