@@ -813,8 +813,8 @@ impl Session {
                 // In a transaction on a standby: a PREPARE outlives it, and the session,
                 // pinned to the primary from now on, will EXECUTE there (see
                 // `prepare_on_primary`).
-                for (name, text) in pgwarden_sql::prepares(sql) {
-                    self.settings.note_prepared(target, name, text);
+                for (name, _) in pgwarden_sql::prepares(sql) {
+                    self.settings.note_prepared(target, name);
                 }
             } else if has_first_word(sql, "declare") {
                 for name in pgwarden_sql::held_cursors(sql) {
@@ -970,7 +970,7 @@ impl Session {
     /// session's settings first: the statement resolves names as the client expects.)
     async fn prepare_on_primary(&mut self) -> Result<()> {
         let mut kept = Vec::new();
-        for (from, name, text) in self.settings.take_prepared() {
+        for (from, name) in self.settings.take_prepared() {
             let primary = self.ctx.routes.borrow().primary;
             let busy = |n: u32| {
                 self.tx_node == Some(n)
@@ -978,7 +978,7 @@ impl Session {
                     || self.inflight.is_some_and(|(m, _)| m == n)
             };
             let Some(primary) = primary.filter(|p| !busy(from) && !busy(*p)) else {
-                kept.push((from, name, text));
+                kept.push((from, name));
                 continue;
             };
             if from == primary {
@@ -1018,7 +1018,7 @@ impl Session {
                 if let Err(e) = self.bind(primary).await {
                     // (A switchover, say: tried again on the session's next statement.)
                     tracing::debug!(node = primary, statement = %name, "cannot reach the primary to prepare a statement there yet: {e}");
-                    kept.push((from, name, text));
+                    kept.push((from, name));
                     continue;
                 }
             }
@@ -1326,8 +1326,8 @@ impl Session {
             for name in declared {
                 self.settings.note_held(name, target);
             }
-            for (name, text) in prepared {
-                self.settings.note_prepared(target, name, text);
+            for (name, _) in prepared {
+                self.settings.note_prepared(target, name);
             }
         }
         let failed_tx = self.tx_node == Some(target) && self.last_tx_status == b'E';

@@ -41,10 +41,10 @@ struct Record {
     serializable_at_start: bool,
     serializable_now: Option<bool>,
     /// SQL `PREPARE`s run in a transaction on a standby (the session is pinned to the primary
-    /// from then on): the node, the statement's name and its text, to be prepared on the
+    /// from then on): the node and the statement's name, to be prepared on the
     /// primary too once that transaction is over (a prepared statement outlives it, even a
     /// ROLLBACK).
-    prepared: Vec<(u32, String, String)>,
+    prepared: Vec<(u32, String)>,
     /// Cursors declared `WITH HOLD` in a transaction on a standby: they live there after it,
     /// and a FETCH, MOVE or CLOSE of one goes there (by name, with the node).
     held: Vec<(String, u32)>,
@@ -136,8 +136,7 @@ impl Record {
     /// Whether a setting changed on a node other than `node` is still to be read back: before
     /// `node` is used, it is.
     pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
-        self.unread.iter().any(|(n, _)| *n != node)
-            || self.prepared.iter().any(|(n, _, _)| *n != node)
+        self.unread.iter().any(|(n, _)| *n != node) || self.prepared.iter().any(|(n, _)| *n != node)
     }
 
     /// Whether `node` holds settings still to be read back: the session needs that
@@ -248,10 +247,10 @@ impl Settings {
     }
 
     /// A SQL `PREPARE` of `name` (`text`) ran in a transaction on `node`, a standby.
-    pub(crate) fn note_prepared(&mut self, node: u32, name: String, text: String) {
+    pub(crate) fn note_prepared(&mut self, node: u32, name: String) {
         let r = self.record();
-        r.prepared.retain(|(_, n, _)| *n != name);
-        r.prepared.push((node, name, text));
+        r.prepared.retain(|(_, n)| *n != name);
+        r.prepared.push((node, name));
     }
 
     /// A cursor `name` was declared WITH HOLD in a transaction on `node`, a standby.
@@ -284,14 +283,14 @@ impl Settings {
     }
 
     /// The prepared statements to make on the primary (see `note_prepared`), in order.
-    pub(crate) fn take_prepared(&mut self) -> Vec<(u32, String, String)> {
+    pub(crate) fn take_prepared(&mut self) -> Vec<(u32, String)> {
         self.0
             .as_mut()
             .map_or_else(Vec::new, |r| std::mem::take(&mut r.prepared))
     }
 
     /// Those that could not be made yet (their node busy, or no primary).
-    pub(crate) fn keep_prepared(&mut self, kept: Vec<(u32, String, String)>) {
+    pub(crate) fn keep_prepared(&mut self, kept: Vec<(u32, String)>) {
         if !kept.is_empty() {
             let r = self.record();
             let later = std::mem::take(&mut r.prepared);
@@ -564,21 +563,21 @@ mod tests {
     #[test]
     fn a_statement_prepared_on_a_standby_is_made_on_the_primary_but_binds_no_node() {
         let mut s = Settings::default();
-        s.note_prepared(1, "q".into(), "PREPARE q AS SELECT 1".into());
-        s.note_prepared(1, "r".into(), "PREPARE r AS SELECT 2".into());
-        s.note_prepared(1, "q".into(), "PREPARE q AS SELECT 3".into());
+        s.note_prepared(1, "q".into());
+        s.note_prepared(1, "r".into());
+        s.note_prepared(1, "q".into());
         // To be made once the session comes to another node...
         assert!(s.has_unread() && s.unread_elsewhere(0) && !s.unread_elsewhere(1));
         // ...but the standby may go without ending the session.
         assert!(!s.unread_on(1));
         let made = s.take_prepared();
-        let names: Vec<&str> = made.iter().map(|(_, n, _)| n.as_str()).collect();
+        let names: Vec<&str> = made.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["r", "q"]);
         assert!(!s.has_unread());
         // Kept for later (no primary yet): before any noted meanwhile.
-        s.note_prepared(1, "t".into(), "PREPARE t AS SELECT 4".into());
+        s.note_prepared(1, "t".into());
         s.keep_prepared(made);
-        let names: Vec<String> = s.take_prepared().into_iter().map(|(_, n, _)| n).collect();
+        let names: Vec<String> = s.take_prepared().into_iter().map(|(_, n)| n).collect();
         assert_eq!(names, ["r", "q", "t"]);
     }
 
