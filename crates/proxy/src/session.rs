@@ -217,6 +217,17 @@ impl<T: Clone> Latest<T> {
     }
 }
 
+/// An engagement on a node for pgwarden's own work there (see `Session::engage_aside`).
+struct Aside(Option<Engagement>);
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        if let Some(e) = &self.0 {
+            e.disengage();
+        }
+    }
+}
+
 struct NodeRefs {
     id: u32,
     stats: Arc<NodeStats>,
@@ -599,6 +610,19 @@ impl Session {
         self.engaged = node;
     }
 
+    /// Engages `node` for pgwarden's own work on it (a setting read back, a statement made
+    /// on the primary, a Close), besides any unit the session is engaged on, and then reads
+    /// its fence, as `route` does: the controller does not stop the node under the work.
+    /// `None` (and nothing engaged) when the node is out of service. The engagement lasts as
+    /// long as the returned value, whichever way the work ends.
+    fn engage_aside(&mut self, node: u32) -> Option<Aside> {
+        let aside = Aside(self.node_refs(node).engagement.clone());
+        if let Some(e) = &aside.0 {
+            e.engage();
+        }
+        (!self.is_fenced(node)).then_some(aside)
+    }
+
     /// The node this session has work on now, if any.
     fn sync_engaged(&mut self) {
         let now = self
@@ -914,10 +938,10 @@ impl Session {
                 kept.push((from, name));
                 continue;
             }
-            if self.is_fenced(from) {
+            let Some(_aside) = self.engage_aside(from) else {
                 // Out of service: what was set there cannot be read any more.
                 return Err(fenced_end(from));
-            }
+            };
             if !self.conns.contains_key(&from) {
                 return Err(fatal(
                     "08006",
@@ -984,8 +1008,9 @@ impl Session {
             if from == primary {
                 continue;
             }
-            let Some(conn) = self.conns.get_mut(&from) else {
-                tracing::warn!(node = from, statement = %name, "the connection that prepared a statement in a transaction was lost: it is not made on the primary");
+            let from_aside = self.engage_aside(from);
+            let Some(conn) = self.conns.get_mut(&from).filter(|_| from_aside.is_some()) else {
+                tracing::warn!(node = from, statement = %name, "the connection that prepared a statement in a transaction was lost or taken out of service: it is not made on the primary");
                 continue;
             };
             // What the server prepared, not what pgwarden noted: a PREPARE of a name already
@@ -1012,6 +1037,13 @@ impl Session {
                 .map(|(_, text)| text);
             let (Some(text), None) = (texts.next(), texts.next()) else {
                 tracing::warn!(node = from, statement = %name, "a statement prepared in a transaction cannot be told apart in its query; it is not made on the primary");
+                continue;
+            };
+            drop(from_aside);
+            // Engaged on the primary before its fence is read, as for a unit of the client's:
+            // in a switchover the statement waits for the new primary.
+            let Some(_aside) = self.engage_aside(primary) else {
+                kept.push((from, name));
                 continue;
             };
             if !self.conns.contains_key(&primary) {
@@ -1585,7 +1617,8 @@ impl Session {
         if !self.conns.contains_key(&node) {
             return Ok(());
         }
-        if self.ctx.is_fenced(node) && !self.bound_to(node) {
+        let aside = self.engage_aside(node);
+        if aside.is_none() && !self.bound_to(node) {
             // The node is out of service (it may be shutting down): its connection, and the
             // statement with it, are simply dropped.
             self.conns.remove(&node);
