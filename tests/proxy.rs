@@ -2100,6 +2100,14 @@ mod hostile {
         v
     }
 
+    /// Parse of a named statement without parameters, then its Bind, Execute and Sync.
+    fn named(name: &str, sql: &str) -> Vec<u8> {
+        let n = [name.as_bytes(), b"\0"].concat();
+        let mut v = message(b'P', &[&n, sql.as_bytes(), b"\0", &[0, 0]]);
+        v.extend(execute_sync(name));
+        v
+    }
+
     /// Bind, Execute and Sync of a named statement without parameters.
     fn execute_sync(name: &str) -> Vec<u8> {
         let n = [name.as_bytes(), b"\0"].concat();
@@ -2342,6 +2350,96 @@ mod hostile {
                 assert!(got.contains("42") && !got.contains("C42P05"), "{got}");
                 break;
             }
+        });
+    }
+
+    /// A SQL PREPARE made in a read-only transaction on a standby is made on the primary
+    /// after it (see `a_statement_prepared_in_a_read_only_transaction_…`): pgwarden asks the
+    /// standby for the statement's text, then prepares it on the primary. On either node the
+    /// client may have an unnamed statement of its own, parsed before the transaction: it must
+    /// be the same statement after it, as on one server, where only the client's next Parse of
+    /// it or its next simple Query replaces it. Everything else here goes through named
+    /// statements, so nothing of the client's own replaces it: not the PREPARE, nor a setting
+    /// made in the transaction, read back there and made on the primary too.
+    #[test]
+    fn the_unnamed_statement_outlives_a_prepare_made_on_the_primary_for_the_session() {
+        let c = Cluster::up(2);
+        let (primary, standby) = (c.node_port(0), c.node_port(1));
+        let bind_unnamed = || {
+            let mut v = message(b'B', &[b"\0\0", &[0, 0, 0, 0, 0, 0]]);
+            v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+            v.extend(message(b'S', &[]));
+            v
+        };
+        // A read-only transaction on the standby, with a PREPARE in it (retried while the
+        // session's reads go to the primary: a statement sent there sets its
+        // read-your-writes floor until the standby is known to have replayed it).
+        async fn prepare_on_standby(
+            s: &mut tokio::net::TcpStream,
+            q: &str,
+            set: &str,
+            ports: (u16, u16),
+        ) {
+            let (primary, standby) = ports;
+            for i in 0..50 {
+                let got = exchange(
+                    s,
+                    &[
+                        (named(&format!("b{i}"), "BEGIN READ ONLY"), b'Z'),
+                        (named(&format!("w{i}"), "SELECT inet_server_port()"), b'Z'),
+                    ],
+                )
+                .await;
+                if got == format!("12CZ(T) |12D({standby}) CZ(T) |") {
+                    let got = exchange(
+                        s,
+                        &[
+                            (named("p", &format!("PREPARE {q} AS SELECT 8")), b'Z'),
+                            (named("s", set), b'Z'),
+                            (named("c", "COMMIT"), b'Z'),
+                        ],
+                    )
+                    .await;
+                    assert_eq!(got, "12CZ(T) |12CSZ(T) |12CZ(I) |");
+                    return;
+                }
+                assert_eq!(got, format!("12CZ(T) |12D({primary}) CZ(T) |"));
+                exchange(s, &[(named(&format!("r{i}"), "ROLLBACK"), b'Z')]).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("no read-only transaction ran on the standby in 10 s");
+        }
+        block(async {
+            // The unnamed statement on the standby (parsed by `standby_session`), where
+            // pgwarden asks for the PREPARE's text.
+            let mut s = standby_session(&c).await;
+            prepare_on_standby(&mut s, "q", "SET application_name = a", (primary, standby)).await;
+            let after = exchange(&mut s, &[(bind_unnamed(), b'Z')]).await;
+            assert_eq!(after, format!("2D({standby}) CZ(I) |"), "on the standby");
+            let got = exchange(&mut s, &[(named("e", "EXECUTE q"), b'Z')]).await;
+            assert_eq!(got, "12D(8) CZ(I) |");
+
+            // The unnamed statement on the primary, where pgwarden prepares it.
+            let mut s = standby_session(&c).await;
+            let mut v = run_unnamed("/*NO LOAD BALANCE*/ SELECT inet_server_port() + 0");
+            v.extend(message(b'S', &[]));
+            let before = exchange(&mut s, &[(v, b'Z')]).await;
+            assert_eq!(before, format!("12D({primary}) CZ(I) |"));
+            prepare_on_standby(&mut s, "r", "SET application_name = b", (primary, standby)).await;
+            let after = exchange(&mut s, &[(bind_unnamed(), b'Z')]).await;
+            assert_eq!(after, format!("2D({primary}) CZ(I) |"), "on the primary");
+            let got = exchange(&mut s, &[(named("e", "EXECUTE r"), b'Z')]).await;
+            assert_eq!(got, "12D(8) CZ(I) |");
+            // The setting made in the transaction was carried to the primary.
+            let got = exchange(
+                &mut s,
+                &[(
+                    named("a", "SELECT current_setting('application_name')"),
+                    b'Z',
+                )],
+            )
+            .await;
+            assert_eq!(got, "12D(b) CZ(I) |");
         });
     }
 

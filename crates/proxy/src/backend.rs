@@ -117,6 +117,10 @@ impl Drop for Busy<'_> {
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The statement name pgwarden parses its own statements under on a client's connection
+/// (see [`Backend::run_statement`]): no driver names its statements with spaces and a colon.
+pub const OWN_STATEMENT: &str = "pgwarden: own statement";
+
 impl Backend {
     pub async fn connect(spec: &ConnectSpec) -> Result<Backend, BackendError> {
         let addr = format!("{}:{}", spec.host, spec.port);
@@ -427,7 +431,40 @@ impl Backend {
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         let mut out = BytesMut::new();
         msg::frontend::query(&mut out, sql);
-        match self.exchange(&out).await? {
+        let done = self.exchange(&out).await?;
+        self.value_of(sql, done)
+    }
+
+    /// Like [`Backend::query_value`], for one statement of pgwarden's own on a client's
+    /// connection (see [`Backend::run_statement`]).
+    pub async fn statement_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        let done = self.run_statement(sql).await?;
+        self.value_of(sql, done)
+    }
+
+    /// Runs one statement of pgwarden's own on an idle connection through the extended
+    /// protocol, parsed under [`OWN_STATEMENT`] and closed at once. Unlike a simple Query,
+    /// this leaves the client's unnamed statement on the connection alone (a server keeps it
+    /// until the client parses another). The server refuses a text that holds more than one
+    /// command.
+    pub async fn run_statement(&mut self, sql: &str) -> Result<Exchanged, BackendError> {
+        let mut out = BytesMut::new();
+        msg::frontend::parse(&mut out, OWN_STATEMENT, sql, &[]);
+        msg::frontend::bind(&mut out, "", OWN_STATEMENT);
+        msg::frontend::execute(&mut out, "", 0);
+        msg::frontend::sync(&mut out);
+        // Closed behind a Sync of its own: an error skips the rest up to the next Sync, and
+        // the statement must not outlive a statement that failed (the next Parse of the name
+        // would fail, and the client would see it among its own).
+        msg::frontend::close(&mut out, b'S', OWN_STATEMENT);
+        msg::frontend::sync(&mut out);
+        let done = self.exchange(&out).await?;
+        self.exchange(&[]).await?;
+        Ok(done)
+    }
+
+    fn value_of(&self, sql: &str, done: Exchanged) -> Result<Option<String>, BackendError> {
+        match done {
             Exchanged {
                 error: Some(message),
                 ..

@@ -960,7 +960,7 @@ impl Session {
             let Some(conn) = self.conns.get_mut(&from) else {
                 continue;
             };
-            match conn.b().query_value(&sql).await {
+            match conn.b().statement_value(&sql).await {
                 // NULL: a custom parameter that was never defined there.
                 Ok(None) => {}
                 Ok(Some(hex)) => {
@@ -1022,7 +1022,7 @@ impl Session {
                  WHERE name = {} AND from_sql",
                 crate::settings::literal(&name)
             );
-            let source = match conn.b().query_value(&probe).await {
+            let source = match conn.b().statement_value(&probe).await {
                 Ok(Some(source)) => source,
                 Ok(None) => continue,
                 Err(BackendError::Sql { message, .. }) => {
@@ -1060,13 +1060,7 @@ impl Session {
             };
             // As one extended-protocol statement: the server refuses a text that would hold
             // more than one command, whatever `pgwarden_sql::prepares` made of it.
-            let mut out = BytesMut::new();
-            msg::frontend::parse(&mut out, "", &text, &[]);
-            msg::frontend::bind(&mut out, "", "");
-            msg::frontend::execute(&mut out, "", 0);
-            msg::frontend::close(&mut out, b'S', "");
-            msg::frontend::sync(&mut out);
-            match conn.b().exchange(&out).await {
+            match conn.b().run_statement(&text).await {
                 Ok(done) => {
                     if let Some(message) = done.error {
                         tracing::warn!(node = primary, statement = %name, "a statement prepared in a transaction on node {from} could not be prepared on the primary ({message})");
@@ -1677,8 +1671,16 @@ impl Session {
             .get_mut(&node)
             .ok_or_else(|| fatal("XX000", "connection vanished"))?;
         for q in &missing {
-            let sql = msg::query_text(&q[5..]).unwrap_or_default().to_string();
-            if let Err(e) = conn.b().query_value(&sql).await {
+            let sql = msg::query_text(&q[5..]).unwrap_or_default();
+            // One statement (no semicolon, but for a last one) through the extended protocol,
+            // which leaves the client's unnamed statement on the connection alone; a text
+            // that may hold several as the client sent it.
+            let replayed = if sql.trim_end().trim_end_matches(';').contains(';') {
+                conn.b().query_value(sql).await
+            } else {
+                conn.b().statement_value(sql).await
+            };
+            if let Err(e) = replayed {
                 tracing::debug!(node, "replaying a session setting failed: {e}");
             }
         }
