@@ -2232,19 +2232,40 @@ fn option_settings(options: &str) -> Vec<(String, String)> {
         }
     }
     words.extend(word);
+    // Then as getopt reads the server's switches (`process_postgres_switches`): switches may
+    // be grouped (`-ec name=value`); one that takes an argument takes the rest of its word,
+    // or the next word. Only `-c` and `--` name a setting.
+    const TAKES_ARGUMENT: &str = "BcCDdfhkNprStvW-";
     let mut out = Vec::new();
     let mut it = words.iter();
     while let Some(w) = it.next() {
-        let switch = if w == "-c" {
-            it.next().map(String::as_str)
-        } else {
-            w.strip_prefix("--").or_else(|| w.strip_prefix("-c"))
+        let Some(switches) = w.strip_prefix('-').filter(|s| !s.is_empty() && *s != "-") else {
+            // Not a switch (the server refuses it), or `--`, the end of the switches.
+            if w == "--" {
+                break;
+            }
+            continue;
         };
-        if let Some((name, value)) = switch.and_then(|s| s.split_once('=')) {
-            out.push((
-                name.replace('-', "_").to_ascii_lowercase(),
-                value.to_string(),
-            ));
+        for (i, c) in switches.char_indices() {
+            if !TAKES_ARGUMENT.contains(c) {
+                continue;
+            }
+            let rest = &switches[i + c.len_utf8()..];
+            let argument = if rest.is_empty() {
+                it.next().map(String::as_str)
+            } else {
+                Some(rest)
+            };
+            if let Some((name, value)) = argument
+                .filter(|_| c == 'c' || c == '-')
+                .and_then(|a| a.split_once('='))
+            {
+                out.push((
+                    name.replace('-', "_").to_ascii_lowercase(),
+                    value.to_string(),
+                ));
+            }
+            break;
         }
     }
     out
@@ -2598,6 +2619,14 @@ mod tests {
             (p("options", "-c default_transaction_isolation = serializable"), false),
             (p("options", "--default_transaction_isolation=serializable -c work_mem=64MB"), true),
             (p("options", "-c default_transaction_isolation='serializable'"), true),
+            // Grouped switches, as getopt reads them: `-e` takes nothing, `-c` the rest.
+            (p("options", "-ec default_transaction_isolation=serializable"), true),
+            (p("options", "-ecdefault_transaction_isolation=serializable"), true),
+            // The word after a switch that takes an argument is that argument.
+            (p("options", "-S -cdefault_transaction_isolation=serializable"), false),
+            (p("options", "-S 1024 -c default_transaction_isolation=serializable"), true),
+            // After `--`, nothing is a switch.
+            (p("options", "-- -c default_transaction_isolation=serializable"), false),
             // The last one counts.
             (
                 p(
