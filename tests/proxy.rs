@@ -23,6 +23,17 @@ fn port_of(row: &tokio_postgres::Row, col: usize) -> u16 {
 }
 
 /// A session whose reads go to node 1 (a standby).
+/// `BEGIN READ ONLY`, then a read that shows the transaction runs on the standby.
+async fn begin_read_only_on(s: &tokio_postgres::Client, standby: u16, what: &str) {
+    s.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+    assert_eq!(
+        port_of(&at, 0),
+        standby,
+        "{what}: the transaction runs on the standby"
+    );
+}
+
 async fn standby_session(c: &Cluster) -> tokio_postgres::Client {
     for _ in 0..60 {
         let cl = c.client("test").await;
@@ -685,13 +696,7 @@ fn a_setting_made_on_a_standby_outlives_that_standby() {
     let (primary, standby) = (c.node_port(0), c.node_port(1));
     block(async {
         let s = standby_session(&c).await;
-        s.batch_execute("BEGIN READ ONLY").await.unwrap();
-        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
-        assert_eq!(
-            port_of(&at, 0),
-            standby,
-            "the transaction runs on the standby"
-        );
+        begin_read_only_on(&s, standby, "").await;
         s.batch_execute("SET application_name = 'kept'; SET search_path = pg_catalog")
             .await
             .unwrap();
@@ -774,13 +779,7 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
         ];
         for (what, statements, end, execute, want) in cases {
             let s = standby_session(&c).await;
-            s.batch_execute("BEGIN READ ONLY").await.unwrap();
-            let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
-            assert_eq!(
-                port_of(&at, 0),
-                standby,
-                "{what}: the transaction runs on the standby"
-            );
+            begin_read_only_on(&s, standby, what).await;
             for sql in *statements {
                 s.batch_execute(sql).await.unwrap();
             }
@@ -805,13 +804,7 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
         }
         // The same through the extended protocol (tokio-postgres parses it).
         let s = standby_session(&c).await;
-        s.batch_execute("BEGIN READ ONLY").await.unwrap();
-        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
-        assert_eq!(
-            port_of(&at, 0),
-            standby,
-            "the transaction runs on the standby"
-        );
+        begin_read_only_on(&s, standby, "").await;
         s.execute("PREPARE e AS SELECT 5, inet_server_port()", &[])
             .await
             .unwrap();
@@ -824,13 +817,7 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
         // A second PREPARE of a taken name fails there, and the first one lives on: that one
         // is made on the primary, not the text of the one that failed.
         let s = standby_session(&c).await;
-        s.batch_execute("BEGIN READ ONLY").await.unwrap();
-        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
-        assert_eq!(
-            port_of(&at, 0),
-            standby,
-            "the transaction runs on the standby"
-        );
+        begin_read_only_on(&s, standby, "").await;
         s.batch_execute("PREPARE f AS SELECT 1, inet_server_port()")
             .await
             .unwrap();
@@ -853,13 +840,7 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
         s.batch_execute("SET standard_conforming_strings = off")
             .await
             .unwrap();
-        s.batch_execute("BEGIN READ ONLY").await.unwrap();
-        let at = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
-        assert_eq!(
-            port_of(&at, 0),
-            standby,
-            "the transaction runs on the standby"
-        );
+        begin_read_only_on(&s, standby, "").await;
         let crafted = r"PREPARE p AS SELECT 'a\', '; CREATE TABLE smuggled (); --'";
         let refused = s.batch_execute(crafted).await.map_err(error);
         assert!(
