@@ -134,6 +134,10 @@ pub struct Ctx {
     pub fenced: watch::Receiver<Arc<Vec<u32>>>,
     /// An online recovery's 2nd stage: new sessions wait, idle ones past the limit are closed.
     pub hold: watch::Receiver<Option<Duration>>,
+    /// The hold's idle limit in nanoseconds (0: none), as `wake_sessions` last saw it before
+    /// it rang the sessions: what a session's loop reads, an atomic load instead of the
+    /// watch's read lock, which every session would contend for (see `hold_limit`).
+    hold_nanos: AtomicU64,
     /// One wake-up per session, rung when the fenced set or the hold changes. A session waits
     /// on its own (rather than on the shared watches) so that the hot path never takes a lock
     /// that every session's task contends for.
@@ -213,6 +217,7 @@ impl Ctx {
             derived: Mutex::new(HashMap::new()),
             routes: monitor.routes(),
             fenced: monitor.fenced(),
+            hold_nanos: AtomicU64::new(nanos(*monitor.hold().borrow())),
             hold: monitor.hold(),
             wakeups: Mutex::new(HashMap::new()),
             monitor,
@@ -390,6 +395,9 @@ async fn wake_sessions(ctx: Arc<Ctx>) {
             r = fenced.changed() => if r.is_err() { fenced = watch::channel(Arc::new(Vec::new())).1 },
             r = hold.changed() => if r.is_err() { hold = watch::channel(None).1 },
         }
+        // Before the sessions are rung: a session woken reads the new limit.
+        ctx.hold_nanos
+            .store(nanos(*hold.borrow_and_update()), Ordering::Release);
         let all: Vec<Arc<Notify>> = ctx
             .wakeups
             .lock()
@@ -433,6 +441,19 @@ impl Ctx {
     pub fn is_fenced(&self, node: u32) -> bool {
         self.fenced.borrow().contains(&node)
     }
+
+    /// The idle limit of an online recovery's hold, if one holds sessions now.
+    pub(crate) fn hold_limit(&self) -> Option<Duration> {
+        match self.hold_nanos.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+}
+
+/// A hold's idle limit as `Ctx::hold_nanos` keeps it (a zero limit is none).
+fn nanos(limit: Option<Duration>) -> u64 {
+    limit.map_or(0, |l| u64::try_from(l.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Reads which built-in functions cannot write (immutable or stable in pg_catalog, every

@@ -370,8 +370,7 @@ impl Session {
                 }
             }
             // An online recovery's 2nd stage: a session idle longer than the limit is closed.
-            let idle_limit =
-                (*self.ctx.hold.borrow()).filter(|l| !l.is_zero() && self.inflight.is_none());
+            let idle_limit = self.ctx.hold_limit().filter(|_| self.inflight.is_none());
             let deadline = idle_since + idle_limit.unwrap_or_default();
             let auth_timeout = self.ctx.cfg.auth_timeout;
             // The node's answers first (a client that pipelines must not keep the proxy from
