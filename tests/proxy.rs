@@ -2399,6 +2399,11 @@ mod hostile {
             assert_eq!(after, format!("2D({standby}) CZ(I) |"), "on the standby");
             let got = exchange(&mut s, &[(named("e", "EXECUTE q"), b'Z')]).await;
             assert_eq!(got, "12D(8) CZ(I) |");
+            // The client's own simple Query destroys it, wherever it runs (here on the
+            // primary, where the PREPARE pinned the session), as on one server.
+            exchange(&mut s, &[(query("SET application_name = c"), b'Z')]).await;
+            let gone = exchange(&mut s, &[(bind_unnamed(), b'Z')]).await;
+            assert_eq!(gone, "E(26000) Z(I) |", "after a simple Query");
 
             // The unnamed statement on the primary, where pgwarden prepares it.
             let mut s = standby_session(&c).await;
@@ -2421,6 +2426,30 @@ mod hostile {
             )
             .await;
             assert_eq!(got, "12D(b) CZ(I) |");
+
+            // A client's statement under the name pgwarden's own statements start with: it is
+            // neither taken nor closed when a setting made on the primary is carried to the
+            // standby, and the setting arrives.
+            let mut s = standby_session(&c).await;
+            let own = "pgwarden: own statement";
+            let got = exchange(&mut s, &[(named(own, "SELECT inet_server_port()"), b'Z')]).await;
+            assert_eq!(got, format!("12D({standby}) CZ(I) |"));
+            exchange(&mut s, &[(query("SET application_name = zz"), b'Z')]).await;
+            let got = exchange(&mut s, &[(execute_sync(own), b'Z')]).await;
+            assert_eq!(
+                got,
+                format!("2D({standby}) CZ(I) |"),
+                "the client's statement"
+            );
+            let got = exchange(
+                &mut s,
+                &[(
+                    named("a", "SELECT current_setting('application_name')"),
+                    b'Z',
+                )],
+            )
+            .await;
+            assert_eq!(got, "12D(zz) CZ(I) |", "the setting, on the standby");
         });
     }
 

@@ -117,8 +117,9 @@ impl Drop for Busy<'_> {
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// The statement name pgwarden parses its own statements under on a client's connection
-/// (see [`Backend::run_statement`]): no driver names its statements with spaces and a colon.
+/// The start of the statement name pgwarden parses its own statements under on a client's
+/// connection (see [`Backend::run_statement`]); a random number follows, so that no name a
+/// client chose is ever taken or closed by pgwarden.
 pub const OWN_STATEMENT: &str = "pgwarden: own statement";
 
 impl Backend {
@@ -443,20 +444,23 @@ impl Backend {
     }
 
     /// Runs one statement of pgwarden's own on an idle connection through the extended
-    /// protocol, parsed under [`OWN_STATEMENT`] and closed at once. Unlike a simple Query,
-    /// this leaves the client's unnamed statement on the connection alone (a server keeps it
-    /// until the client parses another). The server refuses a text that holds more than one
-    /// command.
+    /// protocol, parsed under a name of its own ([`OWN_STATEMENT`] and a random number) and
+    /// closed at once. Unlike a simple Query, this leaves the client's unnamed statement on
+    /// the connection alone (a server keeps it until the client parses another). The server
+    /// refuses a text that holds more than one command.
     pub async fn run_statement(&mut self, sql: &str) -> Result<Exchanged, BackendError> {
+        // Not a fixed name: a client may have taken any name, and pgwarden would then fail
+        // to parse its own statement and close the client's.
+        let name = format!("{OWN_STATEMENT} {:016x}", rand::random::<u64>());
         let mut out = BytesMut::new();
-        msg::frontend::parse(&mut out, OWN_STATEMENT, sql, &[]);
-        msg::frontend::bind(&mut out, "", OWN_STATEMENT);
+        msg::frontend::parse(&mut out, &name, sql, &[]);
+        msg::frontend::bind(&mut out, "", &name);
         msg::frontend::execute(&mut out, "", 0);
         msg::frontend::sync(&mut out);
         // Closed behind a Sync of its own: an error skips the rest up to the next Sync, and
-        // the statement must not outlive a statement that failed (the next Parse of the name
-        // would fail, and the client would see it among its own).
-        msg::frontend::close(&mut out, b'S', OWN_STATEMENT);
+        // the statement must not outlive a statement that failed (the client would see it
+        // among its own).
+        msg::frontend::close(&mut out, b'S', &name);
         msg::frontend::sync(&mut out);
         let done = self.exchange(&out).await?;
         self.exchange(&[]).await?;

@@ -853,6 +853,11 @@ impl Session {
             self.error_seen = false;
         }
         let sent = self.send(target, bytes.clone(), 1).await?;
+        if sent.is_some() {
+            // A simple Query destroys the unnamed statement, here wherever it was parsed, as
+            // on one server: a later Bind of it goes where the Query ran, and fails there.
+            self.unnamed_node = sent;
+        }
         self.note_begin(matches!(class, Class::Begin { .. }), sent);
         let mut in_tx = in_tx;
         let mut settle = false;
@@ -1610,14 +1615,18 @@ impl Session {
         if !self.conns.contains_key(&node) {
             return Ok(());
         }
-        let aside = self.engage_aside(node);
-        if aside.is_none() && !self.bound_to(node) {
+        // (Another node's answers first: the engagement below must not wait on a client
+        // slow to take them.)
+        self.drain().await?;
+        let Some(_aside) = self.engage_aside(node) else {
+            if self.bound_to(node) {
+                return Err(fenced_end(node));
+            }
             // The node is out of service (it may be shutting down): its connection, and the
             // statement with it, are simply dropped.
             self.conns.remove(&node);
             return Ok(());
-        }
-        self.drain().await?;
+        };
         let mut out = BytesMut::new();
         msg::frontend::close(&mut out, b'S', name);
         msg::frontend::sync(&mut out);
@@ -2220,7 +2229,8 @@ fn option_settings(options: &str) -> Vec<(String, String)> {
     let mut word: Option<String> = None;
     let mut chars = options.chars();
     while let Some(c) = chars.next() {
-        if c.is_ascii_whitespace() {
+        // (C's isspace: ASCII whitespace and the vertical tab.)
+        if c.is_ascii_whitespace() || c == '\x0b' {
             words.extend(word.take());
             continue;
         }
@@ -2626,6 +2636,14 @@ mod tests {
             (p("options", "-S 1024 -c default_transaction_isolation=serializable"), true),
             // After `--`, nothing is a switch.
             (p("options", "-- -c default_transaction_isolation=serializable"), false),
+            // Words are split where C's isspace says, the vertical tab included.
+            (
+                p(
+                    "options",
+                    "-c default_transaction_isolation=read\\ committed -c\x0bdefault_transaction_isolation=serializable",
+                ),
+                true,
+            ),
             // The last one counts.
             (
                 p(
