@@ -390,10 +390,19 @@ async fn close_fenced(ctx: Arc<Ctx>) {
 async fn wake_sessions(ctx: Arc<Ctx>) {
     let mut fenced = ctx.fenced.clone();
     let mut hold = ctx.hold.clone();
-    loop {
+    // A watch whose sender is gone changes no more, and its `changed` fails at once: it is
+    // no longer watched (rather than looping on it), and its last value stays.
+    let (mut fenced_open, mut hold_open) = (true, true);
+    while fenced_open || hold_open {
         tokio::select! {
-            r = fenced.changed() => if r.is_err() { fenced = watch::channel(Arc::new(Vec::new())).1 },
-            r = hold.changed() => if r.is_err() { hold = watch::channel(None).1 },
+            r = fenced.changed(), if fenced_open => if r.is_err() {
+                fenced_open = false;
+                continue;
+            },
+            r = hold.changed(), if hold_open => if r.is_err() {
+                hold_open = false;
+                continue;
+            },
         }
         // Before the sessions are rung: a session woken reads the new limit.
         ctx.hold_nanos
