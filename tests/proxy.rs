@@ -3017,14 +3017,11 @@ mod hostile {
     }
 }
 
-#[test]
-fn limits_answer_53300_and_never_hang() {
-    let c = Cluster::up(1);
-    // Tighten the limits and restart the warden with them.
-    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
-        "[proxy]\n",
-        "[proxy]\nmax_client_connections = 3\npool_size = 2\npool_wait_timeout = \"1s\"\n",
-    );
+/// Adds `settings` (TOML lines) to the sandbox's `[proxy]` table and restarts it with them.
+fn restart_with_proxy_settings(c: &Cluster, settings: &str) {
+    let cfg = std::fs::read_to_string(c.config())
+        .unwrap()
+        .replace("[proxy]\n", &format!("[proxy]\n{settings}"));
     std::fs::write(c.config(), cfg).unwrap();
     let dir = c.dir.to_str().unwrap();
     assert!(common::pgwarden(&["sandbox", "down", "--dir", dir])
@@ -3036,6 +3033,48 @@ fn limits_answer_53300_and_never_hang() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
+}
+
+/// A session waiting for one of a full node's connections gets the one a session that ends
+/// puts back in the pool. (It waited only for a connection to be closed before: the one put
+/// back sat idle in the pool while the waiting session got 53300 at `pool_wait_timeout`.)
+#[test]
+fn a_connection_put_back_goes_to_a_session_waiting_for_one() {
+    let c = Cluster::up(1);
+    restart_with_proxy_settings(&c, "pool_size = 1\npool_wait_timeout = \"10s\"\n");
+    block(async {
+        let a = c.client("test").await;
+        let b = c.client("test").await;
+        // `a` holds the node's one connection for as long as its session lasts.
+        a.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let r = b.batch_execute("SELECT 1").await.map_err(|e| {
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or(e.to_string())
+            });
+            (r, b)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second session waits for the connection"
+        );
+        // `a` ends: its connection is reset and put back in the pool, and `b` gets it.
+        drop(a);
+        let (r, _b) = waiting.await.unwrap();
+        assert_eq!(r, Ok(()));
+    });
+}
+
+#[test]
+fn limits_answer_53300_and_never_hang() {
+    let c = Cluster::up(1);
+    // Tighten the limits and restart the warden with them.
+    restart_with_proxy_settings(
+        &c,
+        "max_client_connections = 3\npool_size = 2\npool_wait_timeout = \"1s\"\n",
+    );
     block(async {
         // Two sessions in transactions hold both backend connections of the node.
         let a = c.client("test").await;

@@ -3,13 +3,14 @@
 //!
 //! When a node's connections are all taken, a session waits up to `pool_wait_timeout`, then
 //! gets SQLSTATE 53300 — never an endless wait. An idle connection of another user or database
-//! is closed to make room before anyone waits.
+//! is closed to make room before anyone waits; a connection put back while a session waits is
+//! taken by it (or closed to make room, if kept for someone else).
 
 use crate::backend::{Backend, BackendError, ConnectSpec};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -62,6 +63,9 @@ pub struct Pools {
     idle_timeout: Duration,
     nodes: Mutex<HashMap<u32, Arc<Semaphore>>>,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// Rung when a connection is put back (it keeps its node's permit: a session waiting
+    /// for a permit would not see it).
+    returned: Notify,
 }
 
 /// One row of SHOW POOL_POOLS.
@@ -81,6 +85,7 @@ impl Pools {
             idle_timeout,
             nodes: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
+            returned: Notify::new(),
         }
     }
 
@@ -101,39 +106,55 @@ impl Pools {
         self.size
     }
 
-    /// An idle connection for this key that is still alive, or a new one.
+    /// An idle connection for this key that is still alive, or a new one. When the node's
+    /// connections are all taken, it waits up to `pool_wait_timeout` for one to be closed or
+    /// put back: one put back for this key is taken, one for another key is closed to make
+    /// room.
     pub async fn get(&self, spec: &ConnectSpec) -> Result<Pooled, PoolError> {
         let key = PoolKey::new(spec.node, &spec.params);
-        while let Some(mut p) = self.take_idle(&key) {
-            if alive(&mut p.backend) {
-                p.backend.last_used = Instant::now();
-                return Ok(p);
-            }
-        }
         let sem = self.semaphore(spec.node);
-        let permit = match sem.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                // Make room: close an idle connection of this node kept for someone else.
-                self.evict_one(spec.node);
-                match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        return Err(PoolError::Full {
-                            node: spec.node,
-                            size: self.size,
-                            wait: self.wait,
-                        })
-                    }
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            // Registered before looking: a connection put back meanwhile still wakes it.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            while let Some(mut p) = self.take_idle(&key) {
+                if alive(&mut p.backend) {
+                    p.backend.last_used = Instant::now();
+                    return Ok(p);
                 }
             }
-        };
-        let backend = Backend::connect(spec).await?;
-        Ok(Pooled {
-            backend,
-            key,
-            _permit: permit,
-        })
+            let permit = match sem.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Make room: close an idle connection of this node kept for someone else.
+                    self.evict_one(spec.node);
+                    tokio::select! {
+                        p = sem.clone().acquire_owned() => match p {
+                            Ok(permit) => permit,
+                            Err(_) => return Err(self.full(spec.node)),
+                        },
+                        _ = &mut returned => continue,
+                        _ = tokio::time::sleep_until(deadline) => return Err(self.full(spec.node)),
+                    }
+                }
+            };
+            let backend = Backend::connect(spec).await?;
+            return Ok(Pooled {
+                backend,
+                key,
+                _permit: permit,
+            });
+        }
+    }
+
+    fn full(&self, node: u32) -> PoolError {
+        PoolError::Full {
+            node,
+            size: self.size,
+            wait: self.wait,
+        }
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<Pooled> {
@@ -156,11 +177,17 @@ impl Pools {
 
     /// Keeps a connection that is idle, reset and healthy for the next session.
     pub fn put(&self, pooled: Pooled) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.entry(pooled.key.clone()).or_default().push(Idle {
-            pooled,
-            since: Instant::now(),
-        });
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pooled.key.clone())
+            .or_default()
+            .push(Idle {
+                pooled,
+                since: Instant::now(),
+            });
+        // Sessions waiting for a connection of this node look again.
+        self.returned.notify_waiters();
     }
 
     /// Closes connections idle longer than `idle_timeout`, and every idle connection of a node
