@@ -555,10 +555,11 @@ fn set_config_calls_follow_the_session_to_every_node() {
         (row.get(0), row.get(1), port_of(&row, 2))
     }
     // Reads until one runs on `node` (the first may go to the primary, until the standby has
-    // replayed up to where the primary was after the call: it counts as a write); each read
-    // must see `want`, wherever it runs.
+    // replayed up to where the primary was after the call: it counts as a write, and the
+    // standby qualifies at its next health check, a second apart, later on a loaded
+    // machine); each read must see `want`, wherever it runs.
     async fn read_on(s: &tokio_postgres::Client, node: u16, want: (&str, Option<&str>)) {
-        for _ in 0..50 {
+        for _ in 0..250 {
             let (v, tenant, port) = read(s).await;
             assert_eq!((v.as_str(), tenant.as_deref()), want, "on {port}");
             if port == node {
