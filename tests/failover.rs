@@ -814,12 +814,19 @@ fn synchronous_mode_loses_no_acknowledged_row_when_the_primary_is_killed_again_a
         )
     };
     sync_is(1);
-    assert_eq!(
-        c.psql(0, "postgres", "SHOW synchronous_standby_names")
-            .unwrap()
-            .trim(),
-        "\"node1\""
-    );
+    // (The state names the standby before the primary does: invariant 4.)
+    let start = Instant::now();
+    loop {
+        let names = c.psql(0, "postgres", "SHOW synchronous_standby_names");
+        if names.as_deref().map(str::trim) == Ok("\"node1\"") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the primary names node 1 synchronous: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let pm0 = postmaster_pid(&c, 0);
     let (acked, blocked) = block(async {
         let w = Writer::start(&c);
