@@ -115,19 +115,21 @@ impl Pools {
         let sem = self.semaphore(spec.node);
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            // Registered before looking: a connection put back meanwhile still wakes it.
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            while let Some(mut p) = self.take_idle(&key) {
-                if alive(&mut p.backend) {
-                    p.backend.last_used = Instant::now();
-                    return Ok(p);
-                }
+            if let Some(p) = self.take_alive(&key) {
+                return Ok(p);
             }
             let permit = match sem.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
+                    // Registered, then looked again: a connection put back since the look
+                    // above still wakes it. (Not before it: taking a connection when there is
+                    // one need not touch the shared wake-up.)
+                    let returned = self.returned.notified();
+                    tokio::pin!(returned);
+                    returned.as_mut().enable();
+                    if let Some(p) = self.take_alive(&key) {
+                        return Ok(p);
+                    }
                     // Make room: close an idle connection of this node kept for someone else.
                     self.evict_one(spec.node);
                     tokio::select! {
@@ -147,6 +149,17 @@ impl Pools {
                 _permit: permit,
             });
         }
+    }
+
+    /// An idle connection for `key` that is still alive (dead ones are closed on the way).
+    fn take_alive(&self, key: &PoolKey) -> Option<Pooled> {
+        while let Some(mut p) = self.take_idle(key) {
+            if alive(&mut p.backend) {
+                p.backend.last_used = Instant::now();
+                return Some(p);
+            }
+        }
+        None
     }
 
     fn full(&self, node: u32) -> PoolError {
@@ -186,7 +199,8 @@ impl Pools {
                 pooled,
                 since: Instant::now(),
             });
-        // Sessions waiting for a connection of this node look again.
+        // Sessions waiting for a connection look again (of any node: they are few, and
+        // each looks only at its own).
         self.returned.notify_waiters();
     }
 
