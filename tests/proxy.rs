@@ -2353,6 +2353,7 @@ mod hostile {
     fn the_unnamed_statement_outlives_a_prepare_made_on_the_primary_for_the_session() {
         let c = Cluster::up(2);
         let (primary, standby) = (c.node_port(0), c.node_port(1));
+        let app_name = named("a", "SELECT current_setting('application_name')");
         let bind_unnamed = || {
             let mut v = message(b'B', &[b"\0\0", &[0, 0, 0, 0, 0, 0]]);
             v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
@@ -2424,14 +2425,7 @@ mod hostile {
             let got = exchange(&mut s, &[(named("e", "EXECUTE r"), b'Z')]).await;
             assert_eq!(got, "12D(8) CZ(I) |");
             // The setting made in the transaction was carried to the primary.
-            let got = exchange(
-                &mut s,
-                &[(
-                    named("a", "SELECT current_setting('application_name')"),
-                    b'Z',
-                )],
-            )
-            .await;
+            let got = exchange(&mut s, &[(app_name.clone(), b'Z')]).await;
             assert_eq!(got, "12D(b) CZ(I) |");
 
             // A client's statement under the name pgwarden's own statements start with: it is
@@ -2448,14 +2442,7 @@ mod hostile {
                 format!("2D({standby}) CZ(I) |"),
                 "the client's statement"
             );
-            let got = exchange(
-                &mut s,
-                &[(
-                    named("a", "SELECT current_setting('application_name')"),
-                    b'Z',
-                )],
-            )
-            .await;
+            let got = exchange(&mut s, &[(app_name.clone(), b'Z')]).await;
             assert_eq!(got, "12D(zz) CZ(I) |", "the setting, on the standby");
         });
     }
