@@ -34,6 +34,18 @@ async fn begin_read_only_on(s: &tokio_postgres::Client, standby: u16, what: &str
     );
 }
 
+/// Takes node 1 out of service and waits until the cluster shows it down. (From a runtime's
+/// thread: the API's blocking client must not run on it.)
+fn detach_standby(c: &Cluster) {
+    tokio::task::block_in_place(|| {
+        let o = c.pgwarden(&["node", "detach", "1"]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        c.wait_node(1, Duration::from_secs(10), "down", |n| {
+            n["status"] == "down"
+        });
+    });
+}
+
 async fn standby_session(c: &Cluster) -> tokio_postgres::Client {
     for _ in 0..60 {
         let cl = c.client("test").await;
@@ -709,14 +721,7 @@ fn a_setting_made_on_a_standby_outlives_that_standby() {
             .unwrap();
         s.batch_execute("COMMIT").await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // (The API's blocking client must not run on the runtime's thread.)
-        tokio::task::block_in_place(|| {
-            let o = c.pgwarden(&["node", "detach", "1"]);
-            assert!(o.status.success(), "{}", common::stderr(&o));
-            c.wait_node(1, Duration::from_secs(10), "down", |n| {
-                n["status"] == "down"
-            });
-        });
+        detach_standby(&c);
         let row = s
             .query_one(
                 "SELECT current_setting('application_name'), current_setting('search_path'), \
@@ -865,6 +870,64 @@ fn a_statement_prepared_in_a_read_only_transaction_on_a_standby_is_there_after_i
                 .trim(),
             "t",
             "nothing but the PREPARE is run on the primary"
+        );
+    });
+}
+
+/// A SQL PREPARE in a read-only transaction on a standby, when the primary cannot take the
+/// statement right after the transaction (its connections all in use), is made there later,
+/// even once the standby is gone: its text is read from the standby at once. (pgwarden read
+/// it only when the primary could take it, and by then the standby was out of service: the
+/// session's EXECUTE failed with "does not exist".)
+#[test]
+fn a_statement_prepared_on_a_standby_is_made_on_the_primary_after_the_standby_is_gone() {
+    let c = Cluster::up(2);
+    // Reads go to the standby only; the primary has two connections, and a session waits
+    // one second for one.
+    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
+        "application_name = \"node0\"\n",
+        "application_name = \"node0\"\nweight = 0\n",
+    );
+    std::fs::write(c.config(), cfg).unwrap();
+    restart_with_proxy_settings(&c, "pool_size = 2\npool_wait_timeout = \"1s\"\n");
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    block(async {
+        let s = c.client("test").await;
+        begin_read_only_on(&s, standby, "").await;
+        s.batch_execute("PREPARE q(int) AS SELECT $1 * 2, inet_server_port()")
+            .await
+            .unwrap();
+        // Two sessions in transactions hold both of the primary's connections.
+        let holders = [c.client("test").await, c.client("test").await];
+        for h in &holders {
+            h.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        s.batch_execute("COMMIT").await.unwrap();
+        // The statement cannot be made on the primary now (1 s for a connection, then it is
+        // kept for later); then the standby goes.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        detach_standby(&c);
+        for h in &holders {
+            h.batch_execute("COMMIT").await.unwrap();
+        }
+        drop(holders);
+        let m = s.simple_query("EXECUTE q(21)").await.map_err(|e| {
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or(e.to_string())
+        });
+        let row = m.as_ref().ok().and_then(|m| {
+            m.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((r.get(0).map(str::to_string), r.get(1).map(str::to_string)))
+                }
+                _ => None,
+            })
+        });
+        assert_eq!(
+            row,
+            Some((Some("42".into()), Some(primary.to_string()))),
+            "EXECUTE on the primary: {m:?}"
         );
     });
 }

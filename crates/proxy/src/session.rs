@@ -935,10 +935,7 @@ impl Session {
     async fn read_back_settings(&mut self) -> Result<()> {
         let mut kept = Vec::new();
         for (from, name) in self.settings.take_unread() {
-            if self.tx_node == Some(from)
-                || self.open_until_sync == Some(from)
-                || self.inflight.is_some_and(|(n, _)| n == from)
-            {
+            if self.working_on(from) {
                 kept.push((from, name));
                 continue;
             }
@@ -992,82 +989,58 @@ impl Session {
         Ok(())
     }
 
-    /// SQL `PREPARE`s run in a transaction on a standby: once that node is idle, each one
-    /// still there (not DEALLOCATEd, not failed) is prepared on the primary too, where the
-    /// session, pinned there by it, will EXECUTE it. (The primary's connection gets the
-    /// session's settings first: the statement resolves names as the client expects.)
+    /// SQL `PREPARE`s run in a transaction on a standby: once that node is idle, the text of
+    /// each one still there (not DEALLOCATEd, not failed) is read from it, and the statement
+    /// is prepared on the primary too, where the session, pinned there by it, will EXECUTE it.
+    /// (The primary's connection gets the session's settings first: the statement resolves
+    /// names as the client expects.) The text is read at once, even when the primary cannot
+    /// take the statement yet (a switchover, a full pool): the standby may be gone by then.
     async fn prepare_on_primary(&mut self) -> Result<()> {
         let mut kept = Vec::new();
-        for (from, name) in self.settings.take_prepared() {
+        for mut p in self.settings.take_prepared() {
             let primary = self.ctx.routes.borrow().primary;
-            let busy = |n: u32| {
-                self.tx_node == Some(n)
-                    || self.open_until_sync == Some(n)
-                    || self.inflight.is_some_and(|(m, _)| m == n)
-            };
-            let Some(primary) = primary.filter(|p| !busy(from) && !busy(*p)) else {
-                kept.push((from, name));
-                continue;
-            };
-            if from == primary {
+            if primary == Some(p.node) {
+                // (Promoted since: the statement is there already.)
                 continue;
             }
-            let from_aside = self.engage_aside(from);
-            let Some(conn) = self.conns.get_mut(&from).filter(|_| from_aside.is_some()) else {
-                tracing::warn!(node = from, statement = %name, "the connection that prepared a statement in a transaction was lost or taken out of service: it is not made on the primary");
-                continue;
-            };
-            // What the server prepared, not what pgwarden noted: a PREPARE of a name already
-            // taken fails there, and the statement made earlier under that name is the one
-            // that lives on. Its source query (`statement`, the client's whole query) must
-            // hold exactly one PREPARE of this name, whose own text is made on the primary.
-            let probe = format!(
-                "SELECT statement FROM pg_catalog.pg_prepared_statements \
-                 WHERE name = {} AND from_sql",
-                crate::settings::literal(&name)
-            );
-            let source = match conn.b().statement_value(&probe).await {
-                Ok(Some(source)) => source,
-                Ok(None) => continue,
-                Err(BackendError::Sql { message, .. }) => {
-                    tracing::warn!(node = from, statement = %name, "cannot tell whether a statement prepared in a transaction is still there ({message})");
+            if p.text.is_none() {
+                if self.working_on(p.node) {
+                    kept.push(p);
                     continue;
                 }
-                Err(e) => return Err(self.lost(from, e)),
-            };
-            let mut texts = pgwarden_sql::prepares(&source)
-                .into_iter()
-                .filter(|(n, _)| *n == name)
-                .map(|(_, text)| text);
-            let (Some(text), None) = (texts.next(), texts.next()) else {
-                tracing::warn!(node = from, statement = %name, "a statement prepared in a transaction cannot be told apart in its query; it is not made on the primary");
+                match self.prepared_text(p.node, &p.name).await? {
+                    Some(text) => p.text = Some(text),
+                    None => continue,
+                }
+            }
+            let Some(primary) = primary.filter(|n| !self.working_on(*n)) else {
+                kept.push(p);
                 continue;
             };
-            drop(from_aside);
             // Engaged on the primary before its fence is read, as for a unit of the client's:
             // in a switchover the statement waits for the new primary.
             let Some(_aside) = self.engage_aside(primary) else {
-                kept.push((from, name));
+                kept.push(p);
                 continue;
             };
             if !self.conns.contains_key(&primary) {
                 if let Err(e) = self.bind(primary).await {
-                    // (A switchover, say: tried again on the session's next statement.)
-                    tracing::debug!(node = primary, statement = %name, "cannot reach the primary to prepare a statement there yet: {e}");
-                    kept.push((from, name));
+                    // (A switchover, a full pool: tried again on the session's next statement.)
+                    tracing::debug!(node = primary, statement = %p.name, "cannot reach the primary to prepare a statement there yet: {e}");
+                    kept.push(p);
                     continue;
                 }
             }
             self.catch_up(primary).await?;
-            let Some(conn) = self.conns.get_mut(&primary) else {
+            let (Some(conn), Some(text)) = (self.conns.get_mut(&primary), p.text.as_deref()) else {
                 continue;
             };
             // As one extended-protocol statement: the server refuses a text that would hold
             // more than one command, whatever `pgwarden_sql::prepares` made of it.
-            match conn.b().run_statement(&text).await {
+            match conn.b().run_statement(text).await {
                 Ok(done) => {
                     if let Some(message) = done.error {
-                        tracing::warn!(node = primary, statement = %name, "a statement prepared in a transaction on node {from} could not be prepared on the primary ({message})");
+                        tracing::warn!(node = primary, statement = %p.name, "a statement prepared in a transaction on node {} could not be prepared on the primary ({message})", p.node);
                     }
                 }
                 Err(e) => return Err(self.lost(primary, e)),
@@ -1075,6 +1048,53 @@ impl Session {
         }
         self.settings.keep_prepared(kept);
         Ok(())
+    }
+
+    /// The text of statement `name`, prepared by a SQL `PREPARE` in a transaction on `from`,
+    /// as that node has it now; None (with a warning) when it is not to be made on the
+    /// primary: not there (DEALLOCATEd, or its PREPARE failed), its connection gone, or its
+    /// text not to be told apart in the client's query.
+    async fn prepared_text(&mut self, from: u32, name: &str) -> Result<Option<String>> {
+        let from_aside = self.engage_aside(from);
+        let Some(conn) = self.conns.get_mut(&from).filter(|_| from_aside.is_some()) else {
+            tracing::warn!(node = from, statement = %name, "the connection that prepared a statement in a transaction was lost or taken out of service: it is not made on the primary");
+            return Ok(None);
+        };
+        // What the server prepared, not what pgwarden noted: a PREPARE of a name already
+        // taken fails there, and the statement made earlier under that name is the one that
+        // lives on. Its source query (`statement`, the client's whole query) must hold
+        // exactly one PREPARE of this name, whose own text is made on the primary.
+        let probe = format!(
+            "SELECT statement FROM pg_catalog.pg_prepared_statements \
+             WHERE name = {} AND from_sql",
+            crate::settings::literal(name)
+        );
+        let source = match conn.b().statement_value(&probe).await {
+            Ok(Some(source)) => source,
+            Ok(None) => return Ok(None),
+            Err(BackendError::Sql { message, .. }) => {
+                tracing::warn!(node = from, statement = %name, "cannot tell whether a statement prepared in a transaction is still there ({message})");
+                return Ok(None);
+            }
+            Err(e) => return Err(self.lost(from, e)),
+        };
+        let mut texts = pgwarden_sql::prepares(&source)
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, text)| text);
+        let (Some(text), None) = (texts.next(), texts.next()) else {
+            tracing::warn!(node = from, statement = %name, "a statement prepared in a transaction cannot be told apart in its query; it is not made on the primary");
+            return Ok(None);
+        };
+        Ok(Some(text))
+    }
+
+    /// Whether the session has work on `node` now (a transaction, an open pipeline part, a
+    /// statement in flight): pgwarden's own questions wait for it to end there.
+    fn working_on(&self, node: u32) -> bool {
+        self.tx_node == Some(node)
+            || self.open_until_sync == Some(node)
+            || self.inflight.is_some_and(|(n, _)| n == node)
     }
 
     /// Before a simple Query or a FunctionCall, which a server runs as if a Sync came first,

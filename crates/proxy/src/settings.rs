@@ -41,13 +41,23 @@ struct Record {
     serializable_at_start: bool,
     serializable_now: Option<bool>,
     /// SQL `PREPARE`s run in a transaction on a standby (the session is pinned to the primary
-    /// from then on): the node and the statement's name, to be prepared on the
-    /// primary too once that transaction is over (a prepared statement outlives it, even a
-    /// ROLLBACK).
-    prepared: Vec<(u32, String)>,
+    /// from then on), to be prepared on the primary too once that transaction is over (a
+    /// prepared statement outlives it, even a ROLLBACK).
+    prepared: Vec<Prepared>,
     /// Cursors declared `WITH HOLD` in a transaction on a standby: they live there after it,
     /// and a FETCH, MOVE or CLOSE of one goes there (by name, with the node).
     held: Vec<(String, u32)>,
+}
+
+/// A statement prepared by a SQL `PREPARE` in a transaction on a standby, still to be made on
+/// the primary.
+pub(crate) struct Prepared {
+    /// The standby.
+    pub(crate) node: u32,
+    pub(crate) name: String,
+    /// Its text, once read from the standby (after the transaction): from then on the
+    /// standby is not needed to make it.
+    pub(crate) text: Option<String>,
 }
 
 struct Entry {
@@ -136,7 +146,7 @@ impl Record {
     /// Whether a setting changed on a node other than `node` is still to be read back: before
     /// `node` is used, it is.
     pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
-        self.unread.iter().any(|(n, _)| *n != node) || self.prepared.iter().any(|(n, _)| *n != node)
+        self.unread.iter().any(|(n, _)| *n != node) || self.prepared.iter().any(|p| p.node != node)
     }
 
     /// Whether `node` holds settings still to be read back: the session needs that
@@ -249,8 +259,12 @@ impl Settings {
     /// A SQL `PREPARE` of `name` (`text`) ran in a transaction on `node`, a standby.
     pub(crate) fn note_prepared(&mut self, node: u32, name: String) {
         let r = self.record();
-        r.prepared.retain(|(_, n)| *n != name);
-        r.prepared.push((node, name));
+        r.prepared.retain(|p| p.name != name);
+        r.prepared.push(Prepared {
+            node,
+            name,
+            text: None,
+        });
     }
 
     /// A cursor `name` was declared WITH HOLD in a transaction on `node`, a standby.
@@ -283,14 +297,14 @@ impl Settings {
     }
 
     /// The prepared statements to make on the primary (see `note_prepared`), in order.
-    pub(crate) fn take_prepared(&mut self) -> Vec<(u32, String)> {
+    pub(crate) fn take_prepared(&mut self) -> Vec<Prepared> {
         self.0
             .as_mut()
             .map_or_else(Vec::new, |r| std::mem::take(&mut r.prepared))
     }
 
     /// Those that could not be made yet (their node busy, or no primary).
-    pub(crate) fn keep_prepared(&mut self, kept: Vec<(u32, String)>) {
+    pub(crate) fn keep_prepared(&mut self, kept: Vec<Prepared>) {
         if !kept.is_empty() {
             let r = self.record();
             let later = std::mem::take(&mut r.prepared);
@@ -571,13 +585,13 @@ mod tests {
         // ...but the standby may go without ending the session.
         assert!(!s.unread_on(1));
         let made = s.take_prepared();
-        let names: Vec<&str> = made.iter().map(|(_, n)| n.as_str()).collect();
+        let names: Vec<&str> = made.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["r", "q"]);
         assert!(!s.has_unread());
         // Kept for later (no primary yet): before any noted meanwhile.
         s.note_prepared(1, "t".into());
         s.keep_prepared(made);
-        let names: Vec<String> = s.take_prepared().into_iter().map(|(_, n)| n).collect();
+        let names: Vec<String> = s.take_prepared().into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["r", "q", "t"]);
     }
 
