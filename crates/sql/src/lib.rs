@@ -104,33 +104,58 @@ fn plain_select(sql: &str) -> bool {
     {
         return false;
     }
-    let allowed = |c: u8| {
-        c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'_' | b' '
-                    | b'\n'
-                    | b'\t'
-                    | b'\r'
-                    | b','
-                    | b'.'
-                    | b'='
-                    | b'<'
-                    | b'>'
-                    | b'*'
-                    | b'$'
-            )
-    };
-    if !bytes.iter().all(|&c| allowed(c)) {
-        return false;
+    // One pass over the bytes (this runs for every plain query): each word (letters, digits,
+    // `_`) is looked at where it ends.
+    let mut word_start = None;
+    for (i, &c) in bytes.iter().enumerate() {
+        match PLAIN[c as usize] {
+            WORD => {
+                word_start.get_or_insert(i);
+            }
+            SEPARATOR => {
+                if let Some(start) = word_start.take() {
+                    if more_than_a_plain_read(&bytes[start..i]) {
+                        return false;
+                    }
+                }
+            }
+            _ => return false,
+        }
     }
-    body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .all(|w| {
-            !(w.eq_ignore_ascii_case("for")
-                || w.eq_ignore_ascii_case("into")
-                || w.eq_ignore_ascii_case("information_schema")
-                || w.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("pg_")))
-        })
+    !word_start.is_some_and(|start| more_than_a_plain_read(&bytes[start..]))
+}
+
+/// What each byte is to `plain_select`: part of a word, a separator it allows, or neither.
+const PLAIN: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        table[i] = if c.is_ascii_alphanumeric() || c == b'_' {
+            WORD
+        } else if matches!(
+            c,
+            b' ' | b'\n' | b'\t' | b'\r' | b',' | b'.' | b'=' | b'<' | b'>' | b'*' | b'$'
+        ) {
+            SEPARATOR
+        } else {
+            0
+        };
+        i += 1;
+    }
+    table
+};
+const WORD: u8 = 1;
+const SEPARATOR: u8 = 2;
+
+/// A word that keeps a SELECT from the fast path (see `plain_select`).
+fn more_than_a_plain_read(word: &[u8]) -> bool {
+    word.eq_ignore_ascii_case(b"for")
+        || word.eq_ignore_ascii_case(b"into")
+        || word.eq_ignore_ascii_case(b"information_schema")
+        || word
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"pg_"))
 }
 
 /// Classifies one simple-query string or one Parse'd statement.

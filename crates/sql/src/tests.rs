@@ -385,6 +385,8 @@ fn the_fast_path_only_takes_plain_selects() {
         "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
         "select a, b from t where x > 1 and y <= $1",
         "SELECT * FROM t",
+        "SELECT format, intoxicated, pgx, pg FROM t_pg_ WHERE x = $1;",
+        "SELECT\tid\r\nFROM t",
     ] {
         assert!(plain_select(sql), "{sql}");
         assert_eq!(classify(sql, &NoFunctions).class, Class::Read);
@@ -392,6 +394,14 @@ fn the_fast_path_only_takes_plain_selects() {
     for sql in [
         "SELECT nextval('s')",
         "SELECT * FROM t FOR UPDATE",
+        "SELECT * FROM t for",
+        "SELECT * FROM t WHERE a = 1 FoR SHARE;",
+        "SELECT * FROM Pg_Class",
+        "SELECT * FROM t, INFORMATION_SCHEMA.columns",
+        "SELECT a INTO",
+        "SELECT a FROM t WHERE b = 1 + 1",
+        "SELECT a FROM t WHERE b = \u{e9}",
+        "SELECT (a) FROM t",
         "SELECT * INTO t2 FROM t",
         "SELECT * FROM pg_stat_activity",
         "SELECT * FROM information_schema.tables",
