@@ -90,6 +90,10 @@ impl ClientStream {
     }
 }
 
+/// The room of a session's first read after it was idle (see `ClientReader::read_into`): a
+/// message longer than this is read on in a larger buffer.
+const FIRST_READ: usize = 1024;
+
 impl ClientReader {
     /// Reads what has arrived into `buf`; 0 at end of stream. On plain TCP it waits for the
     /// socket first and only then takes memory for the bytes: an idle session holds no read
@@ -102,7 +106,11 @@ impl ClientReader {
             ClientReader::Plain(r) => {
                 std::future::poll_fn(|cx| loop {
                     std::task::ready!(r.as_ref().poll_read_ready(cx))?;
-                    if buf.capacity() - buf.len() < 4096 {
+                    if buf.capacity() == 0 {
+                        // A session's next message, most often a short one: a small buffer
+                        // comes from the allocator's per-thread cache, where 8 KiB does not.
+                        buf.reserve(FIRST_READ);
+                    } else if buf.capacity() - buf.len() < 4096 {
                         buf.reserve(8 * 1024);
                     }
                     match read_drained(r.as_ref(), buf) {

@@ -156,7 +156,7 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError>
 
 /// A NUL-terminated UTF-8 string at the front of `b`, and what follows it.
 pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
-    let end = b.iter().position(|&c| c == 0)?;
+    let end = memchr::memchr(0, b)?;
     let s = std::str::from_utf8(&b[..end]).ok()?;
     Some((s, &b[end + 1..]))
 }
