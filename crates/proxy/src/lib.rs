@@ -24,12 +24,14 @@ use pgwarden_core::route::RouteTable;
 use pgwarden_monitor::MonitorHandle;
 use pgwarden_wire::auth::Secret;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// Where a cancel request for a session goes: the backend running its query.
 #[derive(Debug, Clone)]
@@ -141,8 +143,8 @@ pub struct Ctx {
     /// One wake-up per session, rung when the fenced set or the hold changes. A session waits
     /// on its own (rather than on the shared watches) so that the hot path never takes a lock
     /// that every session's task contends for.
-    /// Keyed by the address of the session's `Notify`.
-    wakeups: Mutex<HashMap<usize, Arc<Notify>>>,
+    /// Keyed by the address of the session's `Bell`.
+    wakeups: Mutex<HashMap<usize, Arc<Bell>>>,
     pub pools: pool::Pools,
     pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
@@ -407,7 +409,7 @@ async fn wake_sessions(ctx: Arc<Ctx>) {
         // Before the sessions are rung: a session woken reads the new limit.
         ctx.hold_nanos
             .store(nanos(*hold.borrow_and_update()), Ordering::Release);
-        let all: Vec<Arc<Notify>> = ctx
+        let all: Vec<Arc<Bell>> = ctx
             .wakeups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -415,25 +417,25 @@ async fn wake_sessions(ctx: Arc<Ctx>) {
             .cloned()
             .collect();
         for w in all {
-            // A stored permit: a session busy elsewhere sees it when it next waits.
-            w.notify_one();
+            // Kept until heard: a session busy elsewhere hears it when it next waits.
+            w.ring();
         }
     }
 }
 
 /// A session's wake-up (see `Ctx::wakeups`); the session closes it when it ends.
 pub(crate) struct Wakeup {
-    pub notify: Arc<Notify>,
+    pub bell: Arc<Bell>,
 }
 
 impl Wakeup {
     pub(crate) fn new(ctx: &Arc<Ctx>) -> Wakeup {
-        let notify = Arc::new(Notify::new());
+        let bell = Arc::new(Bell::default());
         ctx.wakeups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(Arc::as_ptr(&notify) as usize, notify.clone());
-        Wakeup { notify }
+            .insert(Arc::as_ptr(&bell) as usize, bell.clone());
+        Wakeup { bell }
     }
 
     /// Unregisters it (the session ends).
@@ -441,7 +443,37 @@ impl Wakeup {
         ctx.wakeups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(Arc::as_ptr(&self.notify) as usize));
+            .remove(&(Arc::as_ptr(&self.bell) as usize));
+    }
+}
+
+/// What `wake_sessions` rings when a node is fenced or a hold is set or lifted. A ring is kept
+/// until it is heard, as `Notify::notify_one`'s permit is; listening costs a few atomic
+/// operations and no lock, which matters because the session listens on every query. One task
+/// listens: the session's.
+#[derive(Default)]
+pub(crate) struct Bell {
+    rung: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl Bell {
+    fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves once the bell has rung since it was last heard.
+    pub(crate) fn rung(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            // Registered first: a ring after the look below wakes this task.
+            self.waker.register(cx.waker());
+            if self.rung.load(Ordering::Acquire) && self.rung.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use crate::client::{connect_spec, Login};
 use crate::pool::{PoolError, Pooled};
 use crate::settings::Settings;
 use crate::stream::{ClientReader, ClientStream, ClientWriter};
-use crate::{CancelSlot, CancelTarget, Ctx, NodeStats, Wakeup};
+use crate::{Bell, CancelSlot, CancelTarget, Ctx, NodeStats, Wakeup};
 use bytes::{Bytes, BytesMut};
 use pgwarden_core::config::LoadBalance;
 use pgwarden_core::route::RouteTable;
@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// What `handle_frames` did.
 enum Handled {
@@ -140,7 +140,7 @@ struct Session {
     ctx: Arc<Ctx>,
     client: ClientWriter,
     login: Login,
-    conns: HashMap<u32, Conn>,
+    conns: rustc_hash::FxHashMap<u32, Conn>,
     /// Node the open transaction runs on.
     tx_node: Option<u32>,
     /// The node answering the units in flight, and how many ReadyForQuery are still due.
@@ -255,7 +255,7 @@ pub(crate) fn run(
         ctx,
         client: writer,
         login,
-        conns: HashMap::new(),
+        conns: rustc_hash::FxHashMap::default(),
         tx_node: None,
         inflight: None,
         open_until_sync: None,
@@ -322,14 +322,14 @@ impl Session {
     }
 
     async fn main_loop(&mut self, reader: &mut ClientReader, cbuf: &mut BytesMut) -> Result<()> {
-        let wake = self.wake.notify.clone();
+        let wake = self.wake.bell.clone();
         let mut idle_since = tokio::time::Instant::now();
         loop {
             // Everything complete in the buffer is handled first. Boxed: handling messages
             // needs a large state machine only while it runs; an idle session keeps just the
             // small wait below.
             if cbuf.len() >= 5 {
-                match Box::pin(self.handle_frames(cbuf)).await? {
+                match Box::pin(self.serve(reader, cbuf)).await? {
                     Handled::Nothing => {}
                     Handled::Some => idle_since = tokio::time::Instant::now(),
                     Handled::Goodbye => return Ok(()),
@@ -392,8 +392,50 @@ impl Session {
                 _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
                     return Err(recovery_end(idle_limit.unwrap_or_default()));
                 }
-                _ = wake.notified() => {
+                _ = wake.rung() => {
                     // A node fenced, or a hold set or lifted (the limit is read again above).
+                    let set = self.ctx.fenced.borrow().clone();
+                    self.on_fence(&set)?;
+                }
+            }
+        }
+    }
+
+    /// Handles the client's messages and relays their answers, until nothing is in flight
+    /// (or the client said goodbye): one request's whole round trip in one future, so that
+    /// the idle loop around it is left and entered once per request, not per step. While the
+    /// node answers, the client may send more (a pipeline) and fences are watched, as in the
+    /// idle loop.
+    async fn serve(&mut self, reader: &mut ClientReader, cbuf: &mut BytesMut) -> Result<Handled> {
+        let wake = self.wake.bell.clone();
+        let auth_timeout = self.ctx.cfg.auth_timeout;
+        let mut handled = Handled::Nothing;
+        loop {
+            if cbuf.len() >= 5 {
+                match self.handle_frames(cbuf).await? {
+                    Handled::Nothing => {}
+                    Handled::Some => handled = Handled::Some,
+                    Handled::Goodbye => return Ok(Handled::Goodbye),
+                }
+            }
+            let Some((node, _)) = self.inflight else {
+                return Ok(handled);
+            };
+            let partial = !cbuf.is_empty();
+            // The node's answers first, as in the idle loop (`main_loop`).
+            tokio::select! {
+                biased;
+                r = async {
+                    match self.conns.get(&node) {
+                        Some(c) => c.pooled.backend.stream.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let _ = r;
+                    self.idle_step_watching_fences(IdleStep::Relay(Some(node))).await?;
+                }
+                r = read_client(reader, cbuf, partial, auth_timeout) => r?,
+                _ = wake.rung() => {
                     let set = self.ctx.fenced.borrow().clone();
                     self.on_fence(&set)?;
                 }
@@ -404,7 +446,7 @@ impl Session {
     /// Handles every complete message in `cbuf`.
     async fn handle_frames(&mut self, cbuf: &mut BytesMut) -> Result<Handled> {
         let busy = self.busy.clone();
-        let wake = self.wake.notify.clone();
+        let wake = self.wake.bell.clone();
         let ctx = self.ctx.clone();
         let mut handled = Handled::Nothing;
         while let Some(f) = frame::split_frame(cbuf, self.ctx.cfg.max_message_size)? {
@@ -412,7 +454,12 @@ impl Session {
             // A node may be fenced while the session waits on it (a hung primary): the
             // session ends rather than wait. Other fences are dealt with once the message is
             // handled.
-            let (go_on, pending) = watching_fences(self.on_frame(f), &wake, &ctx, &busy).await?;
+            // Pinned here and lent: the fence watch holds the message's future once, not
+            // twice (an async fn keeps room for an argument moved into a local).
+            let (go_on, pending) = {
+                let step = std::pin::pin!(self.on_frame(f));
+                watching_fences(step, &wake, &ctx, &busy).await?
+            };
             if let Some(set) = pending {
                 self.on_fence(&set)?;
             }
@@ -428,19 +475,17 @@ impl Session {
     /// node's answers, a hung node) ends the session at once, rather than keep it engaged on
     /// a node being stopped.
     async fn idle_step_watching_fences(&mut self, step: IdleStep) -> Result<()> {
-        let (busy, wake, ctx) = (
-            self.busy.clone(),
-            self.wake.notify.clone(),
-            self.ctx.clone(),
-        );
-        let work = async {
-            match step {
-                IdleStep::Relay(node) => self.read_node(node, false).await,
-                IdleStep::Parked(n) => self.forward(n, true).await,
-                IdleStep::ReadBack => self.read_back_settings().await,
-            }
+        let (busy, wake, ctx) = (self.busy.clone(), self.wake.bell.clone(), self.ctx.clone());
+        let ((), pending) = {
+            let work = std::pin::pin!(async {
+                match step {
+                    IdleStep::Relay(node) => self.read_node(node, false).await,
+                    IdleStep::Parked(n) => self.forward(n, true).await,
+                    IdleStep::ReadBack => self.read_back_settings().await,
+                }
+            });
+            watching_fences(work, &wake, &ctx, &busy).await?
         };
-        let ((), pending) = watching_fences(work, &wake, &ctx, &busy).await?;
         if let Some(set) = pending {
             self.on_fence(&set)?;
         }
@@ -1690,9 +1735,18 @@ impl Session {
     /// Applies the session's settings the connection to `node` has not had.
     async fn catch_up(&mut self, node: u32) -> Result<()> {
         let last = self.settings.last();
+        if self.conns.get(&node).is_none_or(|c| c.applied >= last) {
+            return Ok(());
+        }
+        // Boxed: seldom needed, and kept inline it would enlarge every message's future.
+        Box::pin(self.replay_settings(node, last)).await
+    }
+
+    /// `catch_up`'s work: the settings after the connection's `applied`, up to `last`.
+    async fn replay_settings(&mut self, node: u32, last: u64) -> Result<()> {
         let missing: Vec<Bytes> = match self.conns.get(&node) {
-            Some(c) if c.applied < last => self.settings.since(c.applied),
-            _ => return Ok(()),
+            Some(c) => self.settings.since(c.applied),
+            None => return Ok(()),
         };
         let conn = self
             .conns
@@ -1719,6 +1773,13 @@ impl Session {
     /// Takes a connection to `node` from the pool for this session. A node that cannot be
     /// reached is reported.
     async fn bind(&mut self, node: u32) -> std::result::Result<(), PoolError> {
+        // Boxed: once per node in a session, and kept inline it would enlarge every message's
+        // future.
+        Box::pin(self.take_connection(node)).await
+    }
+
+    /// `bind`'s work.
+    async fn take_connection(&mut self, node: u32) -> std::result::Result<(), PoolError> {
         let table = self.ctx.routes.borrow().clone();
         let Some(n) = table.node(node) else {
             return Err(PoolError::Backend(BackendError::Connect {
@@ -2308,12 +2369,11 @@ const FATAL_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2)
 /// reading from it, writing to it, or writing its answers to the client) ends the session at
 /// once; any other fence is returned, to be dealt with once the step is done.
 async fn watching_fences<T>(
-    fut: impl Future<Output = Result<T>>,
-    wake: &Notify,
+    mut fut: std::pin::Pin<&mut impl Future<Output = Result<T>>>,
+    wake: &Bell,
     ctx: &Ctx,
     busy: &AtomicU64,
 ) -> Result<(T, Option<Arc<Vec<u32>>>)> {
-    let mut fut = std::pin::pin!(fut);
     // Most steps finish without waiting, and then there is no fence to watch for.
     if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
         return Ok((r?, None));
@@ -2323,7 +2383,7 @@ async fn watching_fences<T>(
         tokio::select! {
             biased;
             r = &mut fut => return Ok((r?, pending)),
-            _ = wake.notified() => {
+            _ = wake.rung() => {
                 let set = ctx.fenced.borrow().clone();
                 let mask = busy.load(Ordering::Relaxed);
                 if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
