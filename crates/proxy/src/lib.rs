@@ -563,3 +563,44 @@ async fn load_functions(ctx: Arc<Ctx>) {
         let _ = tokio::time::timeout(Duration::from_secs(2), routes.changed()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Bell;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn poll(bell: &Bell, waker: &Waker) -> Poll<()> {
+        let mut fut = std::pin::pin!(bell.rung());
+        fut.as_mut().poll(&mut Context::from_waker(waker))
+    }
+
+    /// A ring is kept until heard, heard once, and wakes a session that listens.
+    #[test]
+    fn a_bell_rung_is_heard_once_whenever_the_session_listens() {
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let wakes = || counter.0.load(std::sync::atomic::Ordering::SeqCst);
+        let bell = Bell::default();
+        assert_eq!(poll(&bell, &waker), Poll::Pending, "not rung yet");
+        bell.ring();
+        assert_eq!(wakes(), 1, "the listening session is woken");
+        assert_eq!(poll(&bell, &waker), Poll::Ready(()), "heard");
+        assert_eq!(poll(&bell, &waker), Poll::Pending, "heard once");
+        // Rung while the session was busy elsewhere (no one listening): kept.
+        let bell = Bell::default();
+        bell.ring();
+        bell.ring();
+        assert_eq!(poll(&bell, &waker), Poll::Ready(()));
+        assert_eq!(poll(&bell, &waker), Poll::Pending, "two rings, one hearing");
+    }
+}
