@@ -421,6 +421,11 @@ impl Session {
             let Some((node, _)) = self.inflight else {
                 return Ok(handled);
             };
+            if cbuf.is_empty() && cbuf.capacity() > 0 {
+                // Given back while the node works, as while idle: a long statement must not
+                // keep the buffer its text came in (shared with it, however large).
+                *cbuf = BytesMut::new();
+            }
             let partial = !cbuf.is_empty();
             // The node's answers first, as in the idle loop (`main_loop`).
             tokio::select! {
