@@ -541,6 +541,12 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             r.is_ok(),
             "the busy session's statement was interrupted: {r:?}"
         );
+        // Idle from the end of its statement, not from its start: it may go on at once. (It
+        // was closed as soon as its answer was relayed, the 8 s of its statement counted as
+        // idle.)
+        busy.simple_query("SELECT 1")
+            .await
+            .expect("a session whose statement has just ended is not idle");
         // The idle one was closed after its 2 s limit, with the reason.
         let e = idle.simple_query("SELECT 1").await.unwrap_err();
         let closed = e.to_string().contains("closed")
