@@ -325,22 +325,18 @@ impl Session {
         let wake = self.wake.bell.clone();
         let mut idle_since = tokio::time::Instant::now();
         loop {
-            // Everything complete in the buffer is handled first. Boxed: handling messages
-            // needs a large state machine only while it runs; an idle session keeps just the
-            // small wait below.
-            if cbuf.len() >= 5 {
+            // Everything complete in the buffer is handled first, and answers in flight are
+            // relayed. Boxed: a request needs a large state machine only while it runs; an
+            // idle session keeps just the small wait below. From here on nothing is in flight.
+            if cbuf.len() >= 5 || self.inflight.is_some() {
                 match Box::pin(self.serve(reader, cbuf)).await? {
                     Handled::Nothing => {}
                     Handled::Some => idle_since = tokio::time::Instant::now(),
                     Handled::Goodbye => return Ok(()),
                 }
             }
-            if cbuf.is_empty() && cbuf.capacity() > 0 {
-                // Nothing pending: give the buffer back while the client thinks.
-                *cbuf = BytesMut::new();
-            }
+            give_back_drained(cbuf);
             if cbuf.is_empty()
-                && self.inflight.is_none()
                 && self.tx_node.is_none()
                 && self.open_until_sync.is_none()
                 && self.copy_in.is_none()
@@ -352,30 +348,24 @@ impl Session {
                 Box::pin(self.idle_step_watching_fences(IdleStep::ReadBack)).await?;
             }
             let partial = !cbuf.is_empty();
-            // The node to listen to: the one answering, or while idle the primary of a session
-            // that listens for notifications.
-            let node = self
-                .inflight
-                .map(|(n, _)| n)
-                .or_else(|| self.idle_watch_node());
-            if self.inflight.is_none() {
-                if let Some(n) = node.filter(|n| {
-                    self.conns
-                        .get(n)
-                        .is_some_and(|c| !c.pooled.backend.buf.is_empty())
-                }) {
-                    // Notifications that came while pgwarden asked something of its own on
-                    // the connection (`Backend::exchange`) are relayed now.
-                    Box::pin(self.idle_step_watching_fences(IdleStep::Parked(n))).await?;
-                }
+            // The node to listen to while idle: the primary of a session that listens for
+            // notifications.
+            let node = self.idle_watch_node();
+            if let Some(n) = node.filter(|n| {
+                self.conns
+                    .get(n)
+                    .is_some_and(|c| !c.pooled.backend.buf.is_empty())
+            }) {
+                // Notifications that came while pgwarden asked something of its own on the
+                // connection (`Backend::exchange`) are relayed now.
+                Box::pin(self.idle_step_watching_fences(IdleStep::Parked(n))).await?;
             }
             // An online recovery's 2nd stage: a session idle longer than the limit is closed.
-            let idle_limit = self.ctx.hold_limit().filter(|_| self.inflight.is_none());
+            let idle_limit = self.ctx.hold_limit();
             let deadline = idle_since + idle_limit.unwrap_or_default();
             let auth_timeout = self.ctx.cfg.auth_timeout;
-            // The node's answers first (a client that pipelines must not keep the proxy from
-            // reading them). The branches that are idle most of the time are boxed when first
-            // polled: an idle session's task keeps only its client read and its wake-up.
+            // The branches that are idle most of the time are boxed when first polled: an idle
+            // session's task keeps only its client read and its wake-up.
             tokio::select! {
                 biased;
                 r = async {
@@ -407,12 +397,12 @@ impl Session {
     /// node answers, the client may send more (a pipeline) and fences are watched, as in the
     /// idle loop.
     async fn serve(&mut self, reader: &mut ClientReader, cbuf: &mut BytesMut) -> Result<Handled> {
-        let wake = self.wake.bell.clone();
+        let watch = self.fence_watch();
         let auth_timeout = self.ctx.cfg.auth_timeout;
         let mut handled = Handled::Nothing;
         loop {
             if cbuf.len() >= 5 {
-                match self.handle_frames(cbuf).await? {
+                match self.handle_frames(cbuf, &watch).await? {
                     Handled::Nothing => {}
                     Handled::Some => handled = Handled::Some,
                     Handled::Goodbye => return Ok(Handled::Goodbye),
@@ -421,11 +411,9 @@ impl Session {
             let Some((node, _)) = self.inflight else {
                 return Ok(handled);
             };
-            if cbuf.is_empty() && cbuf.capacity() > 0 {
-                // Given back while the node works, as while idle: a long statement must not
-                // keep the buffer its text came in (shared with it, however large).
-                *cbuf = BytesMut::new();
-            }
+            // Given back while the node works too: a long statement must not keep the buffer
+            // its text came in (shared with it, however large).
+            give_back_drained(cbuf);
             let partial = !cbuf.is_empty();
             // The node's answers first, as in the idle loop (`main_loop`).
             tokio::select! {
@@ -437,10 +425,10 @@ impl Session {
                     }
                 } => {
                     let _ = r;
-                    self.idle_step_watching_fences(IdleStep::Relay(Some(node))).await?;
+                    self.step_watching_fences(IdleStep::Relay(Some(node)), &watch).await?;
                 }
                 r = read_client(reader, cbuf, partial, auth_timeout) => r?,
-                _ = wake.rung() => {
+                _ = watch.bell.rung() => {
                     let set = self.ctx.fenced.borrow().clone();
                     self.on_fence(&set)?;
                 }
@@ -449,21 +437,16 @@ impl Session {
     }
 
     /// Handles every complete message in `cbuf`.
-    async fn handle_frames(&mut self, cbuf: &mut BytesMut) -> Result<Handled> {
-        let busy = self.busy.clone();
-        let wake = self.wake.bell.clone();
-        let ctx = self.ctx.clone();
+    async fn handle_frames(&mut self, cbuf: &mut BytesMut, watch: &FenceWatch) -> Result<Handled> {
         let mut handled = Handled::Nothing;
         while let Some(f) = frame::split_frame(cbuf, self.ctx.cfg.max_message_size)? {
             handled = Handled::Some;
             // A node may be fenced while the session waits on it (a hung primary): the
             // session ends rather than wait. Other fences are dealt with once the message is
             // handled.
-            // Pinned here and lent: the fence watch holds the message's future once, not
-            // twice (an async fn keeps room for an argument moved into a local).
             let (go_on, pending) = {
                 let step = std::pin::pin!(self.on_frame(f));
-                watching_fences(step, &wake, &ctx, &busy).await?
+                watch.watching(step).await?
             };
             if let Some(set) = pending {
                 self.on_fence(&set)?;
@@ -480,7 +463,12 @@ impl Session {
     /// node's answers, a hung node) ends the session at once, rather than keep it engaged on
     /// a node being stopped.
     async fn idle_step_watching_fences(&mut self, step: IdleStep) -> Result<()> {
-        let (busy, wake, ctx) = (self.busy.clone(), self.wake.bell.clone(), self.ctx.clone());
+        let watch = self.fence_watch();
+        self.step_watching_fences(step, &watch).await
+    }
+
+    /// `idle_step_watching_fences`, with a watch the caller holds (`serve`: one per request).
+    async fn step_watching_fences(&mut self, step: IdleStep, watch: &FenceWatch) -> Result<()> {
         let ((), pending) = {
             let work = std::pin::pin!(async {
                 match step {
@@ -489,12 +477,21 @@ impl Session {
                     IdleStep::ReadBack => self.read_back_settings().await,
                 }
             });
-            watching_fences(work, &wake, &ctx, &busy).await?
+            watch.watching(work).await?
         };
         if let Some(set) = pending {
             self.on_fence(&set)?;
         }
         Ok(())
+    }
+
+    /// What a step's fence watch needs, held apart from the session the step borrows.
+    fn fence_watch(&self) -> FenceWatch {
+        FenceWatch {
+            busy: self.busy.clone(),
+            bell: self.wake.bell.clone(),
+            ctx: self.ctx.clone(),
+        }
     }
 
     /// Some nodes were taken out of service: connections to them are dropped. A session that
@@ -2156,7 +2153,7 @@ impl Session {
     }
 
     /// Writes `node`'s answers to the client. Blocked on the client, the session still works
-    /// for `node`: a fence of it must not wait for this write (see `watching_fences`).
+    /// for `node`: a fence of it must not wait for this write (see `FenceWatch::watching`).
     async fn send_client_for(&mut self, node: u32, data: &[u8]) -> Result<()> {
         let _busy = Busy::enter(Some(&self.busy), node);
         write_client(&mut self.client, &mut self.client_cut, data).await
@@ -2369,32 +2366,43 @@ fn option_settings(options: &str) -> Vec<(String, String)> {
 /// How long a session's last words (a FATAL error) wait for a client that does not read.
 const FATAL_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs one step of the session's work (a client message handled, a node's answer relayed)
-/// while watching for fences: a fence of a node the step is blocked on (its bit in `busy`:
-/// reading from it, writing to it, or writing its answers to the client) ends the session at
-/// once; any other fence is returned, to be dealt with once the step is done.
-async fn watching_fences<T>(
-    mut fut: std::pin::Pin<&mut impl Future<Output = Result<T>>>,
-    wake: &Bell,
-    ctx: &Ctx,
-    busy: &AtomicU64,
-) -> Result<(T, Option<Arc<Vec<u32>>>)> {
-    // Most steps finish without waiting, and then there is no fence to watch for.
-    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        return Ok((r?, None));
-    }
-    let mut pending = None;
-    loop {
-        tokio::select! {
-            biased;
-            r = &mut fut => return Ok((r?, pending)),
-            _ = wake.rung() => {
-                let set = ctx.fenced.borrow().clone();
-                let mask = busy.load(Ordering::Relaxed);
-                if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
-                    return Err(fenced_end(*n));
+/// What a step's fence watch needs (`Session::fence_watch`): the session's busy marks, its
+/// wake-up and the fenced set.
+struct FenceWatch {
+    busy: Arc<AtomicU64>,
+    bell: Arc<Bell>,
+    ctx: Arc<Ctx>,
+}
+
+impl FenceWatch {
+    /// Runs one step of the session's work (a client message handled, a node's answer
+    /// relayed) while watching for fences: a fence of a node the step is blocked on (its bit
+    /// in `busy`: reading from it, writing to it, or writing its answers to the client) ends
+    /// the session at once; any other fence is returned, to be dealt with once the step is
+    /// done. The step is lent pinned, not given: an async fn keeps room for an argument moved
+    /// into a local, and the step's future would be held twice.
+    async fn watching<T>(
+        &self,
+        mut fut: std::pin::Pin<&mut impl Future<Output = Result<T>>>,
+    ) -> Result<(T, Option<Arc<Vec<u32>>>)> {
+        // Most steps finish without waiting, and then there is no fence to watch for.
+        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+        {
+            return Ok((r?, None));
+        }
+        let mut pending = None;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut fut => return Ok((r?, pending)),
+                _ = self.bell.rung() => {
+                    let set = self.ctx.fenced.borrow().clone();
+                    let mask = self.busy.load(Ordering::Relaxed);
+                    if let Some(n) = set.iter().find(|n| mask_has(mask, **n)) {
+                        return Err(fenced_end(*n));
+                    }
+                    pending = Some(set);
                 }
-                pending = Some(set);
             }
         }
     }
@@ -2472,6 +2480,14 @@ fn combine(a: Class, b: Class) -> Class {
         (Class::Read, x) | (x, Class::Read) => x,
         (Class::Sticky, _) | (_, Class::Sticky) => Class::Sticky,
         _ => Class::Write,
+    }
+}
+
+/// A drained read buffer is given back (see `ClientReader::read_into`): a session holds
+/// none while it waits.
+fn give_back_drained(cbuf: &mut BytesMut) {
+    if cbuf.is_empty() && cbuf.capacity() > 0 {
+        *cbuf = BytesMut::new();
     }
 }
 
