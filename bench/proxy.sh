@@ -12,6 +12,7 @@
 # the postgres user (see docs/BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 MEMORY_ONLY=0
 if [ "${1:-}" = "--memory" ]; then MEMORY_ONLY=1; shift; fi
 T=${1:-15}
@@ -39,33 +40,7 @@ sed -i 's/^\[proxy\]$/[proxy]\npool_size = 200/' "$SB/pgwarden.toml"
 "$P" sandbox up --dir "$SB" >/dev/null
 echo "127.0.0.1:$BOUNCER:*:postgres:$PW" >> "$SB/pgpass"
 
-mkdir -p "$W/pgb"
-cat > "$W/pgb/pgbouncer.ini" <<INI
-[databases]
-test = host=127.0.0.1 port=$PRIMARY dbname=test
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $W/pgb/userlist.txt
-pool_mode = session
-max_client_conn = 5000
-default_pool_size = 100
-logfile = $W/pgb/pgbouncer.log
-pidfile = $W/pgb/pgbouncer.pid
-INI
-echo "\"postgres\" \"$PW\"" > "$W/pgb/userlist.txt"
-chmod 600 "$W/pgb/userlist.txt"
-# As root, pgbouncer runs as postgres through setpriv, which (unlike runuser's PAM session)
-# keeps this shell's file limit: 2,000 clients need more than 1,024 descriptors.
-if [ "$(id -u)" -eq 0 ]; then
-    chown -R postgres "$W/pgb"
-    setpriv --reuid=postgres --regid=postgres --init-groups pgbouncer -d "$W/pgb/pgbouncer.ini"
-else
-    pgbouncer -d "$W/pgb/pgbouncer.ini"
-fi
-sleep 1
+start_pgbouncer "$W/pgb" $BOUNCER $PRIMARY "$PW"
 
 pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 20 -q test >/dev/null 2>&1
 sleep 2 # let the standbys catch up

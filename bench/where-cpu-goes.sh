@@ -12,6 +12,7 @@
 # Needs a release build, PostgreSQL 15, pgbench and pgbouncer (run as postgres when root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 P=$(realpath "${P:-target/release/pgwarden}")
 T=${T:-8}; C=${C:-8}; ROUNDS=${ROUNDS:-2}
 W=$(mktemp -d /tmp/pgwarden-cpu-XXXXXX); chmod 755 $W
@@ -26,30 +27,7 @@ PW=$(grep -m1 '^127.0.0.1' $SB/pgpass | cut -d: -f5)
 PRIMARY=$((BASE+2)); BOUNCER=$((BASE+300))
 echo "127.0.0.1:$BOUNCER:*:postgres:$PW" >> $SB/pgpass
 export PGPASSFILE=$SB/pgpass
-mkdir -p $W/pgb
-cat > $W/pgb/pgbouncer.ini <<INI
-[databases]
-test = host=127.0.0.1 port=$PRIMARY dbname=test
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $W/pgb/userlist.txt
-pool_mode = session
-max_client_conn = 5000
-default_pool_size = 100
-logfile = $W/pgb/pgbouncer.log
-pidfile = $W/pgb/pgbouncer.pid
-INI
-echo "\"postgres\" \"$PW\"" > $W/pgb/userlist.txt; chmod 600 $W/pgb/userlist.txt
-if [ "$(id -u)" -eq 0 ]; then
-    chown -R postgres $W/pgb
-    setpriv --reuid=postgres --regid=postgres --init-groups pgbouncer -d $W/pgb/pgbouncer.ini
-else
-    pgbouncer -d $W/pgb/pgbouncer.ini
-fi
-sleep 1
+start_pgbouncer "$W/pgb" $BOUNCER $PRIMARY "$PW"
 pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 10 -q test >/dev/null 2>&1
 WPID=$(cat $SB/warden.pid); BPID=$(cat $W/pgb/pgbouncer.pid)
 TICK=$(getconf CLK_TCK)
