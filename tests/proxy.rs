@@ -884,11 +884,7 @@ fn a_statement_prepared_on_a_standby_is_made_on_the_primary_after_the_standby_is
     let c = Cluster::up(2);
     // Reads go to the standby only; the primary has two connections, and a session waits
     // one second for one.
-    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
-        "application_name = \"node0\"\n",
-        "application_name = \"node0\"\nweight = 0\n",
-    );
-    std::fs::write(c.config(), cfg).unwrap();
+    primary_weight_zero(&c);
     restart_with_proxy_settings(&c, "pool_size = 2\npool_wait_timeout = \"1s\"\n");
     let (primary, standby) = (c.node_port(0), c.node_port(1));
     block(async {
@@ -930,6 +926,165 @@ fn a_statement_prepared_on_a_standby_is_made_on_the_primary_after_the_standby_is
             "EXECUTE on the primary: {m:?}"
         );
     });
+}
+
+/// A session whose node is taken out of service in the middle of a long COPY OUT ends soon
+/// after, tells the client why, and never gives it a damaged row. (The session said its
+/// FATAL even when the last bytes it had relayed stopped inside a message: the error's bytes
+/// were read as the rest of that row, so the client got a row with the error in it, then a
+/// broken stream. Now the rest of the row is relayed first.)
+#[test]
+fn a_stream_cut_by_a_fence_ends_at_a_row_boundary_with_the_reason() {
+    let errors = stream_cut(|c| {
+        let o = c.pgwarden(&["node", "detach", "1"]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    });
+    assert!(
+        errors.contains("node 1 was taken out of service by pgwarden"),
+        "the client is told why: {errors}"
+    );
+}
+
+/// A standby's backend killed in the middle of a long COPY OUT: the rest of the row never
+/// comes, so the client is told nothing (as when it is connected to that server itself)
+/// rather than given a row with pgwarden's error in it.
+#[test]
+fn a_stream_cut_by_a_dead_backend_never_gives_the_client_a_damaged_row() {
+    stream_cut(|c| {
+        let pid = c
+            .psql(
+                1,
+                "postgres",
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT inet_server_port()%'",
+            )
+            .unwrap();
+        let pid: i32 = pid
+            .trim()
+            .parse()
+            .expect("the COPY's backend on the standby");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    });
+}
+
+/// Waits up to `limit` for `child` to end: its exit status, or None once it had to be killed.
+fn end_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let at = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if at.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Streams a long COPY OUT from the standby through pgwarden into psql, cuts it with `cut`
+/// after 20,000 rows, and checks that psql ends within 10 s, with an error, having written
+/// only whole, undamaged rows. Returns psql's errors.
+fn stream_cut(cut: impl FnOnce(&Cluster)) -> String {
+    use std::io::Read;
+    let c = Cluster::up(2);
+    // Reads go to the standby only.
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    let row = format!("{}\trow", c.node_port(1));
+    // Short rows, each one CopyData message, with a 10 ms pause every 1,000: the node sends
+    // 8 KB at a time, so the session almost always waits for it with the last message half
+    // relayed. The whole COPY would take over a minute.
+    let bin = pgwarden_sandbox::PgBin::locate().expect("PostgreSQL programs");
+    let mut psql = pgwarden_sandbox::psql_command_at(
+        &bin,
+        &c.layout,
+        c.proxy_port(),
+        "test",
+        // (pg_sleep is not known to be read-only: a read-only transaction may still run on
+        // a standby.)
+        "BEGIN READ ONLY",
+    )
+    .args([
+        "-c",
+        "COPY (SELECT inet_server_port(), 'row' \
+         FROM generate_series(1, 1000) a, generate_series(1, 10000) b \
+         WHERE CASE WHEN b % 1000 = 0 THEN pg_sleep(0.01)::text = '' ELSE true END) \
+         TO STDOUT",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = psql.stdout.take().unwrap();
+    let mut err = psql.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    // Every line psql wrote, checked; the cut comes after 20,000 of them.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut line = Vec::new();
+        let (mut good, mut bad) = (0u64, Vec::new());
+        let mut told = false;
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for &b in &buf[..n] {
+                if b != b'\n' {
+                    line.push(b);
+                    continue;
+                }
+                if line == row.as_bytes() {
+                    good += 1;
+                } else if bad.len() < 3 {
+                    bad.push(String::from_utf8_lossy(&line).into_owned());
+                }
+                line.clear();
+            }
+            if good > 20_000 && !told {
+                told = true;
+                let _ = tx.send(());
+            }
+        }
+        // psql writes each row whole: a last line without its newline was damaged too.
+        if !line.is_empty() {
+            bad.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        (good, bad)
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        end_within(&mut psql, Duration::ZERO);
+        let (good, bad) = reader.join().unwrap();
+        panic!(
+            "no 20,000 rows of the COPY from the standby within 60 s: {good} rows, others {bad:?}, errors {}",
+            errors.join().unwrap()
+        );
+    }
+    let at = Instant::now();
+    cut(&c);
+    let ended = end_within(&mut psql, Duration::from_secs(60)).map(|s| (s, at.elapsed()));
+    let (good, bad) = reader.join().unwrap();
+    let errors = errors.join().unwrap();
+    let (status, after) =
+        ended.unwrap_or_else(|| panic!("the COPY still streamed 60 s after the cut ({good} rows)"));
+    assert!(
+        bad.is_empty(),
+        "the client got damaged rows: {bad:?} ({good} good ones); its errors: {errors}"
+    );
+    assert!(!status.success(), "the COPY ended with an error: {errors}");
+    assert!(
+        after < Duration::from_secs(10),
+        "the COPY ended {after:?} after the cut ({good} rows): {errors}"
+    );
+    errors
 }
 
 /// A cursor declared WITH HOLD in a `BEGIN READ ONLY` transaction on a standby lives there
@@ -3069,6 +3224,16 @@ mod hostile {
 }
 
 /// Adds `settings` (TOML lines) to the sandbox's `[proxy]` table and restarts it with them.
+/// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
+/// the warden is restarted, see `restart_with_proxy_settings`).
+fn primary_weight_zero(c: &Cluster) {
+    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
+        "application_name = \"node0\"\n",
+        "application_name = \"node0\"\nweight = 0\n",
+    );
+    std::fs::write(c.config(), cfg).unwrap();
+}
+
 fn restart_with_proxy_settings(c: &Cluster, settings: &str) {
     let cfg = std::fs::read_to_string(c.config())
         .unwrap()

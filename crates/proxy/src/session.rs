@@ -178,6 +178,10 @@ struct Session {
     /// A write to the client was cut short (the session ended under it): what the client has
     /// may end mid-message, so no FATAL can follow it.
     client_cut: bool,
+    /// What the client has ends inside a message relayed from a node (a row streamed as its
+    /// bytes arrive): the rest of it (`Conn::streaming`) must reach the client before anything
+    /// else can, a FATAL included, or the client would read that as the rest of its row.
+    client_owed: bool,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
     /// The node this session has a unit of work on (see `route`).
@@ -276,6 +280,7 @@ pub(crate) fn run(
         cancel_for: (0, 0),
         last_tx_status: b'I',
         client_cut: false,
+        client_owed: false,
         events: Vec::new(),
         busy: Arc::new(AtomicU64::new(0)),
         engaged: None,
@@ -293,6 +298,13 @@ pub(crate) fn run(
         let fatal = match s.main_loop(&mut reader, &mut buf).await {
             Err(End::Fatal(code, message)) => Some(Box::new((code, message))),
             _ => None,
+        };
+        // A FATAL can follow a half-relayed message only once its rest has.
+        let fatal = match fatal {
+            Some(f) if s.client_owed && !s.client_cut => {
+                Box::pin(s.finish_owed()).await.then_some(f)
+            }
+            f => f,
         };
         // The nodes first: a client that does not read must not keep this session engaged on
         // a node being stopped, nor its connections open.
@@ -312,6 +324,47 @@ impl Drop for Session {
 }
 
 impl Session {
+    /// Relays the rest of the message the client's stream ends inside (`client_owed`), so
+    /// that the session's FATAL can follow it: true once it has. False when the node is gone,
+    /// or it or the client did not finish within `OWED_LIMIT`: then the client is told
+    /// nothing, as when a server dies, rather than given a damaged row.
+    async fn finish_owed(&mut self) -> bool {
+        let Some(node) = self
+            .conns
+            .iter()
+            .find_map(|(n, c)| (c.streaming > 0).then_some(*n))
+        else {
+            tracing::warn!("a session ends in the middle of a message it relayed, from a node now gone: its client is not told why");
+            return false;
+        };
+        let finished = tokio::time::timeout(OWED_LIMIT, async {
+            while let Some(conn) = self.conns.get_mut(&node) {
+                if conn.streaming == 0 {
+                    return true;
+                }
+                if conn.b().buf.is_empty() && conn.b().fill().await.is_err() {
+                    return false;
+                }
+                let take = conn.streaming.min(conn.b().buf.len());
+                let rest = conn.b().buf.split_to(take);
+                conn.streaming -= take;
+                if write_client(&mut self.client, &mut self.client_cut, &rest)
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !finished {
+            tracing::warn!(node, "a session ends in the middle of a message it relayed from node {node}, whose rest did not come: its client is not told why");
+        }
+        finished
+    }
+
     /// Tells the client why its session ends.
     async fn say_fatal(&mut self, fatal: Box<(String, String)>) {
         let (code, message) = &*fatal;
@@ -2091,7 +2144,9 @@ impl Session {
         }
         self.events = events;
         if !out.is_empty() {
+            let owed = conn.streaming > 0;
             self.send_client_for(node, &out).await?;
+            self.client_owed = owed;
         }
         if settle {
             self.note_write_done();
@@ -2365,6 +2420,10 @@ fn option_settings(options: &str) -> Vec<(String, String)> {
 
 /// How long a session's last words (a FATAL error) wait for a client that does not read.
 const FATAL_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long an ending session waits for the rest of a message it relayed in part (see
+/// `Session::finish_owed`).
+const OWED_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a step's fence watch needs (`Session::fence_watch`): the session's busy marks, its
 /// wake-up and the fenced set.
