@@ -14,6 +14,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    keep_large_buffers_apart();
     let cli = cli::Cli::parse();
     // Worker threads: PGWARDEN_WORKERS, else one per core.
     let workers = std::env::var("PGWARDEN_WORKERS")
@@ -47,3 +48,20 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Large buffers (a statement or row of megabytes) in mappings of their own, given back to the
+/// system when freed. glibc starts them so (from 128 KiB) but raises that threshold each time
+/// one is freed, up to 32 MiB; after that they come from the heap and stay with the process:
+/// 20 sessions sending an 8 MB statement each left the proxy at about 200 MB for good.
+/// Pinned at glibc's own starting value, the threshold no longer moves.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_large_buffers_apart() {
+    // SAFETY: mallopt only sets a parameter of the allocator, and runs before any other
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_large_buffers_apart() {}
