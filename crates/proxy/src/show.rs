@@ -19,7 +19,16 @@ pub enum Show {
 
 /// Recognises `SHOW POOL_…` (any case, optional semicolon).
 pub fn parse(sql: &str) -> Option<Show> {
-    let s = sql.trim().trim_end_matches(';').trim();
+    // Every simple query is asked: most leave at their first word.
+    let s = sql.trim_start();
+    if !s
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"show"))
+    {
+        return None;
+    }
+    let s = s.trim_end().trim_end_matches(';').trim_end();
     let mut words = s.split_whitespace();
     if !words.next()?.eq_ignore_ascii_case("show") {
         return None;
@@ -270,5 +279,9 @@ mod tests {
         assert_eq!(parse("SHOW search_path"), None);
         assert_eq!(parse("SHOW pool_nodes extra"), None);
         assert_eq!(parse("SELECT 1"), None);
+        assert_eq!(parse("\n\tSHOW POOL_NODES;\n"), Some(Show::Nodes));
+        assert_eq!(parse("SHOWPOOL_NODES"), None);
+        assert_eq!(parse("sho"), None);
+        assert_eq!(parse(""), None);
     }
 }
