@@ -178,10 +178,11 @@ struct Session {
     /// A write to the client was cut short (the session ended under it): what the client has
     /// may end mid-message, so no FATAL can follow it.
     client_cut: bool,
-    /// What the client has ends inside a message relayed from a node (a row streamed as its
-    /// bytes arrive): the rest of it (`Conn::streaming`) must reach the client before anything
-    /// else can, a FATAL included, or the client would read that as the rest of its row.
-    client_owed: bool,
+    /// The node whose message the client's stream ends inside (a row relayed as its bytes
+    /// arrive): the rest of it (`Conn::streaming`) must reach the client before anything else
+    /// can, a FATAL included, or the client would read that as the rest of its row. Set by
+    /// every relay (`send_client_for`).
+    client_owed: Option<u32>,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
     /// The node this session has a unit of work on (see `route`).
@@ -280,7 +281,7 @@ pub(crate) fn run(
         cancel_for: (0, 0),
         last_tx_status: b'I',
         client_cut: false,
-        client_owed: false,
+        client_owed: None,
         events: Vec::new(),
         busy: Arc::new(AtomicU64::new(0)),
         engaged: None,
@@ -301,7 +302,7 @@ pub(crate) fn run(
         };
         // A FATAL can follow a half-relayed message only once its rest has.
         let fatal = match fatal {
-            Some(f) if s.client_owed && !s.client_cut => {
+            Some(f) if s.client_owed.is_some() && !s.client_cut => {
                 Box::pin(s.finish_owed()).await.then_some(f)
             }
             f => f,
@@ -327,13 +328,10 @@ impl Session {
     /// Relays the rest of the message the client's stream ends inside (`client_owed`), so
     /// that the session's FATAL can follow it: true once it has. False when the node is gone,
     /// or it or the client did not finish within `OWED_LIMIT`: then the client is told
-    /// nothing, as when a server dies, rather than given a damaged row.
+    /// nothing, as when a server dies, rather than given a damaged row. (A node out of
+    /// service is read from for that second more: only to finish a row it had begun.)
     async fn finish_owed(&mut self) -> bool {
-        let Some(node) = self
-            .conns
-            .iter()
-            .find_map(|(n, c)| (c.streaming > 0).then_some(*n))
-        else {
+        let Some(node) = self.client_owed.filter(|n| self.conns.contains_key(n)) else {
             tracing::warn!("a session ends in the middle of a message it relayed, from a node now gone: its client is not told why");
             return false;
         };
@@ -2144,9 +2142,7 @@ impl Session {
         }
         self.events = events;
         if !out.is_empty() {
-            let owed = conn.streaming > 0;
             self.send_client_for(node, &out).await?;
-            self.client_owed = owed;
         }
         if settle {
             self.note_write_done();
@@ -2209,9 +2205,18 @@ impl Session {
 
     /// Writes `node`'s answers to the client. Blocked on the client, the session still works
     /// for `node`: a fence of it must not wait for this write (see `FenceWatch::watching`).
+    /// Notes whether the client's stream now ends inside one of `node`'s messages
+    /// (`client_owed`).
     async fn send_client_for(&mut self, node: u32, data: &[u8]) -> Result<()> {
-        let _busy = Busy::enter(Some(&self.busy), node);
-        write_client(&mut self.client, &mut self.client_cut, data).await
+        let busy = Busy::enter(Some(&self.busy), node);
+        write_client(&mut self.client, &mut self.client_cut, data).await?;
+        drop(busy);
+        self.client_owed = self
+            .conns
+            .get(&node)
+            .is_some_and(|c| c.streaming > 0)
+            .then_some(node);
+        Ok(())
     }
 
     async fn send_client(&mut self, data: &[u8]) -> Result<()> {
