@@ -5,9 +5,12 @@
 # postgres process that lives through the run: a direct run's backends exit before they are
 # counted, so its share shows under "other"), the rest (pgbench, interrupts), and time stolen
 # by the hypervisor. A proxy's cost is more than its own CPU: what it makes the others spend,
-# and the idle time its latency leaves, count too.
+# and the idle time its latency leaves, count too. The proxy's own CPU is also split into
+# user and system time, with its voluntary (it slept) and involuntary (it was preempted)
+# context switches per transaction, summed over its threads.
 #
 #   P=target/release/pgwarden T=8 C=8 ROUNDS=2 bench/where-cpu-goes.sh
+#   PGWARDEN_WORKERS=1 bench/where-cpu-goes.sh      (pgwarden with one worker thread)
 #
 # Needs a release build, PostgreSQL 15, pgbench and pgbouncer (run as postgres when root).
 set -euo pipefail
@@ -32,17 +35,27 @@ pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 10 -q test >/dev/null 2>&1
 WPID=$(cat $SB/warden.pid); BPID=$(cat $W/pgb/pgbouncer.pid)
 TICK=$(getconf CLK_TCK)
 ticks() { awk '{print $14+$15}' /proc/$1/stat 2>/dev/null || echo 0; }
+# user ticks, system ticks, voluntary and involuntary switches (every thread) of process $1
+proxy_counts() {
+    [ -z "$1" ] && { echo 0 0 0 0; return; }
+    local us vn; us=$(awk '{print $14, $15}' /proc/$1/stat)
+    vn=$(cat /proc/$1/task/*/status | awk '/^voluntary_ctxt/ {v+=$2} /^nonvoluntary_ctxt/ {n+=$2} END {print v+0, n+0}')
+    echo $us $vn
+}
 pg_ticks() { local s=0; for p in $(pgrep -x postgres); do s=$((s + $(ticks $p))); done; echo $s; }
 sysstat() { awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6, $9}' /proc/stat; }
-echo "| target | TPS | total busy µs/tx | idle µs/tx | proxy µs/tx | postgres µs/tx | other µs/tx | steal µs/tx |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| target | TPS | total busy µs/tx | idle µs/tx | proxy µs/tx (user + sys) | proxy switches/tx (vol / invol) | postgres µs/tx | other µs/tx | steal µs/tx |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for r in $(seq 1 $ROUNDS); do
 for tgt in direct pgwarden pgbouncer; do
   case $tgt in direct) port=$PRIMARY; pid=;; pgwarden) port=$BASE; pid=$WPID;; pgbouncer) port=$BOUNCER; pid=$BPID;; esac
   read b0 i0 s0 < <(sysstat); g0=$(pg_ticks); x0=0; [ -n "$pid" ] && x0=$(ticks $pid)
+  read u0 y0 v0 n0 < <(proxy_counts "$pid")
   out=$(pgbench -h 127.0.0.1 -p $port -U postgres -S -T $T -c $C -j 2 test 2>&1)
   read b1 i1 s1 < <(sysstat); g1=$(pg_ticks); x1=0; [ -n "$pid" ] && x1=$(ticks $pid)
+  read u1 y1 v1 n1 < <(proxy_counts "$pid")
   n=$(echo "$out" | awk '/processed:/ {print $NF}'); n=${n%%/*}
   tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
-  awk -v t=$tgt -v tps=$tps -v n=$n -v k=$TICK -v b=$((b1-b0)) -v i=$((i1-i0)) -v x=$((x1-x0)) -v g=$((g1-g0)) -v st=$((s1-s0)) 'BEGIN{f=1e6/k/n; printf "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", t, tps, b*f, i*f, x*f, g*f, (b-x-g)*f, st*f}'
+  awk -v t=$tgt -v tps=$tps -v n=$n -v k=$TICK -v b=$((b1-b0)) -v i=$((i1-i0)) -v x=$((x1-x0)) -v g=$((g1-g0)) -v st=$((s1-s0)) \
+      -v u=$((u1-u0)) -v y=$((y1-y0)) -v v=$((v1-v0)) -v nv=$((n1-n0)) 'BEGIN{f=1e6/k/n; printf "| %s | %s | %.1f | %.1f | %.1f (%.1f + %.1f) | %.2f / %.2f | %.1f | %.1f | %.1f |\n", t, tps, b*f, i*f, x*f, u*f, y*f, v/n, nv/n, g*f, (b-x-g)*f, st*f}'
 done; done
