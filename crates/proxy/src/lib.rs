@@ -61,19 +61,25 @@ pub struct NodeStats {
 impl NodeStats {
     /// Counts one statement by its first keyword.
     pub fn count(&self, sql: &str) {
-        let word = sql
-            .trim_start()
-            .split(|c: char| !c.is_ascii_alphabetic())
-            .next()
-            .unwrap_or("");
+        let text = sql.trim_start().as_bytes();
+        let word = &text[..text
+            .iter()
+            .position(|b| !b.is_ascii_alphabetic())
+            .unwrap_or(text.len())];
         let counter = match word.len() {
-            6 if word.eq_ignore_ascii_case("select") => &self.select,
-            4 if word.eq_ignore_ascii_case("with") => &self.select,
-            6 if word.eq_ignore_ascii_case("insert") => &self.insert,
-            6 if word.eq_ignore_ascii_case("update") => &self.update,
-            6 if word.eq_ignore_ascii_case("delete") => &self.delete,
+            6 if word.eq_ignore_ascii_case(b"select") => &self.select,
+            4 if word.eq_ignore_ascii_case(b"with") => &self.select,
+            6 if word.eq_ignore_ascii_case(b"insert") => &self.insert,
+            6 if word.eq_ignore_ascii_case(b"update") => &self.update,
+            6 if word.eq_ignore_ascii_case(b"delete") => &self.delete,
             _ if [
-                "create", "alter", "drop", "truncate", "comment", "grant", "revoke",
+                &b"create"[..],
+                b"alter",
+                b"drop",
+                b"truncate",
+                b"comment",
+                b"grant",
+                b"revoke",
             ]
             .iter()
             .any(|k| word.eq_ignore_ascii_case(k)) =>
@@ -585,6 +591,41 @@ mod tests {
     }
 
     /// A ring is kept until heard, heard once, and wakes a session that listens.
+    #[test]
+    fn statements_are_counted_by_their_first_keyword() {
+        let s = crate::NodeStats::default();
+        for sql in [
+            "SELECT 1",
+            "  select\n1",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "insert into t values (1)",
+            "UPDATE t SET a = 1",
+            "Delete FROM t",
+            "CREATE TABLE t (a int)",
+            "drop table t",
+            "TRUNCATE t",
+            "VACUUM",
+            "",
+            "(SELECT 1)",
+            "selected",
+            "SELECT*FROM t",
+        ] {
+            s.count(sql);
+        }
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            (
+                n(&s.select),
+                n(&s.insert),
+                n(&s.update),
+                n(&s.delete),
+                n(&s.ddl),
+                n(&s.other)
+            ),
+            (4, 1, 1, 1, 3, 4)
+        );
+    }
+
     #[test]
     fn a_bell_rung_is_heard_once_whenever_the_session_listens() {
         let counter = Arc::new(Counter(Default::default()));
