@@ -5,8 +5,6 @@
 
 #![allow(dead_code)]
 
-pub mod raw;
-
 use pgwarden_sandbox::{Layout, PgBin, RunAs};
 use serde_json::Value;
 use std::net::TcpListener;

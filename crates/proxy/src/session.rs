@@ -451,37 +451,21 @@ impl Session {
         let watch = self.fence_watch();
         let auth_timeout = self.ctx.cfg.auth_timeout;
         let mut handled = Handled::Nothing;
-        // Since when the session has waited on its client alone (see `idle_limit` below).
-        let mut quiet_since = None;
         loop {
             if cbuf.len() >= 5 {
                 match self.handle_frames(cbuf, &watch).await? {
                     Handled::Nothing => {}
-                    Handled::Some => {
-                        handled = Handled::Some;
-                        quiet_since = None;
-                    }
+                    Handled::Some => handled = Handled::Some,
                     Handled::Goodbye => return Ok(Handled::Goodbye),
                 }
             }
-            let Some((node, pending)) = self.inflight else {
+            let Some((node, _)) = self.inflight else {
                 return Ok(handled);
             };
             // Given back while the node works too: a long statement must not keep the buffer
             // its text came in (shared with it, however large).
             give_back_drained(cbuf);
             let partial = !cbuf.is_empty();
-            // Every answer relayed and the node waiting for the client (a pipeline opened by
-            // Flush, awaiting its Sync; a COPY from the client): during an online recovery's
-            // 2nd stage such a session is idle, as in `main_loop`, and closed once idle longer
-            // than the limit. (It held the 2nd stage until `recovery_timeout`.)
-            let idle_limit = if pending == 0 || self.copy_in == Some(node) {
-                self.ctx.hold_limit()
-            } else {
-                None
-            };
-            let deadline =
-                idle_limit.map(|l| *quiet_since.get_or_insert_with(tokio::time::Instant::now) + l);
             // The node's answers first, as in the idle loop (`main_loop`).
             tokio::select! {
                 biased;
@@ -495,14 +479,6 @@ impl Session {
                     self.step_watching_fences(IdleStep::Relay(Some(node)), &watch).await?;
                 }
                 r = read_client(reader, cbuf, partial, auth_timeout) => r?,
-                _ = async {
-                    match deadline {
-                        Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
-                        None => std::future::pending().await,
-                    }
-                }, if deadline.is_some() => {
-                    return Err(recovery_end(idle_limit.unwrap_or_default()));
-                }
                 _ = watch.bell.rung() => {
                     let set = self.ctx.fenced.borrow().clone();
                     self.on_fence(&set)?;
