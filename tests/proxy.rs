@@ -1944,6 +1944,7 @@ fn pgpool_show_commands() {
 
 mod hostile {
     use super::*;
+    use common::raw::{login_at, message, prepare_flush, read_until, startup};
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
@@ -1967,21 +1968,6 @@ mod hostile {
             "expected an ErrorResponse, got {bytes:?}"
         );
         String::from_utf8_lossy(bytes).into_owned()
-    }
-
-    fn startup(user: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608u32.to_be_bytes());
-        for (k, v) in [("user", user), ("database", "test")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        p.extend(body);
-        p
     }
 
     #[test]
@@ -2237,73 +2223,8 @@ mod hostile {
         login_at(c, c.proxy_port()).await
     }
 
-    /// A raw socket to `port` (the proxy or a node), logged in and ready for a query.
-    async fn login_at(c: &Cluster, port: u16) -> tokio::net::TcpStream {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        // Trust is not configured, so authenticate with SCRAM through postgres-protocol.
-        s.write_all(&startup("postgres")).await.unwrap();
-        let mut scram: Option<postgres_protocol::authentication::sasl::ScramSha256> = None;
-        loop {
-            let mut head = [0u8; 5];
-            s.read_exact(&mut head).await.unwrap();
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-            let mut body = vec![0u8; len];
-            s.read_exact(&mut body).await.unwrap();
-            match head[0] {
-                b'R' => {
-                    let kind = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                    let mut out = Vec::new();
-                    match kind {
-                        10 => {
-                            let sc = postgres_protocol::authentication::sasl::ScramSha256::new(c.password().as_bytes(), postgres_protocol::authentication::sasl::ChannelBinding::unsupported());
-                            let mut payload = b"SCRAM-SHA-256\0".to_vec();
-                            payload.extend((sc.message().len() as i32).to_be_bytes());
-                            payload.extend(sc.message());
-                            out.push(b'p');
-                            out.extend(((payload.len() + 4) as i32).to_be_bytes());
-                            out.extend(payload);
-                            scram = Some(sc);
-                        }
-                        11 => {
-                            let sc = scram.as_mut().unwrap();
-                            sc.update(&body[4..]).unwrap();
-                            out.push(b'p');
-                            out.extend(((sc.message().len() + 4) as i32).to_be_bytes());
-                            out.extend(sc.message());
-                        }
-                        _ => {}
-                    }
-                    s.write_all(&out).await.unwrap();
-                }
-                b'Z' => break,
-                _ => {}
-            }
-        }
-        s
-    }
-
-    fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-        let body: Vec<u8> = parts.concat();
-        let mut m = vec![tag];
-        m.extend(((body.len() + 4) as i32).to_be_bytes());
-        m.extend(body);
-        m
-    }
-
     fn query(sql: &str) -> Vec<u8> {
         message(b'Q', &[sql.as_bytes(), b"\0"])
-    }
-
-    /// Parse, Describe and Flush of a named statement, as asyncpg prepares.
-    fn prepare_flush(name: &str, sql: &str) -> Vec<u8> {
-        let n = [name.as_bytes(), b"\0"].concat();
-        let mut v = message(b'P', &[&n, sql.as_bytes(), b"\0", &[0, 0]]);
-        v.extend(message(b'D', &[b"S", &n]));
-        v.extend(message(b'H', &[]));
-        v
     }
 
     /// Parse of a named statement without parameters, then its Bind, Execute and Sync.
@@ -2321,36 +2242,6 @@ mod hostile {
         v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
         v.extend(message(b'S', &[]));
         v
-    }
-
-    /// Reads messages until one with tag `until` arrives; the messages, as (tag, body).
-    async fn read_until(s: &mut tokio::net::TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
-        use tokio::io::AsyncReadExt;
-        let mut got = Vec::new();
-        let read = async {
-            loop {
-                let mut head = [0u8; 5];
-                s.read_exact(&mut head).await.unwrap();
-                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-                let mut body = vec![0u8; len];
-                s.read_exact(&mut body).await.unwrap();
-                got.push((head[0], body));
-                if head[0] == until {
-                    return;
-                }
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(10), read)
-            .await
-            .is_err()
-        {
-            panic!(
-                "no {:?} within 10 s (hung); got: {:?}",
-                until as char,
-                got.iter().map(|(t, _)| *t as char).collect::<String>()
-            );
-        }
-        got
     }
 
     /// The first column of the first row among `msgs` (a one-column DataRow).

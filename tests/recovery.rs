@@ -12,6 +12,7 @@ use common::{
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn out(o: &Output) -> String {
     format!("{}{}", common::stdout(o), common::stderr(o))
@@ -482,6 +483,38 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
     rt.block_on(async {
         let idle = c.client("test").await;
         idle.simple_query("SELECT 1").await.unwrap();
+        // Idle too: a pipeline opened by Flush and answered, whose Sync never comes (asyncpg
+        // prepares so). (It held the 2nd stage until recovery_timeout.)
+        let mut flushed = common::raw::login_at(&c, c.proxy_port()).await;
+        flushed
+            .write_all(&common::raw::prepare_flush("s", "SELECT 1"))
+            .await
+            .unwrap();
+        let answered: Vec<u8> = common::raw::read_until(&mut flushed, b'T')
+            .await
+            .iter()
+            .map(|(tag, _)| *tag)
+            .collect();
+        assert_eq!(
+            answered, b"1tT",
+            "ParseComplete, ParameterDescription, RowDescription"
+        );
+        // And a COPY to the server that stopped after one row.
+        idle.batch_execute("CREATE TABLE copied (x int)")
+            .await
+            .unwrap();
+        let copying = c.client("test").await;
+        let mut sink = Box::pin(
+            copying
+                .copy_in::<_, &'static [u8]>("COPY copied FROM STDIN")
+                .await
+                .unwrap(),
+        );
+        futures::SinkExt::send(&mut sink, b"1\n".as_slice())
+            .await
+            .unwrap();
+        // Logged in now, busy later (below).
+        let mut sleeper = common::raw::login_at(&c, c.proxy_port()).await;
         // Busy through the whole 1st stage and into the 2nd.
         let busy = c.client("test").await;
         let busy_query = tokio::spawn(async move {
@@ -512,6 +545,28 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             !busy_query.is_finished(),
             "the 1st stage outlasted the busy statement: the test proves nothing"
         );
+        // A statement sent with Flush (no Sync) in the 2nd stage, running past the idle limit:
+        // busy while it runs, its answers relayed; then idle, the Sync never sent, and closed
+        // as the others. (Counted idle from its Flush, it was cut off after 2 s.)
+        let sleeper = tokio::spawn(async move {
+            sleeper
+                .write_all(&common::raw::execute_flush("SELECT pg_sleep(4)"))
+                .await
+                .unwrap();
+            let answered: String = common::raw::read_until(&mut sleeper, b'C')
+                .await
+                .iter()
+                .map(|(tag, _)| char::from(*tag))
+                .collect();
+            let mut said = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(10), sleeper.read_to_end(&mut said)).await;
+            (
+                answered,
+                closed.is_ok(),
+                String::from_utf8_lossy(&said).into_owned(),
+            )
+        });
         let asked = Instant::now();
         let newcomer = tokio::spawn({
             let port = c.proxy_port();
@@ -553,6 +608,37 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             || e.as_db_error()
                 .is_some_and(|d| d.message().contains("recovering a node"));
         assert!(closed, "{e}");
+        let mut said = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), flushed.read_to_end(&mut said))
+            .await
+            .expect("the session in a Flush-opened pipeline was closed")
+            .unwrap();
+        let said = String::from_utf8_lossy(&said);
+        assert!(
+            said.contains("pgwarden is recovering a node and closes sessions idle"),
+            "{said:?}"
+        );
+        let (answered, closed, said) = sleeper.await.unwrap();
+        assert_eq!(
+            answered, "12DC",
+            "ParseComplete, BindComplete, its row and CommandComplete"
+        );
+        assert!(
+            closed,
+            "the session idle after its flushed statement was closed"
+        );
+        assert!(
+            said.contains("pgwarden is recovering a node and closes sessions idle"),
+            "{said:?}"
+        );
+        let e = sink.as_mut().finish().await.unwrap_err();
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("recovering a node"))
+                || copying.is_closed(),
+            "the stopped COPY was closed: {e}"
+        );
+        assert!(copying.is_closed());
         // The newcomer got in once the 2nd stage was over, after the busy one had ended.
         let (newcomer, at) = newcomer.await.unwrap();
         let newcomer = newcomer.expect("a held session is let in afterwards, not refused");

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use pgwarden_sandbox::{Layout, PgBin, RunAs};
 use serde_json::Value;
 use std::net::TcpListener;

@@ -155,6 +155,10 @@ struct Session {
     discard_until_sync: bool,
     /// An error came back for the open part of the pipeline (after its earlier Syncs' answers).
     open_failed: bool,
+    /// How many answers the open part's node still owes (`answers_owed`): at 0 it waits for
+    /// the client alone, who may never send its Sync (an online recovery's idle limit, see
+    /// `serve`).
+    open_owed: u32,
     /// An error was relayed since this was last cleared (a setting's outcome, see
     /// `settings::Settings::settle`).
     error_seen: bool,
@@ -266,6 +270,7 @@ pub(crate) fn run(
         open_until_sync: None,
         discard_until_sync: false,
         open_failed: false,
+        open_owed: 0,
         error_seen: false,
         copy_in: None,
         sticky: false,
@@ -429,7 +434,14 @@ impl Session {
                     let _ = r;
                     Box::pin(self.idle_step_watching_fences(IdleStep::Relay(node))).await?;
                 }
-                r = read_client(reader, cbuf, partial, auth_timeout) => r?,
+                r = read_client(reader, cbuf, partial, auth_timeout) => {
+                    r?;
+                    // Part of a message: the client is not idle (its clock is read only
+                    // while a hold is on).
+                    if idle_limit.is_some() {
+                        idle_since = tokio::time::Instant::now();
+                    }
+                }
                 _ = async { Box::pin(tokio::time::sleep_until(deadline)).await }, if idle_limit.is_some() => {
                     return Err(recovery_end(idle_limit.unwrap_or_default()));
                 }
@@ -451,6 +463,9 @@ impl Session {
         let watch = self.fence_watch();
         let auth_timeout = self.ctx.cfg.auth_timeout;
         let mut handled = Handled::Nothing;
+        // Since when the node has waited for the client alone (see `waits_for_client`), as
+        // first seen during an online recovery's 2nd stage: no clock is read otherwise.
+        let mut quiet_since = None;
         loop {
             if cbuf.len() >= 5 {
                 match self.handle_frames(cbuf, &watch).await? {
@@ -459,13 +474,25 @@ impl Session {
                     Handled::Goodbye => return Ok(Handled::Goodbye),
                 }
             }
-            let Some((node, _)) = self.inflight else {
+            let Some((node, pending)) = self.inflight else {
                 return Ok(handled);
             };
             // Given back while the node works too: a long statement must not keep the buffer
             // its text came in (shared with it, however large).
             give_back_drained(cbuf);
             let partial = !cbuf.is_empty();
+            // During an online recovery's 2nd stage a session whose node waits for the client
+            // alone is idle, as in `main_loop`, and closed once idle longer than the limit.
+            let idle_limit = if self.waits_for_client(node, pending) {
+                self.ctx.hold_limit()
+            } else {
+                None
+            };
+            if idle_limit.is_none() {
+                quiet_since = None;
+            }
+            let deadline =
+                idle_limit.map(|l| *quiet_since.get_or_insert_with(tokio::time::Instant::now) + l);
             // The node's answers first, as in the idle loop (`main_loop`).
             tokio::select! {
                 biased;
@@ -476,15 +503,40 @@ impl Session {
                     }
                 } => {
                     let _ = r;
+                    quiet_since = None;
                     self.step_watching_fences(IdleStep::Relay(Some(node)), &watch).await?;
                 }
-                r = read_client(reader, cbuf, partial, auth_timeout) => r?,
+                r = read_client(reader, cbuf, partial, auth_timeout) => {
+                    r?;
+                    quiet_since = None;
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
+                        None => std::future::pending().await,
+                    }
+                }, if deadline.is_some() => {
+                    return Err(recovery_end(idle_limit.unwrap_or_default()));
+                }
                 _ = watch.bell.rung() => {
                     let set = self.ctx.fenced.borrow().clone();
                     self.on_fence(&set)?;
                 }
             }
         }
+    }
+
+    /// Whether the units in flight on `node` (`pending` ReadyForQuery due) wait for the client
+    /// alone: every answer of a pipeline opened by Flush relayed, its Sync not sent (as asyncpg
+    /// prepares), or a COPY from the client. Such a session is idle.
+    fn waits_for_client(&self, node: u32, pending: u32) -> bool {
+        let open_answered =
+            self.open_until_sync == Some(node) && pending == 0 && self.open_owed == 0;
+        (open_answered || self.copy_in == Some(node))
+            && self
+                .conns
+                .get(&node)
+                .is_some_and(|c| c.streaming == 0 && c.pooled.backend.buf.is_empty())
     }
 
     /// Handles every complete message in `cbuf`.
@@ -1536,8 +1588,10 @@ impl Session {
         if syncs == 0 {
             if self.open_until_sync.is_none() {
                 self.open_failed = false;
+                self.open_owed = 0;
             }
             self.open_until_sync = Some(target);
+            self.open_owed = self.open_owed.saturating_add(answers_owed(&frames));
         }
         if !replay.is_empty() {
             self.error_seen = false;
@@ -1550,6 +1604,7 @@ impl Session {
         if syncs > 0 {
             self.open_until_sync = None;
             self.open_failed = false;
+            self.open_owed = 0;
         }
         if settle {
             settle = self.drain_for_outcome().await?;
@@ -1640,12 +1695,14 @@ impl Session {
             let before = conn.streaming;
             let mut streaming = before;
             let mut events = Vec::new();
-            let n = scan(&conn.pooled.backend.buf, &mut streaming, &mut events).map_err(|e| {
-                fatal(
-                    "08P01",
-                    format!("node {node} sent a malformed message: {e}"),
-                )
-            })?;
+            let n = scan(&conn.pooled.backend.buf, &mut streaming, &mut events, false).map_err(
+                |e| {
+                    fatal(
+                        "08P01",
+                        format!("node {node} sent a malformed message: {e}"),
+                    )
+                },
+            )?;
             let ready = if events.iter().any(|(t, _)| *t == b'Z') {
                 find_frame(&conn.pooled.backend.buf[..n], before, b'Z')
             } else {
@@ -1694,6 +1751,7 @@ impl Session {
         };
         self.open_until_sync = None;
         self.open_failed = false;
+        self.open_owed = 0;
         self.error_seen |= failed;
         if self.inflight.is_some_and(|(n, _)| n == node) {
             self.inflight = None;
@@ -2062,7 +2120,14 @@ impl Session {
             return Ok(());
         };
         let mut events = std::mem::take(&mut self.events);
-        let n = scan(&conn.pooled.backend.buf, &mut conn.streaming, &mut events).map_err(|e| {
+        let open = self.open_until_sync == Some(node);
+        let n = scan(
+            &conn.pooled.backend.buf,
+            &mut conn.streaming,
+            &mut events,
+            open,
+        )
+        .map_err(|e| {
             fatal(
                 "08P01",
                 format!("node {node} sent a malformed message: {e}"),
@@ -2096,6 +2161,12 @@ impl Session {
                     }
                 }
                 b'G' => self.copy_in = Some(node),
+                // (Noted only for the open part of a pipeline, see `scan`.)
+                t if ANSWERS.contains(&t)
+                    && self.inflight.is_none_or(|(n, p)| n != node || p == 0) =>
+                {
+                    self.open_owed = self.open_owed.saturating_sub(1);
+                }
                 b'S' => {
                     if let Some((k, rest)) = frame::cstr(&body) {
                         if let Some((v, _)) = frame::cstr(rest) {
@@ -2108,7 +2179,9 @@ impl Session {
                     if self.open_until_sync == Some(node)
                         && self.inflight.is_none_or(|(n, p)| n != node || p == 0)
                     {
+                        // The server skips the rest of the open part: nothing more is owed.
                         self.open_failed = true;
+                        self.open_owed = 0;
                     }
                     let fields = msg::error_fields(&body);
                     let sev = fields
@@ -2632,13 +2705,37 @@ fn find_frame(buf: &[u8], from: usize, tag: u8) -> Option<(usize, usize)> {
 /// A batch without a Sync is sent on in parts of about this size.
 const BATCH_PART: usize = 256 * 1024;
 
+/// The messages that end the server's answer to a Parse (ParseComplete), Bind
+/// (BindComplete), Close (CloseComplete), Describe (ParameterDescription, then RowDescription
+/// or NoData) or Execute (CommandComplete, EmptyQueryResponse, PortalSuspended); an error
+/// ends them all, up to the Sync.
+const ANSWERS: &[u8] = b"123tTnCIs";
+
+/// How many `ANSWERS` a server owes for these frontend messages (see `Session::open_owed`).
+fn answers_owed(frames: &[Frame]) -> u32 {
+    let n: usize = frames
+        .iter()
+        .map(|f| match f.tag {
+            b'P' | b'B' | b'C' | b'E' => 1,
+            // A statement's: its parameters, then its row or NoData; a portal's: its row.
+            b'D' if f.body().first() == Some(&b'S') => 2,
+            b'D' => 1,
+            _ => 0,
+        })
+        .sum();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Walks the backend bytes in `buf`: returns how many can be forwarded now and collects the
 /// messages the session needs to see. Large messages (rows, COPY data) are forwarded as their
-/// bytes arrive; `streaming` carries what is left of one across calls.
+/// bytes arrive; `streaming` carries what is left of one across calls. `answers`: the
+/// answers that end a Parse, Bind, Describe, Close or Execute (`ANSWERS`) are noted too, as
+/// each begins, with an empty body (for the open part of a pipeline, see `open_owed`).
 fn scan(
     buf: &[u8],
     streaming: &mut usize,
     events: &mut Vec<(u8, Bytes)>,
+    answers: bool,
 ) -> std::result::Result<usize, ProtocolError> {
     let mut pos = 0;
     loop {
@@ -2660,6 +2757,9 @@ fn scan(
             return Err(ProtocolError::Length(i64::from(len)));
         }
         let total = len as usize + 1;
+        if answers && ANSWERS.contains(&tag) {
+            events.push((tag, Bytes::new()));
+        }
         if matches!(tag, b'Z' | b'G' | b'S' | b'E') {
             if rest.len() < total {
                 return Ok(pos);
@@ -2741,7 +2841,7 @@ mod tests {
         let mut buf: Vec<u8> = Vec::new();
         for chunk in all.chunks(300) {
             buf.extend_from_slice(chunk);
-            let n = scan(&buf, &mut streaming, &mut events).unwrap();
+            let n = scan(&buf, &mut streaming, &mut events, false).unwrap();
             forwarded += n;
             buf.drain(..n);
         }
@@ -2755,9 +2855,71 @@ mod tests {
         let z = msg(b'Z', b"T");
         let mut streaming = 0;
         let mut events = Vec::new();
-        assert_eq!(scan(&z[..4], &mut streaming, &mut events).unwrap(), 0);
-        assert_eq!(scan(&z, &mut streaming, &mut events).unwrap(), z.len());
-        assert!(scan(&[b'D', 0, 0, 0, 1], &mut streaming, &mut events).is_err());
+        assert_eq!(
+            scan(&z[..4], &mut streaming, &mut events, false).unwrap(),
+            0
+        );
+        assert_eq!(
+            scan(&z, &mut streaming, &mut events, false).unwrap(),
+            z.len()
+        );
+        assert!(scan(&[b'D', 0, 0, 0, 1], &mut streaming, &mut events, false).is_err());
+    }
+
+    #[test]
+    fn answers_owed_counts_what_ends_each_message() {
+        let frame = |tag: u8, body: &[u8]| Frame {
+            tag,
+            bytes: Bytes::from(msg(tag, body)),
+        };
+        let parse = frame(b'P', b"\0SELECT 1\0\0\0");
+        let bind = frame(b'B', b"\0\0\0\0\0\0\0\0");
+        let execute = frame(b'E', b"\0\0\0\0\0");
+        let describe_statement = frame(b'D', b"Ss\0");
+        let describe_portal = frame(b'D', b"P\0");
+        let close = frame(b'C', b"Ss\0");
+        let flush = frame(b'H', b"");
+        let sync = frame(b'S', b"");
+        for (frames, want, why) in [
+            (vec![], 0, "nothing sent"),
+            (vec![flush.clone()], 0, "Flush: no answer of its own"),
+            (
+                vec![parse.clone(), describe_statement.clone(), flush.clone()],
+                3,
+                "asyncpg's prepare: ParseComplete, ParameterDescription, RowDescription",
+            ),
+            (
+                vec![parse, bind, describe_portal, execute, flush.clone()],
+                4,
+                "ParseComplete, BindComplete, RowDescription, CommandComplete",
+            ),
+            (
+                vec![close, sync],
+                1,
+                "CloseComplete (the Sync is counted apart)",
+            ),
+        ] {
+            assert_eq!(answers_owed(&frames), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn scan_notes_answers_only_when_asked() {
+        let mut all = msg(b'1', b"");
+        all.extend(msg(b'2', b""));
+        all.extend(msg(b'D', &[7u8; 100]));
+        all.extend(msg(b'N', b"SNOTICE\0\0"));
+        all.extend(msg(b'C', b"SELECT 1\0"));
+        for (answers, want) in [(false, ""), (true, "12C")] {
+            let (mut streaming, mut events) = (0, Vec::new());
+            // The CommandComplete is cut: noted as it begins, not again when it ends.
+            let n = scan(&all[..all.len() - 3], &mut streaming, &mut events, answers).unwrap();
+            assert_eq!(n, all.len() - 3);
+            let rest = scan(&all[n..], &mut streaming, &mut events, answers).unwrap();
+            assert_eq!(rest, 3);
+            let tags: String = events.iter().map(|(t, _)| char::from(*t)).collect();
+            assert_eq!(tags, want);
+        }
     }
 
     #[test]

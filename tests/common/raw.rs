@@ -1,0 +1,132 @@
+//! Raw protocol for tests that need what no driver sends: bytes built by hand on a socket
+//! logged in with SCRAM.
+
+use super::Cluster;
+use std::time::Duration;
+
+/// A StartupMessage (protocol 3.0) for `user` on database `test`.
+pub fn startup(user: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608u32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", "test")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend(body);
+    p
+}
+
+/// A raw socket to `port` (the proxy or a node), logged in and ready for a query.
+pub async fn login_at(c: &Cluster, port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // Trust is not configured, so authenticate with SCRAM through postgres-protocol.
+    s.write_all(&startup("postgres")).await.unwrap();
+    let mut scram: Option<postgres_protocol::authentication::sasl::ScramSha256> = None;
+    loop {
+        let (tag, body) = read_message(&mut s).await;
+        match tag {
+            b'R' => {
+                let kind = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let mut out = Vec::new();
+                match kind {
+                    10 => {
+                        let sc = postgres_protocol::authentication::sasl::ScramSha256::new(
+                            c.password().as_bytes(),
+                            postgres_protocol::authentication::sasl::ChannelBinding::unsupported(),
+                        );
+                        let mut payload = b"SCRAM-SHA-256\0".to_vec();
+                        payload.extend((sc.message().len() as i32).to_be_bytes());
+                        payload.extend(sc.message());
+                        out.push(b'p');
+                        out.extend(((payload.len() + 4) as i32).to_be_bytes());
+                        out.extend(payload);
+                        scram = Some(sc);
+                    }
+                    11 => {
+                        let sc = scram.as_mut().unwrap();
+                        sc.update(&body[4..]).unwrap();
+                        out.push(b'p');
+                        out.extend(((sc.message().len() + 4) as i32).to_be_bytes());
+                        out.extend(sc.message());
+                    }
+                    _ => {}
+                }
+                s.write_all(&out).await.unwrap();
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// One frontend message: `tag`, its length, then `parts`.
+pub fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let body: Vec<u8> = parts.concat();
+    let mut m = vec![tag];
+    m.extend(((body.len() + 4) as i32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+/// Parse, Describe and Flush of a named statement, as asyncpg prepares.
+pub fn prepare_flush(name: &str, sql: &str) -> Vec<u8> {
+    let n = [name.as_bytes(), b"\0"].concat();
+    let mut v = message(b'P', &[&n, sql.as_bytes(), b"\0", &[0, 0]]);
+    v.extend(message(b'D', &[b"S", &n]));
+    v.extend(message(b'H', &[]));
+    v
+}
+
+/// Parse, Bind and Execute of an unnamed statement without parameters, then Flush: the
+/// statement runs, its Sync is still to come.
+pub fn execute_flush(sql: &str) -> Vec<u8> {
+    let mut v = message(b'P', &[b"\0", sql.as_bytes(), b"\0", &[0, 0]]);
+    v.extend(message(b'B', &[b"\0\0", &[0, 0], &[0, 0], &[0, 0]]));
+    v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+    v.extend(message(b'H', &[]));
+    v
+}
+
+/// Reads messages until one with tag `until` arrives; the messages, as (tag, body).
+pub async fn read_until(s: &mut tokio::net::TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    let read = async {
+        loop {
+            let (tag, body) = read_message(s).await;
+            got.push((tag, body));
+            if tag == until {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .is_err()
+    {
+        panic!(
+            "no {:?} within 10 s (hung); got: {:?}",
+            until as char,
+            got.iter().map(|(t, _)| *t as char).collect::<String>()
+        );
+    }
+    got
+}
+
+/// One backend message: its tag and body.
+pub async fn read_message(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    s.read_exact(&mut body).await.unwrap();
+    (head[0], body)
+}
