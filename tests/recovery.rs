@@ -513,8 +513,70 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
         futures::SinkExt::send(&mut sink, b"1\n".as_slice())
             .await
             .unwrap();
-        // Logged in now, busy later (below).
+        // Idle as well: an open part that failed, with more of the pipeline sent behind the
+        // error and no Sync (the server skips it: nothing more is owed).
+        let mut failed = common::raw::login_at(&c, c.proxy_port()).await;
+        let bad = [
+            common::raw::message(b'P', &[b"\0", b"SELEC 1", b"\0", &[0, 0]]),
+            common::raw::message(b'H', &[]),
+        ]
+        .concat();
+        failed.write_all(&bad).await.unwrap();
+        common::raw::read_until(&mut failed, b'E').await;
+        failed
+            .write_all(&common::raw::execute_flush("SELECT 1"))
+            .await
+            .unwrap();
+        // Idle too: a long pipeline (over 256 KiB, sent on in parts) that stopped half-way,
+        // without a Flush or a Sync: the part sent is answered at once, then the node waits
+        // for the client. (The part's last answers waited in the server's buffer, and the
+        // session counted as busy.)
+        let mut long = common::raw::login_at(&c, c.proxy_port()).await;
+        let padded = format!("SELECT 1{}", " ".repeat(1000));
+        let parse = common::raw::message(b'P', &[b"\0", padded.as_bytes(), b"\0", &[0, 0]]);
+        long.write_all(&parse.repeat(300)).await.unwrap();
+        let answered = common::raw::read_until(&mut long, b'1').await;
+        assert_eq!(answered.len(), 1, "ParseComplete");
+        // Busy in an open pipeline across the start of the 2nd stage: two statements sent with
+        // a Flush each and no Sync, the first answered at once, the second waiting for a lock
+        // held (directly on the primary) until 3 s into the 2nd stage, past the 2 s limit.
+        // Counted idle from its Flush, or from the first one's answers, it was cut off.
+        let locker = c.try_connect(c.node_port(0), "test").await.unwrap();
+        locker
+            .simple_query("SELECT pg_advisory_lock(42)")
+            .await
+            .unwrap();
         let mut sleeper = common::raw::login_at(&c, c.proxy_port()).await;
+        let two = [
+            common::raw::execute_flush("SELECT 1"),
+            common::raw::execute_flush("SELECT pg_advisory_lock(42)"),
+        ]
+        .concat();
+        sleeper.write_all(&two).await.unwrap();
+        let first: String = common::raw::read_until(&mut sleeper, b'C')
+            .await
+            .iter()
+            .map(|(tag, _)| char::from(*tag))
+            .collect();
+        assert_eq!(first, "12DC", "the first statement's answers");
+        let sleeper = tokio::spawn(async move {
+            let answered: String =
+                common::raw::read_until_within(&mut sleeper, b'C', Duration::from_secs(120))
+                    .await
+                    .iter()
+                    .map(|(tag, _)| char::from(*tag))
+                    .collect();
+            let at = Instant::now();
+            let mut said = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(10), sleeper.read_to_end(&mut said)).await;
+            (
+                answered,
+                at,
+                closed.is_ok(),
+                String::from_utf8_lossy(&said).into_owned(),
+            )
+        });
         // Busy through the whole 1st stage and into the 2nd.
         let busy = c.client("test").await;
         let busy_query = tokio::spawn(async move {
@@ -545,27 +607,18 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             !busy_query.is_finished(),
             "the 1st stage outlasted the busy statement: the test proves nothing"
         );
-        // A statement sent with Flush (no Sync) in the 2nd stage, running past the idle limit:
-        // busy while it runs, its answers relayed; then idle, the Sync never sent, and closed
-        // as the others. (Counted idle from its Flush, it was cut off after 2 s.)
-        let sleeper = tokio::spawn(async move {
-            sleeper
-                .write_all(&common::raw::execute_flush("SELECT pg_sleep(4)"))
+        assert!(
+            !sleeper.is_finished(),
+            "the statement behind the lock ended before the 2nd stage (or was cut off)"
+        );
+        let held_at = Instant::now();
+        let unlock = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            locker
+                .simple_query("SELECT pg_advisory_unlock(42)")
                 .await
                 .unwrap();
-            let answered: String = common::raw::read_until(&mut sleeper, b'C')
-                .await
-                .iter()
-                .map(|(tag, _)| char::from(*tag))
-                .collect();
-            let mut said = Vec::new();
-            let closed =
-                tokio::time::timeout(Duration::from_secs(10), sleeper.read_to_end(&mut said)).await;
-            (
-                answered,
-                closed.is_ok(),
-                String::from_utf8_lossy(&said).into_owned(),
-            )
+            locker
         });
         let asked = Instant::now();
         let newcomer = tokio::spawn({
@@ -618,15 +671,37 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             said.contains("pgwarden is recovering a node and closes sessions idle"),
             "{said:?}"
         );
-        let (answered, closed, said) = sleeper.await.unwrap();
+        let (answered, answered_at, closed, said) = sleeper.await.unwrap();
         assert_eq!(
             answered, "12DC",
-            "ParseComplete, BindComplete, its row and CommandComplete"
+            "the waiting statement's ParseComplete, BindComplete, row and CommandComplete"
         );
+        assert!(answered_at.duration_since(held_at) >= Duration::from_secs(3));
+        drop(unlock.await.unwrap());
         assert!(
             closed,
             "the session idle after its flushed statement was closed"
         );
+        assert!(
+            said.contains("pgwarden is recovering a node and closes sessions idle"),
+            "{said:?}"
+        );
+        let mut said = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), long.read_to_end(&mut said))
+            .await
+            .expect("the session that stopped half-way through a long pipeline was closed")
+            .unwrap();
+        let said = String::from_utf8_lossy(&said);
+        assert!(
+            said.contains("pgwarden is recovering a node and closes sessions idle"),
+            "{said:?}"
+        );
+        let mut said = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), failed.read_to_end(&mut said))
+            .await
+            .expect("the session whose open part failed was closed")
+            .unwrap();
+        let said = String::from_utf8_lossy(&said);
         assert!(
             said.contains("pgwarden is recovering a node and closes sessions idle"),
             "{said:?}"

@@ -97,6 +97,15 @@ pub fn execute_flush(sql: &str) -> Vec<u8> {
 
 /// Reads messages until one with tag `until` arrives; the messages, as (tag, body).
 pub async fn read_until(s: &mut tokio::net::TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+    read_until_within(s, until, Duration::from_secs(10)).await
+}
+
+/// `read_until`, waiting up to `limit`.
+pub async fn read_until_within(
+    s: &mut tokio::net::TcpStream,
+    until: u8,
+    limit: Duration,
+) -> Vec<(u8, Vec<u8>)> {
     let mut got = Vec::new();
     let read = async {
         loop {
@@ -107,12 +116,9 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, until: u8) -> Vec<(u8, Ve
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(limit, read).await.is_err() {
         panic!(
-            "no {:?} within 10 s (hung); got: {:?}",
+            "no {:?} within {limit:?} (hung); got: {:?}",
             until as char,
             got.iter().map(|(t, _)| *t as char).collect::<String>()
         );

@@ -1336,6 +1336,12 @@ impl Session {
     /// write: a part goes to the primary, and the batch's later parts follow it there.
     async fn dispatch_batch(&mut self, syncs: usize, part: bool) -> Result<()> {
         let frames = std::mem::take(&mut self.batch_frames);
+        if part {
+            // The server sends what it has for the part at once (a Flush has no answer of its
+            // own): otherwise the last of it waits in its buffer for more of the client's
+            // pipeline, which may not come.
+            msg::frontend::flush(&mut self.batch);
+        }
         let bytes = self.batch.split().freeze();
         // Classify: the batch reads only if every statement it parses or binds reads.
         let mut class = Class::Read;
@@ -1591,7 +1597,10 @@ impl Session {
                 self.open_owed = 0;
             }
             self.open_until_sync = Some(target);
-            self.open_owed = self.open_owed.saturating_add(answers_owed(&frames));
+            // After an error the server skips everything up to the Sync: nothing is owed.
+            if !self.open_failed {
+                self.open_owed = self.open_owed.saturating_add(answers_owed(&frames));
+            }
         }
         if !replay.is_empty() {
             self.error_seen = false;
@@ -2161,12 +2170,6 @@ impl Session {
                     }
                 }
                 b'G' => self.copy_in = Some(node),
-                // (Noted only for the open part of a pipeline, see `scan`.)
-                t if ANSWERS.contains(&t)
-                    && self.inflight.is_none_or(|(n, p)| n != node || p == 0) =>
-                {
-                    self.open_owed = self.open_owed.saturating_sub(1);
-                }
                 b'S' => {
                     if let Some((k, rest)) = frame::cstr(&body) {
                         if let Some((v, _)) = frame::cstr(rest) {
@@ -2209,6 +2212,12 @@ impl Session {
                         _ => &stats.error,
                     };
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // (Noted only for the open part of a pipeline, see `scan`.)
+                t if ANSWERS.contains(&t)
+                    && self.inflight.is_none_or(|(n, p)| n != node || p == 0) =>
+                {
+                    self.open_owed = self.open_owed.saturating_sub(1);
                 }
                 _ => {}
             }

@@ -355,6 +355,10 @@ pub mod frontend {
         with_len(buf, b'S', |_| {});
     }
 
+    pub fn flush(buf: &mut BytesMut) {
+        with_len(buf, b'H', |_| {});
+    }
+
     pub fn terminate(buf: &mut BytesMut) {
         with_len(buf, b'X', |_| {});
     }
