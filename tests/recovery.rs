@@ -566,16 +566,7 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
                     .iter()
                     .map(|(tag, _)| char::from(*tag))
                     .collect();
-            let at = Instant::now();
-            let mut said = Vec::new();
-            let closed =
-                tokio::time::timeout(Duration::from_secs(10), sleeper.read_to_end(&mut said)).await;
-            (
-                answered,
-                at,
-                closed.is_ok(),
-                String::from_utf8_lossy(&said).into_owned(),
-            )
+            (answered, Instant::now(), sleeper)
         });
         // Busy through the whole 1st stage and into the 2nd.
         let busy = c.client("test").await;
@@ -661,51 +652,21 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             || e.as_db_error()
                 .is_some_and(|d| d.message().contains("recovering a node"));
         assert!(closed, "{e}");
-        let mut said = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), flushed.read_to_end(&mut said))
-            .await
-            .expect("the session in a Flush-opened pipeline was closed")
-            .unwrap();
-        let said = String::from_utf8_lossy(&said);
-        assert!(
-            said.contains("pgwarden is recovering a node and closes sessions idle"),
-            "{said:?}"
-        );
-        let (answered, answered_at, closed, said) = sleeper.await.unwrap();
+        closed_as_idle(&mut flushed, "the session in a Flush-opened pipeline").await;
+        let (answered, answered_at, mut sleeper) = sleeper.await.unwrap();
         assert_eq!(
             answered, "12DC",
             "the waiting statement's ParseComplete, BindComplete, row and CommandComplete"
         );
         assert!(answered_at.duration_since(held_at) >= Duration::from_secs(3));
         drop(unlock.await.unwrap());
-        assert!(
-            closed,
-            "the session idle after its flushed statement was closed"
-        );
-        assert!(
-            said.contains("pgwarden is recovering a node and closes sessions idle"),
-            "{said:?}"
-        );
-        let mut said = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), long.read_to_end(&mut said))
-            .await
-            .expect("the session that stopped half-way through a long pipeline was closed")
-            .unwrap();
-        let said = String::from_utf8_lossy(&said);
-        assert!(
-            said.contains("pgwarden is recovering a node and closes sessions idle"),
-            "{said:?}"
-        );
-        let mut said = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), failed.read_to_end(&mut said))
-            .await
-            .expect("the session whose open part failed was closed")
-            .unwrap();
-        let said = String::from_utf8_lossy(&said);
-        assert!(
-            said.contains("pgwarden is recovering a node and closes sessions idle"),
-            "{said:?}"
-        );
+        closed_as_idle(&mut sleeper, "the session idle after its flushed statement").await;
+        closed_as_idle(
+            &mut long,
+            "the session that stopped half-way through a long pipeline",
+        )
+        .await;
+        closed_as_idle(&mut failed, "the session whose open part failed").await;
         let e = sink.as_mut().finish().await.unwrap_err();
         assert!(
             e.as_db_error()
@@ -755,6 +716,21 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
     let s = wait_recovery_end(&c, 1);
     assert_eq!(s["state"], "succeeded", "{s:#}");
     wait_up(&c, 1);
+}
+
+/// Reads a raw session through the proxy to its end, which must come within 10 s with the
+/// FATAL of an online recovery's idle limit.
+async fn closed_as_idle(s: &mut tokio::net::TcpStream, what: &str) {
+    let mut said = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut said))
+        .await
+        .unwrap_or_else(|_| panic!("{what} was not closed within 10 s"))
+        .unwrap();
+    let said = String::from_utf8_lossy(&said);
+    assert!(
+        said.contains("pgwarden is recovering a node and closes sessions idle"),
+        "{what}: {said:?}"
+    );
 }
 
 async fn events_text_async(c: &Cluster) -> String {
