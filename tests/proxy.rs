@@ -2764,6 +2764,72 @@ mod hostile {
         out
     }
 
+    /// A cursor held on a standby, fetched in a pipeline the client opened on the primary (a
+    /// write, then Flush): the client sees what one server shows, and once its Sync is
+    /// answered its write is committed. pgwarden ends the primary's open part with its own
+    /// Sync, as before a Query, then runs the FETCH where the cursor is. (The FETCH went to
+    /// the standby in the middle of the primary's part, which was never synced: the write the
+    /// client's Sync answered stayed uncommitted, the primary's backend idle in transaction.)
+    #[test]
+    fn a_held_cursor_fetched_in_a_pipeline_open_on_the_primary_leaves_no_write_behind() {
+        let c = Cluster::up(2);
+        c.psql(0, "test", "CREATE TABLE piped_held (v int)")
+            .unwrap();
+        c.wait_node(1, Duration::from_secs(10), "replayed", |n| {
+            n["lag_bytes"] == 0
+        });
+        let steps: Steps = vec![
+            (query("BEGIN READ ONLY"), b'Z'),
+            (
+                query("DECLARE hc CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g"),
+                b'Z',
+            ),
+            (query("COMMIT"), b'Z'),
+            (
+                [
+                    run_unnamed("INSERT INTO piped_held VALUES (1)"),
+                    message(b'H', &[]),
+                ]
+                .concat(),
+                b'C',
+            ),
+            (
+                [
+                    run_unnamed("FETCH 2 FROM hc"),
+                    message(b'H', &[]),
+                    message(b'S', &[]),
+                ]
+                .concat(),
+                b'Z',
+            ),
+        ];
+        let idle_in_transaction = || {
+            c.psql(
+                0,
+                "test",
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+            )
+            .unwrap()
+        };
+        block(async {
+            let mut direct = login_at(&c, c.node_port(0)).await;
+            let want = exchange(&mut direct, &steps).await;
+            let mut proxied = standby_session(&c).await;
+            let got = exchange(&mut proxied, &steps).await;
+            assert_eq!(got, want);
+            assert_eq!(
+                c.psql(0, "test", "SELECT count(*) FROM piped_held")
+                    .unwrap(),
+                "2",
+                "both writes committed once their Syncs were answered"
+            );
+            assert_eq!(idle_in_transaction(), "0");
+            // The session goes on, on the standby.
+            let got = exchange(&mut proxied, &[(query("FETCH 1 FROM hc"), b'Z')]).await;
+            assert!(got.contains("D(3)"), "{got}");
+        });
+    }
+
     /// The corners of ending a pipeline's open part on a standby, each compared with the same
     /// messages sent straight to the primary: the client must see what one server shows.
     /// - earlier Syncs' answers still due when the write arrives (their ReadyForQuery is the

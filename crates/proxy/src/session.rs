@@ -1497,6 +1497,19 @@ impl Session {
         } else {
             None
         };
+        // A cursor held elsewhere than the pipeline's open part: that part is ended first, as
+        // before a Query. (Sent in the middle of it, the batch left it unsynced: the client's
+        // Sync was answered by the cursor's node, and a write in the part never committed.)
+        let held = match (held, self.open_until_sync) {
+            (Some(n), Some(open)) if n != open => {
+                if Box::pin(self.leave_open_part(open, syncs)).await? == Ended::Failed {
+                    return Ok(());
+                }
+                // A transaction the part began keeps the session where it is.
+                held.filter(|_| self.tx_node.is_none())
+            }
+            (held, _) => held,
+        };
         match &cursor {
             Some(CursorUse::Close(name)) => self.settings.forget_held(Some(name)),
             Some(CursorUse::CloseAll) => self.settings.forget_held(None),
@@ -1659,6 +1672,12 @@ impl Session {
         if self.ctx.routes.borrow().primary == Some(open) {
             return Ok(Ended::Clean);
         }
+        self.leave_open_part(open, syncs).await
+    }
+
+    /// Ends the pipeline's open part on `open` before a unit that must run elsewhere (see
+    /// `end_open_batch`); `syncs` as in `leave_open_standby`.
+    async fn leave_open_part(&mut self, open: u32, syncs: usize) -> Result<Ended> {
         let ended = self.end_open_batch(open).await?;
         if ended == Ended::Failed && syncs > 0 {
             self.discard_until_sync = false;
@@ -1670,8 +1689,9 @@ impl Session {
     }
 
     /// Ends the open part of a pipeline (sent with Flush, not yet with Sync) on `node`: it is
-    /// on a standby and what follows writes and must go to the primary, or a simple Query
-    /// follows (which a server runs as if a Sync came first, unless an error came before it).
+    /// on a standby and what follows writes and must go to the primary, or what follows uses
+    /// a cursor held on another node, or a simple Query follows (which a server runs as if a
+    /// Sync came first, unless an error came before it).
     /// pgwarden sends its own Sync there, relays every answer up to that Sync's ReadyForQuery
     /// and keeps the ReadyForQuery from the client, who has not sent a Sync. That ends the
     /// open part's implicit transaction (on a standby it only read; before a Query, the one
