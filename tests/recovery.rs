@@ -719,8 +719,8 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
 }
 
 /// Reads a raw session through the proxy to its end, which must come within 10 s with the
-/// FATAL of an online recovery's idle limit.
-async fn closed_as_idle(s: &mut tokio::net::TcpStream, what: &str) {
+/// FATAL of an online recovery's idle limit; what it read.
+async fn closed_as_idle(s: &mut tokio::net::TcpStream, what: &str) -> String {
     let mut said = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut said))
         .await
@@ -731,6 +731,7 @@ async fn closed_as_idle(s: &mut tokio::net::TcpStream, what: &str) {
         said.contains("pgwarden is recovering a node and closes sessions idle"),
         "{what}: {said:?}"
     );
+    said.into_owned()
 }
 
 async fn events_text_async(c: &Cluster) -> String {
@@ -808,6 +809,50 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
     let ev = events_text(&c);
     assert!(ev.contains("stays out of service"), "{ev}");
     wait_event(&c, "recovery of node 1 failed at 2nd stage");
+
+    // pgpool's -1: a session idle in its transaction is closed at once (its write undone), a
+    // busy one once its statement has ended, and the 2nd stage runs.
+    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
+        "recovery_timeout = \"3s\"\n",
+        "recovery_timeout = \"60s\"\nclient_idle_limit_in_recovery = -1\n",
+    );
+    std::fs::write(c.config(), cfg).unwrap();
+    c.restart_warden();
+    rt.block_on(async {
+        let mut idle = common::raw::login_at(&c, c.proxy_port()).await;
+        idle.write_all(&common::raw::message(
+            b'Q',
+            &[b"BEGIN; INSERT INTO t VALUES (2)\0"],
+        ))
+        .await
+        .unwrap();
+        common::raw::read_until(&mut idle, b'Z').await;
+        let busy = c.client("test").await;
+        let busy_query = tokio::spawn(async move {
+            let r = busy.simple_query("SELECT pg_sleep(3)").await.map(drop);
+            (r, busy)
+        });
+        let o = tokio::task::block_in_place(|| recover(&c, 1));
+        assert_ok(&c, &o);
+        let said = closed_as_idle(&mut idle, "the session idle in its transaction").await;
+        assert!(
+            said.contains("idle at once (recovery.client_idle_limit_in_recovery = -1)"),
+            "{said:?}"
+        );
+        let (r, busy) = busy_query.await.unwrap();
+        assert!(
+            r.is_ok(),
+            "the busy session's statement was interrupted: {r:?}"
+        );
+        drop(busy);
+    });
+    assert!(c.dir.join("stage2.ran").exists());
+    wait_up(&c, 1);
+    assert_eq!(
+        c.psql(0, "test", "SELECT count(*) FROM t WHERE id = 2")
+            .unwrap(),
+        "0"
+    );
 }
 
 #[test]

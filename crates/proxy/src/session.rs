@@ -2583,9 +2583,18 @@ fn fenced_end(n: u32) -> End {
 
 /// An online recovery's 2nd stage needs every session closed, and this one was idle.
 fn recovery_end(limit: std::time::Duration) -> End {
+    // (pgpool's -1 is kept as a limit of 1 ns: "at once".)
+    let idle = if limit < std::time::Duration::from_millis(1) {
+        "at once (recovery.client_idle_limit_in_recovery = -1)".to_string()
+    } else {
+        format!(
+            "for more than {} s (recovery.client_idle_limit_in_recovery)",
+            limit.as_secs_f64()
+        )
+    };
     fatal(
         "57P01",
-        format!("terminating connection: pgwarden is recovering a node and closes sessions idle for more than {} s (recovery.client_idle_limit_in_recovery); reconnect to continue", limit.as_secs_f64()),
+        format!("terminating connection: pgwarden is recovering a node and closes sessions idle {idle}; reconnect to continue"),
     )
 }
 

@@ -28,12 +28,19 @@ pub struct RecoveryConfig {
     /// and for the recovered node to start and stream.
     pub timeout: Duration,
     /// pgpool's client_idle_limit_in_recovery: during a 2nd stage, sessions idle longer than
-    /// this are disconnected (0: never, they are waited for).
+    /// this are disconnected (0: never, they are waited for; pgpool's -1, "at once", is
+    /// `IDLE_AT_ONCE`).
     pub client_idle_limit: Duration,
     /// Rebuild a failed node automatically once its agent answers again.
     pub auto: bool,
     /// The longest pause between two automatic attempts on one node (they back off from 10 s).
     pub auto_max_backoff: Duration,
+}
+
+impl RecoveryConfig {
+    /// `client_idle_limit` written as -1 (pgpool's): a session is closed as soon as it is
+    /// idle in a 2nd stage.
+    pub const IDLE_AT_ONCE: Duration = Duration::from_nanos(1);
 }
 
 impl Default for RecoveryConfig {
@@ -63,7 +70,7 @@ pub(super) struct RawRecovery {
     recovery_2nd_stage_command: Option<String>,
     remote_start_command: Option<String>,
     recovery_timeout: Option<Spanned<RawDuration>>,
-    client_idle_limit_in_recovery: Option<RawDuration>,
+    client_idle_limit_in_recovery: Option<Spanned<toml::Value>>,
     auto: Option<bool>,
     auto_max_backoff: Option<Spanned<RawDuration>>,
 }
@@ -105,14 +112,30 @@ pub(super) fn validate(raw: RawRecovery, c: &mut Collector) -> RecoveryConfig {
         d.auto_max_backoff,
     );
     let command = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let client_idle_limit = match &raw.client_idle_limit_in_recovery {
+        None => d.client_idle_limit,
+        Some(v) => match v.get_ref() {
+            toml::Value::Integer(-1) => RecoveryConfig::IDLE_AT_ONCE,
+            toml::Value::String(s) if s.trim() == "-1" => RecoveryConfig::IDLE_AT_ONCE,
+            other => match RawDuration::deserialize(other.clone()) {
+                Ok(limit) => limit.0,
+                Err(_) => {
+                    c.push(
+                        Some(v.span()),
+                        "recovery.client_idle_limit_in_recovery",
+                        format!("{other} is not allowed; expected a duration such as \"30s\" or a number of seconds, 0 (no session is closed: all are waited for) or -1 (idle sessions are closed at once, as in pgpool)"),
+                    );
+                    d.client_idle_limit
+                }
+            },
+        },
+    };
     RecoveryConfig {
         first_stage_command: command(raw.recovery_1st_stage_command),
         second_stage_command: command(raw.recovery_2nd_stage_command),
         remote_start_command: command(raw.remote_start_command),
         timeout,
-        client_idle_limit: raw
-            .client_idle_limit_in_recovery
-            .map_or(d.client_idle_limit, |v| v.0),
+        client_idle_limit,
         auto: raw.auto.unwrap_or(d.auto),
         auto_max_backoff,
     }

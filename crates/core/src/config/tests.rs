@@ -81,6 +81,28 @@ fn defaults_when_sections_are_missing() {
     assert_eq!(cfg.backends[0].application_name, "node3");
 }
 
+/// pgpool's values for `client_idle_limit_in_recovery` as well as durations: 0 waits for every
+/// session, -1 closes idle ones at once.
+#[test]
+fn idle_limit_in_recovery_takes_pgpools_values() {
+    let limit = |v: &str| {
+        parse(
+            &format!("{GOOD}\n[recovery]\nclient_idle_limit_in_recovery = {v}\n"),
+            Path::new("x.toml"),
+        )
+        .unwrap()
+        .recovery
+        .client_idle_limit
+    };
+    assert_eq!(limit("30"), Duration::from_secs(30));
+    assert_eq!(limit("\"500ms\""), Duration::from_millis(500));
+    assert_eq!(limit("0"), Duration::ZERO);
+    assert_eq!(limit("-1"), RecoveryConfig::IDLE_AT_ONCE);
+    assert_eq!(limit("\"-1\""), RecoveryConfig::IDLE_AT_ONCE);
+    let default = parse(GOOD, Path::new("x.toml")).unwrap();
+    assert_eq!(default.recovery.client_idle_limit, Duration::ZERO);
+}
+
 /// Each broken file, and the exact message a user reads.
 #[test]
 fn broken_configs_name_file_line_key_and_expectation() {
@@ -164,6 +186,16 @@ fn broken_configs_name_file_line_key_and_expectation() {
             "recovery_timeout of 0",
             format!("{GOOD}\n[recovery]\nrecovery_timeout = 0\n"),
             "LINE: recovery.recovery_timeout: is 0; expected a duration greater than 0 such as \"90s\"",
+        ),
+        (
+            "a negative idle limit other than pgpool's -1",
+            format!("{GOOD}\n[recovery]\nclient_idle_limit_in_recovery = -5\n"),
+            "LINE: recovery.client_idle_limit_in_recovery: -5 is not allowed; expected a duration such as \"30s\" or a number of seconds, 0 (no session is closed: all are waited for) or -1 (idle sessions are closed at once, as in pgpool)",
+        ),
+        (
+            "an idle limit that is no duration",
+            format!("{GOOD}\n[recovery]\nclient_idle_limit_in_recovery = \"soon\"\n"),
+            "LINE: recovery.client_idle_limit_in_recovery: \"soon\" is not allowed; expected a duration such as \"30s\" or a number of seconds, 0 (no session is closed: all are waited for) or -1 (idle sessions are closed at once, as in pgpool)",
         ),
         (
             "unknown recovery key",
