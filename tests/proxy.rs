@@ -2764,6 +2764,57 @@ mod hostile {
         out
     }
 
+    /// A statement parsed on the primary that the standby refused when a pipeline opened there
+    /// (its table not replayed yet), then bound in that pipeline's open part: the part is
+    /// ended on the standby and the statement runs on the primary, as on one server. (pgwarden
+    /// parsed it on the standby again, with a Sync of its own in the middle of the client's
+    /// part; that failed, the client got "prepared statement does not exist" and no answer.)
+    #[test]
+    fn a_statement_a_lagging_standby_refused_runs_on_the_primary_mid_pipeline() {
+        let c = Cluster::up(2);
+        c.wait_node(1, Duration::from_secs(10), "replayed", |n| {
+            n["lag_bytes"] == 0
+        });
+        c.psql(1, "test", "SELECT pg_wal_replay_pause()").unwrap();
+        c.psql(0, "test", "CREATE TABLE lagged (v int)").unwrap();
+        let steps: Steps = vec![
+            // A setting beside it: the batch goes to the primary without writing anything, so
+            // the session's reads may still go to the standby.
+            (
+                [
+                    run_unnamed("SET application_name = 'lagging'"),
+                    message(
+                        b'P',
+                        &[b"s_lag\0", b"SELECT count(*) FROM lagged\0", &[0, 0]],
+                    ),
+                    message(b'S', &[]),
+                ]
+                .concat(),
+                b'Z',
+            ),
+            // A read opens the pipeline on the standby.
+            ([run_unnamed("SELECT 1"), message(b'H', &[])].concat(), b'C'),
+            (
+                [
+                    message(b'B', &[b"\0s_lag\0", &[0, 0, 0, 0, 0, 0]]),
+                    message(b'E', &[b"\0", &[0, 0, 0, 0]]),
+                    message(b'H', &[]),
+                ]
+                .concat(),
+                b'C',
+            ),
+            (message(b'S', &[]), b'Z'),
+        ];
+        block(async {
+            let mut direct = login_at(&c, c.node_port(0)).await;
+            let want = exchange(&mut direct, &steps).await;
+            let mut proxied = standby_session(&c).await;
+            let got = exchange(&mut proxied, &steps).await;
+            assert_eq!(got, want);
+        });
+        c.psql(1, "test", "SELECT pg_wal_replay_resume()").unwrap();
+    }
+
     /// A cursor held on a standby, fetched in a pipeline the client opened on the primary (a
     /// write, then Flush): the client sees what one server shows, and once its Sync is
     /// answered its write is committed. pgwarden ends the primary's open part with its own

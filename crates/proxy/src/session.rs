@@ -1558,8 +1558,32 @@ impl Session {
             // session has goes there now.
             needs = self.statements.keys().cloned().collect();
         }
-        // A named statement must exist where it is used.
-        for name in needs {
+        // A statement the open part's standby refused when the part began (behind the
+        // primary's DDL): parsing it there now would need a Sync of pgwarden's in the middle of
+        // the client's part (`prepare_on`), which ends its implicit transaction and takes its
+        // answers. The part is ended there instead, as before a write, and the batch goes to
+        // the primary, where the statement is.
+        if self.open_until_sync == Some(target)
+            && self.table().primary != Some(target)
+            && needs.iter().any(|name| {
+                self.statements
+                    .get(name)
+                    .is_some_and(|s| !s.nodes.contains(&target))
+            })
+        {
+            if Box::pin(self.leave_open_part(target, syncs)).await? == Ended::Failed {
+                return Ok(());
+            }
+            // (In a transaction the part began, the session stays where it is.)
+            if self.tx_node.is_none() {
+                target = self.route(Class::Session).await?;
+            }
+        }
+        // A named statement must exist where it is used. (Not parsed again in the middle of an
+        // open part, which its Sync would end: one missing there still, on the primary or in a
+        // transaction the part began, fails at its Bind, as on a server without it.)
+        let mid_part = self.open_until_sync == Some(target);
+        for name in needs.into_iter().filter(|_| !mid_part) {
             let missing = self
                 .statements
                 .get(&name)
