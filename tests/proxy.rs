@@ -2733,6 +2733,19 @@ mod hostile {
         panic!("no session was balanced to the standby in 60 tries");
     }
 
+    /// `steps` sent straight to the primary, then through pgwarden on a session that reads
+    /// from the standby: what each showed (`exchange`), and that session, to go on with.
+    async fn direct_and_proxied(
+        c: &Cluster,
+        steps: &[(Vec<u8>, u8)],
+    ) -> (String, String, tokio::net::TcpStream) {
+        let mut direct = login_at(c, c.node_port(0)).await;
+        let want = exchange(&mut direct, steps).await;
+        let mut proxied = standby_session(c).await;
+        let got = exchange(&mut proxied, steps).await;
+        (want, got, proxied)
+    }
+
     /// Bytes to send, and the tag whose arrival ends what they bring back.
     type Steps = Vec<(Vec<u8>, u8)>;
 
@@ -2806,10 +2819,7 @@ mod hostile {
             (message(b'S', &[]), b'Z'),
         ];
         block(async {
-            let mut direct = login_at(&c, c.node_port(0)).await;
-            let want = exchange(&mut direct, &steps).await;
-            let mut proxied = standby_session(&c).await;
-            let got = exchange(&mut proxied, &steps).await;
+            let (want, got, _) = direct_and_proxied(&c, &steps).await;
             assert_eq!(got, want);
         });
         c.psql(1, "test", "SELECT pg_wal_replay_resume()").unwrap();
@@ -2863,10 +2873,7 @@ mod hostile {
             .unwrap()
         };
         block(async {
-            let mut direct = login_at(&c, c.node_port(0)).await;
-            let want = exchange(&mut direct, &steps).await;
-            let mut proxied = standby_session(&c).await;
-            let got = exchange(&mut proxied, &steps).await;
+            let (want, got, mut proxied) = direct_and_proxied(&c, &steps).await;
             assert_eq!(got, want);
             assert_eq!(
                 c.psql(0, "test", "SELECT count(*) FROM piped_held")
@@ -3210,10 +3217,7 @@ mod hostile {
         ));
         block(async {
             for (what, steps) in &cases {
-                let mut direct = login_at(&c, c.node_port(0)).await;
-                let want = exchange(&mut direct, steps).await;
-                let mut proxied = standby_session(&c).await;
-                let got = exchange(&mut proxied, steps).await;
+                let (want, got, _) = direct_and_proxied(&c, steps).await;
                 assert_eq!(got, want, "{what}");
             }
         });
