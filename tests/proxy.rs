@@ -2779,9 +2779,10 @@ mod hostile {
 
     /// A statement parsed on the primary that the standby refused when a pipeline opened there
     /// (its table not replayed yet), then bound in that pipeline's open part: the part is
-    /// ended on the standby and the statement runs on the primary, as on one server. (pgwarden
-    /// parsed it on the standby again, with a Sync of its own in the middle of the client's
-    /// part; that failed, the client got "prepared statement does not exist" and no answer.)
+    /// ended on the standby and the statement runs on the primary, as on one server, and so
+    /// does the rest of the pipeline, with a statement parsed on the standby. (pgwarden parsed
+    /// it on the standby again, with a Sync of its own in the middle of the client's part;
+    /// that failed, the client got "prepared statement does not exist" and no answer.)
     #[test]
     fn a_statement_a_lagging_standby_refused_runs_on_the_primary_mid_pipeline() {
         let c = Cluster::up(2);
@@ -2805,8 +2806,17 @@ mod hostile {
                 .concat(),
                 b'Z',
             ),
-            // A read opens the pipeline on the standby.
-            ([run_unnamed("SELECT 1"), message(b'H', &[])].concat(), b'C'),
+            // A read opens the pipeline on the standby, and a statement is parsed there.
+            (
+                [
+                    run_unnamed("SELECT 1"),
+                    message(b'P', &[b"s_new\0", b"SELECT 2\0", &[0, 0]]),
+                    message(b'D', &[b"Ss_new\0"]),
+                    message(b'H', &[]),
+                ]
+                .concat(),
+                b'T',
+            ),
             (
                 [
                     message(b'B', &[b"\0s_lag\0", &[0, 0, 0, 0, 0, 0]]),
@@ -2816,11 +2826,41 @@ mod hostile {
                 .concat(),
                 b'C',
             ),
-            (message(b'S', &[]), b'Z'),
+            // The pipeline goes on where that went (the primary): the statement parsed on
+            // the standby is there too.
+            (
+                [
+                    message(b'B', &[b"\0s_new\0", &[0, 0, 0, 0, 0, 0]]),
+                    message(b'E', &[b"\0", &[0, 0, 0, 0]]),
+                    message(b'S', &[]),
+                ]
+                .concat(),
+                b'Z',
+            ),
+        ];
+        // A pipeline opened in a read-only transaction on the standby: every statement the
+        // session has is parsed there first, the refused one too, which must not abort the
+        // client's transaction. (It did, unseen: the client's own statement then failed with
+        // "current transaction is aborted", 25P02.)
+        let in_tx: Steps = vec![
+            (steps[0].0.clone(), b'Z'),
+            (query("BEGIN READ ONLY"), b'Z'),
+            (
+                [
+                    run_unnamed("SELECT 1"),
+                    message(b'H', &[]),
+                    message(b'S', &[]),
+                ]
+                .concat(),
+                b'Z',
+            ),
+            (query("ROLLBACK"), b'Z'),
         ];
         block(async {
             let (want, got, _) = direct_and_proxied(&c, &steps).await;
             assert_eq!(got, want);
+            let (want, got, _) = direct_and_proxied(&c, &in_tx).await;
+            assert_eq!(got, want, "in a transaction");
         });
         c.psql(1, "test", "SELECT pg_wal_replay_resume()").unwrap();
     }

@@ -1536,6 +1536,28 @@ impl Session {
         } else {
             self.route(class).await?
         };
+        // A statement the batch uses is missing where the pipeline's open part runs: refused
+        // there when the part began (a standby behind the primary's DDL), or never parsed there
+        // (the part began in a failed transaction). Parsing it now would need a Sync of
+        // pgwarden's in the middle of the client's part (`prepare_on`), which would take the
+        // part's answers. The part is ended first, as before a write, and from a standby the
+        // batch goes to the primary, where the statement is. What follows then is as for a
+        // batch outside a pipeline: the unnamed statement's node, a new part's statements.
+        if self.open_until_sync == Some(target)
+            && needs.iter().any(|name| {
+                self.statements
+                    .get(name)
+                    .is_some_and(|s| !s.nodes.contains(&target))
+            })
+        {
+            if Box::pin(self.leave_open_part(target, syncs)).await? == Ended::Failed {
+                return Ok(());
+            }
+            // (In a transaction the part began, the session stays where it is.)
+            if self.tx_node.is_none() && self.table().primary != Some(target) {
+                target = self.route(Class::Session).await?;
+            }
+        }
         if binds_unnamed_without_parse && self.open_until_sync.is_none() && self.tx_node.is_none() {
             if let Some(n) = self.unnamed_node {
                 target = n;
@@ -1558,32 +1580,8 @@ impl Session {
             // session has goes there now.
             needs = self.statements.keys().cloned().collect();
         }
-        // A statement the open part's standby refused when the part began (behind the
-        // primary's DDL): parsing it there now would need a Sync of pgwarden's in the middle of
-        // the client's part (`prepare_on`), which ends its implicit transaction and takes its
-        // answers. The part is ended there instead, as before a write, and the batch goes to
-        // the primary, where the statement is.
-        if self.open_until_sync == Some(target)
-            && self.table().primary != Some(target)
-            && needs.iter().any(|name| {
-                self.statements
-                    .get(name)
-                    .is_some_and(|s| !s.nodes.contains(&target))
-            })
-        {
-            if Box::pin(self.leave_open_part(target, syncs)).await? == Ended::Failed {
-                return Ok(());
-            }
-            // (In a transaction the part began, the session stays where it is.)
-            if self.tx_node.is_none() {
-                target = self.route(Class::Session).await?;
-            }
-        }
-        // A named statement must exist where it is used. (Not parsed again in the middle of an
-        // open part, which its Sync would end: one missing there still, on the primary or in a
-        // transaction the part began, fails at its Bind, as on a server without it.)
-        let mid_part = self.open_until_sync == Some(target);
-        for name in needs.into_iter().filter(|_| !mid_part) {
+        // A named statement must exist where it is used.
+        for name in needs {
             let missing = self
                 .statements
                 .get(&name)
@@ -1835,9 +1833,37 @@ impl Session {
     /// when the node refused it.
     async fn prepare_on(&mut self, node: u32, parse: &Bytes) -> Result<bool> {
         self.drain().await?;
+        // In the client's transaction a Parse the node refuses would abort it, and the client
+        // would hear of it only as "current transaction is aborted": a savepoint keeps the
+        // transaction, and the client's Bind then fails as on a server without the statement.
+        let in_tx = self
+            .conns
+            .get(&node)
+            .is_some_and(|c| c.pooled.backend.tx_status == b'T');
+        let query = |sql: &str| {
+            let mut q = BytesMut::new();
+            msg::frontend::query(&mut q, sql);
+            q
+        };
+        if in_tx
+            && !self
+                .internal(node, query("SAVEPOINT pgwarden_prepare"))
+                .await?
+        {
+            return Ok(false);
+        }
         let mut out = BytesMut::from(&parse[..]);
         msg::frontend::sync(&mut out);
-        self.internal(node, out).await
+        let parsed = self.internal(node, out).await?;
+        if in_tx {
+            let end = if parsed {
+                "RELEASE SAVEPOINT pgwarden_prepare"
+            } else {
+                "ROLLBACK TO SAVEPOINT pgwarden_prepare; RELEASE SAVEPOINT pgwarden_prepare"
+            };
+            self.internal(node, query(end)).await?;
+        }
+        Ok(parsed)
     }
 
     async fn close_on(&mut self, node: u32, name: &str) -> Result<()> {
