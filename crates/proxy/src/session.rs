@@ -1646,9 +1646,7 @@ impl Session {
         // is answered (not in an open pipeline, where it is recorded as it is).
         let mut settle = !replay.is_empty() && syncs > 0;
         if syncs > 0 {
-            self.open_until_sync = None;
-            self.open_failed = false;
-            self.open_owed = 0;
+            self.close_open_part();
         }
         if settle {
             settle = self.drain_for_outcome().await?;
@@ -1682,6 +1680,13 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The pipeline has no open part any more (a Sync ended it, the client's or pgwarden's).
+    fn close_open_part(&mut self) {
+        self.open_until_sync = None;
+        self.open_failed = false;
+        self.open_owed = 0;
     }
 
     /// Before a unit that must run on the primary: if the pipeline's open part runs on a
@@ -1781,7 +1786,7 @@ impl Session {
                     let status = z.get(5).copied().unwrap_or(b'I');
                     conn.pooled.backend.tx_status = status;
                     if !answers.is_empty() {
-                        self.send_client_for(node, &answers).await?;
+                        self.send_client_for(node, &answers, false).await?;
                     }
                     break status;
                 }
@@ -1789,7 +1794,7 @@ impl Session {
                     conn.streaming = streaming;
                     let answers = conn.b().buf.split_to(n);
                     if !answers.is_empty() {
-                        self.send_client_for(node, &answers).await?;
+                        self.send_client_for(node, &answers, streaming > 0).await?;
                     }
                     let Some(conn) = self.conns.get_mut(&node) else {
                         continue;
@@ -1800,9 +1805,7 @@ impl Session {
                 }
             }
         };
-        self.open_until_sync = None;
-        self.open_failed = false;
-        self.open_owed = 0;
+        self.close_open_part();
         self.error_seen |= failed;
         if self.inflight.is_some_and(|(n, _)| n == node) {
             self.inflight = None;
@@ -2213,6 +2216,7 @@ impl Session {
             )
         })?;
         let out = conn.b().buf.split_to(n);
+        let owed = conn.streaming > 0;
         for (tag, body) in events.drain(..) {
             match tag {
                 b'Z' => {
@@ -2294,7 +2298,7 @@ impl Session {
         }
         self.events = events;
         if !out.is_empty() {
-            self.send_client_for(node, &out).await?;
+            self.send_client_for(node, &out, owed).await?;
         }
         if settle {
             self.note_write_done();
@@ -2357,17 +2361,13 @@ impl Session {
 
     /// Writes `node`'s answers to the client. Blocked on the client, the session still works
     /// for `node`: a fence of it must not wait for this write (see `FenceWatch::watching`).
-    /// Notes whether the client's stream now ends inside one of `node`'s messages
-    /// (`client_owed`).
-    async fn send_client_for(&mut self, node: u32, data: &[u8]) -> Result<()> {
+    /// `owed`: `data` ends inside one of `node`'s messages (its `Conn::streaming`, which the
+    /// caller holds), noted in `client_owed`.
+    async fn send_client_for(&mut self, node: u32, data: &[u8], owed: bool) -> Result<()> {
         let busy = Busy::enter(Some(&self.busy), node);
         write_client(&mut self.client, &mut self.client_cut, data).await?;
         drop(busy);
-        self.client_owed = self
-            .conns
-            .get(&node)
-            .is_some_and(|c| c.streaming > 0)
-            .then_some(node);
+        self.client_owed = owed.then_some(node);
         Ok(())
     }
 
