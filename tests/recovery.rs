@@ -568,6 +568,25 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
                     .collect();
             (answered, Instant::now(), sleeper)
         });
+        // A client that stopped reading a large result: idle, though pgwarden has answers for
+        // it (they wait in full socket buffers). (It held the 2nd stage until
+        // recovery_timeout.)
+        let query = |sql: &str| common::raw::message(b'Q', &[sql.as_bytes(), b"\0"]);
+        let mut stalled = common::raw::login_at(&c, c.proxy_port()).await;
+        stalled
+            .write_all(&query(
+                "SELECT repeat('x', 1000) FROM generate_series(1, 100000)",
+            ))
+            .await
+            .unwrap();
+        // And one that reads a large result slowly, through the 2nd stage, pausing less than
+        // the limit between reads but waiting longer than it in all: busy, not idle.
+        let mut slow = common::raw::login_at(&c, c.proxy_port()).await;
+        slow.write_all(&query(
+            "SELECT repeat('x', 1000) FROM generate_series(1, 20000)",
+        ))
+        .await
+        .unwrap();
         // Busy through the whole 1st stage and into the 2nd.
         let busy = c.client("test").await;
         let busy_query = tokio::spawn(async move {
@@ -603,6 +622,10 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             "the statement behind the lock ended before the 2nd stage (or was cut off)"
         );
         let held_at = Instant::now();
+        let slow = tokio::spawn(async move {
+            let (rows, last) = read_slowly(&mut slow, None).await;
+            (rows, last, Instant::now())
+        });
         let unlock = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
             locker
@@ -667,6 +690,30 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
         )
         .await;
         closed_as_idle(&mut failed, "the session whose open part failed").await;
+        let (rows, last, slow_done) = slow.await.unwrap();
+        assert_eq!(
+            (rows, last),
+            (20000, 'Z'),
+            "the slow reader got its whole result"
+        );
+        assert!(
+            slow_done.duration_since(held_at) >= Duration::from_secs(3),
+            "the slow reader finished within {:?}: its writes never waited past the limit, the \
+             test proves nothing",
+            slow_done.duration_since(held_at)
+        );
+        // The one that stopped reading was closed: its connection ends before its result does
+        // (no FATAL: pgwarden was in the middle of a row it could not send).
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut got))
+            .await
+            .expect("the session that stopped reading was not closed")
+            .unwrap();
+        assert!(
+            got.len() < 90_000_000,
+            "{} bytes: the whole result came",
+            got.len()
+        );
         let e = sink.as_mut().finish().await.unwrap_err();
         assert!(
             e.as_db_error()
@@ -732,6 +779,32 @@ async fn closed_as_idle(s: &mut tokio::net::TcpStream, what: &str) -> String {
         "{what}: {said:?}"
     );
     said.into_owned()
+}
+
+/// Reads a simple query's answers slowly (a pause of 250 ms after each MiB), until its
+/// ReadyForQuery or error, or at full speed once `hurry` has said so: the rows, and the tag
+/// of the last message.
+async fn read_slowly(
+    s: &mut tokio::net::TcpStream,
+    mut hurry: Option<&mut tokio::sync::oneshot::Receiver<()>>,
+) -> (usize, char) {
+    let (mut rows, mut since_pause, mut fast) = (0usize, 0usize, false);
+    loop {
+        let (tag, body) = common::raw::read_message(s).await;
+        match tag {
+            b'D' => rows += 1,
+            b'Z' | b'E' => return (rows, char::from(tag)),
+            _ => {}
+        }
+        since_pause += body.len();
+        if let Some(h) = hurry.as_mut().filter(|_| !fast) {
+            fast = h.try_recv().is_ok();
+        }
+        if since_pause >= 1 << 20 && !fast {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 async fn events_text_async(c: &Cluster) -> String {
@@ -832,8 +905,42 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
             let r = busy.simple_query("SELECT pg_sleep(3)").await.map(drop);
             (r, busy)
         });
-        let o = tokio::task::block_in_place(|| recover(&c, 1));
+        // A client that reads a large result slowly (its writes wait a fraction of a second
+        // each) is busy, not idle "at once": it reads slowly until 3 s into the 2nd stage,
+        // then takes the rest at once.
+        let mut slow = common::raw::login_at(&c, c.proxy_port()).await;
+        slow.write_all(&common::raw::message(
+            b'Q',
+            &[b"SELECT repeat('x', 1000) FROM generate_series(1, 100000)\0"],
+        ))
+        .await
+        .unwrap();
+        let (hurry, mut hurried) = tokio::sync::oneshot::channel::<()>();
+        let slow = tokio::spawn(async move { read_slowly(&mut slow, Some(&mut hurried)).await });
+        let mut recovery = common::pgwarden(&["node", "recover", "1"]);
+        recovery.env("PGWARDEN_CONFIG", c.config());
+        let recovery = tokio::task::spawn_blocking(move || recovery.output().unwrap());
+        let start = Instant::now();
+        while !events_text_async(&c)
+            .await
+            .contains("2nd stage: new sessions wait")
+        {
+            assert!(start.elapsed() < Duration::from_secs(60));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !slow.is_finished(),
+            "the slow reader ended before the 2nd stage"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = hurry.send(());
+        let o = recovery.await.unwrap();
         assert_ok(&c, &o);
+        assert_eq!(
+            slow.await.unwrap(),
+            (100000, 'Z'),
+            "the slow reader got its whole result"
+        );
         let said = closed_as_idle(&mut idle, "the session idle in its transaction").await;
         assert!(
             said.contains("idle at once (recovery.client_idle_limit_in_recovery = -1)"),

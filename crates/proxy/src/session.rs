@@ -19,7 +19,7 @@
 //!   temporary tables pin the rest of the session to the primary;
 //! * a named prepared statement is parsed again on a node that lacks it before it is used there.
 
-use crate::backend::{Backend, BackendError, Busy};
+use crate::backend::{Backend, BackendError, Busy, CLIENT_STALLED, CLIENT_TOOK};
 use crate::client::{connect_spec, Login};
 use crate::pool::{PoolError, Pooled};
 use crate::settings::Settings;
@@ -351,7 +351,7 @@ impl Session {
                 let take = conn.streaming.min(conn.b().buf.len());
                 let rest = conn.b().buf.split_to(take);
                 conn.streaming -= take;
-                if write_client(&mut self.client, &mut self.client_cut, &rest)
+                if write_client(&mut self.client, &mut self.client_cut, &self.busy, &rest)
                     .await
                     .is_err()
                 {
@@ -374,7 +374,8 @@ impl Session {
         let mut out = BytesMut::new();
         msg::error_response(&mut out, &ErrorFields::fatal(code, message));
         // Bounded: a client that does not read is not waited for.
-        let _ = tokio::time::timeout(FATAL_WRITE_LIMIT, self.client.write_all(&out)).await;
+        let _ =
+            tokio::time::timeout(FATAL_WRITE_LIMIT, self.client.write_all(&out, &self.busy)).await;
     }
 
     async fn main_loop(&mut self, reader: &mut ClientReader, cbuf: &mut BytesMut) -> Result<()> {
@@ -2365,14 +2366,14 @@ impl Session {
     /// caller holds), noted in `client_owed`.
     async fn send_client_for(&mut self, node: u32, data: &[u8], owed: bool) -> Result<()> {
         let busy = Busy::enter(Some(&self.busy), node);
-        write_client(&mut self.client, &mut self.client_cut, data).await?;
+        write_client(&mut self.client, &mut self.client_cut, &self.busy, data).await?;
         drop(busy);
         self.client_owed = owed.then_some(node);
         Ok(())
     }
 
     async fn send_client(&mut self, data: &[u8]) -> Result<()> {
-        write_client(&mut self.client, &mut self.client_cut, data).await
+        write_client(&mut self.client, &mut self.client_cut, &self.busy, data).await
     }
 
     /// A backend connection failed: forget it, have the monitor look at the node, and end the
@@ -2458,9 +2459,17 @@ fn is_setting(sql: &str) -> bool {
 
 /// Writes to the client; `cut` is left set if the write is dropped half way (the session
 /// ended under it: no FATAL may follow mid-message).
-async fn write_client(client: &mut ClientWriter, cut: &mut bool, data: &[u8]) -> Result<()> {
+async fn write_client(
+    client: &mut ClientWriter,
+    cut: &mut bool,
+    busy: &AtomicU64,
+    data: &[u8],
+) -> Result<()> {
     *cut = true;
-    client.write_all(data).await.map_err(|_| End::ClientGone)?;
+    client
+        .write_all(data, busy)
+        .await
+        .map_err(|_| End::ClientGone)?;
     *cut = false;
     Ok(())
 }
@@ -2473,7 +2482,7 @@ fn parse_sql(frame: &Bytes) -> Option<String> {
 }
 
 fn mask_has(mask: u64, node: u32) -> bool {
-    mask & (1u64 << node.min(63)) != 0
+    mask & crate::backend::node_bit(node) != 0
 }
 
 /// The session held node `n`, which was just taken out of service.
@@ -2607,6 +2616,7 @@ impl FenceWatch {
             return Ok((r?, None));
         }
         let mut pending = None;
+        let mut stalled = None;
         loop {
             tokio::select! {
                 biased;
@@ -2619,8 +2629,44 @@ impl FenceWatch {
                     }
                     pending = Some(set);
                 }
+                limit = std::future::poll_fn(|cx| self.poll_stalled(&mut stalled, cx)) => {
+                    return Err(recovery_end(limit));
+                }
             }
         }
+    }
+
+    /// Ready with the limit once, during an online recovery's 2nd stage, the step's write to
+    /// the client has waited longer than the idle limit (each write counted alone): a client
+    /// that has stopped reading is as idle as one that sends nothing. (The kernel wakes a
+    /// waiting write once the client has taken a good part of the socket's buffers, so a
+    /// client that reads, even slowly, lets each write go on long before a limit of seconds.)
+    /// Polled with the step, in the same pass, so it sees each change the step makes to the
+    /// mask; a hold set or lifted rings the bell.
+    fn poll_stalled(
+        &self,
+        since: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::time::Duration> {
+        let limit = match self.ctx.hold_limit() {
+            Some(l) if self.busy.load(Ordering::Relaxed) & CLIENT_STALLED != 0 => l,
+            _ => {
+                *since = None;
+                return Poll::Pending;
+            }
+        };
+        // A wait that began after another ended in the same step is counted anew.
+        if self.busy.load(Ordering::Relaxed) & CLIENT_TOOK != 0 {
+            self.busy.fetch_and(!CLIENT_TOOK, Ordering::Relaxed);
+            *since = None;
+        }
+        // A wait shorter than a second is a busy network, not a client that stopped reading
+        // (pgpool's -1, "at once", is meant for sessions that send nothing).
+        since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit.max(STALL_FLOOR))))
+            .as_mut()
+            .poll(cx)
+            .map(|()| limit)
     }
 }
 
@@ -2630,6 +2676,10 @@ fn fenced_end(n: u32) -> End {
         format!("terminating connection: PostgreSQL node {n} was taken out of service by pgwarden (failover, fencing or detach); reconnect to continue on the current primary"),
     )
 }
+
+/// The shortest wait of a write to the client that makes its session idle in an online
+/// recovery's 2nd stage, whatever the idle limit (see `FenceWatch::poll_stalled`).
+const STALL_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An online recovery's 2nd stage needs every session closed, and this one was idle.
 fn recovery_end(limit: std::time::Duration) -> End {

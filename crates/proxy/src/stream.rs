@@ -1,9 +1,11 @@
 //! A client connection: plain TCP, or TLS after an SSLRequest when `proxy.tls_cert` and
 //! `proxy.tls_key` are configured.
 
+use crate::backend::{CLIENT_STALLED, CLIENT_TOOK};
 use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -129,14 +131,61 @@ impl ClientReader {
 }
 
 impl ClientWriter {
-    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        match self {
-            ClientWriter::Plain(w) => w.write_all(data).await,
-            ClientWriter::Tls(w) => {
-                w.write_all(data).await?;
-                w.flush().await
+    /// Writes all of `data` (and flushes TLS). While the write waits for the client to read,
+    /// `CLIENT_STALLED` is set in the session's busy `mask` (and `CLIENT_TOOK` once it is
+    /// over): an online recovery's 2nd stage
+    /// closes a session whose client stopped reading (see `FenceWatch::poll_stalled`). The
+    /// write itself is as tokio's `write_all`; the mask is touched only once it has to wait.
+    pub async fn write_all(&mut self, data: &[u8], mask: &AtomicU64) -> io::Result<()> {
+        let mut rest = data;
+        let mut stall = Stall(mask, false);
+        std::future::poll_fn(|cx| loop {
+            let step = if !rest.is_empty() {
+                match self.poll_write(cx, rest) {
+                    Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        rest = &rest[n..];
+                        continue;
+                    }
+                    other => other.map_ok(drop),
+                }
+            } else {
+                self.poll_flush(cx)
+            };
+            if step.is_pending() && !stall.1 {
+                stall.1 = true;
+                mask.fetch_or(CLIENT_STALLED, Ordering::Relaxed);
             }
+            return step;
+        })
+        .await
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            ClientWriter::Plain(w) => Pin::new(w).poll_write(cx, data),
+            ClientWriter::Tls(w) => Pin::new(w).poll_write(cx, data),
+        }
+    }
+
+    /// (Plain TCP has nothing to flush.)
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ClientWriter::Plain(_) => Poll::Ready(Ok(())),
+            ClientWriter::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+}
+
+/// Clears `CLIENT_STALLED` when a write that waited ends (or is dropped), and says so with
+/// `CLIENT_TOOK`: a step that writes more than once then counts each write's wait alone.
+struct Stall<'a>(&'a AtomicU64, bool);
+
+impl Drop for Stall<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_and(!CLIENT_STALLED, Ordering::Relaxed);
+            self.0.fetch_or(CLIENT_TOOK, Ordering::Relaxed);
         }
     }
 }
