@@ -2865,6 +2865,73 @@ mod hostile {
         c.psql(1, "test", "SELECT pg_wal_replay_resume()").unwrap();
     }
 
+    /// A cursor held on a standby, fetched in a pipeline open there, in one batch with a
+    /// statement the standby refused when the part began (it lagged behind the primary's DDL,
+    /// and has caught up since): the batch stays with the cursor, which exists nowhere else;
+    /// the part is ended and the statement parsed on the standby again. (The batch went to the
+    /// primary, as a refused statement's batch does, and the FETCH failed there: 34000.)
+    #[test]
+    fn a_held_cursor_fetched_with_a_statement_its_standby_refused_stays_with_the_cursor() {
+        let c = Cluster::up(2);
+        c.wait_node(1, Duration::from_secs(10), "replayed", |n| {
+            n["lag_bytes"] == 0
+        });
+        c.psql(1, "test", "SELECT pg_wal_replay_pause()").unwrap();
+        c.psql(0, "test", "CREATE TABLE lagged_held (v int)")
+            .unwrap();
+        let before: Steps = vec![
+            (
+                [
+                    run_unnamed("SET application_name = 'lagging'"),
+                    message(
+                        b'P',
+                        &[b"s_lh\0", b"SELECT count(*) FROM lagged_held\0", &[0, 0]],
+                    ),
+                    message(b'S', &[]),
+                ]
+                .concat(),
+                b'Z',
+            ),
+            (query("BEGIN READ ONLY"), b'Z'),
+            (
+                query("DECLARE lh CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g"),
+                b'Z',
+            ),
+            (query("COMMIT"), b'Z'),
+            // The part opens on the standby, which refuses s_lh.
+            ([run_unnamed("SELECT 1"), message(b'H', &[])].concat(), b'C'),
+        ];
+        let after: Steps = vec![
+            (
+                [
+                    run_unnamed("FETCH 1 FROM lh"),
+                    message(b'B', &[b"\0s_lh\0", &[0, 0, 0, 0, 0, 0]]),
+                    message(b'E', &[b"\0", &[0, 0, 0, 0]]),
+                    message(b'S', &[]),
+                ]
+                .concat(),
+                b'Z',
+            ),
+            (query("FETCH 1 FROM lh"), b'Z'),
+        ];
+        block(async {
+            let mut direct = login_at(&c, c.node_port(0)).await;
+            let want = exchange(&mut direct, &[before.clone(), after.clone()].concat()).await;
+            let mut proxied = standby_session(&c).await;
+            let mut got = exchange(&mut proxied, &before).await;
+            c.psql(1, "test", "SELECT pg_wal_replay_resume()").unwrap();
+            let start = std::time::Instant::now();
+            while c.psql(1, "test", "SELECT to_regclass('lagged_held') IS NOT NULL")
+                != Ok("t".to_string())
+            {
+                assert!(start.elapsed() < Duration::from_secs(10), "not replayed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            got.push_str(&exchange(&mut proxied, &after).await);
+            assert_eq!(got, want);
+        });
+    }
+
     /// A cursor held on a standby, fetched in a pipeline the client opened on the primary (a
     /// write, then Flush): the client sees what one server shows, and once its Sync is
     /// answered its write is committed. pgwarden ends the primary's open part with its own

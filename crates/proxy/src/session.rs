@@ -1544,6 +1544,8 @@ impl Session {
         // part's answers. The part is ended first, as before a write, and from a standby the
         // batch goes to the primary, where the statement is. What follows then is as for a
         // batch outside a pipeline: the unnamed statement's node, a new part's statements.
+        // A batch that uses a cursor held there stays with the cursor (which exists nowhere
+        // else), and the statement is parsed there again once the part has ended.
         if self.open_until_sync == Some(target)
             && needs.iter().any(|name| {
                 self.statements
@@ -1555,7 +1557,7 @@ impl Session {
                 return Ok(());
             }
             // (In a transaction the part began, the session stays where it is.)
-            if self.tx_node.is_none() && self.table().primary != Some(target) {
+            if held.is_none() && self.tx_node.is_none() && self.table().primary != Some(target) {
                 target = self.route(Class::Session).await?;
             }
         }
