@@ -579,11 +579,12 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             ))
             .await
             .unwrap();
-        // And one that reads a large result slowly, through the 2nd stage, pausing less than
-        // the limit between reads but waiting longer than it in all: busy, not idle.
+        // And one that reads a large result slowly through the 2nd stage (see `read_slowly`:
+        // each write of pgwarden's to it waits longer than the limit for room): busy, not idle.
+        // It takes the rest at full speed 4 s into the 2nd stage.
         let mut slow = common::raw::login_at(&c, c.proxy_port()).await;
         slow.write_all(&query(
-            "SELECT repeat('x', 1000) FROM generate_series(1, 20000)",
+            "SELECT repeat('x', 1000) FROM generate_series(1, 100000)",
         ))
         .await
         .unwrap();
@@ -622,9 +623,11 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             "the statement behind the lock ended before the 2nd stage (or was cut off)"
         );
         let held_at = Instant::now();
-        let slow = tokio::spawn(async move {
-            let (rows, last) = read_slowly(&mut slow, None).await;
-            (rows, last, Instant::now())
+        let (hurry, hurried) = tokio::sync::oneshot::channel::<()>();
+        let slow = tokio::spawn(async move { read_slowly(&mut slow, hurried).await });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let _ = hurry.send(());
         });
         let unlock = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -690,18 +693,13 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
         )
         .await;
         closed_as_idle(&mut failed, "the session whose open part failed").await;
-        let (rows, last, slow_done) = slow.await.unwrap();
+        let (slowly, rows, last) = slow.await.unwrap();
         assert_eq!(
             (rows, last),
-            (20000, 'Z'),
+            (100000, 'Z'),
             "the slow reader got its whole result"
         );
-        assert!(
-            slow_done.duration_since(held_at) >= Duration::from_secs(3),
-            "the slow reader finished within {:?}: its writes never waited past the limit, the \
-             test proves nothing",
-            slow_done.duration_since(held_at)
-        );
+        assert!(slowly < rows, "the slow reader was never hurried");
         // The one that stopped reading was closed: its connection ends before its result does
         // (no FATAL: pgwarden was in the middle of a row it could not send).
         let mut got = Vec::new();
@@ -781,26 +779,29 @@ async fn closed_as_idle(s: &mut tokio::net::TcpStream, what: &str) -> String {
     said.into_owned()
 }
 
-/// Reads a simple query's answers slowly (a pause of 250 ms after each MiB), until its
-/// ReadyForQuery or error, or at full speed once `hurry` has said so: the rows, and the tag
-/// of the last message.
+/// Reads a simple query's answers slowly, 64 KiB every 250 ms (a writer that waits for room in
+/// the socket's buffers is woken only once a good part of them is free: about 1.3 MiB here, so
+/// each of pgwarden's writes to this client waits about 5 s), until its ReadyForQuery or
+/// error, or at full speed once `hurry` has said so: the rows read before that, all the rows,
+/// and the tag of the last message.
 async fn read_slowly(
     s: &mut tokio::net::TcpStream,
-    mut hurry: Option<&mut tokio::sync::oneshot::Receiver<()>>,
-) -> (usize, char) {
-    let (mut rows, mut since_pause, mut fast) = (0usize, 0usize, false);
+    mut hurry: tokio::sync::oneshot::Receiver<()>,
+) -> (usize, usize, char) {
+    let (mut rows, mut since_pause) = (0usize, 0usize);
+    let mut slowly = None;
     loop {
         let (tag, body) = common::raw::read_message(s).await;
         match tag {
             b'D' => rows += 1,
-            b'Z' | b'E' => return (rows, char::from(tag)),
+            b'Z' | b'E' => return (slowly.unwrap_or(rows), rows, char::from(tag)),
             _ => {}
         }
         since_pause += body.len();
-        if let Some(h) = hurry.as_mut().filter(|_| !fast) {
-            fast = h.try_recv().is_ok();
+        if slowly.is_none() && hurry.try_recv().is_ok() {
+            slowly = Some(rows);
         }
-        if since_pause >= 1 << 20 && !fast {
+        if since_pause >= 64 << 10 && slowly.is_none() {
             since_pause = 0;
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -905,9 +906,8 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
             let r = busy.simple_query("SELECT pg_sleep(3)").await.map(drop);
             (r, busy)
         });
-        // A client that reads a large result slowly (its writes wait a fraction of a second
-        // each) is busy, not idle "at once": it reads slowly until 3 s into the 2nd stage,
-        // then takes the rest at once.
+        // A client that reads a large result slowly (see `read_slowly`) is busy, not idle "at
+        // once": it reads slowly until 3 s into the 2nd stage, then takes the rest at once.
         let mut slow = common::raw::login_at(&c, c.proxy_port()).await;
         slow.write_all(&common::raw::message(
             b'Q',
@@ -915,8 +915,8 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
         ))
         .await
         .unwrap();
-        let (hurry, mut hurried) = tokio::sync::oneshot::channel::<()>();
-        let slow = tokio::spawn(async move { read_slowly(&mut slow, Some(&mut hurried)).await });
+        let (hurry, hurried) = tokio::sync::oneshot::channel::<()>();
+        let slow = tokio::spawn(async move { read_slowly(&mut slow, hurried).await });
         let mut recovery = common::pgwarden(&["node", "recover", "1"]);
         recovery.env("PGWARDEN_CONFIG", c.config());
         let recovery = tokio::task::spawn_blocking(move || recovery.output().unwrap());
@@ -936,11 +936,13 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
         let _ = hurry.send(());
         let o = recovery.await.unwrap();
         assert_ok(&c, &o);
+        let (slowly, rows, last) = slow.await.unwrap();
         assert_eq!(
-            slow.await.unwrap(),
+            (rows, last),
             (100000, 'Z'),
             "the slow reader got its whole result"
         );
+        assert!(slowly < rows, "the slow reader was never hurried");
         let said = closed_as_idle(&mut idle, "the session idle in its transaction").await;
         assert!(
             said.contains("idle at once (recovery.client_idle_limit_in_recovery = -1)"),

@@ -92,16 +92,14 @@ pub struct Backend {
     pub serializable_default: Option<bool>,
 }
 
-/// A session's busy mask holds a bit per node (nodes from 61 up share bit 61), and two about
-/// its client (`CLIENT_STALLED`, `CLIENT_TOOK`).
+/// A session's busy mask holds a bit per node (nodes from 62 up share bit 62), and one about
+/// its client (`CLIENT_STALLED`).
 pub(crate) fn node_bit(node: u32) -> u64 {
-    1u64 << node.min(61)
+    1u64 << node.min(62)
 }
 
 /// In a busy mask: a write to the client waits for the client to read.
 pub(crate) const CLIENT_STALLED: u64 = 1 << 63;
-/// In a busy mask: a write that waited has ended (cleared by the one who looks).
-pub(crate) const CLIENT_TOOK: u64 = 1 << 62;
 
 /// Sets the node's bit in a busy mask for as long as it lives (also when the I/O future is
 /// dropped half way).

@@ -19,7 +19,7 @@
 //!   temporary tables pin the rest of the session to the primary;
 //! * a named prepared statement is parsed again on a node that lacks it before it is used there.
 
-use crate::backend::{Backend, BackendError, Busy, CLIENT_STALLED, CLIENT_TOOK};
+use crate::backend::{Backend, BackendError, Busy, CLIENT_STALLED};
 use crate::client::{connect_spec, Login};
 use crate::pool::{PoolError, Pooled};
 use crate::settings::Settings;
@@ -595,6 +595,7 @@ impl Session {
             busy: self.busy.clone(),
             bell: self.wake.bell.clone(),
             ctx: self.ctx.clone(),
+            client_fd: self.client.raw_fd(),
         }
     }
 
@@ -2599,6 +2600,8 @@ struct FenceWatch {
     busy: Arc<AtomicU64>,
     bell: Arc<Bell>,
     ctx: Arc<Ctx>,
+    /// The client's socket, to see whether a client whose writes wait reads at all.
+    client_fd: std::os::fd::RawFd,
 }
 
 impl FenceWatch {
@@ -2631,23 +2634,23 @@ impl FenceWatch {
                     }
                     pending = Some(set);
                 }
-                limit = std::future::poll_fn(|cx| self.poll_stalled(&mut stalled, cx)) => {
-                    return Err(recovery_end(limit));
+                waited = std::future::poll_fn(|cx| self.poll_stalled(&mut stalled, cx)) => {
+                    return Err(stalled_end(waited));
                 }
             }
         }
     }
 
-    /// Ready with the limit once, during an online recovery's 2nd stage, the step's write to
-    /// the client has waited longer than the idle limit (each write counted alone): a client
-    /// that has stopped reading is as idle as one that sends nothing. (The kernel wakes a
-    /// waiting write once the client has taken a good part of the socket's buffers, so a
-    /// client that reads, even slowly, lets each write go on long before a limit of seconds.)
-    /// Polled with the step, in the same pass, so it sees each change the step makes to the
-    /// mask; a hold set or lifted rings the bell.
+    /// Ready with the wait once, during an online recovery's 2nd stage, the step's write to
+    /// the client has waited longer than the idle limit (and `STALL_FLOOR`) while the client
+    /// took nothing: a client that has stopped reading is as idle as one that sends nothing.
+    /// One that keeps reading, even slowly, is busy: once its receive buffer is full, its TCP
+    /// stack acknowledges more only as it reads (`stream::bytes_acked`), and each look that
+    /// finds more starts the limit again. Polled with the step, in the same pass, so it sees each change the step
+    /// makes to the mask; a hold set or lifted rings the bell.
     fn poll_stalled(
         &self,
-        since: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        since: &mut Option<(std::pin::Pin<Box<tokio::time::Sleep>>, Option<u64>)>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::time::Duration> {
         let limit = match self.ctx.hold_limit() {
@@ -2657,18 +2660,22 @@ impl FenceWatch {
                 return Poll::Pending;
             }
         };
-        // A wait that began after another ended in the same step is counted anew.
-        if self.busy.load(Ordering::Relaxed) & CLIENT_TOOK != 0 {
-            self.busy.fetch_and(!CLIENT_TOOK, Ordering::Relaxed);
-            *since = None;
-        }
         // A wait shorter than a second is a busy network, not a client that stopped reading
         // (pgpool's -1, "at once", is meant for sessions that send nothing).
-        since
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit.max(STALL_FLOOR))))
-            .as_mut()
-            .poll(cx)
-            .map(|()| limit)
+        let wait = limit.max(STALL_FLOOR);
+        let (timer, taken) = since.get_or_insert_with(|| {
+            let taken = crate::stream::bytes_acked(self.client_fd);
+            (Box::pin(tokio::time::sleep(wait)), taken)
+        });
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = crate::stream::bytes_acked(self.client_fd);
+            if now.is_none() || now <= *taken {
+                return Poll::Ready(wait);
+            }
+            *taken = now;
+            timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        }
+        Poll::Pending
     }
 }
 
@@ -2682,6 +2689,15 @@ fn fenced_end(n: u32) -> End {
 /// The shortest wait of a write to the client that makes its session idle in an online
 /// recovery's 2nd stage, whatever the idle limit (see `FenceWatch::poll_stalled`).
 const STALL_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An online recovery's 2nd stage needs every session closed, and this one's client has read
+/// nothing for `waited` (it is seldom told: pgwarden was in the middle of a message to it).
+fn stalled_end(waited: std::time::Duration) -> End {
+    fatal(
+        "57P01",
+        format!("terminating connection: pgwarden is recovering a node and closes sessions whose client has read nothing for {} s (recovery.client_idle_limit_in_recovery)", waited.as_secs_f64()),
+    )
+}
 
 /// An online recovery's 2nd stage needs every session closed, and this one was idle.
 fn recovery_end(limit: std::time::Duration) -> End {

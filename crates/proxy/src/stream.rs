@@ -1,9 +1,10 @@
 //! A client connection: plain TCP, or TLS after an SSLRequest when `proxy.tls_cert` and
 //! `proxy.tls_key` are configured.
 
-use crate::backend::{CLIENT_STALLED, CLIENT_TOOK};
+use crate::backend::CLIENT_STALLED;
 use bytes::BytesMut;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -71,10 +72,10 @@ pub enum ClientReader {
     Tls(ReadHalf<ClientStream>),
 }
 
-/// The writing half.
+/// The writing half (with TLS, the socket's descriptor beside it: see `raw_fd`).
 pub enum ClientWriter {
     Plain(OwnedWriteHalf),
-    Tls(WriteHalf<ClientStream>),
+    Tls(WriteHalf<ClientStream>, RawFd),
 }
 
 impl ClientStream {
@@ -85,8 +86,12 @@ impl ClientStream {
                 (ClientReader::Plain(r), ClientWriter::Plain(w))
             }
             other => {
+                let fd = match &other {
+                    ClientStream::Tls(s) => s.get_ref().0.as_raw_fd(),
+                    _ => -1,
+                };
                 let (r, w) = tokio::io::split(other);
-                (ClientReader::Tls(r), ClientWriter::Tls(w))
+                (ClientReader::Tls(r), ClientWriter::Tls(w, fd))
             }
         }
     }
@@ -132,10 +137,10 @@ impl ClientReader {
 
 impl ClientWriter {
     /// Writes all of `data` (and flushes TLS). While the write waits for the client to read,
-    /// `CLIENT_STALLED` is set in the session's busy `mask` (and `CLIENT_TOOK` once it is
-    /// over): an online recovery's 2nd stage
-    /// closes a session whose client stopped reading (see `FenceWatch::poll_stalled`). The
-    /// write itself is as tokio's `write_all`; the mask is touched only once it has to wait.
+    /// `CLIENT_STALLED` is set in the session's busy `mask`: an online recovery's 2nd stage
+    /// closes a session whose client stopped reading (see
+    /// `FenceWatch::poll_stalled`). The write itself is as tokio's `write_all`; the mask is
+    /// touched only once it has to wait.
     pub async fn write_all(&mut self, data: &[u8], mask: &AtomicU64) -> io::Result<()> {
         let mut rest = data;
         let mut stall = Stall(mask, false);
@@ -164,7 +169,7 @@ impl ClientWriter {
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match self {
             ClientWriter::Plain(w) => Pin::new(w).poll_write(cx, data),
-            ClientWriter::Tls(w) => Pin::new(w).poll_write(cx, data),
+            ClientWriter::Tls(w, _) => Pin::new(w).poll_write(cx, data),
         }
     }
 
@@ -172,20 +177,61 @@ impl ClientWriter {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             ClientWriter::Plain(_) => Poll::Ready(Ok(())),
-            ClientWriter::Tls(w) => Pin::new(w).poll_flush(cx),
+            ClientWriter::Tls(w, _) => Pin::new(w).poll_flush(cx),
         }
     }
 }
 
-/// Clears `CLIENT_STALLED` when a write that waited ends (or is dropped), and says so with
-/// `CLIENT_TOOK`: a step that writes more than once then counts each write's wait alone.
+impl ClientWriter {
+    /// The client's socket (for `bytes_acked`).
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            ClientWriter::Plain(w) => w.as_ref().as_raw_fd(),
+            ClientWriter::Tls(_, fd) => *fd,
+        }
+    }
+}
+
+/// How many bytes the peer of TCP socket `fd` has taken so far: those its TCP stack
+/// acknowledged (`TCP_INFO`'s `tcpi_bytes_acked`). Once the peer's receive buffer is full it
+/// grows only as the client reads, and at once, where a write waiting for room is woken only
+/// once a good part of the socket's buffers is free (a third of up to 4 MiB): a client that
+/// reads slowly is seen reading. None where the kernel does not say.
+#[cfg(target_os = "linux")]
+pub(crate) fn bytes_acked(fd: RawFd) -> Option<u64> {
+    // SAFETY: tcp_info is a C struct of integers, for which all zeroes is a value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::tcp_info>();
+    let mut len = libc::socklen_t::try_from(size).ok()?;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which has that many; `fd` is
+    // the client's socket, open as long as the writer that gave it.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::addr_of_mut!(info).cast(),
+            &mut len,
+        )
+    };
+    // (An older kernel fills less of the struct: the count must be among what it filled.)
+    let filled = usize::try_from(len).ok()?;
+    (r == 0 && filled >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8)
+        .then_some(info.tcpi_bytes_acked)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn bytes_acked(_fd: RawFd) -> Option<u64> {
+    None
+}
+
+/// Clears `CLIENT_STALLED` when a write that waited ends (or is dropped).
 struct Stall<'a>(&'a AtomicU64, bool);
 
 impl Drop for Stall<'_> {
     fn drop(&mut self) {
         if self.1 {
             self.0.fetch_and(!CLIENT_STALLED, Ordering::Relaxed);
-            self.0.fetch_or(CLIENT_TOOK, Ordering::Relaxed);
         }
     }
 }
@@ -243,4 +289,32 @@ pub fn acceptor(
     .with_single_cert(certs, key)
     .map_err(|e| format!("{} and {}: {e}", cert.display(), key_path.display()))?;
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// The count grows with what the peer's TCP stack took (into its receive buffer: once
+    /// that is full, only as the client reads).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bytes_acked_counts_what_the_peer_took() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let fd = sender.as_raw_fd();
+        let before = bytes_acked(fd).expect("Linux says");
+        sender.write_all(&[7u8; 10_000]).unwrap();
+        let mut got = vec![0u8; 10_000];
+        peer.read_exact(&mut got).unwrap();
+        // (The acknowledgement follows the data on loopback at once; allow it a moment.)
+        let start = std::time::Instant::now();
+        while bytes_acked(fd).unwrap_or(0) < before + 10_000 {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(bytes_acked(-1), None, "no socket, no count");
+    }
 }
