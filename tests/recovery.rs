@@ -712,6 +712,12 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
             "{} bytes: the whole result came",
             got.len()
         );
+        // It is seldom told why (pgwarden was in the middle of a row); the log says.
+        let log = std::fs::read_to_string(c.layout.warden_log()).unwrap();
+        assert!(
+            log.contains("closes sessions whose client has read nothing for 2 s"),
+            "{log}"
+        );
         let e = sink.as_mut().finish().await.unwrap_err();
         assert!(
             e.as_db_error()

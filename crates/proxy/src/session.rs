@@ -305,6 +305,16 @@ pub(crate) fn run(
             Err(End::Fatal(code, message)) => Some(Box::new((code, message))),
             _ => None,
         };
+        // In the log too: the client may not hear it (one that stopped reading, say).
+        if let Some(f) = &fatal {
+            tracing::info!(
+                user = s.login.user(),
+                database = s.login.database(),
+                code = %f.0,
+                "pgwarden ends a session: {}",
+                f.1
+            );
+        }
         // A FATAL can follow a half-relayed message only once its rest has.
         let fatal = match fatal {
             Some(f) if s.client_owed.is_some() && !s.client_cut => {
