@@ -2656,8 +2656,8 @@ impl FenceWatch {
     /// took nothing: a client that has stopped reading is as idle as one that sends nothing.
     /// One that keeps reading, even slowly, is busy: once its receive buffer is full, its TCP
     /// stack acknowledges more only as it reads (`stream::bytes_acked`), and each look that
-    /// finds more starts the limit again. Polled with the step, in the same pass, so it sees each change the step
-    /// makes to the mask; a hold set or lifted rings the bell.
+    /// finds more starts the wait again. Polled with the step, in the same pass, so it sees
+    /// each change the step makes to the mask; a hold set or lifted rings the bell.
     fn poll_stalled(
         &self,
         since: &mut Option<(std::pin::Pin<Box<tokio::time::Sleep>>, Option<u64>)>,
@@ -2670,8 +2670,7 @@ impl FenceWatch {
                 return Poll::Pending;
             }
         };
-        // A wait shorter than a second is a busy network, not a client that stopped reading
-        // (pgpool's -1, "at once", is meant for sessions that send nothing).
+        // (pgpool's -1, "at once", is meant for sessions that send nothing.)
         let wait = limit.max(STALL_FLOOR);
         let (timer, taken) = since.get_or_insert_with(|| {
             let taken = crate::stream::bytes_acked(self.client_fd);
@@ -2697,8 +2696,12 @@ fn fenced_end(n: u32) -> End {
 }
 
 /// The shortest wait of a write to the client that makes its session idle in an online
-/// recovery's 2nd stage, whatever the idle limit (see `FenceWatch::poll_stalled`).
-const STALL_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// recovery's 2nd stage, whatever the idle limit (see `FenceWatch::poll_stalled`). A client
+/// that reads is seen reading only in steps of a sixteenth of its receive buffer: one that
+/// read fast before (its buffer grown by the kernel towards `tcp_rmem`'s largest, 6 to 32 MiB)
+/// and now reads 256 KB/s is seen every 2 to 8 s. Ten seconds keeps such a client, and costs a
+/// 2nd stage at most that long for one that stopped reading (`recovery_timeout` before).
+const STALL_FLOOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An online recovery's 2nd stage needs every session closed, and this one's client has read
 /// nothing for `waited` (it is seldom told: pgwarden was in the middle of a message to it).

@@ -194,9 +194,10 @@ impl ClientWriter {
 
 /// How many bytes the peer of TCP socket `fd` has taken so far: those its TCP stack
 /// acknowledged (`TCP_INFO`'s `tcpi_bytes_acked`). Once the peer's receive buffer is full it
-/// grows only as the client reads, and at once, where a write waiting for room is woken only
-/// once a good part of the socket's buffers is free (a third of up to 4 MiB): a client that
-/// reads slowly is seen reading. None where the kernel does not say.
+/// grows only as the client reads, in steps of about a sixteenth of that buffer (the peer
+/// opens its window no finer), where a write waiting for room is woken only once about a
+/// third of the sending socket's buffer (up to 4 MiB) is free. None where the kernel does not
+/// say.
 #[cfg(target_os = "linux")]
 pub(crate) fn bytes_acked(fd: RawFd) -> Option<u64> {
     // SAFETY: tcp_info is a C struct of integers, for which all zeroes is a value.
