@@ -2083,7 +2083,7 @@ mod hostile {
     /// leave it blocked on the client until the old primary is stopped under it.
     #[test]
     fn a_client_that_stops_reading_does_not_hold_the_old_primary_past_its_fence() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let c = Cluster::up(2);
         let cfg = std::fs::read_to_string(c.config()).unwrap();
         let cfg = cfg.replacen(
@@ -2132,11 +2132,12 @@ mod hostile {
             );
             // The client gets what was relayed, then the end of the connection (no FATAL can
             // follow a message cut short), rather than a session left hanging.
-            let mut rest = Vec::new();
-            tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest))
-                .await
-                .expect("the connection was closed, not left hanging")
-                .unwrap();
+            let rest = common::raw::read_to_close(
+                &mut s,
+                Duration::from_secs(30),
+                "the connection blocked on its client",
+            )
+            .await;
             assert!(
                 rest.len() < 8000 * 50000,
                 "the whole result came through ({} bytes)",

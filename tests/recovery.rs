@@ -12,7 +12,7 @@ use common::{
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 fn out(o: &Output) -> String {
     format!("{}{}", common::stdout(o), common::stderr(o))
@@ -700,11 +700,12 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
         );
         // The one that stopped reading was closed: its connection ends before its result does
         // (no FATAL: pgwarden was in the middle of a row it could not send).
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut got))
-            .await
-            .expect("the session that stopped reading was not closed")
-            .unwrap();
+        let got = common::raw::read_to_close(
+            &mut stalled,
+            Duration::from_secs(30),
+            "the session that stopped reading",
+        )
+        .await;
         assert!(
             got.len() < 90_000_000,
             "{} bytes: the whole result came",
@@ -770,11 +771,7 @@ fn second_stage_waits_for_busy_sessions_closes_idle_ones_and_holds_new_ones() {
 /// Reads a raw session through the proxy to its end, which must come within 10 s with the
 /// FATAL of an online recovery's idle limit; what it read.
 async fn closed_as_idle(s: &mut tokio::net::TcpStream, what: &str) -> String {
-    let mut said = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut said))
-        .await
-        .unwrap_or_else(|_| panic!("{what} was not closed within 10 s"))
-        .unwrap();
+    let said = common::raw::read_to_close(s, Duration::from_secs(10), what).await;
     let said = String::from_utf8_lossy(&said);
     assert!(
         said.contains("pgwarden is recovering a node and closes sessions idle"),

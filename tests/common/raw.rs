@@ -95,6 +95,18 @@ pub fn execute_flush(sql: &str) -> Vec<u8> {
     v
 }
 
+/// Reads `s` to its end, which must come within `limit` (the connection closed, not left
+/// hanging: else a panic naming `what`); what it read.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration, what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("{what} was not closed within {limit:?}"))
+        .unwrap();
+    got
+}
+
 /// Reads messages until one with tag `until` arrives; the messages, as (tag, body).
 pub async fn read_until(s: &mut tokio::net::TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
     read_until_within(s, until, Duration::from_secs(10)).await

@@ -138,9 +138,8 @@ impl ClientReader {
 impl ClientWriter {
     /// Writes all of `data` (and flushes TLS). While the write waits for the client to read,
     /// `CLIENT_STALLED` is set in the session's busy `mask`: an online recovery's 2nd stage
-    /// closes a session whose client stopped reading (see
-    /// `FenceWatch::poll_stalled`). The write itself is as tokio's `write_all`; the mask is
-    /// touched only once it has to wait.
+    /// closes a session whose client stopped reading (see `FenceWatch::poll_stalled`). The
+    /// write itself is as tokio's `write_all`; the mask is touched only once it has to wait.
     pub async fn write_all(&mut self, data: &[u8], mask: &AtomicU64) -> io::Result<()> {
         let mut rest = data;
         let mut stall = Stall(mask, false);
@@ -180,9 +179,7 @@ impl ClientWriter {
             ClientWriter::Tls(w, _) => Pin::new(w).poll_flush(cx),
         }
     }
-}
 
-impl ClientWriter {
     /// The client's socket (for `bytes_acked`).
     pub fn raw_fd(&self) -> RawFd {
         match self {
