@@ -221,6 +221,86 @@ fn a_standby_behind_the_sessions_write_gets_none_of_its_reads() {
     });
 }
 
+/// The first column of the first DataRow among `messages`, as text.
+fn first_value(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, body) = messages.iter().find(|(t, _)| *t == b'D')?;
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    let len = usize::try_from(len).ok()?;
+    Some(String::from_utf8_lossy(&body[6..6 + len]).into_owned())
+}
+
+/// Read-your-writes for a write in a pipeline's open part that began with a read on the
+/// primary (statement-level balancing, the standby's replay paused, so a read it serves misses
+/// the write). Each session: a read, then an INSERT, both with Flush (as psycopg 3 fetches in
+/// `conn.pipeline()`), then Sync and a read of the row. Before, the INSERT went where the part
+/// ran without counting as a write, and the read after it could go to the standby.
+#[test]
+fn a_write_in_a_pipeline_begun_with_a_read_on_the_primary_is_read_back() {
+    use common::raw::{execute_flush, login_at, message, read_until};
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(2);
+    restart_with_proxy_settings(&c, "load_balance = \"statement\"\n");
+    c.psql_proxy("test", "CREATE TABLE pipe_ryw (id int)")
+        .unwrap();
+    let started = Instant::now();
+    while c
+        .psql(1, "test", "SELECT to_regclass('pipe_ryw') IS NOT NULL")
+        .unwrap()
+        .trim()
+        != "t"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the standby never had the table"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.psql(1, "test", "SELECT pg_wal_replay_pause()").unwrap();
+    let (primary, standby) = (c.node_port(0).to_string(), c.node_port(1).to_string());
+    block(async {
+        let mut began_on_primary = 0;
+        let mut read_on_standby = 0;
+        for i in 0..30 {
+            let mut s = login_at(&c, c.proxy_port()).await;
+            s.write_all(&execute_flush("SELECT inet_server_port()"))
+                .await
+                .unwrap();
+            let port = first_value(&read_until(&mut s, b'C').await).unwrap();
+            if port == primary {
+                began_on_primary += 1;
+            }
+            s.write_all(&execute_flush(&format!(
+                "INSERT INTO pipe_ryw VALUES ({i})"
+            )))
+            .await
+            .unwrap();
+            read_until(&mut s, b'C').await;
+            s.write_all(&message(b'S', &[])).await.unwrap();
+            read_until(&mut s, b'Z').await;
+            let sql = format!(
+                "SELECT count(*)::text || ' ' || inet_server_port() FROM pipe_ryw WHERE id = {i}\0"
+            );
+            s.write_all(&message(b'Q', &[sql.as_bytes()]))
+                .await
+                .unwrap();
+            let got = first_value(&read_until(&mut s, b'Z').await).unwrap();
+            let (count, at) = got.split_once(' ').unwrap();
+            assert_eq!(
+                count, "1",
+                "session {i} (its pipeline began on port {port}) read on port {at} without its own write"
+            );
+            if at == standby {
+                read_on_standby += 1;
+            }
+        }
+        eprintln!("{began_on_primary} of 30 pipelines began on the primary, {read_on_standby} reads after them ran on the standby");
+        assert!(
+            began_on_primary > 0,
+            "no pipeline began on the primary: the case was never exercised"
+        );
+    });
+}
+
 #[test]
 fn transactions_stay_on_one_node() {
     let c = Cluster::up(3);

@@ -824,6 +824,12 @@ impl Session {
 
     async fn route_inner(&mut self, class: Class) -> Result<u32> {
         if let Some(n) = self.open_until_sync {
+            // The part's node runs what follows, and a write there is a write for
+            // read-your-writes like any other: a part that began with a read on the primary
+            // set nothing (a standby's part is ended before a write, see `dispatch_batch`).
+            if writes(class) && self.table().primary == Some(n) {
+                self.wrote = Wrote::Pending;
+            }
             return Ok(n);
         }
         if let Some(n) = self.tx_node {
@@ -835,10 +841,7 @@ impl Session {
             && !self.sticky
             && !self.settings.serializable();
         if !readable {
-            if !matches!(
-                class,
-                Class::Read | Class::Session | Class::Begin { read_only: true }
-            ) {
+            if writes(class) {
                 // A setting writes no data, nor does a read-only transaction (on the primary
                 // because the session is pinned or SERIALIZABLE, where reads stay anyway): the
                 // session need not wait for standbys after it.
@@ -2846,6 +2849,15 @@ enum Ended {
 
 /// Whether a statement of this class may only run on the primary (and so may not join a
 /// pipeline left open on a standby).
+/// Whether a unit of this class may write data (read-your-writes then waits for the standbys):
+/// not a read, a setting, nor a read-only transaction.
+fn writes(class: Class) -> bool {
+    !matches!(
+        class,
+        Class::Read | Class::Session | Class::Begin { read_only: true }
+    )
+}
+
 fn needs_primary(class: Class) -> bool {
     matches!(
         class,
