@@ -3421,6 +3421,171 @@ mod hostile {
             "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15"
         );
     }
+
+    /// A simple Query behind a pipeline's open part on the primary runs in the part's
+    /// implicit transaction, as on one server: it sees the part's writes, they roll back when
+    /// it fails, a BEGIN makes them part of the transaction it opens, and a VACUUM is refused
+    /// ("cannot be executed within a pipeline"). Before, pgwarden ended the part with a Sync
+    /// of its own first, which committed the writes whatever the Query then did. Each case
+    /// goes straight to the primary, then through pgwarden (a session of its own, whose part
+    /// begins with a write, so on the primary), and both must show the same.
+    #[test]
+    fn a_query_behind_a_pipeline_open_on_the_primary_runs_in_its_transaction() {
+        let c = Cluster::up(2);
+        c.psql(0, "test", "CREATE TABLE joined (v int)").unwrap();
+        let sync = || message(b'S', &[]);
+        let insert = |v: i32| with_flush(run_unnamed(&format!("INSERT INTO joined VALUES ({v})")));
+        let count = |v: i32| query(&format!("SELECT count(*) FROM joined WHERE v = {v}"));
+        // A FunctionCall (libpq's PQfn) of int4div (oid 154), arguments and result as text.
+        let int4div = |a: &str, b: &str| {
+            let arg = |v: &str| [&(v.len() as i32).to_be_bytes()[..], v.as_bytes()].concat();
+            message(
+                b'F',
+                &[
+                    &154i32.to_be_bytes(),
+                    &[0, 1, 0, 0, 0, 2],
+                    &arg(a),
+                    &arg(b),
+                    &[0, 0],
+                ],
+            )
+        };
+        let cases: Vec<(&str, Steps)> = vec![
+            (
+                "a Query that fails undoes the part's write",
+                vec![
+                    (insert(1), b'C'),
+                    (query("SELECT 1/0"), b'Z'),
+                    (count(1), b'Z'),
+                ],
+            ),
+            (
+                "a Query sees the part's write, and commits it",
+                vec![
+                    (insert(2), b'C'),
+                    (count(2), b'Z'),
+                    (query("ROLLBACK"), b'Z'),
+                    (count(2), b'Z'),
+                ],
+            ),
+            (
+                "a BEGIN takes the part's write into its transaction",
+                vec![
+                    (insert(3), b'C'),
+                    (query("BEGIN"), b'Z'),
+                    (query("ROLLBACK"), b'Z'),
+                    (count(3), b'Z'),
+                ],
+            ),
+            (
+                "VACUUM behind an open part",
+                vec![
+                    (insert(4), b'C'),
+                    (query("VACUUM joined"), b'Z'),
+                    (count(4), b'Z'),
+                ],
+            ),
+            (
+                "a Query behind messages not flushed yet, one of which fails",
+                vec![
+                    (insert(5), b'C'),
+                    (
+                        [run_unnamed("SELECT 1/0"), query("SELECT 49"), sync()].concat(),
+                        b'Z',
+                    ),
+                    (count(5), b'Z'),
+                ],
+            ),
+            (
+                "a Query behind messages not flushed yet",
+                vec![
+                    (insert(6), b'C'),
+                    (
+                        [run_unnamed("INSERT INTO joined VALUES (6)"), count(6)].concat(),
+                        b'Z',
+                    ),
+                    (sync(), b'Z'),
+                    (count(6), b'Z'),
+                ],
+            ),
+            (
+                "a Query behind a part that wrote in an explicit transaction",
+                vec![
+                    (
+                        with_flush(
+                            [
+                                run_unnamed("BEGIN"),
+                                run_unnamed("INSERT INTO joined VALUES (7)"),
+                            ]
+                            .concat(),
+                        ),
+                        b'C',
+                    ),
+                    (Vec::new(), b'C'),
+                    (query("SELECT count(*) FROM joined WHERE v = 7"), b'Z'),
+                    (query("ROLLBACK"), b'Z'),
+                    (count(7), b'Z'),
+                ],
+            ),
+            (
+                "a FunctionCall that fails undoes the part's write",
+                vec![
+                    (insert(9), b'C'),
+                    (int4div("1", "0"), b'Z'),
+                    (count(9), b'Z'),
+                ],
+            ),
+            (
+                "a FunctionCall commits the part's write",
+                vec![
+                    (insert(10), b'C'),
+                    (int4div("6", "3"), b'Z'),
+                    (count(10), b'Z'),
+                ],
+            ),
+            (
+                "an error in the part, then a Query and the client's Sync",
+                vec![
+                    (insert(8), b'C'),
+                    (with_flush(run_unnamed("SELECT 1/0")), b'E'),
+                    ([query("SELECT 50"), sync()].concat(), b'Z'),
+                    (count(8), b'Z'),
+                ],
+            ),
+        ];
+        // What a run left in the table, which is emptied for the next.
+        let rows = || {
+            c.psql_env(
+                c.node_port(0),
+                "test",
+                &[
+                    "SELECT coalesce(string_agg(v::text, ',' ORDER BY v), '-') FROM joined",
+                    "TRUNCATE joined",
+                ],
+                &[],
+            )
+            .unwrap()
+        };
+        block(async {
+            for (what, steps) in &cases {
+                let mut direct = login_at(&c, c.node_port(0)).await;
+                let want = exchange(&mut direct, steps).await;
+                drop(direct);
+                let want_rows = rows();
+                let mut proxied = login(&c).await;
+                let got = exchange(&mut proxied, steps).await;
+                drop(proxied);
+                assert_eq!(got, want, "{what}");
+                assert_eq!(rows(), want_rows, "{what}: rows left");
+            }
+        });
+    }
+
+    /// `v`, then Flush.
+    fn with_flush(mut v: Vec<u8>) -> Vec<u8> {
+        v.extend(message(b'H', &[]));
+        v
+    }
 }
 
 /// Adds `settings` (TOML lines) to the sandbox's `[proxy]` table and restarts it with them.

@@ -697,11 +697,18 @@ impl Session {
                 if !self.batch_frames.is_empty() {
                     self.dispatch_batch(0, false).await?;
                 }
-                if self.discard_until_sync || Box::pin(self.end_open_part_before_query()).await? {
+                if self.discard_until_sync {
+                    return Ok(true);
+                }
+                let joined = self.join_open_part(None).await?;
+                if !joined && Box::pin(self.end_open_part_before_query()).await? {
                     return Ok(true);
                 }
                 let target = self.route(Class::Write).await?;
-                self.send(target, f.bytes.clone(), 1).await?;
+                let sent = self.send(target, f.bytes.clone(), 1).await?;
+                if joined && sent.is_some() {
+                    self.close_open_part();
+                }
             }
             b'X' => return Ok(false),
             b'd' | b'c' | b'f' => {
@@ -949,7 +956,8 @@ impl Session {
     async fn simple_query(&mut self, f: Frame) -> Result<()> {
         let sql = msg::query_text(f.body())?;
         // (Before the Query can pin anything, or be answered by pgwarden.)
-        if self.end_open_part_before_query().await? {
+        let joined = self.join_open_part(Some(sql)).await?;
+        if !joined && self.end_open_part_before_query().await? {
             return Ok(());
         }
         if let Some(cmd) = crate::show::parse(sql) {
@@ -1018,6 +1026,10 @@ impl Session {
             self.error_seen = false;
         }
         let sent = self.send(target, bytes.clone(), 1).await?;
+        if joined && sent.is_some() {
+            // The server ends the open part's implicit transaction with the Query's.
+            self.close_open_part();
+        }
         if sent.is_some() {
             // A simple Query destroys the unnamed statement, here wherever it was parsed, as
             // on one server: a later Bind of it goes where the Query ran, and fails there.
@@ -1262,14 +1274,16 @@ impl Session {
             || self.inflight.is_some_and(|(n, _)| n == node)
     }
 
-    /// Before a simple Query or a FunctionCall, which a server runs as if a Sync came first,
-    /// unless the pipeline's open part (after Flush) met an error: then it skips it, without
-    /// a word (not even a ReadyForQuery), up to the client's Sync. pgwarden ends the open part
-    /// with its own Sync first, on whatever node it runs, and sees how it ended: sent behind it
-    /// unread, the ReadyForQuery counted for the Query might never come. After it, routing is
-    /// free again (asyncpg prepares with Flush, then sends COPY). Returns whether the Query is
-    /// to be dropped, as the server would drop it (the client's Sync then goes to that node,
-    /// or is answered by pgwarden, see `end_open_batch`).
+    /// Before a simple Query or a FunctionCall that does not join the pipeline's open part
+    /// (`join_open_part`: the part runs on a standby, met an error, or the Query is pgwarden's
+    /// to answer or a held cursor's). A server runs it in the part's transaction, unless the
+    /// part (after Flush) met an error: then it skips it, without a word (not even a
+    /// ReadyForQuery), up to the client's Sync. pgwarden ends the open part with its own Sync
+    /// first, on whatever node it runs, and sees how it ended: sent behind it unread, the
+    /// ReadyForQuery counted for the Query might never come. After it, routing is free again
+    /// (asyncpg prepares with Flush, then sends COPY). Returns whether the Query is to be
+    /// dropped, as the server would drop it (the client's Sync then goes to that node, or is
+    /// answered by pgwarden, see `end_open_batch`).
     async fn end_open_part_before_query(&mut self) -> Result<bool> {
         let Some(n) = self.open_until_sync else {
             return Ok(false);
@@ -1278,6 +1292,65 @@ impl Session {
             return Ok(true);
         }
         Ok(Box::pin(self.end_open_batch(n)).await? == Ended::Failed)
+    }
+
+    /// Whether a simple Query (`sql`) or a FunctionCall (None) joins the pipeline's open part
+    /// (see `settle_open_part`): the part runs on the primary, and what comes is neither
+    /// answered by pgwarden (`SHOW POOL_NODES`) nor for a cursor held on a standby. Once
+    /// it is sent, the part is closed (`close_open_part`).
+    async fn join_open_part(&mut self, sql: Option<&str>) -> Result<bool> {
+        let Some(n) = self.open_until_sync else {
+            return Ok(false);
+        };
+        let joins = !self.open_failed
+            && self.copy_in.is_none()
+            && self.ctx.routes.borrow().primary == Some(n)
+            && sql.is_none_or(|sql| {
+                crate::show::parse(sql).is_none()
+                    && !(self.settings.has_held() && pgwarden_sql::cursor_use(sql).is_some())
+            });
+        if !joins {
+            return Ok(false);
+        }
+        Box::pin(self.settle_open_part(n)).await
+    }
+
+    /// Before a simple Query behind the pipeline's open part on the primary, which a server
+    /// runs in the part's implicit transaction (or explicit one, begun in the part): the
+    /// Query goes behind the part, as on one server, so that it sees the part's writes, and
+    /// they commit or roll back with it — ended with a Sync of pgwarden's first, a part's
+    /// writes were committed even when the Query then failed. Sent unread, though, a Query
+    /// behind a part that met an error would be skipped by the server without a
+    /// ReadyForQuery. So pgwarden flushes the part and relays every answer it owes first
+    /// (`open_owed`). Returns whether the part ended its answers clean, and the Query may
+    /// join it; false after an error (or a COPY that waits for data), and then the Query is
+    /// handled as before (`end_open_part_before_query`).
+    async fn settle_open_part(&mut self, node: u32) -> Result<bool> {
+        // ReadyForQuery due for the pipeline's earlier Syncs first: answers before them are
+        // theirs, not the part's.
+        self.drain().await?;
+        if !self.open_failed && self.open_owed > 0 {
+            // (The part may end with the client's Flush already; one more has no answer.)
+            let mut out = BytesMut::new();
+            msg::frontend::flush(&mut out);
+            if let Err(e) = self.write_unit(node, &out).await? {
+                return Err(self.lost(node, e));
+            }
+        }
+        while self.open_until_sync == Some(node)
+            && !self.open_failed
+            && self.open_owed > 0
+            && self.copy_in.is_none()
+        {
+            if !self.conns.contains_key(&node) {
+                return Err(fatal(
+                    "08006",
+                    format!("the connection to node {node} was lost"),
+                ));
+            }
+            self.read_node(Some(node), true).await?;
+        }
+        Ok(self.open_until_sync == Some(node) && !self.open_failed && self.copy_in.is_none())
     }
 
     /// Whether the session's transaction is on a standby and answers are still due there: a
