@@ -3403,14 +3403,52 @@ mod hostile {
                 (query("SELECT current_setting('search_path')"), b'Z'),
             ],
         ));
+        // A batch that ends a transaction on the standby, then writes: the write runs outside
+        // the transaction, on the primary (found by `random_pipelines_…`, seed 548: it went to
+        // the standby with the transaction's end, which refused it).
+        cases.push((
+            "a transaction on the standby ended, then a write, in one batch",
+            vec![
+                (query("BEGIN READ ONLY"), b'Z'),
+                (
+                    [
+                        run_unnamed("SELECT 1"),
+                        run_unnamed("COMMIT"),
+                        run_unnamed("INSERT INTO moved VALUES (16)"),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (query("SELECT 51"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "an error, then the transaction's end and a write, in one batch",
+            vec![
+                (query("BEGIN READ ONLY"), b'Z'),
+                (
+                    [
+                        run_unnamed("SELECT 1/0"),
+                        run_unnamed("ROLLBACK"),
+                        run_unnamed("INSERT INTO moved VALUES (17)"),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (query("ROLLBACK"), b'Z'),
+                (query("SELECT 52"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let (want, got, _) = direct_and_proxied(&c, steps).await;
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5 and 7 to 15 were written twice (direct and through pgwarden); 3, 4 and
-        // 6 never.
+        // Rows 1, 2, 5 and 7 to 16 were written twice (direct and through pgwarden); 3, 4, 6
+        // and 17 never.
         assert_eq!(
             c.psql(
                 0,
@@ -3418,7 +3456,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15"
+            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15,16,16"
         );
     }
 

@@ -1423,7 +1423,34 @@ impl Session {
     /// `part`, because it grew long. The rest of a part's batch is not known yet, and may
     /// write: a part goes to the primary, and the batch's later parts follow it there.
     async fn dispatch_batch(&mut self, syncs: usize, part: bool) -> Result<()> {
-        let frames = std::mem::take(&mut self.batch_frames);
+        let mut frames = std::mem::take(&mut self.batch_frames);
+        if let Some(at) = self.tx_end_split(&frames) {
+            // The batch ends the session's transaction on a standby, then may write: one
+            // server would run the rest outside the transaction, so it must not go to the
+            // standby, which would refuse it. What ends the transaction goes there first, as
+            // an open part (a Flush of pgwarden's after it, which has no answer); the rest
+            // then follows as a batch of its own, which ends that part where it must (see
+            // `leave_open_standby`: pgwarden's Sync, its ReadyForQuery kept back, the rest
+            // dropped up to the client's Sync after an error).
+            let rest = frames.split_off(at);
+            let rest_len: usize = rest.iter().map(|f| f.bytes.len()).sum();
+            let rest_bytes = self
+                .batch
+                .split_off(self.batch.len().saturating_sub(rest_len));
+            let mut h = BytesMut::new();
+            msg::frontend::flush(&mut h);
+            let h = h.freeze();
+            self.batch.extend_from_slice(&h);
+            frames.push(Frame {
+                tag: b'H',
+                bytes: h,
+            });
+            self.batch_frames = frames;
+            Box::pin(self.dispatch_batch(0, false)).await?;
+            self.batch = rest_bytes;
+            self.batch_frames = rest;
+            return Box::pin(self.dispatch_batch(syncs, part)).await;
+        }
         if part {
             // The server sends what it has for the part at once (a Flush has no answer of its
             // own): otherwise the last of it waits in its buffer for more of the client's
@@ -1770,6 +1797,80 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Where a batch for the session's transaction on a standby is to be split (see
+    /// `dispatch_batch`): just after the Execute of a statement that ends the transaction
+    /// (COMMIT, ROLLBACK …), when a statement after it is not a read. None for most batches,
+    /// after a look at each Parse's first word.
+    fn tx_end_split(&self, frames: &[Frame]) -> Option<usize> {
+        let n = self.tx_node?;
+        if self.ctx.routes.borrow().primary == Some(n) {
+            return None;
+        }
+        let class_of = |f: &Frame, unnamed: Option<Class>| -> Option<Class> {
+            match f.tag {
+                b'P' => msg::parse(f.body())
+                    .ok()
+                    .map(|p| classify(p.query, &*self.ctx).class),
+                b'B' => {
+                    let (_, stmt) = msg::bind_names(f.body()).ok()?;
+                    if stmt.is_empty() {
+                        unnamed
+                    } else {
+                        self.statements.get(stmt).map(|s| s.class)
+                    }
+                }
+                _ => None,
+            }
+        };
+        // The first Execute of a bound statement that ends the transaction.
+        let mut unnamed = None;
+        // (Statements parsed in this batch are not in `statements` yet.)
+        let mut parsed_ends: Vec<&str> = Vec::new();
+        let mut ending = false;
+        let mut at = None;
+        for (i, f) in frames.iter().enumerate() {
+            match f.tag {
+                b'P' => {
+                    let Ok(p) = msg::parse(f.body()) else {
+                        continue;
+                    };
+                    let ends = ["commit", "end", "abort", "rollback", "prepare"]
+                        .iter()
+                        .any(|w| has_first_word(p.query, w));
+                    let c = ends.then(|| classify(p.query, &*self.ctx).class);
+                    if p.name.is_empty() {
+                        unnamed = c;
+                    } else if c == Some(Class::End) {
+                        parsed_ends.push(p.name);
+                    }
+                }
+                b'B' => {
+                    ending = class_of(f, unnamed) == Some(Class::End)
+                        || msg::bind_names(f.body())
+                            .is_ok_and(|(_, stmt)| parsed_ends.contains(&stmt));
+                }
+                b'E' if ending => {
+                    at = Some(i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let at = at?;
+        // Anything after it that may not run on the standby outside a transaction.
+        let mut unnamed = None;
+        frames[at..]
+            .iter()
+            .any(|f| {
+                let c = class_of(f, unnamed);
+                if f.tag == b'P' && msg::parse(f.body()).is_ok_and(|p| p.name.is_empty()) {
+                    unnamed = c;
+                }
+                matches!(f.tag, b'P' | b'B') && c != Some(Class::Read)
+            })
+            .then_some(at)
     }
 
     /// The pipeline has no open part any more (a Sync ended it, the client's or pgwarden's).
