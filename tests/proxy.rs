@@ -3619,6 +3619,162 @@ mod hostile {
         });
     }
 
+    /// Random pipelines of the extended and simple protocols — reads, writes, errors,
+    /// transactions begun and ended, Flush, Sync, Query — sent straight to the primary, then
+    /// through pgwarden (two nodes: reads may go to the standby, the session's own writes
+    /// must still show), must bring back the same messages (statuses, SQLSTATEs, values) and
+    /// leave the same rows. Each direct and proxied run has a table of its own; the sequences
+    /// come from fixed seeds, so a failure names one that can be replayed.
+    #[test]
+    fn random_pipelines_answer_as_one_server_would() {
+        let c = Cluster::up(2);
+        c.psql(
+            0,
+            "test",
+            "CREATE TABLE rp_d (v int); CREATE TABLE rp_p (v int)",
+        )
+        .unwrap();
+        c.wait_node(1, Duration::from_secs(10), "replayed", |n| {
+            n["lag_bytes"] == 0
+        });
+        block(async {
+            let mut covered = [0usize; 3];
+            // (PGWARDEN_TEST_SEEDS=N runs more, to hunt.)
+            let seeds = std::env::var("PGWARDEN_TEST_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(120u64);
+            for seed in 1..=seeds {
+                let steps = random_steps(seed);
+                let direct = pipeline_transcript(&c, c.node_port(0), &steps, "rp_d", seed).await;
+                let proxied = pipeline_transcript(&c, c.proxy_port(), &steps, "rp_p", seed).await;
+                assert_eq!(proxied, direct, "seed {seed}: {steps:?}");
+                let rows = |t: &str| {
+                    c.psql(
+                        0,
+                        "test",
+                        &format!(
+                            "SELECT coalesce(string_agg(v::text, ',' ORDER BY v), '-') FROM {t} \
+                             WHERE v / 1000 = {seed}"
+                        ),
+                    )
+                    .unwrap()
+                };
+                assert_eq!(
+                    rows("rp_p"),
+                    rows("rp_d"),
+                    "seed {seed}: rows left, {steps:?}"
+                );
+                covered[0] += direct.matches("E(").count();
+                covered[1] += direct.matches("Z(T)").count();
+                covered[2] += usize::from(rows("rp_d") != "-");
+            }
+            // (The sequences must have met errors, transactions and committed writes.)
+            assert!(
+                covered.iter().all(|n| *n > 10),
+                "too little covered: {covered:?}"
+            );
+        });
+    }
+
+    /// One step of a random pipeline: an unnamed statement's Parse, Bind and Execute, a
+    /// Flush, a Sync, or a simple Query.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Extended(String),
+        Flush,
+        Sync,
+        Query(String),
+    }
+
+    /// A pipeline from `seed` (xorshift: the same steps every run): 3 to 12 steps. `{t}`
+    /// stands for the run's table, and values are `seed * 1000 + k`.
+    fn random_steps(seed: u64) -> Vec<Step> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut k = 0;
+        let len = 3 + next(10);
+        (0..len)
+            .map(|_| {
+                let sql = match next(10) {
+                    0..=2 => format!("SELECT count(*) FROM {{t}} WHERE v / 1000 = {seed}"),
+                    3 | 4 => {
+                        k += 1;
+                        format!("INSERT INTO {{t}} VALUES ({})", seed * 1000 + k)
+                    }
+                    5 => "SELECT 1/0".to_string(),
+                    6 => "BEGIN".to_string(),
+                    7 => "BEGIN READ ONLY".to_string(),
+                    8 => "COMMIT".to_string(),
+                    _ => "ROLLBACK".to_string(),
+                };
+                match next(8) {
+                    0..=2 => Step::Extended(sql),
+                    3 => Step::Flush,
+                    4 | 5 => Step::Sync,
+                    _ => Step::Query(sql),
+                }
+            })
+            .collect()
+    }
+
+    /// Sends `steps` (on table `t`) to `port`, a pause now and then so that some answers are
+    /// read before what follows is sent, then a Sync, a ROLLBACK and an end marker; what came
+    /// back, as `exchange` shows it (ParameterStatus left out).
+    async fn pipeline_transcript(
+        c: &Cluster,
+        port: u16,
+        steps: &[Step],
+        t: &str,
+        seed: u64,
+    ) -> String {
+        use tokio::io::AsyncWriteExt;
+        let mut s = login_at(c, port).await;
+        for (i, step) in steps.iter().enumerate() {
+            let bytes = match step {
+                Step::Extended(sql) => run_unnamed(&sql.replace("{t}", t)),
+                Step::Flush => message(b'H', &[]),
+                Step::Sync => message(b'S', &[]),
+                Step::Query(sql) => query(&sql.replace("{t}", t)),
+            };
+            s.write_all(&bytes).await.unwrap();
+            if (seed + i as u64).is_multiple_of(3) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let end = [message(b'S', &[]), query("ROLLBACK"), query("SELECT 'end'")].concat();
+        s.write_all(&end).await.unwrap();
+        let mut out = String::new();
+        loop {
+            let got = common::raw::read_until_within(&mut s, b'Z', Duration::from_secs(15)).await;
+            let last = got.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"end"));
+            for (t, b) in got {
+                match t {
+                    b'Z' => out.push_str(&format!("Z({}) ", b[0] as char)),
+                    b'E' => {
+                        let code = b
+                            .split(|x| *x == 0)
+                            .find(|f| f.first() == Some(&b'C'))
+                            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                            .unwrap_or_default();
+                        out.push_str(&format!("E({code}) "));
+                    }
+                    b'D' => out.push_str(&format!("D({}) ", first_value(&[(t, b)]))),
+                    b'S' => {}
+                    t => out.push(t as char),
+                }
+            }
+            if last {
+                return out;
+            }
+        }
+    }
+
     /// `v`, then Flush.
     fn with_flush(mut v: Vec<u8>) -> Vec<u8> {
         v.extend(message(b'H', &[]));
