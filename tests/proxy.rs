@@ -3466,7 +3466,8 @@ mod hostile {
     /// ("cannot be executed within a pipeline"). Before, pgwarden ended the part with a Sync
     /// of its own first, which committed the writes whatever the Query then did. Each case
     /// goes straight to the primary, then through pgwarden (a session of its own, whose part
-    /// begins with a write, so on the primary), and both must show the same.
+    /// begins with a write, so on the primary), and both must show the same. (One more case
+    /// needs a fresh session too: Describe and Close before anything else.)
     #[test]
     fn a_query_behind_a_pipeline_open_on_the_primary_runs_in_its_transaction() {
         let c = Cluster::up(2);
@@ -3581,6 +3582,16 @@ mod hostile {
                     (count(10), b'Z'),
                 ],
             ),
+            // Describe and Close alone in a session's first batch go to a node (found by
+            // `random_pipelines_…`, seed 24: pgwarden, holding no connection yet, answered
+            // them with a ReadyForQuery alone, without CloseComplete or the error).
+            (
+                "Close and Describe of nothing, first in a session",
+                vec![
+                    ([message(b'C', &[b"Snosuch\0"]), sync()].concat(), b'Z'),
+                    ([message(b'D', &[b"Snosuch\0"]), sync()].concat(), b'Z'),
+                ],
+            ),
             (
                 "an error in the part, then a Query and the client's Sync",
                 vec![
@@ -3685,10 +3696,19 @@ mod hostile {
         Flush,
         Sync,
         Query(String),
+        /// Parse of a named statement.
+        Prepare(&'static str, String),
+        /// Bind and Execute of a named statement.
+        Run(&'static str),
+        /// Describe of a named statement.
+        Describe(&'static str),
+        /// Close of a named statement.
+        Close(&'static str),
     }
 
     /// A pipeline from `seed` (xorshift: the same steps every run): 3 to 12 steps. `{t}`
-    /// stands for the run's table, and values are `seed * 1000 + k`.
+    /// stands for the run's table, and values are `seed * 1000 + k`. Even seeds also use named
+    /// statements, savepoints, a setting and a locking read.
     fn random_steps(seed: u64) -> Vec<Step> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut next = move |n: u64| {
@@ -3697,11 +3717,12 @@ mod hostile {
             x ^= x << 17;
             x % n
         };
+        let rich = seed.is_multiple_of(2);
         let mut k = 0;
         let len = 3 + next(10);
         (0..len)
             .map(|_| {
-                let sql = match next(10) {
+                let sql = match next(if rich { 15 } else { 10 }) {
                     0..=2 => format!("SELECT count(*) FROM {{t}} WHERE v / 1000 = {seed}"),
                     3 | 4 => {
                         k += 1;
@@ -3711,13 +3732,28 @@ mod hostile {
                     6 => "BEGIN".to_string(),
                     7 => "BEGIN READ ONLY".to_string(),
                     8 => "COMMIT".to_string(),
-                    _ => "ROLLBACK".to_string(),
+                    9 => "ROLLBACK".to_string(),
+                    10 => "SAVEPOINT sp".to_string(),
+                    11 => "ROLLBACK TO sp".to_string(),
+                    12 => {
+                        k += 1;
+                        format!("SET application_name = 'a{k}'")
+                    }
+                    13 => "SELECT current_setting('application_name')".to_string(),
+                    _ => format!(
+                        "SELECT v FROM {{t}} WHERE v / 1000 = {seed} ORDER BY v LIMIT 1 FOR UPDATE"
+                    ),
                 };
-                match next(8) {
+                let name = ["s1", "s2", "s3"][next(3) as usize];
+                match next(if rich { 12 } else { 8 }) {
                     0..=2 => Step::Extended(sql),
                     3 => Step::Flush,
                     4 | 5 => Step::Sync,
-                    _ => Step::Query(sql),
+                    6 | 7 => Step::Query(sql),
+                    8 => Step::Prepare(name, sql),
+                    9 => Step::Run(name),
+                    10 => Step::Describe(name),
+                    _ => Step::Close(name),
                 }
             })
             .collect()
@@ -3741,6 +3777,19 @@ mod hostile {
                 Step::Flush => message(b'H', &[]),
                 Step::Sync => message(b'S', &[]),
                 Step::Query(sql) => query(&sql.replace("{t}", t)),
+                Step::Prepare(name, sql) => {
+                    let n = [name.as_bytes(), b"\0"].concat();
+                    let sql = sql.replace("{t}", t);
+                    message(b'P', &[&n, sql.as_bytes(), b"\0", &[0, 0]])
+                }
+                Step::Run(name) => {
+                    let n = [name.as_bytes(), b"\0"].concat();
+                    let mut v = message(b'B', &[b"\0", &n, &[0, 0, 0, 0, 0, 0]]);
+                    v.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+                    v
+                }
+                Step::Describe(name) => message(b'D', &[b"S", name.as_bytes(), b"\0"]),
+                Step::Close(name) => message(b'C', &[b"S", name.as_bytes(), b"\0"]),
             };
             s.write_all(&bytes).await.unwrap();
             if (seed + i as u64).is_multiple_of(3) {

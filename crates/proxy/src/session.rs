@@ -1585,14 +1585,15 @@ impl Session {
         if self.tx_node.is_some() || begins {
             read_back = std::mem::take(&mut replay);
         }
-        if !any_statement
+        if frames.iter().all(|f| matches!(f.tag, b'S' | b'H'))
             && self.open_until_sync.is_none()
             && self.tx_node.is_none()
             && self.inflight.is_none()
             && self.conns.is_empty()
         {
-            // Only Sync/Flush/Describe/Close of nothing, and no backend yet: answer as the
-            // server would.
+            // Only Sync and Flush, and no backend held: answer as the server would. (A
+            // Describe or Close goes to a node: a statement the session has may be described,
+            // and a server answers a Close of nothing with CloseComplete.)
             if syncs > 0 {
                 let mut out = BytesMut::new();
                 msg::ready_for_query(&mut out, b'I');
