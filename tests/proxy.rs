@@ -3441,6 +3441,30 @@ mod hostile {
                 (query("SELECT 52"), b'Z'),
             ],
         ));
+        // A Parse of a name the session has is refused, and the statement stays what it was
+        // (found by `random_pipelines_…`, seed 792: pgwarden sent it to a node without the
+        // statement, where it was accepted, and took the new text as the statement's).
+        cases.push((
+            "a statement parsed again under its name",
+            vec![
+                (
+                    [message(b'P', &[b"s7\0", b"SELECT 7\0", &[0, 0]]), sync()].concat(),
+                    b'Z',
+                ),
+                (
+                    [
+                        message(
+                            b'P',
+                            &[b"s7\0", b"INSERT INTO moved VALUES (18)\0", &[0, 0]],
+                        ),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (execute_sync("s7"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let (want, got, _) = direct_and_proxied(&c, steps).await;
@@ -3704,6 +3728,10 @@ mod hostile {
         Describe(&'static str),
         /// Close of a named statement.
         Close(&'static str),
+        /// Bind of a named statement to portal `p`, and an Execute of one row of it.
+        Portal(&'static str),
+        /// Execute of one more row of portal `p`.
+        More,
     }
 
     /// A pipeline from `seed` (xorshift: the same steps every run): 3 to 12 steps. `{t}`
@@ -3722,7 +3750,7 @@ mod hostile {
         let len = 3 + next(10);
         (0..len)
             .map(|_| {
-                let sql = match next(if rich { 15 } else { 10 }) {
+                let sql = match next(if rich { 20 } else { 10 }) {
                     0..=2 => format!("SELECT count(*) FROM {{t}} WHERE v / 1000 = {seed}"),
                     3 | 4 => {
                         k += 1;
@@ -3740,12 +3768,20 @@ mod hostile {
                         format!("SET application_name = 'a{k}'")
                     }
                     13 => "SELECT current_setting('application_name')".to_string(),
-                    _ => format!(
+                    14 => format!(
                         "SELECT v FROM {{t}} WHERE v / 1000 = {seed} ORDER BY v LIMIT 1 FOR UPDATE"
                     ),
+                    15 => "SELECT generate_series(1, 3)".to_string(),
+                    16 => {
+                        k += 1;
+                        format!("INSERT INTO {{t}} VALUES ({}); SELECT 1/0", seed * 1000 + k)
+                    }
+                    17 => "COPY (SELECT 1 UNION ALL SELECT 2) TO STDOUT".to_string(),
+                    18 => "DO $$BEGIN RAISE NOTICE 'n'; END$$".to_string(),
+                    _ => "CREATE TEMP TABLE IF NOT EXISTS tt (v int)".to_string(),
                 };
                 let name = ["s1", "s2", "s3"][next(3) as usize];
-                match next(if rich { 12 } else { 8 }) {
+                match next(if rich { 14 } else { 8 }) {
                     0..=2 => Step::Extended(sql),
                     3 => Step::Flush,
                     4 | 5 => Step::Sync,
@@ -3753,7 +3789,9 @@ mod hostile {
                     8 => Step::Prepare(name, sql),
                     9 => Step::Run(name),
                     10 => Step::Describe(name),
-                    _ => Step::Close(name),
+                    11 => Step::Close(name),
+                    12 => Step::Portal(name),
+                    _ => Step::More,
                 }
             })
             .collect()
@@ -3790,6 +3828,13 @@ mod hostile {
                 }
                 Step::Describe(name) => message(b'D', &[b"S", name.as_bytes(), b"\0"]),
                 Step::Close(name) => message(b'C', &[b"S", name.as_bytes(), b"\0"]),
+                Step::Portal(name) => {
+                    let n = [name.as_bytes(), b"\0"].concat();
+                    let mut v = message(b'B', &[b"p\0", &n, &[0, 0, 0, 0, 0, 0]]);
+                    v.extend(message(b'E', &[b"p\0", &[0, 0, 0, 1]]));
+                    v
+                }
+                Step::More => message(b'E', &[b"p\0", &[0, 0, 0, 1]]),
             };
             s.write_all(&bytes).await.unwrap();
             if (seed + i as u64).is_multiple_of(3) {

@@ -1507,6 +1507,14 @@ impl Session {
                     if p.name.is_empty() {
                         parsed_unnamed = true;
                         unnamed = Some((p.query.to_string(), effect));
+                    } else if (self.statements.contains_key(p.name)
+                        && !closes.iter().any(|n| n == p.name))
+                        || parses.iter().any(|(n, _, _, _)| n == p.name)
+                    {
+                        // The session has a statement of that name: the server refuses the
+                        // Parse (42P05), and the statement stays what it was. It must exist
+                        // where the batch goes, to be refused there as on one server.
+                        needs.push(p.name.to_string());
                     } else {
                         parses.push((p.name.to_string(), f.bytes.clone(), c, effect));
                     }
