@@ -1900,6 +1900,67 @@ fn wrong_passwords_and_unknown_users_look_the_same() {
     });
 }
 
+/// A startup packet that names a database (or user) twice is judged by the value the server
+/// uses, the last: with an hba rule that admits database "test" only, `database=test,
+/// database=postgres` is refused, and `database=postgres, database=test` logs in to "test".
+/// (pgwarden checked the first and forwarded both: the server logged the client in to the
+/// database the rule did not admit.)
+#[test]
+fn a_parameter_given_twice_is_judged_by_the_value_the_server_uses() {
+    use common::raw::{login_with, read_message, read_until};
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(1);
+    let cfg = std::fs::read_to_string(c.config()).unwrap()
+        + "\n[[proxy.hba]]\ndatabase = \"test\"\nuser = \"all\"\naddress = \"all\"\nmethod = \"scram-sha-256\"\n";
+    std::fs::write(c.config(), cfg).unwrap();
+    restart_with_proxy_settings(&c, "");
+    let startup = |pairs: &[(&str, &str)]| {
+        let mut body = 196608u32.to_be_bytes().to_vec();
+        for (k, v) in pairs {
+            body.extend([k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat());
+        }
+        body.push(0);
+        [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat()
+    };
+    block(async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
+            .await
+            .unwrap();
+        s.write_all(&startup(&[
+            ("user", "postgres"),
+            ("database", "test"),
+            ("database", "postgres"),
+        ]))
+        .await
+        .unwrap();
+        let (tag, body) = read_message(&mut s).await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(tag, b'E', "the second database was let in: {text}");
+        assert!(
+            text.contains("28000") && text.contains("database \"postgres\""),
+            "{text}"
+        );
+        // The other way round the rule admits it, and the session is in "test".
+        let packet = startup(&[
+            ("user", "postgres"),
+            ("database", "postgres"),
+            ("database", "test"),
+        ]);
+        let mut s = login_with(&c, c.proxy_port(), &packet).await;
+        s.write_all(&common::raw::message(
+            b'Q',
+            &[b"SELECT current_database()\0"],
+        ))
+        .await
+        .unwrap();
+        let got = read_until(&mut s, b'Z').await;
+        assert!(got.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"test")));
+    });
+    // A direct refusal of the rule, for comparison: database "postgres" alone.
+    let out = c.psql_proxy("postgres", "SELECT 1").unwrap_err();
+    assert!(out.contains("no pgwarden hba entry"), "{out}");
+}
+
 #[test]
 fn a_dead_standby_costs_one_error_not_a_hang() {
     let c = Cluster::up(2);

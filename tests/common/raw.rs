@@ -22,12 +22,17 @@ pub fn startup(user: &str) -> Vec<u8> {
 
 /// A raw socket to `port` (the proxy or a node), logged in and ready for a query.
 pub async fn login_at(c: &Cluster, port: u16) -> tokio::net::TcpStream {
+    login_with(c, port, &startup("postgres")).await
+}
+
+/// `login_at` with a startup packet of the caller's (user postgres, the sandbox's password).
+pub async fn login_with(c: &Cluster, port: u16, packet: &[u8]) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     // Trust is not configured, so authenticate with SCRAM through postgres-protocol.
-    s.write_all(&startup("postgres")).await.unwrap();
+    s.write_all(packet).await.unwrap();
     let mut scram: Option<postgres_protocol::authentication::sasl::ScramSha256> = None;
     loop {
         let (tag, body) = read_message(&mut s).await;

@@ -332,9 +332,7 @@ async fn handshake(
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_string();
-    if Startup::param(&params, "replication")
-        .is_some_and(|r| r != "false" && r != "0" && r != "off")
-    {
+    if Startup::param(&params, "replication").is_some_and(|r| !is_false(r)) {
         return Err(Refusal::fatal("0A000", "replication connections are not supported through pgwarden; connect to the primary directly"));
     }
     let method = auth_method(&ctx.cfg.hba, &database, &user, peer.ip()).ok_or_else(|| {
@@ -543,5 +541,31 @@ async fn cancel(ctx: &Ctx, pid: i32, key: i32) {
     let target = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(t) = target {
         crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
+    }
+}
+
+/// Whether a startup parameter's value is a boolean false as PostgreSQL reads one
+/// (`parse_bool`: any case, a prefix of "false" or "no", "off" or "of", "0").
+fn is_false(v: &str) -> bool {
+    let v = v.trim().to_ascii_lowercase();
+    !v.is_empty()
+        && ("false".starts_with(&v)
+            || "no".starts_with(&v)
+            || (v.len() >= 2 && "off".starts_with(&v))
+            || v == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_false;
+
+    #[test]
+    fn replication_off_as_postgresql_reads_it() {
+        for v in ["false", "FALSE", "f", "no", "N", "off", "OFF", "of", "0"] {
+            assert!(is_false(v), "{v}");
+        }
+        for v in ["true", "on", "1", "database", "yes", "", "o", "2"] {
+            assert!(!is_false(v), "{v}");
+        }
     }
 }

@@ -143,6 +143,10 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError>
             break;
         }
         let (value, rest) = cstr(rest).ok_or(ProtocolError::StartupLayout("unterminated value"))?;
+        // A name given twice: the last value counts, as for PostgreSQL (whose `user`,
+        // `database` and `replication` are the last given). One entry per name, so that what
+        // pgwarden checks (hba, password, replication) is what the server is asked for.
+        params.retain(|(k, _)| k != name);
         params.push((name.to_string(), value.to_string()));
         body = rest;
     }
@@ -172,6 +176,25 @@ mod tests {
         b.put_u32(code);
         b.put_slice(body);
         b
+    }
+
+    #[test]
+    fn a_name_given_twice_counts_once_with_its_last_value() {
+        let mut b = startup_packet(
+            PROTOCOL_3_0,
+            b"user\0bob\0database\0app\0replication\0off\0database\0payroll\0user\0postgres\0replication\0database\0\0",
+        );
+        let Some(Startup::Startup { params }) = split_startup(&mut b).unwrap() else {
+            panic!("not a startup packet");
+        };
+        assert_eq!(
+            params,
+            vec![
+                ("database".into(), "payroll".into()),
+                ("user".into(), "postgres".into()),
+                ("replication".into(), "database".into()),
+            ]
+        );
     }
 
     #[test]
