@@ -1961,6 +1961,116 @@ fn a_parameter_given_twice_is_judged_by_the_value_the_server_uses() {
     assert!(out.contains("no pgwarden hba entry"), "{out}");
 }
 
+/// The salt of the SCRAM exchange is the user's, whichever database is asked for, for a user
+/// with a password as for one without: comparing salts across databases tells nothing about
+/// who exists (a fresh salt was made per user and database, while an unknown user's was
+/// derived from the name alone). A wrong password still fails alike for both.
+#[test]
+fn the_scram_salt_does_not_tell_whether_a_user_exists() {
+    use common::raw::read_message;
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(1);
+    let salt = |user: &'static str, db: &'static str| {
+        let port = c.proxy_port();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let mut body = 196608u32.to_be_bytes().to_vec();
+            for (k, v) in [("user", user), ("database", db)] {
+                body.extend([k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat());
+            }
+            body.push(0);
+            let packet = [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat();
+            s.write_all(&packet).await.unwrap();
+            let (tag, b) = read_message(&mut s).await;
+            assert_eq!(
+                (tag, &b[..4]),
+                (b'R', &10u32.to_be_bytes()[..]),
+                "{user}: SASL first"
+            );
+            let first = b"n,,n=,r=abcdefghijklmnopqrstuvwx";
+            let mut payload = b"SCRAM-SHA-256\0".to_vec();
+            payload.extend((first.len() as i32).to_be_bytes());
+            payload.extend(first);
+            s.write_all(&common::raw::message(b'p', &[&payload]))
+                .await
+                .unwrap();
+            let (tag, b) = read_message(&mut s).await;
+            assert_eq!(tag, b'R');
+            let text = String::from_utf8_lossy(&b[4..]).into_owned();
+            text.split(',')
+                .find_map(|f| f.strip_prefix("s="))
+                .unwrap_or_else(|| panic!("no salt in {text}"))
+                .to_string()
+        }
+    };
+    block(async {
+        let known = (
+            salt("postgres", "test").await,
+            salt("postgres", "postgres").await,
+        );
+        let unknown = (
+            salt("nobody", "test").await,
+            salt("nobody", "postgres").await,
+        );
+        assert_eq!(
+            known.0, known.1,
+            "a known user's salt changed with the database"
+        );
+        assert_eq!(unknown.0, unknown.1);
+        assert_ne!(known.0, unknown.0, "two users, one salt");
+    });
+}
+
+/// Under an md5 rule, with pool_passwd holding SCRAM secrets (as copied from pg_authid), an
+/// unknown user is asked for SCRAM like the users who exist: an md5 challenge told that the
+/// user does not exist. The users who exist log in through SCRAM.
+#[test]
+fn an_md5_rule_asks_an_unknown_user_what_it_asks_the_others() {
+    use common::raw::read_message;
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(1);
+    let verifier = c
+        .psql(
+            0,
+            "postgres",
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'",
+        )
+        .unwrap();
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    let file = c.dir.join("pool_passwd");
+    std::fs::write(&file, format!("postgres:{verifier}\n")).unwrap();
+    let cfg = std::fs::read_to_string(c.config()).unwrap()
+        + "\n[[proxy.hba]]\naddress = \"all\"\nmethod = \"md5\"\n";
+    std::fs::write(c.config(), cfg).unwrap();
+    restart_with_proxy_settings(&c, &format!("pool_passwd = {:?}\n", file.to_str().unwrap()));
+    let first = |user: &'static str| {
+        let port = c.proxy_port();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            s.write_all(&common::raw::startup(user)).await.unwrap();
+            let (tag, b) = read_message(&mut s).await;
+            (tag as char, u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+    };
+    block(async {
+        assert_eq!(
+            first("postgres").await,
+            ('R', 10),
+            "SASL for a SCRAM secret"
+        );
+        assert_eq!(
+            first("nobody").await,
+            ('R', 10),
+            "the unknown user was asked otherwise"
+        );
+        c.client("test").await;
+    });
+}
+
 #[test]
 fn a_dead_standby_costs_one_error_not_a_hang() {
     let c = Cluster::up(2);

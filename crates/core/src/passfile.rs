@@ -45,6 +45,21 @@ impl PassFile {
             .map(|e| Secret::new(e.password.clone()))
     }
 
+    /// The users named (not `*`) on lines that may match `host` and `port`, with their
+    /// passwords, in file order.
+    pub fn named_users(&self, host: &str, port: u16) -> Vec<(String, Secret)> {
+        let port = port.to_string();
+        self.entries
+            .iter()
+            .filter(|e| {
+                (e.host == "*" || e.host == host)
+                    && (e.port == "*" || e.port == port)
+                    && e.user != "*"
+            })
+            .map(|e| (e.user.clone(), Secret::new(e.password.clone())))
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

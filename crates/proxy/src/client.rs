@@ -344,7 +344,7 @@ async fn handshake(
             ),
         )
     })?;
-    let secret = ctx.client_secret(&user, &database);
+    let secret = ctx.client_secret(&user, &database).await;
     let failed = || {
         Refusal::fatal(
             "28P01",
@@ -356,7 +356,13 @@ async fn handshake(
         AuthMethod::Reject => {
             return Err(Refusal::fatal("28000", format!("pgwarden hba rejects connection for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip())));
         }
-        AuthMethod::Md5 if secret.as_ref().is_none_or(|s| s.md5_hash(&user).is_some()) => {
+        // md5 for a user whose secret serves it, and for an unknown user when most secrets do
+        // (else an md5 challenge would tell that the user does not exist).
+        AuthMethod::Md5
+            if secret
+                .as_ref()
+                .map_or(ctx.unknown_md5, |s| s.md5_hash(&user).is_some()) =>
+        {
             let salt: [u8; 4] = rand::random();
             let mut out = BytesMut::new();
             msg::auth_md5(&mut out, salt);

@@ -133,8 +133,16 @@ pub struct Ctx {
     pub passwords: PassFile,
     /// Client secrets from pool_passwd, when configured.
     pub pool_passwd: Option<HashMap<String, Secret>>,
-    /// Secrets derived from the password file, per user, made once.
-    derived: Mutex<HashMap<String, Option<Secret>>>,
+    /// SCRAM secrets made from the password file's passwords, by user and password: PBKDF2
+    /// (4,096 rounds) is slow, and done once per pair. Those of the users the file names are
+    /// made at start, so that a user's first login takes no longer than an unknown user's;
+    /// others (a `*` user line matches any name a client sends) as they come, at most
+    /// `DERIVED_MAX` of them kept.
+    named: HashMap<(String, String), Secret>,
+    derived: Mutex<HashMap<(String, String), Secret>>,
+    /// Whether an unknown user is asked for an md5 password under an md5 rule (else SCRAM), as
+    /// most users with a secret are: the challenge must not tell who exists.
+    pub unknown_md5: bool,
     pub monitor: MonitorHandle,
     pub routes: watch::Receiver<Arc<RouteTable>>,
     /// Nodes out of service: sessions drop their connections to them (a primary's sessions
@@ -170,6 +178,9 @@ pub struct Ctx {
     admin_user: String,
     admin_database: String,
 }
+
+/// At most this many secrets made as logins come (see `Ctx::derived`).
+const DERIVED_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -216,13 +227,37 @@ impl Ctx {
         };
         let mut mock_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut mock_key);
+        let named = if pool_passwd.is_some() {
+            HashMap::new()
+        } else {
+            let listen = config.listen.proxy;
+            passwords
+                .named_users(&listen.ip().to_string(), listen.port())
+                .into_iter()
+                .map(|(user, password)| {
+                    let salt = pgwarden_wire::auth::mock_salt(&user, &mock_key);
+                    let secret = Secret::plain_salted(password.expose(), &salt);
+                    ((user, password.expose().to_string()), secret)
+                })
+                .collect()
+        };
+        let unknown_md5 = match &pool_passwd {
+            // Plain-text passwords serve md5.
+            None => true,
+            Some(map) => {
+                let md5 = map.iter().filter(|(u, s)| s.md5_hash(u).is_some()).count();
+                md5 * 2 >= map.len()
+            }
+        };
         Ok(Arc::new(Ctx {
             pools: pool::Pools::new(cfg.pool_size, cfg.pool_wait_timeout, cfg.idle_timeout),
             cfg,
             listen: config.listen.proxy,
             passwords,
             pool_passwd,
+            named,
             derived: Mutex::new(HashMap::new()),
+            unknown_md5,
             routes: monitor.routes(),
             fenced: monitor.fenced(),
             hold_nanos: AtomicU64::new(nanos(*monitor.hold().borrow())),
@@ -244,25 +279,41 @@ impl Ctx {
     }
 
     /// The stored secret of a client user: pool_passwd if configured, else the password file's
-    /// entry for the proxy's own address.
-    pub fn client_secret(&self, user: &str, database: &str) -> Option<Secret> {
+    /// entry for the proxy's own address (its SCRAM secret made off the runtime's threads when
+    /// it was not made at start).
+    pub async fn client_secret(&self, user: &str, database: &str) -> Option<Secret> {
         if let Some(map) = &self.pool_passwd {
             return map.get(user).cloned();
         }
+        let password = self.passwords.lookup(
+            &self.listen.ip().to_string(),
+            self.listen.port(),
+            database,
+            user,
+        )?;
+        let key = (user.to_string(), password.expose().to_string());
+        if let Some(s) = self.named.get(&key) {
+            return Some(s.clone());
+        }
+        if let Some(s) = self
+            .derived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Some(s.clone());
+        }
+        let salt = pgwarden_wire::auth::mock_salt(user, &self.mock_key);
+        let text = key.1.clone();
+        let secret = tokio::task::spawn_blocking(move || Secret::plain_salted(&text, &salt))
+            .await
+            .ok()?;
         let mut derived = self.derived.lock().unwrap_or_else(|p| p.into_inner());
-        derived
-            .entry(format!("{user}\0{database}"))
-            .or_insert_with(|| {
-                self.passwords
-                    .lookup(
-                        &self.listen.ip().to_string(),
-                        self.listen.port(),
-                        database,
-                        user,
-                    )
-                    .map(|p| Secret::plain(p.expose()))
-            })
-            .clone()
+        if derived.len() >= DERIVED_MAX {
+            derived.clear();
+        }
+        derived.insert(key, secret.clone());
+        Some(secret)
     }
 
     /// The password pgwarden uses towards a backend for `user`: the password file, else a

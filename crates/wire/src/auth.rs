@@ -44,9 +44,15 @@ impl Secret {
     pub fn plain(password: &str) -> Secret {
         let mut salt = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
+        Secret::plain_salted(password, &salt)
+    }
+
+    /// A plain-text password whose SCRAM secret has the given salt (`mock_salt`: the salt an
+    /// unknown user of the same name would be shown, so that the salt tells nothing).
+    pub fn plain_salted(password: &str, salt: &[u8]) -> Secret {
         Secret::Plain {
             password: password.to_string(),
-            scram: ScramSecret::from_password(password, &salt, SCRAM_ITERATIONS),
+            scram: ScramSecret::from_password(password, salt, SCRAM_ITERATIONS),
         }
     }
 
@@ -207,14 +213,22 @@ impl ScramSecret {
     /// A deterministic fake secret for a user who does not exist, so that the exchange looks
     /// the same (PostgreSQL's `scram_mock_salt`).
     pub fn mock(user: &str, nonce_key: &[u8]) -> ScramSecret {
-        let salt = hmac(nonce_key, user.as_bytes());
         ScramSecret {
             iterations: SCRAM_ITERATIONS,
-            salt: salt[..16].to_vec(),
+            salt: mock_salt(user, nonce_key).to_vec(),
             stored_key: hmac(nonce_key, b"stored"),
             server_key: hmac(nonce_key, b"server"),
         }
     }
+}
+
+/// The salt shown to `user` when pgwarden makes the SCRAM secret (an unknown user's, or one
+/// from a plain-text password): one per user name and `nonce_key`, whichever database the
+/// client asks for, as PostgreSQL keeps one salt per role.
+pub fn mock_salt(user: &str, nonce_key: &[u8]) -> [u8; 16] {
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&hmac(nonce_key, user.as_bytes())[..16]);
+    salt
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
