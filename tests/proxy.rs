@@ -1914,14 +1914,7 @@ fn a_parameter_given_twice_is_judged_by_the_value_the_server_uses() {
         + "\n[[proxy.hba]]\ndatabase = \"test\"\nuser = \"all\"\naddress = \"all\"\nmethod = \"scram-sha-256\"\n";
     std::fs::write(c.config(), cfg).unwrap();
     restart_with_proxy_settings(&c, "");
-    let startup = |pairs: &[(&str, &str)]| {
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in pairs {
-            body.extend([k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat());
-        }
-        body.push(0);
-        [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat()
-    };
+    let startup = common::raw::startup_with;
     block(async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
             .await
@@ -1976,12 +1969,7 @@ fn the_scram_salt_does_not_tell_whether_a_user_exists() {
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .unwrap();
-            let mut body = 196608u32.to_be_bytes().to_vec();
-            for (k, v) in [("user", user), ("database", db)] {
-                body.extend([k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat());
-            }
-            body.push(0);
-            let packet = [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat();
+            let packet = common::raw::startup_with(&[("user", user), ("database", db)]);
             s.write_all(&packet).await.unwrap();
             let (tag, b) = read_message(&mut s).await;
             assert_eq!(

@@ -4,20 +4,19 @@
 use super::Cluster;
 use std::time::Duration;
 
-/// A StartupMessage (protocol 3.0) for `user` on database `test`.
-pub fn startup(user: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608u32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", "test")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
+/// A StartupMessage (protocol 3.0) with these parameters, in this order (a name may repeat).
+pub fn startup_with(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for (k, v) in pairs {
+        body.extend([k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat());
     }
     body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend(body);
-    p
+    [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat()
+}
+
+/// A StartupMessage (protocol 3.0) for `user` on database `test`.
+pub fn startup(user: &str) -> Vec<u8> {
+    startup_with(&[("user", user), ("database", "test")])
 }
 
 /// A raw socket to `port` (the proxy or a node), logged in and ready for a query.
