@@ -960,6 +960,68 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
     );
 }
 
+/// A cancel request gets through while an online recovery's 2nd stage holds new sessions:
+/// the statement the stage waits for can be cancelled, and once its client has left the stage
+/// goes on. (The request's
+/// connection waited with the new sessions, until the stage ended: here, until the statement
+/// did, or recovery_timeout.)
+#[test]
+fn a_cancel_request_gets_through_a_second_stage() {
+    let c = Cluster::up(2);
+    install_script(
+        &c,
+        0,
+        "recovery_2nd_stage",
+        "#!/bin/sh\ntouch \"$1/../stage2.ran\"\n",
+    );
+    c.reconfigure(
+        "[recovery]\nrecovery_2nd_stage_command = \"recovery_2nd_stage\"\nrecovery_timeout = \"60s\"\n",
+    );
+    stop_and_wait_down(&c, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let busy = c.client("test").await;
+        let token = busy.cancel_token();
+        let query = tokio::spawn(async move {
+            let r = busy.simple_query("SELECT pg_sleep(120)").await.map(drop);
+            (r, busy)
+        });
+        let mut recovery = common::pgwarden(&["node", "recover", "1"]);
+        recovery.env("PGWARDEN_CONFIG", c.config());
+        let recovery = tokio::task::spawn_blocking(move || recovery.output().unwrap());
+        let start = Instant::now();
+        while !events_text_async(&c)
+            .await
+            .contains("2nd stage: new sessions wait")
+        {
+            assert!(start.elapsed() < Duration::from_secs(60));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (r, busy) = tokio::time::timeout(Duration::from_secs(20), async {
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+            query.await.unwrap()
+        })
+        .await
+        .expect("the cancel request did not get through the 2nd stage");
+        let e = r.expect_err("the statement ran to its end");
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("57014"),
+            "{e}"
+        );
+        // (With no idle limit, the stage waits for every session to leave.)
+        drop(busy);
+        let o = recovery.await.unwrap();
+        assert_ok(&c, &o);
+    });
+    assert!(c.dir.join("stage2.ran").exists());
+    wait_up(&c, 1);
+}
+
 #[test]
 fn auto_recovery_rebuilds_a_failed_standby_with_nobody_there() {
     let c = Cluster::up(2);

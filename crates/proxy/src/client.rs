@@ -110,29 +110,33 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
         entered: false,
         cancel_key: None,
     };
-    enter(&ctx).await;
-    guards.entered = true;
     let mut buf = BytesMut::new();
-    let login = tokio::time::timeout(
+    // A cancel request is forwarded at once, and a client over the limit refused, even while
+    // an online recovery's 2nd stage holds new sessions (a client may need to cancel the
+    // statement the stage waits for). Each part has `auth_timeout`; the hold's wait has none.
+    let first = tokio::time::timeout(
         ctx.cfg.auth_timeout,
-        handshake(&ctx, &mut stream, &mut buf, peer, count),
+        startup_packet(&ctx, &mut stream, &mut buf, count),
     )
     .await;
-    let login = match login {
-        Ok(Ok(l)) => l,
-        Ok(Err(refusal)) => {
-            if let Refusal::Fatal { code, message, .. } = &refusal {
-                tracing::debug!(%peer, code, "client refused: {message}");
-            }
+    let params = match settle(first, peer) {
+        Ok(p) => p,
+        Err(refusal) => {
             refuse(&mut stream, refusal).await;
             return None;
         }
-        Err(_) => {
-            refuse(
-                &mut stream,
-                Refusal::fatal("08P01", "canceling authentication due to timeout"),
-            )
-            .await;
+    };
+    enter(&ctx).await;
+    guards.entered = true;
+    let login = tokio::time::timeout(
+        ctx.cfg.auth_timeout,
+        authenticate(&ctx, &mut stream, &mut buf, peer, params),
+    )
+    .await;
+    let login = match settle(login, peer) {
+        Ok(l) => l,
+        Err(refusal) => {
+            refuse(&mut stream, refusal).await;
             return None;
         }
     };
@@ -212,6 +216,26 @@ async fn refuse(stream: &mut ClientStream, refusal: Refusal) {
     }
 }
 
+/// A login step's outcome within `auth_timeout`: what it made, or why the client is refused.
+fn settle<T>(
+    r: Result<Result<T, Refusal>, tokio::time::error::Elapsed>,
+    peer: SocketAddr,
+) -> Result<T, Refusal> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(refusal)) => {
+            if let Refusal::Fatal { code, message, .. } = &refusal {
+                tracing::debug!(%peer, code, "client refused: {message}");
+            }
+            Err(refusal)
+        }
+        Err(_) => Err(Refusal::fatal(
+            "08P01",
+            "canceling authentication due to timeout",
+        )),
+    }
+}
+
 /// Counts the session in the monitor once no online recovery holds new sessions (its 2nd
 /// stage): a held client waits here, accepted, as pgpool's wait in accept(). The session is
 /// counted before the hold is looked at, and the controller sets the hold before it reads the
@@ -273,13 +297,15 @@ async fn ask(
     Ok(f)
 }
 
-async fn handshake(
+/// The connection's first packets: encryption asked for (TLS or not), then a startup packet
+/// (its parameters) or a cancel request (forwarded: the connection ends). Over the client
+/// limit (`count`), refused with 53300.
+async fn startup_packet(
     ctx: &Ctx,
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    peer: SocketAddr,
     count: usize,
-) -> Result<Login, Refusal> {
+) -> Result<Vec<(String, String)>, Refusal> {
     let params = loop {
         match frame::split_startup(buf)? {
             None => read_more(stream, buf).await?,
@@ -325,6 +351,17 @@ async fn handshake(
             ),
         ));
     }
+    Ok(params)
+}
+
+/// Authenticates the client whose startup packet said `params`, by the hba rules.
+async fn authenticate(
+    ctx: &Ctx,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    params: Vec<(String, String)>,
+) -> Result<Login, Refusal> {
     let user = Startup::param(&params, "user")
         .unwrap_or_default()
         .to_string();
