@@ -171,9 +171,13 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 impl ScramSecret {
+    /// The secret of a plain-text password, SASLprep'd first as libpq does before it hashes
+    /// one (a password SASLprep refuses is used as it is, as PostgreSQL's `pg_saslprep` does).
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
+        let prepped =
+            stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password));
         let mut salted = [0u8; 32];
-        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
+        pbkdf2::pbkdf2_hmac::<Sha256>(prepped.as_bytes(), salt, iterations, &mut salted);
         let client_key = hmac(&salted, b"Client Key");
         ScramSecret {
             iterations,
@@ -440,6 +444,18 @@ mod tests {
             Secret::Scram(p) => assert!(p == s),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn plain_passwords_are_saslprepped_as_libpq_does() {
+        let salt = b"0123456789abcdef";
+        let secret = |p: &str| ScramSecret::from_password(p, salt, 16);
+        // A non-ASCII space is mapped to a space, a compatibility character to its NFKC form.
+        assert!(secret("pass\u{a0}word") == secret("pass word"));
+        assert!(secret("\u{2168}") == secret("IX"));
+        // A password SASLprep refuses (a control character) is used as it is.
+        assert!(secret("a\u{7}b") != secret("ab"));
+        assert!(secret("pass\u{a0}word") != secret("password"));
     }
 
     #[test]
