@@ -85,6 +85,10 @@ struct Conn {
     applied: u64,
     /// Bound as the primary's: if that node is fenced, the session cannot go on.
     primary: bool,
+    /// A unit is being written to it (`write_unit`): a session that ends meanwhile leaves part
+    /// of a message there, and the connection is closed, not reset and pooled (the reset
+    /// would be read as the rest of that message).
+    writing: bool,
 }
 
 impl Conn {
@@ -2196,6 +2200,7 @@ impl Session {
                         streaming: 0,
                         applied: 0,
                         primary: table.primary == Some(node),
+                        writing: false,
                     },
                 );
                 if let Some(c) = self.conns.get_mut(&node) {
@@ -2299,8 +2304,12 @@ impl Session {
             let Some(conn) = self.conns.get_mut(&node) else {
                 return Err(fatal("XX000", "connection vanished"));
             };
+            conn.writing = true;
             match conn.b().write_some(data, &mut done).await {
-                Ok(true) => return Ok(Ok(())),
+                Ok(true) => {
+                    conn.writing = false;
+                    return Ok(Ok(()));
+                }
                 Ok(false) => {}
                 Err(e) => return Ok(Err(e)),
             }
@@ -2603,6 +2612,7 @@ impl Session {
             let mut pooled = conn.pooled;
             pooled.backend.busy = None;
             if !(clean_session
+                && !conn.writing
                 && !self.ctx.is_fenced(node)
                 && conn.streaming == 0
                 && pooled.backend.tx_status == b'I'
@@ -2614,7 +2624,11 @@ impl Session {
             tokio::spawn(async move {
                 // (Notifications that came meanwhile were for this session's client: such a
                 // connection is closed, not handed to another client.)
-                if pooled.backend.query_value("DISCARD ALL").await.is_ok()
+                // (Bounded: a node that hangs meanwhile must not keep the pool's slot.)
+                let reset =
+                    tokio::time::timeout(RESET_TIMEOUT, pooled.backend.query_value("DISCARD ALL"))
+                        .await;
+                if matches!(reset, Ok(Ok(_)))
                     && pooled.backend.tx_status == b'I'
                     && pooled.backend.buf.is_empty()
                 {
@@ -3065,6 +3079,10 @@ fn find_frame(buf: &[u8], from: usize, tag: u8) -> Option<(usize, usize)> {
     }
     None
 }
+
+/// The longest a connection's reset (`DISCARD ALL`) may take before it is put back in the
+/// pool; past it the connection is closed, and its slot freed.
+const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A batch without a Sync is sent on in parts of about this size.
 const BATCH_PART: usize = 256 * 1024;
