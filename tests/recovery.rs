@@ -825,17 +825,7 @@ fn wait_recovery_end(c: &Cluster, id: u16) -> Value {
 
 #[test]
 fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
-    let c = Cluster::up(2);
-    install_script(
-        &c,
-        0,
-        "recovery_2nd_stage",
-        "#!/bin/sh\ntouch \"$1/../stage2.ran\"\n",
-    );
-    c.reconfigure(
-        "[recovery]\nrecovery_2nd_stage_command = \"recovery_2nd_stage\"\nrecovery_timeout = \"3s\"\n",
-    );
-    stop_and_wait_down(&c, 1);
+    let c = second_stage_cluster("3s");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -915,17 +905,7 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
         .unwrap();
         let (hurry, hurried) = tokio::sync::oneshot::channel::<()>();
         let slow = tokio::spawn(async move { read_slowly(&mut slow, hurried).await });
-        let mut recovery = common::pgwarden(&["node", "recover", "1"]);
-        recovery.env("PGWARDEN_CONFIG", c.config());
-        let recovery = tokio::task::spawn_blocking(move || recovery.output().unwrap());
-        let start = Instant::now();
-        while !events_text_async(&c)
-            .await
-            .contains("2nd stage: new sessions wait")
-        {
-            assert!(start.elapsed() < Duration::from_secs(60));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let recovery = recover_to_second_stage(&c).await;
         assert!(
             !slow.is_finished(),
             "the slow reader ended before the 2nd stage"
@@ -960,13 +940,9 @@ fn recovery_timeout_expiring_leaves_the_node_out_and_the_cluster_working() {
     );
 }
 
-/// A cancel request gets through while an online recovery's 2nd stage holds new sessions:
-/// the statement the stage waits for can be cancelled, and once its client has left the stage
-/// goes on. (The request's
-/// connection waited with the new sessions, until the stage ended: here, until the statement
-/// did, or recovery_timeout.)
-#[test]
-fn a_cancel_request_gets_through_a_second_stage() {
+/// Two nodes, node 1 stopped and down, and a 2nd-stage script that leaves `stage2.ran` beside
+/// the data directories; `recovery_timeout` as given.
+fn second_stage_cluster(recovery_timeout: &str) -> Cluster {
     let c = Cluster::up(2);
     install_script(
         &c,
@@ -974,10 +950,37 @@ fn a_cancel_request_gets_through_a_second_stage() {
         "recovery_2nd_stage",
         "#!/bin/sh\ntouch \"$1/../stage2.ran\"\n",
     );
-    c.reconfigure(
-        "[recovery]\nrecovery_2nd_stage_command = \"recovery_2nd_stage\"\nrecovery_timeout = \"60s\"\n",
-    );
+    c.reconfigure(&format!(
+        "[recovery]\nrecovery_2nd_stage_command = \"recovery_2nd_stage\"\nrecovery_timeout = \"{recovery_timeout}\"\n"
+    ));
     stop_and_wait_down(&c, 1);
+    c
+}
+
+/// Starts `pgwarden node recover 1` and waits until its 2nd stage holds new sessions; the
+/// command's output, once it ends.
+async fn recover_to_second_stage(c: &Cluster) -> tokio::task::JoinHandle<Output> {
+    let mut recovery = common::pgwarden(&["node", "recover", "1"]);
+    recovery.env("PGWARDEN_CONFIG", c.config());
+    let recovery = tokio::task::spawn_blocking(move || recovery.output().unwrap());
+    let start = Instant::now();
+    while !events_text_async(c)
+        .await
+        .contains("2nd stage: new sessions wait")
+    {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    recovery
+}
+
+/// A cancel request gets through while an online recovery's 2nd stage holds new sessions:
+/// the statement the stage waits for can be cancelled, and once its client has left the stage
+/// goes on. (The request's connection waited with the new sessions, until the stage ended:
+/// here, until the statement did, or recovery_timeout.)
+#[test]
+fn a_cancel_request_gets_through_a_second_stage() {
+    let c = second_stage_cluster("60s");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -990,17 +993,7 @@ fn a_cancel_request_gets_through_a_second_stage() {
             let r = busy.simple_query("SELECT pg_sleep(120)").await.map(drop);
             (r, busy)
         });
-        let mut recovery = common::pgwarden(&["node", "recover", "1"]);
-        recovery.env("PGWARDEN_CONFIG", c.config());
-        let recovery = tokio::task::spawn_blocking(move || recovery.output().unwrap());
-        let start = Instant::now();
-        while !events_text_async(&c)
-            .await
-            .contains("2nd stage: new sessions wait")
-        {
-            assert!(start.elapsed() < Duration::from_secs(60));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let recovery = recover_to_second_stage(&c).await;
         let (r, busy) = tokio::time::timeout(Duration::from_secs(20), async {
             token.cancel_query(tokio_postgres::NoTls).await.unwrap();
             query.await.unwrap()
