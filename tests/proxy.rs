@@ -2998,23 +2998,29 @@ mod hostile {
         for (bytes, until) in steps {
             s.write_all(bytes).await.unwrap();
             for (t, b) in read_until(s, *until).await {
-                match t {
-                    b'Z' => out.push_str(&format!("Z({}) ", b[0] as char)),
-                    b'E' => {
-                        let code = b
-                            .split(|x| *x == 0)
-                            .find(|f| f.first() == Some(&b'C'))
-                            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-                            .unwrap_or_default();
-                        out.push_str(&format!("E({code}) "));
-                    }
-                    b'D' => out.push_str(&format!("D({}) ", first_value(&[(t, b)]))),
-                    t => out.push(t as char),
-                }
+                show(&mut out, t, &b);
             }
             out.push('|');
         }
         out
+    }
+
+    /// One backend message as `exchange` shows it: a ReadyForQuery with its status, an error
+    /// with its SQLSTATE, a row with its first value, anything else by its tag.
+    fn show(out: &mut String, t: u8, b: &[u8]) {
+        match t {
+            b'Z' => out.push_str(&format!("Z({}) ", b[0] as char)),
+            b'E' => {
+                let code = b
+                    .split(|x| *x == 0)
+                    .find(|f| f.first() == Some(&b'C'))
+                    .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                    .unwrap_or_default();
+                out.push_str(&format!("E({code}) "));
+            }
+            b'D' => out.push_str(&format!("D({}) ", first_value(&[(t, b.to_vec())]))),
+            t => out.push(t as char),
+        }
     }
 
     /// A statement parsed on the primary that the standby refused when a pipeline opened there
@@ -4007,19 +4013,9 @@ mod hostile {
             let got = common::raw::read_until_within(&mut s, b'Z', Duration::from_secs(15)).await;
             let last = got.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"end"));
             for (t, b) in got {
-                match t {
-                    b'Z' => out.push_str(&format!("Z({}) ", b[0] as char)),
-                    b'E' => {
-                        let code = b
-                            .split(|x| *x == 0)
-                            .find(|f| f.first() == Some(&b'C'))
-                            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-                            .unwrap_or_default();
-                        out.push_str(&format!("E({code}) "));
-                    }
-                    b'D' => out.push_str(&format!("D({}) ", first_value(&[(t, b)]))),
-                    b'S' => {}
-                    t => out.push(t as char),
+                // (ParameterStatus left out.)
+                if t != b'S' {
+                    show(&mut out, t, &b);
                 }
             }
             if last {
