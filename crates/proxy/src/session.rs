@@ -1428,7 +1428,12 @@ impl Session {
     /// write: a part goes to the primary, and the batch's later parts follow it there.
     async fn dispatch_batch(&mut self, syncs: usize, part: bool) -> Result<()> {
         let mut frames = std::mem::take(&mut self.batch_frames);
-        if let Some(at) = self.tx_end_split(&frames) {
+        // (Only in a transaction on a standby; the session's own copy of the routing table,
+        // not the shared one, is read on this path.)
+        let on_standby = self
+            .tx_node
+            .is_some_and(|n| self.table().primary != Some(n));
+        if let Some(at) = on_standby.then(|| self.tx_end_split(&frames)).flatten() {
             // The batch ends the session's transaction on a standby, then may write: one
             // server would run the rest outside the transaction, so it must not go to the
             // standby, which would refuse it. What ends the transaction goes there first, as
@@ -1817,10 +1822,6 @@ impl Session {
     /// (COMMIT, ROLLBACK …), when a statement after it is not a read. None for most batches,
     /// after a look at each Parse's first word.
     fn tx_end_split(&self, frames: &[Frame]) -> Option<usize> {
-        let n = self.tx_node?;
-        if self.ctx.routes.borrow().primary == Some(n) {
-            return None;
-        }
         let class_of = |f: &Frame, unnamed: Option<Class>| -> Option<Class> {
             match f.tag {
                 b'P' => msg::parse(f.body())
