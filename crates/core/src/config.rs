@@ -191,32 +191,54 @@ impl Config {
 // ---------------------------------------------------------------------------------------------
 // Raw, as written in the file.
 
-/// A duration written as a number of seconds (`10`) or with a unit (`"500ms"`, `"2s"`, `"1m"`).
+/// A duration written as a number of seconds (`10`) or with a unit (`"500ms"`, `"2s"`, `"1m"`),
+/// of at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RawDuration(Duration);
+
+/// The longest duration a setting takes: ten years, far beyond any timeout, and far enough
+/// from the clock's range that a deadline (now + the duration) is always a time.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
+        impl V {
+            fn bounded<E: de::Error>(
+                &self,
+                d: Duration,
+                unexpected: de::Unexpected,
+            ) -> Result<RawDuration, E> {
+                if d <= MAX_DURATION {
+                    Ok(RawDuration(d))
+                } else {
+                    Err(E::invalid_value(unexpected, self))
+                }
+            }
+        }
         impl Visitor<'_> for V {
             type Value = RawDuration;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "a duration such as \"500ms\", \"10s\" or \"1m\", or a number of seconds",
+                    "a duration such as \"500ms\", \"10s\" or \"1m\", or a number of seconds, of at most 10 years",
                 )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
-                u64::try_from(v)
-                    .map(|s| RawDuration(Duration::from_secs(s)))
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                let unexpected = de::Unexpected::Signed(v);
+                match u64::try_from(v) {
+                    Ok(s) => self.bounded(Duration::from_secs(s), unexpected),
+                    Err(_) => Err(E::invalid_value(unexpected, &self)),
+                }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
-                Ok(RawDuration(Duration::from_secs(v)))
+                self.bounded(Duration::from_secs(v), de::Unexpected::Unsigned(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
-                humantime::parse_duration(v)
-                    .map(RawDuration)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+                let unexpected = de::Unexpected::Str(v);
+                match humantime::parse_duration(v) {
+                    Ok(d) => self.bounded(d, unexpected),
+                    Err(_) => Err(E::invalid_value(unexpected, &self)),
+                }
             }
         }
         d.deserialize_any(V)

@@ -130,7 +130,18 @@ fn broken_configs_name_file_line_key_and_expectation() {
         (
             "bad duration",
             GOOD.replace("timeout = \"3s\"", "timeout = \"3 parsecs\""),
-            "/etc/pgwarden/pgwarden.toml:13: health_check.timeout: invalid value: string \"3 parsecs\", expected a duration such as \"500ms\", \"10s\" or \"1m\", or a number of seconds",
+            "/etc/pgwarden/pgwarden.toml:13: health_check.timeout: invalid value: string \"3 parsecs\", expected a duration such as \"500ms\", \"10s\" or \"1m\", or a number of seconds, of at most 10 years",
+        ),
+        (
+            // (A deadline that far away is no time the clock can hold: it panicked.)
+            "a duration beyond any clock",
+            format!("{GOOD}\n[proxy]\npool_wait_timeout = \"1000000y\"\n"),
+            "LINE: proxy.pool_wait_timeout: invalid value: string \"1000000y\", expected a duration such as \"500ms\", \"10s\" or \"1m\", or a number of seconds, of at most 10 years",
+        ),
+        (
+            "a number of seconds beyond any clock",
+            format!("{GOOD}\n[proxy]\nidle_timeout = 9223372036854775807\n"),
+            "LINE: proxy.idle_timeout: invalid value: integer `9223372036854775807`, expected a duration such as \"500ms\", \"10s\" or \"1m\", or a number of seconds, of at most 10 years",
         ),
         (
             "bad failover flag",
