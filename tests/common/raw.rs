@@ -30,45 +30,61 @@ pub async fn login_with(c: &Cluster, port: u16, packet: &[u8]) -> tokio::net::Tc
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    // Trust is not configured, so authenticate with SCRAM through postgres-protocol.
     s.write_all(packet).await.unwrap();
+    let got = authenticate(c, &mut s).await;
+    assert_eq!(
+        got.last().map(|(tag, _)| *tag),
+        Some(b'Z'),
+        "the login failed: {got:?}"
+    );
+    s
+}
+
+/// Answers the server's authentication requests (trust is not configured: SCRAM through
+/// postgres-protocol, with the sandbox's password) and returns every message it sent, up to
+/// its first ReadyForQuery or ErrorResponse, or its close.
+pub async fn authenticate(c: &Cluster, s: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncWriteExt;
     let mut scram: Option<postgres_protocol::authentication::sasl::ScramSha256> = None;
+    let mut got = Vec::new();
     loop {
-        let (tag, body) = read_message(&mut s).await;
-        match tag {
-            b'R' => {
-                let kind = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                let mut out = Vec::new();
-                match kind {
-                    10 => {
-                        let sc = postgres_protocol::authentication::sasl::ScramSha256::new(
-                            c.password().as_bytes(),
-                            postgres_protocol::authentication::sasl::ChannelBinding::unsupported(),
-                        );
-                        let mut payload = b"SCRAM-SHA-256\0".to_vec();
-                        payload.extend((sc.message().len() as i32).to_be_bytes());
-                        payload.extend(sc.message());
-                        out.push(b'p');
-                        out.extend(((payload.len() + 4) as i32).to_be_bytes());
-                        out.extend(payload);
-                        scram = Some(sc);
-                    }
-                    11 => {
-                        let sc = scram.as_mut().unwrap();
-                        sc.update(&body[4..]).unwrap();
-                        out.push(b'p');
-                        out.extend(((sc.message().len() + 4) as i32).to_be_bytes());
-                        out.extend(sc.message());
-                    }
-                    _ => {}
+        let Some((tag, body)) = try_read_message(s).await else {
+            return got;
+        };
+        if tag == b'R' && body.len() >= 4 {
+            let kind = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let mut out = Vec::new();
+            match kind {
+                10 => {
+                    let sc = postgres_protocol::authentication::sasl::ScramSha256::new(
+                        c.password().as_bytes(),
+                        postgres_protocol::authentication::sasl::ChannelBinding::unsupported(),
+                    );
+                    let mut payload = b"SCRAM-SHA-256\0".to_vec();
+                    payload.extend((sc.message().len() as i32).to_be_bytes());
+                    payload.extend(sc.message());
+                    out.push(b'p');
+                    out.extend(((payload.len() + 4) as i32).to_be_bytes());
+                    out.extend(payload);
+                    scram = Some(sc);
                 }
-                s.write_all(&out).await.unwrap();
+                11 => {
+                    let sc = scram.as_mut().unwrap();
+                    sc.update(&body[4..]).unwrap();
+                    out.push(b'p');
+                    out.extend(((sc.message().len() + 4) as i32).to_be_bytes());
+                    out.extend(sc.message());
+                }
+                _ => {}
             }
-            b'Z' => break,
-            _ => {}
+            s.write_all(&out).await.unwrap();
+        }
+        let end = tag == b'Z' || tag == b'E';
+        got.push((tag, body));
+        if end {
+            return got;
         }
     }
-    s
 }
 
 /// One frontend message: `tag`, its length, then `parts`.
@@ -144,11 +160,18 @@ pub async fn read_until_within(
 
 /// One backend message: its tag and body.
 pub async fn read_message(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    try_read_message(s)
+        .await
+        .expect("the server closed the connection")
+}
+
+/// The next backend message; None once the server has closed the connection.
+pub async fn try_read_message(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut head = [0u8; 5];
-    s.read_exact(&mut head).await.unwrap();
+    s.read_exact(&mut head).await.ok()?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     let mut body = vec![0u8; len.saturating_sub(4)];
-    s.read_exact(&mut body).await.unwrap();
-    (head[0], body)
+    s.read_exact(&mut body).await.ok()?;
+    Some((head[0], body))
 }

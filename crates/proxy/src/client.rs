@@ -10,6 +10,7 @@ use pgwarden_core::config::{proxy::auth_method, AuthMethod};
 use pgwarden_wire::auth::{self, ScramError, ScramServer, Secret};
 use pgwarden_wire::frame::{self, Frame, ProtocolError, Startup};
 use pgwarden_wire::msg::{self, ErrorFields};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -22,10 +23,13 @@ use tokio::net::TcpStream;
 pub(crate) enum Refusal {
     /// Send this FATAL and close.
     Fatal {
-        code: &'static str,
+        code: Cow<'static, str>,
         message: String,
         detail: Option<String>,
     },
+    /// Send this FATAL as protocol 2 has it (the client asked for a protocol older than 3,
+    /// and could not read a newer message), and close.
+    FatalV2(String),
     /// Close without a word (the client went away, or a cancel request was handled).
     Silent,
 }
@@ -33,7 +37,7 @@ pub(crate) enum Refusal {
 impl Refusal {
     fn fatal(code: &'static str, message: impl Into<String>) -> Self {
         Refusal::Fatal {
-            code,
+            code: Cow::Borrowed(code),
             message: message.into(),
             detail: None,
         }
@@ -42,9 +46,15 @@ impl Refusal {
 
 impl From<ProtocolError> for Refusal {
     fn from(e: ProtocolError) -> Self {
+        if let ProtocolError::UnsupportedVersion { major, .. } = e {
+            if major < 3 {
+                return Refusal::FatalV2(e.to_string());
+            }
+        }
         let code = match e {
             ProtocolError::UnsupportedVersion { .. } => "0A000",
             ProtocolError::TooLarge { .. } => "54000",
+            ProtocolError::NoUser => "28000",
             _ => "08P01",
         };
         Refusal::fatal(code, e.to_string())
@@ -200,20 +210,26 @@ async fn send(stream: &mut ClientStream, data: &[u8]) -> std::io::Result<()> {
 
 /// Tells the client why it is refused (a FATAL ErrorResponse), or nothing for a silent close.
 async fn refuse(stream: &mut ClientStream, refusal: Refusal) {
-    if let Refusal::Fatal {
-        code,
-        message,
-        detail,
-    } = refusal
-    {
-        let mut out = BytesMut::new();
-        let mut e = ErrorFields::fatal(code, &message);
-        if let Some(d) = &detail {
-            e = e.with_detail(d);
+    let mut out = BytesMut::new();
+    match refusal {
+        Refusal::Fatal {
+            code,
+            message,
+            detail,
+        } => {
+            let mut e = ErrorFields::fatal(&code, &message);
+            if let Some(d) = &detail {
+                e = e.with_detail(d);
+            }
+            msg::error_response(&mut out, &e);
         }
-        msg::error_response(&mut out, &e);
-        let _ = send(stream, &out).await;
+        // As PostgreSQL answers a protocol 2 client: 'E', then the text, a newline and NUL.
+        Refusal::FatalV2(message) => {
+            out.extend_from_slice(format!("EFATAL:  {message}\n\0").as_bytes());
+        }
+        Refusal::Silent => return,
     }
+    let _ = send(stream, &out).await;
 }
 
 /// A login step's outcome within `auth_timeout`: what it made, or why the client is refused.
@@ -225,14 +241,16 @@ fn settle<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(refusal)) => {
             if let Refusal::Fatal { code, message, .. } = &refusal {
-                tracing::debug!(%peer, code, "client refused: {message}");
+                tracing::debug!(%peer, %code, "client refused: {message}");
             }
             Err(refusal)
         }
-        Err(_) => Err(Refusal::fatal(
-            "08P01",
-            "canceling authentication due to timeout",
-        )),
+        Err(_) => {
+            // Closed without a word, as PostgreSQL does: the client is slow or gone, and a
+            // write to it could wait as long again.
+            tracing::debug!(%peer, "client refused: authentication timed out (proxy.auth_timeout)");
+            Err(Refusal::Silent)
+        }
     }
 }
 
@@ -306,18 +324,17 @@ async fn startup_packet(
     buf: &mut BytesMut,
     count: usize,
 ) -> Result<Vec<(String, String)>, Refusal> {
-    let params = loop {
+    // One encryption request of each kind, as PostgreSQL: after TLS is set up, neither; a
+    // request made again is read as an unknown protocol version (1234.5679 or 1234.5680).
+    let (mut ssl_done, mut gss_done) = (false, false);
+    let startup = loop {
         match frame::split_startup(buf)? {
             None => read_more(stream, buf).await?,
-            Some(Startup::Ssl) if ctx.tls.is_some() && matches!(stream, ClientStream::Plain(_)) => {
-                if !buf.is_empty() {
-                    // Bytes sent before the TLS handshake could be injected by anyone on the path.
-                    return Err(Refusal::fatal(
-                        "08P01",
-                        "received unencrypted data after SSL request",
-                    ));
-                }
+            Some(Startup::Ssl) if ssl_done => return Err(again(frame::SSL_REQUEST)),
+            Some(Startup::GssEnc) if gss_done => return Err(again(frame::GSSENC_REQUEST)),
+            Some(Startup::Ssl) if ctx.tls.is_some() => {
                 send(stream, b"S").await.map_err(|_| Refusal::Silent)?;
+                unencrypted_after(buf, "SSL request")?;
                 let ClientStream::Plain(tcp) = std::mem::replace(stream, ClientStream::Closed)
                 else {
                     return Err(Refusal::Silent);
@@ -330,18 +347,42 @@ async fn startup_packet(
                         return Err(Refusal::Silent);
                     }
                 }
+                (ssl_done, gss_done) = (true, true);
             }
-            Some(Startup::Ssl) | Some(Startup::GssEnc) => {
-                // No (more) encryption offered: the client goes on as it is, or gives up.
+            Some(Startup::Ssl) => {
+                // No TLS configured: the client goes on unencrypted, or gives up.
                 send(stream, b"N").await.map_err(|_| Refusal::Silent)?;
+                unencrypted_after(buf, "SSL request")?;
+                ssl_done = true;
+            }
+            Some(Startup::GssEnc) => {
+                send(stream, b"N").await.map_err(|_| Refusal::Silent)?;
+                unencrypted_after(buf, "GSSAPI encryption request")?;
+                gss_done = true;
             }
             Some(Startup::Cancel { pid, key }) => {
                 cancel(ctx, pid, key).await;
                 return Err(Refusal::Silent);
             }
-            Some(Startup::Startup { params }) => break params,
+            Some(s @ Startup::Startup { .. }) => break s,
         }
     };
+    let negotiate = startup.needs_negotiation();
+    let Startup::Startup {
+        params,
+        protocol_options,
+        ..
+    } = startup
+    else {
+        return Err(Refusal::Silent);
+    };
+    if negotiate {
+        // Protocol 3.0 is what the client gets (libpq 18 asking for 3.2 goes on with it);
+        // an option it cannot do without makes it give up.
+        let mut out = BytesMut::new();
+        msg::negotiate_protocol_version(&mut out, frame::PROTOCOL_3_0, &protocol_options);
+        send(stream, &out).await.map_err(|_| Refusal::Silent)?;
+    }
     if count > ctx.cfg.max_client_connections {
         return Err(Refusal::fatal(
             "53300",
@@ -352,6 +393,33 @@ async fn startup_packet(
         ));
     }
     Ok(params)
+}
+
+/// Bytes that came with an encryption request, before its answer: whatever the answer, they
+/// were sent unencrypted, and may have been injected by anyone on the path. PostgreSQL
+/// refuses them, after its answer, with this message.
+fn unencrypted_after(buf: &BytesMut, request: &str) -> Result<(), Refusal> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal::Fatal {
+        code: Cow::Borrowed("08P01"),
+        message: format!("received unencrypted data after {request}"),
+        detail: Some(
+            "This could be either a client-software bug or evidence of an attempted \
+             man-in-the-middle attack."
+                .into(),
+        ),
+    })
+}
+
+/// An encryption request made a second time (`code`), refused as PostgreSQL refuses it.
+fn again(code: u32) -> Refusal {
+    ProtocolError::UnsupportedVersion {
+        major: (code >> 16) as u16,
+        minor: (code & 0xffff) as u16,
+    }
+    .into()
 }
 
 /// Authenticates the client whose startup packet said `params`, by the hba rules.
@@ -526,7 +594,7 @@ async fn welcome(
             severity,
             ..
         }) if severity == "FATAL" || severity == "ERROR" => Refusal::Fatal {
-            code: static_code(&code),
+            code: login_code(code),
             message,
             detail: None,
         },
@@ -538,14 +606,28 @@ async fn welcome(
         // default_transaction_isolation`) is in no startup packet: asked once per connection.
         // A hot standby refuses SERIALIZABLE transactions, so such a session reads on the
         // primary (see `session::run`).
-        let asked = pooled
-            .backend
-            .query_value("SELECT pg_catalog.current_setting('default_transaction_isolation')")
-            .await;
+        // Bounded as the connection was (a node that hangs now must not hold the login; the
+        // connection is closed, not pooled).
+        let asked = tokio::time::timeout(
+            spec.timeout,
+            pooled
+                .backend
+                .query_value("SELECT pg_catalog.current_setting('default_transaction_isolation')"),
+        )
+        .await;
         pooled.backend.serializable_default = match asked {
-            Ok(v) => Some(v.as_deref() == Some("serializable")),
-            Err(BackendError::Sql { .. }) => Some(false),
-            Err(e) => return Err(Refusal::fatal("08006", e.to_string())),
+            Ok(Ok(v)) => Some(v.as_deref() == Some("serializable")),
+            Ok(Err(BackendError::Sql { .. })) => Some(false),
+            Ok(Err(e)) => return Err(Refusal::fatal("08006", e.to_string())),
+            Err(_) => {
+                return Err(Refusal::fatal(
+                    "08006",
+                    format!(
+                        "PostgreSQL node {} did not answer within {:?}",
+                        node.id, spec.timeout
+                    ),
+                ))
+            }
         };
     }
     let serializable = pooled.backend.serializable_default == Some(true);
@@ -560,16 +642,18 @@ async fn welcome(
     Ok((out, serializable))
 }
 
-/// The SQLSTATEs a backend may refuse a login with, kept as they came.
-fn static_code(code: &str) -> &'static str {
-    match code {
-        "3D000" => "3D000",
-        "28P01" => "28P01",
-        "28000" => "28000",
-        "53300" => "53300",
-        "57P03" => "57P03",
-        "42501" => "42501",
-        _ => "08006",
+/// A backend's SQLSTATE for refusing a login, passed on as it came (42704 for a startup
+/// parameter the server does not know, 3D000 for a database that does not exist …); one that
+/// is no SQLSTATE becomes 08006.
+fn login_code(code: String) -> Cow<'static, str> {
+    if code.len() == 5
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        Cow::Owned(code)
+    } else {
+        Cow::Borrowed("08006")
     }
 }
 

@@ -17,8 +17,12 @@ pub const CANCEL_REQUEST: u32 = 80_877_102;
 pub enum ProtocolError {
     #[error("invalid length of startup packet ({0} bytes)")]
     StartupLength(usize),
-    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0")]
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
     UnsupportedVersion { major: u16, minor: u16 },
+    /// No `user`, or an empty one (PostgreSQL's SQLSTATE for it is 28000, not a protocol
+    /// violation).
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
     #[error("invalid startup packet layout: {0}")]
     StartupLayout(&'static str),
     #[error("invalid message length {0}")]
@@ -83,11 +87,30 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Prot
 pub enum Startup {
     Ssl,
     GssEnc,
-    Cancel { pid: i32, key: i32 },
-    Startup { params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        key: i32,
+    },
+    /// A protocol 3.x startup packet.
+    Startup {
+        /// Its parameters, one per name (the last value given), `_pq_.` options not among them.
+        params: Vec<(String, String)>,
+        /// The protocol's minor version the client asked for (3.2 from libpq 18 with
+        /// `max_protocol_version=latest`). pgwarden, as PostgreSQL 15, speaks 3.0.
+        minor: u16,
+        /// Protocol options (`_pq_.name`) the client asked for, in its order: none is known.
+        protocol_options: Vec<String>,
+    },
 }
 
 impl Startup {
+    /// Whether the client asked for a protocol newer than 3.0 or for protocol options: the
+    /// server then answers with NegotiateProtocolVersion (3.0, the options it does not know)
+    /// before it authenticates, and the client goes on with 3.0 or gives up.
+    pub fn needs_negotiation(&self) -> bool {
+        matches!(self, Startup::Startup { minor, protocol_options, .. } if *minor > 0 || !protocol_options.is_empty())
+    }
+
     pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         params
             .iter()
@@ -122,9 +145,16 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<Startup>, ProtocolErro
         SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => Err(ProtocolError::StartupLayout(
             "wrong length for a special request",
         )),
-        PROTOCOL_3_0 => Ok(Some(Startup::Startup {
-            params: parse_params(&packet)?,
-        })),
+        // Any 3.x, as PostgreSQL: a newer minor version is negotiated down (see
+        // `Startup::needs_negotiation`).
+        v if v >> 16 == PROTOCOL_3_0 >> 16 => {
+            let (params, protocol_options) = parse_params(&packet)?;
+            Ok(Some(Startup::Startup {
+                params,
+                minor: (v & 0xffff) as u16,
+                protocol_options,
+            }))
+        }
         v => Err(ProtocolError::UnsupportedVersion {
             major: (v >> 16) as u16,
             minor: (v & 0xffff) as u16,
@@ -132,8 +162,13 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<Startup>, ProtocolErro
     }
 }
 
-fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
+/// A startup packet's parameters (name, value), and its protocol options (`_pq_.` names).
+type Params = (Vec<(String, String)>, Vec<String>);
+
+/// The parameters, and the protocol options apart.
+fn parse_params(mut body: &[u8]) -> Result<Params, ProtocolError> {
     let mut params = Vec::new();
+    let mut options = Vec::new();
     loop {
         let (name, rest) = cstr(body).ok_or(ProtocolError::StartupLayout("unterminated name"))?;
         if name.is_empty() {
@@ -143,19 +178,22 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError>
             break;
         }
         let (value, rest) = cstr(rest).ok_or(ProtocolError::StartupLayout("unterminated value"))?;
+        body = rest;
+        if name.starts_with("_pq_.") {
+            // Reserved for protocol options, none of which PostgreSQL 15 knows: not a setting.
+            options.push(name.to_string());
+            continue;
+        }
         // A name given twice: the last value counts, as for PostgreSQL (whose `user`,
         // `database` and `replication` are the last given). One entry per name, so that what
         // pgwarden checks (hba, password, replication) is what the server is asked for.
         params.retain(|(k, _)| k != name);
         params.push((name.to_string(), value.to_string()));
-        body = rest;
     }
     if Startup::param(&params, "user").is_none_or(str::is_empty) {
-        return Err(ProtocolError::StartupLayout(
-            "no PostgreSQL user name specified",
-        ));
+        return Err(ProtocolError::NoUser);
     }
-    Ok(params)
+    Ok((params, options))
 }
 
 /// A NUL-terminated UTF-8 string at the front of `b`, and what follows it.
@@ -184,7 +222,7 @@ mod tests {
             PROTOCOL_3_0,
             b"user\0bob\0database\0app\0replication\0off\0database\0payroll\0user\0postgres\0replication\0database\0\0",
         );
-        let Some(Startup::Startup { params }) = split_startup(&mut b).unwrap() else {
+        let Some(Startup::Startup { params, .. }) = split_startup(&mut b).unwrap() else {
             panic!("not a startup packet");
         };
         assert_eq!(
@@ -207,10 +245,33 @@ mod tests {
                 params: vec![
                     ("user".into(), "alice".into()),
                     ("database".into(), "db".into())
-                ]
+                ],
+                minor: 0,
+                protocol_options: vec![],
             }
         );
+        assert!(!s.needs_negotiation());
         assert!(b.is_empty());
+        // Protocol 3.2 with options (libpq 18): negotiated, the options kept apart.
+        let mut b = startup_packet(
+            PROTOCOL_3_0 | 2,
+            b"user\0alice\0_pq_.one\0x\0application_name\0a\0_pq_.two\0\0\0",
+        );
+        let s = split_startup(&mut b).unwrap().unwrap();
+        assert!(s.needs_negotiation());
+        assert_eq!(
+            s,
+            Startup::Startup {
+                params: vec![
+                    ("user".into(), "alice".into()),
+                    ("application_name".into(), "a".into())
+                ],
+                minor: 2,
+                protocol_options: vec!["_pq_.one".into(), "_pq_.two".into()],
+            }
+        );
+        let mut b = startup_packet(PROTOCOL_3_0, b"user\0alice\0_pq_.x\0\0\0");
+        assert!(split_startup(&mut b).unwrap().unwrap().needs_negotiation());
         assert_eq!(
             split_startup(&mut startup_packet(SSL_REQUEST, b"")).unwrap(),
             Some(Startup::Ssl)
@@ -247,7 +308,15 @@ mod tests {
             ),
             (
                 startup_packet(PROTOCOL_3_0, b"database\0x\0\0"),
-                ProtocolError::StartupLayout("no PostgreSQL user name specified"),
+                ProtocolError::NoUser,
+            ),
+            (
+                startup_packet(PROTOCOL_3_0, b"user\0\0database\0x\0\0"),
+                ProtocolError::NoUser,
+            ),
+            (
+                startup_packet(4 << 16, b"user\0a\0\0"),
+                ProtocolError::UnsupportedVersion { major: 4, minor: 0 },
             ),
             (
                 startup_packet(PROTOCOL_3_0, b"user\0a\0\0junk"),

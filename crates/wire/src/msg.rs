@@ -152,6 +152,19 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, key: i32) {
     });
 }
 
+/// NegotiateProtocolVersion ('v'): the newest protocol the server speaks (as PostgreSQL sends
+/// it, the whole version number: 3.0 is 196608) and the protocol options it does not know.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest: u32, unknown: &[String]) {
+    with_len(buf, b'v', |b| {
+        b.put_u32(newest);
+        b.put_i32(i32::try_from(unknown.len()).unwrap_or(i32::MAX));
+        for name in unknown {
+            b.put_slice(name.as_bytes());
+            b.put_u8(0);
+        }
+    });
+}
+
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     with_len(buf, b'Z', |b| b.put_u8(status));
 }
