@@ -1250,6 +1250,77 @@ fn a_cursor_held_after_a_read_only_transaction_on_a_standby_is_fetched_there() {
     });
 }
 
+/// A setting the primary took and a standby refuses is not lost: `SET ROLE` to a role created
+/// since, which the standby has not replayed yet. The session's reads run on the primary, as
+/// that role, until the standby has replayed it, and then on the standby again, as that role.
+/// A statement that can only run on that standby (a FETCH of a cursor held there) ends the
+/// session with an error that names the setting, rather than run there without it. Before,
+/// the replay's failure was ignored, and the reads ran on the standby as the login role.
+#[test]
+fn a_setting_a_lagging_standby_refuses_is_not_dropped() {
+    let c = Cluster::up(2);
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    let who = |r: &tokio_postgres::Row| (r.get::<_, String>(0), port_of(r, 1));
+    block(async {
+        let s = standby_session(&c).await;
+        let h = standby_session(&c).await;
+        h.batch_execute("BEGIN READ ONLY").await.unwrap();
+        h.batch_execute("DECLARE hc CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 9) g")
+            .await
+            .unwrap();
+        h.batch_execute("COMMIT").await.unwrap();
+        // The role is made by another session, so neither session's read-your-writes floor
+        // covers it.
+        c.psql(1, "test", "SELECT pg_wal_replay_pause()").unwrap();
+        c.psql(0, "test", "CREATE ROLE tenant_x").unwrap();
+        s.batch_execute("SET ROLE tenant_x").await.unwrap();
+        let read = "SELECT current_user::text, inet_server_port()";
+        for _ in 0..3 {
+            let r = s.query_one(read, &[]).await.unwrap();
+            assert_eq!(
+                who(&r),
+                ("tenant_x".to_string(), primary),
+                "a read after SET ROLE, the standby lacking the role"
+            );
+        }
+        h.batch_execute("SET ROLE tenant_x").await.unwrap();
+        let e = h.simple_query("FETCH 1 FROM hc").await.unwrap_err();
+        let db = e.as_db_error().expect("an error from the server side");
+        assert_eq!(db.severity(), "FATAL", "{db:?}");
+        assert!(
+            db.message().contains("SET ROLE tenant_x") && db.message().contains("node 1"),
+            "{}",
+            db.message()
+        );
+        assert!(
+            h.simple_query("SELECT 1").await.is_err(),
+            "the session ended"
+        );
+        // Once the standby has the role, it serves the session's reads again, as that role.
+        c.psql(1, "test", "SELECT pg_wal_replay_resume()").unwrap();
+        let started = Instant::now();
+        loop {
+            let r = s.query_one(read, &[]).await.unwrap();
+            let (user, port) = who(&r);
+            assert_eq!(user, "tenant_x", "on port {port}");
+            if port == standby {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the standby never served the session's reads again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The role and the standby's connection are as they were.
+        let r = s
+            .query_one("SELECT session_user::text, inet_server_port()", &[])
+            .await
+            .unwrap();
+        assert_eq!(who(&r), ("postgres".to_string(), standby));
+    });
+}
+
 /// A hot standby refuses SERIALIZABLE transactions, read-only ones too ("cannot use
 /// serializable mode in a hot standby"). A session whose transactions are SERIALIZABLE, by
 /// default (SET, JDBC's setTransactionIsolation, a setting changed in a transaction, PGOPTIONS)

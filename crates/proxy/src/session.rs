@@ -65,6 +65,22 @@ fn fatal(code: &str, message: impl Into<String>) -> End {
     End::Fatal(code.to_string(), message.into())
 }
 
+/// Node `node` refused `refused`, a setting the session has (see `Session::catch_up`).
+#[cold]
+fn setting_refused(node: u32, refused: &str) -> End {
+    tracing::warn!(
+        node,
+        "a node refused one of a session's settings: {refused}"
+    );
+    fatal(
+        "08006",
+        format!(
+            "PostgreSQL node {node} refused a setting this session made earlier, {refused}; \
+             the session ends rather than go on without it"
+        ),
+    )
+}
+
 impl From<ProtocolError> for End {
     fn from(e: ProtocolError) -> Self {
         match e {
@@ -916,6 +932,9 @@ impl Session {
                 if self.lb_node == Some(t) {
                     self.lb_node = None;
                 }
+                table.primary
+            }
+            Some(t) if Some(t) != table.primary && !self.settings_hold_on(t).await? => {
                 table.primary
             }
             other => other,
@@ -2130,28 +2149,79 @@ impl Session {
             .ok_or_else(|| fatal("XX000", "connection vanished"))
     }
 
-    /// Applies the session's settings the connection to `node` has not had.
+    /// Applies the session's settings the connection to `node` has not had. A node that
+    /// refuses one the session has ends the session: what the session runs next must not run
+    /// there without it (a `SET ROLE` refused by a new primary that had not replayed the
+    /// role's creation when it was promoted would run the session's writes as its login
+    /// role). A standby that refuses one is met earlier, and passed over (see
+    /// `settings_hold_on`).
     async fn catch_up(&mut self, node: u32) -> Result<()> {
         let last = self.settings.last();
         if self.conns.get(&node).is_none_or(|c| c.applied >= last) {
             return Ok(());
         }
         // Boxed: seldom needed, and kept inline it would enlarge every message's future.
-        Box::pin(self.replay_settings(node, last)).await
+        match Box::pin(self.replay_settings(node, last)).await {
+            Ok(None) => Ok(()),
+            Ok(Some(refused)) => Err(setting_refused(node, &refused)),
+            Err(e) => Err(self.lost(node, e)),
+        }
+    }
+
+    /// Whether the connection to `t`, a standby a read is routed to, has the session's
+    /// settings, given now where it has not. One that refuses a setting the session has (a
+    /// `SET ROLE` to a role it has not replayed yet) serves the session's reads again only
+    /// once it has replayed what the primary has now, as after a write: the setting held
+    /// there before that. A standby lost meanwhile is reported, and passed over.
+    async fn settings_hold_on(&mut self, t: u32) -> Result<bool> {
+        let last = self.settings.last();
+        if self.conns.get(&t).is_none_or(|c| c.applied >= last)
+            || self.inflight.is_some_and(|(n, _)| n == t)
+        {
+            return Ok(true);
+        }
+        let Some(_aside) = self.engage_aside(t) else {
+            return Ok(false);
+        };
+        match Box::pin(self.replay_settings(t, last)).await {
+            Ok(None) => Ok(true),
+            Ok(Some(refused)) => {
+                tracing::info!(
+                    node = t,
+                    "a standby refused one of a session's settings; the primary serves the \
+                     session's reads until the standby has replayed further: {refused}"
+                );
+                if self.wrote != Wrote::Pending {
+                    self.wrote = Wrote::At(Instant::now());
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(node = t, "backend connection lost: {e}");
+                self.conns.remove(&t);
+                self.ctx.report(t);
+                Ok(false)
+            }
+        }
     }
 
     /// `catch_up`'s work: the settings after the connection's `applied`, up to `last`.
-    async fn replay_settings(&mut self, node: u32, last: u64) -> Result<()> {
-        let missing: Vec<Bytes> = match self.conns.get(&node) {
+    /// Returns the first setting the session has that the node refused, with its error (the
+    /// connection has had what came before it); a lost connection's error.
+    async fn replay_settings(
+        &mut self,
+        node: u32,
+        last: u64,
+    ) -> std::result::Result<Option<String>, BackendError> {
+        let missing = match self.conns.get(&node) {
             Some(c) => self.settings.since(c.applied),
-            None => return Ok(()),
+            None => return Ok(None),
         };
-        let conn = self
-            .conns
-            .get_mut(&node)
-            .ok_or_else(|| fatal("XX000", "connection vanished"))?;
-        for q in &missing {
-            let sql = msg::query_text(&q[5..]).unwrap_or_default();
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return Ok(None);
+        };
+        for r in &missing {
+            let sql = msg::query_text(&r.query[5..]).unwrap_or_default();
             // One statement (no semicolon, but for a last one) through the extended protocol,
             // which leaves the client's unnamed statement on the connection alone; a text
             // that may hold several as the client sent it.
@@ -2160,12 +2230,22 @@ impl Session {
             } else {
                 conn.b().statement_value(sql).await
             };
-            if let Err(e) = replayed {
-                tracing::debug!(node, "replaying a session setting failed: {e}");
+            match replayed {
+                Ok(_) => {}
+                Err(BackendError::Sql { message, .. }) if r.held => {
+                    // Nothing after it is given: later settings may rely on it.
+                    conn.applied = r.seq - 1;
+                    return Ok(Some(format!("`{sql}`: {message}")));
+                }
+                // It failed where the session ran it too, or may have.
+                Err(e @ BackendError::Sql { .. }) => {
+                    tracing::debug!(node, "replaying a session setting failed: {e}");
+                }
+                Err(e) => return Err(e),
             }
         }
         conn.applied = last;
-        Ok(())
+        Ok(None)
     }
 
     /// Takes a connection to `node` from the pool for this session. A node that cannot be

@@ -64,6 +64,19 @@ struct Entry {
     seq: u64,
     query: Bytes,
     kind: SettingKind,
+    /// Known to have succeeded where it ran (`settle`): the session has this setting, and a
+    /// connection where its replay fails lacks it (`since`). Otherwise it failed there, or
+    /// its outcome is not known, and a replay that fails too changes nothing.
+    held: bool,
+}
+
+/// A recorded setting a connection still needs (see [`Record::since`]).
+pub(crate) struct Replay {
+    pub(crate) seq: u64,
+    pub(crate) query: Bytes,
+    /// It succeeded where the session ran it: a connection that refuses it must not serve
+    /// the session as if it had it.
+    pub(crate) held: bool,
 }
 
 impl Record {
@@ -79,7 +92,12 @@ impl Record {
         {
             self.note_isolation(change);
         }
-        self.entries.push(Entry { seq, query, kind });
+        self.entries.push(Entry {
+            seq,
+            query,
+            kind,
+            held: false,
+        });
         seq
     }
 
@@ -99,6 +117,7 @@ impl Record {
         let Some(i) = self.entries.iter().position(|e| e.seq == seq) else {
             return;
         };
+        self.entries[i].held = true;
         let kind = self.entries[i].kind.clone();
         let mut drop = vec![false; i];
         let mut kept_between = false;
@@ -120,12 +139,16 @@ impl Record {
         self.entries.last().map_or(0, |e| e.seq)
     }
 
-    /// The queries a connection that has had everything up to `applied` still needs, in order.
-    pub(crate) fn since(&self, applied: u64) -> Vec<Bytes> {
+    /// The entries a connection that has had everything up to `applied` still needs, in order.
+    pub(crate) fn since(&self, applied: u64) -> Vec<Replay> {
         self.entries
             .iter()
             .filter(|e| e.seq > applied)
-            .map(|e| e.query.clone())
+            .map(|e| Replay {
+                seq: e.seq,
+                query: e.query.clone(),
+                held: e.held,
+            })
             .collect()
     }
 
@@ -233,7 +256,7 @@ impl Settings {
     }
 
     /// See [`Record::since`].
-    pub(crate) fn since(&self, applied: u64) -> Vec<Bytes> {
+    pub(crate) fn since(&self, applied: u64) -> Vec<Replay> {
         self.0.as_ref().map_or_else(Vec::new, |r| r.since(applied))
     }
 
@@ -735,8 +758,9 @@ mod tests {
         // A new connection gets all three; the one that had the first two gets what came
         // after them, the overriding application_name included.
         assert_eq!(s.since(0).len(), 3);
+        let queries = |r: Vec<Replay>| r.into_iter().map(|r| r.query).collect::<Vec<_>>();
         assert_eq!(
-            s.since(seen),
+            queries(s.since(seen)),
             [
                 q("SET application_name = 'b'"),
                 q("SET a.b = 1; SET a.c = 2")
@@ -748,9 +772,16 @@ mod tests {
             "the first entry is gone, the rest remain"
         );
         // A SET that failed (never settled) makes nothing moot: the value before it stays.
+        // Where the session has it, a connection that refuses its replay lacks it; the failed
+        // one's replay may fail.
         s.push(q("SET work_mem = 'lots'"), one("work_mem"));
-        assert_eq!(s.since(0).len(), 4);
-        assert_eq!(s.since(0)[0], q("SET work_mem = '1MB'"));
+        let all = s.since(0);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].query, q("SET work_mem = '1MB'"));
+        assert_eq!(
+            all.iter().map(|r| r.held).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
         // RESET ALL drops the settings before it, but not the multi-setting query, nor a
         // custom parameter (still defined after RESET ALL).
         ok(&mut s, "SET myapp.tenant = 7", one("myapp.tenant"));
