@@ -4298,22 +4298,25 @@ mod hostile {
     }
 }
 
-/// Adds `settings` (TOML lines) to the sandbox's `[proxy]` table and restarts it with them.
+/// A memory figure of the warden's process (the proxy's), in kB: `field` of
+/// /proc/PID/status (VmRSS now, VmHWM at its peak).
+fn warden_memory(c: &Cluster, field: &str) -> u64 {
+    let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in kB"))
+}
+
 /// A burst of large statements leaves no memory behind in the proxy: 20 sessions at once,
 /// each sending an 8 MB statement, twice. (glibc kept the freed buffers in its heap: the proxy
 /// stayed at about 200 MB afterwards.)
 #[test]
 fn a_burst_of_large_statements_leaves_no_memory_behind() {
     let c = Cluster::up(1);
-    let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
-    let rss = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in kB")
-    };
+    let rss = || warden_memory(&c, "VmRSS");
     let sql = format!("SELECT length('{}')", "x".repeat(8_000_000));
     block(async {
         let mut clients = Vec::new();
@@ -4342,6 +4345,49 @@ fn a_burst_of_large_statements_leaves_no_memory_behind() {
     });
 }
 
+/// An error of 200 MB (`RAISE EXCEPTION` with a long text) reaches the client whole, and
+/// the proxy's peak memory grows by much less than the error: it keeps the error's head and
+/// relays the rest as it comes. Before, it kept the whole message, twice (the buffer and
+/// a copy): about 400 MB.
+#[test]
+fn a_long_error_is_relayed_whole_without_being_kept() {
+    use common::raw::{login_at, message, read_message};
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(1);
+    let peak = || warden_memory(&c, "VmHWM");
+    const LONG: usize = 200_000_000;
+    block(async {
+        let mut s = login_at(&c, c.proxy_port()).await;
+        let before = peak();
+        let sql = format!(
+            "DO $$ BEGIN RAISE EXCEPTION '%', repeat('x', {LONG}) USING ERRCODE = 'P0042'; END $$\0"
+        );
+        s.write_all(&message(b'Q', &[sql.as_bytes()]))
+            .await
+            .unwrap();
+        let (tag, body) = read_message(&mut s).await;
+        assert_eq!(tag, b'E');
+        let fields = pgwarden_wire::msg::error_fields(&body);
+        let field = |k: u8| fields.iter().find(|(c, _)| *c == k).map(|(_, v)| v.clone());
+        assert_eq!(field(b'C').as_deref(), Some("P0042"));
+        assert_eq!(
+            field(b'M').map(|m| m.len()),
+            Some(LONG),
+            "the whole message"
+        );
+        assert_eq!(read_message(&mut s).await, (b'Z', b"I".to_vec()));
+        // The session goes on.
+        s.write_all(&message(b'Q', &[b"SELECT 1\0"])).await.unwrap();
+        assert_eq!(read_message(&mut s).await.0, b'T');
+        let after = peak();
+        eprintln!("proxy peak memory: {before} kB before, {after} kB after");
+        assert!(
+            after < before + 64 * 1024,
+            "the proxy's peak memory grew from {before} kB to {after} kB for a {LONG}-byte error"
+        );
+    });
+}
+
 /// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
 /// the warden is restarted, see `restart_with_proxy_settings`).
 fn primary_weight_zero(c: &Cluster) {
@@ -4352,6 +4398,7 @@ fn primary_weight_zero(c: &Cluster) {
     std::fs::write(c.config(), cfg).unwrap();
 }
 
+/// Adds `settings` (TOML lines) to the sandbox's `[proxy]` table and restarts it with them.
 fn restart_with_proxy_settings(c: &Cluster, settings: &str) {
     let cfg = std::fs::read_to_string(c.config())
         .unwrap()

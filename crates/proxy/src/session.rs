@@ -3165,6 +3165,11 @@ fn find_frame(buf: &[u8], from: usize, tag: u8) -> Option<(usize, usize)> {
 /// pool; past it the connection is closed, and its slot freed.
 const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How much of a server message the session reads (ReadyForQuery, CopyInResponse,
+/// ParameterStatus, ErrorResponse) is kept whole; the rest of a longer one is relayed as it
+/// comes (see `scan`).
+const KEPT_MAX: usize = 64 * 1024;
+
 /// A batch without a Sync is sent on in parts of about this size.
 const BATCH_PART: usize = 256 * 1024;
 
@@ -3224,7 +3229,17 @@ fn scan(
             events.push((tag, Bytes::new()));
         }
         if matches!(tag, b'Z' | b'G' | b'S' | b'E') {
-            if rest.len() < total {
+            // What the session reads of these is in their head: an error's severity, SQLSTATE
+            // and message come first. Past `KEPT_MAX`, the head is kept and the rest streamed
+            // as a row is: a `RAISE` of 400 MB costs no more memory than a row of 400 MB.
+            let keep = total.min(KEPT_MAX);
+            if matches!(tag, b'Z' | b'G') && keep < total {
+                return Err(ProtocolError::TooLarge {
+                    len: total,
+                    max: KEPT_MAX,
+                });
+            }
+            if rest.len() < keep {
                 return Ok(pos);
             }
             let body = match (tag, rest.get(5)) {
@@ -3232,10 +3247,16 @@ fn scan(
                 (b'Z', Some(b'I')) => Bytes::from_static(b"I"),
                 (b'Z', Some(b'T')) => Bytes::from_static(b"T"),
                 (b'Z', Some(b'E')) => Bytes::from_static(b"E"),
-                _ => Bytes::copy_from_slice(&rest[5..total]),
+                _ => Bytes::copy_from_slice(&rest[5..keep]),
             };
             events.push((tag, body));
-            pos += total;
+            if rest.len() >= total {
+                pos += total;
+            } else {
+                *streaming = total - rest.len();
+                pos += rest.len();
+                return Ok(pos);
+            }
         } else if rest.len() >= total {
             pos += total;
         } else {
@@ -3311,6 +3332,49 @@ mod tests {
         assert_eq!(forwarded, all.len());
         assert_eq!(events, vec![(b'Z', Bytes::from_static(b"I"))]);
         assert_eq!(streaming, 0);
+    }
+
+    /// An error of any size costs at most `KEPT_MAX` kept: its head (severity, SQLSTATE, the
+    /// start of its message) is read, the rest relayed as it comes.
+    #[test]
+    fn scan_keeps_the_head_of_a_long_error_and_streams_the_rest() {
+        let mut body = b"SERROR\0VERROR\0CP0001\0M".to_vec();
+        body.extend(vec![b'x'; 3 * KEPT_MAX]);
+        body.extend(b"\0\0");
+        let mut all = msg(b'E', &body);
+        all.extend(msg(b'Z', b"I"));
+        let mut streaming = 0;
+        let mut events = Vec::new();
+        let mut forwarded = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut most = 0;
+        for chunk in all.chunks(4096) {
+            buf.extend_from_slice(chunk);
+            most = most.max(buf.len());
+            let n = scan(&buf, &mut streaming, &mut events, false).unwrap();
+            forwarded += n;
+            buf.drain(..n);
+        }
+        assert_eq!(forwarded, all.len());
+        assert!(most <= KEPT_MAX + 4096, "{most} bytes held at once");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].0, b'E');
+        assert_eq!(events[0].1.len(), KEPT_MAX - 5);
+        let fields = msg::error_fields(&events[0].1);
+        assert_eq!(fields[2], (b'C', "P0001".to_string()));
+        assert_eq!(events[1], (b'Z', Bytes::from_static(b"I")));
+        // A short one is kept whole.
+        let short = msg(b'E', b"SERROR\0CP0001\0Mno\0\0");
+        events.clear();
+        assert_eq!(
+            scan(&short, &mut 0, &mut events, false).unwrap(),
+            short.len()
+        );
+        assert_eq!(&events[0].1[..], b"SERROR\0CP0001\0Mno\0\0");
+        // A ReadyForQuery that long is no server's.
+        let mut z = vec![b'Z'];
+        z.extend(((KEPT_MAX + 10) as i32).to_be_bytes());
+        assert!(scan(&z, &mut 0, &mut events, false).is_err());
     }
 
     #[test]
