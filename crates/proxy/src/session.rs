@@ -934,7 +934,12 @@ impl Session {
                 }
                 table.primary
             }
-            Some(t) if Some(t) != table.primary && !self.settings_hold_on(t).await? => {
+            // (Boxed: seldom needed, and kept inline it would enlarge every message's future.)
+            Some(t)
+                if Some(t) != table.primary
+                    && self.settings_behind(t)
+                    && !Box::pin(self.settings_hold_on(t)).await? =>
+            {
                 table.primary
             }
             other => other,
@@ -2168,6 +2173,15 @@ impl Session {
         }
     }
 
+    /// Whether the session's connection to `t` lacks settings recorded since its last use (and
+    /// is idle, so that they can be given now: see `settings_hold_on`).
+    fn settings_behind(&self, t: u32) -> bool {
+        self.conns
+            .get(&t)
+            .is_some_and(|c| c.applied < self.settings.last())
+            && self.inflight.is_none_or(|(n, _)| n != t)
+    }
+
     /// Whether the connection to `t`, a standby a read is routed to, has the session's
     /// settings, given now where it has not. One that refuses a setting the session has (a
     /// `SET ROLE` to a role it has not replayed yet) serves the session's reads again only
@@ -2175,11 +2189,6 @@ impl Session {
     /// there before that. A standby lost meanwhile is reported, and passed over.
     async fn settings_hold_on(&mut self, t: u32) -> Result<bool> {
         let last = self.settings.last();
-        if self.conns.get(&t).is_none_or(|c| c.applied >= last)
-            || self.inflight.is_some_and(|(n, _)| n == t)
-        {
-            return Ok(true);
-        }
         let Some(_aside) = self.engage_aside(t) else {
             return Ok(false);
         };
