@@ -1928,6 +1928,79 @@ fn pgbench_copy_and_cancel_through_the_proxy() {
     });
 }
 
+/// A cancel request still on its way to the server when its session ends must not reach the
+/// next client given that session's connection. The primary's postmaster is stopped
+/// (SIGSTOP), so the forwarded cancel waits in its socket while the session ends and its
+/// connection, reset, would go back to the pool; another client, logged in before, takes a
+/// connection and runs a query; the postmaster goes on and acts on the cancel. Before, it cancelled that other
+/// client's query (pgbouncer has the same race); now the ended session's connections are
+/// closed rather than pooled while a cancel is on its way.
+#[test]
+fn a_cancel_on_its_way_when_a_session_ends_does_not_reach_the_next_client() {
+    let c = Cluster::up(1);
+    let pid = std::fs::read_to_string(c.data_dir(0).join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().trim().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    /// Lets the postmaster go on whatever happens.
+    struct Resume<F: Fn()>(F);
+    impl<F: Fn()> Drop for Resume<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    block(async {
+        let first = c.client("test").await;
+        // Bound to a backend of the primary, its cancel key pointing there.
+        first.batch_execute("SELECT 1").await.unwrap();
+        let backend: i32 = first
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // Logged in now: its login left a connection in the pool, and it needs no new one
+        // while the postmaster is stopped (the pool gives the last connection put back).
+        let next = c.client("test").await;
+        let token = first.cancel_token();
+        signal("-STOP");
+        let resume = Resume(|| signal("-CONT"));
+        let cancel = tokio::spawn(async move { token.cancel_query(tokio_postgres::NoTls).await });
+        // (The request reaches pgwarden, and pgwarden's forward waits on the postmaster.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(first);
+        // The connection's reset, had it gone back to the pool.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let backend_now: i32 = next
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let sleeping = tokio::spawn(async move {
+            let r = next.batch_execute("SELECT pg_sleep(2)").await;
+            (next, r)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(resume);
+        let (next, r) = sleeping.await.unwrap();
+        let _ = cancel.await;
+        assert!(
+            r.is_ok(),
+            "the next client's query (backend {backend_now}; the ended session's was {backend}) was cancelled: {:?}",
+            r.err().and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
+        );
+        assert_ne!(
+            backend_now, backend,
+            "the ended session's connection was pooled"
+        );
+        next.batch_execute("SELECT 1").await.unwrap();
+    });
+}
+
 #[test]
 fn wrong_passwords_and_unknown_users_look_the_same() {
     let c = Cluster::up(1);

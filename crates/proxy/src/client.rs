@@ -151,7 +151,7 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
         }
     };
     let (pid, key) = ctx.next_backend_key();
-    let slot: CancelSlot = Arc::new(Mutex::new(None));
+    let slot: CancelSlot = Arc::new(Mutex::new(crate::CancelState::default()));
     ctx.cancels
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -665,9 +665,29 @@ async fn cancel(ctx: &Ctx, pid: i32, key: i32) {
         .get(&(pid, key))
         .cloned();
     let Some(slot) = slot else { return };
-    let target = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // Counted as on its way under the lock that reads the target, so that a session ending
+    // meanwhile sees it (see `Session::release`), until the server has taken it.
+    let target = {
+        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let t = s.target.clone();
+        if t.is_some() {
+            s.forwarding += 1;
+        }
+        t
+    };
     if let Some(t) = target {
+        let _on_its_way = Forwarding(slot);
         crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
+    }
+}
+
+/// A cancel request on its way (see `cancel`), uncounted when it is done, or dropped.
+struct Forwarding(CancelSlot);
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.forwarding = s.forwarding.saturating_sub(1);
     }
 }
 

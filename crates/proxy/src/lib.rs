@@ -42,7 +42,16 @@ pub struct CancelTarget {
     pub key: i32,
 }
 
-pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
+/// A session's cancel key's slot: where a cancel request goes now, and how many are on their
+/// way to a server. A session that ends while one is on its way closes its connections
+/// rather than pool them: the server could act on it during another client's query.
+#[derive(Debug, Default)]
+pub struct CancelState {
+    pub target: Option<CancelTarget>,
+    pub forwarding: u32,
+}
+
+pub type CancelSlot = Arc<Mutex<CancelState>>;
 
 /// Per-node counters for SHOW POOL_NODES and SHOW POOL_BACKEND_STATS.
 #[derive(Debug, Default)]

@@ -2344,12 +2344,13 @@ impl Session {
             // allocation) only when that backend changes, not for every statement.
             if self.cancel_for != (pid, key) {
                 if let Some(n) = self.ctx.routes.borrow().node(node) {
-                    *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(CancelTarget {
-                        host: n.host.clone(),
-                        port: n.port,
-                        pid,
-                        key,
-                    });
+                    self.cancel.lock().unwrap_or_else(|p| p.into_inner()).target =
+                        Some(CancelTarget {
+                            host: n.host.clone(),
+                            port: n.port,
+                            pid,
+                            key,
+                        });
                     self.cancel_for = (pid, key);
                 }
             }
@@ -2694,10 +2695,16 @@ impl Session {
     fn release(&mut self) {
         self.set_engaged(None);
         // The client's cancel key no longer reaches these connections: one put back in the
-        // pool may run another client's query before this session's end is complete.
-        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // pool may run another client's query before this session's end is complete. A
+        // cancel request already on its way could still reach one (the server acts on it
+        // when it gets it): then none goes back to the pool.
+        let cancelling = {
+            let mut slot = self.cancel.lock().unwrap_or_else(|p| p.into_inner());
+            slot.target = None;
+            slot.forwarding > 0
+        };
         self.cancel_for = (0, 0);
-        let clean_session = self.inflight.is_none() && self.copy_in.is_none();
+        let clean_session = self.inflight.is_none() && self.copy_in.is_none() && !cancelling;
         for (node, conn) in self.conns.drain() {
             let mut pooled = conn.pooled;
             pooled.backend.busy = None;
