@@ -4669,6 +4669,8 @@ fn a_primary_out_of_connections_stays_in_service() {
     });
 }
 
+/// TLS for clients that ask for it, and hba rules by encryption, as pg_hba.conf's
+/// `hostssl` and `hostnossl`: database `test` only over TLS, database `postgres` only without.
 #[test]
 fn tls_for_clients_that_ask_for_it() {
     let c = Cluster::up(1);
@@ -4679,7 +4681,8 @@ fn tls_for_clients_that_ask_for_it() {
     let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
         "[proxy]\n",
         "[proxy]\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\n",
-    );
+    ) + "\n[[proxy.hba]]\ntype = \"hostssl\"\ndatabase = \"test\"\nmethod = \"scram-sha-256\"\n\
+         \n[[proxy.hba]]\ntype = \"hostnossl\"\ndatabase = \"postgres\"\nmethod = \"scram-sha-256\"\n";
     std::fs::write(c.config(), cfg).unwrap();
     let dir = c.dir.to_str().unwrap();
     assert!(
@@ -4699,7 +4702,7 @@ fn tls_for_clients_that_ask_for_it() {
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
 
-    let psql = |sslmode: &str, sql: &str| {
+    let psql_on = |db: &str, sslmode: &str, sql: &str| {
         let bin = pgwarden_sandbox::PgBin::locate().unwrap();
         let out = Command::new(bin.program("psql"))
             .args([
@@ -4711,7 +4714,7 @@ fn tls_for_clients_that_ask_for_it() {
                 "-U",
                 "postgres",
                 "-d",
-                "test",
+                db,
                 "-p",
                 &c.proxy_port().to_string(),
                 "-c",
@@ -4726,6 +4729,7 @@ fn tls_for_clients_that_ask_for_it() {
             format!("{}{}", common::stdout(&out), common::stderr(&out)),
         )
     };
+    let psql = |sslmode: &str, sql: &str| psql_on("test", sslmode, sql);
     let (ok, text) = psql("require", "\\conninfo");
     assert!(ok, "{text}");
     assert!(text.contains("SSL connection (protocol: TLSv1."), "{text}");
@@ -4757,7 +4761,20 @@ fn tls_for_clients_that_ask_for_it() {
         200_000 * 200_001 / 2,
         "COPY values"
     );
-    // Clients that do not ask for TLS are still served.
+    // Clients that do not ask for TLS are served where a rule admits them…
+    let (ok, text) = psql_on("postgres", "disable", "SELECT current_database()");
+    assert!(ok && text.trim() == "postgres", "{text}");
+    // …and refused where the rule is for TLS only, or for no TLS only.
     let (ok, text) = psql("disable", "SELECT 1");
-    assert!(ok, "{text}");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("no pgwarden hba entry for host \"127.0.0.1\", user \"postgres\", database \"test\", no encryption"),
+        "{text}"
+    );
+    let (ok, text) = psql_on("postgres", "require", "SELECT 1");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("no pgwarden hba entry for host \"127.0.0.1\", user \"postgres\", database \"postgres\", SSL encryption"),
+        "{text}"
+    );
 }

@@ -440,12 +440,14 @@ async fn authenticate(
     if Startup::param(&params, "replication").is_some_and(|r| !is_false(r)) {
         return Err(Refusal::fatal("0A000", "replication connections are not supported through pgwarden; connect to the primary directly"));
     }
-    let method = auth_method(&ctx.cfg.hba, &database, &user, peer.ip()).ok_or_else(|| {
+    let tls = matches!(stream, ClientStream::Tls(_));
+    let method = auth_method(&ctx.cfg.hba, &database, &user, peer.ip(), tls).ok_or_else(|| {
         Refusal::fatal(
             "28000",
             format!(
-                "no pgwarden hba entry for host \"{}\", user \"{user}\", database \"{database}\"",
-                peer.ip()
+                "no pgwarden hba entry for host \"{}\", user \"{user}\", database \"{database}\", {}",
+                peer.ip(),
+                if tls { "SSL encryption" } else { "no encryption" }
             ),
         )
     })?;

@@ -92,9 +92,21 @@ impl AddressMatch {
     }
 }
 
+/// Which connections a rule is for, by pg_hba.conf's names: any TCP connection (`host`), only
+/// those encrypted with TLS (`hostssl`), only those that are not (`hostnossl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionType {
+    #[default]
+    Host,
+    HostSsl,
+    HostNoSsl,
+}
+
 /// One client-authentication rule, like a line of pg_hba.conf. The first match decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HbaRule {
+    pub connection: ConnectionType,
     /// `None` matches every database.
     pub databases: Option<Vec<String>>,
     /// `None` matches every user.
@@ -104,10 +116,19 @@ pub struct HbaRule {
 }
 
 impl HbaRule {
-    pub fn matches(&self, database: &str, user: &str, ip: IpAddr) -> bool {
+    /// Whether the rule is for this connection: `tls`, whether it is encrypted.
+    pub fn matches(&self, database: &str, user: &str, ip: IpAddr, tls: bool) -> bool {
         let in_list =
             |l: &Option<Vec<String>>, v: &str| l.as_ref().is_none_or(|l| l.iter().any(|x| x == v));
-        in_list(&self.databases, database) && in_list(&self.users, user) && self.address.matches(ip)
+        let connection = match self.connection {
+            ConnectionType::Host => true,
+            ConnectionType::HostSsl => tls,
+            ConnectionType::HostNoSsl => !tls,
+        };
+        connection
+            && in_list(&self.databases, database)
+            && in_list(&self.users, user)
+            && self.address.matches(ip)
     }
 }
 
@@ -118,10 +139,11 @@ pub fn auth_method(
     database: &str,
     user: &str,
     ip: IpAddr,
+    tls: bool,
 ) -> Option<AuthMethod> {
     rules
         .iter()
-        .find(|r| r.matches(database, user, ip))
+        .find(|r| r.matches(database, user, ip, tls))
         .map(|r| r.method)
 }
 
@@ -163,6 +185,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             pool_passwd: None,
             hba: vec![HbaRule {
+                connection: ConnectionType::Host,
                 databases: None,
                 users: None,
                 address: AddressMatch::All,
@@ -210,6 +233,8 @@ pub(super) struct RawProxy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHba {
+    #[serde(default, rename = "type")]
+    connection: Option<Spanned<ConnectionType>>,
     #[serde(default)]
     database: Option<StringOrList>,
     #[serde(default)]
@@ -312,7 +337,20 @@ pub(super) fn validate(raw: RawProxy, file: &Path, c: &mut Collector) -> ProxyCo
                         AddressMatch::All
                     }),
                 };
+                let connection = r.connection.map(|t| {
+                    if *t.get_ref() == ConnectionType::HostSsl
+                        && (raw.tls_cert.is_none() || raw.tls_key.is_none())
+                    {
+                        c.push(
+                            Some(t.span()),
+                            format!("proxy.hba[{i}].type"),
+                            "hostssl matches only TLS connections, and pgwarden offers none; expected proxy.tls_cert and proxy.tls_key to be set, or type \"host\"",
+                        );
+                    }
+                    *t.get_ref()
+                });
                 HbaRule {
+                    connection: connection.unwrap_or_default(),
                     databases: r.database.and_then(StringOrList::into_list),
                     users: r.user.and_then(StringOrList::into_list),
                     address,
@@ -385,36 +423,86 @@ mod tests {
 
     #[test]
     fn first_matching_rule_wins() {
-        let rule = |db: Option<&[&str]>, user: Option<&[&str]>, addr: &str, method| HbaRule {
-            databases: db.map(|d| d.iter().map(|s| s.to_string()).collect()),
-            users: user.map(|d| d.iter().map(|s| s.to_string()).collect()),
-            address: AddressMatch::parse(addr).unwrap(),
-            method,
-        };
+        let rule =
+            |connection, db: Option<&[&str]>, user: Option<&[&str]>, addr: &str, method| HbaRule {
+                connection,
+                databases: db.map(|d| d.iter().map(|s| s.to_string()).collect()),
+                users: user.map(|d| d.iter().map(|s| s.to_string()).collect()),
+                address: AddressMatch::parse(addr).unwrap(),
+                method,
+            };
+        use ConnectionType::{Host, HostNoSsl, HostSsl};
         let rules = [
             rule(
+                Host,
                 Some(&["test"]),
                 Some(&["app"]),
                 "127.0.0.1",
                 AuthMethod::Trust,
             ),
-            rule(None, Some(&["evil"]), "all", AuthMethod::Reject),
-            rule(None, None, "10.0.0.0/8", AuthMethod::Md5),
-            rule(None, None, "127.0.0.0/8", AuthMethod::ScramSha256),
+            rule(Host, None, Some(&["evil"]), "all", AuthMethod::Reject),
+            // Payroll over TLS only; the reporting user without TLS only.
+            rule(
+                HostSsl,
+                Some(&["payroll"]),
+                None,
+                "all",
+                AuthMethod::ScramSha256,
+            ),
+            rule(Host, Some(&["payroll"]), None, "all", AuthMethod::Reject),
+            rule(HostNoSsl, None, Some(&["report"]), "all", AuthMethod::Md5),
+            rule(Host, None, None, "10.0.0.0/8", AuthMethod::Md5),
+            rule(Host, None, None, "127.0.0.0/8", AuthMethod::ScramSha256),
         ];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let table = [
-            ("test", "app", "127.0.0.1", Some(AuthMethod::Trust)),
-            ("other", "app", "127.0.0.1", Some(AuthMethod::ScramSha256)),
-            ("test", "evil", "127.0.0.1", Some(AuthMethod::Reject)),
-            ("test", "bob", "10.9.9.9", Some(AuthMethod::Md5)),
-            ("test", "bob", "192.168.1.1", None),
+            ("test", "app", "127.0.0.1", false, Some(AuthMethod::Trust)),
+            ("test", "app", "127.0.0.1", true, Some(AuthMethod::Trust)),
+            (
+                "other",
+                "app",
+                "127.0.0.1",
+                false,
+                Some(AuthMethod::ScramSha256),
+            ),
+            ("test", "evil", "127.0.0.1", true, Some(AuthMethod::Reject)),
+            ("test", "bob", "10.9.9.9", false, Some(AuthMethod::Md5)),
+            ("test", "bob", "192.168.1.1", false, None),
+            (
+                "payroll",
+                "bob",
+                "10.9.9.9",
+                true,
+                Some(AuthMethod::ScramSha256),
+            ),
+            (
+                "payroll",
+                "bob",
+                "10.9.9.9",
+                false,
+                Some(AuthMethod::Reject),
+            ),
+            (
+                "test",
+                "report",
+                "192.168.1.1",
+                false,
+                Some(AuthMethod::Md5),
+            ),
+            ("test", "report", "192.168.1.1", true, None),
+            (
+                "test",
+                "report",
+                "127.0.0.1",
+                true,
+                Some(AuthMethod::ScramSha256),
+            ),
         ];
-        for (db, user, addr, want) in table {
+        for (db, user, addr, tls, want) in table {
             assert_eq!(
-                auth_method(&rules, db, user, ip(addr)),
+                auth_method(&rules, db, user, ip(addr), tls),
                 want,
-                "{db} {user} {addr}"
+                "{db} {user} {addr} tls={tls}"
             );
         }
     }

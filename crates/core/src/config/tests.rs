@@ -322,6 +322,22 @@ fn proxy_section() {
             .any(|e| e.contains("tls_cert and tls_key go together")),
         "{got:#?}"
     );
+    // hostssl without TLS could never match.
+    let bad = format!("{GOOD}\n[[proxy.hba]]\ntype = \"hostssl\"\nmethod = \"scram-sha-256\"\n");
+    let got = errors(&bad);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].ends_with("proxy.hba[0].type: hostssl matches only TLS connections, and pgwarden offers none; expected proxy.tls_cert and proxy.tls_key to be set, or type \"host\""),
+        "{got:#?}"
+    );
+    let bad = format!("{GOOD}\n[[proxy.hba]]\ntype = \"hostgssenc\"\nmethod = \"trust\"\n");
+    assert!(
+        errors(&bad)[0].contains(
+            "unknown variant `hostgssenc`, expected one of `host`, `hostssl`, `hostnossl`"
+        ),
+        "{:?}",
+        errors(&bad)
+    );
     let bad = format!("{GOOD}\n[[proxy.hba]]\nmethod = \"password\"\n");
     assert!(
         errors(&bad)[0].contains("unknown variant `password`"),
