@@ -3970,14 +3970,49 @@ mod hostile {
                 (execute_sync("s7"), b'Z'),
             ],
         ));
+        // A Close after an error in its part is skipped by the server: the statement lives
+        // on, and a Bind of it later runs, on the primary too (after a write, the session's
+        // reads are there). Before, pgwarden forgot it at the Close, and the Bind failed with
+        // "prepared statement does not exist".
+        let bind_sync = |name: &[u8]| {
+            [
+                message(b'B', &[b"\0", name, b"\0", &[0, 0, 0, 0, 0, 0]]),
+                message(b'E', &[b"\0", &[0, 0, 0, 0]]),
+                sync(),
+            ]
+            .concat()
+        };
+        cases.push((
+            "a Close skipped after an error in its part",
+            vec![
+                (
+                    [message(b'P', &[b"s8\0", b"SELECT 8\0", &[0, 0]]), sync()].concat(),
+                    b'Z',
+                ),
+                (
+                    [
+                        run_unnamed("SELECT 1/0"),
+                        message(b'C', &[b"Ss8\0"]),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (query("INSERT INTO moved VALUES (19)"), b'Z'),
+                (bind_sync(b"s8"), b'Z'),
+                // A Close that ran: the statement is gone, here and there.
+                ([message(b'C', &[b"Ss8\0"]), sync()].concat(), b'Z'),
+                (bind_sync(b"s8"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let (want, got, _) = direct_and_proxied(&c, steps).await;
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5 and 7 to 16 were written twice (direct and through pgwarden); 3, 4, 6
-        // and 17 never.
+        // Rows 1, 2, 5, 7 to 16 and 19 were written twice (direct and through pgwarden); 3, 4,
+        // 6 and 17 never.
         assert_eq!(
             c.psql(
                 0,
@@ -3985,7 +4020,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15,16,16"
+            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15,16,16,19,19"
         );
     }
 

@@ -1756,11 +1756,26 @@ impl Session {
                 }
             }
         }
-        // A closed statement is closed everywhere it was parsed.
+        // A closed statement is closed everywhere it was parsed: where the batch goes by the
+        // client's Close, elsewhere by pgwarden's once the Close is known to have run there.
+        // An error earlier in its part makes the server skip it, and the statement lives on
+        // (see `settle_closes`). In an open part that is known only at the client's Sync: as
+        // before, the statement is closed elsewhere at once, unless the part already failed.
+        let mut closed = Vec::new();
         for name in &closes {
             if let Some(s) = self.statements.remove(name) {
-                for node in s.nodes.into_iter().filter(|n| *n != target) {
-                    self.close_on(node, name).await?;
+                closed.push((name.clone(), s));
+            }
+        }
+        if syncs == 0 {
+            let skipped = self.open_until_sync == Some(target) && self.open_failed;
+            for (name, s) in closed.drain(..) {
+                if skipped {
+                    self.statements.insert(name, s);
+                    continue;
+                }
+                for node in s.nodes.iter().filter(|n| **n != target) {
+                    self.close_on(*node, &name).await?;
                 }
             }
         }
@@ -1796,11 +1811,15 @@ impl Session {
                 self.open_owed = self.open_owed.saturating_add(answers_owed(&frames));
             }
         }
-        if !replay.is_empty() {
+        if !replay.is_empty() || !closed.is_empty() {
             self.error_seen = false;
         }
         let sent = self.send(target, bytes, syncs).await?;
         self.note_begin(begins, sent);
+        if !closed.is_empty() {
+            let clean = sent.is_some() && self.drain_for_outcome().await? && !self.error_seen;
+            Box::pin(self.settle_closes(target, closed, clean)).await?;
+        }
         // A setting's outcome decides whether it makes earlier ones moot: known once its Sync
         // is answered (not in an open pipeline, where it is recorded as it is).
         let mut settle = !replay.is_empty() && syncs > 0;
@@ -2118,6 +2137,56 @@ impl Session {
         msg::frontend::close(&mut out, b'S', name);
         msg::frontend::sync(&mut out);
         self.internal(node, out).await.map(|_| ())
+    }
+
+    /// Statements the client closed in a batch sent to `target`, now answered: `clean`, no
+    /// error came back, so the server ran the Close, and they are closed on the session's
+    /// other nodes. Otherwise an error earlier in the Close's part may have made the server
+    /// skip it: a statement `target` still has is kept, everywhere it was (as on one server,
+    /// where a later Bind of it runs); one it has not, or cannot be asked about, is closed
+    /// elsewhere too. (One parsed again in the same batch is the new one: the old one goes.)
+    async fn settle_closes(
+        &mut self,
+        target: u32,
+        closed: Vec<(String, Statement)>,
+        clean: bool,
+    ) -> Result<()> {
+        for (name, s) in closed {
+            let lives = !clean
+                && !self.statements.contains_key(&name)
+                && self.statement_exists(target, &name).await? != Some(false);
+            if lives {
+                self.statements.insert(name, s);
+                continue;
+            }
+            for node in s.nodes.iter().filter(|n| **n != target) {
+                self.close_on(*node, &name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the session's connection to `node` has a prepared statement `name`; None when
+    /// that cannot be asked now: the connection is gone or out of service, or the session has
+    /// work on it (a transaction, whose first statement must be the client's own; an open
+    /// pipeline part, which pgwarden's question would join; a COPY).
+    async fn statement_exists(&mut self, node: u32, name: &str) -> Result<Option<bool>> {
+        if self.copy_in.is_some() || self.working_on(node) {
+            return Ok(None);
+        }
+        let aside = self.engage_aside(node);
+        let Some(conn) = self.conns.get_mut(&node).filter(|_| aside.is_some()) else {
+            return Ok(None);
+        };
+        let probe = format!(
+            "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE name = {}",
+            crate::settings::literal(name)
+        );
+        match conn.b().statement_value(&probe).await {
+            Ok(v) => Ok(Some(v.as_deref() == Some("1"))),
+            Err(BackendError::Sql { .. }) => Ok(None),
+            Err(e) => Err(self.lost(node, e)),
+        }
     }
 
     /// Sends pgwarden's own messages on an idle connection and reads until ReadyForQuery
