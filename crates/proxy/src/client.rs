@@ -529,6 +529,7 @@ async fn scram(
             "channel binding is not supported by pgwarden (use SCRAM-SHA-256 without -PLUS)",
         )
         .into(),
+        ScramError::AuthorizationIdentity => Refusal::fatal("0A000", e.to_string()).into(),
         ScramError::Malformed(why) => {
             Refusal::fatal("08P01", format!("malformed SCRAM message: {why}")).into()
         }

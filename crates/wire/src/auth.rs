@@ -243,6 +243,9 @@ pub enum ScramError {
     /// Channel binding was requested; pgwarden does not offer SCRAM-SHA-256-PLUS.
     #[error("channel binding is not supported")]
     ChannelBinding,
+    /// An authorization identity (`a=…` in the GS2 header), which PostgreSQL refuses too.
+    #[error("client uses authorization identity, but it is not supported")]
+    AuthorizationIdentity,
     /// Wrong password (or unknown user): the caller answers 28P01.
     #[error("password authentication failed")]
     WrongPassword,
@@ -282,7 +285,10 @@ impl ScramServer {
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("no GS2 header end"))?;
-        if !authzid.is_empty() && !authzid.starts_with("a=") {
+        if authzid.starts_with("a=") {
+            return Err(ScramError::AuthorizationIdentity);
+        }
+        if !authzid.is_empty() {
             return Err(ScramError::Malformed("bad authorization identity"));
         }
         let gs2_header = format!("{cb},{authzid},");
@@ -480,6 +486,12 @@ mod tests {
             (
                 b"n,,n=,m=ext,r=abc",
                 ScramError::Malformed("mandatory extensions are not supported"),
+            ),
+            (b"n,a=admin,n=,r=abc", ScramError::AuthorizationIdentity),
+            (b"y,a=,n=,r=abc", ScramError::AuthorizationIdentity),
+            (
+                b"n,x=1,n=,r=abc",
+                ScramError::Malformed("bad authorization identity"),
             ),
             (b"garbage", ScramError::Malformed("no GS2 header")),
             (b"\xff\xfe", ScramError::Malformed("not UTF-8")),
