@@ -2152,6 +2152,11 @@ fn the_scram_salt_does_not_tell_whether_a_user_exists() {
         );
         assert_eq!(unknown.0, unknown.1);
         assert_ne!(known.0, unknown.0, "two users, one salt");
+        // A restart changes neither: an unknown user's salt that changed while a known
+        // user's stayed would tell them apart (PostgreSQL keeps its mock nonce in pg_control).
+        tokio::task::block_in_place(|| c.restart_warden());
+        assert_eq!(salt("nobody", "test").await, unknown.0, "after a restart");
+        assert_eq!(salt("postgres", "test").await, known.0, "after a restart");
     });
 }
 

@@ -207,6 +207,9 @@ impl Ctx {
         passwords: PassFile,
         monitor: MonitorHandle,
     ) -> Result<Arc<Ctx>, ProxyError> {
+        // The key of unknown users' SCRAM salts, from the secrets pgwarden keeps (see
+        // `auth::mock_key`); random, per process, only when it keeps none.
+        let mut material = passwords.secret_material();
         let pool_passwd = match &config.proxy.pool_passwd {
             None => None,
             Some(path) => {
@@ -214,14 +217,16 @@ impl Ctx {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                Some(
-                    pgwarden_wire::auth::parse_pool_passwd(&text).map_err(|(line, e)| {
-                        ProxyError::PoolPasswd {
-                            path: path.display().to_string(),
-                            reason: format!("line {line}: {e}"),
-                        }
-                    })?,
-                )
+                let map = pgwarden_wire::auth::parse_pool_passwd(&text).map_err(|(line, e)| {
+                    ProxyError::PoolPasswd {
+                        path: path.display().to_string(),
+                        reason: format!("line {line}: {e}"),
+                    }
+                })?;
+                if !map.is_empty() {
+                    material.extend(text.as_bytes());
+                }
+                Some(map)
             }
         };
         let cfg = config.proxy.clone();
@@ -234,8 +239,13 @@ impl Ctx {
             read_only: cfg.read_only_functions.iter().cloned().collect(),
             write: cfg.write_functions.iter().cloned().collect(),
         };
-        let mut mock_key = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut mock_key);
+        let mock_key = if material.is_empty() {
+            let mut key = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+            key
+        } else {
+            pgwarden_wire::auth::mock_key(&material)
+        };
         let named = if pool_passwd.is_some() {
             HashMap::new()
         } else {
