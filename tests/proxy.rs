@@ -2160,6 +2160,64 @@ fn the_scram_salt_does_not_tell_whether_a_user_exists() {
     });
 }
 
+/// Passwords that SASLprep changes log in through SCRAM, as they do to PostgreSQL: a
+/// no-break space (mapped to a space) and an accent written as a combining mark (composed by
+/// NFKC), held as plain text in pool_passwd, typed by the client in another form of the same
+/// text. Both sides of pgwarden use them: the client's exchange with pgwarden, and pgwarden's
+/// with the server (whose verifier PostgreSQL made from the SASLprep'd password). Before
+/// SASLprep on pgwarden's side (6406112), such logins failed with 28P01 while md5 worked.
+#[test]
+fn passwords_that_saslprep_changes_log_in() {
+    let c = Cluster::up(1);
+    c.psql(
+        0,
+        "postgres",
+        "CREATE ROLE nbsp LOGIN PASSWORD U&'pass\\00A0word'; \
+         CREATE ROLE accent LOGIN PASSWORD U&'caf\\00E9'; \
+         GRANT CONNECT ON DATABASE test TO nbsp, accent",
+    )
+    .unwrap();
+    let file = c.dir.join("pool_passwd");
+    std::fs::write(&file, "nbsp:pass\u{a0}word\naccent:caf\u{e9}\n").unwrap();
+    restart_with_proxy_settings(&c, &format!("pool_passwd = {:?}\n", file.to_str().unwrap()));
+    let login = |user: &'static str, password: &'static str| {
+        let port = c.proxy_port();
+        async move {
+            let (client, conn) = tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(port)
+                .user(user)
+                .password(password)
+                .dbname("test")
+                .connect(tokio_postgres::NoTls)
+                .await?;
+            tokio::spawn(conn);
+            let row = client.query_one("SELECT current_user::text", &[]).await?;
+            Ok::<String, tokio_postgres::Error>(row.get(0))
+        }
+    };
+    block(async {
+        for (user, password) in [
+            ("nbsp", "pass\u{a0}word"),
+            // (SASLprep maps a no-break space to a space: the same password.)
+            ("nbsp", "pass word"),
+            ("accent", "caf\u{e9}"),
+            // 'e' and a combining acute accent: the same text once composed.
+            ("accent", "cafe\u{301}"),
+        ] {
+            let got = login(user, password).await;
+            assert_eq!(
+                got.as_ref()
+                    .map_err(|e| e.as_db_error().map(|d| d.message().to_string())),
+                Ok(&user.to_string()),
+                "{user} with {password:?}"
+            );
+        }
+        let wrong = login("accent", "cafe").await.unwrap_err();
+        assert_eq!(wrong.code().map(|c| c.code()), Some("28P01"), "{wrong:?}");
+    });
+}
+
 /// Under an md5 rule, with pool_passwd holding SCRAM secrets (as copied from pg_authid), an
 /// unknown user is asked for SCRAM like the users who exist: an md5 challenge told that the
 /// user does not exist. The users who exist log in through SCRAM.
