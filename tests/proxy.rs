@@ -4068,14 +4068,40 @@ mod hostile {
                 (bind_sync(b"s8"), b'Z'),
             ],
         ));
+        // The same in one Query: what follows the transaction's end runs outside it, on the
+        // primary (it was sent to the standby with the COMMIT, which refused it: 25006); after
+        // an error before the end, nothing more runs.
+        cases.push((
+            "a Query that ends a transaction on the standby, then writes",
+            vec![
+                (query("BEGIN READ ONLY"), b'Z'),
+                (
+                    query("SELECT 1; COMMIT; INSERT INTO moved VALUES (20); SELECT 54"),
+                    b'Z',
+                ),
+                (query("SELECT 55"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "a Query that fails before its transaction's end and write",
+            vec![
+                (query("BEGIN READ ONLY"), b'Z'),
+                (
+                    query("SELECT 1/0; COMMIT; INSERT INTO moved VALUES (21)"),
+                    b'Z',
+                ),
+                (query("ROLLBACK"), b'Z'),
+                (query("SELECT 56"), b'Z'),
+            ],
+        ));
         block(async {
             for (what, steps) in &cases {
                 let (want, got, _) = direct_and_proxied(&c, steps).await;
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5, 7 to 16 and 19 were written twice (direct and through pgwarden); 3, 4,
-        // 6 and 17 never.
+        // Rows 1, 2, 5, 7 to 16, 19 and 20 were written twice (direct and through pgwarden); 3,
+        // 4, 6, 17 and 21 never.
         assert_eq!(
             c.psql(
                 0,
@@ -4083,7 +4109,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15,16,16,19,19"
+            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15,16,16,19,19,20,20"
         );
     }
 

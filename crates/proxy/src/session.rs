@@ -998,6 +998,11 @@ impl Session {
         if self.standby_tx_unsettled() && classify(sql, &*self.ctx).class != Class::Read {
             Box::pin(self.drain_for_outcome()).await?;
         }
+        if !joined && sql.contains(';') {
+            if let Some((node, prefix, rest)) = self.query_split(sql) {
+                return Box::pin(self.run_split_query(node, prefix, rest)).await;
+            }
+        }
         let in_tx = self.tx_node.is_some();
         // Inside a transaction the node is fixed; the parser is needed only for statements that
         // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
@@ -1089,6 +1094,72 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A Query that ends the session's transaction on a standby and then goes on with what may
+    /// not run there (`COMMIT; INSERT …` after a `BEGIN READ ONLY`): the standby, the text up to
+    /// the transaction's end, and the rest (`sql::split_after_transaction_end`). Sent whole,
+    /// the standby refused the rest (25006), which one server runs after the COMMIT.
+    fn query_split(&mut self, sql: &str) -> Option<(u32, String, String)> {
+        let node = self.tx_node?;
+        if self.table().primary == Some(node) {
+            return None;
+        }
+        let (prefix, rest) = pgwarden_sql::split_after_transaction_end(sql)?;
+        (classify(&rest, &*self.ctx).class != Class::Read).then_some((node, prefix, rest))
+    }
+
+    /// Runs a Query split by `query_split`: the part up to the transaction's end on the
+    /// standby, its ReadyForQuery kept from the client, then the rest as a Query of its own,
+    /// routed as any. After an error in the first part the rest is not sent, as a server stops
+    /// a Query at its first error, and the client gets the first part's ReadyForQuery.
+    async fn run_split_query(&mut self, node: u32, prefix: String, rest: String) -> Result<()> {
+        self.drain().await?;
+        if self.is_fenced(node) {
+            return Err(fenced_end(node));
+        }
+        // What the part leaves behind on the standby, as for any Query in a transaction there.
+        let verdict = classify(&prefix, &*self.ctx);
+        if verdict.class == Class::Sticky {
+            self.sticky = true;
+        }
+        if verdict.sets {
+            self.note_settings_changed(node, &prefix);
+        }
+        for name in pgwarden_sql::held_cursors(&prefix) {
+            self.settings.note_held(name, node);
+        }
+        for (name, _) in pgwarden_sql::prepares(&prefix) {
+            self.settings.note_prepared(node, name);
+        }
+        self.node_refs(node).stats.count(&prefix);
+        let mut out = BytesMut::new();
+        msg::frontend::query(&mut out, &prefix);
+        if let Err(e) = self.write_unit(node, &out).await? {
+            return Err(self.lost(node, e));
+        }
+        let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
+        self.error_seen |= failed;
+        self.last_tx_status = status;
+        self.tx_node = (status != b'I').then_some(node);
+        self.unnamed_node = Some(node);
+        self.sync_engaged();
+        if self
+            .conns
+            .get(&node)
+            .is_some_and(|c| !c.pooled.backend.buf.is_empty())
+        {
+            self.forward(node, true).await?;
+        }
+        if failed {
+            let mut z = BytesMut::new();
+            msg::ready_for_query(&mut z, status);
+            return self.send_client(&z).await;
+        }
+        let mut q = BytesMut::new();
+        msg::frontend::query(&mut q, &rest);
+        let bytes = q.freeze();
+        Box::pin(self.simple_query(Frame { tag: b'Q', bytes })).await
     }
 
     /// The standby a FETCH, MOVE or CLOSE outside a transaction must go to: the cursor it
@@ -1988,7 +2059,41 @@ impl Session {
         if let Err(e) = self.write_unit(node, &out).await? {
             return Err(self.lost(node, e));
         }
-        let mut failed = self.open_failed;
+        let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
+        let failed = failed || self.open_failed;
+        self.close_open_part();
+        self.error_seen |= failed;
+        if self.inflight.is_some_and(|(n, _)| n == node) {
+            self.inflight = None;
+        }
+        self.last_tx_status = status;
+        self.tx_node = (status != b'I').then_some(node);
+        self.sync_engaged();
+        tracing::debug!(node, failed, status = %char::from(status), "ended a pipeline's open part");
+        // What arrived after the ReadyForQuery (a notice, a notification) goes on now.
+        if self
+            .conns
+            .get(&node)
+            .is_some_and(|c| !c.pooled.backend.buf.is_empty())
+        {
+            self.forward(node, true).await?;
+        }
+        if failed {
+            // In an explicit transaction too: the server would drop the rest up to the
+            // client's Sync, then answer it with the failed transaction's status ('E'), which
+            // is `last_tx_status` now; the session stays on that node until it rolls back.
+            self.discard_until_sync = true;
+            return Ok(Ended::Failed);
+        }
+        Ok(Ended::Clean)
+    }
+
+    /// Relays `node`'s answers to the client up to its next ReadyForQuery, which is kept back
+    /// (the client did not ask for it: pgwarden's own Sync, or the first part of a Query
+    /// pgwarden split), and notes what the session must know of them. Returns that
+    /// ReadyForQuery's status, and whether an error came before it.
+    async fn relay_keeping_ready(&mut self, node: u32) -> Result<(u8, bool)> {
+        let mut failed = false;
         let status = loop {
             let Some(conn) = self.conns.get_mut(&node) else {
                 return Err(fatal(
@@ -2053,31 +2158,7 @@ impl Session {
                 }
             }
         };
-        self.close_open_part();
-        self.error_seen |= failed;
-        if self.inflight.is_some_and(|(n, _)| n == node) {
-            self.inflight = None;
-        }
-        self.last_tx_status = status;
-        self.tx_node = (status != b'I').then_some(node);
-        self.sync_engaged();
-        tracing::debug!(node, failed, status = %char::from(status), "ended a pipeline's open part");
-        // What arrived after the ReadyForQuery (a notice, a notification) goes on now.
-        if self
-            .conns
-            .get(&node)
-            .is_some_and(|c| !c.pooled.backend.buf.is_empty())
-        {
-            self.forward(node, true).await?;
-        }
-        if failed {
-            // In an explicit transaction too: the server would drop the rest up to the
-            // client's Sync, then answer it with the failed transaction's status ('E'), which
-            // is `last_tx_status` now; the session stays on that node until it rolls back.
-            self.discard_until_sync = true;
-            return Ok(Ended::Failed);
-        }
-        Ok(Ended::Clean)
+        Ok((status, failed))
     }
 
     /// Parses a statement on `node` (it was parsed elsewhere), swallowing the answers; false

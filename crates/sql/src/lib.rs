@@ -786,6 +786,49 @@ pub fn prepares(sql: &str) -> Vec<(String, String)> {
     found.unwrap_or_default()
 }
 
+/// Where a query of several statements is to be split because it ends the session's
+/// transaction and then goes on: the text up to and including the first `COMMIT`, `END`,
+/// `ROLLBACK` or `ABORT` (not `… AND CHAIN`, whose new transaction keeps the old one's
+/// characteristics), and the rest, when there is a rest. What follows a transaction's end
+/// runs outside it, so a transaction on a standby can end there and what follows go where it
+/// goes (`COMMIT; INSERT …` after a `BEGIN READ ONLY`). Read both string ways (see
+/// [`prepares`]); None unless both that parse agree.
+pub fn split_after_transaction_end(sql: &str) -> Option<(String, String)> {
+    use pg_query::protobuf::TransactionStmtKind as K;
+    use pg_query::ParserOptions;
+    let split = |tree: &pg_query::ParseResult| -> Option<usize> {
+        let stmts = &tree.protobuf.stmts;
+        for (i, raw) in stmts.iter().enumerate() {
+            let ends = match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+                Some(pg_query::NodeEnum::TransactionStmt(t)) => {
+                    !t.chain
+                        && (t.kind == K::TransStmtCommit as i32
+                            || t.kind == K::TransStmtRollback as i32)
+                }
+                _ => false,
+            };
+            if ends {
+                stmts.get(i + 1)?;
+                let at = usize::try_from(raw.stmt_location).ok()?;
+                let len = usize::try_from(raw.stmt_len).ok().filter(|l| *l > 0)?;
+                return at.checked_add(len);
+            }
+        }
+        None
+    };
+    let on = pg_query::parse(sql, ParserOptions::DEFAULT).ok();
+    let off = pg_query::parse(sql, ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS).ok();
+    let at = match (on.as_ref().map(split), off.as_ref().map(split)) {
+        (Some(a), Some(b)) if a == b => a,
+        (Some(_), Some(_)) => None,
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => None,
+    }?;
+    let (prefix, rest) = (sql.get(..at)?, sql.get(at..)?);
+    let rest = rest.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
+    (!rest.trim().is_empty()).then(|| (prefix.to_string(), rest.to_string()))
+}
+
 /// libpg_query's `DeclareCursorStmt.options` bit for `WITH HOLD` (`CURSOR_OPT_HOLD`).
 const CURSOR_OPT_HOLD: i32 = 0x0020;
 

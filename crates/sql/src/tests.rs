@@ -658,3 +658,55 @@ fn held_cursors_and_their_uses() {
     assert_eq!(cursor_use("FETCH 1 FROM c; SELECT 1"), None);
     assert_eq!(cursor_use("SELECT 1"), None);
 }
+
+#[test]
+fn a_query_is_split_after_the_transaction_it_ends() {
+    let split = |sql: &str| split_after_transaction_end(sql);
+    let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+    for (sql, want) in [
+        (
+            "SELECT 1; COMMIT; INSERT INTO t VALUES (1)",
+            pair("SELECT 1; COMMIT", "INSERT INTO t VALUES (1)"),
+        ),
+        (
+            "COMMIT;INSERT INTO t VALUES (1);",
+            pair("COMMIT", "INSERT INTO t VALUES (1);"),
+        ),
+        ("end; delete from t", pair("end", "delete from t")),
+        (
+            "ROLLBACK; BEGIN; UPDATE t SET a = 1",
+            pair("ROLLBACK", "BEGIN; UPDATE t SET a = 1"),
+        ),
+        (
+            "abort;\n  -- next\n  INSERT INTO t VALUES (2)",
+            pair("abort", "-- next\n  INSERT INTO t VALUES (2)"),
+        ),
+        // The first end: what follows is one query again.
+        (
+            "COMMIT; BEGIN; SELECT 1; COMMIT; INSERT INTO t VALUES (3)",
+            pair(
+                "COMMIT",
+                "BEGIN; SELECT 1; COMMIT; INSERT INTO t VALUES (3)",
+            ),
+        ),
+        // A string that holds a semicolon and the word is not a statement.
+        (
+            "SELECT 'x; COMMIT'; COMMIT; SELECT 2",
+            pair("SELECT 'x; COMMIT'; COMMIT", "SELECT 2"),
+        ),
+        // Nothing after it, or only a comment.
+        ("SELECT 1; COMMIT", None),
+        ("COMMIT; -- done", None),
+        // Not a transaction's end: a savepoint's, a chained one, a prepared one.
+        ("ROLLBACK TO SAVEPOINT s; INSERT INTO t VALUES (1)", None),
+        ("RELEASE SAVEPOINT s; INSERT INTO t VALUES (1)", None),
+        ("COMMIT AND CHAIN; INSERT INTO t VALUES (1)", None),
+        ("COMMIT PREPARED 'x'; INSERT INTO t VALUES (1)", None),
+        ("BEGIN; INSERT INTO t VALUES (1)", None),
+        // Read two string ways that disagree on where statements end: not split.
+        (r"SELECT 'a\'; COMMIT; INSERT INTO t VALUES (1); --'", None),
+        ("not sql; COMMIT; INSERT", None),
+    ] {
+        assert_eq!(split(sql), want, "{sql}");
+    }
+}
