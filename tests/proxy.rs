@@ -4379,7 +4379,7 @@ mod hostile {
         let len = 3 + next(10);
         (0..len)
             .map(|_| {
-                let sql = match next(if rich { 20 } else { 10 }) {
+                let sql = match next(if rich { 21 } else { 10 }) {
                     0..=2 => format!("SELECT count(*) FROM {{t}} WHERE v / 1000 = {seed}"),
                     3 | 4 => {
                         k += 1;
@@ -4407,6 +4407,15 @@ mod hostile {
                     }
                     17 => "COPY (SELECT 1 UNION ALL SELECT 2) TO STDOUT".to_string(),
                     18 => "DO $$BEGIN RAISE NOTICE 'n'; END$$".to_string(),
+                    // A transaction's end and a write in one text (split after the end when
+                    // the transaction is on a standby).
+                    19 => {
+                        k += 1;
+                        format!(
+                            "SELECT 1; COMMIT; INSERT INTO {{t}} VALUES ({})",
+                            seed * 1000 + k
+                        )
+                    }
                     _ => "CREATE TEMP TABLE IF NOT EXISTS tt (v int)".to_string(),
                 };
                 let name = ["s1", "s2", "s3"][next(3) as usize];
