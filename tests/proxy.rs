@@ -2157,6 +2157,20 @@ fn the_scram_salt_does_not_tell_whether_a_user_exists() {
         tokio::task::block_in_place(|| c.restart_warden());
         assert_eq!(salt("nobody", "test").await, unknown.0, "after a restart");
         assert_eq!(salt("postgres", "test").await, known.0, "after a restart");
+        // The key is random, kept beside the state file, readable by its owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::fs::read_dir(&c.dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with(".scram-key"))
+            .expect("a .scram-key file beside the state file");
+        let meta = std::fs::metadata(&key).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            key.display()
+        );
     });
 }
 

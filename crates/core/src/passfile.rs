@@ -63,22 +63,6 @@ impl PassFile {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    /// Every entry's fields, each with its length, as secret material to derive keys from;
-    /// empty when no entry has a password.
-    pub fn secret_material(&self) -> Vec<u8> {
-        if self.entries.iter().all(|e| e.password.is_empty()) {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        for e in &self.entries {
-            for field in [&e.host, &e.port, &e.database, &e.user, &e.password] {
-                out.extend((field.len() as u64).to_be_bytes());
-                out.extend(field.as_bytes());
-            }
-        }
-        out
-    }
 }
 
 /// Escapes a value for a password-file field.

@@ -201,15 +201,68 @@ pub enum ProxyError {
     Listen { addr: SocketAddr, reason: String },
 }
 
+/// The key of the SCRAM salts pgwarden makes (unknown users, plain-text passwords): random,
+/// kept in a file of its own beside the state file (`STATE_FILE.scram-key`, mode 0600, made at
+/// the first start), so that it outlives a restart as PostgreSQL's mock nonce (in pg_control)
+/// does: an unknown user's salt that changed at each restart while a real user's stayed would
+/// tell them apart. Never derived from a password: the salt is shown to anyone, and a key made
+/// from a password would let them test guesses at it offline. A file that cannot be read or
+/// made gives a key for this process only, with a warning.
+fn mock_key(state_file: &std::path::Path) -> [u8; 32] {
+    let mut path = state_file.as_os_str().to_owned();
+    path.push(".scram-key");
+    let path = std::path::PathBuf::from(path);
+    let parse = |text: &str| -> Option<[u8; 32]> {
+        let text = text.trim();
+        let mut key = [0u8; 32];
+        (text.len() == 64).then_some(())?;
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(key)
+    };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Some(key) = parse(&text) {
+            return key;
+        }
+        tracing::warn!(path = %path.display(), "the SCRAM salt key file is not 64 hex digits; a key for this process is used");
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let made = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(format!("{hex}\n").as_bytes())
+                    .and_then(|()| f.sync_all())
+            })
+    };
+    match made {
+        Ok(()) => key,
+        // Made meanwhile by another start: that one is the key.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| parse(&t))
+            .unwrap_or(key),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "cannot keep the SCRAM salt key ({e}); a key for this process is used: an unknown user's salt will change at the next start");
+            key
+        }
+    }
+}
+
 impl Ctx {
     pub fn new(
         config: &Config,
         passwords: PassFile,
         monitor: MonitorHandle,
     ) -> Result<Arc<Ctx>, ProxyError> {
-        // The key of unknown users' SCRAM salts, from the secrets pgwarden keeps (see
-        // `auth::mock_key`); random, per process, only when it keeps none.
-        let mut material = passwords.secret_material();
         let pool_passwd = match &config.proxy.pool_passwd {
             None => None,
             Some(path) => {
@@ -223,9 +276,6 @@ impl Ctx {
                         reason: format!("line {line}: {e}"),
                     }
                 })?;
-                if !map.is_empty() {
-                    material.extend(text.as_bytes());
-                }
                 Some(map)
             }
         };
@@ -239,13 +289,7 @@ impl Ctx {
             read_only: cfg.read_only_functions.iter().cloned().collect(),
             write: cfg.write_functions.iter().cloned().collect(),
         };
-        let mock_key = if material.is_empty() {
-            let mut key = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
-            key
-        } else {
-            pgwarden_wire::auth::mock_key(&material)
-        };
+        let mock_key = mock_key(&config.failover.state_file);
         let named = if pool_passwd.is_some() {
             HashMap::new()
         } else {

@@ -226,14 +226,6 @@ impl ScramSecret {
     }
 }
 
-/// The key of [`mock_salt`], made from secrets pgwarden keeps (`material`: its password files'
-/// contents), so that it outlives a restart as PostgreSQL's mock nonce (kept in pg_control)
-/// does: an unknown user's salt that changed at each restart while a real user's stayed would
-/// tell the two apart. Whoever lacks the material cannot compute it.
-pub fn mock_key(material: &[u8]) -> [u8; 32] {
-    hmac(material, b"pgwarden: the key of unknown users' SCRAM salts")
-}
-
 /// The salt shown to `user` when pgwarden makes the SCRAM secret (an unknown user's, or one
 /// from a plain-text password): one per user name and `nonce_key`, whichever database the
 /// client asks for, as PostgreSQL keeps one salt per role.
@@ -512,9 +504,6 @@ mod tests {
             );
         }
         let (server, _) = ScramServer::start(None, "u", b"k", b"n,,n=,r=abc").unwrap();
-        // The mock key is the same for the same secrets, and another for others.
-        assert_eq!(mock_key(b"pgpass line"), mock_key(b"pgpass line"));
-        assert_ne!(mock_key(b"pgpass line"), mock_key(b"pgpass lime"));
         assert_eq!(
             server.finish(b"c=biws,r=wrongnonce,p=AAAA").err(),
             Some(ScramError::Malformed("nonce does not match"))
