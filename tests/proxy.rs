@@ -4082,6 +4082,49 @@ mod hostile {
                 (bind_sync(b"s8"), b'Z'),
             ],
         ));
+        // Which Closes ran is told by their answers (CloseComplete, in order up to the part's
+        // first error), not by asking the node afterwards: the node a batch went to may never
+        // have had the statement, and a Parse of the name behind a skipped Close is skipped too.
+        cases.push((
+            "a Close skipped on a node that never had the statement",
+            vec![
+                (
+                    [message(b'P', &[b"s9\0", b"SELECT 9\0", &[0, 0]]), sync()].concat(),
+                    b'Z',
+                ),
+                (
+                    [
+                        run_unnamed("INSERT INTO moved SELECT 1/0"),
+                        message(b'C', &[b"Ss9\0"]),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (bind_sync(b"s9"), b'Z'),
+            ],
+        ));
+        cases.push((
+            "a Close and a Parse of its name, skipped after an error",
+            vec![
+                (
+                    [message(b'P', &[b"s10\0", b"SELECT 10\0", &[0, 0]]), sync()].concat(),
+                    b'Z',
+                ),
+                (
+                    [
+                        run_unnamed("SELECT 1/0"),
+                        message(b'C', &[b"Ss10\0"]),
+                        message(b'P', &[b"s10\0", b"SELECT 11\0", &[0, 0]]),
+                        sync(),
+                    ]
+                    .concat(),
+                    b'Z',
+                ),
+                (query("INSERT INTO moved VALUES (22)"), b'Z'),
+                (bind_sync(b"s10"), b'Z'),
+            ],
+        ));
         // The same in one Query: what follows the transaction's end runs outside it, on the
         // primary (it was sent to the standby with the COMMIT, which refused it: 25006); after
         // an error before the end, nothing more runs.
@@ -4114,8 +4157,8 @@ mod hostile {
                 assert_eq!(got, want, "{what}");
             }
         });
-        // Rows 1, 2, 5, 7 to 16, 19 and 20 were written twice (direct and through pgwarden); 3,
-        // 4, 6, 17 and 21 never.
+        // Rows 1, 2, 5, 7 to 16, 19, 20 and 22 were written twice (direct and through
+        // pgwarden); 3, 4, 6, 17 and 21 never.
         assert_eq!(
             c.psql(
                 0,
@@ -4123,7 +4166,7 @@ mod hostile {
                 "SELECT string_agg(v::text, ',' ORDER BY v) FROM moved"
             )
             .unwrap(),
-            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15,16,16,19,19,20,20"
+            "1,1,2,2,5,5,7,7,8,8,9,9,10,10,11,11,12,12,13,13,14,14,15,15,16,16,19,19,20,20,22,22"
         );
     }
 

@@ -133,6 +133,16 @@ struct Statement {
     effect: SettingEffect,
 }
 
+/// A named statement the client closed in a batch, kept until the batch's answers tell
+/// whether the server ran the Close (see `Session::settle_closes`).
+struct Closed {
+    name: String,
+    statement: Statement,
+    /// Its Close's part of the batch (between Syncs), and place among that part's Closes.
+    part: usize,
+    place: usize,
+}
+
 /// What a statement does to the session's settings when it runs (see `setting_effect`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SettingEffect {
@@ -209,6 +219,12 @@ struct Session {
     client_owed: Option<u32>,
     /// Reused for each forward, so the hot path does not allocate.
     events: Vec<(u8, Bytes)>,
+    /// While a batch that closes named statements is answered: how many CloseComplete came
+    /// in each of its parts (one entry per part, a new one at each ReadyForQuery), which tells
+    /// which of its Closes the server ran (see `settle_closes`). Boxed: 8 bytes where a Vec
+    /// takes 24, and the session task stays within 1,024 bytes.
+    #[allow(clippy::box_collection)]
+    close_answers: Option<Box<Vec<u32>>>,
     /// The node this session has a unit of work on (see `route`).
     engaged: Option<u32>,
     /// The nodes this session is blocked reading from or writing to, one bit per node id (ids
@@ -310,6 +326,7 @@ pub(crate) fn run(
         events: Vec::new(),
         busy: Arc::new(AtomicU64::new(0)),
         engaged: None,
+        close_answers: None,
         nodes: Vec::new(),
     };
     // What the startup packet says, else what the server, database or role says.
@@ -1833,14 +1850,43 @@ impl Session {
         // (see `settle_closes`). In an open part that is known only at the client's Sync: as
         // before, the statement is closed elsewhere at once, unless the part already failed.
         let mut closed = Vec::new();
-        for name in &closes {
-            if let Some(s) = self.statements.remove(name) {
-                closed.push((name.clone(), s));
+        if !closes.is_empty() {
+            // Where each Close is: its part (between Syncs), and its place among that part's
+            // Closes (whose answers come in order, up to the part's first error).
+            let (mut part, mut place) = (0, 0);
+            let mut at = Vec::new();
+            for f in frames.iter() {
+                match f.tag {
+                    b'S' => (part, place) = (part + 1, 0),
+                    b'C' => {
+                        if let Ok((b'S', name)) = msg::target(f.body(), "Close") {
+                            at.push((name.to_string(), part, place));
+                        }
+                        place += 1;
+                    }
+                    _ => {}
+                }
+            }
+            for name in &closes {
+                let Some(&(_, part, place)) = at.iter().find(|(n, _, _)| n == name) else {
+                    continue;
+                };
+                if let Some(s) = self.statements.remove(name) {
+                    closed.push(Closed {
+                        name: name.clone(),
+                        statement: s,
+                        part,
+                        place,
+                    });
+                }
             }
         }
         if syncs == 0 {
             let skipped = self.open_until_sync == Some(target) && self.open_failed;
-            for (name, s) in closed.drain(..) {
+            for Closed {
+                name, statement: s, ..
+            } in closed.drain(..)
+            {
                 if skipped {
                     self.statements.insert(name, s);
                     continue;
@@ -1882,14 +1928,22 @@ impl Session {
                 self.open_owed = self.open_owed.saturating_add(answers_owed(&frames));
             }
         }
-        if !replay.is_empty() || !closed.is_empty() {
+        if !replay.is_empty() {
             self.error_seen = false;
+        }
+        if !closed.is_empty() {
+            // The answers of earlier batches first: the Closes' are counted alone.
+            self.drain().await?;
+            self.close_answers = Some(Box::new(vec![0]));
         }
         let sent = self.send(target, bytes, syncs).await?;
         self.note_begin(begins, sent);
         if !closed.is_empty() {
-            let clean = sent.is_some() && self.drain_for_outcome().await? && !self.error_seen;
-            Box::pin(self.settle_closes(target, closed, clean)).await?;
+            if sent.is_some() {
+                self.drain_for_outcome().await?;
+            }
+            let counts = self.close_answers.take().map(|c| *c).unwrap_or_default();
+            Box::pin(self.settle_closes(target, closed, &counts)).await?;
         }
         // A setting's outcome decides whether it makes earlier ones moot: known once its Sync
         // is answered (not in an open pipeline, where it is recorded as it is).
@@ -2217,57 +2271,44 @@ impl Session {
         let mut out = BytesMut::new();
         msg::frontend::close(&mut out, b'S', name);
         msg::frontend::sync(&mut out);
-        self.internal(node, out).await.map(|_| ())
+        // On the connection as it is: a Close needs none of the session's settings, and a
+        // standby that refuses one must not end the session over a Close.
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return Ok(());
+        };
+        match conn.b().exchange(&out).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.lost(node, e)),
+        }
     }
 
-    /// Statements the client closed in a batch sent to `target`, now answered: `clean`, no
-    /// error came back, so the server ran the Close, and they are closed on the session's
-    /// other nodes. Otherwise an error earlier in the Close's part may have made the server
-    /// skip it: a statement `target` still has is kept, everywhere it was (as on one server,
-    /// where a later Bind of it runs); one it has not, or cannot be asked about, is closed
-    /// elsewhere too. (One parsed again in the same batch is the new one: the old one goes.)
+    /// Statements the client closed in a batch sent to `target`, now answered. `counts`: the
+    /// CloseComplete in each of the batch's parts whose ReadyForQuery came. A part's Closes
+    /// are answered in order until its first error, after which the server skips the rest of
+    /// the part: a Close the server ran is closed on the session's other nodes too; one it
+    /// skipped lives on, everywhere it was, as on one server, where a later Bind of it runs
+    /// (a Parse of its name in the same part was skipped too: the old statement stays). A part
+    /// not answered yet (a COPY under way) counts as run, as before.
     async fn settle_closes(
         &mut self,
         target: u32,
-        closed: Vec<(String, Statement)>,
-        clean: bool,
+        closed: Vec<Closed>,
+        counts: &[u32],
     ) -> Result<()> {
-        for (name, s) in closed {
-            let lives = !clean
-                && !self.statements.contains_key(&name)
-                && self.statement_exists(target, &name).await? != Some(false);
-            if lives {
-                self.statements.insert(name, s);
+        for c in closed {
+            let ran = match counts.get(c.part) {
+                Some(&n) if counts.len() > c.part + 1 => c.place < n as usize,
+                _ => true,
+            };
+            if !ran {
+                self.statements.insert(c.name, c.statement);
                 continue;
             }
-            for node in s.nodes.iter().filter(|n| **n != target) {
-                self.close_on(*node, &name).await?;
+            for node in c.statement.nodes.iter().filter(|n| **n != target) {
+                self.close_on(*node, &c.name).await?;
             }
         }
         Ok(())
-    }
-
-    /// Whether the session's connection to `node` has a prepared statement `name`; None when
-    /// that cannot be asked now: the connection is gone or out of service, or the session has
-    /// work on it (a transaction, whose first statement must be the client's own; an open
-    /// pipeline part, which pgwarden's question would join; a COPY).
-    async fn statement_exists(&mut self, node: u32, name: &str) -> Result<Option<bool>> {
-        if self.copy_in.is_some() || self.working_on(node) {
-            return Ok(None);
-        }
-        let aside = self.engage_aside(node);
-        let Some(conn) = self.conns.get_mut(&node).filter(|_| aside.is_some()) else {
-            return Ok(None);
-        };
-        let probe = format!(
-            "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE name = {}",
-            crate::settings::literal(name)
-        );
-        match conn.b().statement_value(&probe).await {
-            Ok(v) => Ok(Some(v.as_deref() == Some("1"))),
-            Err(BackendError::Sql { .. }) => Ok(None),
-            Err(e) => Err(self.lost(node, e)),
-        }
     }
 
     /// Sends pgwarden's own messages on an idle connection and reads until ReadyForQuery
@@ -2657,7 +2698,7 @@ impl Session {
             &conn.pooled.backend.buf,
             &mut conn.streaming,
             &mut events,
-            open,
+            open || self.close_answers.is_some(),
         )
         .map_err(|e| {
             fatal(
@@ -2668,6 +2709,17 @@ impl Session {
         let out = conn.b().buf.split_to(n);
         let owed = conn.streaming > 0;
         for (tag, body) in events.drain(..) {
+            if let Some(counts) = self.close_answers.as_deref_mut() {
+                match tag {
+                    b'3' => {
+                        if let Some(n) = counts.last_mut() {
+                            *n += 1;
+                        }
+                    }
+                    b'Z' => counts.push(0),
+                    _ => {}
+                }
+            }
             match tag {
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
