@@ -679,8 +679,13 @@ async fn cancel(ctx: &Ctx, pid: i32, key: i32) {
         t
     };
     if let Some(t) = target {
-        let _on_its_way = Forwarding(slot);
-        crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
+        // A task of its own: the login's `auth_timeout` must not cut the forward short (the
+        // count would drop while the request may still reach the server).
+        let on_its_way = Forwarding(slot);
+        tokio::spawn(async move {
+            let _on_its_way = on_its_way;
+            crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
+        });
     }
 }
 
