@@ -334,7 +334,10 @@ async fn startup_packet(
             Some(Startup::GssEnc) if gss_done => return Err(again(frame::GSSENC_REQUEST)),
             Some(Startup::Ssl) if ctx.tls.is_some() => {
                 send(stream, b"S").await.map_err(|_| Refusal::Silent)?;
-                unencrypted_after(buf, "SSL request")?;
+                // Refused once TLS is up, as PostgreSQL does: the client reads the refusal
+                // where it expects the server's next words.
+                let injected = unencrypted_after(buf, "SSL request");
+                buf.clear();
                 let ClientStream::Plain(tcp) = std::mem::replace(stream, ClientStream::Closed)
                 else {
                     return Err(Refusal::Silent);
@@ -347,6 +350,7 @@ async fn startup_packet(
                         return Err(Refusal::Silent);
                     }
                 }
+                injected?;
                 (ssl_done, gss_done) = (true, true);
             }
             Some(Startup::Ssl) => {

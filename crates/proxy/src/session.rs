@@ -2397,9 +2397,7 @@ impl Session {
                 Ok(false)
             }
             Err(e) => {
-                tracing::warn!(node = t, "backend connection lost: {e}");
-                self.conns.remove(&t);
-                self.ctx.report(t);
+                self.forget(t, &e);
                 Ok(false)
             }
         }
