@@ -1015,7 +1015,8 @@ impl Session {
         if self.standby_tx_unsettled() && classify(sql, &*self.ctx).class != Class::Read {
             Box::pin(self.drain_for_outcome()).await?;
         }
-        if !joined && sql.contains(';') {
+        // (Only in a transaction: the hot path pays one test.)
+        if !joined && self.tx_node.is_some() && sql.contains(';') {
             if let Some((node, prefix, rest)) = self.query_split(sql) {
                 return Box::pin(self.run_split_query(node, prefix, rest)).await;
             }
