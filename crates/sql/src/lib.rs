@@ -758,7 +758,6 @@ fn is_set_config(funcname: &[pg_query::protobuf::Node]) -> bool {
 /// must still be sent as one extended-protocol statement, which the server refuses to run if
 /// it holds more than one command.
 pub fn prepares(sql: &str) -> Vec<(String, String)> {
-    use pg_query::ParserOptions;
     let found = |tree: &pg_query::ParseResult| -> Option<Vec<(String, String)>> {
         let mut out = Vec::new();
         for raw in &tree.protobuf.stmts {
@@ -775,15 +774,25 @@ pub fn prepares(sql: &str) -> Vec<(String, String)> {
         }
         Some(out)
     };
+    agreed_reading(sql, found).unwrap_or_default()
+}
+
+/// What `read` finds in `sql` parsed with `standard_conforming_strings` on and with it off:
+/// the same from both readings that parse (a legacy `'it\'s'` string parses one way only),
+/// None when they disagree, when neither parses, or when `read` finds nothing.
+fn agreed_reading<T: PartialEq>(
+    sql: &str,
+    read: impl Fn(&pg_query::ParseResult) -> Option<T>,
+) -> Option<T> {
+    use pg_query::ParserOptions;
     let on = pg_query::parse(sql, ParserOptions::DEFAULT).ok();
     let off = pg_query::parse(sql, ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS).ok();
-    let found = match (on.as_ref().map(found), off.as_ref().map(found)) {
+    match (on.as_ref().map(&read), off.as_ref().map(&read)) {
         (Some(a), Some(b)) if a == b => a,
         (Some(_), Some(_)) => None,
         (Some(one), None) | (None, Some(one)) => one,
         (None, None) => None,
-    };
-    found.unwrap_or_default()
+    }
 }
 
 /// Where a query of several statements is to be split because it ends the session's
@@ -795,7 +804,6 @@ pub fn prepares(sql: &str) -> Vec<(String, String)> {
 /// [`prepares`]); None unless both that parse agree.
 pub fn split_after_transaction_end(sql: &str) -> Option<(String, String)> {
     use pg_query::protobuf::TransactionStmtKind as K;
-    use pg_query::ParserOptions;
     let split = |tree: &pg_query::ParseResult| -> Option<usize> {
         let stmts = &tree.protobuf.stmts;
         for (i, raw) in stmts.iter().enumerate() {
@@ -816,14 +824,7 @@ pub fn split_after_transaction_end(sql: &str) -> Option<(String, String)> {
         }
         None
     };
-    let on = pg_query::parse(sql, ParserOptions::DEFAULT).ok();
-    let off = pg_query::parse(sql, ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS).ok();
-    let at = match (on.as_ref().map(split), off.as_ref().map(split)) {
-        (Some(a), Some(b)) if a == b => a,
-        (Some(_), Some(_)) => None,
-        (Some(one), None) | (None, Some(one)) => one,
-        (None, None) => None,
-    }?;
+    let at = agreed_reading(sql, split)?;
     let (prefix, rest) = (sql.get(..at)?, sql.get(at..)?);
     let rest = rest.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
     (!rest.trim().is_empty()).then(|| (prefix.to_string(), rest.to_string()))
