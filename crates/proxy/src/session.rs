@@ -1156,19 +1156,8 @@ impl Session {
         if let Err(e) = self.write_unit(node, &out).await? {
             return Err(self.lost(node, e));
         }
-        let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
-        self.error_seen |= failed;
-        self.last_tx_status = status;
-        self.tx_node = (status != b'I').then_some(node);
         self.unnamed_node = Some(node);
-        self.sync_engaged();
-        if self
-            .conns
-            .get(&node)
-            .is_some_and(|c| !c.pooled.backend.buf.is_empty())
-        {
-            self.forward(node, true).await?;
-        }
+        let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
         if failed {
             let mut z = BytesMut::new();
             msg::ready_for_query(&mut z, status);
@@ -2114,25 +2103,12 @@ impl Session {
         if let Err(e) = self.write_unit(node, &out).await? {
             return Err(self.lost(node, e));
         }
-        let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
-        let failed = failed || self.open_failed;
+        let open_failed = self.open_failed;
         self.close_open_part();
+        let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
+        let failed = failed || open_failed;
         self.error_seen |= failed;
-        if self.inflight.is_some_and(|(n, _)| n == node) {
-            self.inflight = None;
-        }
-        self.last_tx_status = status;
-        self.tx_node = (status != b'I').then_some(node);
-        self.sync_engaged();
         tracing::debug!(node, failed, status = %char::from(status), "ended a pipeline's open part");
-        // What arrived after the ReadyForQuery (a notice, a notification) goes on now.
-        if self
-            .conns
-            .get(&node)
-            .is_some_and(|c| !c.pooled.backend.buf.is_empty())
-        {
-            self.forward(node, true).await?;
-        }
         if failed {
             // In an explicit transaction too: the server would drop the rest up to the
             // client's Sync, then answer it with the failed transaction's status ('E'), which
@@ -2145,7 +2121,9 @@ impl Session {
 
     /// Relays `node`'s answers to the client up to its next ReadyForQuery, which is kept back
     /// (the client did not ask for it: pgwarden's own Sync, or the first part of a Query
-    /// pgwarden split), and notes what the session must know of them. Returns that
+    /// pgwarden split), and notes what the session must know of them: the node's transaction
+    /// status, an error, the node free (nothing in flight there); what came after the
+    /// ReadyForQuery (a notice, a notification) goes on to the client. Returns that
     /// ReadyForQuery's status, and whether an error came before it.
     async fn relay_keeping_ready(&mut self, node: u32) -> Result<(u8, bool)> {
         let mut failed = false;
@@ -2213,6 +2191,20 @@ impl Session {
                 }
             }
         };
+        self.error_seen |= failed;
+        if self.inflight.is_some_and(|(n, _)| n == node) {
+            self.inflight = None;
+        }
+        self.last_tx_status = status;
+        self.tx_node = (status != b'I').then_some(node);
+        self.sync_engaged();
+        if self
+            .conns
+            .get(&node)
+            .is_some_and(|c| !c.pooled.backend.buf.is_empty())
+        {
+            self.forward(node, true).await?;
+        }
         Ok((status, failed))
     }
 
