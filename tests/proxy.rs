@@ -4051,6 +4051,13 @@ mod hostile {
         // on, and a Bind of it later runs, on the primary too (after a write, the session's
         // reads are there). Before, pgwarden forgot it at the Close, and the Bind failed with
         // "prepared statement does not exist".
+        let parse = |name: &str, sql: &str| {
+            message(
+                b'P',
+                &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", &[0, 0]],
+            )
+        };
+        let close = |name: &str| message(b'C', &[b"S", name.as_bytes(), b"\0"]);
         let bind_sync = |name: &[u8]| {
             [
                 message(b'B', &[b"\0", name, b"\0", &[0, 0, 0, 0, 0, 0]]),
@@ -4062,23 +4069,15 @@ mod hostile {
         cases.push((
             "a Close skipped after an error in its part",
             vec![
+                ([parse("s8", "SELECT 8"), sync()].concat(), b'Z'),
                 (
-                    [message(b'P', &[b"s8\0", b"SELECT 8\0", &[0, 0]]), sync()].concat(),
-                    b'Z',
-                ),
-                (
-                    [
-                        run_unnamed("SELECT 1/0"),
-                        message(b'C', &[b"Ss8\0"]),
-                        sync(),
-                    ]
-                    .concat(),
+                    [run_unnamed("SELECT 1/0"), close("s8"), sync()].concat(),
                     b'Z',
                 ),
                 (query("INSERT INTO moved VALUES (19)"), b'Z'),
                 (bind_sync(b"s8"), b'Z'),
                 // A Close that ran: the statement is gone, here and there.
-                ([message(b'C', &[b"Ss8\0"]), sync()].concat(), b'Z'),
+                ([close("s8"), sync()].concat(), b'Z'),
                 (bind_sync(b"s8"), b'Z'),
             ],
         ));
@@ -4088,14 +4087,11 @@ mod hostile {
         cases.push((
             "a Close skipped on a node that never had the statement",
             vec![
-                (
-                    [message(b'P', &[b"s9\0", b"SELECT 9\0", &[0, 0]]), sync()].concat(),
-                    b'Z',
-                ),
+                ([parse("s9", "SELECT 9"), sync()].concat(), b'Z'),
                 (
                     [
                         run_unnamed("INSERT INTO moved SELECT 1/0"),
-                        message(b'C', &[b"Ss9\0"]),
+                        close("s9"),
                         sync(),
                     ]
                     .concat(),
@@ -4107,15 +4103,12 @@ mod hostile {
         cases.push((
             "a Close and a Parse of its name, skipped after an error",
             vec![
-                (
-                    [message(b'P', &[b"s10\0", b"SELECT 10\0", &[0, 0]]), sync()].concat(),
-                    b'Z',
-                ),
+                ([parse("s10", "SELECT 10"), sync()].concat(), b'Z'),
                 (
                     [
                         run_unnamed("SELECT 1/0"),
-                        message(b'C', &[b"Ss10\0"]),
-                        message(b'P', &[b"s10\0", b"SELECT 11\0", &[0, 0]]),
+                        close("s10"),
+                        parse("s10", "SELECT 11"),
                         sync(),
                     ]
                     .concat(),
