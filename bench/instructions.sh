@@ -4,6 +4,8 @@
 # run, where CPU time per transaction moves by 5-10 %.
 #
 #   bench/instructions.sh BINARY [TRANSACTIONS]     (default 2000)
+#   RELAY=1 bench/instructions.sh BINARY            (the floor instead: a bare tokio relay,
+#                                                    crates/proxy/examples/relay_floor.rs)
 #
 # A two-node sandbox with reads on the primary; the warden is restarted under callgrind with
 # one worker thread, and `pgbench -S -c 1 -t N` runs through it with counting on. Prints the
@@ -33,17 +35,29 @@ sed -i 's/^application_name = "node1"$/application_name = "node1"\nweight = 0/' 
 "$B" sandbox up --dir "$SB" >/dev/null
 export PGPASSFILE=$SB/pgpass
 pgbench -h 127.0.0.1 -p $((BASE + 2)) -U postgres -i -s 1 -q test >/dev/null 2>&1
-# The warden again, under callgrind, as the sandbox started it.
-pid=$(cat "$SB/warden.pid")
-mapfile -d '' cmd < "/proc/$pid/cmdline"
-cwd=$(readlink "/proc/$pid/cwd")
-kill "$pid"
-for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if [ -n "${RELAY:-}" ]; then
+    # The bare relay, in front of the primary, on the port the warden listens on.
+    (cd "$(dirname "$0")/.." && cargo build -q --release -p pgwarden-proxy --example relay_floor)
+    relay=$(realpath "$(dirname "$0")/../target/release/examples/relay_floor")
+    "$B" sandbox down --dir "$SB" >/dev/null
+    "$B" sandbox up --dir "$SB" >/dev/null
+    kill "$(cat "$SB/warden.pid")"
+    sleep 1
+    cmd=("$relay" "$BASE" $((BASE + 2)))
+    cwd=$W
+else
+    # The warden again, under callgrind, as the sandbox started it.
+    pid=$(cat "$SB/warden.pid")
+    mapfile -d '' cmd < "/proc/$pid/cmdline"
+    cwd=$(readlink "/proc/$pid/cwd")
+    kill "$pid"
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+fi
 (cd "$cwd" && exec env PGWARDEN_WORKERS=1 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$W/callgrind.out" "${cmd[@]}") >"$W/valgrind.log" 2>&1 &
 VPID=$!
 for _ in $(seq 1 60); do pg_isready -h 127.0.0.1 -p "$BASE" -q && break; sleep 1; done
-sleep 8 # the monitor's first checks, the function catalog
+[ -z "${RELAY:-}" ] && sleep 8 # the monitor's first checks, the function catalog
 pgbench -h 127.0.0.1 -p "$BASE" -U postgres -S -t 200 -c 1 test >/dev/null 2>&1
 callgrind_control -i on "$VPID" >/dev/null 2>&1
 pgbench -h 127.0.0.1 -p "$BASE" -U postgres -S -t "$TX" -c 1 test >/dev/null 2>&1
@@ -53,7 +67,7 @@ kill "$VPID"
 wait "$VPID" 2>/dev/null || true
 VPID=
 f=$(grep -l '^totals: [1-9]' "$W"/callgrind.out* | head -1)
-out=/tmp/pgwarden-instructions-$(basename "$B").callgrind
+out=/tmp/pgwarden-instructions-$(basename "$B")${RELAY:+-relay}.callgrind
 mv "$f" "$out"
 total=$(awk '/^totals:/ {print $2}' "$out")
 echo "instructions per transaction: $((total / TX))  (profile: $out)"

@@ -11,6 +11,8 @@
 #
 #   P=target/release/pgwarden T=8 C=8 ROUNDS=2 bench/where-cpu-goes.sh
 #   PGWARDEN_WORKERS=1 bench/where-cpu-goes.sh      (pgwarden with one worker thread)
+#   RELAY=1 bench/where-cpu-goes.sh                 (also a bare tokio relay, the floor:
+#                                                    crates/proxy/examples/relay_floor.rs)
 #
 # Needs a release build, PostgreSQL 15, pgbench and pgbouncer (run as postgres when root).
 set -euo pipefail
@@ -20,7 +22,7 @@ P=$(realpath "${P:-target/release/pgwarden}")
 T=${T:-8}; C=${C:-8}; ROUNDS=${ROUNDS:-2}
 W=$(mktemp -d /tmp/pgwarden-cpu-XXXXXX); chmod 755 $W
 SB=$W/sb; BASE=${BENCH_PORT:-29000}
-cleanup() { [ -f $W/pgb/pgbouncer.pid ] && kill $(cat $W/pgb/pgbouncer.pid) 2>/dev/null || true; "$P" sandbox down --dir $SB --destroy >/dev/null 2>&1 || true; rm -rf $W; }
+cleanup() { [ -n "${RPID:-}" ] && kill $RPID 2>/dev/null || true; [ -f $W/pgb/pgbouncer.pid ] && kill $(cat $W/pgb/pgbouncer.pid) 2>/dev/null || true; "$P" sandbox down --dir $SB --destroy >/dev/null 2>&1 || true; rm -rf $W; }
 trap cleanup EXIT
 "$P" sandbox up --dir $SB --port $BASE --nodes 2 --no-fsync >/dev/null
 sed -i 's/^application_name = "node1"$/application_name = "node1"\nweight = 0/' $SB/pgwarden.toml
@@ -33,6 +35,14 @@ export PGPASSFILE=$SB/pgpass
 start_pgbouncer "$W/pgb" $BOUNCER $PRIMARY "$PW"
 pgbench -h 127.0.0.1 -p $PRIMARY -U postgres -i -s 10 -q test >/dev/null 2>&1
 WPID=$(cat $SB/warden.pid); BPID=$(cat $W/pgb/pgbouncer.pid)
+TARGETS="direct pgwarden pgbouncer"
+if [ -n "${RELAY:-}" ]; then
+    RELAY_PORT=$((BASE+301))
+    cargo build -q --release -p pgwarden-proxy --example relay_floor
+    echo "127.0.0.1:$RELAY_PORT:*:postgres:$PW" >> $SB/pgpass
+    target/release/examples/relay_floor $RELAY_PORT $PRIMARY & RPID=$!
+    TARGETS="$TARGETS relay"; sleep 0.5
+fi
 TICK=$(getconf CLK_TCK)
 ticks() { awk '{print $14+$15}' /proc/$1/stat 2>/dev/null || echo 0; }
 # user ticks, system ticks, voluntary and involuntary switches (every thread) of process $1
@@ -47,8 +57,8 @@ sysstat() { awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6, $9}' /proc/stat; }
 echo "| target | TPS | total busy µs/tx | idle µs/tx | proxy µs/tx (user + sys) | proxy switches/tx (vol / invol) | postgres µs/tx | other µs/tx | steal µs/tx |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for r in $(seq 1 $ROUNDS); do
-for tgt in direct pgwarden pgbouncer; do
-  case $tgt in direct) port=$PRIMARY; pid=;; pgwarden) port=$BASE; pid=$WPID;; pgbouncer) port=$BOUNCER; pid=$BPID;; esac
+for tgt in $TARGETS; do
+  case $tgt in direct) port=$PRIMARY; pid=;; pgwarden) port=$BASE; pid=$WPID;; pgbouncer) port=$BOUNCER; pid=$BPID;; relay) port=$RELAY_PORT; pid=$RPID;; esac
   read b0 i0 s0 < <(sysstat); g0=$(pg_ticks); x0=0; [ -n "$pid" ] && x0=$(ticks $pid)
   read u0 y0 v0 n0 < <(proxy_counts "$pid")
   out=$(pgbench -h 127.0.0.1 -p $port -U postgres -S -T $T -c $C -j 2 test 2>&1)
