@@ -2589,6 +2589,10 @@ mod hostile {
                 vec![startup_with(&[("user", ""), ("database", "test")])],
             ),
             ("no user", vec![startup_with(&[("database", "test")])]),
+            (
+                "protocol 3.2 and no user: the negotiation comes first",
+                vec![with_version(0x0003_0002, &[("database", "test")])],
+            ),
             ("SSLRequest twice", vec![ssl.clone(), ssl.clone()]),
             (
                 "a login sent with the SSLRequest, before its answer",

@@ -387,6 +387,7 @@ async fn startup_packet(
         msg::negotiate_protocol_version(&mut out, frame::PROTOCOL_3_0, &protocol_options);
         send(stream, &out).await.map_err(|_| Refusal::Silent)?;
     }
+    Startup::user(&params)?;
     if count > ctx.cfg.max_client_connections {
         return Err(Refusal::fatal(
             "53300",

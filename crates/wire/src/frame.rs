@@ -111,6 +111,15 @@ impl Startup {
         matches!(self, Startup::Startup { minor, protocol_options, .. } if *minor > 0 || !protocol_options.is_empty())
     }
 
+    /// The startup packet's user: refused when missing or empty. Checked after the
+    /// negotiation, as PostgreSQL checks it (a client asking for 3.2 without a user gets
+    /// NegotiateProtocolVersion, then the refusal).
+    pub fn user(params: &[(String, String)]) -> Result<&str, ProtocolError> {
+        Startup::param(params, "user")
+            .filter(|u| !u.is_empty())
+            .ok_or(ProtocolError::NoUser)
+    }
+
     pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         params
             .iter()
@@ -189,9 +198,6 @@ fn parse_params(mut body: &[u8]) -> Result<Params, ProtocolError> {
         // pgwarden checks (hba, password, replication) is what the server is asked for.
         params.retain(|(k, _)| k != name);
         params.push((name.to_string(), value.to_string()));
-    }
-    if Startup::param(&params, "user").is_none_or(str::is_empty) {
-        return Err(ProtocolError::NoUser);
     }
     Ok((params, options))
 }
@@ -307,14 +313,6 @@ mod tests {
                 ProtocolError::StartupLayout("unterminated value"),
             ),
             (
-                startup_packet(PROTOCOL_3_0, b"database\0x\0\0"),
-                ProtocolError::NoUser,
-            ),
-            (
-                startup_packet(PROTOCOL_3_0, b"user\0\0database\0x\0\0"),
-                ProtocolError::NoUser,
-            ),
-            (
                 startup_packet(4 << 16, b"user\0a\0\0"),
                 ProtocolError::UnsupportedVersion { major: 4, minor: 0 },
             ),
@@ -333,6 +331,15 @@ mod tests {
         ];
         for (mut b, want) in cases {
             assert_eq!(split_startup(&mut b), Err(want));
+        }
+        // No user, or an empty one: the packet is read, and its user refused.
+        for body in [&b"database\0x\0\0"[..], b"user\0\0database\0x\0\0"] {
+            let Ok(Some(Startup::Startup { params, .. })) =
+                split_startup(&mut startup_packet(PROTOCOL_3_0, body))
+            else {
+                panic!("{body:?} is read");
+            };
+            assert_eq!(Startup::user(&params), Err(ProtocolError::NoUser));
         }
         // incomplete: wait for more
         let mut b = startup_packet(PROTOCOL_3_0, b"user\0alice\0\0");
