@@ -1511,6 +1511,55 @@ fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
             "\"$user\", public",
             "5MB",
         ),
+        // RESET ALL names no setting: every setting the session then has is read back (it
+        // pinned the session to the primary before, which kept what the standby had reset).
+        (
+            "reset all",
+            &[
+                "SET work_mem = '7MB'",
+                "SET search_path = app",
+                "BEGIN READ ONLY",
+                "RESET ALL",
+                "COMMIT",
+            ],
+            "\"$user\", public",
+            "4MB",
+        ),
+        (
+            "reset all, then a setting",
+            &[
+                "SET search_path = app",
+                "BEGIN READ ONLY",
+                "RESET ALL",
+                "SET work_mem = '3MB'",
+                "COMMIT",
+            ],
+            "\"$user\", public",
+            "3MB",
+        ),
+        (
+            "reset all rolled back",
+            &[
+                "SET work_mem = '7MB'",
+                "BEGIN READ ONLY",
+                "RESET ALL",
+                "ROLLBACK",
+            ],
+            "\"$user\", public",
+            "7MB",
+        ),
+        (
+            "reset all and a setting in one query",
+            &[
+                "SET work_mem = '7MB'",
+                "SET search_path = app",
+                "BEGIN READ ONLY",
+                "RESET ALL; SET work_mem = '2MB'",
+                "COMMIT",
+            ],
+            "\"$user\", public",
+            "2MB",
+        ),
     ];
     block(async {
         for (name, steps, path, work_mem) in cases {
@@ -1682,6 +1731,10 @@ fn settings_changed_in_a_transaction_follow_the_session_to_every_node() {
         sorted("SELECT v FROM public.t"),
         [
             "error 4MB",
+            "reset all 4MB",
+            "reset all and a setting in one query 2MB",
+            "reset all rolled back 7MB",
+            "reset all, then a setting 3MB",
             "role appu",
             "rolled back 4MB",
             "several statements 5MB"

@@ -1190,8 +1190,10 @@ impl Session {
     }
 
     /// `sql` ran on `node` and may have changed the settings `setting_names` names there: they
-    /// are read back before the session uses another connection (see `settings`). Settings
-    /// that cannot be named (`RESET ALL` in a transaction) pin the session instead.
+    /// are read back before the session uses another connection (see `settings`); after a
+    /// `RESET ALL`, every setting (`pgwarden_sql::EVERY_SETTING`). Settings that cannot be
+    /// named (`set_config` of a name that is not a constant) pin the session instead: a
+    /// custom parameter cannot be listed, so reading back every setting would miss it.
     fn note_settings_changed(&mut self, node: u32, sql: &str) {
         match pgwarden_sql::setting_names(sql) {
             Some(names) => self.settings.note_changed(node, names),
@@ -1236,19 +1238,30 @@ impl Session {
                 ));
             }
             self.catch_up(from).await?;
-            let sql = format!(
-                "SELECT pg_catalog.encode(pg_catalog.convert_to(\
-                 pg_catalog.current_setting({}, true), 'UTF8'), 'hex')",
-                crate::settings::literal(&name)
-            );
+            let every = name == pgwarden_sql::EVERY_SETTING;
+            let sql = if every {
+                crate::settings::EVERY_SETTING_SQL.to_string()
+            } else {
+                format!(
+                    "SELECT pg_catalog.encode(pg_catalog.convert_to(\
+                     pg_catalog.current_setting({}, true), 'UTF8'), 'hex')",
+                    crate::settings::literal(&name)
+                )
+            };
             let Some(conn) = self.conns.get_mut(&from) else {
                 continue;
             };
             match conn.b().statement_value(&sql).await {
-                // NULL: a custom parameter that was never defined there.
+                // NULL: a custom parameter that was never defined there (for every setting:
+                // none to list, and the role is always listed, so not seen).
                 Ok(None) => {}
-                Ok(Some(hex)) => {
-                    if let Some(seq) = self.settings.record_value(&name, &hex) {
+                Ok(Some(answer)) => {
+                    let recorded = if every {
+                        self.settings.record_every_value(&answer)
+                    } else {
+                        self.settings.record_value(&name, &answer)
+                    };
+                    if let Some(seq) = recorded {
                         if let Some(c) = self.conns.get_mut(&from) {
                             c.applied = seq;
                         }

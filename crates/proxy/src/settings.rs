@@ -25,6 +25,19 @@
 use bytes::Bytes;
 use pgwarden_sql::{Isolation, SettingKind};
 
+/// What a node's session has, when `pgwarden_sql::EVERY_SETTING` is read back (after a
+/// `RESET ALL` in a transaction): `name=hex,…`, the value as
+/// the hex of its UTF-8 bytes (see `record_value`). Every parameter the session set (source
+/// `session`), and always `session_authorization` and `role` first: `RESET ALL` leaves them
+/// alone, another node may have them otherwise, and `pg_settings` does not list them. Not
+/// `seed`, nor the transaction's own, which cannot be set from outside a transaction's start.
+pub(crate) const EVERY_SETTING_SQL: &str = "SELECT pg_catalog.string_agg(n || '=' || \
+     pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting(n, true), 'UTF8'), 'hex'), ',' \
+     ORDER BY n <> 'session_authorization', n <> 'role', n) \
+     FROM (SELECT name FROM pg_catalog.pg_settings WHERE source = 'session' \
+     AND name <> 'seed' AND name NOT LIKE 'transaction\\_%' \
+     UNION SELECT 'session_authorization' UNION SELECT 'role') AS s(n)";
+
 /// The record (see the module's documentation). Empty until the session first changes a
 /// setting: most sessions never do, and the session task stays small (see ARCHITECTURE.md).
 #[derive(Default)]
@@ -227,6 +240,37 @@ impl Record {
         Some(seq)
     }
 
+    /// Records what a node's session has as a whole (`EVERY_SETTING_SQL`'s answer, read from
+    /// a connection that has every earlier entry): a `RESET ALL`, then each value. Returns the
+    /// last sequence number; None when the answer is not of that form (nothing is recorded).
+    pub(crate) fn record_every_value(&mut self, answer: &str) -> Option<u64> {
+        let pairs: Vec<(&str, &str)> = answer
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('='))
+            .collect::<Option<_>>()?;
+        if pairs
+            .iter()
+            .any(|(n, h)| n.is_empty() || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return None;
+        }
+        let mut q = bytes::BytesMut::new();
+        pgwarden_wire::msg::frontend::query(&mut q, "RESET ALL");
+        let mut last = self.push(
+            q.freeze(),
+            SettingKind::Reset {
+                role: false,
+                statements: false,
+            },
+        );
+        self.settle(last);
+        for (name, hex) in pairs {
+            last = self.record_value(name, hex)?;
+        }
+        Some(last)
+    }
+
     #[cfg(test)]
     fn queries(&self) -> Vec<&[u8]> {
         self.entries.iter().map(|e| &e.query[..]).collect()
@@ -270,6 +314,11 @@ impl Settings {
     /// See [`Record::unread_elsewhere`].
     pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
         self.0.as_ref().is_some_and(|r| r.unread_elsewhere(node))
+    }
+
+    /// See [`Record::record_every_value`].
+    pub(crate) fn record_every_value(&mut self, answer: &str) -> Option<u64> {
+        self.record().record_every_value(answer)
     }
 
     /// Whether any setting (or prepared statement) is still to be read back.
@@ -558,6 +607,46 @@ mod tests {
         assert_eq!(hex_text(&hex("é")), "é");
     }
 
+    /// The recorded Query messages' texts.
+    fn query_texts(s: &Settings) -> Vec<String> {
+        s.queries()
+            .iter()
+            .map(|b| String::from_utf8_lossy(&b[5..b.len() - 1]).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_setting_read_back_is_a_reset_and_each_value() {
+        let mut s = Settings::default();
+        s.push(Bytes::from_static(b"SET work_mem = '7MB'"), one("work_mem"));
+        let before = s.last();
+        // Not of the form: nothing recorded.
+        for bad in [
+            "role",
+            "role=6e6f6e65,=00",
+            "role=6e6f6e6x",
+            "role=6e,work_mem",
+        ] {
+            assert_eq!(s.record_every_value(bad), None, "{bad}");
+            assert_eq!(s.last(), before, "{bad}");
+        }
+        let seq = s
+            .record_every_value("session_authorization=6170,role=6e6f6e65,work_mem=324d42")
+            .unwrap();
+        assert_eq!(seq, s.last());
+        let texts = query_texts(&s);
+        // The earlier SET is moot: a connection that had it gets the reset, then the values.
+        assert_eq!(texts.len(), 4, "{texts:?}");
+        assert_eq!(texts[0], "RESET ALL");
+        for (t, name) in texts[1..]
+            .iter()
+            .zip(["session_authorization", "role", "work_mem"])
+        {
+            assert!(t.contains(&format!("set_config(E'{name}'")), "{t}");
+        }
+        assert_eq!(s.since(before).len(), 4);
+    }
+
     #[test]
     fn settings_read_back_are_recorded_once_each_and_make_earlier_ones_moot() {
         let mut s = Settings::default();
@@ -586,11 +675,7 @@ mod tests {
         assert_eq!(s.record_value("search_path", "61'70"), None);
         let seq = s.record_value("search_path", "617070").unwrap();
         assert_eq!(seq, s.last());
-        let texts: Vec<String> = s
-            .queries()
-            .iter()
-            .map(|b| String::from_utf8_lossy(&b[5..b.len() - 1]).into_owned())
-            .collect();
+        let texts = query_texts(&s);
         assert_eq!(
             texts,
             ["SELECT pg_catalog.set_config(E'search_path', pg_catalog.convert_from(pg_catalog.decode('617070', 'hex'), 'UTF8'), false)"]

@@ -636,15 +636,21 @@ pub fn resets(sql: &str) -> Resets {
 /// `default_transaction_*` for `SET SESSION CHARACTERISTICS AS TRANSACTION …`. `SET LOCAL`,
 /// `SET TRANSACTION`, `SET CONSTRAINTS`, `SET SEED` (whose value cannot be read back) and
 /// `DISCARD PLANS` / `SEQUENCES` / `TEMP` change none. A `set_config` call anywhere changes the
-/// setting its first argument names. `None` when that cannot be told by name: `RESET ALL`,
-/// `DISCARD`, `set_config` of a name that is not a constant, a text that does not parse, or
-/// one that parses differently with `standard_conforming_strings` off (see [`classify`]'s
+/// setting its first argument names. `RESET ALL` is named [`EVERY_SETTING`]: each setting the
+/// session has may have changed (those it set before, and custom ones set later in the same
+/// text, are named or recorded elsewhere). `None` when that cannot be told by name:
+/// `DISCARD ALL`, `set_config` of a name that is not a constant, a text that does not parse,
+/// or one that parses differently with `standard_conforming_strings` off (see [`classify`]'s
 /// resets).
 pub fn setting_names(sql: &str) -> Option<Vec<String>> {
     let [on, off] = both_readings(sql)?;
     let names = names_set(&on.protobuf.stmts)?;
     (names_set(&off.protobuf.stmts)? == names).then_some(names)
 }
+
+/// The name [`setting_names`] gives `RESET ALL`'s change. No parameter has it (a custom one
+/// needs a dot).
+pub const EVERY_SETTING: &str = "*";
 
 fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
     use pg_query::protobuf::VariableSetKind as K;
@@ -658,7 +664,7 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
     for raw in stmts {
         match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
             Some(N::VariableSetStmt(s)) if s.is_local => {}
-            Some(N::VariableSetStmt(s)) if s.kind == K::VarResetAll as i32 => return None,
+            Some(N::VariableSetStmt(s)) if s.kind == K::VarResetAll as i32 => add(EVERY_SETTING),
             Some(N::VariableSetStmt(s))
                 if s.kind == K::VarSetMulti as i32
                     && s.name.eq_ignore_ascii_case("session characteristics") =>

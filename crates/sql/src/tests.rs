@@ -449,9 +449,11 @@ fn settings_a_query_may_change_are_named() {
         ("SET transaction_read_only = on", names(&[])),
         ("DISCARD TEMP", names(&[])),
         ("DISCARD PLANS; SET a.b = 1", names(&["a.b"])),
+        // RESET ALL: every setting, in its place among the names.
+        ("RESET ALL", names(&[EVERY_SETTING])),
+        ("SET a.b = 1; RESET ALL", names(&["a.b", EVERY_SETTING])),
+        ("RESET ALL; SET work_mem = '2MB'; RESET ALL", names(&[EVERY_SETTING, "work_mem"])),
         // Not by name.
-        ("RESET ALL", None),
-        ("SET a.b = 1; RESET ALL", None),
         ("DISCARD ALL", None),
         ("SET search_path = ", None),
         // A backslash that ends the string in one reading only.
