@@ -1238,16 +1238,7 @@ impl Session {
                 ));
             }
             self.catch_up(from).await?;
-            let every = name == pgwarden_sql::EVERY_SETTING;
-            let sql = if every {
-                crate::settings::EVERY_SETTING_SQL.to_string()
-            } else {
-                format!(
-                    "SELECT pg_catalog.encode(pg_catalog.convert_to(\
-                     pg_catalog.current_setting({}, true), 'UTF8'), 'hex')",
-                    crate::settings::literal(&name)
-                )
-            };
+            let sql = crate::settings::read_back_sql(&name);
             let Some(conn) = self.conns.get_mut(&from) else {
                 continue;
             };
@@ -1256,12 +1247,7 @@ impl Session {
                 // none to list, and the role is always listed, so not seen).
                 Ok(None) => {}
                 Ok(Some(answer)) => {
-                    let recorded = if every {
-                        self.settings.record_every_value(&answer)
-                    } else {
-                        self.settings.record_value(&name, &answer)
-                    };
-                    if let Some(seq) = recorded {
+                    if let Some(seq) = self.settings.record_read_back(&name, &answer) {
                         if let Some(c) = self.conns.get_mut(&from) {
                             c.applied = seq;
                         }

@@ -26,17 +26,30 @@ use bytes::Bytes;
 use pgwarden_sql::{Isolation, SettingKind};
 
 /// What a node's session has, when `pgwarden_sql::EVERY_SETTING` is read back (after a
-/// `RESET ALL` in a transaction): `name=hex,…`, the value as
-/// the hex of its UTF-8 bytes (see `record_value`). Every parameter the session set (source
+/// `RESET ALL` in a transaction): `name=hex,…`, the value as the hex of its UTF-8 bytes (see
+/// `record_value`). Every parameter the session set (source
 /// `session`), and always `session_authorization` and `role` first: `RESET ALL` leaves them
 /// alone, another node may have them otherwise, and `pg_settings` does not list them. Not
 /// `seed`, nor the transaction's own, which cannot be set from outside a transaction's start.
-pub(crate) const EVERY_SETTING_SQL: &str = "SELECT pg_catalog.string_agg(n || '=' || \
+const EVERY_SETTING_SQL: &str = "SELECT pg_catalog.string_agg(n || '=' || \
      pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting(n, true), 'UTF8'), 'hex'), ',' \
      ORDER BY n <> 'session_authorization', n <> 'role', n) \
      FROM (SELECT name FROM pg_catalog.pg_settings WHERE source = 'session' \
      AND name <> 'seed' AND name NOT LIKE 'transaction\\_%' \
      UNION SELECT 'session_authorization' UNION SELECT 'role') AS s(n)";
+
+/// The statement that reads back setting `name` (see the module's documentation), or every
+/// setting for `pgwarden_sql::EVERY_SETTING`: its answer goes to `Settings::record_read_back`.
+pub(crate) fn read_back_sql(name: &str) -> String {
+    if name == pgwarden_sql::EVERY_SETTING {
+        return EVERY_SETTING_SQL.to_string();
+    }
+    format!(
+        "SELECT pg_catalog.encode(pg_catalog.convert_to(\
+         pg_catalog.current_setting({}, true), 'UTF8'), 'hex')",
+        literal(name)
+    )
+}
 
 /// The record (see the module's documentation). Empty until the session first changes a
 /// setting: most sessions never do, and the session task stays small (see ARCHITECTURE.md).
@@ -316,9 +329,14 @@ impl Settings {
         self.0.as_ref().is_some_and(|r| r.unread_elsewhere(node))
     }
 
-    /// See [`Record::record_every_value`].
-    pub(crate) fn record_every_value(&mut self, answer: &str) -> Option<u64> {
-        self.record().record_every_value(answer)
+    /// Records the answer to [`read_back_sql`]`(name)`: a setting's value
+    /// ([`Record::record_value`]), or every setting's ([`Record::record_every_value`]).
+    pub(crate) fn record_read_back(&mut self, name: &str, answer: &str) -> Option<u64> {
+        if name == pgwarden_sql::EVERY_SETTING {
+            self.record().record_every_value(answer)
+        } else {
+            self.record_value(name, answer)
+        }
     }
 
     /// Whether any setting (or prepared statement) is still to be read back.
@@ -627,11 +645,18 @@ mod tests {
             "role=6e6f6e6x",
             "role=6e,work_mem",
         ] {
-            assert_eq!(s.record_every_value(bad), None, "{bad}");
+            assert_eq!(
+                s.record_read_back(pgwarden_sql::EVERY_SETTING, bad),
+                None,
+                "{bad}"
+            );
             assert_eq!(s.last(), before, "{bad}");
         }
         let seq = s
-            .record_every_value("session_authorization=6170,role=6e6f6e65,work_mem=324d42")
+            .record_read_back(
+                pgwarden_sql::EVERY_SETTING,
+                "session_authorization=6170,role=6e6f6e65,work_mem=324d42",
+            )
             .unwrap();
         assert_eq!(seq, s.last());
         let texts = query_texts(&s);
