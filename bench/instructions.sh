@@ -35,23 +35,16 @@ sed -i 's/^application_name = "node1"$/application_name = "node1"\nweight = 0/' 
 "$B" sandbox up --dir "$SB" >/dev/null
 export PGPASSFILE=$SB/pgpass
 pgbench -h 127.0.0.1 -p $((BASE + 2)) -U postgres -i -s 1 -q test >/dev/null 2>&1
+# The warden again, under callgrind, as the sandbox started it (or the bare relay in its place,
+# in front of the primary).
+pid=$(cat "$SB/warden.pid")
+mapfile -d '' cmd < "/proc/$pid/cmdline"
+cwd=$(readlink "/proc/$pid/cwd")
+kill "$pid"
+for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 if [ -n "${RELAY:-}" ]; then
-    # The bare relay, in front of the primary, on the port the warden listens on.
     (cd "$(dirname "$0")/.." && cargo build -q --release -p pgwarden-proxy --example relay_floor)
-    relay=$(realpath "$(dirname "$0")/../target/release/examples/relay_floor")
-    "$B" sandbox down --dir "$SB" >/dev/null
-    "$B" sandbox up --dir "$SB" >/dev/null
-    kill "$(cat "$SB/warden.pid")"
-    sleep 1
-    cmd=("$relay" "$BASE" $((BASE + 2)))
-    cwd=$W
-else
-    # The warden again, under callgrind, as the sandbox started it.
-    pid=$(cat "$SB/warden.pid")
-    mapfile -d '' cmd < "/proc/$pid/cmdline"
-    cwd=$(readlink "/proc/$pid/cwd")
-    kill "$pid"
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    cmd=("$(realpath "$(dirname "$0")/../target/release/examples/relay_floor")" "$BASE" $((BASE + 2)))
 fi
 (cd "$cwd" && exec env PGWARDEN_WORKERS=1 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$W/callgrind.out" "${cmd[@]}") >"$W/valgrind.log" 2>&1 &
