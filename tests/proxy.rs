@@ -2054,6 +2054,68 @@ fn a_cancel_on_its_way_when_a_session_ends_does_not_reach_the_next_client() {
     });
 }
 
+/// The process id a client is told names no real process: an application that terminates
+/// "its" backend with the pid its driver reports (`pg_terminate_backend(pg_backend_pid())` is
+/// right, but many pass the driver's figure) must not hit another client's backend. Before,
+/// the pids were a counter from 1, the same numbers Linux gives processes.
+#[test]
+fn the_pid_a_client_is_told_names_no_real_backend() {
+    let c = Cluster::up(1);
+    let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    block(async {
+        let mut told = Vec::new();
+        for _ in 0..3 {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
+                .await
+                .unwrap();
+            use tokio::io::AsyncWriteExt;
+            s.write_all(&common::raw::startup("postgres"))
+                .await
+                .unwrap();
+            let got = common::raw::authenticate(&c, &mut s).await;
+            let key = got
+                .iter()
+                .find(|(tag, _)| *tag == b'K')
+                .unwrap_or_else(|| panic!("no BackendKeyData: {got:?}"));
+            let pid = i32::from_be_bytes(key.1[..4].try_into().unwrap());
+            assert!(
+                i64::from(pid) > pid_max,
+                "pid {pid} is one Linux could give (pid_max {pid_max})"
+            );
+            told.push(pid);
+        }
+        told.dedup();
+        assert_eq!(told.len(), 3, "{told:?}");
+
+        // Another client at work, and one that terminates by the told pid.
+        let other = c.client("test").await;
+        let real: i32 = other
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let killer = c.client("test").await;
+        for pid in &told {
+            let killed: bool = killer
+                .query_one("SELECT pg_terminate_backend($1)", &[pid])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(!killed, "pg_terminate_backend({pid}) terminated a backend");
+        }
+        let still: i32 = other
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(still, real);
+    });
+}
+
 #[test]
 fn wrong_passwords_and_unknown_users_look_the_same() {
     let c = Cluster::up(1);

@@ -26,7 +26,7 @@ use pgwarden_wire::auth::Secret;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -181,7 +181,7 @@ pub struct Ctx {
     /// One bit per node ever reported (ids from 63 up share bit 63): most reads then need not
     /// look at `suspects` at all.
     suspect_mask: AtomicU64,
-    next_pid: AtomicI32,
+    next_pid: AtomicU32,
     pub mock_key: [u8; 32],
     /// Credentials for pgwarden's own catalog queries.
     admin_user: String,
@@ -334,7 +334,7 @@ impl Ctx {
             tls,
             suspects: Mutex::new(HashMap::new()),
             suspect_mask: AtomicU64::new(0),
-            next_pid: AtomicI32::new(1),
+            next_pid: AtomicU32::new(1),
             mock_key,
             admin_user: config.credentials.user.clone(),
             admin_database: config.credentials.database.clone(),
@@ -449,9 +449,19 @@ impl Ctx {
     }
 
     fn next_backend_key(&self) -> (i32, i32) {
-        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
-        (pid, rand::random::<i32>())
+        let n = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        (session_pid(n), rand::random::<i32>())
     }
+}
+
+/// The process id a client is told (BackendKeyData) for its `n`th session: above any pid
+/// Linux gives (`pid_max` is at most 2^22), so that an application that passes it to
+/// `pg_terminate_backend` or `pg_cancel_backend` names no real backend, least of all another
+/// client's. Positive, as drivers expect; after 2^30 sessions the numbers come round again
+/// (the cancel key, random, still tells sessions apart).
+fn session_pid(n: u32) -> i32 {
+    const ABOVE_ANY_PID: u32 = 1 << 30;
+    (ABOVE_ANY_PID | (n & (ABOVE_ANY_PID - 1))) as i32
 }
 
 /// Serves clients on `listener` until the task is dropped.
@@ -697,6 +707,24 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// The pids clients are told are above any Linux pid, positive, and distinct.
+    #[test]
+    fn session_pids_name_no_real_process() {
+        const PID_MAX_LIMIT: i32 = 1 << 22;
+        for (n, want) in [
+            (0u32, 0x4000_0000),
+            (1, 0x4000_0001),
+            (0x3FFF_FFFF, 0x7FFF_FFFF),
+            (0x4000_0000, 0x4000_0000),
+            (u32::MAX, 0x7FFF_FFFF),
+        ] {
+            let pid = super::session_pid(n);
+            assert_eq!(pid, want, "session {n}");
+            assert!(pid > PID_MAX_LIMIT, "session {n}: {pid}");
+        }
+        assert_ne!(super::session_pid(7), super::session_pid(8));
     }
 
     fn poll(bell: &Bell, waker: &Waker) -> Poll<()> {
