@@ -1988,8 +1988,21 @@ fn pgbench_copy_and_cancel_through_the_proxy() {
 /// connection and runs a query; the postmaster goes on and acts on the cancel. Before, it cancelled that other
 /// client's query (pgbouncer has the same race); now the ended session's connections are
 /// closed rather than pooled while a cancel is on its way.
+///
+/// The same when the session ends after the forward gave up waiting (5 s to connect, 5 s for
+/// the server to take the request): the request sits in the postmaster's socket all the same.
+/// Before, the give-up counted as done and the connection was pooled.
 #[test]
 fn a_cancel_on_its_way_when_a_session_ends_does_not_reach_the_next_client() {
+    a_cancel_on_its_way_when_the_session_ends(Duration::from_millis(300));
+}
+
+#[test]
+fn a_cancel_given_up_on_before_a_session_ends_does_not_reach_the_next_client() {
+    a_cancel_on_its_way_when_the_session_ends(Duration::from_secs(11));
+}
+
+fn a_cancel_on_its_way_when_the_session_ends(session_ends_after: Duration) {
     let c = Cluster::up(1);
     let pid = std::fs::read_to_string(c.data_dir(0).join("postmaster.pid")).unwrap();
     let pid = pid.lines().next().unwrap().trim().to_string();
@@ -2024,7 +2037,7 @@ fn a_cancel_on_its_way_when_a_session_ends_does_not_reach_the_next_client() {
         let resume = Resume(|| signal("-CONT"));
         let cancel = tokio::spawn(async move { token.cancel_query(tokio_postgres::NoTls).await });
         // (The request reaches pgwarden, and pgwarden's forward waits on the postmaster.)
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(session_ends_after).await;
         drop(first);
         // The connection's reset, had it gone back to the pool.
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -544,16 +544,36 @@ impl Backend {
         }
     }
 
-    /// Sends a CancelRequest for this connection's running query.
-    pub async fn cancel(host: &str, port: u16, pid: i32, key: i32) {
+    /// Sends a CancelRequest for this connection's running query: 5 s to connect, 5 s for
+    /// the server to take it.
+    pub async fn cancel(host: &str, port: u16, pid: i32, key: i32) -> CancelSent {
         let mut out = BytesMut::new();
         msg::frontend::cancel(&mut out, pid, key);
-        if let Ok(Ok(mut s)) =
+        let Ok(Ok(mut s)) =
             tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port))).await
-        {
-            let _ = s.write_all(&out).await;
-            let mut sink = [0u8; 1];
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+        else {
+            return CancelSent::NotSent;
+        };
+        if s.write_all(&out).await.is_err() {
+            return CancelSent::Unknown;
+        }
+        // The postmaster closes the connection once it has acted on the request.
+        let mut sink = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await {
+            Ok(Ok(0)) => CancelSent::Taken,
+            _ => CancelSent::Unknown,
         }
     }
+}
+
+/// What became of a cancel request sent to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelSent {
+    /// The server read it and closed the connection: it will not act on it later.
+    Taken,
+    /// It never reached the server.
+    NotSent,
+    /// Sent, but the server did not close the connection in time (a stalled postmaster): it
+    /// may still act on it, on whatever query that backend runs then.
+    Unknown,
 }

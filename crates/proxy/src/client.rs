@@ -688,8 +688,16 @@ async fn cancel(ctx: &Ctx, pid: i32, key: i32) {
         // count would drop while the request may still reach the server).
         let on_its_way = Forwarding(slot);
         tokio::spawn(async move {
-            let _on_its_way = on_its_way;
-            crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
+            let sent = crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
+            if sent == crate::backend::CancelSent::Unknown {
+                tracing::warn!(
+                    "a cancel request to {}:{} was not taken within 5 s; the session's server connections will be closed, not pooled",
+                    t.host, t.port
+                );
+                let mut s = on_its_way.0.lock().unwrap_or_else(|p| p.into_inner());
+                s.uncertain = true;
+            }
+            drop(on_its_way);
         });
     }
 }

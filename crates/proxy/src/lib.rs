@@ -42,13 +42,22 @@ pub struct CancelTarget {
     pub key: i32,
 }
 
-/// A session's cancel key's slot: where a cancel request goes now, and how many are on their
-/// way to a server. A session that ends while one is on its way closes its connections
+/// A session's cancel key's slot: where a cancel request goes now, how many are on their
+/// way to a server, and whether one was given up on before the server took it. A session
+/// that ends while one is on its way, or after one was given up on, closes its connections
 /// rather than pool them: the server could act on it during another client's query.
 #[derive(Debug, Default)]
 pub struct CancelState {
     pub target: Option<CancelTarget>,
     pub forwarding: u32,
+    pub uncertain: bool,
+}
+
+impl CancelState {
+    /// Whether a cancel request for this session may still reach one of its connections.
+    pub fn may_still_cancel(&self) -> bool {
+        self.forwarding > 0 || self.uncertain
+    }
 }
 
 pub type CancelSlot = Arc<Mutex<CancelState>>;

@@ -2888,12 +2888,13 @@ impl Session {
         self.set_engaged(None);
         // The client's cancel key no longer reaches these connections: one put back in the
         // pool may run another client's query before this session's end is complete. A
-        // cancel request already on its way could still reach one (the server acts on it
-        // when it gets it): then none goes back to the pool.
+        // cancel request already on its way, or one whose forward gave up before the server
+        // took it, could still reach one (the server acts on it when it gets it): then none
+        // goes back to the pool.
         let cancelling = {
             let mut slot = self.cancel.lock().unwrap_or_else(|p| p.into_inner());
             slot.target = None;
-            slot.forwarding > 0
+            slot.may_still_cancel()
         };
         self.cancel_for = (0, 0);
         let clean_session = self.inflight.is_none() && self.copy_in.is_none() && !cancelling;
