@@ -2408,6 +2408,88 @@ fn an_md5_rule_asks_an_unknown_user_what_it_asks_the_others() {
     });
 }
 
+/// A standby that refuses one role's logins (its own pg_hba.conf) is up: that role's reads
+/// go to the primary, once refused without trying again for every read, and the other
+/// sessions' reads stay on the standby. Before, each refusal reported the standby as dead:
+/// a login attempt and a health check per read, and the standby suspect for every session.
+#[test]
+fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
+    let c = Cluster::up(2);
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    c.psql(
+        0,
+        "postgres",
+        "CREATE ROLE shunned LOGIN PASSWORD 'shunned-pw'; GRANT CONNECT ON DATABASE test TO shunned",
+    )
+    .unwrap();
+    let hba = c.data_dir(1).join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all shunned 127.0.0.1/32 reject\n{rules}"),
+    )
+    .unwrap();
+    c.psql(1, "postgres", "SELECT pg_reload_conf()").unwrap();
+    let file = c.dir.join("pool_passwd");
+    std::fs::write(
+        &file,
+        format!("postgres:{}\nshunned:shunned-pw\n", c.password()),
+    )
+    .unwrap();
+    // Reads go to the standby only.
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, &format!("pool_passwd = {:?}\n", file.to_str().unwrap()));
+    let log = c.dir.join("log").join("node1.log");
+    let refusals = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("rejects connection for host \"127.0.0.1\", user \"shunned\"")
+            .count()
+    };
+    block(async {
+        let other = c.client("test").await;
+        let (shunned, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(c.proxy_port())
+            .user("shunned")
+            .password("shunned-pw")
+            .dbname("test")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let before = refusals();
+        let mut others_on_primary = 0;
+        for i in 0..40 {
+            let port: i32 = shunned
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(port, i32::from(primary), "read {i} of the refused role");
+            let port: i32 = other
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if port != i32::from(standby) {
+                others_on_primary += 1;
+            }
+        }
+        // (The log is written as the refusals happen; a moment for the last line.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            refusals() - before,
+            1,
+            "the standby was asked again for the refused role's reads"
+        );
+        assert_eq!(
+            others_on_primary, 0,
+            "another session's reads left the standby"
+        );
+    });
+}
+
 #[test]
 fn a_dead_standby_costs_one_error_not_a_hang() {
     let c = Cluster::up(2);

@@ -41,6 +41,27 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Whether this failure says the node is in trouble (worth a health check now), rather
+    /// than that this one login was refused by a server that is up. A server that answers a
+    /// login with an error about the login (authentication 28, no such database 3D,
+    /// privileges 42, a role's or the server's connection limit 53300/53400, …) is alive;
+    /// shutting down or starting up (57), a system or internal error (58, XX), a connection
+    /// failure (08) or a resource exhausted (53 otherwise) are the node's.
+    pub fn says_node_down(&self) -> bool {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::Protocol { .. }
+            | BackendError::Lost { .. } => true,
+            BackendError::NoPassword { .. } | BackendError::Sql { .. } => false,
+            BackendError::Refused { code, .. } => match code.get(..2) {
+                Some("57" | "58" | "XX" | "08") => true,
+                Some("53") => code != "53300" && code != "53400",
+                Some(_) => false,
+                None => true,
+            },
+        }
+    }
+
     fn protocol(addr: &str, reason: impl Into<String>) -> Self {
         BackendError::Protocol {
             addr: addr.to_string(),
@@ -576,4 +597,78 @@ pub enum CancelSent {
     /// Sent, but the server did not close the connection in time (a stalled postmaster): it
     /// may still act on it, on whatever query that backend runs then.
     Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendError;
+
+    /// Which failures set off a health check of the node, and which are one login's.
+    #[test]
+    fn a_refused_login_is_not_a_node_in_trouble() {
+        let refused = |code: &str| BackendError::Refused {
+            addr: "n".into(),
+            code: code.into(),
+            message: "m".into(),
+            severity: "FATAL".into(),
+        };
+        let s = |r: &str| r.to_string();
+        for (what, e, down) in [
+            (
+                "cannot connect",
+                BackendError::Connect {
+                    addr: s("n"),
+                    reason: s("refused"),
+                },
+                true,
+            ),
+            (
+                "lost",
+                BackendError::Lost {
+                    addr: s("n"),
+                    reason: s("eof"),
+                },
+                true,
+            ),
+            (
+                "garbage",
+                BackendError::Protocol {
+                    addr: s("n"),
+                    reason: s("bad tag"),
+                },
+                true,
+            ),
+            (
+                "no password known",
+                BackendError::NoPassword { addr: s("n") },
+                false,
+            ),
+            (
+                "pgwarden's own query refused",
+                BackendError::Sql {
+                    addr: s("n"),
+                    sql: s("q"),
+                    message: s("m"),
+                },
+                false,
+            ),
+            ("pg_hba.conf rejects", refused("28000"), false),
+            ("wrong password", refused("28P01"), false),
+            ("no such database", refused("3D000"), false),
+            ("no CONNECT privilege", refused("42501"), false),
+            ("role's connection limit", refused("53300"), false),
+            ("too many connections", refused("53400"), false),
+            ("bad startup parameter", refused("22023"), false),
+            ("starting up / in recovery", refused("57P03"), true),
+            ("shutting down", refused("57P01"), true),
+            ("out of memory", refused("53200"), true),
+            ("disk full", refused("53100"), true),
+            ("i/o error", refused("58030"), true),
+            ("internal error", refused("XX000"), true),
+            ("connection failure", refused("08006"), true),
+            ("no code", refused(""), true),
+        ] {
+            assert_eq!(e.says_node_down(), down, "{what}");
+        }
+    }
 }

@@ -277,6 +277,10 @@ struct NodeRefs {
     id: u32,
     stats: Arc<NodeStats>,
     engagement: Option<Engagement>,
+    /// The node refused this session's login (its pg_hba.conf, no CONNECT privilege, no
+    /// password known, …): it is up, but serves none of this session's reads, which would
+    /// each try again.
+    refused_login: bool,
 }
 
 /// The session's future. Built without an async prologue, so that the future holds the
@@ -852,18 +856,24 @@ impl Session {
 
     /// The node's counters and engagement count.
     fn node_refs(&mut self, node: u32) -> &NodeRefs {
-        let i = match self.nodes.iter().position(|r| r.id == node) {
+        let i = self.node_index(node);
+        &self.nodes[i]
+    }
+
+    /// Where `node`'s entry is in `nodes`, made when it is the first time.
+    fn node_index(&mut self, node: u32) -> usize {
+        match self.nodes.iter().position(|r| r.id == node) {
             Some(i) => i,
             None => {
                 self.nodes.push(NodeRefs {
                     id: node,
                     stats: self.ctx.node_stats(node),
                     engagement: self.ctx.monitor.engagement(node),
+                    refused_login: false,
                 });
                 self.nodes.len() - 1
             }
-        };
-        &self.nodes[i]
+        }
     }
 
     async fn route_inner(&mut self, class: Class) -> Result<u32> {
@@ -940,6 +950,15 @@ impl Session {
             })
         };
         let target = match target {
+            Some(t)
+                if Some(t) != table.primary
+                    && self.nodes.iter().any(|r| r.id == t && r.refused_login) =>
+            {
+                if self.lb_node == Some(t) {
+                    self.lb_node = None;
+                }
+                table.primary
+            }
             Some(t)
                 if Some(t) != table.primary
                     && !self.conns.contains_key(&t)
@@ -2480,9 +2499,22 @@ impl Session {
                 Ok(())
             }
             Err(e) => {
-                // A node that refuses for lack of connections is alive: not reported.
-                if matches!(e, PoolError::Backend(_)) && !capacity(&e) {
-                    self.ctx.report(node);
+                // A node that refuses this login (for lack of connections, by its
+                // pg_hba.conf, …) is alive: not reported, or one client would keep it suspect
+                // for every session, with a health check for each of its reads.
+                if let PoolError::Backend(b) = &e {
+                    if b.says_node_down() {
+                        self.ctx.report(node);
+                    } else if !capacity(&e) {
+                        tracing::info!(
+                            node,
+                            user = self.login.user(),
+                            database = self.login.database(),
+                            "the node refused this session's login; the primary serves its reads: {b}"
+                        );
+                        let i = self.node_index(node);
+                        self.nodes[i].refused_login = true;
+                    }
                 }
                 Err(e)
             }
