@@ -4858,6 +4858,85 @@ fn a_long_error_is_relayed_whole_without_being_kept() {
     });
 }
 
+/// The ParameterStatus values a client is welcomed with are the server's as it is now. With
+/// the primary down and not yet replaced, logins are welcomed by a standby (`in_hot_standby =
+/// on`, rightly), and that connection goes back to the pool. Once that standby is promoted,
+/// the server reports the change only when it next answers, and the welcome's connection is
+/// reused without a query: libpq with `target_session_attrs=read-write` then refused
+/// pgwarden as read-only ("session is read-only"), login after login.
+#[test]
+fn a_promoted_standby_welcomes_clients_as_a_primary() {
+    let c = Cluster::up(2);
+    let cfg = std::fs::read_to_string(c.config()).unwrap();
+    let cfg = cfg.replacen("[failover]\nauto = true", "[failover]\nauto = false", 1);
+    assert!(cfg.contains("[failover]\nauto = false"), "{cfg}");
+    std::fs::write(c.config(), cfg).unwrap();
+    c.restart_warden();
+    let welcome = || {
+        block(async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
+                .await
+                .unwrap();
+            use tokio::io::AsyncWriteExt;
+            s.write_all(&common::raw::startup("postgres"))
+                .await
+                .unwrap();
+            let got = common::raw::authenticate(&c, &mut s).await;
+            got.iter()
+                .filter(|(tag, _)| *tag == b'S')
+                .map(|(_, body)| {
+                    String::from_utf8_lossy(body)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
+                .find(|p| p.starts_with("in_hot_standby "))
+                .unwrap_or_else(|| panic!("no in_hot_standby: {got:?}"))
+        })
+    };
+    let read_write = || {
+        c.psql_env(
+            c.proxy_port(),
+            "test",
+            &["SELECT pg_is_in_recovery()"],
+            &[("PGTARGETSESSIONATTRS", "read-write")],
+        )
+    };
+    assert_eq!(welcome(), "in_hot_standby off");
+    c.pg_ctl(0, &["stop", "-m", "fast"]);
+    c.wait_node(0, Duration::from_secs(15), "down", |n| {
+        n["status"] == "down"
+    });
+    for i in 0..3 {
+        assert_eq!(welcome(), "in_hot_standby on", "login {i} with no primary");
+    }
+    assert!(read_write().is_err(), "a read-write login with no primary");
+    let o = c.pgwarden(&["node", "promote", "1"]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+    common::wait_cluster(&c, Duration::from_secs(15), "node 1 promoted", |s| {
+        s["primary"] == 1
+    });
+    for i in 0..3 {
+        assert_eq!(
+            welcome(),
+            "in_hot_standby off",
+            "login {i} after the promotion"
+        );
+    }
+    for i in 0..3 {
+        assert_eq!(
+            read_write().as_deref(),
+            Ok("f"),
+            "psql {i}, target_session_attrs=read-write"
+        );
+    }
+}
+
 /// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
 /// the warden is restarted, see `restart_with_proxy_settings`).
 fn primary_weight_zero(c: &Cluster) {

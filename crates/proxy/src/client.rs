@@ -609,6 +609,23 @@ async fn welcome(
         PoolError::Backend(e) => Refusal::fatal("08006", e.to_string()),
     })?;
     let mut pooled = pooled;
+    // A connection a welcome took from a standby (no primary then) says `in_hot_standby = on`
+    // after that standby is promoted: the server reports the change only when it next
+    // answers, and a welcome's connection goes back to the pool without a query. Welcomed
+    // with it, libpq's `target_session_attrs=read-write` would refuse pgwarden as read-only.
+    // A Sync has the server answer, and the change come in.
+    if pooled
+        .backend
+        .params
+        .iter()
+        .any(|(k, v)| k == "in_hot_standby" && v == "on")
+    {
+        let mut sync = BytesMut::new();
+        msg::frontend::sync(&mut sync);
+        within(node.id, spec.timeout, pooled.backend.exchange(&sync))
+            .await?
+            .map_err(|e| Refusal::fatal("08006", e.to_string()))?;
+    }
     if pooled.backend.serializable_default.is_none() {
         // A server, database or role default (`ALTER DATABASE … SET
         // default_transaction_isolation`) is in no startup packet: asked once per connection.
@@ -616,26 +633,18 @@ async fn welcome(
         // primary (see `session::run`).
         // Bounded as the connection was (a node that hangs now must not hold the login; the
         // connection is closed, not pooled).
-        let asked = tokio::time::timeout(
+        let asked = within(
+            node.id,
             spec.timeout,
             pooled
                 .backend
                 .query_value("SELECT pg_catalog.current_setting('default_transaction_isolation')"),
         )
-        .await;
+        .await?;
         pooled.backend.serializable_default = match asked {
-            Ok(Ok(v)) => Some(v.as_deref() == Some("serializable")),
-            Ok(Err(BackendError::Sql { .. })) => Some(false),
-            Ok(Err(e)) => return Err(Refusal::fatal("08006", e.to_string())),
-            Err(_) => {
-                return Err(Refusal::fatal(
-                    "08006",
-                    format!(
-                        "PostgreSQL node {} did not answer within {:?}",
-                        node.id, spec.timeout
-                    ),
-                ))
-            }
+            Ok(v) => Some(v.as_deref() == Some("serializable")),
+            Err(BackendError::Sql { .. }) => Some(false),
+            Err(e) => return Err(Refusal::fatal("08006", e.to_string())),
         };
     }
     let serializable = pooled.backend.serializable_default == Some(true);
@@ -648,6 +657,21 @@ async fn welcome(
     msg::ready_for_query(&mut out, b'I');
     ctx.pools.put(pooled);
     Ok((out, serializable))
+}
+
+/// `answer` from node `node` within `timeout` (a node that hangs must not hold the login; the
+/// connection is then closed, not pooled), else the login's refusal.
+async fn within<T>(
+    node: u32,
+    timeout: Duration,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<T, Refusal> {
+    tokio::time::timeout(timeout, answer).await.map_err(|_| {
+        Refusal::fatal(
+            "08006",
+            format!("PostgreSQL node {node} did not answer within {timeout:?}"),
+        )
+    })
 }
 
 /// A backend's SQLSTATE for refusing a login, passed on as it came (42704 for a startup
