@@ -4937,6 +4937,62 @@ fn a_promoted_standby_welcomes_clients_as_a_primary() {
     }
 }
 
+/// `DISCARD ALL` does not reset `setseed`: a connection whose session seeded `random()` is
+/// closed, not given to the next client, whose `random()` the previous one could otherwise
+/// predict. The same session's other statements (simple or extended) pool as usual.
+#[test]
+fn a_seeded_random_is_not_handed_to_the_next_client() {
+    let c = Cluster::up(1);
+    block(async {
+        let direct = c.try_connect(c.node_port(0), "test").await.unwrap();
+        direct.batch_execute("SELECT setseed(0.25)").await.unwrap();
+        let seeded: f64 = direct
+            .query_one("SELECT random()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        for (how, seed) in [
+            ("simple", "SELECT setseed(0.25)"),
+            ("extended", "SELECT pg_catalog.SETSEED($1::float8)"),
+        ] {
+            let a = c.client("test").await;
+            if how == "simple" {
+                a.batch_execute(seed).await.unwrap();
+            } else {
+                a.query(seed, &[&0.25f64]).await.unwrap();
+            }
+            let pid_a: i32 = a
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            drop(a);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = c.client("test").await;
+            let row = b
+                .query_one("SELECT random(), pg_backend_pid()", &[])
+                .await
+                .unwrap();
+            let (random, pid_b): (f64, i32) = (row.get(0), row.get(1));
+            assert_ne!(
+                random, seeded,
+                "{how}: the next client's random() was seeded"
+            );
+            assert_ne!(pid_b, pid_a, "{how}: the seeded connection was pooled");
+            // A session that seeds nothing leaves its connection to the next.
+            drop(b);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let next = c.client("test").await;
+            let pid: i32 = next
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(pid, pid_b, "{how}: a clean connection was not pooled");
+        }
+    });
+}
+
 /// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
 /// the warden is restarted, see `restart_with_proxy_settings`).
 fn primary_weight_zero(c: &Cluster) {

@@ -180,6 +180,10 @@ struct Session {
     copy_in: Option<u32>,
     /// Pinned to the primary (LISTEN, SQL PREPARE, temporary tables).
     sticky: bool,
+    /// The session may have left state in a server process that `DISCARD ALL` keeps
+    /// (`pgwarden_sql::leaves_process_state`): its connections are closed at its end, not
+    /// pooled.
+    process_state: bool,
     /// The client's pipeline failed on a node pgwarden has since left (see `end_open_batch`):
     /// its messages are dropped until its Sync, as a server drops them after an error.
     discard_until_sync: bool,
@@ -314,6 +318,7 @@ pub(crate) fn run(
         error_seen: false,
         copy_in: None,
         sticky: false,
+        process_state: false,
         settings: Settings::default(),
         wrote: Wrote::No,
         min_lsn: Lsn(0),
@@ -1019,6 +1024,7 @@ impl Session {
 
     async fn simple_query(&mut self, f: Frame) -> Result<()> {
         let sql = msg::query_text(f.body())?;
+        self.process_state |= pgwarden_sql::leaves_process_state(sql);
         // (Before the Query can pin anything, or be answered by pgwarden.)
         let joined = self.join_open_part(Some(sql)).await?;
         if !joined && self.end_open_part_before_query().await? {
@@ -1615,6 +1621,7 @@ impl Session {
             match f.tag {
                 b'P' => {
                     let p = msg::parse(f.body())?;
+                    self.process_state |= pgwarden_sql::leaves_process_state(p.query);
                     let c = classify(p.query, &*self.ctx).class;
                     class = combine(class, c);
                     any_statement = true;
@@ -2929,7 +2936,8 @@ impl Session {
             slot.may_still_cancel()
         };
         self.cancel_for = (0, 0);
-        let clean_session = self.inflight.is_none() && self.copy_in.is_none() && !cancelling;
+        let clean_session =
+            self.inflight.is_none() && self.copy_in.is_none() && !cancelling && !self.process_state;
         for (node, conn) in self.conns.drain() {
             let mut pooled = conn.pooled;
             pooled.backend.busy = None;

@@ -200,6 +200,36 @@ pub fn calls_set_config(sql: &str) -> bool {
         .any(|w| w[0] | 0x20 == b's' && w.eq_ignore_ascii_case(NAME))
 }
 
+/// Whether `sql` may leave state in the server process that `DISCARD ALL` does not reset, so
+/// that the connection must not serve another client after it: a `setseed` call (the next
+/// client's `random()` would be a sequence the previous one can predict), a named `dblink`
+/// link (`dblink_connect`: the next client would find it open, authenticated as this one), a
+/// `LOAD` of a library. A cheap look at the text that errs toward yes (a name in a string or
+/// a comment counts); a function call needs a `(`, which most queries that call none lack.
+/// State a procedural language keeps (PL/Python's `GD`, PL/Perl's `%_SHARED`) is not seen.
+pub fn leaves_process_state(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    if memchr::memchr(b'(', bytes).is_some() {
+        const NAMES: [&[u8]; 2] = [b"setseed", b"dblink_connect"];
+        let found = bytes.iter().enumerate().any(|(i, &c)| {
+            let c = c | 0x20;
+            (c == b's' || c == b'd')
+                && NAMES.iter().any(|n| {
+                    bytes
+                        .get(i..i + n.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(n))
+                })
+        });
+        if found {
+            return true;
+        }
+    }
+    let body = sql.trim_start();
+    body.get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case("load"))
+        && body[4..].starts_with(|c: char| c.is_whitespace() || c == '\'')
+}
+
 /// [`classify`], for a query that needed the parser.
 fn classify_summary(
     sql: &str,

@@ -712,3 +712,33 @@ fn a_query_is_split_after_the_transaction_it_ends() {
         assert_eq!(split(sql), want, "{sql}");
     }
 }
+
+/// Which statements leave state in the server process that DISCARD ALL keeps.
+#[test]
+fn state_discard_all_keeps_is_seen() {
+    for (sql, leaves) in [
+        ("SELECT setseed(0.5)", true),
+        ("select SETSEED ( 0.5 )", true),
+        ("SELECT pg_catalog.setseed($1)", true),
+        ("WITH s AS (SELECT setseed(0)) SELECT random() FROM s", true),
+        ("SELECT dblink_connect('link', 'dbname=test')", true),
+        (
+            "SELECT public.dblink_connect_u('link', 'dbname=test')",
+            true,
+        ),
+        ("LOAD 'auto_explain'", true),
+        ("  load\n'$libdir/plugins/auto_explain'", true),
+        // Erring toward yes: the name in a string.
+        ("SELECT 'setseed()'", true),
+        ("SELECT random()", false),
+        ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
+        // No call without a parenthesis.
+        ("SELECT setseed FROM t", false),
+        ("SELECT dblink_exec('link', 'x')", false),
+        ("SELECT * FROM loader(1)", false),
+        ("loads", false),
+        ("", false),
+    ] {
+        assert_eq!(crate::leaves_process_state(sql), leaves, "{sql:?}");
+    }
+}
