@@ -4952,14 +4952,21 @@ fn a_seeded_random_is_not_handed_to_the_next_client() {
             .unwrap()
             .get(0);
         for (how, seed) in [
-            ("simple", "SELECT setseed(0.25)"),
-            ("extended", "SELECT pg_catalog.SETSEED($1::float8)"),
+            ("simple", &["SELECT setseed(0.25)"][..]),
+            ("extended", &["SELECT pg_catalog.SETSEED($1::float8)"]),
+            (
+                "in a transaction",
+                &["BEGIN", "SELECT setseed(0.25)", "COMMIT"],
+            ),
+            ("in a query of several", &["SELECT 1; SELECT setseed(0.25)"]),
         ] {
             let a = c.client("test").await;
-            if how == "simple" {
-                a.batch_execute(seed).await.unwrap();
-            } else {
-                a.query(seed, &[&0.25f64]).await.unwrap();
+            for sql in seed {
+                if how == "extended" {
+                    a.query(*sql, &[&0.25f64]).await.unwrap();
+                } else {
+                    a.batch_execute(sql).await.unwrap();
+                }
             }
             let pid_a: i32 = a
                 .query_one("SELECT pg_backend_pid()", &[])

@@ -1024,7 +1024,6 @@ impl Session {
 
     async fn simple_query(&mut self, f: Frame) -> Result<()> {
         let sql = msg::query_text(f.body())?;
-        self.process_state |= pgwarden_sql::leaves_process_state(sql);
         // (Before the Query can pin anything, or be answered by pgwarden.)
         let joined = self.join_open_part(Some(sql)).await?;
         if !joined && self.end_open_part_before_query().await? {
@@ -1043,6 +1042,7 @@ impl Session {
         // (Only in a transaction: the hot path pays one test.)
         if !joined && self.tx_node.is_some() && sql.contains(';') {
             if let Some((node, prefix, rest)) = self.query_split(sql) {
+                self.process_state |= pgwarden_sql::leaves_process_state(sql);
                 return Box::pin(self.run_split_query(node, prefix, rest)).await;
             }
         }
@@ -1050,10 +1050,12 @@ impl Session {
         // Inside a transaction the node is fixed; the parser is needed only for statements that
         // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
         let (class, sets) = if in_tx && !may_hold_state(sql) {
+            self.process_state |= pgwarden_sql::leaves_process_state(sql);
             (Class::InTransaction, false)
         } else {
             let verdict = classify(sql, &*self.ctx);
             tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
+            self.process_state |= verdict.process_state;
             (verdict.class, verdict.sets)
         };
         if class == Class::Sticky {
@@ -1621,8 +1623,9 @@ impl Session {
             match f.tag {
                 b'P' => {
                     let p = msg::parse(f.body())?;
-                    self.process_state |= pgwarden_sql::leaves_process_state(p.query);
-                    let c = classify(p.query, &*self.ctx).class;
+                    let verdict = classify(p.query, &*self.ctx);
+                    self.process_state |= verdict.process_state;
+                    let c = verdict.class;
                     class = combine(class, c);
                     any_statement = true;
                     // (A `set_config` is read back once it has run, see `SettingEffect`.)

@@ -47,6 +47,10 @@ pub struct Verdict {
     /// The query holds a `SET` / `RESET` statement (perhaps `LOCAL`, perhaps among others) or
     /// calls `set_config`: [`setting_names`] tells which session settings it may change.
     pub sets: bool,
+    /// The query may leave state in the server process that `DISCARD ALL` keeps (see
+    /// [`leaves_process_state`]; from the parser's list of the functions it calls, when the
+    /// parser ran).
+    pub process_state: bool,
 }
 
 fn v(class: Class, reason: impl Into<Cow<'static, str>>) -> Verdict {
@@ -54,6 +58,7 @@ fn v(class: Class, reason: impl Into<Cow<'static, str>>) -> Verdict {
         class,
         reason: reason.into(),
         sets: false,
+        process_state: false,
     }
 }
 
@@ -168,7 +173,9 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
     }
     let trimmed = sql.trim_start();
     if trimmed.starts_with("/*NO LOAD BALANCE*/") {
-        return v(Class::Write, "/*NO LOAD BALANCE*/ comment");
+        let mut verdict = v(Class::Write, "/*NO LOAD BALANCE*/ comment");
+        verdict.process_state = leaves_process_state(sql);
+        return verdict;
     }
     let summary = match pg_query::summary(sql, 0, -1) {
         Ok(s) => s,
@@ -188,8 +195,17 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
             .functions
             .iter()
             .any(|f| f.function_name.eq_ignore_ascii_case("set_config"));
+    verdict.process_state = summary.statement_types.iter().any(|t| t == "LoadStmt")
+        || summary.functions.iter().any(|f| {
+            PROCESS_STATE_FUNCTIONS
+                .iter()
+                .any(|n| f.function_name.eq_ignore_ascii_case(n))
+        });
     verdict
 }
+
+/// Functions whose effect `DISCARD ALL` keeps (see [`leaves_process_state`]).
+const PROCESS_STATE_FUNCTIONS: [&str; 3] = ["setseed", "dblink_connect", "dblink_connect_u"];
 
 /// Whether `sql` may call `set_config` (a cheap look at its text, for queries the parser is
 /// otherwise spared: a transaction's statements, the extended protocol's binds).
@@ -205,8 +221,9 @@ pub fn calls_set_config(sql: &str) -> bool {
 /// client's `random()` would be a sequence the previous one can predict), a named `dblink`
 /// link (`dblink_connect`: the next client would find it open, authenticated as this one), a
 /// `LOAD` of a library. A cheap look at the text that errs toward yes (a name in a string or
-/// a comment counts); a function call needs a `(`, which most queries that call none lack.
-/// State a procedural language keeps (PL/Python's `GD`, PL/Perl's `%_SHARED`) is not seen.
+/// a comment counts), for statements [`classify`] does not see (a transaction's); a function
+/// call needs a `(`, which most queries that call none lack. State a procedural language keeps
+/// (PL/Python's `GD`, PL/Perl's `%_SHARED`) is not seen.
 pub fn leaves_process_state(sql: &str) -> bool {
     let bytes = sql.as_bytes();
     if memchr::memchr(b'(', bytes).is_some() {

@@ -741,4 +741,21 @@ fn state_discard_all_keeps_is_seen() {
     ] {
         assert_eq!(crate::leaves_process_state(sql), leaves, "{sql:?}");
     }
+    // classify's own answer, from the parser's list of the calls.
+    for (sql, leaves) in [
+        ("SELECT setseed(0.5)", true),
+        ("SELECT pg_catalog.SETSEED($1)", true),
+        ("WITH s AS (SELECT setseed(0)) SELECT random() FROM s", true),
+        ("SELECT dblink_connect_u('l', 'dbname=test')", true),
+        ("LOAD 'auto_explain'", true),
+        ("SELECT 1; LOAD 'auto_explain'", true),
+        ("/*NO LOAD BALANCE*/ SELECT setseed(0.5)", true),
+        // The parser knows a string from a call.
+        ("SELECT 'setseed()'", false),
+        ("SELECT random()", false),
+        ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
+        ("BEGIN", false),
+    ] {
+        assert_eq!(classify(sql, &NoFunctions).process_state, leaves, "{sql:?}");
+    }
 }
