@@ -101,33 +101,36 @@ fn starts_with_words(lower: &str, words: &[&str]) -> bool {
 /// subquery; and no word that could make it more than a read (`for`, `into`) or reach a system
 /// catalog (`pg_…`, `information_schema`). Anything else goes through libpg_query.
 fn plain_select(sql: &str) -> bool {
-    let body = sql.trim().trim_end_matches(';');
-    let bytes = body.as_bytes();
-    if bytes.len() < 7
-        || !bytes[..6].eq_ignore_ascii_case(b"select")
-        || !bytes[6].is_ascii_whitespace()
+    let mut body = sql.as_bytes().trim_ascii();
+    while let [rest @ .., b';'] = body {
+        body = rest;
+    }
+    if body.len() < 7
+        || !body[..6].eq_ignore_ascii_case(b"select")
+        || !body[6].is_ascii_whitespace()
     {
         return false;
     }
-    // One pass over the bytes (this runs for every plain query): each word (letters, digits,
-    // `_`) is looked at where it ends.
-    let mut word_start = None;
-    for (i, &c) in bytes.iter().enumerate() {
+    // One pass over the bytes (this runs for every plain query), a word (letters, digits, `_`)
+    // at a time, each looked at once it is whole.
+    let mut i = 6;
+    while let Some(&c) = body.get(i) {
         match PLAIN[c as usize] {
+            SEPARATOR => i += 1,
             WORD => {
-                word_start.get_or_insert(i);
-            }
-            SEPARATOR => {
-                if let Some(start) = word_start.take() {
-                    if more_than_a_plain_read(&bytes[start..i]) {
-                        return false;
-                    }
+                let start = i;
+                i += 1;
+                while body.get(i).is_some_and(|&c| PLAIN[c as usize] == WORD) {
+                    i += 1;
+                }
+                if more_than_a_plain_read(&body[start..i]) {
+                    return false;
                 }
             }
             _ => return false,
         }
     }
-    !word_start.is_some_and(|start| more_than_a_plain_read(&bytes[start..]))
+    true
 }
 
 /// What each byte is to `plain_select`: part of a word, a separator it allows, or neither.
@@ -153,14 +156,21 @@ const PLAIN: [u8; 256] = {
 const WORD: u8 = 1;
 const SEPARATOR: u8 = 2;
 
-/// A word that keeps a SELECT from the fast path (see `plain_select`).
+/// A word that keeps a SELECT from the fast path (see `plain_select`): `for`, `into`,
+/// `information_schema`, `pg_…`, in any case. Most words start with another letter, and cost
+/// one test.
+#[inline]
 fn more_than_a_plain_read(word: &[u8]) -> bool {
-    word.eq_ignore_ascii_case(b"for")
-        || word.eq_ignore_ascii_case(b"into")
-        || word.eq_ignore_ascii_case(b"information_schema")
-        || word
+    match word.first().map(|c| c | 0x20) {
+        Some(b'f') => word.eq_ignore_ascii_case(b"for"),
+        Some(b'i') => {
+            word.eq_ignore_ascii_case(b"into") || word.eq_ignore_ascii_case(b"information_schema")
+        }
+        Some(b'p') => word
             .get(..3)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"pg_"))
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"pg_")),
+        _ => false,
+    }
 }
 
 /// Classifies one simple-query string or one Parse'd statement.
