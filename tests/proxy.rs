@@ -4937,7 +4937,7 @@ fn a_promoted_standby_welcomes_clients_as_a_primary() {
     }
 }
 
-/// `DISCARD ALL` does not reset `setseed`: a connection whose session seeded `random()` is
+/// `DISCARD ALL` does not reset `setseed` (or `SET SEED`): a connection whose session seeded `random()` is
 /// closed, not given to the next client, whose `random()` the previous one could otherwise
 /// predict. The same session's other statements (simple or extended) pool as usual.
 #[test]
@@ -4959,6 +4959,11 @@ fn a_seeded_random_is_not_handed_to_the_next_client() {
                 &["BEGIN", "SELECT setseed(0.25)", "COMMIT"],
             ),
             ("in a query of several", &["SELECT 1; SELECT setseed(0.25)"]),
+            ("SET SEED", &["SET seed = 0.25"]),
+            (
+                "SET SEED in a transaction",
+                &["BEGIN", "SET LOCAL seed TO 0.25", "COMMIT"],
+            ),
         ] {
             let a = c.client("test").await;
             for sql in seed {

@@ -206,6 +206,7 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
             .iter()
             .any(|f| f.function_name.eq_ignore_ascii_case("set_config"));
     verdict.process_state = summary.statement_types.iter().any(|t| t == "LoadStmt")
+        || (verdict.sets && sets_seed(sql))
         || summary.functions.iter().any(|f| {
             PROCESS_STATE_FUNCTIONS
                 .iter()
@@ -228,7 +229,8 @@ pub fn calls_set_config(sql: &str) -> bool {
 
 /// Whether `sql` may leave state in the server process that `DISCARD ALL` does not reset, so
 /// that the connection must not serve another client after it: a `setseed` call (the next
-/// client's `random()` would be a sequence the previous one can predict), a named `dblink`
+/// client's `random()` would be a sequence the previous one can predict; `SET SEED` is one
+/// too), a named `dblink`
 /// link (`dblink_connect`: the next client would find it open, authenticated as this one), a
 /// `LOAD` of a library. A cheap look at the text that errs toward yes (a name in a string or
 /// a comment counts), for statements [`classify`] does not see (a transaction's); a function
@@ -252,9 +254,20 @@ pub fn leaves_process_state(sql: &str) -> bool {
         }
     }
     let body = sql.trim_start();
-    body.get(..4)
+    (body
+        .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case("load"))
-        && body[4..].starts_with(|c: char| c.is_whitespace() || c == '\'')
+        && body[4..].starts_with(|c: char| c.is_whitespace() || c == '\''))
+        || (body
+            .get(..4)
+            .is_some_and(|w| w.eq_ignore_ascii_case("set "))
+            && sets_seed(body))
+}
+
+/// Whether a text that holds a `SET` may be `SET SEED` (`setseed` by another name; `SET
+/// LOCAL seed` too, whose effect outlives the transaction): the word `seed` anywhere in it.
+fn sets_seed(sql: &str) -> bool {
+    has_word(&sql.to_ascii_lowercase(), "seed")
 }
 
 /// [`classify`], for a query that needed the parser.

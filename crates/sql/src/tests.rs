@@ -843,6 +843,9 @@ fn state_discard_all_keeps_is_seen() {
         ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
         // No call without a parenthesis.
         ("SELECT setseed FROM t", false),
+        ("SET seed = 0.5", true),
+        ("set LOCAL SEED to 0.5", true),
+        ("SET search_path = app", false),
         ("SELECT dblink_exec('link', 'x')", false),
         ("SELECT * FROM loader(1)", false),
         ("loads", false),
@@ -859,6 +862,9 @@ fn state_discard_all_keeps_is_seen() {
         ("LOAD 'auto_explain'", true),
         ("SELECT 1; LOAD 'auto_explain'", true),
         ("/*NO LOAD BALANCE*/ SELECT setseed(0.5)", true),
+        ("SET SEED TO 0.5", true),
+        ("SET search_path = app; SET seed = 0", true),
+        ("SET search_path = app", false),
         // The parser knows a string from a call.
         ("SELECT 'setseed()'", false),
         ("SELECT random()", false),
