@@ -2577,7 +2577,6 @@ impl Session {
                     self.cancel_for = (pid, key);
                 }
             }
-            self.conn(node).await?;
             match self.write_unit(node, &data).await? {
                 Ok(()) => break,
                 Err(e)
