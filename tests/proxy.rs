@@ -2082,14 +2082,8 @@ fn the_pid_a_client_is_told_names_no_real_backend() {
     block(async {
         let mut told = Vec::new();
         for _ in 0..3 {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
-                .await
-                .unwrap();
-            use tokio::io::AsyncWriteExt;
-            s.write_all(&common::raw::startup("postgres"))
-                .await
-                .unwrap();
-            let got = common::raw::authenticate(&c, &mut s).await;
+            let (_, got) =
+                common::raw::welcome(&c, c.proxy_port(), &common::raw::startup("postgres")).await;
             let key = got
                 .iter()
                 .find(|(tag, _)| *tag == b'K')
@@ -4874,14 +4868,8 @@ fn a_promoted_standby_welcomes_clients_as_a_primary() {
     c.restart_warden();
     let welcome = || {
         block(async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
-                .await
-                .unwrap();
-            use tokio::io::AsyncWriteExt;
-            s.write_all(&common::raw::startup("postgres"))
-                .await
-                .unwrap();
-            let got = common::raw::authenticate(&c, &mut s).await;
+            let (_, got) =
+                common::raw::welcome(&c, c.proxy_port(), &common::raw::startup("postgres")).await;
             got.iter()
                 .filter(|(tag, _)| *tag == b'S')
                 .map(|(_, body)| {

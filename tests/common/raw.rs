@@ -26,18 +26,29 @@ pub async fn login_at(c: &Cluster, port: u16) -> tokio::net::TcpStream {
 
 /// `login_at` with a startup packet of the caller's (user postgres, the sandbox's password).
 pub async fn login_with(c: &Cluster, port: u16, packet: &[u8]) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(packet).await.unwrap();
-    let got = authenticate(c, &mut s).await;
+    let (s, got) = welcome(c, port, packet).await;
     assert_eq!(
         got.last().map(|(tag, _)| *tag),
         Some(b'Z'),
         "the login failed: {got:?}"
     );
     s
+}
+
+/// A raw socket to `port` that sent `packet`, and every message the login got (see
+/// `authenticate`): the welcome's ParameterStatus and BackendKeyData among them.
+pub async fn welcome(
+    c: &Cluster,
+    port: u16,
+    packet: &[u8],
+) -> (tokio::net::TcpStream, Vec<(u8, Vec<u8>)>) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(packet).await.unwrap();
+    let got = authenticate(c, &mut s).await;
+    (s, got)
 }
 
 /// Answers the server's authentication requests (trust is not configured: SCRAM through

@@ -254,14 +254,13 @@ pub fn leaves_process_state(sql: &str) -> bool {
         }
     }
     let body = sql.trim_start();
-    (body
-        .get(..4)
-        .is_some_and(|w| w.eq_ignore_ascii_case("load"))
-        && body[4..].starts_with(|c: char| c.is_whitespace() || c == '\''))
-        || (body
-            .get(..4)
-            .is_some_and(|w| w.eq_ignore_ascii_case("set "))
-            && sets_seed(body))
+    match body.get(..4) {
+        Some(w) if w.eq_ignore_ascii_case("load") => {
+            body[4..].starts_with(|c: char| c.is_whitespace() || c == '\'')
+        }
+        Some(w) if w.eq_ignore_ascii_case("set ") => sets_seed(body),
+        _ => false,
+    }
 }
 
 /// Whether a text that holds a `SET` may be `SET SEED` (`setseed` by another name; `SET
