@@ -29,6 +29,11 @@ pub enum BackendError {
     NoPassword { addr: String },
     #[error("{addr}: {reason}")]
     Protocol { addr: String, reason: String },
+    /// The server asks for an authentication pgwarden cannot give (GSSAPI, SSPI, a SASL
+    /// mechanism other than SCRAM-SHA-256), or its SCRAM exchange does not verify: this login
+    /// fails, the server is up.
+    #[error("{addr}: {reason}")]
+    Auth { addr: String, reason: String },
     #[error("connection to {addr} lost: {reason}")]
     Lost { addr: String, reason: String },
     /// pgwarden's own query was refused (an ErrorResponse): the connection is fine.
@@ -52,7 +57,9 @@ impl BackendError {
             BackendError::Connect { .. }
             | BackendError::Protocol { .. }
             | BackendError::Lost { .. } => true,
-            BackendError::NoPassword { .. } | BackendError::Sql { .. } => false,
+            BackendError::NoPassword { .. }
+            | BackendError::Auth { .. }
+            | BackendError::Sql { .. } => false,
             BackendError::Refused { code, .. } => match code.get(..2) {
                 Some("57" | "58" | "XX" | "08") => true,
                 Some("53") => code != "53300" && code != "53400",
@@ -64,6 +71,13 @@ impl BackendError {
 
     fn protocol(addr: &str, reason: impl Into<String>) -> Self {
         BackendError::Protocol {
+            addr: addr.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn auth(addr: &str, reason: impl Into<String>) -> Self {
+        BackendError::Auth {
             addr: addr.to_string(),
             reason: reason.into(),
         }
@@ -257,7 +271,7 @@ impl Backend {
                             let mechs: Vec<&[u8]> =
                                 data.split(|&c| c == 0).filter(|m| !m.is_empty()).collect();
                             if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
-                                return Err(BackendError::protocol(
+                                return Err(BackendError::auth(
                                     &self.addr,
                                     "the server offers no SASL mechanism pgwarden supports",
                                 ));
@@ -277,7 +291,7 @@ impl Backend {
                                 BackendError::protocol(&self.addr, "SASL continue without a start")
                             })?;
                             s.update(data).map_err(|e| {
-                                BackendError::protocol(&self.addr, format!("SCRAM: {e}"))
+                                BackendError::auth(&self.addr, format!("SCRAM: {e}"))
                             })?;
                             msg::frontend::sasl_response(&mut reply, s.message());
                         }
@@ -286,7 +300,7 @@ impl Backend {
                                 BackendError::protocol(&self.addr, "SASL final without a start")
                             })?;
                             s.finish(data).map_err(|e| {
-                                BackendError::protocol(
+                                BackendError::auth(
                                     &self.addr,
                                     format!("SCRAM: the server's signature does not verify: {e}"),
                                 )
@@ -294,10 +308,20 @@ impl Backend {
                             continue;
                         }
                         k => {
-                            return Err(BackendError::protocol(
+                            let method = match k {
+                                2 => "Kerberos V5".to_string(),
+                                7 => "GSSAPI".to_string(),
+                                9 => "SSPI".to_string(),
+                                k => format!("an unknown method (request {k})"),
+                            };
+                            return Err(BackendError::auth(
                                 &self.addr,
-                                format!("unsupported authentication request {k}"),
-                            ))
+                                format!(
+                                    "the server asks for {method} authentication, which \
+                                     pgwarden cannot give; its pg_hba.conf must ask pgwarden's \
+                                     connections for scram-sha-256, md5, password or trust"
+                                ),
+                            ));
                         }
                     }
                     self.write(&reply).await?;
@@ -649,6 +673,14 @@ mod tests {
                     addr: s("n"),
                     sql: s("q"),
                     message: s("m"),
+                },
+                false,
+            ),
+            (
+                "GSSAPI asked for",
+                BackendError::Auth {
+                    addr: s("n"),
+                    reason: s("gss"),
                 },
                 false,
             ),

@@ -2,7 +2,7 @@
 //! requests, client authentication, and the welcome messages.
 
 use crate::backend::{BackendError, ConnectSpec};
-use crate::pool::PoolError;
+use crate::pool::{PoolError, Pooled};
 use crate::stream::ClientStream;
 use crate::{CancelSlot, Ctx};
 use bytes::BytesMut;
@@ -594,59 +594,34 @@ async fn welcome(
             )
         })?;
     let spec = connect_spec(ctx, login, node.id, &node.host, node.port);
-    let pooled = ctx.pools.get(&spec).await.map_err(|e| match e {
-        PoolError::Full { .. } => Refusal::fatal("53300", e.to_string()),
-        PoolError::Backend(BackendError::Refused {
-            code,
-            message,
-            severity,
-            ..
-        }) if severity == "FATAL" || severity == "ERROR" => Refusal::Fatal {
-            code: login_code(code),
-            message,
-            detail: None,
-        },
-        PoolError::Backend(e) => Refusal::fatal("08006", e.to_string()),
-    })?;
-    let mut pooled = pooled;
-    // A connection a welcome took from a standby (no primary then) says `in_hot_standby = on`
-    // after that standby is promoted: the server reports the change only when it next
-    // answers, and a welcome's connection goes back to the pool without a query. Welcomed
-    // with it, libpq's `target_session_attrs=read-write` would refuse pgwarden as read-only.
-    // A Sync has the server answer, and the change come in.
-    if pooled
-        .backend
-        .params
-        .iter()
-        .any(|(k, v)| k == "in_hot_standby" && v == "on")
-    {
-        let mut sync = BytesMut::new();
-        msg::frontend::sync(&mut sync);
-        within(node.id, spec.timeout, pooled.backend.exchange(&sync))
-            .await?
-            .map_err(|e| Refusal::fatal("08006", e.to_string()))?;
-    }
-    if pooled.backend.serializable_default.is_none() {
-        // A server, database or role default (`ALTER DATABASE … SET
-        // default_transaction_isolation`) is in no startup packet: asked once per connection.
-        // A hot standby refuses SERIALIZABLE transactions, so such a session reads on the
-        // primary (see `session::run`).
-        // Bounded as the connection was (a node that hangs now must not hold the login; the
-        // connection is closed, not pooled).
-        let asked = within(
-            node.id,
-            spec.timeout,
-            pooled
-                .backend
-                .query_value("SELECT pg_catalog.current_setting('default_transaction_isolation')"),
-        )
-        .await?;
-        pooled.backend.serializable_default = match asked {
-            Ok(v) => Some(v.as_deref() == Some("serializable")),
-            Err(BackendError::Sql { .. }) => Some(false),
+    let primary = table.primary == Some(node.id);
+    // A pooled connection that dies between the pool's look at it and the welcome's question
+    // costs the client nothing: once, another connection is taken.
+    let mut retried = false;
+    let pooled = loop {
+        let mut pooled = ctx.pools.get(&spec).await.map_err(|e| match e {
+            PoolError::Full { .. } => Refusal::fatal("53300", e.to_string()),
+            PoolError::Backend(BackendError::Refused {
+                code,
+                message,
+                severity,
+                ..
+            }) if severity == "FATAL" || severity == "ERROR" => Refusal::Fatal {
+                code: login_code(code),
+                message,
+                detail: None,
+            },
+            PoolError::Backend(
+                e @ (BackendError::Auth { .. } | BackendError::NoPassword { .. }),
+            ) => Refusal::fatal("28000", e.to_string()),
+            PoolError::Backend(e) => Refusal::fatal("08006", e.to_string()),
+        })?;
+        match ready_to_welcome(&mut pooled, node.id, primary, spec.timeout).await? {
+            Ok(()) => break pooled,
+            Err(BackendError::Lost { .. }) if !retried => retried = true,
             Err(e) => return Err(Refusal::fatal("08006", e.to_string())),
-        };
-    }
+        }
+    };
     let serializable = pooled.backend.serializable_default == Some(true);
     let mut out = BytesMut::new();
     msg::auth_ok(&mut out);
@@ -657,6 +632,58 @@ async fn welcome(
     msg::ready_for_query(&mut out, b'I');
     ctx.pools.put(pooled);
     Ok((out, serializable))
+}
+
+/// Readies a welcome's connection: brings in a promotion's `in_hot_standby = off`, and asks
+/// the SERIALIZABLE default. The outer error refuses the login (the node did not answer in
+/// time); the inner one is the connection's.
+async fn ready_to_welcome(
+    pooled: &mut Pooled,
+    node: u32,
+    primary: bool,
+    timeout: Duration,
+) -> Result<Result<(), BackendError>, Refusal> {
+    // A connection a welcome took from a standby (no primary then) says `in_hot_standby = on`
+    // after that standby is promoted: the server reports the change only when it next
+    // answers, and a welcome's connection goes back to the pool without a query. Welcomed
+    // with it, libpq's `target_session_attrs=read-write` would refuse pgwarden as read-only.
+    // A Sync has the server answer, and the change come in. (Only on the primary: a standby
+    // welcomes because there is none, and says `on` rightly.)
+    if primary
+        && pooled
+            .backend
+            .params
+            .iter()
+            .any(|(k, v)| k == "in_hot_standby" && v == "on")
+    {
+        let mut sync = BytesMut::new();
+        msg::frontend::sync(&mut sync);
+        if let Err(e) = within(node, timeout, pooled.backend.exchange(&sync)).await? {
+            return Ok(Err(e));
+        }
+    }
+    if pooled.backend.serializable_default.is_none() {
+        // A server, database or role default (`ALTER DATABASE … SET
+        // default_transaction_isolation`) is in no startup packet: asked once per connection.
+        // A hot standby refuses SERIALIZABLE transactions, so such a session reads on the
+        // primary (see `session::run`).
+        // Bounded as the connection was (a node that hangs now must not hold the login; the
+        // connection is closed, not pooled).
+        let asked = within(
+            node,
+            timeout,
+            pooled
+                .backend
+                .query_value("SELECT pg_catalog.current_setting('default_transaction_isolation')"),
+        )
+        .await?;
+        pooled.backend.serializable_default = match asked {
+            Ok(v) => Some(v.as_deref() == Some("serializable")),
+            Err(BackendError::Sql { .. }) => Some(false),
+            Err(e) => return Ok(Err(e)),
+        };
+    }
+    Ok(Ok(()))
 }
 
 /// `answer` from node `node` within `timeout` (a node that hangs must not hold the login; the
