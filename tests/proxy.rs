@@ -2442,16 +2442,7 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
     };
     block(async {
         let other = c.client("test").await;
-        let (shunned, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(c.proxy_port())
-            .user("shunned")
-            .password("shunned-pw")
-            .dbname("test")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let shunned = c.user_client("shunned", "shunned-pw", "test").await;
         let before = refusals();
         let mut others_on_primary = 0;
         for i in 0..40 {
@@ -2480,6 +2471,81 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
         assert_eq!(
             others_on_primary, 0,
             "another session's reads left the standby"
+        );
+        // The refusal is fixed: after a while, the session asks the standby again.
+        std::fs::write(&hba, &rules).unwrap();
+        c.psql(1, "postgres", "SELECT pg_reload_conf()").unwrap();
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        let port: i32 = shunned
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            port,
+            i32::from(standby),
+            "the standby is never asked again once its pg_hba.conf is fixed"
+        );
+    });
+}
+
+/// A standby whose pg_hba.conf asks a role for an authentication pgwarden cannot give (GSSAPI)
+/// is up: that role's reads go to the other standby, not to the primary, and other roles keep
+/// reading from it.
+#[test]
+fn a_standby_that_asks_for_gssapi_sends_reads_to_another_standby() {
+    let c = Cluster::up(3);
+    let (primary, refusing, other) = (c.node_port(0), c.node_port(1), c.node_port(2));
+    c.psql(
+        0,
+        "postgres",
+        "CREATE ROLE kerb LOGIN PASSWORD 'kerb-pw'; GRANT CONNECT ON DATABASE test TO kerb",
+    )
+    .unwrap();
+    let hba = c.data_dir(1).join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all kerb 127.0.0.1/32 gss\n{rules}")).unwrap();
+    c.psql(1, "postgres", "SELECT pg_reload_conf()").unwrap();
+    let file = c.dir.join("pool_passwd");
+    std::fs::write(&file, format!("postgres:{}\nkerb:kerb-pw\n", c.password())).unwrap();
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(
+        &c,
+        &format!(
+            "pool_passwd = {:?}\nload_balance = \"statement\"\n",
+            file.to_str().unwrap()
+        ),
+    );
+    block(async {
+        let kerb = c.user_client("kerb", "kerb-pw", "test").await;
+        let postgres = c.client("test").await;
+        let mut kerb_on = std::collections::BTreeMap::new();
+        let mut postgres_on = std::collections::BTreeMap::new();
+        for _ in 0..40 {
+            for (client, on) in [(&kerb, &mut kerb_on), (&postgres, &mut postgres_on)] {
+                let port: i32 = client
+                    .query_one("SELECT inet_server_port()", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                *on.entry(port).or_insert(0) += 1;
+            }
+        }
+        let kerb_on: Vec<_> = kerb_on.into_iter().collect();
+        assert_eq!(
+            kerb_on,
+            [(i32::from(other), 40)],
+            "the role the standby on {refusing} asks for GSSAPI read elsewhere than the \
+             other standby ({other}; primary {primary})"
+        );
+        assert!(
+            postgres_on.get(&i32::from(refusing)).copied().unwrap_or(0) > 0,
+            "another role's reads no longer reach the standby that asks for GSSAPI: {postgres_on:?}"
+        );
+        assert_eq!(
+            postgres_on.get(&i32::from(primary)),
+            None,
+            "another role's reads went to the primary: {postgres_on:?}"
         );
     });
 }

@@ -218,6 +218,27 @@ impl Cluster {
             .expect("connect through the proxy")
     }
 
+    /// A tokio-postgres client through the proxy as `user`, its connection driven in the
+    /// background.
+    pub async fn user_client(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.proxy_port())
+            .user(user)
+            .password(password)
+            .dbname(db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect through the proxy");
+        tokio::spawn(conn);
+        client
+    }
+
     /// A tokio-postgres client as the superuser on `port` (the proxy's or a node's).
     pub async fn try_connect(
         &self,

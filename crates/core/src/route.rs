@@ -109,12 +109,14 @@ impl RouteTable {
     }
 
     /// The session's load-balance node (pgpool's, chosen once per session): any usable node
-    /// that can take reads, by weight.
-    pub fn choose_lb_node(&self, r: f64) -> Option<u32> {
+    /// that can take reads, by weight, other than those the session must `avoid` (standbys
+    /// that refused its login).
+    pub fn choose_lb_node(&self, r: f64, avoid: impl Fn(u32) -> bool) -> Option<u32> {
         let usable = self
             .nodes
             .iter()
             .filter(|n| n.usable && (n.role == Role::Standby || Some(n.id) == self.primary))
+            .filter(|n| Some(n.id) == self.primary || !avoid(n.id))
             .map(|n| n.id);
         self.pick(usable, r)
     }
@@ -139,23 +141,24 @@ impl RouteTable {
     }
 
     /// Where one read goes. `lb_node`: the session's node (session-level balancing), or `None`
-    /// for a fresh weighted pick among the nodes that qualify now (statement level).
+    /// for a fresh weighted pick among the nodes that qualify now (statement level). Standbys
+    /// the session must `avoid` get none of its reads.
     pub fn read_target(
         &self,
         lb_node: Option<u32>,
         delay_threshold: Option<u64>,
         min_lsn: Option<Lsn>,
         r: f64,
+        avoid: impl Fn(u32) -> bool,
     ) -> Option<u32> {
+        let ok = |id: u32| {
+            self.can_read(id, delay_threshold, min_lsn) && (Some(id) == self.primary || !avoid(id))
+        };
         match lb_node {
-            Some(id) if self.can_read(id, delay_threshold, min_lsn) => Some(id),
+            Some(id) if ok(id) => Some(id),
             Some(_) => self.primary,
             None => {
-                let ok = self
-                    .nodes
-                    .iter()
-                    .filter(|n| self.can_read(n.id, delay_threshold, min_lsn))
-                    .map(|n| n.id);
+                let ok = self.nodes.iter().filter(|n| ok(n.id)).map(|n| n.id);
                 self.pick(ok, r).or(self.primary)
             }
         }
@@ -216,16 +219,36 @@ mod tests {
         ];
         for (lb, delay, min, want) in cases {
             assert_eq!(
-                t.read_target(*lb, *delay, min.map(Lsn), 0.5),
+                t.read_target(*lb, *delay, min.map(Lsn), 0.5, |_| false),
                 *want,
                 "lb={lb:?} delay={delay:?} min={min:?}"
             );
         }
         // statement level: only nodes that qualify, by weight
         for r in [0.0, 0.3, 0.6, 0.99] {
-            let got = t.read_target(None, Some(100), Some(Lsn(900)), r).unwrap();
+            let got = t
+                .read_target(None, Some(100), Some(Lsn(900)), r, |_| false)
+                .unwrap();
             assert!([0, 1].contains(&got), "{got}");
         }
+        // a standby the session avoids (it refused its login) serves none of its reads, at
+        // either level; another standby may
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..100 {
+            let r = f64::from(i) / 100.0;
+            let got = t.read_target(None, None, None, r, |id| id == 1).unwrap();
+            seen.insert(got);
+        }
+        assert_eq!(seen, [0, 2].into(), "statement level avoiding node 1");
+        assert_eq!(
+            t.read_target(Some(1), None, None, 0.5, |id| id == 1),
+            Some(0)
+        );
+        assert_eq!(
+            t.read_target(Some(2), None, None, 0.5, |id| id == 1),
+            Some(2)
+        );
+        assert_eq!(t.read_target(Some(0), None, None, 0.5, |_| true), Some(0));
     }
 
     #[test]
@@ -266,13 +289,19 @@ mod tests {
             n(1, Standby, true, 3.0, 0, 0),
             n(2, Standby, false, 5.0, 0, 0),
         ]);
-        assert_eq!(t.choose_lb_node(0.0), Some(0));
-        assert_eq!(t.choose_lb_node(0.24), Some(0));
-        assert_eq!(t.choose_lb_node(0.26), Some(1));
-        assert_eq!(t.choose_lb_node(0.999), Some(1));
+        assert_eq!(t.choose_lb_node(0.0, |_| false), Some(0));
+        assert_eq!(t.choose_lb_node(0.24, |_| false), Some(0));
+        assert_eq!(t.choose_lb_node(0.26, |_| false), Some(1));
+        assert_eq!(t.choose_lb_node(0.999, |_| false), Some(1));
+        // A standby that refused the session's login is not its lb node; the primary cannot
+        // be avoided (its refusal ends the session).
+        for r in [0.0, 0.26, 0.5, 0.999] {
+            assert_eq!(t.choose_lb_node(r, |id| id == 1), Some(0), "r={r}");
+            assert_eq!(t.choose_lb_node(r, |_| true), Some(0), "r={r}");
+        }
         let none = table(vec![n(0, Primary, false, 1.0, 0, 0)]);
-        assert_eq!(none.choose_lb_node(0.5), None);
-        assert_eq!(none.read_target(None, None, None, 0.5), None);
+        assert_eq!(none.choose_lb_node(0.5, |_| false), None);
+        assert_eq!(none.read_target(None, None, None, 0.5, |_| false), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// What `handle_frames` did.
@@ -281,10 +281,21 @@ struct NodeRefs {
     id: u32,
     stats: Arc<NodeStats>,
     engagement: Option<Engagement>,
-    /// The node refused this session's login (its pg_hba.conf, no CONNECT privilege, no
-    /// password known, …): it is up, but serves none of this session's reads, which would
-    /// each try again.
-    refused_login: bool,
+    /// When the node refused this session's login (its pg_hba.conf, no CONNECT privilege, no
+    /// password known, an authentication pgwarden cannot give, …): it is up, but serves none
+    /// of this session's reads for `REFUSAL_MEMORY` (each would try again), after which one
+    /// more login is tried (the refusal may have been fixed, or have come from replay lag).
+    refused_at: Option<Instant>,
+}
+
+/// How long a standby that refused a session's login serves none of its reads.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(10);
+
+/// Whether `node` refused the session's login lately (see `NodeRefs::refused_at`).
+fn refused(nodes: &[NodeRefs], node: u32) -> bool {
+    nodes
+        .iter()
+        .any(|r| r.id == node && r.refused_at.is_some_and(|at| at.elapsed() < REFUSAL_MEMORY))
 }
 
 /// The session's future. Built without an async prologue, so that the future holds the
@@ -874,7 +885,7 @@ impl Session {
                     id: node,
                     stats: self.ctx.node_stats(node),
                     engagement: self.ctx.monitor.engagement(node),
-                    refused_login: false,
+                    refused_at: None,
                 });
                 self.nodes.len() - 1
             }
@@ -918,13 +929,17 @@ impl Session {
             };
         }
         let r: f64 = rand::random();
+        // Standbys that refused this session's login, or that a session found dead, serve
+        // none of its reads.
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => {
                 if self
                     .lb_node
                     .is_none_or(|n| !table.node(n).is_some_and(|n| n.usable))
                 {
-                    self.lb_node = table.choose_lb_node(r);
+                    self.lb_node = table.choose_lb_node(r, |id| {
+                        refused(&self.nodes, id) || self.ctx.suspected(id, &table)
+                    });
                 }
                 self.lb_node
             }
@@ -942,50 +957,66 @@ impl Session {
                 self.wrote = Wrote::No;
             }
         }
-        let target = if self.wrote != Wrote::No {
+        let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
+        let mut target = if self.wrote != Wrote::No {
             table.primary
         } else {
-            let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
-            table.read_target(lb, delay, floor, r).map(|t| {
-                if Some(t) != table.primary && self.ctx.suspected(t, &table) {
-                    table.primary.unwrap_or(t)
-                } else {
-                    t
-                }
-            })
+            table
+                .read_target(lb, delay, floor, r, |id| {
+                    refused(&self.nodes, id) || self.ctx.suspected(id, &table)
+                })
+                // With no primary (a failover under way), a standby found dead is still worth
+                // a try.
+                .or_else(|| table.read_target(lb, delay, floor, r, |id| refused(&self.nodes, id)))
         };
-        let target = match target {
-            Some(t)
-                if Some(t) != table.primary
-                    && self.nodes.iter().any(|r| r.id == t && r.refused_login) =>
-            {
-                if self.lb_node == Some(t) {
-                    self.lb_node = None;
-                }
-                table.primary
+        if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
+            if !self.conns.contains_key(&t) && self.bind(t).await.is_err() {
+                // The standby cannot serve this session now (it is down and now reported, or
+                // it refused the login): another standby may, else the primary.
+                // (Boxed: seldom needed, and kept inline it would enlarge every message's
+                // future.)
+                target = Box::pin(self.read_elsewhere(&table, t, floor, r)).await;
             }
-            Some(t)
-                if Some(t) != table.primary
-                    && !self.conns.contains_key(&t)
-                    && self.bind(t).await.is_err() =>
-            {
-                // The standby cannot be reached right now: the primary serves the read.
-                if self.lb_node == Some(t) {
-                    self.lb_node = None;
-                }
-                table.primary
+        }
+        if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
+            if self.settings_behind(t) && !Box::pin(self.settings_hold_on(t)).await? {
+                target = table.primary;
             }
-            // (Boxed: seldom needed, and kept inline it would enlarge every message's future.)
-            Some(t)
-                if Some(t) != table.primary
-                    && self.settings_behind(t)
-                    && !Box::pin(self.settings_hold_on(t)).await? =>
-            {
-                table.primary
+        }
+        target.ok_or_else(no_node)
+    }
+
+    /// Where a read goes when standby `failed` could not take it: another standby that can
+    /// (the session's new load-balance node, at session level), bound now, else the primary.
+    async fn read_elsewhere(
+        &mut self,
+        table: &RouteTable,
+        failed: u32,
+        floor: Option<Lsn>,
+        r: f64,
+    ) -> Option<u32> {
+        let avoid = |id| id == failed || refused(&self.nodes, id) || self.ctx.suspected(id, table);
+        let lb = match self.ctx.cfg.load_balance {
+            LoadBalance::Session => {
+                self.lb_node = table.choose_lb_node(r, avoid);
+                self.lb_node
+            }
+            LoadBalance::Statement => None,
+        };
+        let delay = self.ctx.cfg.delay_threshold;
+        match table.read_target(lb, delay, floor, r, avoid) {
+            Some(t) if Some(t) != table.primary && !self.conns.contains_key(&t) => {
+                if self.bind(t).await.is_ok() {
+                    Some(t)
+                } else {
+                    if self.lb_node == Some(t) {
+                        self.lb_node = None;
+                    }
+                    table.primary
+                }
             }
             other => other,
-        };
-        target.ok_or_else(no_node)
+        }
     }
 
     /// A write is done once nothing is in flight and no transaction is open; from then on, a
@@ -2520,10 +2551,10 @@ impl Session {
                             node,
                             user = self.login.user(),
                             database = self.login.database(),
-                            "the node refused this session's login; the primary serves its reads: {b}"
+                            "the node refused this session's login; other nodes serve its reads for {REFUSAL_MEMORY:?}: {b}"
                         );
                         let i = self.node_index(node);
-                        self.nodes[i].refused_login = true;
+                        self.nodes[i].refused_at = Some(Instant::now());
                     }
                 }
                 Err(e)
