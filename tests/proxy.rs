@@ -4996,7 +4996,35 @@ fn a_promoted_standby_welcomes_clients_as_a_primary() {
 /// predict. The same session's other statements (simple or extended) pool as usual.
 #[test]
 fn a_seeded_random_is_not_handed_to_the_next_client() {
+    use common::raw::{login_with, message, read_until, startup_with};
+    use tokio::io::AsyncWriteExt;
     let c = Cluster::up(1);
+    /// After a session on backend `pid_a` that seeded (`how`), the next client's `random()`
+    /// is not the seeded one, its backend is another; and a clean session's backend is
+    /// pooled for the one after.
+    async fn next_client_is_clean(c: &Cluster, how: &str, seeded: f64, pid_a: i32) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = c.client("test").await;
+        let row = b
+            .query_one("SELECT random(), pg_backend_pid()", &[])
+            .await
+            .unwrap();
+        let (random, pid_b): (f64, i32) = (row.get(0), row.get(1));
+        assert_ne!(
+            random, seeded,
+            "{how}: the next client's random() was seeded"
+        );
+        assert_ne!(pid_b, pid_a, "{how}: the seeded connection was pooled");
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let next = c.client("test").await;
+        let pid: i32 = next
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pid, pid_b, "{how}: a clean connection was not pooled");
+    }
     block(async {
         let direct = c.try_connect(c.node_port(0), "test").await.unwrap();
         direct.batch_execute("SELECT setseed(0.25)").await.unwrap();
@@ -5018,6 +5046,16 @@ fn a_seeded_random_is_not_handed_to_the_next_client() {
                 "SET SEED in a transaction",
                 &["BEGIN", "SET LOCAL seed TO 0.25", "COMMIT"],
             ),
+            ("a DO block", &["DO $$BEGIN PERFORM setseed(0.25); END$$"]),
+            (
+                "after the end of a transaction, in its last query",
+                &["BEGIN", "SELECT 1; COMMIT; SELECT setseed(0.25)"],
+            ),
+            // (LOAD seeds nothing: only the backend's pid tells.)
+            (
+                "LOAD as a later statement in a transaction",
+                &["BEGIN", "SELECT 1; LOAD 'auto_explain'", "COMMIT"],
+            ),
         ] {
             let a = c.client("test").await;
             for sql in seed {
@@ -5033,29 +5071,49 @@ fn a_seeded_random_is_not_handed_to_the_next_client() {
                 .unwrap()
                 .get(0);
             drop(a);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let b = c.client("test").await;
-            let row = b
-                .query_one("SELECT random(), pg_backend_pid()", &[])
-                .await
-                .unwrap();
-            let (random, pid_b): (f64, i32) = (row.get(0), row.get(1));
-            assert_ne!(
-                random, seeded,
-                "{how}: the next client's random() was seeded"
-            );
-            assert_ne!(pid_b, pid_a, "{how}: the seeded connection was pooled");
-            // A session that seeds nothing leaves its connection to the next.
-            drop(b);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let next = c.client("test").await;
-            let pid: i32 = next
-                .query_one("SELECT pg_backend_pid()", &[])
-                .await
-                .unwrap()
-                .get(0);
-            assert_eq!(pid, pid_b, "{how}: a clean connection was not pooled");
+            next_client_is_clean(&c, how, seeded, pid_a).await;
         }
+        // A FunctionCall names its function by OID (libpq's fast path): setseed's.
+        let oid: u32 = direct
+            .query_one("SELECT 'pg_catalog.setseed'::regproc::oid", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // (With tokio-postgres's startup parameters: the same pool as the next client's.)
+        let packet = startup_with(&[
+            ("client_encoding", "UTF8"),
+            ("user", "postgres"),
+            ("database", "test"),
+        ]);
+        let mut a = login_with(&c, c.proxy_port(), &packet).await;
+        let arg = b"0.25";
+        let call = message(
+            b'F',
+            &[
+                &oid.to_be_bytes(),
+                &1i16.to_be_bytes(),
+                &0i16.to_be_bytes(),
+                &1i16.to_be_bytes(),
+                &(arg.len() as i32).to_be_bytes(),
+                arg,
+                &0i16.to_be_bytes(),
+            ],
+        );
+        a.write_all(&call).await.unwrap();
+        let got = read_until(&mut a, b'Z').await;
+        assert!(
+            got.iter().any(|(t, _)| *t == b'V'),
+            "no FunctionCallResponse: {got:?}"
+        );
+        a.write_all(&message(b'Q', &[b"SELECT pg_backend_pid()\0"]))
+            .await
+            .unwrap();
+        let pid_a: i32 = first_value(&read_until(&mut a, b'Z').await)
+            .and_then(|v| v.parse().ok())
+            .expect("a pid");
+        a.write_all(&message(b'X', &[])).await.unwrap();
+        drop(a);
+        next_client_is_clean(&c, "FunctionCall", seeded, pid_a).await;
     });
 }
 

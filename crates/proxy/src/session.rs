@@ -761,6 +761,9 @@ impl Session {
                 if !joined && Box::pin(self.end_open_part_before_query()).await? {
                     return Ok(true);
                 }
+                // The function is named by its OID: it may be `setseed` or `dblink_connect`
+                // (see `process_state`), so the connection is not handed to another client.
+                self.process_state = true;
                 let target = self.route(Class::Write).await?;
                 let sent = self.send(target, f.bytes.clone(), 1).await?;
                 if joined && sent.is_some() {

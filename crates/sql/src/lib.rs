@@ -207,6 +207,8 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
             .any(|f| f.function_name.eq_ignore_ascii_case("set_config"));
     verdict.process_state = summary.statement_types.iter().any(|t| t == "LoadStmt")
         || (verdict.sets && sets_seed(sql))
+        // A DO block's body is a string to the parser: its text is looked at.
+        || (summary.statement_types.iter().any(|t| t == "DoStmt") && leaves_process_state(sql))
         || summary.functions.iter().any(|f| {
             PROCESS_STATE_FUNCTIONS
                 .iter()
@@ -253,13 +255,56 @@ pub fn leaves_process_state(sql: &str) -> bool {
             return true;
         }
     }
-    let body = sql.trim_start();
-    match body.get(..4) {
-        Some(w) if w.eq_ignore_ascii_case("load") => {
-            body[4..].starts_with(|c: char| c.is_whitespace() || c == '\'')
+    // `LOAD` or `SET seed` as any statement of the text (a `;` in a string only adds a place
+    // to look).
+    sql.split(';').any(|statement| {
+        let body = skip_comments(statement);
+        match body.get(..4) {
+            Some(w) if w.eq_ignore_ascii_case("load") => {
+                body[4..].starts_with(|c: char| c.is_whitespace() || c == '\'')
+            }
+            Some(w) if w.eq_ignore_ascii_case("set ") => sets_seed(body),
+            _ => false,
         }
-        Some(w) if w.eq_ignore_ascii_case("set ") => sets_seed(body),
-        _ => false,
+    })
+}
+
+/// `sql` past its leading white space and comments (`-- …` lines, `/* … */` blocks, nested as
+/// PostgreSQL nests them).
+fn skip_comments(sql: &str) -> &str {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = match after.find('\n') {
+                Some(i) => after[i + 1..].trim_start(),
+                None => "",
+            };
+        } else if rest.starts_with("/*") {
+            let bytes = rest.as_bytes();
+            let (mut depth, mut i) = (0usize, 0usize);
+            while i + 1 < bytes.len() {
+                match (bytes[i], bytes[i + 1]) {
+                    (b'/', b'*') => {
+                        depth += 1;
+                        i += 2;
+                    }
+                    (b'*', b'/') => {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            if depth > 0 {
+                return "";
+            }
+            rest = rest[i..].trim_start();
+        } else {
+            return rest;
+        }
     }
 }
 

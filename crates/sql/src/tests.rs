@@ -850,6 +850,16 @@ fn state_discard_all_keeps_is_seen() {
         ("SELECT * FROM loader(1)", false),
         ("loads", false),
         ("", false),
+        // Any statement of a text, past comments.
+        ("SELECT 1; LOAD 'auto_explain'", true),
+        ("SELECT 1;load'auto_explain'", true),
+        ("/* why */ LOAD 'auto_explain'", true),
+        ("-- why\n  LOAD 'auto_explain'", true),
+        ("SELECT 1; /* a /* nested */ one */ SET seed = 0", true),
+        ("SELECT 1; -- LOAD 'x'", false),
+        ("/* LOAD 'x' */ SELECT 1", false),
+        ("/* unterminated LOAD 'x'", false),
+        ("SELECT 1; SELECT 2;", false),
     ] {
         assert_eq!(crate::leaves_process_state(sql), leaves, "{sql:?}");
     }
@@ -870,6 +880,13 @@ fn state_discard_all_keeps_is_seen() {
         ("SELECT random()", false),
         ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
         ("BEGIN", false),
+        // A DO block's body is a string to the parser, but runs.
+        ("DO $$BEGIN PERFORM setseed(0.5); END$$", true),
+        (
+            "DO LANGUAGE plpgsql 'BEGIN PERFORM dblink_connect(''l'', ''''); END'",
+            true,
+        ),
+        ("DO $$BEGIN PERFORM 1; END$$", false),
     ] {
         assert_eq!(classify(sql, &NoFunctions).process_state, leaves, "{sql:?}");
     }
