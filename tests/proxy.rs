@@ -1407,15 +1407,89 @@ fn serializable_transactions_are_not_sent_to_a_hot_standby() {
             Ok(primary),
             "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"
         );
-        // The client's own SET TRANSACTION … SERIALIZABLE in a read-only transaction already
-        // on the standby is refused there (a known limit); it says nothing of the session's
-        // default, and the session's reads stay balanced.
+        // The client's own SET TRANSACTION … SERIALIZABLE as the first statement of a
+        // read-only transaction already begun on the standby: the transaction moves to the
+        // primary, read-only and SERIALIZABLE as on one server. It says nothing of the
+        // session's default: the session's reads stay balanced.
+        c.psql(0, "test", "CREATE TABLE ser_moved (v int)").unwrap();
         let s = standby_session(&c).await;
+        for (how, set) in [
+            (
+                "SET TRANSACTION",
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            ),
+            (
+                "SET transaction_isolation",
+                "SET transaction_isolation = serializable",
+            ),
+            ("extended", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        ] {
+            s.batch_execute("BEGIN READ ONLY DEFERRABLE").await.unwrap();
+            let done = if how == "extended" {
+                s.execute(set, &[]).await.map(|_| ())
+            } else {
+                s.batch_execute(set).await
+            };
+            done.unwrap_or_else(|e| panic!("{how}: {e:?}"));
+            let r = s
+                .query_one(
+                    "SELECT inet_server_port(), current_setting('transaction_isolation'), \
+                     current_setting('transaction_read_only'), \
+                     current_setting('transaction_deferrable')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let got: (i32, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            assert_eq!(
+                got,
+                (
+                    i32::from(primary),
+                    "serializable".into(),
+                    "on".into(),
+                    "on".into()
+                ),
+                "{how}: where and how the transaction ran"
+            );
+            let write = s.batch_execute("INSERT INTO ser_moved VALUES (1)").await;
+            let code = write
+                .err()
+                .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+            assert_eq!(
+                code.as_deref(),
+                Some("25006"),
+                "{how}: the transaction is still read-only"
+            );
+            // The standby's transaction was rolled back, not left open.
+            let open: i64 = c
+                .try_connect(standby, "test")
+                .await
+                .unwrap()
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(open, 0, "a transaction was left open on the standby");
+            s.batch_execute("ROLLBACK").await.unwrap();
+        }
+        // After another statement it is too late, on one server as here: the standby's
+        // answer is the one the primary would give.
         s.batch_execute("BEGIN READ ONLY").await.unwrap();
-        let refused = s
+        let r = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+        assert_eq!(port_of(&r, 0), standby, "a read-only transaction's read");
+        let late = s
             .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-            .await;
-        assert!(refused.is_err(), "refused on the standby");
+            .await
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+        assert_eq!(
+            late.as_deref(),
+            Some("25001"),
+            "SET TRANSACTION after a query"
+        );
         s.batch_execute("ROLLBACK").await.unwrap();
         for _ in 0..3 {
             let r = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();

@@ -180,6 +180,9 @@ struct Session {
     copy_in: Option<u32>,
     /// Pinned to the primary (LISTEN, SQL PREPARE, temporary tables).
     sticky: bool,
+    /// The text of a transaction's BEGIN, sent as a Query of its own to a standby, while
+    /// nothing else has run in that transaction (see `move_transaction_to_primary`).
+    fresh_begin: Option<Box<str>>,
     /// The session may have left state in a server process that `DISCARD ALL` keeps
     /// (`pgwarden_sql::leaves_process_state`): its connections are closed at its end, not
     /// pooled.
@@ -329,6 +332,7 @@ pub(crate) fn run(
         error_seen: false,
         copy_in: None,
         sticky: false,
+        fresh_begin: None,
         process_state: false,
         settings: Settings::default(),
         wrote: Wrote::No,
@@ -764,6 +768,7 @@ impl Session {
                 // The function is named by its OID: it may be `setseed` or `dblink_connect`
                 // (see `process_state`), so the connection is not handed to another client.
                 self.process_state = true;
+                self.fresh_begin = None;
                 let target = self.route(Class::Write).await?;
                 let sent = self.send(target, f.bytes.clone(), 1).await?;
                 if joined && sent.is_some() {
@@ -1070,6 +1075,11 @@ impl Session {
             msg::ready_for_query(&mut out, self.last_tx_status);
             return self.send_client(&out).await;
         }
+        if let Some(begin) = self.fresh_begin.take() {
+            if pgwarden_sql::sets_transaction_serializable(sql) {
+                Box::pin(self.move_transaction_to_primary(&begin)).await?;
+            }
+        }
         if self.standby_tx_unsettled() && classify(sql, &*self.ctx).class != Class::Read {
             Box::pin(self.drain_for_outcome()).await?;
         }
@@ -1147,7 +1157,15 @@ impl Session {
             // on one server: a later Bind of it goes where the Query ran, and fails there.
             self.unnamed_node = sent;
         }
-        self.note_begin(matches!(class, Class::Begin { .. }), sent);
+        let begins = matches!(class, Class::Begin { .. });
+        self.note_begin(begins, sent);
+        if begins
+            && !in_tx
+            && sent.is_some_and(|n| self.table().primary != Some(n))
+            && !sql.trim_end().trim_end_matches(';').contains(';')
+        {
+            self.fresh_begin = Some(sql.into());
+        }
         let mut in_tx = in_tx;
         let mut settle = false;
         if record {
@@ -1171,6 +1189,43 @@ impl Session {
             if class == Class::Session {
                 self.forget_dropped_statements(sql);
             }
+        }
+        Ok(())
+    }
+
+    /// `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` as the first statement of a transaction
+    /// begun on a standby (`BEGIN READ ONLY`): a hot standby refuses it, one server runs it.
+    /// The transaction has run nothing yet, so it moves: its BEGIN runs again on the primary,
+    /// the standby's is rolled back, and the statement follows it there. Should the primary
+    /// refuse the BEGIN, nothing moves (the standby answers, as before).
+    async fn move_transaction_to_primary(&mut self, begin: &str) -> Result<()> {
+        self.drain().await?;
+        let Some(standby) = self.tx_node else {
+            return Ok(());
+        };
+        let Some(primary) = self.table().primary.filter(|p| *p != standby) else {
+            return Ok(());
+        };
+        if self.last_tx_status != b'T' || self.is_fenced(primary) {
+            return Ok(());
+        }
+        let mut out = BytesMut::new();
+        msg::frontend::query(&mut out, begin);
+        if !self.internal(primary, out).await? {
+            return Ok(());
+        }
+        self.tx_node = Some(primary);
+        self.sync_engaged();
+        tracing::debug!(
+            standby,
+            primary,
+            "a transaction made SERIALIZABLE before its first query moved to the primary"
+        );
+        let mut out = BytesMut::new();
+        msg::frontend::query(&mut out, "ROLLBACK");
+        // (A standby lost meanwhile has lost the transaction too: the session goes on.)
+        if let Err(e) = self.internal(standby, out).await {
+            tracing::debug!(standby, "rolling back the moved transaction: {e:?}");
         }
         Ok(())
     }
@@ -1590,6 +1645,18 @@ impl Session {
     /// write: a part goes to the primary, and the batch's later parts follow it there.
     async fn dispatch_batch(&mut self, syncs: usize, part: bool) -> Result<()> {
         let mut frames = std::mem::take(&mut self.batch_frames);
+        if let Some(begin) = self.fresh_begin.take() {
+            // (As for a Query, see `move_transaction_to_primary`: psycopg and tokio-postgres
+            // send the statement as a Parse.)
+            let mut parses = frames.iter().filter(|f| f.tag == b'P');
+            if let (Some(p), None) = (parses.next(), parses.next()) {
+                if msg::parse(p.body())
+                    .is_ok_and(|p| pgwarden_sql::sets_transaction_serializable(p.query))
+                {
+                    Box::pin(self.move_transaction_to_primary(&begin)).await?;
+                }
+            }
+        }
         // (Only in a transaction on a standby; the session's own copy of the routing table,
         // not the shared one, is read on this path.)
         let on_standby = self

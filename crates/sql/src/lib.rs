@@ -1013,6 +1013,47 @@ pub enum Isolation {
     Reset,
 }
 
+/// Whether `sql` is one statement that makes the transaction it runs in SERIALIZABLE: `SET
+/// TRANSACTION ISOLATION LEVEL SERIALIZABLE [, …]` or `SET [LOCAL] transaction_isolation =
+/// serializable`. A hot standby refuses both, even in a read-only transaction.
+pub fn sets_transaction_serializable(sql: &str) -> bool {
+    use pg_query::protobuf::{a_const::Val, VariableSetKind as K};
+    use pg_query::NodeEnum as N;
+    if !has_word(&sql.to_ascii_lowercase(), "serializable") {
+        return false;
+    }
+    let Ok(tree) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return false;
+    };
+    let [raw] = &tree.protobuf.stmts[..] else {
+        return false;
+    };
+    let serializable = |arg: Option<&pg_query::protobuf::Node>| {
+        matches!(
+            arg.and_then(|n| n.node.as_ref()),
+            Some(N::AConst(c)) if matches!(&c.val, Some(Val::Sval(v))
+                if v.sval.trim().eq_ignore_ascii_case("serializable"))
+        )
+    };
+    match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(N::VariableSetStmt(s))
+            if s.kind == K::VarSetMulti as i32 && s.name.eq_ignore_ascii_case("transaction") =>
+        {
+            s.args.iter().any(|a| {
+                matches!(a.node.as_ref(), Some(N::DefElem(d))
+                    if d.defname == "transaction_isolation" && serializable(d.arg.as_deref()))
+            })
+        }
+        Some(N::VariableSetStmt(s))
+            if s.kind == K::VarSetValue as i32
+                && s.name.eq_ignore_ascii_case("transaction_isolation") =>
+        {
+            serializable(s.args.first())
+        }
+        _ => false,
+    }
+}
+
 /// The last change `sql` (a query run outside a transaction) makes to
 /// `default_transaction_isolation`: `SET default_transaction_isolation …`,
 /// `SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL …` (JDBC's

@@ -891,3 +891,37 @@ fn state_discard_all_keeps_is_seen() {
         assert_eq!(classify(sql, &NoFunctions).process_state, leaves, "{sql:?}");
     }
 }
+
+#[test]
+fn what_makes_a_transaction_serializable() {
+    for (sql, yes) in [
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", true),
+        (
+            "set transaction isolation level serializable, read only, deferrable;",
+            true,
+        ),
+        (
+            "SET TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE",
+            true,
+        ),
+        ("SET transaction_isolation = serializable", true),
+        ("SET LOCAL transaction_isolation TO 'SERIALIZABLE'", true),
+        ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", false),
+        ("SET TRANSACTION READ ONLY", false),
+        ("SET default_transaction_isolation = serializable", false),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            false,
+        ),
+        // One statement only: a second one is not moved with it.
+        (
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SELECT 1",
+            false,
+        ),
+        ("SELECT 'serializable'", false),
+        ("SET TRANSACTION ISOLATION LEVEL", false),
+        ("", false),
+    ] {
+        assert_eq!(crate::sets_transaction_serializable(sql), yes, "{sql:?}");
+    }
+}
