@@ -2478,27 +2478,14 @@ fn an_md5_rule_asks_an_unknown_user_what_it_asks_the_others() {
 }
 
 /// A standby that refuses one role's logins (its own pg_hba.conf) is up: that role's reads
-/// go to the primary, once refused without trying again for every read, and the other
-/// sessions' reads stay on the standby. Before, each refusal reported the standby as dead:
+/// go elsewhere (here the primary), not trying the standby again for every read, and the
+/// other sessions' reads stay on the standby; once the rule is fixed, it is asked again. Before, each refusal reported the standby as dead:
 /// a login attempt and a health check per read, and the standby suspect for every session.
 #[test]
 fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
     let c = Cluster::up(2);
     let (primary, standby) = (c.node_port(0), c.node_port(1));
-    c.psql(
-        0,
-        "postgres",
-        "CREATE ROLE shunned LOGIN PASSWORD 'shunned-pw'; GRANT CONNECT ON DATABASE test TO shunned",
-    )
-    .unwrap();
-    let hba = c.data_dir(1).join("pg_hba.conf");
-    let rules = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!("host all shunned 127.0.0.1/32 reject\n{rules}"),
-    )
-    .unwrap();
-    c.psql(1, "postgres", "SELECT pg_reload_conf()").unwrap();
+    let (hba, rules) = role_with_hba_rule(&c, "shunned", "shunned-pw", "reject");
     let file = c.dir.join("pool_passwd");
     std::fs::write(
         &file,
@@ -2564,6 +2551,34 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
     });
 }
 
+/// Creates login role `role` (password `password`, CONNECT on `test`) and puts a first rule for
+/// it with `method` into node 1's pg_hba.conf, reloaded: the file and its rules before.
+fn role_with_hba_rule(
+    c: &Cluster,
+    role: &str,
+    password: &str,
+    method: &str,
+) -> (std::path::PathBuf, String) {
+    c.psql(
+        0,
+        "postgres",
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
+             GRANT CONNECT ON DATABASE test TO {role}"
+        ),
+    )
+    .unwrap();
+    let hba = c.data_dir(1).join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all {role} 127.0.0.1/32 {method}\n{rules}"),
+    )
+    .unwrap();
+    c.psql(1, "postgres", "SELECT pg_reload_conf()").unwrap();
+    (hba, rules)
+}
+
 /// A standby whose pg_hba.conf asks a role for an authentication pgwarden cannot give (GSSAPI)
 /// is up: that role's reads go to the other standby, not to the primary, and other roles keep
 /// reading from it.
@@ -2571,16 +2586,7 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
 fn a_standby_that_asks_for_gssapi_sends_reads_to_another_standby() {
     let c = Cluster::up(3);
     let (primary, refusing, other) = (c.node_port(0), c.node_port(1), c.node_port(2));
-    c.psql(
-        0,
-        "postgres",
-        "CREATE ROLE kerb LOGIN PASSWORD 'kerb-pw'; GRANT CONNECT ON DATABASE test TO kerb",
-    )
-    .unwrap();
-    let hba = c.data_dir(1).join("pg_hba.conf");
-    let rules = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(&hba, format!("host all kerb 127.0.0.1/32 gss\n{rules}")).unwrap();
-    c.psql(1, "postgres", "SELECT pg_reload_conf()").unwrap();
+    role_with_hba_rule(&c, "kerb", "kerb-pw", "gss");
     let file = c.dir.join("pool_passwd");
     std::fs::write(&file, format!("postgres:{}\nkerb:kerb-pw\n", c.password())).unwrap();
     primary_weight_zero(&c);
