@@ -251,22 +251,123 @@ pub fn leaves_process_state(sql: &str) -> bool {
                         .is_some_and(|w| w.eq_ignore_ascii_case(n))
                 })
         });
-        if found {
+        // `set_config('seed', …)` is `SET seed`.
+        if found || (calls_set_config(sql) && sets_seed(sql)) {
             return true;
         }
     }
-    // `LOAD` or `SET seed` as any statement of the text (a `;` in a string only adds a place
-    // to look).
-    sql.split(';').any(|statement| {
-        let body = skip_comments(statement);
-        match body.get(..4) {
-            Some(w) if w.eq_ignore_ascii_case("load") => {
-                body[4..].starts_with(|c: char| c.is_whitespace() || c == '\'')
-            }
-            Some(w) if w.eq_ignore_ascii_case("set ") => sets_seed(body),
-            _ => false,
+    // `LOAD`, `SET seed` or a DO block that may run either, as any statement of the text.
+    any_statement(sql, |statement| {
+        let word = statement
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+            .map_or(statement, |end| &statement[..end]);
+        if word.eq_ignore_ascii_case("load") {
+            true
+        } else if word.eq_ignore_ascii_case("set") {
+            sets_seed(statement)
+        } else if word.eq_ignore_ascii_case("do") {
+            // The body runs statements of its own: `SET seed`, `LOAD`, `set_config('seed', …)`
+            // (`setseed` and `dblink_connect` were looked for above).
+            let lower = statement.to_ascii_lowercase();
+            has_word(&lower, "seed") || has_word(&lower, "load")
+        } else {
+            false
         }
     })
+}
+
+/// Whether `check` holds for any statement of `sql`, each given past its leading white space
+/// and comments: the text up to the next `;` outside strings, quoted names, dollar-quoted
+/// bodies and comments. Unsure, it errs toward more places to look: a `;` in a string the
+/// server reads otherwise (a legacy backslash escape) starts one.
+fn any_statement(sql: &str, mut check: impl FnMut(&str) -> bool) -> bool {
+    let b = sql.as_bytes();
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        i = match b[i] {
+            b';' => {
+                if check(skip_comments(&sql[start..i])) {
+                    return true;
+                }
+                start = i + 1;
+                i + 1
+            }
+            b'\'' => {
+                // E'…' strings take backslash escapes.
+                let escapes = i > 0 && b[i - 1] | 0x20 == b'e' && (i < 2 || !is_ident(b[i - 2]));
+                quoted_end(b, i + 1, b'\'', escapes)
+            }
+            b'"' => quoted_end(b, i + 1, b'"', false),
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n + 1)
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => block_comment_end(b, i).unwrap_or(b.len()),
+            b'$' if i == 0 || !is_ident(b[i - 1]) => dollar_quoted_end(b, i).unwrap_or(i + 1),
+            _ => i + 1,
+        };
+    }
+    check(skip_comments(&sql[start..]))
+}
+
+/// Where a string or quoted name whose text begins at `from` ends (just past its closing
+/// `quote`; a doubled one is part of it): the end of `b` when it does not.
+fn quoted_end(b: &[u8], from: usize, quote: u8, escapes: bool) -> usize {
+    let mut i = from;
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+/// Where the dollar-quoted body opening at `at` (`$$` or `$tag$`) ends, just past its closing
+/// tag (the end of `b` when it has none); None when `at` opens none (`$1`).
+fn dollar_quoted_end(b: &[u8], at: usize) -> Option<usize> {
+    let tag_len = b[at + 1..]
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))?;
+    if b.get(at + 1 + tag_len) != Some(&b'$')
+        || b.get(at + 1)
+            .is_some_and(|c| tag_len > 0 && c.is_ascii_digit())
+    {
+        return None;
+    }
+    let tag = &b[at..at + tag_len + 2];
+    let body = at + tag.len();
+    Some(memchr::memmem::find(&b[body..], tag).map_or(b.len(), |n| body + n + tag.len()))
+}
+
+/// Where the block comment opening at `at` ends, just past its `*/` (nested as PostgreSQL
+/// nests them); None when it does not.
+fn block_comment_end(b: &[u8], at: usize) -> Option<usize> {
+    let (mut depth, mut i) = (0usize, at);
+    while i + 1 < b.len() {
+        match (b[i], b[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// `sql` past its leading white space and comments (`-- …` lines, `/* … */` blocks, nested as
@@ -280,28 +381,10 @@ fn skip_comments(sql: &str) -> &str {
                 None => "",
             };
         } else if rest.starts_with("/*") {
-            let bytes = rest.as_bytes();
-            let (mut depth, mut i) = (0usize, 0usize);
-            while i + 1 < bytes.len() {
-                match (bytes[i], bytes[i + 1]) {
-                    (b'/', b'*') => {
-                        depth += 1;
-                        i += 2;
-                    }
-                    (b'*', b'/') => {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                    _ => i += 1,
-                }
+            match block_comment_end(rest.as_bytes(), 0) {
+                Some(end) => rest = rest[end..].trim_start(),
+                None => return "",
             }
-            if depth > 0 {
-                return "";
-            }
-            rest = rest[i..].trim_start();
         } else {
             return rest;
         }

@@ -860,6 +860,39 @@ fn state_discard_all_keeps_is_seen() {
         ("/* LOAD 'x' */ SELECT 1", false),
         ("/* unterminated LOAD 'x'", false),
         ("SELECT 1; SELECT 2;", false),
+        // A `;` in a comment, a string, a quoted name or a dollar-quoted body ends nothing.
+        ("/* a; b */ LOAD 'x'", true),
+        ("SELECT 1; /* a; /* b; */ c; */ LOAD 'x'", true),
+        ("SELECT 1 -- a; b\n; LOAD 'x'", true),
+        ("SELECT 1 -- a; LOAD 'x'", false),
+        ("SELECT 'a; LOAD x'", false),
+        ("SELECT 'it''s; LOAD x'; SELECT 2", false),
+        ("SELECT E'a\\'; LOAD x'", false),
+        ("SELECT E'a\\'; LOAD x'; LOAD 'y'", true),
+        ("SELECT \"a; LOAD x\" FROM t", false),
+        ("SELECT $$a; LOAD x$$, $q$; LOAD y $q$", false),
+        ("SELECT $1; LOAD 'x'", true),
+        ("SELECT $1::int, $q$ $$; $q$; SET seed TO 0", true),
+        ("SELECT 1; SET\tseed = 0", true),
+        ("SELECT 1;\nset\n  seed = 0", true),
+        ("SET search_path = load", false),
+        ("SELECT '--'; LOAD 'x'", true),
+        ("SELECT '/*'; LOAD 'x'", true),
+        ("SELECT 'x' /* unterminated; LOAD 'y'", false),
+        // `set_config('seed', …)` is `SET seed`.
+        ("SELECT set_config('seed', '0.5', false)", true),
+        ("SELECT set_config('app.x', 'seed', false)", true),
+        ("SELECT set_config('app.x', 'y', false)", false),
+        // A DO block: what its body may run.
+        ("DO $$BEGIN SET seed = 0.5; END$$", true),
+        ("DO $$BEGIN LOAD 'auto_explain'; END$$", true),
+        (
+            "do $b$ BEGIN PERFORM set_config('seed', '0', false); END $b$",
+            true,
+        ),
+        ("DO LANGUAGE plpgsql 'BEGIN EXECUTE ''LOAD x''; END'", true),
+        ("DO $$BEGIN PERFORM 1; END$$", false),
+        ("SELECT 1; DO $$BEGIN SET seed = 0.5; END$$", true),
     ] {
         assert_eq!(crate::leaves_process_state(sql), leaves, "{sql:?}");
     }
@@ -887,6 +920,13 @@ fn state_discard_all_keeps_is_seen() {
             true,
         ),
         ("DO $$BEGIN PERFORM 1; END$$", false),
+        ("DO $$BEGIN SET seed = 0.5; END$$", true),
+        ("DO $$BEGIN LOAD 'auto_explain'; END$$", true),
+        (
+            "DO $$BEGIN PERFORM set_config('seed', '0', false); END$$",
+            true,
+        ),
+        ("SELECT set_config('seed', '0', false)", true),
     ] {
         assert_eq!(classify(sql, &NoFunctions).process_state, leaves, "{sql:?}");
     }
@@ -923,5 +963,40 @@ fn what_makes_a_transaction_serializable() {
         ("", false),
     ] {
         assert_eq!(crate::sets_transaction_serializable(sql), yes, "{sql:?}");
+    }
+}
+
+/// The text check's statement splitter over every short text of quotes, dashes, slashes,
+/// stars, dollars, backslashes and semicolons: it ends, never panics, and finds `LOAD` only
+/// where one may run.
+#[test]
+fn the_statement_splitter_takes_any_text() {
+    const PARTS: [&str; 12] = [
+        "'",
+        "\"",
+        "$",
+        "$q$",
+        "-",
+        "/",
+        "*",
+        "\\",
+        ";",
+        "E",
+        "é",
+        " LOAD 'x'",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..20_000 {
+        let mut sql = String::new();
+        for _ in 0..(seed % 12) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            sql.push_str(PARTS[(seed % PARTS.len() as u64) as usize]);
+        }
+        let found = crate::leaves_process_state(&sql);
+        if found {
+            assert!(sql.to_ascii_lowercase().contains("load"), "{sql:?}");
+        }
     }
 }
