@@ -2479,8 +2479,10 @@ fn an_md5_rule_asks_an_unknown_user_what_it_asks_the_others() {
 
 /// A standby that refuses one role's logins (its own pg_hba.conf) is up: that role's reads
 /// go elsewhere (here the primary), not trying the standby again for every read, and the
-/// other sessions' reads stay on the standby; once the rule is fixed, it is asked again. Before, each refusal reported the standby as dead:
-/// a login attempt and a health check per read, and the standby suspect for every session.
+/// other sessions' reads stay on the standby; once the rule is fixed, it is asked again. Before,
+/// each refusal reported the standby as dead: a login attempt and a health check per read, and
+/// the standby suspect for every session. Later, the primary it fell back to stayed the
+/// session's load-balance node, the refusal's memory notwithstanding.
 #[test]
 fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
     let c = Cluster::up(2);
@@ -2492,8 +2494,9 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
         format!("postgres:{}\nshunned:shunned-pw\n", c.password()),
     )
     .unwrap();
-    // Reads go to the standby only.
-    primary_weight_zero(&c);
+    // Reads go to the standby, all but one in 100,000: the primary keeps a weight, so that a
+    // session that fell back to it may stay there (it must not, once the standby takes it).
+    primary_weight(&c, "0.00001");
     restart_with_proxy_settings(&c, &format!("pool_passwd = {:?}\n", file.to_str().unwrap()));
     let log = c.dir.join("log").join("node1.log");
     let refusals = || {
@@ -5201,9 +5204,14 @@ fn a_seeded_random_is_not_handed_to_the_next_client() {
 /// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
 /// the warden is restarted, see `restart_with_proxy_settings`).
 fn primary_weight_zero(c: &Cluster) {
+    primary_weight(c, "0");
+}
+
+/// Gives node 0 (the primary) load-balance weight `weight` (the standbys keep 1).
+fn primary_weight(c: &Cluster, weight: &str) {
     let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
         "application_name = \"node0\"\n",
-        "application_name = \"node0\"\nweight = 0\n",
+        &format!("application_name = \"node0\"\nweight = {weight}\n"),
     );
     std::fs::write(c.config(), cfg).unwrap();
 }

@@ -121,6 +121,21 @@ impl RouteTable {
         self.pick(usable, r)
     }
 
+    /// A session's load-balance node chosen now ([`Self::choose_lb_node`]), and what the
+    /// session keeps of it. A choice that avoiding changed serves the read at hand only and is
+    /// not kept: kept, it would outlast the avoidance (a refused login is remembered for a
+    /// while, a suspicion until a health check), and the session would stay for good on the
+    /// node it fell back to, often the primary.
+    pub fn session_lb_choice(
+        &self,
+        r: f64,
+        avoid: impl Fn(u32) -> bool,
+    ) -> (Option<u32>, Option<u32>) {
+        let choice = self.choose_lb_node(r, avoid);
+        let kept = choice.filter(|_| choice == self.choose_lb_node(r, |_| false));
+        (choice, kept)
+    }
+
     /// Whether any standby may take reads at all (usable, weight above zero): without one, a
     /// session's reads stay on the primary and it need not track where its writes are.
     pub fn standby_readable(&self) -> bool {
@@ -301,6 +316,23 @@ mod tests {
         }
         let none = table(vec![n(0, Primary, false, 1.0, 0, 0)]);
         assert_eq!(none.choose_lb_node(0.5, |_| false), None);
+        // What a session keeps: a choice that avoiding did not change.
+        for (r, avoid, expect) in [
+            (0.1, None, (Some(0), Some(0))),
+            (0.9, None, (Some(1), Some(1))),
+            // Avoiding a node the weights would not have picked changes nothing.
+            (0.1, Some(1), (Some(0), Some(0))),
+            // Avoiding the standby the weights picked: the primary, for this read only.
+            (0.9, Some(1), (Some(0), None)),
+            // The primary is never avoided.
+            (0.1, Some(0), (Some(0), Some(0))),
+        ] {
+            assert_eq!(
+                t.session_lb_choice(r, |id| Some(id) == avoid),
+                expect,
+                "r={r} avoid={avoid:?}"
+            );
+        }
         assert_eq!(none.read_target(None, None, None, 0.5, |_| false), None);
     }
 

@@ -945,11 +945,14 @@ impl Session {
                     .lb_node
                     .is_none_or(|n| !table.node(n).is_some_and(|n| n.usable))
                 {
-                    self.lb_node = table.choose_lb_node(r, |id| {
+                    let (choice, kept) = table.session_lb_choice(r, |id| {
                         refused(&self.nodes, id) || self.ctx.suspected(id, &table)
                     });
+                    self.lb_node = kept;
+                    choice
+                } else {
+                    self.lb_node
                 }
-                self.lb_node
             }
             LoadBalance::Statement => None,
         };
@@ -1006,8 +1009,9 @@ impl Session {
         let avoid = |id| id == failed || refused(&self.nodes, id) || self.ctx.suspected(id, table);
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => {
-                self.lb_node = table.choose_lb_node(r, avoid);
-                self.lb_node
+                let (choice, kept) = table.session_lb_choice(r, avoid);
+                self.lb_node = kept;
+                choice
             }
             LoadBalance::Statement => None,
         };
