@@ -5201,6 +5201,57 @@ fn a_seeded_random_is_not_handed_to_the_next_client() {
     });
 }
 
+/// The few built-in functions marked stable or immutable that a hot standby refuses
+/// (`txid_current()`: 25006 "cannot execute pg_current_xact_id() during recovery";
+/// `pg_walfile_name()`: "recovery is in progress") run on the primary, in a query alone as in
+/// the extended protocol; other built-ins still read from the standby.
+#[test]
+fn built_ins_a_standby_refuses_run_on_the_primary() {
+    let c = Cluster::up(2);
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    let (primary, standby) = (i32::from(c.node_port(0)), i32::from(c.node_port(1)));
+    block(async {
+        let client = c.client("test").await;
+        // Until the catalog is read from the primary, every call goes there.
+        let mut on = 0;
+        for _ in 0..100 {
+            on = client
+                .query_one("SELECT abs(-1) + inet_server_port() - 1", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if on == standby {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(on, standby, "a built-in read never reached the standby");
+        for sql in [
+            "SELECT txid_current()::text, inet_server_port()",
+            "SELECT pg_current_xact_id()::text, inet_server_port()",
+            "SELECT pg_walfile_name('0/1000000'), inet_server_port()",
+            "SELECT file_name, inet_server_port() FROM pg_walfile_name_offset('0/1000000')",
+        ] {
+            let row = client.query_one(sql, &[]).await.unwrap_or_else(|e| {
+                panic!(
+                    "{sql} (extended): {:?}",
+                    e.as_db_error().map(|d| d.message())
+                )
+            });
+            assert_eq!(row.get::<_, i32>(1), primary, "{sql} (extended)");
+            let rows = client.simple_query(sql).await.unwrap_or_else(|e| {
+                panic!("{sql} (simple): {:?}", e.as_db_error().map(|d| d.message()))
+            });
+            let port = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+                _ => None,
+            });
+            assert_eq!(port, Some(primary.to_string()), "{sql} (simple)");
+        }
+    });
+}
+
 /// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
 /// the warden is restarted, see `restart_with_proxy_settings`).
 fn primary_weight_zero(c: &Cluster) {

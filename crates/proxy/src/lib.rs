@@ -636,9 +636,19 @@ fn nanos(limit: Option<Duration>) -> u64 {
     limit.map_or(0, |l| u64::try_from(l.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Built-in functions marked stable or immutable that a hot standby refuses to run: a
+/// transaction id cannot be assigned there (25006), nor a WAL file named ("recovery is in
+/// progress"). Found by calling every such function on a PostgreSQL 15 standby.
+const NEEDS_PRIMARY: [&str; 4] = [
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_walfile_name",
+    "pg_walfile_name_offset",
+];
+
 /// Reads which built-in functions cannot write (immutable or stable in pg_catalog, every
-/// overload) from the primary, retrying until it answers. Until then every function call is
-/// routed to the primary.
+/// overload, but those in `NEEDS_PRIMARY`) from the primary, retrying until it answers. Until
+/// then every function call is routed to the primary.
 async fn load_functions(ctx: Arc<Ctx>) {
     const SQL: &str = "SELECT p.proname FROM pg_catalog.pg_proc p \
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -678,6 +688,7 @@ async fn load_functions(ctx: Arc<Ctx>) {
                                     }
                                     _ => None,
                                 })
+                                .filter(|name| !NEEDS_PRIMARY.contains(&name.as_str()))
                                 .collect();
                             tracing::info!("{} read-only built-in functions known", names.len());
                             let cur = ctx.functions();
