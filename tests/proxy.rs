@@ -5110,13 +5110,7 @@ fn a_seeded_random_is_not_handed_to_the_next_client() {
         assert_eq!(pid, pid_b, "{how}: a clean connection was not pooled");
     }
     block(async {
-        let direct = c.try_connect(c.node_port(0), "test").await.unwrap();
-        direct.batch_execute("SELECT setseed(0.25)").await.unwrap();
-        let seeded: f64 = direct
-            .query_one("SELECT random()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let (direct, seeded) = seeded_random(&c, 0).await;
         for (how, seed) in [
             ("simple", &["SELECT setseed(0.25)"][..]),
             ("extended", &["SELECT pg_catalog.SETSEED($1::float8)"]),
@@ -5249,6 +5243,60 @@ fn built_ins_a_standby_refuses_run_on_the_primary() {
             });
             assert_eq!(port, Some(primary.to_string()), "{sql} (simple)");
         }
+    });
+}
+
+/// A direct connection to node `node`, and the first `random()` after `setseed(0.25)` there.
+async fn seeded_random(c: &Cluster, node: u16) -> (tokio_postgres::Client, f64) {
+    let direct = c.try_connect(c.node_port(node), "test").await.unwrap();
+    direct.batch_execute("SELECT setseed(0.25)").await.unwrap();
+    let seeded = direct
+        .query_one("SELECT random()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (direct, seeded)
+}
+
+/// A standby's read-only transaction that ends inside a query of several (`SELECT setseed(…);
+/// COMMIT; SELECT txid_current()`) is split there (what follows is for the primary): the part
+/// on the standby seeds its connection, which then must not serve the next client either. (Before 5360a8d only what followed the `COMMIT` was
+/// looked at.)
+#[test]
+fn a_standby_seeded_before_a_split_commit_is_not_pooled() {
+    let c = Cluster::up(2);
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    block(async {
+        let (_, seeded) = seeded_random(&c, 1).await;
+        let a = c.client("test").await;
+        a.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let rows = a
+            .simple_query(
+                "SELECT setseed(0.25), pg_backend_pid(), inet_server_port(); COMMIT; \
+                 SELECT txid_current()",
+            )
+            .await
+            .unwrap();
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("a row");
+        let (pid_a, port) = (row.get(1).unwrap().to_string(), row.get(2).unwrap());
+        assert_eq!(port, c.node_port(1).to_string(), "the transaction's node");
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = c.client("test").await;
+        let row = b
+            .query_one("SELECT random(), pg_backend_pid()::text", &[])
+            .await
+            .unwrap();
+        let (random, pid_b): (f64, String) = (row.get(0), row.get(1));
+        assert_ne!(random, seeded, "the next client's random() was seeded");
+        assert_ne!(pid_b, pid_a, "the seeded standby connection was pooled");
     });
 }
 
