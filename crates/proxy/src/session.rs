@@ -1258,6 +1258,7 @@ impl Session {
         }
         // What the part leaves behind on the standby, as for any Query in a transaction there.
         let verdict = classify(&prefix, &*self.ctx);
+        self.process_state |= verdict.process_state;
         if verdict.class == Class::Sticky {
             self.sticky = true;
         }

@@ -190,10 +190,14 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
     let summary = match pg_query::summary(sql, 0, -1) {
         Ok(s) => s,
         Err(_) => {
-            return v(
+            // What the server runs of it is unknown (with `standard_conforming_strings` off,
+            // it may read strings otherwise and run statements this reading does not see).
+            let mut verdict = v(
                 Class::Write,
                 "does not parse; the primary reports the error",
-            )
+            );
+            verdict.process_state = true;
+            return verdict;
         }
     };
     let mut verdict = classify_summary(sql, &summary, functions);
@@ -205,15 +209,20 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
             .functions
             .iter()
             .any(|f| f.function_name.eq_ignore_ascii_case("set_config"));
-    verdict.process_state = summary.statement_types.iter().any(|t| t == "LoadStmt")
-        || (verdict.sets && sets_seed(sql))
-        // A DO block's body is a string to the parser: its text is looked at.
-        || (summary.statement_types.iter().any(|t| t == "DoStmt") && leaves_process_state(sql))
+    verdict.process_state = summary
+        .statement_types
+        .iter()
+        // A DO block's body is a string to the parser, and may build its statements.
+        .any(|t| t == "LoadStmt" || t == "DoStmt")
+        || (verdict.sets && sets_seed_maybe(sql))
         || summary.functions.iter().any(|f| {
             PROCESS_STATE_FUNCTIONS
                 .iter()
                 .any(|n| f.function_name.eq_ignore_ascii_case(n))
-        });
+        })
+        // Read with `standard_conforming_strings` off, a backslash may end a string early and
+        // show statements this reading does not see.
+        || (memchr::memchr(b'\\', sql.as_bytes()).is_some() && leaves_process_state(sql));
     verdict
 }
 
@@ -251,38 +260,54 @@ pub fn leaves_process_state(sql: &str) -> bool {
                         .is_some_and(|w| w.eq_ignore_ascii_case(n))
                 })
         });
-        // `set_config('seed', …)` is `SET seed`.
-        if found || (calls_set_config(sql) && sets_seed(sql)) {
+        if found || (calls_set_config(sql) && sets_seed_maybe(sql)) {
             return true;
         }
     }
-    // `LOAD`, `SET seed` or a DO block that may run either, as any statement of the text.
-    any_statement(sql, |statement| {
+    if has_unicode_escapes(bytes) {
+        return true;
+    }
+    // `LOAD`, `SET seed` or a DO block (whose body may run either), as any statement.
+    let starts = |statement: &str| {
         let word = statement
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
             .map_or(statement, |end| &statement[..end]);
-        if word.eq_ignore_ascii_case("load") {
-            true
-        } else if word.eq_ignore_ascii_case("set") {
-            sets_seed(statement)
-        } else if word.eq_ignore_ascii_case("do") {
-            // The body runs statements of its own: `SET seed`, `LOAD`, `set_config('seed', …)`
-            // (`setseed` and `dblink_connect` were looked for above).
-            let lower = statement.to_ascii_lowercase();
-            has_word(&lower, "seed") || has_word(&lower, "load")
-        } else {
-            false
-        }
-    })
+        word.eq_ignore_ascii_case("load")
+            || word.eq_ignore_ascii_case("do")
+            || (word.eq_ignore_ascii_case("set") && sets_seed(statement))
+    };
+    // One statement (the router's texts in a transaction mostly are): no need to split.
+    if !sql.trim_end().trim_end_matches(';').contains(';') {
+        return starts(skip_comments(sql));
+    }
+    any_statement(sql, false, starts)
+        // Read with `standard_conforming_strings` off, where a backslash escapes a quote.
+        || (memchr::memchr(b'\\', bytes).is_some() && any_statement(sql, true, starts))
+}
+
+/// Whether `sql`, which sets something, may set `seed`: the word `seed`, a name spelt with
+/// Unicode escapes (`U&"s\0065ed"`), or a `set_config` whose name is not a constant.
+fn sets_seed_maybe(sql: &str) -> bool {
+    sets_seed(sql)
+        || has_unicode_escapes(sql.as_bytes())
+        || (calls_set_config(sql) && setting_names(sql).is_none())
+}
+
+/// Whether `sql` may hold a `U&"…"` name or a `U&'…'` string, whose escapes spell what no text
+/// check reads.
+fn has_unicode_escapes(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'&', b)
+        .any(|i| i > 0 && b[i - 1] | 0x20 == b'u' && matches!(b.get(i + 1), Some(b'\'' | b'"')))
 }
 
 /// Whether `check` holds for any statement of `sql`, each given past its leading white space
 /// and comments: the text up to the next `;` outside strings, quoted names, dollar-quoted
-/// bodies and comments. Unsure, it errs toward more places to look: a `;` in a string the
-/// server reads otherwise (a legacy backslash escape) starts one.
-fn any_statement(sql: &str, mut check: impl FnMut(&str) -> bool) -> bool {
+/// bodies and comments. `backslash_quotes`: strings read as with `standard_conforming_strings`
+/// off, where `\'` does not end one (`E'…'` strings always are).
+fn any_statement(sql: &str, backslash_quotes: bool, check: impl Fn(&str) -> bool) -> bool {
     let b = sql.as_bytes();
-    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    // (Bytes of non-ASCII letters are parts of names, as PostgreSQL takes them.)
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     let (mut start, mut i) = (0, 0);
     while i < b.len() {
         i = match b[i] {
@@ -295,7 +320,8 @@ fn any_statement(sql: &str, mut check: impl FnMut(&str) -> bool) -> bool {
             }
             b'\'' => {
                 // E'…' strings take backslash escapes.
-                let escapes = i > 0 && b[i - 1] | 0x20 == b'e' && (i < 2 || !is_ident(b[i - 2]));
+                let escapes = backslash_quotes
+                    || (i > 0 && b[i - 1] | 0x20 == b'e' && (i < 2 || !is_ident(b[i - 2])));
                 quoted_end(b, i + 1, b'\'', escapes)
             }
             b'"' => quoted_end(b, i + 1, b'"', false),
@@ -335,7 +361,7 @@ fn quoted_end(b: &[u8], from: usize, quote: u8, escapes: bool) -> usize {
 fn dollar_quoted_end(b: &[u8], at: usize) -> Option<usize> {
     let tag_len = b[at + 1..]
         .iter()
-        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))?;
+        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80))?;
     if b.get(at + 1 + tag_len) != Some(&b'$')
         || b.get(at + 1)
             .is_some_and(|c| tag_len > 0 && c.is_ascii_digit())
