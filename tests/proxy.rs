@@ -5227,6 +5227,9 @@ fn built_ins_a_standby_refuses_run_on_the_primary() {
             "SELECT pg_walfile_name('0/1000000'), inet_server_port()",
             "SELECT file_name, inet_server_port() FROM pg_walfile_name_offset('0/1000000')",
         ] {
+            // (A session each: one that ran `txid_current()` reads from the primary until its
+            // "write" is replayed.)
+            let client = c.client("test").await;
             let row = client.query_one(sql, &[]).await.unwrap_or_else(|e| {
                 panic!(
                     "{sql} (extended): {:?}",
@@ -5234,6 +5237,7 @@ fn built_ins_a_standby_refuses_run_on_the_primary() {
                 )
             });
             assert_eq!(row.get::<_, i32>(1), primary, "{sql} (extended)");
+            let client = c.client("test").await;
             let rows = client.simple_query(sql).await.unwrap_or_else(|e| {
                 panic!("{sql} (simple): {:?}", e.as_db_error().map(|d| d.message()))
             });
