@@ -2479,10 +2479,10 @@ fn an_md5_rule_asks_an_unknown_user_what_it_asks_the_others() {
 
 /// A standby that refuses one role's logins (its own pg_hba.conf) is up: that role's reads
 /// go elsewhere (here the primary), not trying the standby again for every read, and the
-/// other sessions' reads stay on the standby; once the rule is fixed, it is asked again. Before,
-/// each refusal reported the standby as dead: a login attempt and a health check per read, and
-/// the standby suspect for every session. Later, the primary it fell back to stayed the
-/// session's load-balance node, the refusal's memory notwithstanding.
+/// other sessions' reads stay on the standby; once the rule is fixed, it is asked again, and
+/// the session's reads come back to it. Before, each refusal reported the standby as dead (a
+/// login attempt and a health check per read, and the standby suspect for every session);
+/// later, the session's load-balance node became the primary it fell back to, for good.
 #[test]
 fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
     let c = Cluster::up(2);
@@ -2494,9 +2494,7 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
         format!("postgres:{}\nshunned:shunned-pw\n", c.password()),
     )
     .unwrap();
-    // Reads go to the standby, all but one in 100,000: the primary keeps a weight, so that a
-    // session that fell back to it may stay there (it must not, once the standby takes it).
-    primary_weight(&c, "0.00001");
+    // (The primary and the standby have the same weight.)
     restart_with_proxy_settings(&c, &format!("pool_passwd = {:?}\n", file.to_str().unwrap()));
     let log = c.dir.join("log").join("node1.log");
     let refusals = || {
@@ -2505,24 +2503,35 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
             .matches("rejects connection for host \"127.0.0.1\", user \"shunned\"")
             .count()
     };
+    let port = |row: tokio_postgres::Row| -> u16 { row.get::<_, i32>(0).try_into().unwrap() };
     block(async {
-        let other = c.client("test").await;
-        let shunned = c.user_client("shunned", "shunned-pw", "test").await;
+        let other = standby_session(&c).await;
+        // A session of the refused role whose load-balance node is the standby: its first
+        // read is refused there and runs on the primary.
+        let mut shunned = None;
+        for _ in 0..40 {
+            let s = c.user_client("shunned", "shunned-pw", "test").await;
+            let first = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+            assert_eq!(port(first), primary, "the refused role's first read");
+            if lb_node(&s).await == Some(1) {
+                shunned = Some(s);
+                break;
+            }
+        }
+        let shunned = shunned.expect("no session of the refused role was balanced to the standby");
         let before = refusals();
         let mut others_on_primary = 0;
         for i in 0..40 {
-            let port: i32 = shunned
+            let row = shunned
                 .query_one("SELECT inet_server_port()", &[])
                 .await
-                .unwrap()
-                .get(0);
-            assert_eq!(port, i32::from(primary), "read {i} of the refused role");
-            let port: i32 = other
+                .unwrap();
+            assert_eq!(port(row), primary, "read {i} of the refused role");
+            let row = other
                 .query_one("SELECT inet_server_port()", &[])
                 .await
-                .unwrap()
-                .get(0);
-            if port != i32::from(standby) {
+                .unwrap();
+            if port(row) != standby {
                 others_on_primary += 1;
             }
         }
@@ -2530,28 +2539,47 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             refusals() - before,
-            1,
+            0,
             "the standby was asked again for the refused role's reads"
         );
         assert_eq!(
             others_on_primary, 0,
             "another session's reads left the standby"
         );
-        // The refusal is fixed: after a while, the session asks the standby again.
+        assert_eq!(lb_node(&shunned).await, Some(1), "the session's node");
+        // The refusal is fixed: after a while, the session asks the standby again, and its
+        // reads are back there.
         std::fs::write(&hba, &rules).unwrap();
         c.psql(1, "postgres", "SELECT pg_reload_conf()").unwrap();
         tokio::time::sleep(Duration::from_millis(10_500)).await;
-        let port: i32 = shunned
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(
-            port,
-            i32::from(standby),
-            "the standby is never asked again once its pg_hba.conf is fixed"
-        );
+        for _ in 0..3 {
+            let row = shunned
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                port(row),
+                standby,
+                "the session's reads did not come back to the standby once its pg_hba.conf was fixed"
+            );
+        }
     });
+}
+
+/// The session's load-balance node, as `SHOW POOL_NODES` tells it.
+async fn lb_node(s: &tokio_postgres::Client) -> Option<u32> {
+    s.simple_query("SHOW POOL_NODES")
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r)
+                if r.get("load_balance_node") == Some("true") =>
+            {
+                r.get("node_id").and_then(|id| id.parse().ok())
+            }
+            _ => None,
+        })
 }
 
 /// Creates login role `role` (password `password`, CONNECT on `test`) and puts a first rule for
@@ -2631,6 +2659,53 @@ fn a_standby_that_asks_for_gssapi_sends_reads_to_another_standby() {
             None,
             "another role's reads went to the primary: {postgres_on:?}"
         );
+    });
+}
+
+/// With every standby's connections in use, a read waits `pool_wait_timeout` once, for the
+/// standby it was balanced to, and then goes to the primary: it does not wait as long again
+/// for each other standby. (It did: twice the wait with two standbys.)
+#[test]
+fn a_read_waits_for_one_full_standby_not_for_each() {
+    let c = Cluster::up(3);
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(
+        &c,
+        "pool_size = 1\npool_wait_timeout = \"3s\"\nload_balance = \"statement\"\n",
+    );
+    let (primary, standbys) = (c.node_port(0), [c.node_port(1), c.node_port(2)]);
+    block(async {
+        // Two sessions in read-only transactions hold the standbys' one connection each (the
+        // second may wait for the first's standby, and then take the other).
+        let mut held = Vec::new();
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let h = c.client("test").await;
+            h.batch_execute("BEGIN READ ONLY").await.unwrap();
+            held.push(port_of(
+                &h.query_one("SELECT inet_server_port()", &[]).await.unwrap(),
+                0,
+            ));
+            holders.push(h);
+        }
+        held.sort();
+        assert_eq!(held, standbys, "the holders' transactions' nodes");
+        let client = c.client("test").await;
+        let start = Instant::now();
+        let row = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap();
+        let waited = start.elapsed();
+        assert_eq!(port_of(&row, 0), primary, "the read's node");
+        // One wait is 3 s; two would be 6 s.
+        assert!(
+            waited < Duration::from_millis(5_000),
+            "the read waited {waited:?} for full standbys"
+        );
+        for h in &holders {
+            h.batch_execute("COMMIT").await.unwrap();
+        }
     });
 }
 
@@ -5307,14 +5382,9 @@ fn a_standby_seeded_before_a_split_commit_is_not_pooled() {
 /// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
 /// the warden is restarted, see `restart_with_proxy_settings`).
 fn primary_weight_zero(c: &Cluster) {
-    primary_weight(c, "0");
-}
-
-/// Gives node 0 (the primary) load-balance weight `weight` (the standbys keep 1).
-fn primary_weight(c: &Cluster, weight: &str) {
     let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
         "application_name = \"node0\"\n",
-        &format!("application_name = \"node0\"\nweight = {weight}\n"),
+        "application_name = \"node0\"\nweight = 0\n",
     );
     std::fs::write(c.config(), cfg).unwrap();
 }

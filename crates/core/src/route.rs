@@ -121,19 +121,28 @@ impl RouteTable {
         self.pick(usable, r)
     }
 
-    /// A session's load-balance node chosen now ([`Self::choose_lb_node`]), and what the
-    /// session keeps of it. A choice that avoiding changed serves the read at hand only and is
-    /// not kept: kept, it would outlast the avoidance (a refused login is remembered for a
-    /// while, a suspicion until a health check), and the session would stay for good on the
-    /// node it fell back to, often the primary.
-    pub fn session_lb_choice(
+    /// Session-level balancing: the session's load-balance node, and the node for the read
+    /// at hand. `kept` is the node the session has (None at first, or once it was lost), `r`
+    /// the session's own draw, the same for every read. The session's node is chosen by
+    /// weight among the usable nodes, kept while usable, whatever it must `avoid` for now (a
+    /// standby that refused its login, whose connections are all in use, found dead): while
+    /// it must, its reads go where the same draw leads among the others, and come back once
+    /// the avoidance ends. (Choosing again around the avoided node, and keeping that, held
+    /// sessions on the primary for good.)
+    pub fn session_lb(
         &self,
+        kept: Option<u32>,
         r: f64,
         avoid: impl Fn(u32) -> bool,
     ) -> (Option<u32>, Option<u32>) {
-        let choice = self.choose_lb_node(r, avoid);
-        let kept = choice.filter(|_| choice == self.choose_lb_node(r, |_| false));
-        (choice, kept)
+        let kept = kept
+            .filter(|id| self.node(*id).is_some_and(|n| n.usable))
+            .or_else(|| self.choose_lb_node(r, |_| false));
+        let now = match kept {
+            Some(id) if Some(id) != self.primary && avoid(id) => self.choose_lb_node(r, avoid),
+            other => other,
+        };
+        (kept, now)
     }
 
     /// Whether any standby may take reads at all (usable, weight above zero): without one, a
@@ -316,21 +325,33 @@ mod tests {
         }
         let none = table(vec![n(0, Primary, false, 1.0, 0, 0)]);
         assert_eq!(none.choose_lb_node(0.5, |_| false), None);
-        // What a session keeps: a choice that avoiding did not change.
-        for (r, avoid, expect) in [
-            (0.1, None, (Some(0), Some(0))),
-            (0.9, None, (Some(1), Some(1))),
-            // Avoiding a node the weights would not have picked changes nothing.
-            (0.1, Some(1), (Some(0), Some(0))),
-            // Avoiding the standby the weights picked: the primary, for this read only.
-            (0.9, Some(1), (Some(0), None)),
+        // Session level: what the session keeps, and where the read at hand goes.
+        let down = table(vec![
+            n(0, Primary, true, 1.0, 0, 0),
+            n(1, Standby, false, 3.0, 0, 0),
+        ]);
+        for (t, kept, r, avoid, expect) in [
+            // The first read chooses by the session's draw.
+            (&t, None, 0.1, None, (Some(0), Some(0))),
+            (&t, None, 0.9, None, (Some(1), Some(1))),
+            // A kept node stays, whatever the draw.
+            (&t, Some(0), 0.9, None, (Some(0), Some(0))),
+            // Avoiding the session's standby: the read goes elsewhere by the same draw, and
+            // the session keeps its node for when the avoidance ends.
+            (&t, None, 0.9, Some(1), (Some(1), Some(0))),
+            (&t, Some(1), 0.9, Some(1), (Some(1), Some(0))),
+            // Avoiding a node the session does not use changes nothing.
+            (&t, Some(0), 0.9, Some(1), (Some(0), Some(0))),
             // The primary is never avoided.
-            (0.1, Some(0), (Some(0), Some(0))),
+            (&t, Some(0), 0.1, Some(0), (Some(0), Some(0))),
+            // A node out of use is chosen again (by the same draw, among those in use).
+            (&down, Some(1), 0.9, None, (Some(0), Some(0))),
+            (&down, None, 0.9, Some(0), (Some(0), Some(0))),
         ] {
             assert_eq!(
-                t.session_lb_choice(r, |id| Some(id) == avoid),
+                t.session_lb(kept, r, |id| Some(id) == avoid),
                 expect,
-                "r={r} avoid={avoid:?}"
+                "kept={kept:?} r={r} avoid={avoid:?}"
             );
         }
         assert_eq!(none.read_target(None, None, None, 0.5, |_| false), None);

@@ -111,9 +111,19 @@ impl Pools {
     /// put back: one put back for this key is taken, one for another key is closed to make
     /// room.
     pub async fn get(&self, spec: &ConnectSpec) -> Result<Pooled, PoolError> {
+        self.get_within(spec, self.wait).await
+    }
+
+    /// [`Self::get`], waiting at most `wait` for a connection to come free (none: a full
+    /// node's answer at once).
+    pub async fn get_within(
+        &self,
+        spec: &ConnectSpec,
+        wait: Duration,
+    ) -> Result<Pooled, PoolError> {
         let key = PoolKey::new(spec.node, &spec.params);
         let sem = self.semaphore(spec.node);
-        let deadline = tokio::time::Instant::now() + self.wait;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(p) = self.take_alive(&key) {
                 return Ok(p);
@@ -135,10 +145,10 @@ impl Pools {
                     tokio::select! {
                         p = sem.clone().acquire_owned() => match p {
                             Ok(permit) => permit,
-                            Err(_) => return Err(self.full(spec.node)),
+                            Err(_) => return Err(self.full(spec.node, wait)),
                         },
                         _ = &mut returned => continue,
-                        _ = tokio::time::sleep_until(deadline) => return Err(self.full(spec.node)),
+                        _ = tokio::time::sleep_until(deadline) => return Err(self.full(spec.node, wait)),
                     }
                 }
             };
@@ -162,11 +172,11 @@ impl Pools {
         None
     }
 
-    fn full(&self, node: u32) -> PoolError {
+    fn full(&self, node: u32, wait: Duration) -> PoolError {
         PoolError::Full {
             node,
             size: self.size,
-            wait: self.wait,
+            wait,
         }
     }
 

@@ -206,7 +206,11 @@ struct Session {
     /// How far a standby must have replayed to serve this session's reads (0/0: no floor).
     /// Not an Option, nor is `cancel_for`: the session task stays within 1,024 bytes.
     min_lsn: Lsn,
+    /// The session's load-balance node (session-level balancing; see
+    /// `RouteTable::session_lb`), and the session's own draw, which chooses it and where its
+    /// reads go while it is avoided.
     lb_node: Option<u32>,
+    lb_r: f64,
     statements: HashMap<String, Statement>,
     unnamed_node: Option<u32>,
     batch: BytesMut,
@@ -289,16 +293,23 @@ struct NodeRefs {
     /// of this session's reads for `REFUSAL_MEMORY` (each would try again), after which one
     /// more login is tried (the refusal may have been fixed, or have come from replay lag).
     refused_at: Option<Instant>,
+    /// When the node had no connection for this session (the pool's limit reached and none
+    /// came free in `pool_wait_timeout`, or the server's own limit): its reads go elsewhere
+    /// for as long, rather than wait as long again for each.
+    full_at: Option<Instant>,
 }
 
 /// How long a standby that refused a session's login serves none of its reads.
 const REFUSAL_MEMORY: Duration = Duration::from_secs(10);
 
-/// Whether `node` refused the session's login lately (see `NodeRefs::refused_at`).
-fn refused(nodes: &[NodeRefs], node: u32) -> bool {
-    nodes
-        .iter()
-        .any(|r| r.id == node && r.refused_at.is_some_and(|at| at.elapsed() < REFUSAL_MEMORY))
+/// Whether `node` refused the session's login lately (see `NodeRefs::refused_at`), or had no
+/// connection for it within the last `full_memory` (`NodeRefs::full_at`).
+fn turned_away(nodes: &[NodeRefs], node: u32, full_memory: Duration) -> bool {
+    nodes.iter().any(|r| {
+        r.id == node
+            && (r.refused_at.is_some_and(|at| at.elapsed() < REFUSAL_MEMORY)
+                || r.full_at.is_some_and(|at| at.elapsed() < full_memory))
+    })
 }
 
 /// The session's future. Built without an async prologue, so that the future holds the
@@ -338,6 +349,7 @@ pub(crate) fn run(
         wrote: Wrote::No,
         min_lsn: Lsn(0),
         lb_node: None,
+        lb_r: rand::random(),
         statements: HashMap::new(),
         unnamed_node: None,
         batch: BytesMut::new(),
@@ -894,6 +906,7 @@ impl Session {
                     stats: self.ctx.node_stats(node),
                     engagement: self.ctx.monitor.engagement(node),
                     refused_at: None,
+                    full_at: None,
                 });
                 self.nodes.len() - 1
             }
@@ -941,18 +954,12 @@ impl Session {
         // none of its reads.
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => {
-                if self
-                    .lb_node
-                    .is_none_or(|n| !table.node(n).is_some_and(|n| n.usable))
-                {
-                    let (choice, kept) = table.session_lb_choice(r, |id| {
-                        refused(&self.nodes, id) || self.ctx.suspected(id, &table)
-                    });
-                    self.lb_node = kept;
-                    choice
-                } else {
-                    self.lb_node
-                }
+                let full = self.ctx.cfg.pool_wait_timeout;
+                let (kept, now) = table.session_lb(self.lb_node, self.lb_r, |id| {
+                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, &table)
+                });
+                self.lb_node = kept;
+                now
             }
             LoadBalance::Statement => None,
         };
@@ -969,24 +976,32 @@ impl Session {
             }
         }
         let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
+        let full = self.ctx.cfg.pool_wait_timeout;
         let mut target = if self.wrote != Wrote::No {
             table.primary
         } else {
             table
                 .read_target(lb, delay, floor, r, |id| {
-                    refused(&self.nodes, id) || self.ctx.suspected(id, &table)
+                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, &table)
                 })
                 // With no primary (a failover under way), a standby found dead is still worth
                 // a try.
-                .or_else(|| table.read_target(lb, delay, floor, r, |id| refused(&self.nodes, id)))
+                .or_else(|| {
+                    table.read_target(lb, delay, floor, r, |id| turned_away(&self.nodes, id, full))
+                })
         };
         if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
-            if !self.conns.contains_key(&t) && self.bind(t).await.is_err() {
-                // The standby cannot serve this session now (it is down and now reported, or
-                // it refused the login): another standby may, else the primary.
-                // (Boxed: seldom needed, and kept inline it would enlarge every message's
-                // future.)
-                target = Box::pin(self.read_elsewhere(&table, t, floor, r)).await;
+            if !self.conns.contains_key(&t) {
+                if let Err(e) = self.bind(t).await {
+                    // The standby cannot serve this session now (it is down and now reported,
+                    // it refused the login, its connections are all in use): another standby
+                    // may, else the primary. After a wait for a full standby, another is not
+                    // waited for as well.
+                    // (Boxed: seldom needed, and kept inline it would enlarge every message's
+                    // future.)
+                    let waited = matches!(e, PoolError::Full { .. });
+                    target = Box::pin(self.read_elsewhere(&table, t, floor, r, waited)).await;
+                }
             }
         }
         if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
@@ -1005,20 +1020,25 @@ impl Session {
         failed: u32,
         floor: Option<Lsn>,
         r: f64,
+        waited: bool,
     ) -> Option<u32> {
-        let avoid = |id| id == failed || refused(&self.nodes, id) || self.ctx.suspected(id, table);
+        let full = self.ctx.cfg.pool_wait_timeout;
+        let avoid = |id| {
+            id == failed || turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
+        };
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => {
-                let (choice, kept) = table.session_lb_choice(r, avoid);
+                let (kept, now) = table.session_lb(self.lb_node, self.lb_r, avoid);
                 self.lb_node = kept;
-                choice
+                now
             }
             LoadBalance::Statement => None,
         };
         let delay = self.ctx.cfg.delay_threshold;
         match table.read_target(lb, delay, floor, r, avoid) {
             Some(t) if Some(t) != table.primary && !self.conns.contains_key(&t) => {
-                if self.bind(t).await.is_ok() {
+                let wait = waited.then_some(Duration::ZERO);
+                if Box::pin(self.take_connection(t, wait)).await.is_ok() {
                     Some(t)
                 } else {
                     if self.lb_node == Some(t) {
@@ -2578,11 +2598,16 @@ impl Session {
     async fn bind(&mut self, node: u32) -> std::result::Result<(), PoolError> {
         // Boxed: once per node in a session, and kept inline it would enlarge every message's
         // future.
-        Box::pin(self.take_connection(node)).await
+        Box::pin(self.take_connection(node, None)).await
     }
 
-    /// `bind`'s work.
-    async fn take_connection(&mut self, node: u32) -> std::result::Result<(), PoolError> {
+    /// `bind`'s work, waiting for a connection to come free `wait` at most (None: as long as
+    /// the pool's `pool_wait_timeout`).
+    async fn take_connection(
+        &mut self,
+        node: u32,
+        wait: Option<Duration>,
+    ) -> std::result::Result<(), PoolError> {
         let table = self.ctx.routes.borrow().clone();
         let Some(n) = table.node(node) else {
             return Err(PoolError::Backend(BackendError::Connect {
@@ -2597,7 +2622,11 @@ impl Session {
             }));
         }
         let spec = connect_spec(&self.ctx, &self.login, node, &n.host, n.port);
-        match self.ctx.pools.get(&spec).await {
+        let got = match wait {
+            None => self.ctx.pools.get(&spec).await,
+            Some(wait) => self.ctx.pools.get_within(&spec, wait).await,
+        };
+        match got {
             Ok(pooled) => {
                 self.conns.insert(
                     node,
@@ -2618,10 +2647,13 @@ impl Session {
                 // A node that refuses this login (for lack of connections, by its
                 // pg_hba.conf, …) is alive: not reported, or one client would keep it suspect
                 // for every session, with a health check for each of its reads.
-                if let PoolError::Backend(b) = &e {
+                if capacity(&e) {
+                    let i = self.node_index(node);
+                    self.nodes[i].full_at = Some(Instant::now());
+                } else if let PoolError::Backend(b) = &e {
                     if b.says_node_down() {
                         self.ctx.report(node);
-                    } else if !capacity(&e) {
+                    } else {
                         tracing::info!(
                             node,
                             user = self.login.user(),
