@@ -949,14 +949,46 @@ impl Session {
                 }
             };
         }
+        let mut target = self.read_target_now(&table);
+        if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
+            if !self.conns.contains_key(&t) {
+                // (The error is not kept across the next await: it would enlarge the future.)
+                let failed = match self.bind(t).await {
+                    Ok(()) => None,
+                    Err(e) => Some(matches!(e, PoolError::Full { .. })),
+                };
+                if let Some(waited) = failed {
+                    // The standby cannot serve this session now (it is down and now reported,
+                    // it refused the login, its connections are all in use): another standby
+                    // may, else the primary. After a wait for a full standby, another is not
+                    // waited for as well.
+                    // (Boxed: seldom needed, and kept inline it would enlarge every message's
+                    // future.)
+                    target = Box::pin(self.read_elsewhere(&table, t, waited)).await;
+                }
+            }
+        }
+        if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
+            if self.settings_behind(t) && !Box::pin(self.settings_hold_on(t)).await? {
+                target = table.primary;
+            }
+        }
+        target.ok_or_else(no_node)
+    }
+
+    /// Where a read goes now, before any connection is taken: the session's node or a fresh
+    /// pick (statement level), past the nodes it avoids and those behind its read-your-writes
+    /// floor; the primary when none can take it. (Not async: nothing here lives across an
+    /// await of `route_inner`.)
+    fn read_target_now(&mut self, table: &RouteTable) -> Option<u32> {
         let r: f64 = rand::random();
-        // Standbys that refused this session's login, or that a session found dead, serve
-        // none of its reads.
+        let full = self.ctx.cfg.pool_wait_timeout;
+        // Standbys that refused this session's login or had no connection for it lately, or
+        // that a session found dead, serve none of its reads.
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => {
-                let full = self.ctx.cfg.pool_wait_timeout;
                 let (kept, now) = table.session_lb(self.lb_node, self.lb_r, |id| {
-                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, &table)
+                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
                 });
                 self.lb_node = kept;
                 now
@@ -976,40 +1008,19 @@ impl Session {
             }
         }
         let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
-        let full = self.ctx.cfg.pool_wait_timeout;
-        let mut target = if self.wrote != Wrote::No {
+        if self.wrote != Wrote::No {
             table.primary
         } else {
             table
                 .read_target(lb, delay, floor, r, |id| {
-                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, &table)
+                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
                 })
                 // With no primary (a failover under way), a standby found dead is still worth
                 // a try.
                 .or_else(|| {
                     table.read_target(lb, delay, floor, r, |id| turned_away(&self.nodes, id, full))
                 })
-        };
-        if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
-            if !self.conns.contains_key(&t) {
-                if let Err(e) = self.bind(t).await {
-                    // The standby cannot serve this session now (it is down and now reported,
-                    // it refused the login, its connections are all in use): another standby
-                    // may, else the primary. After a wait for a full standby, another is not
-                    // waited for as well.
-                    // (Boxed: seldom needed, and kept inline it would enlarge every message's
-                    // future.)
-                    let waited = matches!(e, PoolError::Full { .. });
-                    target = Box::pin(self.read_elsewhere(&table, t, floor, r, waited)).await;
-                }
-            }
         }
-        if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
-            if self.settings_behind(t) && !Box::pin(self.settings_hold_on(t)).await? {
-                target = table.primary;
-            }
-        }
-        target.ok_or_else(no_node)
     }
 
     /// Where a read goes when standby `failed` could not take it: another standby that can
@@ -1018,10 +1029,10 @@ impl Session {
         &mut self,
         table: &RouteTable,
         failed: u32,
-        floor: Option<Lsn>,
-        r: f64,
         waited: bool,
     ) -> Option<u32> {
+        let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
+        let r: f64 = rand::random();
         let full = self.ctx.cfg.pool_wait_timeout;
         let avoid = |id| {
             id == failed || turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
