@@ -215,6 +215,7 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         // A DO block's body is a string to the parser, and may build its statements.
         .any(|t| t == "LoadStmt" || t == "DoStmt")
         || (verdict.sets && sets_seed_maybe(sql))
+        || (summary.statement_types.iter().any(|t| t == "UpdateStmt") && names_pg_settings(sql))
         || summary.functions.iter().any(|f| {
             PROCESS_STATE_FUNCTIONS
                 .iter()
@@ -275,6 +276,7 @@ pub fn leaves_process_state(sql: &str) -> bool {
         word.eq_ignore_ascii_case("load")
             || word.eq_ignore_ascii_case("do")
             || (word.eq_ignore_ascii_case("set") && sets_seed(statement))
+            || (word.eq_ignore_ascii_case("update") && names_pg_settings(statement))
     };
     // One statement (the router's texts in a transaction mostly are): no need to split.
     if !sql.trim_end().trim_end_matches(';').contains(';') {
@@ -290,7 +292,42 @@ pub fn leaves_process_state(sql: &str) -> bool {
 fn sets_seed_maybe(sql: &str) -> bool {
     sets_seed(sql)
         || has_unicode_escapes(sql.as_bytes())
-        || (calls_set_config(sql) && setting_names(sql).is_none())
+        || (calls_set_config(sql) && set_config_may_seed(sql))
+}
+
+/// Whether a `set_config` call in `sql` may set `seed`, as the parser reads its name (`$$seed$$`,
+/// `E'\163eed'`, `'se'` and `'ed'` on two lines are all `seed`): one whose name is `seed` or not
+/// a constant, in either reading of the strings, or a text that does not parse both ways.
+fn set_config_may_seed(sql: &str) -> bool {
+    let Some(readings) = both_readings(sql) else {
+        return true;
+    };
+    readings.iter().any(|tree| {
+        tree.protobuf
+            .nodes()
+            .into_iter()
+            .any(|(node, ..)| match node {
+                pg_query::NodeRef::FuncCall(f) if is_set_config(&f.funcname) => {
+                    match f.args.first().and_then(|a| a.node.as_ref()) {
+                        Some(pg_query::NodeEnum::AConst(pg_query::protobuf::AConst {
+                            val: Some(pg_query::protobuf::a_const::Val::Sval(s)),
+                            ..
+                        })) => s.sval.trim().eq_ignore_ascii_case("seed"),
+                        _ => true,
+                    }
+                }
+                _ => false,
+            })
+    })
+}
+
+/// Whether `sql` may name `pg_settings` (case aside): an `UPDATE` of it is a `set_config` by
+/// PostgreSQL's own rule, of a name the router does not read.
+fn names_pg_settings(sql: &str) -> bool {
+    const NAME: &[u8] = b"pg_settings";
+    sql.as_bytes()
+        .windows(NAME.len())
+        .any(|w| w[0] | 0x20 == b'p' && w.eq_ignore_ascii_case(NAME))
 }
 
 /// Whether `sql` may hold a `U&"…"` name or a `U&'…'` string, whose escapes spell what no text

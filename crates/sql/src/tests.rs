@@ -901,6 +901,24 @@ fn state_discard_all_keeps_is_seen() {
         // A set_config whose name is not a constant.
         ("SELECT set_config('se' || 'ed', '0', false)", true),
         ("SELECT set_config($1, $2, false)", true),
+        ("SELECT set_config($$seed$$, '0.5', false)", true),
+        ("SELECT set_config($t$seed$t$, '0.5', true)", true),
+        ("SELECT set_config(E'\\163eed', '0.5', false)", true),
+        ("SELECT set_config('se'\n'ed', '0.5', false)", true),
+        ("SELECT set_config('app.x', 'y', false); SELECT 1", false),
+        // PostgreSQL's rule on pg_settings makes this a set_config.
+        (
+            "UPDATE pg_settings SET setting = '0.5' WHERE name = 'seed'",
+            true,
+        ),
+        (
+            "update PG_SETTINGS set setting = 'x' where name = 'app.x'",
+            true,
+        ),
+        (
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1",
+            false,
+        ),
         // With standard_conforming_strings off, `\'` does not end a string.
         ("SELECT 'a\\''; SET seed = 0.5; SELECT 'x'", true),
         ("SELECT 'a\\''; LOAD 'x'", true),
@@ -952,6 +970,10 @@ fn state_discard_all_keeps_is_seen() {
         ("SET U&\"s\\0065ed\" = 0.5", true),
         ("SELECT U&\"s\\0065tseed\"(0.5)", true),
         ("SET search_path = U&'app'", true),
+        ("SELECT set_config($$seed$$, '0.5', false)", true),
+        ("SELECT set_config('se'\n'ed', '0.5', false)", true),
+        ("UPDATE pg_settings SET setting = '0.5' WHERE name = 'seed'", true),
+        ("WITH u AS (UPDATE pg_settings SET setting = '1' WHERE name = 'seed' RETURNING 1) SELECT 1", true),
         // Does not parse (as the router reads strings): what the server runs is unknown.
         ("SELECT 'a\\''; SET seed = 0.5; SELECT '\\''", true),
         ("SELEC 1", true),
