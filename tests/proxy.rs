@@ -2503,7 +2503,6 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
             .matches("rejects connection for host \"127.0.0.1\", user \"shunned\"")
             .count()
     };
-    let port = |row: tokio_postgres::Row| -> u16 { row.get::<_, i32>(0).try_into().unwrap() };
     block(async {
         let other = standby_session(&c).await;
         // A session of the refused role whose load-balance node is the standby: its first
@@ -2512,7 +2511,7 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
         for _ in 0..40 {
             let s = c.user_client("shunned", "shunned-pw", "test").await;
             let first = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
-            assert_eq!(port(first), primary, "the refused role's first read");
+            assert_eq!(port_of(&first, 0), primary, "the refused role's first read");
             if lb_node(&s).await == Some(1) {
                 shunned = Some(s);
                 break;
@@ -2526,12 +2525,12 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
                 .query_one("SELECT inet_server_port()", &[])
                 .await
                 .unwrap();
-            assert_eq!(port(row), primary, "read {i} of the refused role");
+            assert_eq!(port_of(&row, 0), primary, "read {i} of the refused role");
             let row = other
                 .query_one("SELECT inet_server_port()", &[])
                 .await
                 .unwrap();
-            if port(row) != standby {
+            if port_of(&row, 0) != standby {
                 others_on_primary += 1;
             }
         }
@@ -2558,7 +2557,7 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
                 .await
                 .unwrap();
             assert_eq!(
-                port(row),
+                port_of(&row, 0),
                 standby,
                 "the session's reads did not come back to the standby once its pg_hba.conf was fixed"
             );

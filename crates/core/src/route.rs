@@ -121,8 +121,8 @@ impl RouteTable {
         self.pick(usable, r)
     }
 
-    /// Session-level balancing: the session's load-balance node, and the node for the read
-    /// at hand. `kept` is the node the session has (None at first, or once it was lost), `r`
+    /// Session-level balancing: the node for the read at hand; `kept`, the session's
+    /// load-balance node, is updated. `kept` is None at first, or once the node was lost; `r`
     /// the session's own draw, the same for every read. The session's node is chosen by
     /// weight among the usable nodes, kept while usable, whatever it must `avoid` for now (a
     /// standby that refused its login, whose connections are all in use, found dead): while
@@ -131,18 +131,17 @@ impl RouteTable {
     /// sessions on the primary for good.)
     pub fn session_lb(
         &self,
-        kept: Option<u32>,
+        kept: &mut Option<u32>,
         r: f64,
         avoid: impl Fn(u32) -> bool,
-    ) -> (Option<u32>, Option<u32>) {
-        let kept = kept
+    ) -> Option<u32> {
+        *kept = kept
             .filter(|id| self.node(*id).is_some_and(|n| n.usable))
             .or_else(|| self.choose_lb_node(r, |_| false));
-        let now = match kept {
+        match *kept {
             Some(id) if Some(id) != self.primary && avoid(id) => self.choose_lb_node(r, avoid),
             other => other,
-        };
-        (kept, now)
+        }
     }
 
     /// Whether any standby may take reads at all (usable, weight above zero): without one, a
@@ -348,8 +347,10 @@ mod tests {
             (&down, Some(1), 0.9, None, (Some(0), Some(0))),
             (&down, None, 0.9, Some(0), (Some(0), Some(0))),
         ] {
+            let mut kept_after = kept;
+            let now = t.session_lb(&mut kept_after, r, |id| Some(id) == avoid);
             assert_eq!(
-                t.session_lb(kept, r, |id| Some(id) == avoid),
+                (kept_after, now),
                 expect,
                 "kept={kept:?} r={r} avoid={avoid:?}"
             );

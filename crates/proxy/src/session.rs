@@ -981,21 +981,6 @@ impl Session {
     /// floor; the primary when none can take it. (Not async: nothing here lives across an
     /// await of `route_inner`.)
     fn read_target_now(&mut self, table: &RouteTable) -> Option<u32> {
-        let r: f64 = rand::random();
-        let full = self.ctx.cfg.pool_wait_timeout;
-        // Standbys that refused this session's login or had no connection for it lately, or
-        // that a session found dead, serve none of its reads.
-        let lb = match self.ctx.cfg.load_balance {
-            LoadBalance::Session => {
-                let (kept, now) = table.session_lb(self.lb_node, self.lb_r, |id| {
-                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
-                });
-                self.lb_node = kept;
-                now
-            }
-            LoadBalance::Statement => None,
-        };
-        let delay = self.ctx.cfg.delay_threshold;
         // Read-your-writes: once this session has written, a standby serves its reads only
         // when it has replayed what the primary had when a health check began after the write
         // was done. Until the monitor has such a position, the primary serves them: no
@@ -1008,13 +993,21 @@ impl Session {
             }
         }
         let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
+        let r: f64 = rand::random();
+        let full = self.ctx.cfg.pool_wait_timeout;
+        // Standbys that refused this session's login or had no connection for it lately, or
+        // that a session found dead, serve none of its reads.
+        let avoid = |id| turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table);
+        let lb = match self.ctx.cfg.load_balance {
+            LoadBalance::Session => table.session_lb(&mut self.lb_node, self.lb_r, avoid),
+            LoadBalance::Statement => None,
+        };
+        let delay = self.ctx.cfg.delay_threshold;
         if self.wrote != Wrote::No {
             table.primary
         } else {
             table
-                .read_target(lb, delay, floor, r, |id| {
-                    turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
-                })
+                .read_target(lb, delay, floor, r, avoid)
                 // With no primary (a failover under way), a standby found dead is still worth
                 // a try.
                 .or_else(|| {
@@ -1038,11 +1031,7 @@ impl Session {
             id == failed || turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
         };
         let lb = match self.ctx.cfg.load_balance {
-            LoadBalance::Session => {
-                let (kept, now) = table.session_lb(self.lb_node, self.lb_r, avoid);
-                self.lb_node = kept;
-                now
-            }
+            LoadBalance::Session => table.session_lb(&mut self.lb_node, self.lb_r, avoid),
             LoadBalance::Statement => None,
         };
         let delay = self.ctx.cfg.delay_threshold;

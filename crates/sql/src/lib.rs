@@ -233,10 +233,14 @@ const PROCESS_STATE_FUNCTIONS: [&str; 3] = ["setseed", "dblink_connect", "dblink
 /// Whether `sql` may call `set_config` (a cheap look at its text, for queries the parser is
 /// otherwise spared: a transaction's statements, the extended protocol's binds).
 pub fn calls_set_config(sql: &str) -> bool {
-    const NAME: &[u8] = b"set_config";
+    contains_lowercase(sql, b"set_config")
+}
+
+/// Whether `sql` holds `name` (lower case), case aside.
+fn contains_lowercase(sql: &str, name: &[u8]) -> bool {
     sql.as_bytes()
-        .windows(NAME.len())
-        .any(|w| w[0] | 0x20 == b's' && w.eq_ignore_ascii_case(NAME))
+        .windows(name.len())
+        .any(|w| w[0] | 0x20 == name[0] && w.eq_ignore_ascii_case(name))
 }
 
 /// Whether `sql` may leave state in the server process that `DISCARD ALL` does not reset, so
@@ -308,13 +312,7 @@ fn set_config_may_seed(sql: &str) -> bool {
             .into_iter()
             .any(|(node, ..)| match node {
                 pg_query::NodeRef::FuncCall(f) if is_set_config(&f.funcname) => {
-                    match f.args.first().and_then(|a| a.node.as_ref()) {
-                        Some(pg_query::NodeEnum::AConst(pg_query::protobuf::AConst {
-                            val: Some(pg_query::protobuf::a_const::Val::Sval(s)),
-                            ..
-                        })) => s.sval.trim().eq_ignore_ascii_case("seed"),
-                        _ => true,
-                    }
+                    set_config_name(f).is_none_or(|name| name == "seed")
                 }
                 _ => false,
             })
@@ -324,10 +322,7 @@ fn set_config_may_seed(sql: &str) -> bool {
 /// Whether `sql` may name `pg_settings` (case aside): an `UPDATE` of it is a `set_config` by
 /// PostgreSQL's own rule, of a name the router does not read.
 fn names_pg_settings(sql: &str) -> bool {
-    const NAME: &[u8] = b"pg_settings";
-    sql.as_bytes()
-        .windows(NAME.len())
-        .any(|w| w[0] | 0x20 == b'p' && w.eq_ignore_ascii_case(NAME))
+    contains_lowercase(sql, b"pg_settings")
 }
 
 /// Whether `sql` may hold a `U&"…"` name or a `U&'…'` string, whose escapes spell what no text
@@ -969,19 +964,24 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
                 // its role and claims this way in every request's transaction.)
                 continue;
             }
-            let name = match f.args.first().and_then(|a| a.node.as_ref()) {
-                Some(N::AConst(pg_query::protobuf::AConst {
-                    val: Some(pg_query::protobuf::a_const::Val::Sval(s)),
-                    ..
-                })) => s.sval.trim().to_ascii_lowercase(),
-                _ => return None,
-            };
+            let name = set_config_name(f)?;
             if name != "seed" && !name.starts_with("transaction_") {
                 add(&name);
             }
         }
     }
     Some(names)
+}
+
+/// The setting a `set_config` call names, lower case, when its name is a constant.
+fn set_config_name(f: &pg_query::protobuf::FuncCall) -> Option<String> {
+    match f.args.first().and_then(|a| a.node.as_ref()) {
+        Some(pg_query::NodeEnum::AConst(pg_query::protobuf::AConst {
+            val: Some(pg_query::protobuf::a_const::Val::Sval(s)),
+            ..
+        })) => Some(s.sval.trim().to_ascii_lowercase()),
+        _ => None,
+    }
 }
 
 /// Whether an argument is the constant `true` (or a string PostgreSQL reads as true).
