@@ -371,6 +371,18 @@ impl Backend {
         }
     }
 
+    /// How the server reads this connection's client texts (its `client_encoding` and
+    /// `server_encoding`, see `pgwarden_sql::server_text`).
+    pub fn text_encoding(&self) -> pgwarden_sql::TextEncoding {
+        let param = |name: &str| {
+            self.params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("UTF8", |(_, v)| v.as_str())
+        };
+        pgwarden_sql::TextEncoding::of(param("client_encoding"), param("server_encoding"))
+    }
+
     pub fn set_param(&mut self, k: &str, v: &str) {
         match self.params.iter_mut().find(|(name, _)| name == k) {
             Some(p) => p.1 = v.to_string(),
@@ -483,18 +495,25 @@ impl Backend {
     /// Runs `sql` and returns the first column of the first row, discarding everything else
     /// but notifications (see [`Backend::exchange`]). For pgwarden's own queries on an idle
     /// connection.
-    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+    /// `sql` is in the connection's client encoding (a client's own text, replayed).
+    pub async fn query_value(
+        &mut self,
+        sql: impl AsRef<[u8]>,
+    ) -> Result<Option<String>, BackendError> {
         let mut out = BytesMut::new();
-        msg::frontend::query(&mut out, sql);
+        msg::frontend::query(&mut out, sql.as_ref());
         let done = self.exchange(&out).await?;
-        self.value_of(sql, done)
+        self.value_of(sql.as_ref(), done)
     }
 
     /// Like [`Backend::query_value`], for one statement of pgwarden's own on a client's
     /// connection (see [`Backend::run_statement`]).
-    pub async fn statement_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
-        let done = self.run_statement(sql).await?;
-        self.value_of(sql, done)
+    pub async fn statement_value(
+        &mut self,
+        sql: impl AsRef<[u8]>,
+    ) -> Result<Option<String>, BackendError> {
+        let done = self.run_statement(sql.as_ref()).await?;
+        self.value_of(sql.as_ref(), done)
     }
 
     /// Runs one statement of pgwarden's own on an idle connection through the extended
@@ -502,12 +521,15 @@ impl Backend {
     /// closed at once. Unlike a simple Query, this leaves the client's unnamed statement on
     /// the connection alone (a server keeps it until the client parses another). The server
     /// refuses a text that holds more than one command.
-    pub async fn run_statement(&mut self, sql: &str) -> Result<Exchanged, BackendError> {
+    pub async fn run_statement(
+        &mut self,
+        sql: impl AsRef<[u8]>,
+    ) -> Result<Exchanged, BackendError> {
         // Not a fixed name: a client may have taken any name, and pgwarden would then fail
         // to parse its own statement and close the client's.
         let name = format!("{OWN_STATEMENT} {:016x}", rand::random::<u64>());
         let mut out = BytesMut::new();
-        msg::frontend::parse(&mut out, &name, sql, &[]);
+        msg::frontend::parse(&mut out, &name, sql.as_ref(), &[]);
         msg::frontend::bind(&mut out, "", &name);
         msg::frontend::execute(&mut out, "", 0);
         msg::frontend::sync(&mut out);
@@ -521,14 +543,14 @@ impl Backend {
         Ok(done)
     }
 
-    fn value_of(&self, sql: &str, done: Exchanged) -> Result<Option<String>, BackendError> {
+    fn value_of(&self, sql: &[u8], done: Exchanged) -> Result<Option<String>, BackendError> {
         match done {
             Exchanged {
                 error: Some(message),
                 ..
             } => Err(BackendError::Sql {
                 addr: self.addr.clone(),
-                sql: sql.to_string(),
+                sql: String::from_utf8_lossy(sql).into_owned(),
                 message,
             }),
             Exchanged { value, .. } => Ok(value),

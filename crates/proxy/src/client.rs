@@ -3,6 +3,7 @@
 
 use crate::backend::{BackendError, ConnectSpec};
 use crate::pool::{PoolError, Pooled};
+use crate::session::Welcomed;
 use crate::stream::ClientStream;
 use crate::{CancelSlot, Ctx};
 use bytes::BytesMut;
@@ -87,13 +88,7 @@ impl Login {
 pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     if let Some(a) = admit(ctx, stream, peer).await {
         tokio::spawn(crate::session::run(
-            a.ctx,
-            a.stream,
-            a.buf,
-            a.login,
-            a.slot,
-            a.guards,
-            a.serializable_default,
+            a.ctx, a.stream, a.buf, a.login, a.slot, a.guards, a.welcomed,
         ));
     }
 }
@@ -106,8 +101,7 @@ struct Admitted {
     login: Login,
     slot: CancelSlot,
     guards: Admission,
-    /// Transactions are SERIALIZABLE by default where the client logged in.
-    serializable_default: bool,
+    welcomed: Welcomed,
 }
 
 /// Counts the client, authenticates it and sends the welcome; None when it was refused or
@@ -158,7 +152,7 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
         .insert((pid, key), slot.clone());
     guards.cancel_key = Some((pid, key));
     match welcome(&ctx, &login, pid, key).await {
-        Ok((out, serializable_default)) => {
+        Ok((out, welcomed)) => {
             // Whatever the client sent after its login stays in `buf` for the session.
             send(&mut stream, &out).await.ok()?;
             Some(Admitted {
@@ -168,7 +162,7 @@ async fn admit(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Option<Adm
                 login,
                 slot,
                 guards,
-                serializable_default,
+                welcomed,
             })
         }
         Err(refusal) => {
@@ -574,14 +568,13 @@ pub(crate) fn connect_spec(
 /// The values come from a pooled connection to the primary (or, without a primary, any usable
 /// node) opened with the client's own startup parameters; that connection goes back to the
 /// pool, so an idle client holds no backend connection.
-/// The welcome messages, and whether the session's transactions are SERIALIZABLE by default
-/// where it logged in.
+/// The welcome messages, and what the session needs to know of the server (`Welcomed`).
 async fn welcome(
     ctx: &Ctx,
     login: &Login,
     pid: i32,
     key: i32,
-) -> Result<(BytesMut, bool), Refusal> {
+) -> Result<(BytesMut, Welcomed), Refusal> {
     let table = ctx.routes.borrow().clone();
     let node = table
         .primary
@@ -622,7 +615,10 @@ async fn welcome(
             Err(e) => return Err(Refusal::fatal("08006", e.to_string())),
         }
     };
-    let serializable = pooled.backend.serializable_default == Some(true);
+    let welcomed = Welcomed {
+        serializable_default: pooled.backend.serializable_default == Some(true),
+        enc: pooled.backend.text_encoding(),
+    };
     let mut out = BytesMut::new();
     msg::auth_ok(&mut out);
     for (k, v) in &pooled.backend.params {
@@ -631,7 +627,7 @@ async fn welcome(
     msg::backend_key_data(&mut out, pid, key);
     msg::ready_for_query(&mut out, b'I');
     ctx.pools.put(pooled);
-    Ok((out, serializable))
+    Ok((out, welcomed))
 }
 
 /// Readies a welcome's connection: brings in a promotion's `in_hot_standby = off`, and asks

@@ -187,6 +187,9 @@ struct Session {
     /// (`pgwarden_sql::leaves_process_state`): its connections are closed at its end, not
     /// pooled.
     process_state: bool,
+    /// How the server reads the client's texts (its `client_encoding`, as the server last
+    /// reported it): pgwarden reads them so too (`pgwarden_sql::server_text`).
+    enc: pgwarden_sql::TextEncoding,
     /// The client's pipeline failed on a node pgwarden has since left (see `end_open_batch`):
     /// its messages are dropped until its Sync, as a server drops them after an error.
     discard_until_sync: bool,
@@ -312,6 +315,16 @@ fn turned_away(nodes: &[NodeRefs], node: u32, full_memory: Duration) -> bool {
     })
 }
 
+/// What a session's login learnt of the server where it was welcomed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Welcomed {
+    /// Transactions are SERIALIZABLE by default there (the server's, database's or role's
+    /// `default_transaction_isolation`).
+    pub(crate) serializable_default: bool,
+    /// How the server reads the client's texts (its `client_encoding` and `server_encoding`).
+    pub(crate) enc: pgwarden_sql::TextEncoding,
+}
+
 /// The session's future. Built without an async prologue, so that the future holds the
 /// session once (an async fn would also keep its moved-from arguments). `guards` live as long
 /// as the session (the client's counts, its cancel key).
@@ -322,7 +335,7 @@ pub(crate) fn run(
     login: Login,
     cancel: CancelSlot,
     guards: impl Send + 'static,
-    serializable_default: bool,
+    welcomed: Welcomed,
 ) -> impl Future<Output = ()> + Send {
     let (mut reader, writer) = stream.split();
     let mut buf = buf;
@@ -345,6 +358,7 @@ pub(crate) fn run(
         sticky: false,
         fresh_begin: None,
         process_state: false,
+        enc: welcomed.enc,
         settings: Settings::default(),
         wrote: Wrote::No,
         min_lsn: Lsn(0),
@@ -366,7 +380,7 @@ pub(crate) fn run(
         nodes: Vec::new(),
     };
     // What the startup packet says, else what the server, database or role says.
-    if startup_isolation(&s.login.params).unwrap_or(serializable_default) {
+    if startup_isolation(&s.login.params).unwrap_or(welcomed.serializable_default) {
         s.settings.begin_serializable();
     }
     async move {
@@ -1086,7 +1100,8 @@ impl Session {
     // ---- simple query ------------------------------------------------------------------
 
     async fn simple_query(&mut self, f: Frame) -> Result<()> {
-        let sql = msg::query_text(f.body())?;
+        let sql = pgwarden_sql::server_text(msg::query_text(f.body())?, self.enc);
+        let sql = &*sql;
         // (Before the Query can pin anything, or be answered by pgwarden.)
         let joined = self.join_open_part(Some(sql)).await?;
         if !joined && self.end_open_part_before_query().await? {
@@ -1630,9 +1645,10 @@ impl Session {
         let sql = query
             .get(5..)
             .and_then(|b| msg::query_text(b).ok())
+            .map(|b| pgwarden_sql::server_text(b, self.enc))
             .unwrap_or_default();
-        let kind = self.forget_dropped_statements(sql);
-        let seq = self.settings.push(query, kind);
+        let kind = self.forget_dropped_statements(&sql);
+        let seq = self.settings.push_read(query.clone(), &sql, kind);
         if settle && !self.error_seen {
             self.settings.settle(seq);
         }
@@ -1675,9 +1691,12 @@ impl Session {
             // send the statement as a Parse.)
             let mut parses = frames.iter().filter(|f| f.tag == b'P');
             if let (Some(p), None) = (parses.next(), parses.next()) {
-                if msg::parse(p.body())
-                    .is_ok_and(|p| pgwarden_sql::sets_transaction_serializable(p.query))
-                {
+                let enc = self.enc;
+                if msg::parse(p.body()).is_ok_and(|p| {
+                    pgwarden_sql::sets_transaction_serializable(&pgwarden_sql::server_text(
+                        p.query, enc,
+                    ))
+                }) {
                     Box::pin(self.move_transaction_to_primary(&begin)).await?;
                 }
             }
@@ -1735,9 +1754,10 @@ impl Session {
         // The batch begins a transaction: what follows belongs to it, and its settings are
         // the transaction's.
         let mut begins = false;
-        let mut unnamed: Option<(String, SettingEffect)> = None;
-        let mut replay: Vec<String> = Vec::new();
-        let mut config_calls: Vec<String> = Vec::new();
+        // (Texts as the client sent them, in its encoding.)
+        let mut unnamed: Option<(Vec<u8>, SettingEffect)> = None;
+        let mut replay: Vec<Vec<u8>> = Vec::new();
+        let mut config_calls: Vec<Vec<u8>> = Vec::new();
         // Cursors declared WITH HOLD in the batch, and the one cursor its only statement
         // fetches from, moves or closes (see `held_cursor`; psycopg sends these as Parse).
         let mut declared: Vec<String> = Vec::new();
@@ -1749,29 +1769,31 @@ impl Session {
             match f.tag {
                 b'P' => {
                     let p = msg::parse(f.body())?;
-                    let verdict = classify(p.query, &*self.ctx);
+                    let text = pgwarden_sql::server_text(p.query, self.enc);
+                    let sql = &*text;
+                    let verdict = classify(sql, &*self.ctx);
                     self.process_state |= verdict.process_state;
                     let c = verdict.class;
                     class = combine(class, c);
                     any_statement = true;
                     // (A `set_config` is read back once it has run, see `SettingEffect`.)
-                    let effect = setting_effect(p.query);
+                    let effect = setting_effect(sql);
                     pins |= c == Class::Sticky
                         || (c == Class::Session
                             && effect != SettingEffect::Replayed
-                            && !pgwarden_sql::calls_set_config(p.query));
+                            && !pgwarden_sql::calls_set_config(sql));
                     begins |= matches!(c, Class::Begin { .. });
                     parse_count += 1;
-                    if has_first_word(p.query, "declare") {
-                        declared.extend(pgwarden_sql::held_cursors(p.query));
-                    } else if c == Class::Sticky && has_first_word(p.query, "prepare") {
-                        prepared.extend(pgwarden_sql::prepares(p.query));
+                    if has_first_word(sql, "declare") {
+                        declared.extend(pgwarden_sql::held_cursors(sql));
+                    } else if c == Class::Sticky && has_first_word(sql, "prepare") {
+                        prepared.extend(pgwarden_sql::prepares(sql));
                     } else if self.settings.has_held() {
-                        cursor = pgwarden_sql::cursor_use(p.query);
+                        cursor = pgwarden_sql::cursor_use(sql);
                     }
                     if p.name.is_empty() {
                         parsed_unnamed = true;
-                        unnamed = Some((p.query.to_string(), effect));
+                        unnamed = Some((p.query.to_vec(), effect));
                     } else if (self.statements.contains_key(p.name)
                         && !closes.iter().any(|n| n == p.name))
                         || parses.iter().any(|(n, _, _, _)| n == p.name)
@@ -2056,7 +2078,8 @@ impl Session {
         }
         for f in frames.iter().filter(|f| f.tag == b'P') {
             if let Ok(p) = msg::parse(f.body()) {
-                self.node_refs(target).stats.count(p.query);
+                let sql = pgwarden_sql::server_text(p.query, self.enc);
+                self.node_refs(target).stats.count(&sql);
             }
         }
         // A batch that leaves the pipeline open is open from its first byte: an error of its
@@ -2110,15 +2133,16 @@ impl Session {
         read_back.append(&mut config_calls);
         if let Some(node) = sent {
             for sql in &read_back {
-                self.note_settings_changed(node, sql);
+                self.note_settings_changed(node, &pgwarden_sql::server_text(sql, self.enc));
             }
         }
-        for sql in replay {
+        for raw in replay {
             let mut q = BytesMut::new();
-            msg::frontend::query(&mut q, &sql);
+            msg::frontend::query(&mut q, &raw);
+            let sql = pgwarden_sql::server_text(&raw, self.enc);
             let seq = self
                 .settings
-                .push(q.freeze(), pgwarden_sql::resets(&sql).kind);
+                .push_read(q.freeze(), &sql, pgwarden_sql::resets(&sql).kind);
             if settle && !self.error_seen {
                 self.settings.settle(seq);
             }
@@ -2136,9 +2160,9 @@ impl Session {
     fn tx_end_split(&self, frames: &[Frame]) -> Option<usize> {
         let class_of = |f: &Frame, unnamed: Option<Class>| -> Option<Class> {
             match f.tag {
-                b'P' => msg::parse(f.body())
-                    .ok()
-                    .map(|p| classify(p.query, &*self.ctx).class),
+                b'P' => msg::parse(f.body()).ok().map(|p| {
+                    classify(&pgwarden_sql::server_text(p.query, self.enc), &*self.ctx).class
+                }),
                 b'B' => {
                     let (_, stmt) = msg::bind_names(f.body()).ok()?;
                     if stmt.is_empty() {
@@ -2162,10 +2186,11 @@ impl Session {
                     let Ok(p) = msg::parse(f.body()) else {
                         continue;
                     };
+                    let sql = pgwarden_sql::server_text(p.query, self.enc);
                     let ends = ["commit", "end", "abort", "rollback", "prepare"]
                         .iter()
-                        .any(|w| has_first_word(p.query, w));
-                    let c = ends.then(|| classify(p.query, &*self.ctx).class);
+                        .any(|w| has_first_word(&sql, w));
+                    let c = ends.then(|| classify(&sql, &*self.ctx).class);
                     if p.name.is_empty() {
                         unnamed = c;
                     } else if c == Some(Class::End) {
@@ -2311,6 +2336,9 @@ impl Session {
                         if let Some((k, rest)) = frame::cstr(body) {
                             if let Some((v, _)) = frame::cstr(rest) {
                                 conn.pooled.backend.set_param(k, v);
+                                if k == "client_encoding" {
+                                    self.enc = conn.pooled.backend.text_encoding();
+                                }
                             }
                         }
                     }
@@ -2566,11 +2594,19 @@ impl Session {
             return Ok(None);
         };
         for r in &missing {
+            // The client's bytes, as it sent them: the connection has had the session's
+            // earlier settings, its `client_encoding` among them.
             let sql = msg::query_text(&r.query[5..]).unwrap_or_default();
             // One statement (no semicolon, but for a last one) through the extended protocol,
             // which leaves the client's unnamed statement on the connection alone; a text
-            // that may hold several as the client sent it.
-            let replayed = if sql.trim_end().trim_end_matches(';').contains(';') {
+            // that may hold several as the client sent it. (No encoding puts a `;` byte
+            // inside a character.)
+            let replayed = if sql
+                .trim_ascii_end()
+                .strip_suffix(b";")
+                .unwrap_or(sql)
+                .contains(&b';')
+            {
                 conn.b().query_value(sql).await
             } else {
                 conn.b().statement_value(sql).await
@@ -2580,6 +2616,7 @@ impl Session {
                 Err(BackendError::Sql { message, .. }) if r.held => {
                     // Nothing after it is given: later settings may rely on it.
                     conn.applied = r.seq - 1;
+                    let sql = String::from_utf8_lossy(sql);
                     return Ok(Some(format!("`{sql}`: {message}")));
                 }
                 // It failed where the session ran it too, or may have.
@@ -2919,6 +2956,9 @@ impl Session {
                     if let Some((k, rest)) = frame::cstr(&body) {
                         if let Some((v, _)) = frame::cstr(rest) {
                             conn.pooled.backend.set_param(k, v);
+                            if k == "client_encoding" {
+                                self.enc = conn.pooled.backend.text_encoding();
+                            }
                         }
                     }
                 }
@@ -3157,11 +3197,10 @@ async fn write_client(
     Ok(())
 }
 
-/// The query text of a Parse message (whole frame, tag and length included).
-fn parse_sql(frame: &Bytes) -> Option<String> {
-    msg::parse(frame.get(5..)?)
-        .ok()
-        .map(|p| p.query.to_string())
+/// The query text of a Parse message (whole frame, tag and length included), as the client
+/// sent it.
+fn parse_sql(frame: &Bytes) -> Option<Vec<u8>> {
+    msg::parse(frame.get(5..)?).ok().map(|p| p.query.to_vec())
 }
 
 fn mask_has(mask: u64, node: u32) -> bool {

@@ -109,10 +109,19 @@ impl Record {
     /// Records `query` (a whole Query message). Returns its sequence number, which the
     /// connection that ran it has now had.
     pub(crate) fn push(&mut self, query: Bytes, kind: SettingKind) -> u64 {
-        let seq = self.last() + 1;
-        if let Some(change) = query
+        let sql = query
             .get(5..)
             .and_then(|b| pgwarden_wire::msg::query_text(b).ok())
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .into_owned();
+        self.push_read(query, &sql, kind)
+    }
+
+    /// Records `query`, whose text the server reads as `sql` (see `pgwarden_sql::server_text`).
+    pub(crate) fn push_read(&mut self, query: Bytes, sql: &str, kind: SettingKind) -> u64 {
+        let seq = self.last() + 1;
+        if let Some(change) = Some(sql)
             .filter(|sql| may_change_isolation(sql))
             .and_then(pgwarden_sql::isolation_change)
         {
@@ -296,8 +305,14 @@ impl Settings {
     }
 
     /// See [`Record::push`].
+    #[cfg(test)]
     pub(crate) fn push(&mut self, query: Bytes, kind: SettingKind) -> u64 {
         self.record().push(query, kind)
+    }
+
+    /// See [`Record::push_read`].
+    pub(crate) fn push_read(&mut self, query: Bytes, sql: &str, kind: SettingKind) -> u64 {
+        self.record().push_read(query, sql, kind)
     }
 
     /// See [`Record::settle`].

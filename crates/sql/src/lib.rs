@@ -20,6 +20,9 @@
 
 use std::borrow::Cow;
 
+pub mod encoding;
+pub use encoding::{server_text, TextEncoding};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     /// May run on a standby.

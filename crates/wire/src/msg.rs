@@ -8,15 +8,13 @@ fn malformed(what: &'static str, why: &'static str) -> ProtocolError {
     ProtocolError::Malformed { what, why }
 }
 
-/// The text of a simple Query ('Q').
-pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
-    match cstr(body) {
-        Some((q, [])) => Ok(q),
+/// The text of a simple Query ('Q'), in the client's encoding (see
+/// `pgwarden_sql::server_text` for reading it).
+pub fn query_text(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    match memchr::memchr(0, body) {
+        Some(end) if end + 1 == body.len() => Ok(&body[..end]),
         Some(_) => Err(malformed("Query", "bytes after the query string")),
-        None => Err(malformed(
-            "Query",
-            "the query string is not terminated or not UTF-8",
-        )),
+        None => Err(malformed("Query", "the query string is not terminated")),
     }
 }
 
@@ -24,12 +22,14 @@ pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parse<'a> {
     pub name: &'a str,
-    pub query: &'a str,
+    /// In the client's encoding, as [`query_text`].
+    pub query: &'a [u8],
 }
 
 pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
     let (name, rest) = cstr(body).ok_or(malformed("Parse", "bad statement name"))?;
-    let (query, rest) = cstr(rest).ok_or(malformed("Parse", "bad query string"))?;
+    let end = memchr::memchr(0, rest).ok_or(malformed("Parse", "bad query string"))?;
+    let (query, rest) = (&rest[..end], &rest[end + 1..]);
     if rest.len() < 2 {
         return Err(malformed("Parse", "missing parameter count"));
     }
@@ -99,7 +99,11 @@ fn with_len(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
 }
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
-    buf.put_slice(s.as_bytes());
+    put_cbytes(buf, s.as_bytes());
+}
+
+fn put_cbytes(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_slice(s);
     buf.put_u8(0);
 }
 
@@ -306,8 +310,9 @@ pub mod frontend {
         buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
 
-    pub fn query(buf: &mut BytesMut, sql: &str) {
-        with_len(buf, b'Q', |b| put_cstr(b, sql));
+    /// `sql` in the session's client encoding (a client's text is sent on as it came).
+    pub fn query(buf: &mut BytesMut, sql: impl AsRef<[u8]>) {
+        with_len(buf, b'Q', |b| put_cbytes(b, sql.as_ref()));
     }
 
     pub fn password(buf: &mut BytesMut, p: &str) {
@@ -326,10 +331,10 @@ pub mod frontend {
         with_len(buf, b'p', |b| b.put_slice(data));
     }
 
-    pub fn parse(buf: &mut BytesMut, name: &str, query: &str, param_types: &[u32]) {
+    pub fn parse(buf: &mut BytesMut, name: &str, query: impl AsRef<[u8]>, param_types: &[u32]) {
         with_len(buf, b'P', |b| {
             put_cstr(b, name);
-            put_cstr(b, query);
+            put_cbytes(b, query.as_ref());
             b.put_u16(param_types.len() as u16);
             for t in param_types {
                 b.put_u32(*t);
@@ -414,7 +419,7 @@ mod tests {
             parse(f.body()).unwrap(),
             Parse {
                 name: "s1",
-                query: "SELECT $1"
+                query: b"SELECT $1"
             }
         );
         assert!(
@@ -422,7 +427,12 @@ mod tests {
             "count says 5, no types follow"
         );
         assert!(parse(b"s1\0SELECT").is_err());
-        assert_eq!(query_text(b"SELECT 1\0").unwrap(), "SELECT 1");
+        assert_eq!(query_text(b"SELECT 1\0").unwrap(), b"SELECT 1");
+        // Not UTF-8 (a LATIN1 client's é): the server's to read.
+        assert_eq!(
+            query_text(b"SELECT 'caf\xe9'\0").unwrap(),
+            b"SELECT 'caf\xe9'"
+        );
         assert!(query_text(b"SELECT 1").is_err());
         assert!(query_text(b"SELECT 1\0junk").is_err());
         assert_eq!(bind_names(b"p\0s\0\0\0").unwrap(), ("p", "s"));
