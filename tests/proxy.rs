@@ -5696,3 +5696,200 @@ fn tls_for_clients_that_ask_for_it() {
         "{text}"
     );
 }
+
+/// A simple Query of `sql` (bytes in the session's client encoding) on a raw connection: the
+/// rows' values as bytes (NULL as empty), and the error's message.
+async fn raw_query(
+    s: &mut tokio::net::TcpStream,
+    sql: &[u8],
+) -> (Vec<Vec<Vec<u8>>>, Option<String>) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&common::raw::message(b'Q', &[sql, b"\0"]))
+        .await
+        .unwrap();
+    answers(common::raw::read_until(s, b'Z').await)
+}
+
+/// The rows and the first error's message in `got` (see `raw_query`).
+fn answers(got: Vec<(u8, Vec<u8>)>) -> (Vec<Vec<Vec<u8>>>, Option<String>) {
+    let mut rows = Vec::new();
+    let mut error = None;
+    for (tag, body) in got {
+        match tag {
+            b'D' => {
+                let n = u16::from_be_bytes([body[0], body[1]]);
+                let mut at = 2;
+                let mut row = Vec::new();
+                for _ in 0..n {
+                    let len =
+                        i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+                    at += 4;
+                    let len = usize::try_from(len).unwrap_or(0);
+                    row.push(body[at..at + len].to_vec());
+                    at += len;
+                }
+                rows.push(row);
+            }
+            b'E' if error.is_none() => {
+                error = body
+                    .split(|b| *b == 0)
+                    .find(|f| f.first() == Some(&b'M'))
+                    .map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
+            }
+            _ => {}
+        }
+    }
+    (rows, error)
+}
+
+/// `raw_query` of `sql` (a read whose last column is `inet_server_port()`), again while it
+/// runs elsewhere than on the node at `port` (after a write, reads stay on the primary until
+/// the standby has replayed it), for 10 s at most: its last rows. An error fails the test.
+async fn read_on(s: &mut tokio::net::TcpStream, sql: &[u8], port: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (rows, err) = raw_query(s, sql).await;
+        assert_eq!(err, None, "{}", String::from_utf8_lossy(sql));
+        if rows
+            .first()
+            .and_then(|r| r.last())
+            .is_some_and(|p| p == port)
+            || Instant::now() > deadline
+        {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Clients whose `client_encoding` is not UTF-8 send their texts in it, and the server reads
+/// them so. Before, any byte of a query that was not UTF-8 (a LATIN1 client's `é`) ended the
+/// session with a protocol error. In SJIS, BIG5, GBK and GB18030 a character's second byte
+/// may be an ASCII one: `ソ` is 0x83 0x5C in SJIS, and read byte by byte its 0x5C is a
+/// backslash, which makes `SELECT E'ソ'; INSERT …; SELECT 1 --'` one string literal, a read
+/// to send to a standby (where the INSERT fails: read-only). The server sees a SELECT, an
+/// INSERT and a comment.
+#[test]
+fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
+    use common::raw::{login_with, message, read_until, startup_with};
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(2);
+    // Reads go to the standby only.
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    c.psql_proxy("test", "CREATE TABLE enc_t (x int)").unwrap();
+    let (primary, standby) = (
+        c.node_port(0).to_string().into_bytes(),
+        c.node_port(1).to_string().into_bytes(),
+    );
+    let packet = |encoding: &str| {
+        startup_with(&[
+            ("user", "postgres"),
+            ("database", "test"),
+            ("client_encoding", encoding),
+        ])
+    };
+    block(async {
+        // LATIN1: é is 0xE9.
+        let mut s = login_with(&c, c.proxy_port(), &packet("LATIN1")).await;
+        let (rows, err) = raw_query(&mut s, b"SELECT 'caf\xe9', inet_server_port()").await;
+        assert_eq!(err, None);
+        assert_eq!(rows, [[b"caf\xe9".to_vec(), standby.clone()]]);
+        // A setting in LATIN1, simple and extended, is had by both nodes as sent.
+        // (A custom setting: `application_name` keeps ASCII only.)
+        let show = b"SELECT current_setting('myapp.name'), inet_server_port()";
+        let write = b"WITH w AS (INSERT INTO enc_t VALUES (0) RETURNING 1) \
+                      SELECT current_setting('myapp.name'), inet_server_port() FROM w";
+        for (how, name) in [("simple", &b"caf\xe9"[..]), ("extended", b"d\xe9j\xe0")] {
+            let set = [&b"SET myapp.name = '"[..], name, b"'"].concat();
+            if how == "simple" {
+                let (_, err) = raw_query(&mut s, &set).await;
+                assert_eq!(err, None, "{how}");
+            } else {
+                let mut m = message(b'P', &[b"\0", &set, b"\0", &[0, 0]]);
+                m.extend(message(b'B', &[b"\0\0", &[0, 0], &[0, 0], &[0, 0]]));
+                m.extend(message(b'E', &[b"\0", &[0, 0, 0, 0]]));
+                m.extend(message(b'S', &[]));
+                s.write_all(&m).await.unwrap();
+                let (_, err) = answers(read_until(&mut s, b'Z').await);
+                assert_eq!(err, None, "{how}");
+            }
+            let rows = read_on(&mut s, show, &standby).await;
+            assert_eq!(
+                rows,
+                [[name.to_vec(), standby.clone()]],
+                "{how}: the standby"
+            );
+            let (rows, err) = raw_query(&mut s, write).await;
+            assert_eq!(err, None, "{how}");
+            assert_eq!(
+                rows,
+                [[name.to_vec(), primary.clone()]],
+                "{how}: the primary"
+            );
+        }
+        drop(s);
+        // A character whose second byte is a backslash, in each encoding that has them; in
+        // a session begun in it, and in one that sets it.
+        for (i, (encoding, ch)) in [
+            ("SJIS", &b"\x83\x5c"[..]),
+            ("BIG5", b"\xa5\x5c"),
+            ("GBK", b"\x81\x5c"),
+            ("GB18030", b"\x81\x5c"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for (j, begun) in [true, false].into_iter().enumerate() {
+                let x = (1 + 2 * i + j).to_string();
+                let mut s = if begun {
+                    login_with(&c, c.proxy_port(), &packet(encoding)).await
+                } else {
+                    let mut s = login_with(&c, c.proxy_port(), &packet("UTF8")).await;
+                    let set = format!("SET client_encoding = '{encoding}'");
+                    let (_, err) = raw_query(&mut s, set.as_bytes()).await;
+                    assert_eq!(err, None);
+                    s
+                };
+                let sql = [
+                    &b"SELECT E'"[..],
+                    ch,
+                    b"', inet_server_port(); INSERT INTO enc_t VALUES (",
+                    x.as_bytes(),
+                    b"); SELECT 1 --'",
+                ]
+                .concat();
+                let (rows, err) = raw_query(&mut s, &sql).await;
+                assert_eq!(err, None, "{encoding} (begun in it: {begun})");
+                assert_eq!(
+                    rows[0],
+                    [ch.to_vec(), primary.clone()],
+                    "{encoding} (begun in it: {begun})"
+                );
+                let count = c
+                    .psql(
+                        0,
+                        "test",
+                        &format!("SELECT count(*) FROM enc_t WHERE x = {x}"),
+                    )
+                    .unwrap();
+                assert_eq!(count.trim(), "1", "{encoding} (begun in it: {begun})");
+                // Back in UTF-8, texts are read so again: あ is 0xE3 0x81 0x82, and the
+                // backslash after it escapes the quote (read as SJIS, 0x82 0x5C would be a
+                // character, and the INSERT a statement of its own).
+                let (_, err) = raw_query(&mut s, b"SET client_encoding = 'UTF8'").await;
+                assert_eq!(err, None);
+                let sql = "SELECT E'あ\\'; INSERT INTO enc_t VALUES (99); --', inet_server_port()";
+                let rows = read_on(&mut s, sql.as_bytes(), &standby).await;
+                assert_eq!(
+                    rows,
+                    [[
+                        "あ'; INSERT INTO enc_t VALUES (99); --".as_bytes().to_vec(),
+                        standby.clone()
+                    ]],
+                    "{encoding} (begun in it: {begun})"
+                );
+            }
+        }
+    });
+}
