@@ -122,25 +122,34 @@ impl RouteTable {
     }
 
     /// Session-level balancing: the node for the read at hand; `kept`, the session's
-    /// load-balance node, is updated. `kept` is None at first, or once the node was lost; `r`
-    /// the session's own draw, the same for every read. The session's node is chosen by
-    /// weight among the usable nodes, kept while usable, whatever it must `avoid` for now (a
-    /// standby that refused its login, whose connections are all in use, found dead): while
-    /// it must, its reads go where the same draw leads among the others, and come back once
-    /// the avoidance ends. (Choosing again around the avoided node, and keeping that, held
-    /// sessions on the primary for good.)
+    /// load-balance node, is updated. `kept` is None at first, or once its node was taken out
+    /// of the configuration or fenced; `r` the session's own draw, the same for every read.
+    /// The session's node is chosen by weight among the usable nodes and kept. While it cannot
+    /// take the session's reads — out of service, down, its weight made 0, or a standby the
+    /// session must `avoid` for now (it refused the login, its connections are all in use, a
+    /// session found it dead) — they go where the same draw leads among the others, and come
+    /// back once it can. (Choosing again and keeping that held sessions on the primary for
+    /// good, and left the sessions of a standby that was down for a while elsewhere after it
+    /// came back.)
     pub fn session_lb(
         &self,
         kept: &mut Option<u32>,
         r: f64,
         avoid: impl Fn(u32) -> bool,
     ) -> Option<u32> {
-        *kept = kept
-            .filter(|id| self.node(*id).is_some_and(|n| n.usable))
-            .or_else(|| self.choose_lb_node(r, |_| false));
-        match *kept {
-            Some(id) if Some(id) != self.primary && avoid(id) => self.choose_lb_node(r, avoid),
-            other => other,
+        if kept.is_none_or(|id| self.node(id).is_none()) {
+            *kept = self.choose_lb_node(r, |_| false);
+        }
+        let id = (*kept)?;
+        let takes_reads = self.node(id).is_some_and(|n| {
+            n.usable
+                && n.weight > 0.0
+                && (Some(id) == self.primary || (n.role == Role::Standby && !avoid(id)))
+        });
+        if takes_reads {
+            Some(id)
+        } else {
+            self.choose_lb_node(r, avoid)
         }
     }
 
@@ -329,6 +338,11 @@ mod tests {
             n(0, Primary, true, 1.0, 0, 0),
             n(1, Standby, false, 3.0, 0, 0),
         ]);
+        let zero = table(vec![
+            n(0, Primary, true, 1.0, 0, 0),
+            n(1, Standby, true, 0.0, 0, 0),
+            n(2, Standby, true, 0.0, 0, 0),
+        ]);
         for (t, kept, r, avoid, expect) in [
             // The first read chooses by the session's draw.
             (&t, None, 0.1, None, (Some(0), Some(0))),
@@ -343,9 +357,16 @@ mod tests {
             (&t, Some(0), 0.9, Some(1), (Some(0), Some(0))),
             // The primary is never avoided.
             (&t, Some(0), 0.1, Some(0), (Some(0), Some(0))),
-            // A node out of use is chosen again (by the same draw, among those in use).
-            (&down, Some(1), 0.9, None, (Some(0), Some(0))),
+            // While the session's node is out of use, its reads go where the same draw leads
+            // among those in use; it stays the session's, for when it is back.
+            (&down, Some(1), 0.9, None, (Some(1), Some(0))),
+            (&t, Some(1), 0.9, None, (Some(1), Some(1))),
             (&down, None, 0.9, Some(0), (Some(0), Some(0))),
+            // So while its weight is 0 (and an old primary, now a standby of weight 0).
+            (&zero, Some(1), 0.9, None, (Some(1), Some(0))),
+            (&zero, Some(2), 0.9, None, (Some(2), Some(0))),
+            // A node no longer configured is chosen again.
+            (&t, Some(7), 0.9, None, (Some(1), Some(1))),
         ] {
             let mut kept_after = kept;
             let now = t.session_lb(&mut kept_after, r, |id| Some(id) == avoid);

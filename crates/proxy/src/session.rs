@@ -714,10 +714,9 @@ impl Session {
                 return Err(fenced_end(n));
             }
             tracing::info!(node = n, "dropping a connection to a node out of service");
+            // (The session keeps its node: while out of service, it serves none of its
+            // reads, see `read_target_now`.)
             self.conns.remove(&n);
-            if self.lb_node == Some(n) {
-                self.lb_node = None;
-            }
         }
         Ok(())
     }
@@ -838,10 +837,9 @@ impl Session {
             if self.bound_to(target) {
                 return Err(fenced_end(target));
             }
+            // (A read routed again goes elsewhere: `read_target_now` avoids the fenced set
+            // it has just read.)
             self.conns.remove(&target);
-            if self.lb_node == Some(target) {
-                self.lb_node = None;
-            }
             self.set_engaged(None);
         }
     }
@@ -990,6 +988,28 @@ impl Session {
         target.ok_or_else(no_node)
     }
 
+    /// The session's load-balance node as `SHOW POOL_NODES` shows it: where its reads go
+    /// now at session level (its own node, or where its draw leads while that one cannot
+    /// serve it, else the primary; chosen now when the session has not read yet), None at
+    /// statement level.
+    fn shown_lb_node(&mut self) -> Option<u32> {
+        if self.ctx.cfg.load_balance != LoadBalance::Session {
+            return None;
+        }
+        let table = self.table().clone();
+        let full = self.ctx.cfg.pool_wait_timeout;
+        let fenced = self.fenced.get();
+        let avoid = |id| {
+            turned_away(&self.nodes, id, full)
+                || self.ctx.suspected(id, &table)
+                || fenced.contains(&id)
+        };
+        // (With no node to balance to, its reads go to the primary.)
+        table
+            .session_lb(&mut self.lb_node, self.lb_r, avoid)
+            .or(table.primary)
+    }
+
     /// Where a read goes now, before any connection is taken: the session's node or a fresh
     /// pick (statement level), past the nodes it avoids and those behind its read-your-writes
     /// floor; the primary when none can take it. (Not async: nothing here lives across an
@@ -1009,9 +1029,15 @@ impl Session {
         let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
         let r: f64 = rand::random();
         let full = self.ctx.cfg.pool_wait_timeout;
-        // Standbys that refused this session's login or had no connection for it lately, or
-        // that a session found dead, serve none of its reads.
-        let avoid = |id| turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table);
+        // Standbys that refused this session's login or had no connection for it lately, that
+        // a session found dead, or out of service (before the route table says so), serve
+        // none of its reads.
+        let fenced = self.fenced.get();
+        let avoid = |id| {
+            turned_away(&self.nodes, id, full)
+                || self.ctx.suspected(id, table)
+                || fenced.contains(&id)
+        };
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => table.session_lb(&mut self.lb_node, self.lb_r, avoid),
             LoadBalance::Statement => None,
@@ -1041,8 +1067,12 @@ impl Session {
         let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
         let r: f64 = rand::random();
         let full = self.ctx.cfg.pool_wait_timeout;
+        let fenced = self.fenced.get();
         let avoid = |id| {
-            id == failed || turned_away(&self.nodes, id, full) || self.ctx.suspected(id, table)
+            id == failed
+                || turned_away(&self.nodes, id, full)
+                || self.ctx.suspected(id, table)
+                || fenced.contains(&id)
         };
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => table.session_lb(&mut self.lb_node, self.lb_r, avoid),
@@ -1052,12 +1082,11 @@ impl Session {
         match table.read_target(lb, delay, floor, r, avoid) {
             Some(t) if Some(t) != table.primary && !self.conns.contains_key(&t) => {
                 let wait = waited.then_some(Duration::ZERO);
+                // (A failure is remembered in `nodes` or the suspects: the session's node
+                // stays its own, for when it can serve again.)
                 if Box::pin(self.take_connection(t, wait)).await.is_ok() {
                     Some(t)
                 } else {
-                    if self.lb_node == Some(t) {
-                        self.lb_node = None;
-                    }
                     table.primary
                 }
             }
@@ -1110,7 +1139,8 @@ impl Session {
         if let Some(cmd) = crate::show::parse(sql) {
             self.drain().await?;
             let mut out = BytesMut::new();
-            crate::show::answer(&self.ctx, cmd, self.lb_node, &mut out);
+            let lb = self.shown_lb_node();
+            crate::show::answer(&self.ctx, cmd, lb, &mut out);
             msg::ready_for_query(&mut out, self.last_tx_status);
             return self.send_client(&out).await;
         }
@@ -2843,9 +2873,8 @@ impl Session {
         if self.inflight.is_some_and(|(n, _)| n == node) {
             self.inflight = None;
         }
-        if self.lb_node == Some(node) {
-            self.lb_node = None;
-        }
+        // (The session keeps its node: suspected now, it serves none of its reads until a
+        // health check finds it well, see `RouteTable::session_lb`.)
         self.ctx.report(node);
     }
 
