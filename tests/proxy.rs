@@ -2505,14 +2505,15 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
     };
     block(async {
         let other = standby_session(&c).await;
-        // A session of the refused role whose load-balance node is the standby: its first
-        // read is refused there and runs on the primary.
+        // A session of the refused role whose load-balance node is the standby (shown
+        // before its first read): that read is refused there and runs on the primary.
         let mut shunned = None;
         for _ in 0..40 {
             let s = c.user_client("shunned", "shunned-pw", "test").await;
+            let home = lb_node(&s).await;
             let first = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
             assert_eq!(port_of(&first, 0), primary, "the refused role's first read");
-            if lb_node(&s).await == Some(1) {
+            if home == Some(1) {
                 shunned = Some(s);
                 break;
             }
@@ -2545,7 +2546,12 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
             others_on_primary, 0,
             "another session's reads left the standby"
         );
-        assert_eq!(lb_node(&shunned).await, Some(1), "the session's node");
+        // SHOW POOL_NODES tells where its reads go meanwhile.
+        assert_eq!(
+            lb_node(&shunned).await,
+            Some(0),
+            "the session's node for now"
+        );
         // The refusal is fixed: after a while, the session asks the standby again, and its
         // reads are back there.
         std::fs::write(&hba, &rules).unwrap();
@@ -2562,6 +2568,7 @@ fn a_standby_that_refuses_one_login_is_not_taken_for_dead() {
                 "the session's reads did not come back to the standby once its pg_hba.conf was fixed"
             );
         }
+        assert_eq!(lb_node(&shunned).await, Some(1), "the session's node");
     });
 }
 
@@ -5890,6 +5897,70 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
                     "{encoding} (begun in it: {begun})"
                 );
             }
+        }
+    });
+}
+
+/// A session keeps its load-balance node while that node is out: its reads go elsewhere
+/// meanwhile (and `SHOW POOL_NODES` says where), and come back once the node is back, as a
+/// DBA expects of long-lived application sessions after a standby's maintenance (detached,
+/// then attached) or crash (stopped, started, attached). Before, the session chose again when
+/// its node was lost, and kept the primary for good.
+#[test]
+fn a_session_comes_back_to_its_standby_once_it_is_back() {
+    let c = Cluster::up(2);
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    block(async {
+        // (The primary and the standby have the same weight: a session balanced to the
+        // standby, whose reads the primary takes while the standby is out.)
+        let s = standby_session(&c).await;
+        let read = || async {
+            let row = s.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+            port_of(&row, 0)
+        };
+        assert_eq!(read().await, standby);
+        assert_eq!(lb_node(&s).await, Some(1));
+        for how in ["detached", "stopped"] {
+            if how == "detached" {
+                detach_standby(&c);
+            } else {
+                c.pg_ctl(1, &["stop", "-m", "immediate"]);
+            }
+            // The session's connection there was dropped, or dies with the first read.
+            let mut on_primary = 0;
+            for _ in 0..5 {
+                if let Ok(row) = s.query_one("SELECT inet_server_port()", &[]).await {
+                    assert_eq!(port_of(&row, 0), primary, "{how}");
+                    on_primary += 1;
+                }
+            }
+            assert!(on_primary >= 4, "{how}: {on_primary} of 5 reads ran");
+            assert_eq!(lb_node(&s).await, Some(0), "{how}: where its reads go now");
+            tokio::task::block_in_place(|| {
+                if how == "stopped" {
+                    c.start_node(1);
+                    // (Marked down by the monitor, or not yet when it came back.)
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                if c.nodes()[1]["status"] == "down" {
+                    let o = c.pgwarden(&["node", "attach", "1"]);
+                    assert!(o.status.success(), "{}", common::stderr(&o));
+                }
+                c.wait_node(1, Duration::from_secs(20), "up again", |n| {
+                    n["status"] == "up"
+                });
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut port = read().await;
+            while port != standby && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                port = read().await;
+            }
+            assert_eq!(
+                port, standby,
+                "{how}: the session's reads did not come back to its standby"
+            );
+            assert_eq!(lb_node(&s).await, Some(1), "{how}");
         }
     });
 }
