@@ -964,8 +964,13 @@ impl Session {
         let mut target = self.read_target_now(&table);
         if let Some(t) = target.filter(|t| Some(*t) != table.primary) {
             if !self.conns.contains_key(&t) {
+                // A standby that had no connection for this session is asked only for an
+                // idle one until it gives one: a session would otherwise wait
+                // `pool_wait_timeout` again each time the memory of that runs out.
                 // (The error is not kept across the next await: it would enlarge the future.)
-                let failed = match self.bind(t).await {
+                let was_full = self.nodes.iter().any(|r| r.id == t && r.full_at.is_some());
+                let wait = was_full.then_some(Duration::ZERO);
+                let failed = match Box::pin(self.take_connection(t, wait)).await {
                     Ok(()) => None,
                     Err(e) => Some(matches!(e, PoolError::Full { .. })),
                 };
@@ -2695,6 +2700,9 @@ impl Session {
         };
         match got {
             Ok(pooled) => {
+                if let Some(r) = self.nodes.iter_mut().find(|r| r.id == node) {
+                    r.full_at = None;
+                }
                 self.conns.insert(
                     node,
                     Conn {
