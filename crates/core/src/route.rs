@@ -122,15 +122,15 @@ impl RouteTable {
     }
 
     /// Session-level balancing: the node for the read at hand; `kept`, the session's
-    /// load-balance node, is updated. `kept` is None at first, or once its node was taken out
-    /// of the configuration or fenced; `r` the session's own draw, the same for every read.
-    /// The session's node is chosen by weight among the usable nodes and kept. While it cannot
-    /// take the session's reads — out of service, down, its weight made 0, or a standby the
-    /// session must `avoid` for now (it refused the login, its connections are all in use, a
-    /// session found it dead) — they go where the same draw leads among the others, and come
-    /// back once it can. (Choosing again and keeping that held sessions on the primary for
-    /// good, and left the sessions of a standby that was down for a while elsewhere after it
-    /// came back.)
+    /// load-balance node, is updated. `kept` is None at first; a node no longer configured is
+    /// chosen again. `r` is the session's own draw, the same for every read.
+    /// The session's node is chosen by weight among the usable nodes and kept. While it
+    /// cannot take the session's reads — out of service, down, its weight made 0, or a
+    /// standby the session must `avoid` for now (it refused the login, its connections are
+    /// all in use, a session found it dead, it is fenced) — they go where the same draw leads
+    /// among the others, and come back once it can. (Choosing again and keeping that held
+    /// sessions on the primary for good, and left the sessions of a standby that was down for
+    /// a while elsewhere after it came back.)
     pub fn session_lb(
         &self,
         kept: &mut Option<u32>,
