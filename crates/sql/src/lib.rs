@@ -204,6 +204,8 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         }
     };
     let mut verdict = classify_summary(sql, &summary, functions);
+    let updates_settings =
+        summary.statement_types.iter().any(|t| t == "UpdateStmt") && names_pg_settings(sql);
     verdict.sets = summary
         .statement_types
         .iter()
@@ -211,14 +213,16 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         || summary
             .functions
             .iter()
-            .any(|f| f.function_name.eq_ignore_ascii_case("set_config"));
+            .any(|f| f.function_name.eq_ignore_ascii_case("set_config"))
+        // (A `set_config` by PostgreSQL's rule, of a name that is not read here.)
+        || updates_settings;
     verdict.process_state = summary
         .statement_types
         .iter()
         // A DO block's body is a string to the parser, and may build its statements.
         .any(|t| t == "LoadStmt" || t == "DoStmt")
         || (verdict.sets && sets_seed_maybe(sql))
-        || (summary.statement_types.iter().any(|t| t == "UpdateStmt") && names_pg_settings(sql))
+        || updates_settings
         || summary.functions.iter().any(|f| {
             PROCESS_STATE_FUNCTIONS
                 .iter()
@@ -233,10 +237,19 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
 /// Functions whose effect `DISCARD ALL` keeps (see [`leaves_process_state`]).
 const PROCESS_STATE_FUNCTIONS: [&str; 3] = ["setseed", "dblink_connect", "dblink_connect_u"];
 
-/// Whether `sql` may call `set_config` (a cheap look at its text, for queries the parser is
-/// otherwise spared: a transaction's statements, the extended protocol's binds).
+/// Whether `sql` may call `set_config`, or name `pg_settings` (an `UPDATE` of it is a
+/// `set_config` by PostgreSQL's own rule): a cheap look at its text, case aside, for queries
+/// the parser is otherwise spared (a transaction's statements, the extended protocol's binds).
 pub fn calls_set_config(sql: &str) -> bool {
-    contains_lowercase(sql, b"set_config")
+    let b = sql.as_bytes();
+    memchr::memchr_iter(b'_', b).any(|i| {
+        let at = |from: usize, word: &[u8]| {
+            i.checked_sub(from)
+                .and_then(|start| b.get(start..start + word.len()))
+                .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        };
+        at(3, b"set_config") || at(2, b"pg_settings")
+    })
 }
 
 /// Whether `sql` holds `name` (lower case), case aside.
@@ -896,8 +909,9 @@ pub fn resets(sql: &str) -> Resets {
 /// `DISCARD PLANS` / `SEQUENCES` / `TEMP` change none. A `set_config` call anywhere changes the
 /// setting its first argument names. `RESET ALL` is named [`EVERY_SETTING`]: each setting the
 /// session has may have changed (those it set before, and custom ones set later in the same
-/// text, are named or recorded elsewhere). `None` when that cannot be told by name:
-/// `DISCARD ALL`, `set_config` of a name that is not a constant, a text that does not parse,
+/// text, are named or recorded elsewhere), and so is an `UPDATE` of `pg_settings` (PostgreSQL's
+/// rule makes it a `set_config` of each row it updates). `None` when that cannot be told by
+/// name: `DISCARD ALL`, `set_config` of a name that is not a constant, a text that does not parse,
 /// or one that parses differently with `standard_conforming_strings` off (see [`classify`]'s
 /// resets).
 pub fn setting_names(sql: &str) -> Option<Vec<String>> {
@@ -959,6 +973,17 @@ fn names_set(stmts: &[pg_query::protobuf::RawStmt]) -> Option<Vec<String>> {
             continue;
         };
         for (node, ..) in stmt.nodes() {
+            if let pg_query::NodeRef::UpdateStmt(u) = node {
+                // `UPDATE pg_settings SET setting = … WHERE …`: a `set_config` of each row's
+                // name by PostgreSQL's rule; which rows, the text does not tell.
+                if u.relation
+                    .as_ref()
+                    .is_some_and(|r| r.relname.eq_ignore_ascii_case("pg_settings"))
+                {
+                    add(EVERY_SETTING);
+                }
+                continue;
+            }
             let pg_query::NodeRef::FuncCall(f) = node else {
                 continue;
             };

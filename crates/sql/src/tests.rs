@@ -583,6 +583,12 @@ fn settings_a_query_may_change_are_named() {
         ("SELECT set_config($1, $2, false)", None),
         ("SELECT set_config($1, $2, $3)", None),
         ("SELECT set_config(name, 'x', false) FROM settings", None),
+        // An UPDATE of pg_settings is a set_config of each row it updates: which, the text
+        // does not tell, so every setting is read back.
+        ("UPDATE pg_settings SET setting = 'app' WHERE name = 'search_path'", names(&[EVERY_SETTING])),
+        ("update PG_CATALOG.PG_SETTINGS set setting = 'x' where name = 'a.b'", names(&[EVERY_SETTING])),
+        ("WITH u AS (UPDATE pg_settings SET setting = '1' WHERE name = 'a.b' RETURNING 1) SELECT 1", names(&[EVERY_SETTING])),
+        ("UPDATE t SET pg_settings = 1", names(&[])),
     ];
     for (sql, want) in cases {
         assert_eq!(&setting_names(sql), want, "{sql}");
@@ -644,6 +650,21 @@ fn a_verdict_says_whether_the_query_sets_anything() {
         "select PG_CATALOG.SET_CONFIG('a', 'b', false)"
     ));
     assert!(!crate::calls_set_config("SELECT current_setting('a.b')"));
+    assert!(crate::calls_set_config(
+        "UPDATE Pg_Settings SET setting = 'x' WHERE name = 'a.b'"
+    ));
+    for text in ["_", "set_", "_config", "pg_", "x_settings", "set_confi", ""] {
+        assert!(!crate::calls_set_config(text), "{text}");
+    }
+    assert!(crate::calls_set_config("set_config"));
+    assert!(crate::calls_set_config("pg_settings"));
+    // Classified: it sets, in and out of transactions.
+    for sql in [
+        "UPDATE pg_settings SET setting = 'app' WHERE name = 'search_path'",
+        "SELECT 1; UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'a.b'",
+    ] {
+        assert!(classify(sql, &NoFunctions).sets, "{sql}");
+    }
     // Several statements with a setting go to the primary (not a read).
     assert_eq!(
         classify("SET search_path = app; SELECT 1", &NoFunctions).class,
