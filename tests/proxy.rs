@@ -6001,3 +6001,51 @@ fn a_session_comes_back_to_its_standby_once_it_is_back() {
         }
     });
 }
+
+/// `UPDATE pg_settings SET setting = … WHERE name = …` is a `set_config` by PostgreSQL's own
+/// rule: the session's other nodes have the setting too, as with `SET`, whether the UPDATE
+/// ran alone or in a transaction. Before, it was had only where it ran (the primary), and the
+/// session's reads on the standby saw the old value.
+#[test]
+fn an_update_of_pg_settings_follows_the_session() {
+    let c = Cluster::up(2);
+    let standby = c.node_port(1);
+    block(async {
+        let s = standby_session(&c).await;
+        // Its value on the standby, once the session's reads are back there after the write.
+        let on_standby = |name: &'static str| {
+            let s = &s;
+            async move {
+                let sql = format!("SELECT current_setting('{name}'), inet_server_port()");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let row = s.query_one(sql.as_str(), &[]).await.unwrap();
+                    if port_of(&row, 1) == standby || Instant::now() > deadline {
+                        assert_eq!(port_of(&row, 1), standby, "the session's reads");
+                        return row.get::<_, String>(0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        s.batch_execute(
+            "UPDATE pg_settings SET setting = 'app_schema, public' WHERE name = 'search_path'",
+        )
+        .await
+        .unwrap();
+        assert_eq!(on_standby("search_path").await, "app_schema, public");
+        s.batch_execute(
+            "BEGIN; UPDATE pg_catalog.pg_settings SET setting = '7s' \
+             WHERE name = 'statement_timeout'; COMMIT",
+        )
+        .await
+        .unwrap();
+        assert_eq!(on_standby("statement_timeout").await, "7s");
+        s.batch_execute("BEGIN").await.unwrap();
+        s.batch_execute("UPDATE pg_settings SET setting = 'x7' WHERE name = 'application_name'")
+            .await
+            .unwrap();
+        s.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(on_standby("application_name").await, "x7");
+    });
+}
