@@ -182,7 +182,7 @@ struct Session {
     sticky: bool,
     /// The text of a transaction's BEGIN, sent as a Query of its own to a standby, while
     /// nothing else has run in that transaction (see `move_transaction_to_primary`).
-    fresh_begin: Option<Box<str>>,
+    fresh_begin: Option<Box<[u8]>>,
     /// The session may have left state in a server process that `DISCARD ALL` keeps
     /// (`pgwarden_sql::leaves_process_state`): its connections are closed at its end, not
     /// pooled.
@@ -1134,8 +1134,10 @@ impl Session {
     // ---- simple query ------------------------------------------------------------------
 
     async fn simple_query(&mut self, f: Frame) -> Result<()> {
-        let sql = pgwarden_sql::server_text(msg::query_text(f.body())?, self.enc);
+        let raw = msg::query_text(f.body())?;
+        let sql = pgwarden_sql::server_text(raw, self.enc);
         let sql = &*sql;
+        self.unless_unsure(sql);
         // (Before the Query can pin anything, or be answered by pgwarden.)
         let joined = self.join_open_part(Some(sql)).await?;
         if !joined && self.end_open_part_before_query().await? {
@@ -1159,7 +1161,7 @@ impl Session {
         }
         // (Only in a transaction: the hot path pays one test.)
         if !joined && self.tx_node.is_some() && sql.contains(';') {
-            if let Some((node, prefix, rest)) = self.query_split(sql) {
+            if let Some((node, prefix, rest)) = self.query_split(raw, sql) {
                 self.process_state |= pgwarden_sql::leaves_process_state(sql);
                 return Box::pin(self.run_split_query(node, prefix, rest)).await;
             }
@@ -1238,7 +1240,7 @@ impl Session {
             && sent.is_some_and(|n| self.table().primary != Some(n))
             && !sql.trim_end().trim_end_matches(';').contains(';')
         {
-            self.fresh_begin = Some(sql.into());
+            self.fresh_begin = Some(raw.into());
         }
         let mut in_tx = in_tx;
         let mut settle = false;
@@ -1272,7 +1274,7 @@ impl Session {
     /// The transaction has run nothing yet, so it moves: its BEGIN runs again on the primary,
     /// the standby's is rolled back, and the statement follows it there. Should the primary
     /// refuse the BEGIN, nothing moves (the standby answers, as before).
-    async fn move_transaction_to_primary(&mut self, begin: &str) -> Result<()> {
+    async fn move_transaction_to_primary(&mut self, begin: &[u8]) -> Result<()> {
         self.drain().await?;
         let Some(standby) = self.tx_node else {
             return Ok(());
@@ -1308,24 +1310,42 @@ impl Session {
     /// not run there (`COMMIT; INSERT …` after a `BEGIN READ ONLY`): the standby, the text up to
     /// the transaction's end, and the rest (`sql::split_after_transaction_end`). Sent whole,
     /// the standby refused the rest (25006), which one server runs after the COMMIT.
-    fn query_split(&mut self, sql: &str) -> Option<(u32, String, String)> {
+    /// (`sql` is `raw` as the server reads it; the parts are the client's own bytes.)
+    fn query_split(&mut self, raw: &[u8], sql: &str) -> Option<(u32, Vec<u8>, Vec<u8>)> {
         let node = self.tx_node?;
         if self.table().primary == Some(node) {
             return None;
         }
         let (prefix, rest) = pgwarden_sql::split_after_transaction_end(sql)?;
-        (classify(&rest, &*self.ctx).class != Class::Read).then_some((node, prefix, rest))
+        if classify(&rest, &*self.ctx).class == Class::Read {
+            return None;
+        }
+        let at = pgwarden_sql::raw_offset(raw, self.enc, prefix.len())?;
+        let rest_at = pgwarden_sql::raw_offset(raw, self.enc, sql.len() - rest.len())?;
+        Some((node, raw.get(..at)?.to_vec(), raw.get(rest_at..)?.to_vec()))
+    }
+
+    /// A text whose reading cannot be vouched for (`pgwarden_sql::unsure_reading`): the
+    /// session stays on the primary from now on, and its connections are not pooled after
+    /// it, whatever the text did.
+    fn unless_unsure(&mut self, sql: &str) {
+        if pgwarden_sql::unsure_reading(sql, self.enc) {
+            tracing::warn!("a text the server may read otherwise than pgwarden (a dollar quote's tag converted from the client's encoding): the session stays on the primary");
+            self.sticky = true;
+            self.process_state = true;
+        }
     }
 
     /// Runs a Query split by `query_split`: the part up to the transaction's end on the
     /// standby, its ReadyForQuery kept from the client, then the rest as a Query of its own,
     /// routed as any. After an error in the first part the rest is not sent, as a server stops
     /// a Query at its first error, and the client gets the first part's ReadyForQuery.
-    async fn run_split_query(&mut self, node: u32, prefix: String, rest: String) -> Result<()> {
+    async fn run_split_query(&mut self, node: u32, raw: Vec<u8>, rest: Vec<u8>) -> Result<()> {
         self.drain().await?;
         if self.is_fenced(node) {
             return Err(fenced_end(node));
         }
+        let prefix = pgwarden_sql::server_text(&raw, self.enc).into_owned();
         // What the part leaves behind on the standby, as for any Query in a transaction there.
         let verdict = classify(&prefix, &*self.ctx);
         self.process_state |= verdict.process_state;
@@ -1343,7 +1363,7 @@ impl Session {
         }
         self.node_refs(node).stats.count(&prefix);
         let mut out = BytesMut::new();
-        msg::frontend::query(&mut out, &prefix);
+        msg::frontend::query(&mut out, &raw);
         if let Err(e) = self.write_unit(node, &out).await? {
             return Err(self.lost(node, e));
         }
@@ -1537,13 +1557,25 @@ impl Session {
         // taken fails there, and the statement made earlier under that name is the one that
         // lives on. Its source query (`statement`, the client's whole query) must hold
         // exactly one PREPARE of this name, whose own text is made on the primary.
+        // (In the client's encoding, as hex: as the client sent it, whatever the encoding.)
         let probe = format!(
-            "SELECT statement FROM pg_catalog.pg_prepared_statements \
+            "SELECT pg_catalog.encode(pg_catalog.convert_to(statement, \
+             pg_catalog.pg_client_encoding()), 'hex') FROM pg_catalog.pg_prepared_statements \
              WHERE name = {} AND from_sql",
             crate::settings::literal(name)
         );
         let source = match conn.b().statement_value(&probe).await {
-            Ok(Some(source)) => source,
+            Ok(Some(hex)) => {
+                let bytes = crate::settings::hex_bytes(&hex);
+                match pgwarden_sql::server_text(&bytes, self.enc) {
+                    // Made on the primary as the client sent it: its text as read here.
+                    std::borrow::Cow::Borrowed(text) => text.to_string(),
+                    std::borrow::Cow::Owned(_) => {
+                        tracing::warn!(node = from, statement = %name, "a statement prepared in a transaction holds characters of the client's encoding that pgwarden does not carry over; it is not made on the primary");
+                        return Ok(None);
+                    }
+                }
+            }
             Ok(None) => return Ok(None),
             Err(BackendError::Sql { message, .. }) => {
                 tracing::warn!(node = from, statement = %name, "cannot tell whether a statement prepared in a transaction is still there ({message})");
@@ -1806,6 +1838,7 @@ impl Session {
                     let p = msg::parse(f.body())?;
                     let text = pgwarden_sql::server_text(p.query, self.enc);
                     let sql = &*text;
+                    self.unless_unsure(sql);
                     let verdict = classify(sql, &*self.ctx);
                     self.process_state |= verdict.process_state;
                     let c = verdict.class;

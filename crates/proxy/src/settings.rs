@@ -159,7 +159,9 @@ impl Record {
         for k in (0..i).rev() {
             let old = &self.entries[k].kind;
             drop[k] = supersedes(&kind, old) && !(kept_between && relied_on(old));
-            kept_between |= !drop[k] && !independent(old);
+            // (A text that is not ASCII is read in the `client_encoding` of its place.)
+            let plain = independent(old) && self.entries[k].query.is_ascii();
+            kept_between |= !drop[k] && !plain;
         }
         let mut k = 0;
         self.entries.retain(|_| {
@@ -479,6 +481,11 @@ fn may_change_isolation(sql: &str) -> bool {
 
 /// The text of hex-encoded UTF-8 (what `record_value` is given); empty when it is not.
 fn hex_text(hex: &str) -> String {
+    String::from_utf8(hex_bytes(hex)).unwrap_or_default()
+}
+
+/// The bytes of `hex` (as `encode(…, 'hex')` gives them); none when it is not hex.
+pub(crate) fn hex_bytes(hex: &str) -> Vec<u8> {
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
         .map(|i| {
@@ -486,9 +493,7 @@ fn hex_text(hex: &str) -> String {
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
         })
         .collect();
-    bytes
-        .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_default()
+    bytes.unwrap_or_default()
 }
 
 /// `s` as an SQL string literal, whatever the session's `standard_conforming_strings`.
@@ -521,11 +526,15 @@ const NOT_RESET_BY_RESET_ALL: &[&str] = &[
 
 /// Whether later settings may depend on this one: the role and session authorization decide
 /// which settings may be set at all, `search_path` how some values are looked up
-/// (`default_text_search_config`), and a reset changes all of them.
+/// (`default_text_search_config`), `client_encoding` how a later text that is not ASCII is
+/// read, and a reset changes all of them.
 fn relied_on(kind: &SettingKind) -> bool {
     match kind {
         SettingKind::One(n) => {
-            matches!(n.as_str(), "role" | "session_authorization" | "search_path")
+            matches!(
+                n.as_str(),
+                "role" | "session_authorization" | "search_path" | "client_encoding"
+            )
         }
         SettingKind::Reset { .. } | SettingKind::Other => true,
     }
@@ -835,6 +844,15 @@ mod tests {
             (
                 vec![("SET ROLE a", one("role")), ("SET ROLE b", one("role"))],
                 vec!["SET ROLE b"],
+            ),
+            // A text that is not ASCII is replayed in the encoding it was sent in.
+            (
+                vec![("SET client_encoding = 'UTF8'", one("client_encoding")), ("SET myapp.x = '\u{e9}'", one("myapp.x")), ("SET client_encoding = 'LATIN1'", one("client_encoding"))],
+                vec!["SET client_encoding = 'UTF8'", "SET myapp.x = '\u{e9}'", "SET client_encoding = 'LATIN1'"],
+            ),
+            (
+                vec![("SET client_encoding = 'UTF8'", one("client_encoding")), ("SET myapp.x = 'e'", one("myapp.x")), ("SET client_encoding = 'LATIN1'", one("client_encoding"))],
+                vec!["SET myapp.x = 'e'", "SET client_encoding = 'LATIN1'"],
             ),
         ];
         for (run, want) in cases {

@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 
 pub mod encoding;
-pub use encoding::{server_text, TextEncoding};
+pub use encoding::{raw_offset, server_text, unsure_reading, TextEncoding};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
