@@ -5821,7 +5821,11 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
     // Reads go to the standby only.
     primary_weight_zero(&c);
     restart_with_proxy_settings(&c, "");
-    c.psql_proxy("test", "CREATE TABLE enc_t (x int)").unwrap();
+    c.psql_proxy(
+        "test",
+        "CREATE TABLE enc_t (x int); CREATE TABLE enc_s (s text)",
+    )
+    .unwrap();
     let (primary, standby) = (
         c.node_port(0).to_string().into_bytes(),
         c.node_port(1).to_string().into_bytes(),
@@ -5872,6 +5876,74 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
                 "{how}: the primary"
             );
         }
+        // A Query that ends a transaction on the standby, then writes: its parts are sent as
+        // the client sent them (they were sent as pgwarden read them, é as U+FFFD).
+        // (Once the standby has the last write, the transaction begins there.)
+        read_on(&mut s, show, &standby).await;
+        let (_, err) = raw_query(&mut s, b"BEGIN READ ONLY").await;
+        assert_eq!(err, None);
+        let (rows, err) = raw_query(&mut s, show).await;
+        assert_eq!(
+            (rows[0][1].clone(), err),
+            (standby.clone(), None),
+            "the transaction's node"
+        );
+        let (rows, err) = raw_query(
+            &mut s,
+            b"COMMIT; INSERT INTO enc_s VALUES ('caf\xe9') RETURNING s, inet_server_port()",
+        )
+        .await;
+        assert_eq!(err, None);
+        assert_eq!(rows, [[b"caf\xe9".to_vec(), primary.clone()]]);
+        let stored = c
+            .psql(0, "test", "SELECT s = 'caf\u{e9}' FROM enc_s")
+            .unwrap();
+        assert_eq!(stored.trim(), "t", "what the primary stored");
+        // Two dollar tags that differ in a converted character: pgwarden cannot tell whether
+        // the server reads them alike (here it reads one string, then a SET), and this text
+        // goes to the primary, where the session stays. (Read with both tags alike, it was a
+        // read of three strings, and the SET ran on the standby only.)
+        read_on(&mut s, show, &standby).await;
+        let (rows, err) = raw_query(
+            &mut s,
+            b"SELECT $\xe9$ $\xe8$, inet_server_port(), $\xe9$; SET myapp.name TO evil; -- $\xe8$",
+        )
+        .await;
+        assert_eq!(err, None);
+        assert_eq!(rows.len(), 1);
+        let (rows, err) = raw_query(&mut s, show).await;
+        assert_eq!(err, None);
+        assert_eq!(rows, [[b"evil".to_vec(), primary.clone()]], "after it");
+        drop(s);
+        // In SJIS, 0xED 0x40 and 0xFA 0x5C are one character (纊, NEC's and IBM's codes):
+        // the server reads the two tags alike, a string, then a SET. pgwarden cannot tell
+        // (the conversion decides), so the text goes to the primary and the session stays.
+        let mut s = login_with(&c, c.proxy_port(), &packet("SJIS")).await;
+        let show = b"SELECT current_setting('myapp.name', true), inet_server_port()";
+        read_on(&mut s, show, &standby).await;
+        let (_, err) = raw_query(
+            &mut s,
+            b"SELECT $\xed\x40$ x $\xfa\x5c$; SET myapp.name TO evil; -- $\xed\x40$",
+        )
+        .await;
+        assert_eq!(err, None);
+        let (rows, err) = raw_query(&mut s, show).await;
+        assert_eq!(err, None);
+        assert_eq!(rows, [[b"evil".to_vec(), primary.clone()]], "SJIS tags");
+        drop(s);
+        // SHIFT_JIS_2004 0x81 0x5F is a backslash in UTF-8: `E'\\'` to the server.
+        let mut s = login_with(&c, c.proxy_port(), &packet("SHIFT_JIS_2004")).await;
+        let (rows, err) = raw_query(
+            &mut s,
+            b"SELECT E'\x81\x5f\\', inet_server_port(); INSERT INTO enc_t VALUES (50); --'",
+        )
+        .await;
+        assert_eq!(err, None, "SHIFT_JIS_2004");
+        assert_eq!(rows[0][1], primary, "SHIFT_JIS_2004");
+        let count = c
+            .psql(0, "test", "SELECT count(*) FROM enc_t WHERE x = 50")
+            .unwrap();
+        assert_eq!(count.trim(), "1", "SHIFT_JIS_2004");
         drop(s);
         // A character whose second byte is a backslash, in each encoding that has them; in
         // a session begun in it, and in one that sets it.
