@@ -147,12 +147,25 @@ impl Record {
     /// Entry `seq` succeeded: the earlier entries it makes moot are dropped. Not one that a
     /// kept entry after it may have relied on (see `relied_on`): `SET ROLE admin`, then
     /// `SET session_replication_role = replica` (which needs admin's rights), then
-    /// `RESET ROLE` keeps all three, or the second would fail where it is replayed.
+    /// `RESET ROLE` keeps all three, or the second would fail where it is replayed. An entry
+    /// kept only for one between that has since been dropped goes then (a `client_encoding`
+    /// kept for a text that is not ASCII, replaced since): the record stays as long as the
+    /// settings it has, not the session's history.
     pub(crate) fn settle(&mut self, seq: u64) {
         let Some(i) = self.entries.iter().position(|e| e.seq == seq) else {
             return;
         };
         self.entries[i].held = true;
+        self.drop_made_moot_by(i);
+        // (Each pass drops at least one entry, or ends.)
+        while (0..self.entries.len())
+            .rev()
+            .any(|i| self.entries[i].held && self.drop_made_moot_by(i))
+        {}
+    }
+
+    /// Drops the entries before entry `i` that it makes moot (see `settle`); whether any was.
+    fn drop_made_moot_by(&mut self, i: usize) -> bool {
         let kind = self.entries[i].kind.clone();
         let mut drop = vec![false; i];
         let mut kept_between = false;
@@ -160,14 +173,19 @@ impl Record {
             let old = &self.entries[k].kind;
             drop[k] = supersedes(&kind, old) && !(kept_between && relied_on(old));
             // (A text that is not ASCII is read in the `client_encoding` of its place.)
-            let plain = independent(old) && self.entries[k].query.is_ascii();
+            let text = self.entries[k].query.get(5..).unwrap_or_default();
+            let plain = independent(old) && text.is_ascii();
             kept_between |= !drop[k] && !plain;
+        }
+        if !drop.contains(&true) {
+            return false;
         }
         let mut k = 0;
         self.entries.retain(|_| {
             k += 1;
             !drop.get(k - 1).copied().unwrap_or(false)
         });
+        true
     }
 
     /// The sequence number of the latest entry; 0 for none. (The latest entry is never
@@ -857,6 +875,44 @@ mod tests {
         ];
         for (run, want) in cases {
             assert_eq!(settled(&run), want, "{run:?}");
+        }
+    }
+
+    /// Sessions that alternate settings keep a record as long as the settings they have:
+    /// a long ASCII text (its message's length byte above 0x7F) is plain, and a
+    /// `client_encoding` kept for a text that is not ASCII goes when that text does.
+    #[test]
+    fn alternating_settings_keep_the_record_short() {
+        let q = |t: &str| {
+            let mut b = bytes::BytesMut::new();
+            pgwarden_wire::msg::frontend::query(&mut b, t);
+            b.freeze()
+        };
+        let long = format!("SET myapp.ctx = '{}'", "a".repeat(110));
+        let runs: [[(&str, SettingKind); 2]; 2] = [
+            [
+                ("SET ROLE r0", one("role")),
+                (long.as_str(), one("myapp.ctx")),
+            ],
+            [
+                ("SET client_encoding = 'LATIN1'", one("client_encoding")),
+                ("SET myapp.x = '\u{e9}'", one("myapp.x")),
+            ],
+        ];
+        for run in runs {
+            let mut s = Settings::default();
+            for _ in 0..50 {
+                for (t, kind) in &run {
+                    let seq = s.push(q(t), kind.clone());
+                    s.settle(seq);
+                }
+            }
+            assert!(
+                s.queries().len() <= 3,
+                "{:?}: {}",
+                run[0].0,
+                s.queries().len()
+            );
         }
     }
 
