@@ -5899,6 +5899,20 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
             .psql(0, "test", "SELECT s = 'caf\u{e9}' FROM enc_s")
             .unwrap();
         assert_eq!(stored.trim(), "t", "what the primary stored");
+        // A SQL PREPARE in a transaction on the standby is made on the primary too, whose
+        // connection reads LATIN1 (it was not: not UTF-8).
+        read_on(&mut s, show, &standby).await;
+        for sql in [
+            &b"BEGIN READ ONLY"[..],
+            b"PREPARE p AS SELECT 'caf\xe9'::text, inet_server_port()",
+            b"COMMIT",
+        ] {
+            let (_, err) = raw_query(&mut s, sql).await;
+            assert_eq!(err, None);
+        }
+        let (rows, err) = raw_query(&mut s, b"EXECUTE p").await;
+        assert_eq!(err, None, "EXECUTE of a statement prepared on the standby");
+        assert_eq!(rows, [[b"caf\xe9".to_vec(), primary.clone()]]);
         // Two dollar tags that differ in a converted character: pgwarden cannot tell whether
         // the server reads them alike (here it reads one string, then a SET), and this text
         // goes to the primary, where the session stays. (Read with both tags alike, it was a
@@ -5930,6 +5944,40 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
         let (rows, err) = raw_query(&mut s, show).await;
         assert_eq!(err, None);
         assert_eq!(rows, [[b"evil".to_vec(), primary.clone()]], "SJIS tags");
+        drop(s);
+        // The same in a read-only transaction on the standby, where it still runs: a
+        // `set_config` it hides from pgwarden is read back from there once it has.
+        let mut s = login_with(&c, c.proxy_port(), &packet("SJIS")).await;
+        read_on(&mut s, show, &standby).await;
+        let (_, err) = raw_query(&mut s, b"BEGIN READ ONLY").await;
+        assert_eq!(err, None);
+        let (rows, err) = raw_query(&mut s, show).await;
+        assert_eq!(
+            (rows[0][1].clone(), err),
+            (standby.clone(), None),
+            "the transaction's node"
+        );
+        let (_, err) = raw_query(
+            &mut s,
+            b"SELECT $\xed\x40$ a $\xfa\x5c$, \
+              length(pg_catalog.set_config('search_path', 'hidden', false)), $\xfa\x5c$ b $\xed\x40$",
+        )
+        .await;
+        assert_eq!(err, None);
+        let (_, err) = raw_query(&mut s, b"COMMIT").await;
+        assert_eq!(err, None);
+        // (A real parameter: a read-back of every setting lists no custom placeholder.)
+        let (rows, err) = raw_query(
+            &mut s,
+            b"SELECT current_setting('search_path'), inet_server_port()",
+        )
+        .await;
+        assert_eq!(err, None);
+        assert_eq!(
+            rows,
+            [[b"hidden".to_vec(), primary.clone()]],
+            "SJIS tags in a transaction"
+        );
         drop(s);
         // SHIFT_JIS_2004 0x81 0x5F is a backslash in UTF-8: `E'\\'` to the server.
         let mut s = login_with(&c, c.proxy_port(), &packet("SHIFT_JIS_2004")).await;

@@ -1328,11 +1328,17 @@ impl Session {
     /// A text whose reading cannot be vouched for (`pgwarden_sql::unsure_reading`): the
     /// session stays on the primary from now on, and its connections are not pooled after
     /// it, whatever the text did.
+    /// In a transaction (or a pipeline's open part) on a standby the text still runs there:
+    /// every setting there is read back once it has (a `set_config` it hides).
     fn unless_unsure(&mut self, sql: &str) {
         if pgwarden_sql::unsure_reading(sql, self.enc) {
             tracing::warn!("a text the server may read otherwise than pgwarden (a dollar quote's tag converted from the client's encoding): the session stays on the primary");
             self.sticky = true;
             self.process_state = true;
+            if let Some(node) = self.tx_node.or(self.open_until_sync) {
+                let every = vec![pgwarden_sql::EVERY_SETTING.to_string()];
+                self.settings.note_changed(node, every);
+            }
         }
     }
 
@@ -1529,12 +1535,44 @@ impl Session {
                 continue;
             };
             // As one extended-protocol statement: the server refuses a text that would hold
-            // more than one command, whatever `pgwarden_sql::prepares` made of it.
-            match conn.b().run_statement(text).await {
+            // more than one command, whatever `pgwarden_sql::prepares` made of it. The text
+            // is UTF-8: a connection in another client encoding is in UTF-8 meanwhile.
+            let encoding = conn
+                .pooled
+                .backend
+                .params
+                .iter()
+                .find(|(k, _)| k == "client_encoding")
+                .map(|(_, v)| v.clone())
+                .filter(|v| !matches!(v.to_ascii_uppercase().as_str(), "UTF8" | "UNICODE"));
+            let set = |e: &str| {
+                format!(
+                    "SELECT pg_catalog.set_config('client_encoding', {}, false)",
+                    crate::settings::literal(e)
+                )
+            };
+            let done = async {
+                if encoding.is_some() {
+                    conn.b().statement_value(set("UTF8")).await?;
+                }
+                conn.b().run_statement(text).await
+            }
+            .await;
+            // Back in the session's encoding, or the connection is not used again (the
+            // session's texts would be misread there).
+            if let Some(e) = &encoding {
+                if let Err(err) = conn.b().statement_value(set(e)).await {
+                    return Err(self.lost(primary, err));
+                }
+            }
+            match done {
                 Ok(done) => {
                     if let Some(message) = done.error {
                         tracing::warn!(node = primary, statement = %p.name, "a statement prepared in a transaction on node {} could not be prepared on the primary ({message})", p.node);
                     }
+                }
+                Err(BackendError::Sql { message, .. }) => {
+                    tracing::warn!(node = primary, statement = %p.name, "a statement prepared in a transaction on node {} could not be prepared on the primary ({message})", p.node);
                 }
                 Err(e) => return Err(self.lost(primary, e)),
             }
@@ -1557,25 +1595,18 @@ impl Session {
         // taken fails there, and the statement made earlier under that name is the one that
         // lives on. Its source query (`statement`, the client's whole query) must hold
         // exactly one PREPARE of this name, whose own text is made on the primary.
-        // (In the client's encoding, as hex: as the client sent it, whatever the encoding.)
+        // (In UTF-8, as hex: whatever the client's encoding, it is made on the primary in
+        // UTF-8, see `prepare_on_primary`.)
         let probe = format!(
-            "SELECT pg_catalog.encode(pg_catalog.convert_to(statement, \
-             pg_catalog.pg_client_encoding()), 'hex') FROM pg_catalog.pg_prepared_statements \
-             WHERE name = {} AND from_sql",
+            "SELECT pg_catalog.encode(pg_catalog.convert_to(statement, 'UTF8'), 'hex') \
+             FROM pg_catalog.pg_prepared_statements WHERE name = {} AND from_sql",
             crate::settings::literal(name)
         );
         let source = match conn.b().statement_value(&probe).await {
-            Ok(Some(hex)) => {
-                let bytes = crate::settings::hex_bytes(&hex);
-                match pgwarden_sql::server_text(&bytes, self.enc) {
-                    // Made on the primary as the client sent it: its text as read here.
-                    std::borrow::Cow::Borrowed(text) => text.to_string(),
-                    std::borrow::Cow::Owned(_) => {
-                        tracing::warn!(node = from, statement = %name, "a statement prepared in a transaction holds characters of the client's encoding that pgwarden does not carry over; it is not made on the primary");
-                        return Ok(None);
-                    }
-                }
-            }
+            Ok(Some(hex)) => match String::from_utf8(crate::settings::hex_bytes(&hex)) {
+                Ok(text) => text,
+                Err(_) => return Ok(None),
+            },
             Ok(None) => return Ok(None),
             Err(BackendError::Sql { message, .. }) => {
                 tracing::warn!(node = from, statement = %name, "cannot tell whether a statement prepared in a transaction is still there ({message})");
