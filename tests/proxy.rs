@@ -5806,6 +5806,21 @@ async fn read_on(s: &mut tokio::net::TcpStream, sql: &[u8], port: &[u8]) -> Vec<
     }
 }
 
+/// `BEGIN READ ONLY` on a raw connection, once its reads (`show`, as for `read_on`) go to
+/// the node at `port`, and a check that the transaction runs there.
+async fn begin_read_only_raw(s: &mut tokio::net::TcpStream, show: &[u8], port: &[u8]) {
+    read_on(s, show, port).await;
+    let (_, err) = raw_query(s, b"BEGIN READ ONLY").await;
+    assert_eq!(err, None);
+    let (rows, err) = raw_query(s, show).await;
+    assert_eq!(err, None);
+    assert_eq!(
+        rows[0].last().map(Vec::as_slice),
+        Some(port),
+        "the transaction's node"
+    );
+}
+
 /// Clients whose `client_encoding` is not UTF-8 send their texts in it, and the server reads
 /// them so. Before, any byte of a query that was not UTF-8 (a LATIN1 client's `é`) ended the
 /// session with a protocol error. In SJIS, BIG5, GBK and GB18030 a character's second byte
@@ -5879,15 +5894,7 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
         // A Query that ends a transaction on the standby, then writes: its parts are sent as
         // the client sent them (they were sent as pgwarden read them, é as U+FFFD).
         // (Once the standby has the last write, the transaction begins there.)
-        read_on(&mut s, show, &standby).await;
-        let (_, err) = raw_query(&mut s, b"BEGIN READ ONLY").await;
-        assert_eq!(err, None);
-        let (rows, err) = raw_query(&mut s, show).await;
-        assert_eq!(
-            (rows[0][1].clone(), err),
-            (standby.clone(), None),
-            "the transaction's node"
-        );
+        begin_read_only_raw(&mut s, show, &standby).await;
         let (rows, err) = raw_query(
             &mut s,
             b"COMMIT; INSERT INTO enc_s VALUES ('caf\xe9') RETURNING s, inet_server_port()",
@@ -5948,15 +5955,7 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
         // The same in a read-only transaction on the standby, where it still runs: a
         // `set_config` it hides from pgwarden is read back from there once it has.
         let mut s = login_with(&c, c.proxy_port(), &packet("SJIS")).await;
-        read_on(&mut s, show, &standby).await;
-        let (_, err) = raw_query(&mut s, b"BEGIN READ ONLY").await;
-        assert_eq!(err, None);
-        let (rows, err) = raw_query(&mut s, show).await;
-        assert_eq!(
-            (rows[0][1].clone(), err),
-            (standby.clone(), None),
-            "the transaction's node"
-        );
+        begin_read_only_raw(&mut s, show, &standby).await;
         let (_, err) = raw_query(
             &mut s,
             b"SELECT $\xed\x40$ a $\xfa\x5c$, \
