@@ -5853,6 +5853,21 @@ fn texts_in_the_clients_encoding_are_read_as_the_server_reads_them() {
         ])
     };
     block(async {
+        // An application_name in the client's code page (WIN1252 é): the server keeps it as
+        // ASCII (`caf?`), through pgwarden as directly (it was refused: "unterminated value").
+        let mut body = 196608u32.to_be_bytes().to_vec();
+        body.extend(b"user\0postgres\0database\0test\0application_name\0caf\xe9\0\0");
+        let named = [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat();
+        for port in [c.node_port(0), c.proxy_port()] {
+            let mut s = login_with(&c, port, &named).await;
+            let (rows, err) =
+                raw_query(&mut s, b"SELECT current_setting('application_name')").await;
+            assert_eq!(
+                (rows, err),
+                (vec![vec![b"caf?".to_vec()]], None),
+                "port {port}"
+            );
+        }
         // LATIN1: é is 0xE9.
         let mut s = login_with(&c, c.proxy_port(), &packet("LATIN1")).await;
         let (rows, err) = raw_query(&mut s, b"SELECT 'caf\xe9', inet_server_port()").await;

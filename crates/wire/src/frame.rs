@@ -25,6 +25,9 @@ pub enum ProtocolError {
     NoUser,
     #[error("invalid startup packet layout: {0}")]
     StartupLayout(&'static str),
+    /// A startup parameter that pgwarden cannot read (it keeps them as UTF-8).
+    #[error("the value of startup parameter \"{0}\" is not UTF-8; pgwarden reads startup parameters as UTF-8")]
+    StartupNotUtf8(String),
     #[error("invalid message length {0}")]
     Length(i64),
     #[error("message of {len} bytes exceeds the maximum message size of {max} bytes")]
@@ -179,15 +182,34 @@ fn parse_params(mut body: &[u8]) -> Result<Params, ProtocolError> {
     let mut params = Vec::new();
     let mut options = Vec::new();
     loop {
-        let (name, rest) = cstr(body).ok_or(ProtocolError::StartupLayout("unterminated name"))?;
+        let (name, rest) = cbytes(body).ok_or(ProtocolError::StartupLayout("unterminated name"))?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| ProtocolError::StartupLayout("a parameter name is not UTF-8"))?;
         if name.is_empty() {
             if !rest.is_empty() {
                 return Err(ProtocolError::StartupLayout("bytes after the terminator"));
             }
             break;
         }
-        let (value, rest) = cstr(rest).ok_or(ProtocolError::StartupLayout("unterminated value"))?;
+        let (value, rest) =
+            cbytes(rest).ok_or(ProtocolError::StartupLayout("unterminated value"))?;
         body = rest;
+        let value = match std::str::from_utf8(value) {
+            Ok(value) => value.to_string(),
+            // What the server makes of it anyway (`pg_clean_ascii`): a Windows program's name
+            // in its code page is no reason to refuse the login.
+            Err(_) if name == "application_name" => value
+                .iter()
+                .map(|&b| {
+                    if (32..=126).contains(&b) {
+                        b as char
+                    } else {
+                        '?'
+                    }
+                })
+                .collect(),
+            Err(_) => return Err(ProtocolError::StartupNotUtf8(name.to_string())),
+        };
         if name.starts_with("_pq_.") {
             // Reserved for protocol options, none of which PostgreSQL 15 knows: not a setting.
             options.push(name.to_string());
@@ -197,16 +219,21 @@ fn parse_params(mut body: &[u8]) -> Result<Params, ProtocolError> {
         // `database` and `replication` are the last given). One entry per name, so that what
         // pgwarden checks (hba, password, replication) is what the server is asked for.
         params.retain(|(k, _)| k != name);
-        params.push((name.to_string(), value.to_string()));
+        params.push((name.to_string(), value));
     }
     Ok((params, options))
 }
 
 /// A NUL-terminated UTF-8 string at the front of `b`, and what follows it.
 pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
+    let (s, rest) = cbytes(b)?;
+    Some((std::str::from_utf8(s).ok()?, rest))
+}
+
+/// A NUL-terminated string at the front of `b` (without its NUL), and what follows it.
+pub fn cbytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = memchr::memchr(0, b)?;
-    let s = std::str::from_utf8(&b[..end]).ok()?;
-    Some((s, &b[end + 1..]))
+    Some((&b[..end], &b[end + 1..]))
 }
 
 #[cfg(test)]
@@ -326,7 +353,11 @@ mod tests {
             ),
             (
                 startup_packet(PROTOCOL_3_0, b"user\0\xff\xfe\0\0"),
-                ProtocolError::StartupLayout("unterminated value"),
+                ProtocolError::StartupNotUtf8("user".into()),
+            ),
+            (
+                startup_packet(PROTOCOL_3_0, b"\xff\0a\0\0"),
+                ProtocolError::StartupLayout("a parameter name is not UTF-8"),
             ),
         ];
         for (mut b, want) in cases {
@@ -341,6 +372,15 @@ mod tests {
             };
             assert_eq!(Startup::user(&params), Err(ProtocolError::NoUser));
         }
+        // An application_name in a Windows code page (é in WIN1252): cleaned to ASCII, as
+        // the server does (`pg_clean_ascii`), not refused.
+        let Ok(Some(Startup::Startup { params, .. })) = split_startup(&mut startup_packet(
+            PROTOCOL_3_0,
+            b"user\0a\0application_name\0caf\xe9 \x01\0\0",
+        )) else {
+            panic!("an application_name that is not UTF-8 is read");
+        };
+        assert_eq!(params[1], ("application_name".into(), "caf? ?".into()));
         // incomplete: wait for more
         let mut b = startup_packet(PROTOCOL_3_0, b"user\0alice\0\0");
         let mut half = b.split_to(10);
