@@ -374,13 +374,16 @@ impl Backend {
     /// How the server reads this connection's client texts (its `client_encoding` and
     /// `server_encoding`, see `pgwarden_sql::server_text`).
     pub fn text_encoding(&self) -> pgwarden_sql::TextEncoding {
-        let param = |name: &str| {
-            self.params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map_or("UTF8", |(_, v)| v.as_str())
-        };
+        let param = |name| self.param(name).unwrap_or("UTF8");
         pgwarden_sql::TextEncoding::of(param("client_encoding"), param("server_encoding"))
+    }
+
+    /// The value the server last reported for parameter `name` (ParameterStatus).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn set_param(&mut self, k: &str, v: &str) {

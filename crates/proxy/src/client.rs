@@ -645,13 +645,7 @@ async fn ready_to_welcome(
     // with it, libpq's `target_session_attrs=read-write` would refuse pgwarden as read-only.
     // A Sync has the server answer, and the change come in. (Only on the primary: a standby
     // welcomes because there is none, and says `on` rightly.)
-    if primary
-        && pooled
-            .backend
-            .params
-            .iter()
-            .any(|(k, v)| k == "in_hot_standby" && v == "on")
-    {
+    if primary && pooled.backend.param("in_hot_standby") == Some("on") {
         let mut sync = BytesMut::new();
         msg::frontend::sync(&mut sync);
         if let Err(e) = within(node, timeout, pooled.backend.exchange(&sync)).await? {

@@ -315,6 +315,16 @@ fn turned_away(nodes: &[NodeRefs], node: u32, full_memory: Duration) -> bool {
     })
 }
 
+/// Whether a session's reads avoid `node` now: it refused the session's login or had no
+/// connection for it lately (`turned_away`), a session found it dead (suspected until a health
+/// check finds it well), or it is out of service (`fenced`, read before the route table says
+/// so).
+fn avoided(nodes: &[NodeRefs], ctx: &Ctx, table: &RouteTable, fenced: &[u32], node: u32) -> bool {
+    turned_away(nodes, node, ctx.cfg.pool_wait_timeout)
+        || ctx.suspected(node, table)
+        || fenced.contains(&node)
+}
+
 /// What a session's login learnt of the server where it was welcomed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Welcomed {
@@ -1002,13 +1012,8 @@ impl Session {
             return None;
         }
         let table = self.table().clone();
-        let full = self.ctx.cfg.pool_wait_timeout;
         let fenced = self.fenced.get();
-        let avoid = |id| {
-            turned_away(&self.nodes, id, full)
-                || self.ctx.suspected(id, &table)
-                || fenced.contains(&id)
-        };
+        let avoid = |id| avoided(&self.nodes, &self.ctx, &table, fenced, id);
         // (With no node to balance to, its reads go to the primary.)
         table
             .session_lb(&mut self.lb_node, self.lb_r, avoid)
@@ -1034,15 +1039,8 @@ impl Session {
         let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
         let r: f64 = rand::random();
         let full = self.ctx.cfg.pool_wait_timeout;
-        // Standbys that refused this session's login or had no connection for it lately, that
-        // a session found dead, or out of service (before the route table says so), serve
-        // none of its reads.
         let fenced = self.fenced.get();
-        let avoid = |id| {
-            turned_away(&self.nodes, id, full)
-                || self.ctx.suspected(id, table)
-                || fenced.contains(&id)
-        };
+        let avoid = |id| avoided(&self.nodes, &self.ctx, table, fenced, id);
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => table.session_lb(&mut self.lb_node, self.lb_r, avoid),
             LoadBalance::Statement => None,
@@ -1071,14 +1069,8 @@ impl Session {
     ) -> Option<u32> {
         let floor = Some(self.min_lsn).filter(|l| l.0 > 0);
         let r: f64 = rand::random();
-        let full = self.ctx.cfg.pool_wait_timeout;
         let fenced = self.fenced.get();
-        let avoid = |id| {
-            id == failed
-                || turned_away(&self.nodes, id, full)
-                || self.ctx.suspected(id, table)
-                || fenced.contains(&id)
-        };
+        let avoid = |id| id == failed || avoided(&self.nodes, &self.ctx, table, fenced, id);
         let lb = match self.ctx.cfg.load_balance {
             LoadBalance::Session => table.session_lb(&mut self.lb_node, self.lb_r, avoid),
             LoadBalance::Statement => None,
@@ -1540,11 +1532,9 @@ impl Session {
             let encoding = conn
                 .pooled
                 .backend
-                .params
-                .iter()
-                .find(|(k, _)| k == "client_encoding")
-                .map(|(_, v)| v.clone())
-                .filter(|v| !matches!(v.to_ascii_uppercase().as_str(), "UTF8" | "UNICODE"));
+                .param("client_encoding")
+                .filter(|v| !matches!(v.to_ascii_uppercase().as_str(), "UTF8" | "UNICODE"))
+                .map(str::to_string);
             let set = |e: &str| {
                 format!(
                     "SELECT pg_catalog.set_config('client_encoding', {}, false)",
@@ -1565,16 +1555,13 @@ impl Session {
                     return Err(self.lost(primary, err));
                 }
             }
-            match done {
-                Ok(done) => {
-                    if let Some(message) = done.error {
-                        tracing::warn!(node = primary, statement = %p.name, "a statement prepared in a transaction on node {} could not be prepared on the primary ({message})", p.node);
-                    }
-                }
-                Err(BackendError::Sql { message, .. }) => {
-                    tracing::warn!(node = primary, statement = %p.name, "a statement prepared in a transaction on node {} could not be prepared on the primary ({message})", p.node);
-                }
+            let refused = match done {
+                Ok(done) => done.error,
+                Err(BackendError::Sql { message, .. }) => Some(message),
                 Err(e) => return Err(self.lost(primary, e)),
+            };
+            if let Some(message) = refused {
+                tracing::warn!(node = primary, statement = %p.name, "a statement prepared in a transaction on node {} could not be prepared on the primary ({message})", p.node);
             }
         }
         self.settings.keep_prepared(kept);
@@ -2432,14 +2419,7 @@ impl Session {
                 match tag {
                     b'E' => failed = true,
                     b'S' => {
-                        if let Some((k, rest)) = frame::cstr(body) {
-                            if let Some((v, _)) = frame::cstr(rest) {
-                                conn.pooled.backend.set_param(k, v);
-                                if k == "client_encoding" {
-                                    self.enc = conn.pooled.backend.text_encoding();
-                                }
-                            }
-                        }
+                        note_param(&mut conn.pooled.backend, &mut self.enc, body);
                     }
                     _ => {}
                 }
@@ -3054,14 +3034,7 @@ impl Session {
                 }
                 b'G' => self.copy_in = Some(node),
                 b'S' => {
-                    if let Some((k, rest)) = frame::cstr(&body) {
-                        if let Some((v, _)) = frame::cstr(rest) {
-                            conn.pooled.backend.set_param(k, v);
-                            if k == "client_encoding" {
-                                self.enc = conn.pooled.backend.text_encoding();
-                            }
-                        }
-                    }
+                    note_param(&mut conn.pooled.backend, &mut self.enc, &body);
                 }
                 b'E' => {
                     self.error_seen = true;
@@ -3296,6 +3269,19 @@ async fn write_client(
         .map_err(|_| End::ClientGone)?;
     *cut = false;
     Ok(())
+}
+
+/// A ParameterStatus (`body`) from `backend`, noted there; its `client_encoding` decides how
+/// the session reads the client's texts (`enc`).
+fn note_param(backend: &mut Backend, enc: &mut pgwarden_sql::TextEncoding, body: &[u8]) {
+    if let Some((k, rest)) = frame::cstr(body) {
+        if let Some((v, _)) = frame::cstr(rest) {
+            backend.set_param(k, v);
+            if k == "client_encoding" {
+                *enc = backend.text_encoding();
+            }
+        }
+    }
 }
 
 /// The query text of a Parse message (whole frame, tag and length included), as the client

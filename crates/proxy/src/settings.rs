@@ -630,13 +630,15 @@ mod tests {
         assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
     }
 
+    /// A whole Query message of `sql`, as the record keeps it.
+    fn q(sql: &str) -> Bytes {
+        let mut b = bytes::BytesMut::new();
+        pgwarden_wire::msg::frontend::query(&mut b, sql);
+        b.freeze()
+    }
+
     #[test]
     fn the_default_isolation_follows_what_the_session_set() {
-        let q = |sql: &str| {
-            let mut b = bytes::BytesMut::new();
-            pgwarden_wire::msg::frontend::query(&mut b, sql);
-            b.freeze()
-        };
         let hex = |v: &str| v.bytes().map(|b| format!("{b:02x}")).collect::<String>();
         let mut s = Settings::default();
         assert!(!s.serializable());
@@ -883,11 +885,6 @@ mod tests {
     /// `client_encoding` kept for a text that is not ASCII goes when that text does.
     #[test]
     fn alternating_settings_keep_the_record_short() {
-        let q = |t: &str| {
-            let mut b = bytes::BytesMut::new();
-            pgwarden_wire::msg::frontend::query(&mut b, t);
-            b.freeze()
-        };
         let long = format!("SET myapp.ctx = '{}'", "a".repeat(110));
         let runs: [[(&str, SettingKind); 2]; 2] = [
             [
