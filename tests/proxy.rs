@@ -5633,13 +5633,20 @@ fn a_primary_out_of_connections_stays_in_service() {
 
 /// TLS for clients that ask for it, and hba rules by encryption, as pg_hba.conf's
 /// `hostssl` and `hostnossl`: database `test` only over TLS, database `postgres` only without.
+/// SCRAM logins over TLS can be bound to the connection (SCRAM-SHA-256-PLUS), as libpq's
+/// `channel_binding=require` demands.
 #[test]
 fn tls_for_clients_that_ask_for_it() {
     let c = Cluster::up(1);
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    std::fs::write(c.dir.join("server.crt"), cert.cert.pem()).unwrap();
-    std::fs::write(c.dir.join("server.key"), cert.key_pair.serialize_pem()).unwrap();
+    // ECDSA with SHA-384: channel binding hashes the certificate with SHA-384, not the
+    // SHA-256 most certificates use (libpq checks the hash it computes itself).
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(c.dir.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(c.dir.join("server.key"), key.serialize_pem()).unwrap();
     let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
         "[proxy]\n",
         "[proxy]\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\n",
@@ -5664,7 +5671,7 @@ fn tls_for_clients_that_ask_for_it() {
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
 
-    let psql_on = |db: &str, sslmode: &str, sql: &str| {
+    let psql_bound = |db: &str, sslmode: &str, binding: &str, sql: &str| {
         let bin = pgwarden_sandbox::PgBin::locate().unwrap();
         let out = Command::new(bin.program("psql"))
             .args([
@@ -5684,6 +5691,7 @@ fn tls_for_clients_that_ask_for_it() {
             ])
             .env("PGPASSFILE", c.pgpass())
             .env("PGSSLMODE", sslmode)
+            .env("PGCHANNELBINDING", binding)
             .output()
             .unwrap();
         (
@@ -5691,10 +5699,21 @@ fn tls_for_clients_that_ask_for_it() {
             format!("{}{}", common::stdout(&out), common::stderr(&out)),
         )
     };
+    let psql_on = |db: &str, sslmode: &str, sql: &str| psql_bound(db, sslmode, "prefer", sql);
     let psql = |sslmode: &str, sql: &str| psql_on("test", sslmode, sql);
     let (ok, text) = psql("require", "\\conninfo");
     assert!(ok, "{text}");
     assert!(text.contains("SSL connection (protocol: TLSv1."), "{text}");
+    // Bound to the TLS connection, and not: both log in. (Before pgwarden offered
+    // SCRAM-SHA-256-PLUS: "channel binding is required, but server did not offer an
+    // authentication method that supports channel binding".)
+    for binding in ["require", "disable"] {
+        let (ok, text) = psql_bound("test", "require", binding, "SELECT 'in'");
+        assert!(
+            ok && text.trim() == "in",
+            "channel_binding={binding}: {text}"
+        );
+    }
     let (ok, text) = psql("require", "SELECT 40 + 2");
     assert!(ok && text.trim() == "42", "{text}");
     // Large answers and COPY over TLS: 4.5 MB of rows, more than the socket buffers take at

@@ -8,7 +8,7 @@ use crate::stream::ClientStream;
 use crate::{CancelSlot, Ctx};
 use bytes::BytesMut;
 use pgwarden_core::config::{proxy::auth_method, AuthMethod};
-use pgwarden_wire::auth::{self, ScramError, ScramServer, Secret};
+use pgwarden_wire::auth::{self, Binding, ScramError, ScramServer, Secret};
 use pgwarden_wire::frame::{self, Frame, ProtocolError, Startup};
 use pgwarden_wire::msg::{self, ErrorFields};
 use std::borrow::Cow;
@@ -336,7 +336,7 @@ async fn startup_packet(
                 else {
                     return Err(Refusal::Silent);
                 };
-                let acceptor = ctx.tls.clone().ok_or(Refusal::Silent)?;
+                let acceptor = ctx.tls.as_ref().ok_or(Refusal::Silent)?.acceptor.clone();
                 match acceptor.accept(tcp).await {
                     Ok(tls) => *stream = ClientStream::Tls(Box::new(tls)),
                     Err(e) => {
@@ -492,6 +492,9 @@ async fn authenticate(
     Ok(Login { params })
 }
 
+const SCRAM: &str = "SCRAM-SHA-256";
+const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
 enum ScramOutcome {
     Failed,
     Refused(Refusal),
@@ -510,32 +513,51 @@ async fn scram(
     user: &str,
     secret: Option<&Secret>,
 ) -> Result<(), ScramOutcome> {
+    // Over TLS, SCRAM-SHA-256-PLUS first, as PostgreSQL lists them: a client that can bind
+    // the login to this TLS connection (libpq's channel_binding) does.
+    let end_point = match (&*stream, &ctx.tls) {
+        (ClientStream::Tls(_), Some(tls)) => tls.end_point.as_deref(),
+        _ => None,
+    };
     let mut out = BytesMut::new();
-    msg::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+    if end_point.is_some() {
+        msg::auth_sasl(&mut out, &[SCRAM_PLUS, SCRAM]);
+    } else {
+        msg::auth_sasl(&mut out, &[SCRAM]);
+    }
     let f = ask(stream, buf, &out, "a SASL response").await?;
     let (mech, first) = msg::sasl_initial(f.body()).map_err(Refusal::from)?;
-    if mech != "SCRAM-SHA-256" {
-        return Err(Refusal::fatal(
-            "28000",
-            format!("client selected an invalid SASL authentication mechanism: {mech}"),
-        )
-        .into());
-    }
+    let binding = match (mech, end_point) {
+        (SCRAM, None) => Binding::NotOffered,
+        (SCRAM, Some(_)) => Binding::Declined,
+        (SCRAM_PLUS, Some(data)) => Binding::Chosen(data),
+        _ => {
+            return Err(Refusal::fatal(
+                "28000",
+                format!("client selected an invalid SASL authentication mechanism: {mech}"),
+            )
+            .into())
+        }
+    };
     let protocol = |e: ScramError| match e {
         ScramError::WrongPassword => ScramOutcome::Failed,
-        ScramError::ChannelBinding => Refusal::fatal(
-            "28000",
-            "channel binding is not supported by pgwarden (use SCRAM-SHA-256 without -PLUS)",
-        )
-        .into(),
+        ScramError::BindingCheckFailed => Refusal::fatal("28000", e.to_string()).into(),
         ScramError::AuthorizationIdentity => Refusal::fatal("0A000", e.to_string()).into(),
         ScramError::Malformed(why) => {
             Refusal::fatal("08P01", format!("malformed SCRAM message: {why}")).into()
         }
+        ScramError::BindingNegotiation | ScramError::UnsupportedBindingType(_) => {
+            Refusal::fatal("08P01", e.to_string()).into()
+        }
     };
-    let (server, server_first) =
-        ScramServer::start(secret.and_then(Secret::scram), user, &ctx.mock_key, first)
-            .map_err(protocol)?;
+    let (server, server_first) = ScramServer::start(
+        secret.and_then(Secret::scram),
+        user,
+        &ctx.mock_key,
+        first,
+        binding,
+    )
+    .map_err(protocol)?;
     out.clear();
     msg::auth_sasl_continue(&mut out, server_first.as_bytes());
     let f = ask(stream, buf, &out, "a SASL response").await?;

@@ -183,7 +183,7 @@ pub struct Ctx {
     pub functions: RwLock<Arc<Functions>>,
     pub clients: AtomicUsize,
     /// TLS for clients that ask for it, when a certificate and key are configured.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<stream::Tls>,
     /// Nodes a session found dead, and when: no reads go there until a later health check
     /// has succeeded (or the monitor takes the node out of service).
     suspects: Mutex<HashMap<u32, chrono::DateTime<chrono::Utc>>>,
@@ -290,7 +290,16 @@ impl Ctx {
         };
         let cfg = config.proxy.clone();
         let tls = match &cfg.tls {
-            Some(t) => Some(stream::acceptor(&t.cert, &t.key).map_err(ProxyError::Tls)?),
+            Some(t) => {
+                let tls = stream::acceptor(&t.cert, &t.key).map_err(ProxyError::Tls)?;
+                if tls.end_point.is_none() {
+                    tracing::warn!(
+                        "{}: its signature algorithm names no hash (Ed25519, RSASSA-PSS), so SCRAM logins over TLS cannot be bound to the connection: SCRAM-SHA-256-PLUS is not offered, and clients that require channel binding are refused",
+                        t.cert.display()
+                    );
+                }
+                Some(tls)
+            }
             None => None,
         };
         let functions = Functions {

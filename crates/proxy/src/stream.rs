@@ -260,20 +260,62 @@ pub(crate) fn read_drained(sock: &TcpStream, buf: &mut BytesMut) -> io::Result<u
     }
 }
 
+/// TLS for clients: the acceptor, and what SCRAM-SHA-256-PLUS binds a login to.
+pub struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The `tls-server-end-point` channel binding data of the certificate (RFC 5929: a hash
+    /// of it), when its signature algorithm names a hash; without it pgwarden offers
+    /// SCRAM-SHA-256 only.
+    pub end_point: Option<Vec<u8>>,
+}
+
+/// RFC 5929's `tls-server-end-point` data of a DER certificate, as PostgreSQL makes it: the
+/// certificate hashed with the hash of its signature algorithm, SHA-256 in place of MD5 and
+/// SHA-1. `None` where that algorithm names no hash (Ed25519, RSASSA-PSS: PostgreSQL 15
+/// cannot bind to those either) or the certificate does not parse.
+pub fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    use x509_cert::der::{oid::ObjectIdentifier as Oid, Decode};
+    const SHA256: &[&str] = &[
+        "1.2.840.113549.1.1.4",   // md5WithRSAEncryption
+        "1.2.840.113549.1.1.5",   // sha1WithRSAEncryption
+        "1.2.840.113549.1.1.11",  // sha256WithRSAEncryption
+        "1.2.840.10045.4.1",      // ecdsa-with-SHA1
+        "1.2.840.10045.4.3.2",    // ecdsa-with-SHA256
+        "1.2.840.10040.4.3",      // dsa-with-sha1
+        "2.16.840.1.101.3.4.3.2", // dsa-with-sha256
+    ];
+    const SHA224: &[&str] = &["1.2.840.113549.1.1.14", "1.2.840.10045.4.3.1"];
+    const SHA384: &[&str] = &["1.2.840.113549.1.1.12", "1.2.840.10045.4.3.3"];
+    const SHA512: &[&str] = &["1.2.840.113549.1.1.13", "1.2.840.10045.4.3.4"];
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let alg = cert.signature_algorithm.oid;
+    let is = |list: &[&str]| list.iter().any(|o| Oid::new(o).is_ok_and(|o| o == alg));
+    if is(SHA256) {
+        Some(sha2::Sha256::digest(der).to_vec())
+    } else if is(SHA224) {
+        Some(sha2::Sha224::digest(der).to_vec())
+    } else if is(SHA384) {
+        Some(sha2::Sha384::digest(der).to_vec())
+    } else if is(SHA512) {
+        Some(sha2::Sha512::digest(der).to_vec())
+    } else {
+        None
+    }
+}
+
 /// Loads a certificate chain and private key (PEM) into a TLS acceptor.
-pub fn acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls, String> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in it", cert.display()));
-    }
+    let end_point = match certs.first() {
+        Some(c) => end_point_hash(c),
+        None => return Err(format!("{}: no certificate in it", cert.display())),
+    };
     let key_path = key;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| format!("{}: not a PEM private key: {e}", key_path.display()))?
@@ -286,13 +328,45 @@ pub fn acceptor(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| format!("{} and {}: {e}", cert.display(), key_path.display()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+    Ok(Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        end_point,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
     use std::io::{Read, Write};
+
+    /// The certificate's own hash, by its signature algorithm (RFC 5929 §4.1); none where
+    /// that names no hash, or for what is not a certificate.
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        let der = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            rcgen::CertificateParams::new(vec!["localhost".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        let p256 = der(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            end_point_hash(&p256),
+            Some(sha2::Sha256::digest(&p256).to_vec())
+        );
+        let p384 = der(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            end_point_hash(&p384),
+            Some(sha2::Sha384::digest(&p384).to_vec())
+        );
+        assert_eq!(end_point_hash(&der(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(end_point_hash(b"not a certificate"), None);
+        assert_eq!(end_point_hash(&p256[..p256.len() - 1]), None);
+    }
 
     /// The count grows with what the peer's TCP stack took (into its receive buffer: once
     /// that is full, only as the client reads).

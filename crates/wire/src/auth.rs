@@ -1,5 +1,6 @@
 //! Client authentication, server side: md5 and SCRAM-SHA-256 (RFC 5802 / 7677, as PostgreSQL
-//! implements it, without channel binding), and the secrets of pgpool's `pool_passwd` file.
+//! implements it, with SCRAM-SHA-256-PLUS's `tls-server-end-point` channel binding over TLS),
+//! and the secrets of pgpool's `pool_passwd` file.
 //!
 //! An unknown user goes through the same exchange as a known one (with a mock secret derived
 //! from the user name) and fails the same way, so the answer never tells whether a user exists.
@@ -240,15 +241,34 @@ pub enum ScramError {
     /// The client sent something SCRAM does not allow: a protocol violation.
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    /// Channel binding was requested; pgwarden does not offer SCRAM-SHA-256-PLUS.
-    #[error("channel binding is not supported")]
-    ChannelBinding,
+    /// The client supports channel binding but thinks the server does not (`y`), where
+    /// SCRAM-SHA-256-PLUS was offered: someone between them may have struck it from the list.
+    #[error("SCRAM channel binding negotiation error")]
+    BindingNegotiation,
+    /// A channel binding type other than `tls-server-end-point`.
+    #[error("unsupported SCRAM channel-binding type \"{0}\"")]
+    UnsupportedBindingType(String),
+    /// The client's channel binding data is not this connection's: its TLS ends elsewhere
+    /// (a man in the middle) — the caller answers 28000, as PostgreSQL does.
+    #[error("SCRAM channel binding check failed")]
+    BindingCheckFailed,
     /// An authorization identity (`a=…` in the GS2 header), which PostgreSQL refuses too.
     #[error("client uses authorization identity, but it is not supported")]
     AuthorizationIdentity,
     /// Wrong password (or unknown user): the caller answers 28P01.
     #[error("password authentication failed")]
     WrongPassword,
+}
+
+/// Channel binding in one SCRAM exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// Not offered (no TLS, or a certificate with no end-point hash): SCRAM-SHA-256 only.
+    NotOffered,
+    /// SCRAM-SHA-256-PLUS was offered, and the client chose SCRAM-SHA-256.
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS: its `tls-server-end-point` data must be this.
+    Chosen(&'a [u8]),
 }
 
 /// The server side of one SCRAM-SHA-256 exchange.
@@ -259,7 +279,10 @@ pub struct ScramServer {
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// What the client-final-message's `c=` must hold: the GS2 header and, with channel
+    /// binding, the binding data.
+    cbind_input: Vec<u8>,
+    binding: bool,
 }
 
 impl ScramServer {
@@ -270,18 +293,34 @@ impl ScramServer {
         user: &str,
         mock_key: &[u8],
         client_first: &[u8],
+        binding: Binding<'_>,
     ) -> Result<(ScramServer, String), ScramError> {
         let text =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        // gs2-header: "n,," or "y,," (no channel binding) or "p=…" (channel binding).
+        // gs2-header: "n,," (no channel binding), "y,," (the client could bind, but thinks
+        // the server cannot) or "p=<type>,," (channel binding), as PostgreSQL checks them.
         let (cb, rest) = text
             .split_once(',')
             .ok_or(ScramError::Malformed("no GS2 header"))?;
-        match cb {
-            "n" | "y" => {}
-            c if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        let data = match (cb, binding) {
+            ("n", Binding::Chosen(_)) | ("y", Binding::Chosen(_)) => {
+                return Err(ScramError::Malformed(
+                    "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
+                ))
+            }
+            ("y", Binding::Declined) => return Err(ScramError::BindingNegotiation),
+            ("n" | "y", _) => None,
+            (c, Binding::Chosen(data)) if c.starts_with("p=") => match &c[2..] {
+                "tls-server-end-point" => Some(data),
+                other => return Err(ScramError::UnsupportedBindingType(other.to_string())),
+            },
+            (c, _) if c.starts_with("p=") => {
+                return Err(ScramError::Malformed(
+                    "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+                ))
+            }
             _ => return Err(ScramError::Malformed("bad channel-binding flag")),
-        }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("no GS2 header end"))?;
@@ -291,7 +330,8 @@ impl ScramServer {
         if !authzid.is_empty() {
             return Err(ScramError::Malformed("bad authorization identity"));
         }
-        let gs2_header = format!("{cb},{authzid},");
+        let mut cbind_input = format!("{cb},{authzid},").into_bytes();
+        cbind_input.extend_from_slice(data.unwrap_or_default());
         let mut client_nonce = None;
         for attr in bare.split(',') {
             if let Some(n) = attr.strip_prefix("r=") {
@@ -327,7 +367,8 @@ impl ScramServer {
                 client_first_bare: bare.to_string(),
                 server_first: server_first.clone(),
                 nonce,
-                gs2_header,
+                cbind_input,
+                binding: data.is_some(),
             },
             server_first,
         ))
@@ -349,10 +390,12 @@ impl ScramServer {
             .next()
             .and_then(|r| r.strip_prefix("r="))
             .ok_or(ScramError::Malformed("no nonce"))?;
-        if B64.decode(cb).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
-            return Err(ScramError::Malformed(
-                "channel binding does not match the GS2 header",
-            ));
+        if B64.decode(cb).ok().as_deref() != Some(&self.cbind_input[..]) {
+            return Err(if self.binding {
+                ScramError::BindingCheckFailed
+            } else {
+                ScramError::Malformed("channel binding does not match the GS2 header")
+            });
         }
         if nonce != self.nonce {
             return Err(ScramError::Malformed("nonce does not match"));
@@ -383,11 +426,13 @@ impl ScramServer {
 mod tests {
     use super::*;
 
-    /// A minimal SCRAM client, to drive the server in tests.
-    fn client_final(
+    /// A minimal SCRAM client, to drive the server in tests: its final message (with
+    /// `cbind_input` in `c=`) and the server signature it expects.
+    fn client_final_bound(
         password: &str,
         client_first_bare: &str,
         server_first: &str,
+        cbind_input: &[u8],
     ) -> (String, [u8; 32]) {
         let mut salt = None;
         let mut iter = None;
@@ -410,7 +455,7 @@ mod tests {
         );
         let client_key = hmac(&salted, b"Client Key");
         let stored = sha256(&client_key);
-        let without_proof = format!("c=biws,r={}", nonce.unwrap());
+        let without_proof = format!("c={},r={}", B64.encode(cbind_input), nonce.unwrap());
         let auth = format!("{client_first_bare},{server_first},{without_proof}");
         let sig = hmac(&stored, auth.as_bytes());
         let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
@@ -421,9 +466,18 @@ mod tests {
         )
     }
 
+    fn client_final(
+        password: &str,
+        client_first_bare: &str,
+        server_first: &str,
+    ) -> (String, [u8; 32]) {
+        client_final_bound(password, client_first_bare, server_first, b"n,,")
+    }
+
     fn exchange(secret: Option<&ScramSecret>, password: &str) -> Result<String, ScramError> {
         let first = b"n,,n=,r=rOprNGfwEbeRWgbNEkqO";
-        let (server, server_first) = ScramServer::start(secret, "alice", b"key", first)?;
+        let (server, server_first) =
+            ScramServer::start(secret, "alice", b"key", first, Binding::NotOffered)?;
         let (fin, want_sig) = client_final(password, "n=,r=rOprNGfwEbeRWgbNEkqO", &server_first);
         let out = server.finish(fin.as_bytes())?;
         assert_eq!(out, format!("v={}", B64.encode(want_sig)));
@@ -440,6 +494,112 @@ mod tests {
         );
         // unknown user: the same failure, after a full exchange
         assert_eq!(exchange(None, "pencil"), Err(ScramError::WrongPassword));
+    }
+
+    /// SCRAM-SHA-256-PLUS (`tls-server-end-point`) and the GS2 flags, as PostgreSQL checks
+    /// them: the login succeeds only with this connection's binding data; a client that could
+    /// bind but was told it cannot (`y` where PLUS was offered) is refused.
+    #[test]
+    fn scram_channel_binding() {
+        let secret = ScramSecret::from_password("pencil", b"salty-salt-salt", 4096);
+        let bare = "n=,r=rOprNGfwEbeRWgbNEkqO";
+        let run = |secret: Option<&ScramSecret>,
+                   binding: Binding<'_>,
+                   header: &str,
+                   cbind_input: &[u8]|
+         -> Result<String, ScramError> {
+            let first = format!("{header}{bare}");
+            let (server, server_first) =
+                ScramServer::start(secret, "alice", b"key", first.as_bytes(), binding)?;
+            let (fin, want) = client_final_bound("pencil", bare, &server_first, cbind_input);
+            let out = server.finish(fin.as_bytes())?;
+            assert_eq!(out, format!("v={}", B64.encode(want)));
+            Ok(out)
+        };
+        let hash = [7u8; 32];
+        let p = "p=tls-server-end-point,,";
+        let bound = [p.as_bytes(), &hash].concat();
+        let ok = |r: Result<String, ScramError>| r.map(|_| ());
+        // Bound to this connection's certificate: in.
+        assert_eq!(
+            ok(run(Some(&secret), Binding::Chosen(&hash), p, &bound)),
+            Ok(())
+        );
+        // Another certificate's hash (a man in the middle), or none: out.
+        let other = [p.as_bytes(), &[8u8; 32]].concat();
+        for cbind in [&other[..], p.as_bytes(), b"n,,"] {
+            assert_eq!(
+                ok(run(Some(&secret), Binding::Chosen(&hash), p, cbind)),
+                Err(ScramError::BindingCheckFailed),
+                "{cbind:?}"
+            );
+        }
+        // An unknown user gets as far, and fails as a wrong password does.
+        assert_eq!(
+            ok(run(None, Binding::Chosen(&hash), p, &bound)),
+            Err(ScramError::WrongPassword)
+        );
+        let start = |binding, header: &str| {
+            ScramServer::start(
+                Some(&secret),
+                "alice",
+                b"key",
+                format!("{header}{bare}").as_bytes(),
+                binding,
+            )
+            .map(|_| ())
+        };
+        // The flags against what was offered and chosen.
+        let cases: &[(Binding<'_>, &str, Result<(), ScramError>)] = &[
+            (Binding::NotOffered, "n,,", Ok(())),
+            (Binding::NotOffered, "y,,", Ok(())),
+            (Binding::Declined, "n,,", Ok(())),
+            (Binding::Declined, "y,,", Err(ScramError::BindingNegotiation)),
+            (
+                Binding::NotOffered,
+                p,
+                Err(ScramError::Malformed("the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data")),
+            ),
+            (
+                Binding::Declined,
+                p,
+                Err(ScramError::Malformed("the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data")),
+            ),
+            (
+                Binding::Chosen(&hash),
+                "n,,",
+                Err(ScramError::Malformed("the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data")),
+            ),
+            (
+                Binding::Chosen(&hash),
+                "y,,",
+                Err(ScramError::Malformed("the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data")),
+            ),
+            (
+                Binding::Chosen(&hash),
+                "p=tls-unique,,",
+                Err(ScramError::UnsupportedBindingType("tls-unique".into())),
+            ),
+            (
+                Binding::Chosen(&hash),
+                "p=tls-server-end-point,a=admin,",
+                Err(ScramError::AuthorizationIdentity),
+            ),
+        ];
+        for (binding, header, want) in cases {
+            assert_eq!(&start(*binding, header), want, "{binding:?} {header}");
+        }
+        // Without binding, `c=` must be the header: `y,,` (eSws) as well as `n,,` (biws).
+        assert_eq!(
+            ok(run(Some(&secret), Binding::NotOffered, "y,,", b"y,,")),
+            Ok(())
+        );
+        assert_eq!(
+            ok(run(Some(&secret), Binding::NotOffered, "y,,", b"n,,")),
+            Err(ScramError::Malformed(
+                "channel binding does not match the GS2 header"
+            ))
+        );
     }
 
     #[test]
@@ -469,7 +629,7 @@ mod tests {
         let cases: &[(&[u8], ScramError)] = &[
             (
                 b"p=tls-server-end-point,,n=,r=abc",
-                ScramError::ChannelBinding,
+                ScramError::Malformed("the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data"),
             ),
             (
                 b"x,,n=,r=abc",
@@ -498,12 +658,13 @@ mod tests {
         ];
         for (msg, want) in cases {
             assert_eq!(
-                ScramServer::start(None, "u", b"k", msg).err(),
+                ScramServer::start(None, "u", b"k", msg, Binding::NotOffered).err(),
                 Some(want.clone()),
                 "{msg:?}"
             );
         }
-        let (server, _) = ScramServer::start(None, "u", b"k", b"n,,n=,r=abc").unwrap();
+        let (server, _) =
+            ScramServer::start(None, "u", b"k", b"n,,n=,r=abc", Binding::NotOffered).unwrap();
         assert_eq!(
             server.finish(b"c=biws,r=wrongnonce,p=AAAA").err(),
             Some(ScramError::Malformed("nonce does not match"))

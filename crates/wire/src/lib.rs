@@ -34,13 +34,23 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = msg::sasl_initial(body);
         let _ = msg::error_fields(body);
     }
-    if let Ok((server, _)) = auth::ScramServer::start(None, "u", b"key", data) {
-        let _ = server.finish(data);
+    for binding in [
+        auth::Binding::NotOffered,
+        auth::Binding::Declined,
+        auth::Binding::Chosen(b"end point"),
+    ] {
+        if let Ok((server, _)) = auth::ScramServer::start(None, "u", b"key", data, binding) {
+            let _ = server.finish(data);
+        }
     }
     let secret = auth::ScramSecret::from_password("pw", b"salt", 1);
-    if let Ok((server, first)) =
-        auth::ScramServer::start(Some(&secret), "u", b"key", b"n,,n=,r=abc")
-    {
+    if let Ok((server, first)) = auth::ScramServer::start(
+        Some(&secret),
+        "u",
+        b"key",
+        b"n,,n=,r=abc",
+        auth::Binding::NotOffered,
+    ) {
         let mut fin = format!(
             "c=biws,r={},p=",
             first
