@@ -258,6 +258,14 @@ fn python_asyncpg_through_pgwarden() {
         [format!("[{standby}]")],
         "{routes:?}"
     );
+    // SHOW POOL_NODES prepared (before: "unrecognized configuration parameter"), and
+    // fetched from a cursor one row, then the rest.
+    assert_eq!(
+        ports_of(&routes, "show pool_nodes"),
+        vec![format!("2 {primary}"); 3],
+        "{routes:?}"
+    );
+    assert_eq!(ports_of(&routes, "show cursor"), ["1 1"], "{routes:?}");
 }
 
 #[test]
@@ -284,6 +292,24 @@ fn python_psycopg3_through_pgwarden() {
     assert_eq!(
         ports_of(&routes, "held cursor"),
         [standby.as_str()],
+        "{routes:?}"
+    );
+    // SHOW POOL_NODES, simple then prepared, in text and binary (before: from the 6th run
+    // on, "unrecognized configuration parameter \"pool_nodes\""), and among evictions from
+    // psycopg's cache of prepared statements.
+    assert_eq!(
+        ports_of(&routes, "show pool_nodes"),
+        vec![format!("2 {primary}"); 16],
+        "{routes:?}"
+    );
+    assert_eq!(
+        ports_of(&routes, "show pool_version"),
+        ["True"],
+        "{routes:?}"
+    );
+    assert_eq!(
+        ports_of(&routes, "show among evictions"),
+        vec!["2 1 2"; 6],
         "{routes:?}"
     );
 }

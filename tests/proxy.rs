@@ -2873,6 +2873,39 @@ fn pgpool_show_commands() {
     assert!(header("SHOW POOL_POOLS").contains("pool_size"));
     // Ordinary SHOW still reaches PostgreSQL.
     assert!(header("SHOW server_version").contains("15"));
+    // Prepared with the extended protocol (tokio-postgres names every statement): described,
+    // run again, fetched from a portal one row at a time, and closed; the session goes on.
+    // (Before: "unrecognized configuration parameter \"pool_nodes\"".)
+    block(async {
+        let mut client = c.client("test").await;
+        let st = client.prepare("SHOW POOL_NODES").await.unwrap();
+        let names: Vec<&str> = st.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(names.join("|"), nodes.lines().next().unwrap());
+        for _ in 0..3 {
+            let rows = client.query(&st, &[]).await.unwrap();
+            let roles: Vec<&str> = rows.iter().map(|r| r.get("role")).collect();
+            assert_eq!(roles, ["primary", "standby"]);
+        }
+        let tx = client.transaction().await.unwrap();
+        let portal = tx.bind(&st, &[]).await.unwrap();
+        let first = tx.query_portal(&portal, 1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].get::<_, &str>("node_id"), "0");
+        let rest = tx.query_portal(&portal, 5).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].get::<_, &str>("node_id"), "1");
+        assert!(tx.query_portal(&portal, 5).await.unwrap().is_empty());
+        tx.commit().await.unwrap();
+        drop(st);
+        let version: String = client
+            .query_one("SHOW POOL_VERSION", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(version.contains("pgwarden"), "{version}");
+        let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+        assert_eq!(n, 42);
+    });
 }
 
 mod hostile {

@@ -195,6 +195,20 @@ async def main():
     route("pool of one reads", sorted(set(reads)))
     await writer.close()
     await one.close()
+
+    # pgpool's SHOW POOL_NODES, through pgwarden only: asyncpg prepares every query (a named
+    # statement, described, then bound and executed), and caches it for the next call.
+    if proxied:
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", password=password, database=db)
+        for i in range(3):
+            rows = await conn.fetch("SHOW POOL_NODES")
+            route("show pool_nodes", len(rows), rows[0]["port"])
+        async with conn.transaction():
+            cur = await conn.cursor("SHOW POOL_NODES")
+            first = await cur.fetch(1)
+            rest = await cur.fetch(5)
+            route("show cursor", len(first), len(rest))
+        await conn.close()
     out("done")
 
 

@@ -122,4 +122,22 @@ cur.close()
 out("held cursor", [r[0] for r in first], [r[0] for r in rest])
 route("held cursor", first[0][1])
 conn.close()
+
+# pgpool's SHOW POOL_NODES, through pgwarden only (PostgreSQL has no such setting): psycopg
+# sends it as a simple query, then, from its 5th run (prepare_threshold), as a prepared
+# statement, with binary results at once; each answer lists both nodes. With a cache of two,
+# psycopg deallocates the statement and prepares it again as other queries push it out.
+if proxied:
+    with connect(autocommit=True) as conn:
+        for i in range(8):
+            for binary in (False, True):
+                rows = conn.execute("SHOW POOL_NODES", binary=binary).fetchall()
+                route("show pool_nodes", len(rows), rows[0][2])
+        route("show pool_version", "pgwarden" in conn.execute("SHOW POOL_VERSION", prepare=True).fetchone()[0])
+        conn.prepared_max = 2
+        for i in range(6):
+            n = len(conn.execute("SHOW POOL_NODES", prepare=True).fetchall())
+            a = conn.execute("SELECT %s::int + 1", (i,), prepare=True).fetchone()[0]
+            b = conn.execute("SELECT %s::int + 2", (i,), prepare=True).fetchone()[0]
+            route("show among evictions", n, a - i, b - i)
 out("done")

@@ -215,6 +215,9 @@ struct Session {
     lb_node: Option<u32>,
     lb_r: f64,
     statements: HashMap<String, Statement>,
+    /// `SHOW POOL_…` prepared with the extended protocol: pgwarden's to answer (boxed: few
+    /// sessions make any).
+    own: Option<Box<crate::show::Own>>,
     unnamed_node: Option<u32>,
     batch: BytesMut,
     batch_frames: Vec<Frame>,
@@ -375,6 +378,7 @@ pub(crate) fn run(
         lb_node: None,
         lb_r: rand::random(),
         statements: HashMap::new(),
+        own: None,
         unnamed_node: None,
         batch: BytesMut::new(),
         batch_frames: Vec::new(),
@@ -1135,6 +1139,12 @@ impl Session {
         if !joined && self.end_open_part_before_query().await? {
             return Ok(());
         }
+        if self.own.is_some()
+            && has_first_word(sql, "deallocate")
+            && Box::pin(self.deallocate_own(sql)).await?
+        {
+            return Ok(());
+        }
         if let Some(cmd) = crate::show::parse(sql) {
             self.drain().await?;
             let mut out = BytesMut::new();
@@ -1742,6 +1752,31 @@ impl Session {
         }
     }
 
+    /// `DEALLOCATE` of statements that are all pgwarden's own (`SHOW POOL_…` prepared, see
+    /// `show::Own`): answered here, as the server would (psycopg deallocates a statement its
+    /// cache no longer holds). Returns whether it was.
+    async fn deallocate_own(&mut self, sql: &str) -> Result<bool> {
+        let resets = pgwarden_sql::resets(sql);
+        let [name] = &resets.deallocated[..] else {
+            return Ok(false);
+        };
+        // (One statement only: the rest of a longer text is the server's.)
+        let single = !sql.trim_end().trim_end_matches(';').contains(';');
+        if resets.statements || !single || !self.own.as_ref().is_some_and(|o| o.has_statement(name))
+        {
+            return Ok(false);
+        }
+        self.drain().await?;
+        if let Some(own) = self.own.as_mut() {
+            own.deallocate(Some(name));
+        }
+        let mut out = BytesMut::new();
+        msg::command_complete(&mut out, "DEALLOCATE");
+        msg::ready_for_query(&mut out, self.last_tx_status);
+        self.send_client(&out).await?;
+        Ok(true)
+    }
+
     /// A session-state operation that drops prepared statements (DISCARD ALL, DEALLOCATE)
     /// drops pgwarden's record of them too, so none is parsed again behind the client's back.
     /// Returns what it does to the settings.
@@ -1749,6 +1784,9 @@ impl Session {
         let resets = pgwarden_sql::resets(sql);
         if resets.statements {
             self.statements.clear();
+            if let Some(own) = self.own.as_mut() {
+                own.deallocate(None);
+            }
         }
         if resets.cursors {
             // DISCARD ALL or CLOSE ALL (asyncpg's reset holds one among other statements)
@@ -1760,6 +1798,9 @@ impl Session {
         // Bind, which fails as it would on one server.
         for name in &resets.deallocated {
             self.statements.remove(name);
+            if let Some(own) = self.own.as_mut() {
+                own.deallocate(Some(name));
+            }
         }
         resets.kind
     }
@@ -1771,6 +1812,27 @@ impl Session {
     /// write: a part goes to the primary, and the batch's later parts follow it there.
     async fn dispatch_batch(&mut self, syncs: usize, part: bool) -> Result<()> {
         let mut frames = std::mem::take(&mut self.batch_frames);
+        // `SHOW POOL_…` prepared, and what uses it: pgwarden's to answer, after what is in
+        // flight (nothing of the batch has gone out: no open part).
+        if !part
+            && self.open_until_sync.is_none()
+            && crate::show::Own::may_answer(self.own.as_deref(), &frames)
+        {
+            self.drain().await?;
+            let (enc, status, lb) = (self.enc, self.last_tx_status, self.shown_lb_node());
+            let ctx = self.ctx.clone();
+            let own = self.own.get_or_insert_with(Default::default);
+            let out = own.answer(&frames, enc, status, |cmd| {
+                crate::show::result(&ctx, cmd, lb)
+            });
+            if let Some(out) = out {
+                self.batch.clear();
+                return self.send_client(&out).await;
+            }
+        }
+        if let Some(own) = self.own.as_mut() {
+            own.forget(&frames, self.last_tx_status == b'I');
+        }
         if let Some(begin) = self.fresh_begin.take() {
             // (As for a Query, see `move_transaction_to_primary`: psycopg and tokio-postgres
             // send the statement as a Parse.)

@@ -29,6 +29,8 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = msg::query_text(body);
         let _ = msg::parse(body);
         let _ = msg::bind_names(body);
+        let _ = msg::bind(body);
+        let _ = msg::execute(body);
         let _ = msg::target(body, "Describe");
         let _ = msg::password(body);
         let _ = msg::sasl_initial(body);

@@ -24,6 +24,8 @@ pub struct Parse<'a> {
     pub name: &'a str,
     /// In the client's encoding, as [`query_text`].
     pub query: &'a [u8],
+    /// How many parameter types it gives.
+    pub param_types: usize,
 }
 
 pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
@@ -40,7 +42,72 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
             "parameter types do not match their count",
         ));
     }
-    Ok(Parse { name, query })
+    Ok(Parse {
+        name,
+        query,
+        param_types: n,
+    })
+}
+
+/// A Bind ('B') message, but for its parameter values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    /// How many parameter values it gives.
+    pub params: usize,
+    /// The result columns' format codes: none (all text), one (for all), or one per column.
+    pub result_formats: Vec<i16>,
+}
+
+pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
+    let bad = |why| malformed("Bind", why);
+    let (portal, statement) = bind_names(body)?;
+    let mut rest = &body[portal.len() + statement.len() + 2..];
+    let mut take = |n: usize| -> Result<&[u8], ProtocolError> {
+        if rest.len() < n {
+            return Err(bad("shorter than its counts say"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let count = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]) as usize;
+    let formats = count(take(2)?);
+    take(2 * formats)?;
+    let params = count(take(2)?);
+    for _ in 0..params {
+        let l = take(4)?;
+        let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+        if len > 0 {
+            take(len as usize)?;
+        } else if len < -1 {
+            return Err(bad("negative parameter length"));
+        }
+    }
+    let results = count(take(2)?);
+    let codes = take(2 * results)?;
+    let result_formats = codes
+        .chunks_exact(2)
+        .map(|c| i16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    if !rest.is_empty() {
+        return Err(bad("bytes after the result formats"));
+    }
+    Ok(Bind {
+        portal,
+        statement,
+        params,
+        result_formats,
+    })
+}
+
+/// An Execute ('E') message: the portal and the most rows to return (0: all).
+pub fn execute(body: &[u8]) -> Result<(&str, i32), ProtocolError> {
+    match cstr(body) {
+        Some((portal, &[a, b, c, d])) => Ok((portal, i32::from_be_bytes([a, b, c, d]))),
+        _ => Err(malformed("Execute", "bad portal name or row count")),
+    }
 }
 
 /// The portal and statement names of a Bind ('B') message.
@@ -260,18 +327,40 @@ pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
 
 /// A RowDescription of text columns.
 pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
+    row_description_in(buf, columns, &[]);
+}
+
+/// A RowDescription of text columns in the formats a Bind asked for (`Bind::result_formats`:
+/// none for text, one for all, or one per column).
+pub fn row_description_in(buf: &mut BytesMut, columns: &[&str], formats: &[i16]) {
     with_len(buf, b'T', |b| {
         b.put_i16(columns.len() as i16);
-        for c in columns {
+        for (i, c) in columns.iter().enumerate() {
+            let format = match formats {
+                [] => 0,
+                [f] => *f,
+                per_column => per_column.get(i).copied().unwrap_or(0),
+            };
             put_cstr(b, c);
             b.put_i32(0); // table oid
             b.put_i16(0); // column number
             b.put_u32(25); // text
             b.put_i16(-1); // variable size
             b.put_i32(-1); // typmod
-            b.put_i16(0); // text format
+            b.put_i16(format);
         }
     });
+}
+
+/// A message with no body: ParseComplete ('1'), BindComplete ('2'), CloseComplete ('3'),
+/// NoData ('n'), PortalSuspended ('s').
+pub fn empty(buf: &mut BytesMut, tag: u8) {
+    with_len(buf, tag, |_| {});
+}
+
+/// A ParameterDescription of a statement without parameters.
+pub fn no_parameters(buf: &mut BytesMut) {
+    with_len(buf, b't', |b| b.put_i16(0));
 }
 
 pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
@@ -419,7 +508,8 @@ mod tests {
             parse(f.body()).unwrap(),
             Parse {
                 name: "s1",
-                query: b"SELECT $1"
+                query: b"SELECT $1",
+                param_types: 1,
             }
         );
         assert!(
@@ -436,6 +526,23 @@ mod tests {
         assert!(query_text(b"SELECT 1").is_err());
         assert!(query_text(b"SELECT 1\0junk").is_err());
         assert_eq!(bind_names(b"p\0s\0\0\0").unwrap(), ("p", "s"));
+        // Bind: one text format code, two parameters (one NULL), results all binary.
+        let b = bind(b"p\0s\0\0\x01\0\0\0\x02\0\0\0\x02hi\xff\xff\xff\xff\0\x01\0\x01").unwrap();
+        assert_eq!(
+            (b.portal, b.statement, b.params, b.result_formats),
+            ("p", "s", 2, vec![1])
+        );
+        for bad in [
+            &b"p\0s\0\0\0\0\x01\0\0\0\x05hi\0\0"[..], // a value longer than the message
+            b"p\0s\0\0\0\0\0\0\x02\0\0",              // two result formats, none given
+            b"p\0s\0\0\0\0\0\0\0junk",                // bytes after the formats
+            b"p\0s\0\0\0\0\x01\xff\xff\xff\xfe\0\0",  // length -2
+            b"p\0s\0",                                // no counts
+        ] {
+            assert!(bind(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(execute(b"p\0\0\0\0\x05").unwrap(), ("p", 5));
+        assert!(execute(b"p\0\0\0").is_err());
         assert_eq!(target(b"Sname\0", "Describe").unwrap(), (b'S', "name"));
         assert!(target(b"Xname\0", "Describe").is_err());
         assert!(target(b"", "Close").is_err());
