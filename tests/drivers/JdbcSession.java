@@ -293,6 +293,22 @@ public class JdbcSession {
                 out("columns", cols);
             }
         }
+        // targetServerType=primary (Spring and Hikari multi-host URLs): pgjdbc asks
+        // SHOW transaction_read_only, which a standby answers "on"; through pgwarden a session
+        // writes to the primary, so every connection must be taken for one.
+        int taken = 0, refused = 0;
+        for (int i = 0; i < 12; i++) {
+            Properties p = new Properties();
+            p.setProperty("user", "postgres");
+            p.setProperty("password", password);
+            p.setProperty("targetServerType", "primary");
+            try (Connection c = DriverManager.getConnection("jdbc:postgresql://127.0.0.1:" + port + "/" + db, p)) {
+                taken++;
+            } catch (SQLException e) {
+                refused++;
+            }
+        }
+        out("targetServerType=primary", taken, refused);
         out("done");
     }
 

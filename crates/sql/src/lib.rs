@@ -204,6 +204,12 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         }
     };
     let mut verdict = classify_summary(sql, &summary, functions);
+    if verdict.class == Class::Read && asks_whether_primary(sql) {
+        verdict = v(
+            Class::Write,
+            "asks whether the server is read-only or a standby: the session's primary answers",
+        );
+    }
     let updates_settings =
         summary.statement_types.iter().any(|t| t == "UpdateStmt") && names_pg_settings(sql);
     verdict.sets = summary
@@ -232,6 +238,15 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         // show statements this reading does not see.
         || (memchr::memchr(b'\\', sql.as_bytes()).is_some() && leaves_process_state(sql));
     verdict
+}
+
+/// Whether `sql` names `transaction_read_only` or `in_hot_standby` (case aside): drivers ask
+/// them to tell a primary from a standby (pgjdbc's `targetServerType=primary` runs `SHOW
+/// transaction_read_only`; pgx's `target_session_attrs` too). A session through pgwarden
+/// writes, so the primary answers (`off`) rather than a standby the read was balanced to,
+/// which would answer `on` and have the driver refuse the connection.
+fn asks_whether_primary(sql: &str) -> bool {
+    contains_lowercase(sql, b"transaction_read_only") || contains_lowercase(sql, b"in_hot_standby")
 }
 
 /// Functions whose effect `DISCARD ALL` keeps (see [`leaves_process_state`]).

@@ -13,6 +13,7 @@ impl FunctionCatalog for Builtins {
                 "sum",
                 "pg_is_in_recovery",
                 "generate_series",
+                "current_setting",
             ]
             .contains(&name)
     }
@@ -30,6 +31,14 @@ fn classification_table() {
         ("WITH a AS (SELECT * FROM t) SELECT * FROM a JOIN u USING (id)", Read),
         ("SELECT * FROM t WHERE name = 'for update'", Write), // errs toward the primary
         ("  SHOW search_path", Read),
+        ("SELECT current_setting('search_path')", Read),
+        // whether the server is a primary, as drivers ask it (pgjdbc's targetServerType,
+        // pgx's target_session_attrs): a standby would answer for itself
+        ("SHOW transaction_read_only", Write),
+        ("show TRANSACTION_READ_ONLY;", Write),
+        ("SHOW in_hot_standby", Write),
+        ("SELECT current_setting('transaction_read_only')", Write),
+        ("select current_setting('In_Hot_Standby')::bool", Write),
         ("EXPLAIN SELECT * FROM t", Read),
         ("EXPLAIN DELETE FROM t", Read),
         ("EXPLAIN ANALYZE SELECT * FROM t", Read),
