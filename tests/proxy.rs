@@ -5076,6 +5076,58 @@ fn warden_memory(c: &Cluster, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in kB"))
 }
 
+/// A message over `proxy.max_message_size` ends the session with a FATAL the client hears:
+/// the client writes the whole message before it reads, so pgwarden reads the rest and drops
+/// it first. (Before, the socket was closed under the client's write and reset, and the
+/// client saw only "connection closed" / "server closed the connection unexpectedly".)
+#[test]
+fn a_message_over_the_size_limit_is_refused_with_a_reason() {
+    let c = Cluster::up(1);
+    let cfg = std::fs::read_to_string(c.config())
+        .unwrap()
+        .replace("[proxy]\n", "[proxy]\nmax_message_size = 1048576\n");
+    std::fs::write(c.config(), cfg).unwrap();
+    c.restart_warden();
+    block(async {
+        let client = c.client("test").await;
+        client
+            .batch_execute("CREATE TABLE big (b bytea)")
+            .await
+            .unwrap();
+        let under = vec![7u8; 500_000];
+        client
+            .execute("INSERT INTO big VALUES ($1)", &[&under])
+            .await
+            .unwrap();
+        // 16 MB: more than the socket buffers hold, so the client is still writing when
+        // pgwarden sees the length.
+        let over = vec![7u8; 16 << 20];
+        let e = client
+            .execute("INSERT INTO big VALUES ($1)", &[&over])
+            .await
+            .unwrap_err();
+        let db = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("no reason given: {e:?}"));
+        assert_eq!(db.code().code(), "54000", "{db:?}");
+        assert_eq!(db.severity(), "FATAL", "{db:?}");
+        assert!(
+            db.message().contains(
+                "exceeds the maximum message size of 1048576 bytes (proxy.max_message_size)"
+            ),
+            "{db:?}"
+        );
+        // Only that session ended.
+        let other = c.client("test").await;
+        let n: i64 = other
+            .query_one("SELECT count(*) FROM big", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+    });
+}
+
 /// A burst of large statements leaves no memory behind in the proxy: 20 sessions at once,
 /// each sending an 8 MB statement, twice. (glibc kept the freed buffers in its heap: the proxy
 /// stayed at about 200 MB afterwards.)

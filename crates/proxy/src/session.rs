@@ -57,6 +57,9 @@ enum End {
     ClientGone,
     /// Tell the client this FATAL error, then close.
     Fatal(String, String),
+    /// The client's message of `len` bytes is over `proxy.max_message_size`, `rest` of it yet
+    /// to come: read and dropped before the FATAL is told (see `Session::skip_oversized`).
+    Oversized { len: usize, rest: usize },
 }
 
 type Result<T> = std::result::Result<T, End>;
@@ -402,8 +405,18 @@ pub(crate) fn run(
         // The error is boxed before the await below: kept as it is, its 48 bytes would take
         // room in every session's task for the whole session (a task's layout overlaps
         // locals of different await points only so far), which pushed it past tokio's 1,024.
+        let mut oversized = None;
         let fatal = match s.main_loop(&mut reader, &mut buf).await {
             Err(End::Fatal(code, message)) => Some(Box::new((code, message))),
+            Err(End::Oversized { len, rest }) => {
+                oversized = Some(rest);
+                let max = s.ctx.cfg.max_message_size;
+                let e = ProtocolError::TooLarge { len, max };
+                Some(Box::new((
+                    "54000".into(),
+                    format!("{e} (proxy.max_message_size)"),
+                )))
+            }
             _ => None,
         };
         // In the log too: the client may not hear it (one that stopped reading, say).
@@ -426,6 +439,9 @@ pub(crate) fn run(
         // The nodes first: a client that does not read must not keep this session engaged on
         // a node being stopped, nor its connections open.
         s.release();
+        if let Some(rest) = oversized {
+            Box::pin(skip_oversized(&mut reader, rest, s.ctx.cfg.auth_timeout)).await;
+        }
         if let Some(fatal) = fatal.filter(|_| !s.client_cut) {
             // Boxed: this rare write would otherwise take room in every session's task.
             Box::pin(s.say_fatal(fatal)).await;
@@ -654,7 +670,20 @@ impl Session {
     /// Handles every complete message in `cbuf`.
     async fn handle_frames(&mut self, cbuf: &mut BytesMut, watch: &FenceWatch) -> Result<Handled> {
         let mut handled = Handled::Nothing;
-        while let Some(f) = frame::split_frame(cbuf, self.ctx.cfg.max_message_size)? {
+        loop {
+            let f = match frame::split_frame(cbuf, self.ctx.cfg.max_message_size) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                // Within PostgreSQL's own limit, the client is sending it still: it hears
+                // why it was cut off once it has (see `skip_oversized`).
+                Err(ProtocolError::TooLarge { len, .. }) if len <= PG_MESSAGE_LIMIT => {
+                    return Err(End::Oversized {
+                        len,
+                        rest: len.saturating_sub(cbuf.len()),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
             handled = Handled::Some;
             // A node may be fenced while the session waits on it (a hung primary): the
             // session ends rather than wait. Other fences are dealt with once the message is
@@ -3691,6 +3720,34 @@ enum IdleStep {
     Parked(u32),
     /// Read back settings changed in a transaction that has ended (`read_back_settings`).
     ReadBack,
+}
+
+/// PostgreSQL's own limit on a client's message (`PQ_LARGE_MESSAGE_LIMIT`, 1 GB, with its
+/// type byte): a longer one is a protocol error at once.
+const PG_MESSAGE_LIMIT: usize = 0x3fff_ffff + 1;
+
+/// At most this long to read and drop the rest of an oversized message (`skip_oversized`).
+const OVERSIZED_SKIP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads and drops the `rest` of a client's message over `proxy.max_message_size`, so that
+/// the client, which writes all of it before it reads, hears the FATAL that says why: closed
+/// with its bytes unread, the socket would be reset and the FATAL lost ("server closed the
+/// connection unexpectedly"). Bounded: each read by `limit` (a client's partial message),
+/// all of it by `OVERSIZED_SKIP_LIMIT`, in a 64 KiB buffer.
+async fn skip_oversized(reader: &mut ClientReader, mut rest: usize, limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + OVERSIZED_SKIP_LIMIT;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while rest > 0 {
+        buf.clear();
+        let read = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + limit),
+            reader.read_into(&mut buf),
+        );
+        match read.await {
+            Ok(Ok(n)) if n > 0 => rest = rest.saturating_sub(n),
+            _ => return,
+        }
+    }
 }
 
 /// How `Session::end_open_batch` left the pipeline.
