@@ -6287,3 +6287,92 @@ fn an_update_of_pg_settings_follows_the_session() {
         assert_eq!(on_standby("application_name").await, "x7");
     });
 }
+
+/// Settings the database's own code changes (a function that calls `set_config`, as the
+/// row-level-security tenant pattern does) follow the session to the standby its reads go to:
+/// they are read back from the primary before the standby is used. (Before, the standby kept
+/// the session's earlier tenant, and its reads returned that tenant's rows.)
+#[test]
+fn settings_a_function_changes_follow_the_session() {
+    let c = Cluster::up(2);
+    // Reads go to the standby only.
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    c.psql(
+        0,
+        "test",
+        "CREATE ROLE alice; \
+         CREATE TABLE docs (tenant int, body text); \
+         INSERT INTO docs VALUES (1, 'tenant-1'), (2, 'tenant-2'); \
+         ALTER TABLE docs ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY p ON docs USING (tenant = current_setting('app.tenant', true)::int); \
+         GRANT SELECT ON docs TO alice; \
+         CREATE FUNCTION set_tenant(int) RETURNS void LANGUAGE sql \
+           AS $$ SELECT set_config('app.tenant', $1::text, false) $$; \
+         CREATE SCHEMA app; CREATE TABLE app.t (x text); INSERT INTO app.t VALUES ('app'); \
+         CREATE TABLE public.t (x text); INSERT INTO public.t VALUES ('public'); \
+         CREATE FUNCTION use_app() RETURNS void LANGUAGE plpgsql \
+           AS $$ BEGIN PERFORM set_config('search_path', 'app, public', false); END $$",
+    )
+    .unwrap();
+    let standby = c.node_port(1) as i32;
+    block(async {
+        // The first column of `sql`'s rows once it runs on the standby (its second column is
+        // `inet_server_port()`): after a write, reads stay on the primary until the standby
+        // has replayed it.
+        async fn on_standby(
+            client: &tokio_postgres::Client,
+            sql: &str,
+            standby: i32,
+        ) -> Vec<String> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let rows = client
+                    .query(sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                if rows.first().is_some_and(|r| r.get::<_, i32>(1) == standby) {
+                    return rows.iter().map(|r| r.get(0)).collect();
+                }
+                assert!(Instant::now() < deadline, "{sql}: never ran on the standby");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let read = "SELECT body, inet_server_port() FROM docs";
+        // A simple query calls the function.
+        let client = c.client("test").await;
+        client
+            .batch_execute("SET ROLE alice; SET app.tenant = 1")
+            .await
+            .unwrap();
+        assert_eq!(on_standby(&client, read, standby).await, ["tenant-1"]);
+        client.simple_query("SELECT set_tenant(2)").await.unwrap();
+        assert_eq!(on_standby(&client, read, standby).await, ["tenant-2"]);
+        // A prepared statement, bound with a parameter, twice.
+        let st = client.prepare("SELECT set_tenant($1)").await.unwrap();
+        client.execute(&st, &[&1i32]).await.unwrap();
+        assert_eq!(on_standby(&client, read, standby).await, ["tenant-1"]);
+        client.execute(&st, &[&2i32]).await.unwrap();
+        assert_eq!(on_standby(&client, read, standby).await, ["tenant-2"]);
+        // In a transaction, where statements are not parsed unless they may hold state: a
+        // PL/pgSQL function sets the search path.
+        let client = c.client("test").await;
+        let path = "SELECT x, inet_server_port() FROM t";
+        assert_eq!(on_standby(&client, path, standby).await, ["public"]);
+        for sql in ["BEGIN", "SELECT use_app()", "COMMIT"] {
+            client.batch_execute(sql).await.unwrap();
+        }
+        assert_eq!(on_standby(&client, path, standby).await, ["app"]);
+        // The same in one Query.
+        client
+            .batch_execute("SET search_path = public")
+            .await
+            .unwrap();
+        assert_eq!(on_standby(&client, path, standby).await, ["public"]);
+        client
+            .batch_execute("BEGIN; SELECT use_app(); COMMIT")
+            .await
+            .unwrap();
+        assert_eq!(on_standby(&client, path, standby).await, ["app"]);
+    });
+}

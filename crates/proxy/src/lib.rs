@@ -114,6 +114,9 @@ impl NodeStats {
 #[derive(Debug, Default)]
 pub struct Functions {
     builtin: HashSet<String>,
+    /// Every function of `pg_catalog`, of any volatility: a call to another is the database's
+    /// own code (`Verdict::runs_user_code`). Empty until read: every call is then taken so.
+    all_builtin: HashSet<String>,
     read_only: HashSet<String>,
     write: HashSet<String>,
 }
@@ -123,6 +126,10 @@ pub struct Functions {
 impl pgwarden_sql::FunctionCatalog for Ctx {
     fn is_read_only(&self, schema: Option<&str>, name: &str) -> bool {
         self.functions().is_read_only(schema, name)
+    }
+
+    fn is_builtin(&self, schema: Option<&str>, name: &str) -> bool {
+        self.functions().is_builtin(schema, name)
     }
 }
 
@@ -139,6 +146,10 @@ impl pgwarden_sql::FunctionCatalog for Functions {
             return true;
         }
         matches!(schema, None | Some("pg_catalog")) && self.builtin.contains(name)
+    }
+
+    fn is_builtin(&self, schema: Option<&str>, name: &str) -> bool {
+        matches!(schema, None | Some("pg_catalog")) && self.all_builtin.contains(name)
     }
 }
 
@@ -304,6 +315,7 @@ impl Ctx {
         };
         let functions = Functions {
             builtin: HashSet::new(),
+            all_builtin: HashSet::new(),
             read_only: cfg.read_only_functions.iter().cloned().collect(),
             write: cfg.write_functions.iter().cloned().collect(),
         };
@@ -659,10 +671,11 @@ const NEEDS_PRIMARY: [&str; 4] = [
 /// overload, but those in `NEEDS_PRIMARY`) from the primary, retrying until it answers. Until
 /// then every function call is routed to the primary.
 async fn load_functions(ctx: Arc<Ctx>) {
-    const SQL: &str = "SELECT p.proname FROM pg_catalog.pg_proc p \
+    const SQL: &str = "SELECT p.proname, \
+        CASE WHEN bool_and(p.provolatile IN ('i', 's')) THEN 'r' ELSE 'w' END \
+        FROM pg_catalog.pg_proc p \
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-        WHERE n.nspname = 'pg_catalog' GROUP BY p.proname \
-        HAVING bool_and(p.provolatile IN ('i', 's'))";
+        WHERE n.nspname = 'pg_catalog' GROUP BY p.proname";
     let mut routes = ctx.routes.clone();
     loop {
         let target = {
@@ -689,20 +702,29 @@ async fn load_functions(ctx: Arc<Ctx>) {
                     let task = tokio::spawn(conn);
                     match client.simple_query(SQL).await {
                         Ok(rows) => {
-                            let names: HashSet<String> = rows
+                            let rows: Vec<(String, bool)> = rows
                                 .iter()
                                 .filter_map(|m| match m {
                                     tokio_postgres::SimpleQueryMessage::Row(r) => {
-                                        r.get(0).map(str::to_string)
+                                        Some((r.get(0)?.to_string(), r.get(1) == Some("r")))
                                     }
                                     _ => None,
                                 })
-                                .filter(|name| !NEEDS_PRIMARY.contains(&name.as_str()))
+                                .collect();
+                            let all_builtin: HashSet<String> =
+                                rows.iter().map(|(n, _)| n.clone()).collect();
+                            let names: HashSet<String> = rows
+                                .into_iter()
+                                .filter(|(name, read_only)| {
+                                    *read_only && !NEEDS_PRIMARY.contains(&name.as_str())
+                                })
+                                .map(|(name, _)| name)
                                 .collect();
                             tracing::info!("{} read-only built-in functions known", names.len());
                             let cur = ctx.functions();
                             let next = Functions {
                                 builtin: names,
+                                all_builtin,
                                 read_only: cur.read_only.clone(),
                                 write: cur.write.clone(),
                             };

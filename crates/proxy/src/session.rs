@@ -1200,15 +1200,16 @@ impl Session {
         let in_tx = self.tx_node.is_some();
         // Inside a transaction the node is fixed; the parser is needed only for statements that
         // may create session state (LISTEN, PREPARE, temporary tables, settings, cursors).
-        let (class, sets) = if in_tx && !may_hold_state(sql) {
-            self.process_state |= pgwarden_sql::leaves_process_state(sql);
-            (Class::InTransaction, false)
-        } else {
-            let verdict = classify(sql, &*self.ctx);
-            tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
-            self.process_state |= verdict.process_state;
-            (verdict.class, verdict.sets)
-        };
+        let (class, sets, user_code) =
+            if in_tx && !may_hold_state(sql) && !pgwarden_sql::may_run_user_code(sql, &*self.ctx) {
+                self.process_state |= pgwarden_sql::leaves_process_state(sql);
+                (Class::InTransaction, false, false)
+            } else {
+                let verdict = classify(sql, &*self.ctx);
+                tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
+                self.process_state |= verdict.process_state;
+                (verdict.class, verdict.sets, verdict.runs_user_code)
+            };
         if class == Class::Sticky {
             self.sticky = true;
         }
@@ -1287,11 +1288,12 @@ impl Session {
         }
         if record && !in_tx {
             self.session_operation(target, bytes, settle);
-        } else if sets || class == Class::Session {
+        } else if sets || user_code || class == Class::Session {
             // A setting inside a transaction, or among other statements: whether it lasts
             // depends on how the transaction ends, so its value is read back once it has.
+            // So is every setting after code of the database's own, which may set any.
             if let Some(node) = sent {
-                self.note_settings_changed(node, sql);
+                self.note_settings_changed(node, sql, user_code);
             }
             if class == Class::Session {
                 self.forget_dropped_statements(sql);
@@ -1389,8 +1391,8 @@ impl Session {
         if verdict.class == Class::Sticky {
             self.sticky = true;
         }
-        if verdict.sets {
-            self.note_settings_changed(node, &prefix);
+        if verdict.sets || verdict.runs_user_code {
+            self.note_settings_changed(node, &prefix, verdict.runs_user_code);
         }
         for name in pgwarden_sql::held_cursors(&prefix) {
             self.settings.note_held(name, node);
@@ -1439,10 +1441,17 @@ impl Session {
 
     /// `sql` ran on `node` and may have changed the settings `setting_names` names there: they
     /// are read back before the session uses another connection (see `settings`); after a
-    /// `RESET ALL`, every setting (`pgwarden_sql::EVERY_SETTING`). Settings that cannot be
-    /// named (`set_config` of a name that is not a constant) pin the session instead: a
-    /// custom parameter cannot be listed, so reading back every setting would miss it.
-    fn note_settings_changed(&mut self, node: u32, sql: &str) {
+    /// `RESET ALL`, every setting (`pgwarden_sql::EVERY_SETTING`, with the custom parameters
+    /// the session knows of: `pg_settings` does not list those); after code of the database's
+    /// own (`user_code`: a function whose body may call `set_config`), every setting, but
+    /// only before another node is used (`Settings::note_user_code`). Settings that
+    /// cannot be named (`set_config` of a name that is not a constant) pin the session
+    /// instead: a custom parameter cannot be listed, so reading back every setting would
+    /// miss it.
+    fn note_settings_changed(&mut self, node: u32, sql: &str, user_code: bool) {
+        if user_code {
+            self.settings.note_user_code(node);
+        }
         match pgwarden_sql::setting_names(sql) {
             Some(names) => self.settings.note_changed(node, names),
             None => {
@@ -1486,7 +1495,7 @@ impl Session {
                 ));
             }
             self.catch_up(from).await?;
-            let sql = crate::settings::read_back_sql(&name);
+            let sql = crate::settings::read_back_sql(&name, &self.settings.custom_names());
             let Some(conn) = self.conns.get_mut(&from) else {
                 continue;
             };
@@ -1953,8 +1962,12 @@ impl Session {
                     let c = verdict.class;
                     class = combine(class, c);
                     any_statement = true;
-                    // (A `set_config` is read back once it has run, see `SettingEffect`.)
-                    let effect = setting_effect(sql);
+                    // (A `set_config` is read back once it has run, see `SettingEffect`; every
+                    // setting after code of the database's own.)
+                    let effect = match setting_effect(sql) {
+                        SettingEffect::None if verdict.runs_user_code => SettingEffect::ReadBack,
+                        e => e,
+                    };
                     pins |= c == Class::Sticky
                         || (c == Class::Session
                             && effect != SettingEffect::Replayed
@@ -2310,7 +2323,9 @@ impl Session {
         read_back.append(&mut config_calls);
         if let Some(node) = sent {
             for sql in &read_back {
-                self.note_settings_changed(node, &pgwarden_sql::server_text(sql, self.enc));
+                let sql = pgwarden_sql::server_text(sql, self.enc);
+                let user_code = classify(&sql, &*self.ctx).runs_user_code;
+                self.note_settings_changed(node, &sql, user_code);
             }
         }
         for raw in replay {

@@ -39,10 +39,21 @@ const EVERY_SETTING_SQL: &str = "SELECT pg_catalog.string_agg(n || '=' || \
      UNION SELECT 'session_authorization' UNION SELECT 'role') AS s(n)";
 
 /// The statement that reads back setting `name` (see the module's documentation), or every
-/// setting for `pgwarden_sql::EVERY_SETTING`: its answer goes to `Settings::record_read_back`.
-pub(crate) fn read_back_sql(name: &str) -> String {
+/// setting for `pgwarden_sql::EVERY_SETTING`, with the `custom` parameters the session knows
+/// of (`pg_settings` does not list those): its answer goes to `Settings::record_read_back`.
+pub(crate) fn read_back_sql(name: &str, custom: &[String]) -> String {
     if name == pgwarden_sql::EVERY_SETTING {
-        return EVERY_SETTING_SQL.to_string();
+        if custom.is_empty() {
+            return EVERY_SETTING_SQL.to_string();
+        }
+        let (head, tail) = EVERY_SETTING_SQL.split_at(EVERY_SETTING_SQL.len() - ") AS s(n)".len());
+        let mut sql = head.to_string();
+        for c in custom {
+            sql.push_str(" UNION SELECT ");
+            sql.push_str(&literal(c));
+        }
+        sql.push_str(tail);
+        return sql;
     }
     format!(
         "SELECT pg_catalog.encode(pg_catalog.convert_to(\
@@ -73,6 +84,11 @@ struct Record {
     /// Cursors declared `WITH HOLD` in a transaction on a standby: they live there after it,
     /// and a FETCH, MOVE or CLOSE of one goes there (by name, with the node).
     held: Vec<(String, u32)>,
+    /// Nodes where code of the database's own ran (a function that may call `set_config`):
+    /// every setting there is read back, but only before another node is used (`unread_on`,
+    /// `unread_elsewhere`), not at once (`has_unread`): a session that calls functions on
+    /// the primary and stays there pays nothing.
+    user_code: Vec<u32>,
 }
 
 /// A statement prepared by a SQL `PREPARE` in a transaction on a standby, still to be made on
@@ -224,7 +240,47 @@ impl Record {
     /// Whether a setting changed on a node other than `node` is still to be read back: before
     /// `node` is used, it is.
     pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
-        self.unread.iter().any(|(n, _)| *n != node) || self.prepared.iter().any(|p| p.node != node)
+        self.unread.iter().any(|(n, _)| *n != node)
+            || self.prepared.iter().any(|p| p.node != node)
+            || self.user_code.iter().any(|n| *n != node)
+    }
+
+    /// Code of the database's own ran on `node` (see `user_code`).
+    pub(crate) fn note_user_code(&mut self, node: u32) {
+        if !self.user_code.contains(&node) {
+            self.user_code.push(node);
+        }
+    }
+
+    /// The custom parameters (`app.tenant`) the record sets or is to read back: a read-back
+    /// of every setting asks for them by name (see `read_back_sql`).
+    pub(crate) fn custom_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let mut add = |n: &str| {
+            if n.contains('.') && !names.iter().any(|m| m == n) {
+                names.push(n.to_string());
+            }
+        };
+        for e in &self.entries {
+            match &e.kind {
+                SettingKind::One(n) => add(n),
+                // Several settings in one query (`SET ROLE a; SET app.tenant = 1`).
+                _ => {
+                    let text = e
+                        .query
+                        .get(5..)
+                        .and_then(|b| pgwarden_wire::msg::query_text(b).ok());
+                    let sql = String::from_utf8_lossy(text.unwrap_or_default());
+                    for n in pgwarden_sql::setting_names(&sql).unwrap_or_default() {
+                        add(&n);
+                    }
+                }
+            }
+        }
+        for (_, n) in &self.unread {
+            add(n);
+        }
+        names
     }
 
     /// Whether `node` holds settings still to be read back: the session needs that
@@ -232,7 +288,7 @@ impl Record {
     /// made if the standby is still there when the session comes to it; losing the standby
     /// first loses the statement, not the session.)
     pub(crate) fn unread_on(&self, node: u32) -> bool {
-        self.unread.iter().any(|(n, _)| *n == node)
+        self.unread.iter().any(|(n, _)| *n == node) || self.user_code.contains(&node)
     }
 
     /// The settings to read back, in the order they are to be replayed: the session
@@ -240,10 +296,16 @@ impl Record {
     /// may need the role's rights), then the others in the order they were first changed.
     pub(crate) fn take_unread(&mut self) -> Vec<(u32, String)> {
         let mut unread = std::mem::take(&mut self.unread);
+        for node in std::mem::take(&mut self.user_code) {
+            unread.push((node, pgwarden_sql::EVERY_SETTING.to_string()));
+        }
+        // Every setting first: its answer is recorded as a `RESET ALL` and each value, which
+        // would undo a value read back by name before it.
         unread.sort_by_key(|(_, name)| match name.as_str() {
-            "session_authorization" => 0,
-            "role" => 1,
-            _ => 2,
+            pgwarden_sql::EVERY_SETTING => 0,
+            "session_authorization" => 1,
+            "role" => 2,
+            _ => 3,
         });
         unread
     }
@@ -362,6 +424,16 @@ impl Settings {
     /// See [`Record::unread_elsewhere`].
     pub(crate) fn unread_elsewhere(&self, node: u32) -> bool {
         self.0.as_ref().is_some_and(|r| r.unread_elsewhere(node))
+    }
+
+    /// See [`Record::note_user_code`].
+    pub(crate) fn note_user_code(&mut self, node: u32) {
+        self.record().note_user_code(node);
+    }
+
+    /// See [`Record::custom_names`].
+    pub(crate) fn custom_names(&self) -> Vec<String> {
+        self.0.as_ref().map_or_else(Vec::new, |r| r.custom_names())
     }
 
     /// Records the answer to [`read_back_sql`]`(name)`: a setting's value
@@ -714,6 +786,48 @@ mod tests {
             assert!(t.contains(&format!("set_config(E'{name}'")), "{t}");
         }
         assert_eq!(s.since(before).len(), 4);
+    }
+
+    /// After code of the database's own, every setting is read back, but only before another
+    /// node is used, first among what is read back, and asking by name for the custom
+    /// parameters the session has set (`pg_settings` does not list them).
+    #[test]
+    fn user_code_reads_every_setting_back_before_another_node() {
+        let mut s = Settings::default();
+        s.push(
+            Bytes::from_static(b"Q\0\0\0\x27SET ROLE alice; SET app.tenant = 1\0"),
+            SettingKind::Other,
+        );
+        s.push(Bytes::from_static(b"SET work_mem = '7MB'"), one("work_mem"));
+        s.note_changed(0, vec!["role".into(), "my.flag".into()]);
+        s.note_user_code(0);
+        assert!(s.unread_on(0));
+        assert!(
+            !s.unread_elsewhere(0),
+            "the node that ran it needs no read-back"
+        );
+        assert!(s.unread_elsewhere(1), "another node does");
+        assert_eq!(s.custom_names(), ["app.tenant", "my.flag"]);
+        let sql = read_back_sql(pgwarden_sql::EVERY_SETTING, &s.custom_names());
+        assert!(
+            sql.ends_with(
+                "UNION SELECT 'role' UNION SELECT E'app.tenant' UNION SELECT E'my.flag') AS s(n)"
+            ),
+            "{sql}"
+        );
+        assert_eq!(
+            s.take_unread(),
+            [
+                (0, pgwarden_sql::EVERY_SETTING.to_string()),
+                (0, "role".to_string()),
+                (0, "my.flag".to_string())
+            ]
+        );
+        assert!(!s.unread_elsewhere(1));
+        assert_eq!(
+            read_back_sql(pgwarden_sql::EVERY_SETTING, &[]),
+            EVERY_SETTING_SQL
+        );
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct Verdict {
     /// [`leaves_process_state`]; from the parser's list of the functions it calls, when the
     /// parser ran).
     pub process_state: bool,
+    /// The query runs code of the database's own (a function outside `pg_catalog`, `CALL`,
+    /// `DO`), which may change session settings unseen (`set_config` or `SET` in its body):
+    /// every setting is read back once it has run.
+    pub runs_user_code: bool,
 }
 
 fn v(class: Class, reason: impl Into<Cow<'static, str>>) -> Verdict {
@@ -62,6 +66,7 @@ fn v(class: Class, reason: impl Into<Cow<'static, str>>) -> Verdict {
         reason: reason.into(),
         sets: false,
         process_state: false,
+        runs_user_code: false,
     }
 }
 
@@ -69,6 +74,11 @@ fn v(class: Class, reason: impl Into<Cow<'static, str>>) -> Verdict {
 /// (immutable and stable functions of `pg_catalog`) and the configured lists.
 pub trait FunctionCatalog {
     fn is_read_only(&self, schema: Option<&str>, name: &str) -> bool;
+    /// Whether `name` is a function of `pg_catalog` (of any volatility): not the database's
+    /// own code. Not known: no (its call is taken for user code).
+    fn is_builtin(&self, _schema: Option<&str>, _name: &str) -> bool {
+        false
+    }
 }
 
 /// Knows no function: every call goes to the primary.
@@ -188,6 +198,7 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
     if trimmed.starts_with("/*NO LOAD BALANCE*/") {
         let mut verdict = v(Class::Write, "/*NO LOAD BALANCE*/ comment");
         verdict.process_state = leaves_process_state(sql);
+        verdict.runs_user_code = may_run_user_code(sql, functions);
         return verdict;
     }
     let summary = match pg_query::summary(sql, 0, -1) {
@@ -204,6 +215,14 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         }
     };
     let mut verdict = classify_summary(sql, &summary, functions);
+    verdict.runs_user_code = summary
+        .statement_types
+        .iter()
+        .any(|t| t == "CallStmt" || t == "DoStmt")
+        || summary
+            .functions
+            .iter()
+            .any(|f| !functions.is_builtin(f.schema_name.as_deref(), &f.function_name));
     if verdict.class == Class::Read && asks_whether_primary(sql) {
         verdict = v(
             Class::Write,
@@ -247,6 +266,164 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
 /// which would answer `on` and have the driver refuse the connection.
 fn asks_whether_primary(sql: &str) -> bool {
     contains_lowercase(sql, b"transaction_read_only") || contains_lowercase(sql, b"in_hot_standby")
+}
+
+/// Whether `sql` may run code of the database's own (see `Verdict::runs_user_code`): a cheap
+/// look at its text, for statements the parser is spared (a transaction's), that errs toward
+/// yes: `CALL`, `DO`, or a name before a `(` that is neither a built-in function nor a word
+/// that takes a `(` in SQL, nor a table after `INTO` (an `INSERT`'s column list).
+pub fn may_run_user_code(sql: &str, functions: &dyn FunctionCatalog) -> bool {
+    let b = sql.as_bytes();
+    let first = skip_comments(sql);
+    if has_first_word_of(first, "call") || has_first_word_of(first, "do") {
+        return true;
+    }
+    let word_before = |end: usize| {
+        let mut e = end;
+        while e > 0 && b[e - 1].is_ascii_whitespace() {
+            e -= 1;
+        }
+        let mut s = e;
+        while s > 0 && (b[s - 1].is_ascii_alphanumeric() || b[s - 1] == b'_' || b[s - 1] >= 0x80) {
+            s -= 1;
+        }
+        (s, &sql[s..e])
+    };
+    memchr::memchr_iter(b'(', b).any(|at| {
+        let (start, word) = word_before(at);
+        if word.is_empty() || word.as_bytes()[0].is_ascii_digit() {
+            // `(` after an operator, a `(` or a quoted name (`"f"(…)` is a call too).
+            return start > 0 && b[start - 1] == b'"';
+        }
+        let lower = word.to_ascii_lowercase();
+        if TAKES_PARENS.contains(&lower.as_str()) || functions.is_builtin(None, &lower) {
+            return false;
+        }
+        // A table's column list: `INSERT INTO t (…)`, a schema-qualified one too.
+        let mut before = start;
+        if before > 0 && b[before - 1] == b'.' {
+            before = word_before(before - 1).0;
+        }
+        !word_before(before).1.eq_ignore_ascii_case("into")
+    })
+}
+
+/// Words before which SQL writes a `(` that is no function call.
+const TAKES_PARENS: &[&str] = &[
+    "values",
+    "in",
+    "exists",
+    "any",
+    "all",
+    "some",
+    "array",
+    "row",
+    "over",
+    "filter",
+    "within",
+    "cast",
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "extract",
+    "substring",
+    "position",
+    "overlay",
+    "trim",
+    "and",
+    "or",
+    "not",
+    "using",
+    "on",
+    "as",
+    "when",
+    "then",
+    "else",
+    "case",
+    "select",
+    "from",
+    "where",
+    "join",
+    "by",
+    "set",
+    "returning",
+    "with",
+    "lateral",
+    "table",
+    "is",
+    "between",
+    "like",
+    "ilike",
+    "similar",
+    "escape",
+    "distinct",
+    "union",
+    "intersect",
+    "except",
+    "numeric",
+    "decimal",
+    "varchar",
+    "char",
+    "character",
+    "varying",
+    "bit",
+    "timestamp",
+    "time",
+    "interval",
+    "float",
+    "grouping",
+    "rollup",
+    "cube",
+    "sets",
+    "partition",
+    "range",
+    "rows",
+    "groups",
+    "order",
+    "limit",
+    "offset",
+    "fetch",
+    "for",
+    "of",
+    "key",
+    "primary",
+    "unique",
+    "check",
+    "references",
+    "default",
+    "conflict",
+    "do",
+    "update",
+    "nothing",
+    "constraint",
+    "foreign",
+    "include",
+    "tablesample",
+    "repeatable",
+    "xmlelement",
+    "xmlforest",
+    "xmlattributes",
+    "xmlparse",
+    "xmlserialize",
+    "json",
+    "treat",
+    "collation",
+    "normalize",
+    "materialized",
+    "recursive",
+    "search",
+    "cycle",
+    "if",
+];
+
+fn has_first_word_of(sql: &str, word: &str) -> bool {
+    sql.get(..word.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        && sql[word.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
 }
 
 /// Functions whose effect `DISCARD ALL` keeps (see [`leaves_process_state`]).

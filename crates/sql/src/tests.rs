@@ -17,6 +17,55 @@ impl FunctionCatalog for Builtins {
             ]
             .contains(&name)
     }
+
+    fn is_builtin(&self, schema: Option<&str>, name: &str) -> bool {
+        matches!(schema, None | Some("pg_catalog"))
+            && (self.is_read_only(schema, name)
+                || ["nextval", "set_config", "pg_sleep", "random"].contains(&name))
+    }
+}
+
+/// Code of the database's own may change settings unseen (a `set_config` in a function's
+/// body): what runs it, to the parser and to the cheap look a transaction's statements get.
+#[test]
+fn user_code_is_seen() {
+    #[rustfmt::skip]
+    let cases: &[(&str, bool)] = &[
+        ("SELECT set_tenant(2)", true),
+        ("select app.set_tenant($1)", true),
+        ("SELECT * FROM orders_of(7)", true),
+        ("SELECT \"MyFunc\"(1)", true),
+        ("CALL refresh_all()", true),
+        ("DO $$BEGIN PERFORM 1; END$$", true),
+        ("SELECT 1 FROM t WHERE f(x) > 0", true),
+        ("SELECT count(*), lower(name) FROM t", false),
+        ("SELECT nextval('s'), set_config('a.b', '1', false)", false),
+        ("SELECT pg_catalog.now()", false),
+        ("INSERT INTO t (a, b) VALUES (1, now())", false),
+        ("INSERT INTO app.t (a) VALUES ($1) RETURNING id", false),
+        ("SELECT a FROM t WHERE b IN (1, 2) AND EXISTS (SELECT 1)", false),
+        ("SELECT CAST(x AS numeric(10, 2)) FROM t", false),
+        ("SELECT 1", false),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(
+            classify(sql, &Builtins).runs_user_code,
+            *want,
+            "classify: {sql}"
+        );
+        // The cheap look errs toward yes only.
+        if *want {
+            assert!(may_run_user_code(sql, &Builtins), "cheap look: {sql}");
+        }
+    }
+    for sql in [
+        "INSERT INTO t (a, b) VALUES (1, now())",
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 3",
+        "insert into pgbench_history (tid, bid, aid, delta, mtime) values (1, 2, 3, 4, CURRENT_TIMESTAMP)",
+        "SELECT count(*) FROM t WHERE a IN (1, 2)",
+    ] {
+        assert!(!may_run_user_code(sql, &Builtins), "cheap look: {sql}");
+    }
 }
 
 #[test]
