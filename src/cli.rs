@@ -31,7 +31,8 @@ enum Command {
     /// port (`listen.pcp`, open when `pcp.users_file` is set). It uses one worker thread per core; set PGWARDEN_WORKERS=N to
     /// use N instead (on a machine it shares with PostgreSQL and the clients, fewer workers
     /// wake each other less: docs/BENCHMARKS.md). Stop it with SIGTERM; SIGHUP reloads the
-    /// configuration.
+    /// configuration: client authentication (hba rules, pool_passwd, the password file, the
+    /// TLS certificate) and nodes added to the file.
     Serve {
         /// The configuration file.
         #[arg(short, long, env = "PGWARDEN_CONFIG", default_value = "pgwarden.toml")]

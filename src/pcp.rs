@@ -25,6 +25,7 @@ struct Handler {
     controller: ControllerHandle,
     cfg: Config,
     users: SharedUsers,
+    proxy: Arc<pgwarden_proxy::Ctx>,
     stop: mpsc::Sender<()>,
 }
 
@@ -144,13 +145,14 @@ impl PcpHandler for Handler {
     }
 
     async fn reload(&self) -> Result<(), PcpError> {
-        // pcp.conf, and nodes added to the configuration; the rest needs a restart.
+        // pcp.conf, client authentication, and nodes added to the configuration; the rest
+        // needs a restart.
         if let Some(path) = &self.cfg.pcp.users_file {
             let users = PcpUsers::load(path)
                 .map_err(|e| PcpError::with_detail("reloading config failed", e.to_string()))?;
             *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
         }
-        crate::reload::reload(&self.cfg.file, self.controller.monitor())
+        crate::reload::reload(&self.cfg.file, self.controller.monitor(), &self.proxy)
             .map(drop)
             .map_err(|e| PcpError::with_detail("reloading config failed", e))
     }
@@ -170,6 +172,7 @@ pub async fn serve(
     users: SharedUsers,
     controller: ControllerHandle,
     cfg: Config,
+    proxy: Arc<pgwarden_proxy::Ctx>,
     stop: mpsc::Sender<()>,
 ) {
     let opts = ServerOptions {
@@ -183,6 +186,7 @@ pub async fn serve(
         controller,
         cfg,
         users: users.clone(),
+        proxy,
         stop,
     });
     if let Err(e) = pgwarden_pcp::serve(listener, users, handler, opts).await {

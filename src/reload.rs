@@ -1,16 +1,26 @@
-//! Reloading the configuration (SIGHUP, `pcp_reload_config`): nodes added to the file since
-//! the start join the node table — out of service until `pgwarden node recover N` (a new,
-//! empty node) or `node attach N` (one that already streams) — as in pgpool, where a new
-//! backend_hostnameN takes a reload. Other changes need a restart, and the reload says which.
+//! Reloading the configuration (SIGHUP, `pcp_reload_config`): what logins are checked
+//! against (`[[proxy.hba]]`, pool_passwd, the password file, the TLS certificate and key), as
+//! PostgreSQL reads pg_hba.conf again; nodes added to the file since the start join the node
+//! table — out of service until `pgwarden node recover N` (a new, empty node) or `node attach
+//! N` (one that already streams) — as in pgpool, where a new backend_hostnameN takes a
+//! reload. Other changes need a restart, and the reload says which.
 
 use pgwarden_monitor::MonitorHandle;
 use std::path::Path;
 
 /// Reads `config_path` again and applies what can be applied live. The message says what was
-/// added and what needs a restart; an unreadable or invalid file changes nothing.
-pub fn reload(config_path: &Path, monitor: &MonitorHandle) -> Result<String, String> {
+/// added and what needs a restart; an unreadable or invalid file (or pool_passwd, or
+/// certificate) changes nothing.
+pub fn reload(
+    config_path: &Path,
+    monitor: &MonitorHandle,
+    proxy: &pgwarden_proxy::Ctx,
+) -> Result<String, String> {
     let cfg = crate::load::config(config_path).map_err(|e| format!("{e:#}"))?;
     let passwords = crate::load::passwords(&cfg).map_err(|e| format!("{e:#}"))?;
+    let auth = proxy
+        .load_auth(&cfg, passwords.clone())
+        .map_err(|e| format!("{e}"))?;
     let running = monitor.backends();
     let mut restart = Vec::new();
     for b in &running {
@@ -23,7 +33,15 @@ pub fn reload(config_path: &Path, monitor: &MonitorHandle) -> Result<String, Str
     let added = monitor
         .add_backends(&cfg, &passwords)
         .map_err(|e| e.to_string())?;
-    let mut message = format!("{} read again", config_path.display());
+    proxy.set_auth(auth);
+    let mut message = format!(
+        "{} read again; client authentication (hba rules, {}, TLS) reloaded",
+        config_path.display(),
+        match &cfg.proxy.pool_passwd {
+            Some(p) => p.display().to_string(),
+            None => "the password file".to_string(),
+        }
+    );
     if added.is_empty() {
         message.push_str("; no node added");
     } else {
@@ -39,13 +57,17 @@ pub fn reload(config_path: &Path, monitor: &MonitorHandle) -> Result<String, Str
             restart.join(", ")
         ));
     }
-    message.push_str(" (other sections take effect at the next start)");
+    message.push_str(" (other [proxy] settings and other sections take effect at the next start)");
     monitor.event("reload", None, message.clone());
     Ok(message)
 }
 
 /// Reloads on every SIGHUP (`systemctl reload`, `kill -HUP`).
-pub async fn on_sighup(config_path: std::path::PathBuf, monitor: MonitorHandle) {
+pub async fn on_sighup(
+    config_path: std::path::PathBuf,
+    monitor: MonitorHandle,
+    proxy: std::sync::Arc<pgwarden_proxy::Ctx>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -55,7 +77,7 @@ pub async fn on_sighup(config_path: std::path::PathBuf, monitor: MonitorHandle) 
         }
     };
     while hup.recv().await.is_some() {
-        match reload(&config_path, &monitor) {
+        match reload(&config_path, &monitor, &proxy) {
             Ok(m) => tracing::info!("SIGHUP: {m}"),
             Err(e) => {
                 tracing::error!("SIGHUP: the configuration was not reloaded: {e}");

@@ -82,8 +82,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("failover.state_file in {}", config_path.display()))?;
     let controller = Controller::start(&cfg, monitor.handle());
     let proxy = pgwarden_proxy::Ctx::new(&cfg, passwords.clone(), monitor.handle())?;
-    let proxy_task = tokio::spawn(pgwarden_proxy::serve(proxy, proxy_listener));
-    let reload_task = tokio::spawn(crate::reload::on_sighup(cfg.file.clone(), monitor.handle()));
+    let proxy_task = tokio::spawn(pgwarden_proxy::serve(proxy.clone(), proxy_listener));
+    let reload_task = tokio::spawn(crate::reload::on_sighup(
+        cfg.file.clone(),
+        monitor.handle(),
+        proxy.clone(),
+    ));
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
     let pcp_task = match (pcp_listener, pcp_users) {
         (Some(l), Some(users)) => Some(tokio::spawn(crate::pcp::serve(
@@ -91,6 +95,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             users,
             controller.handle(),
             cfg.clone(),
+            proxy.clone(),
             stop_tx,
         ))),
         _ => None,

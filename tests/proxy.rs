@@ -6376,3 +6376,131 @@ fn settings_a_function_changes_follow_the_session() {
         assert_eq!(on_standby(&client, path, standby).await, ["app"]);
     });
 }
+
+/// A reload (SIGHUP, as `systemctl reload` sends; pcp_reload_config does the same) reads
+/// client authentication again, as PostgreSQL reads pg_hba.conf: a user added to pool_passwd
+/// logs in, a `reject` rule added refuses, and a broken pool_passwd changes nothing. (Before,
+/// the reload said it had read the file, and nothing changed until a restart.)
+#[test]
+fn a_reload_reads_client_authentication_again() {
+    let c = Cluster::up(1);
+    let passwd = c.dir.join("pool_passwd");
+    std::fs::write(&passwd, format!("postgres:TEXT{}\n", c.password())).unwrap();
+    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
+        "[proxy]\n",
+        &format!("[proxy]\npool_passwd = \"{}\"\n", passwd.display()),
+    );
+    std::fs::write(c.config(), &cfg).unwrap();
+    c.restart_warden();
+    c.psql(
+        0,
+        "test",
+        "CREATE ROLE newu LOGIN PASSWORD 'newpw'; CREATE ROLE newm LOGIN PASSWORD 'mpw'",
+    )
+    .unwrap();
+    let hup = || {
+        let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    };
+    let login = |user: &str, password: &str| {
+        block(async {
+            let r = tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(c.proxy_port())
+                .user(user)
+                .password(password)
+                .dbname("test")
+                .connect(tokio_postgres::NoTls)
+                .await;
+            match r {
+                Ok((client, conn)) => {
+                    tokio::spawn(conn);
+                    let who: String = client
+                        .query_one("SELECT current_user::text", &[])
+                        .await
+                        .map(|r| r.get(0))
+                        .unwrap_or_else(|e| e.to_string());
+                    Ok(who)
+                }
+                Err(e) => Err(e.as_db_error().map_or_else(
+                    || e.to_string(),
+                    |d| format!("{} {}", d.code().code(), d.message()),
+                )),
+            }
+        })
+    };
+    // Until `want` (a reload is read at once, but the signal takes its moment).
+    let until = |user: &str, password: &str, want: &dyn Fn(&Result<String, String>) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = login(user, password);
+            if want(&got) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let refused = login("newu", "newpw").unwrap_err();
+    assert!(refused.starts_with("28P01"), "{refused}");
+    // A user added to pool_passwd.
+    std::fs::write(
+        &passwd,
+        format!("postgres:TEXT{}\nnewu:TEXTnewpw\n", c.password()),
+    )
+    .unwrap();
+    hup();
+    assert_eq!(
+        until("newu", "newpw", &|r| r.is_ok()),
+        Ok("newu".to_string())
+    );
+    // A rule that rejects them, before the rule for everyone; and an md5 user whose
+    // server keeps a SCRAM secret (PostgreSQL's default), so pgwarden cannot log in for them
+    // with the md5 hash pool_passwd holds: the client is told why and what to do (before, it
+    // read "password authentication failed", as for a wrong password).
+    std::fs::write(
+        c.config(),
+        format!(
+            "{cfg}\n[[proxy.hba]]\nuser = \"newu\"\nmethod = \"reject\"\n\n\
+             [[proxy.hba]]\nuser = \"newm\"\nmethod = \"md5\"\n\n\
+             [[proxy.hba]]\nmethod = \"scram-sha-256\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &passwd,
+        format!(
+            "postgres:TEXT{}\nnewu:TEXTnewpw\nnewm:{}\n",
+            c.password(),
+            pgwarden_wire::auth::md5_password("newm", "mpw")
+        ),
+    )
+    .unwrap();
+    hup();
+    let md5 = until("newm", "mpw", &|r| {
+        r.as_ref().is_err_and(|e| e.contains("md5 hash"))
+    });
+    assert!(
+        md5.as_ref()
+            .is_err_and(|e| e.starts_with("28000") && e.contains("TEXT")),
+        "{md5:?}"
+    );
+    let rejected = until("newu", "newpw", &|r| r.is_err());
+    assert!(
+        rejected
+            .as_ref()
+            .is_err_and(|e| e.starts_with("28000") && e.contains("rejects")),
+        "{rejected:?}"
+    );
+    // A pool_passwd that does not parse: refused, and the logins go on as they were.
+    std::fs::write(&passwd, "newu:AESq2hU\n").unwrap();
+    hup();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(login("postgres", &c.password()), Ok("postgres".to_string()));
+    let log = std::fs::read_to_string(c.layout.warden_log()).unwrap_or_default();
+    assert!(
+        log.contains("the configuration was not reloaded") && log.contains("AES"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+}

@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Whether a stored password is an md5 hash (`md5` + 32 hex digits, pool_passwd's md5 form):
+/// it answers an md5 challenge, and nothing else.
+fn is_md5_hash(pw: &str) -> bool {
+    pw.len() == 35 && pw.starts_with("md5") && pw[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("cannot connect to {addr}: {reason}")]
@@ -24,7 +30,9 @@ pub enum BackendError {
         severity: String,
     },
     #[error(
-        "{addr} asks for a password and none is known for this user (add it to the password file)"
+        "{addr} asks for a password and pgwarden has none for this user: put it in the \
+         password file (credentials.password_file, libpq's format) or, in plain text \
+         (user:TEXTpassword), in pool_passwd"
     )]
     NoPassword { addr: String },
     #[error("{addr}: {reason}")]
@@ -255,16 +263,15 @@ impl Backend {
                                 .ok_or_else(|| {
                                     BackendError::protocol(&self.addr, "short md5 salt")
                                 })?;
-                            let answer =
-                                if pw.expose().starts_with("md5") && pw.expose().len() == 35 {
-                                    pgwarden_wire::auth::md5_response(pw.expose(), salt)
-                                } else {
-                                    postgres_protocol::authentication::md5_hash(
-                                        Self::user(spec).as_bytes(),
-                                        pw.expose().as_bytes(),
-                                        salt,
-                                    )
-                                };
+                            let answer = if is_md5_hash(pw.expose()) {
+                                pgwarden_wire::auth::md5_response(pw.expose(), salt)
+                            } else {
+                                postgres_protocol::authentication::md5_hash(
+                                    Self::user(spec).as_bytes(),
+                                    pw.expose().as_bytes(),
+                                    salt,
+                                )
+                            };
                             msg::frontend::password(&mut reply, &answer);
                         }
                         10 => {
@@ -279,6 +286,18 @@ impl Backend {
                             let pw = spec.password.as_ref().ok_or(BackendError::NoPassword {
                                 addr: self.addr.clone(),
                             })?;
+                            if is_md5_hash(pw.expose()) {
+                                // pgpool says "valid password not found"; say what to do.
+                                return Err(BackendError::auth(
+                                    &self.addr,
+                                    "the server asks for SCRAM-SHA-256, and the only password \
+                                     pgwarden has for this user is an md5 hash (pool_passwd), \
+                                     which SCRAM cannot use: store the password in plain text \
+                                     (user:TEXTpassword) in pool_passwd or in the password file \
+                                     (credentials.password_file), or have the server's \
+                                     pg_hba.conf ask pgwarden's connections for md5",
+                                ));
+                            }
                             let s = ScramSha256::new(
                                 pw.expose().as_bytes(),
                                 ChannelBinding::unsupported(),

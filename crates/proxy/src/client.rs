@@ -234,8 +234,9 @@ fn settle<T>(
     match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(refusal)) => {
+            // Logged as PostgreSQL logs a refused login (fail2ban and audits read it).
             if let Refusal::Fatal { code, message, .. } = &refusal {
-                tracing::debug!(%peer, %code, "client refused: {message}");
+                tracing::info!(%peer, %code, "client refused: {message}");
             }
             Err(refusal)
         }
@@ -321,12 +322,13 @@ async fn startup_packet(
     // One encryption request of each kind, as PostgreSQL: after TLS is set up, neither; a
     // request made again is read as an unknown protocol version (1234.5679 or 1234.5680).
     let (mut ssl_done, mut gss_done) = (false, false);
+    let auth = ctx.auth();
     let startup = loop {
         match frame::split_startup(buf)? {
             None => read_more(stream, buf).await?,
             Some(Startup::Ssl) if ssl_done => return Err(again(frame::SSL_REQUEST)),
             Some(Startup::GssEnc) if gss_done => return Err(again(frame::GSSENC_REQUEST)),
-            Some(Startup::Ssl) if ctx.tls.is_some() => {
+            Some(Startup::Ssl) if auth.tls.is_some() => {
                 send(stream, b"S").await.map_err(|_| Refusal::Silent)?;
                 // Refused once TLS is up, as PostgreSQL does: the client reads the refusal
                 // where it expects the server's next words.
@@ -336,7 +338,7 @@ async fn startup_packet(
                 else {
                     return Err(Refusal::Silent);
                 };
-                let acceptor = ctx.tls.as_ref().ok_or(Refusal::Silent)?.acceptor.clone();
+                let acceptor = auth.tls.as_ref().ok_or(Refusal::Silent)?.acceptor.clone();
                 match acceptor.accept(tcp).await {
                     Ok(tls) => *stream = ClientStream::Tls(Box::new(tls)),
                     Err(e) => {
@@ -440,7 +442,8 @@ async fn authenticate(
         return Err(Refusal::fatal("0A000", "replication connections are not supported through pgwarden; connect to the primary directly"));
     }
     let tls = matches!(stream, ClientStream::Tls(_));
-    let method = auth_method(&ctx.cfg.hba, &database, &user, peer.ip(), tls).ok_or_else(|| {
+    let auth = ctx.auth();
+    let method = auth_method(&auth.hba, &database, &user, peer.ip(), tls).ok_or_else(|| {
         Refusal::fatal(
             "28000",
             format!(
@@ -467,7 +470,7 @@ async fn authenticate(
         AuthMethod::Md5
             if secret
                 .as_ref()
-                .map_or(ctx.unknown_md5, |s| s.md5_hash(&user).is_some()) =>
+                .map_or(auth.unknown_md5, |s| s.md5_hash(&user).is_some()) =>
         {
             let salt: [u8; 4] = rand::random();
             let mut out = BytesMut::new();
@@ -515,7 +518,10 @@ async fn scram(
 ) -> Result<(), ScramOutcome> {
     // Over TLS, SCRAM-SHA-256-PLUS first, as PostgreSQL lists them: a client that can bind
     // the login to this TLS connection (libpq's channel_binding) does.
-    let end_point = match (&*stream, &ctx.tls) {
+    // (The certificate read at the last reload: one reloaded between this connection's
+    // handshake and here would fail its binding check, once.)
+    let auth = ctx.auth();
+    let end_point = match (&*stream, &auth.tls) {
         (ClientStream::Tls(_), Some(tls)) => tls.end_point.as_deref(),
         _ => None,
     };

@@ -153,25 +153,105 @@ impl pgwarden_sql::FunctionCatalog for Functions {
     }
 }
 
-/// Everything sessions share.
-pub struct Ctx {
-    pub cfg: ProxyConfig,
-    /// The proxy's own address (for password-file lookups of client passwords).
-    pub listen: SocketAddr,
+/// What logins are checked against: read at start and again at each reload (SIGHUP,
+/// `pcp_reload_config`), as PostgreSQL reads pg_hba.conf and its certificate again. A login
+/// uses the one it began with.
+pub struct Auth {
+    /// The hba rules (`[[proxy.hba]]`).
+    pub hba: Vec<pgwarden_core::config::HbaRule>,
     /// Backend passwords (libpq password file).
     pub passwords: PassFile,
     /// Client secrets from pool_passwd, when configured.
     pub pool_passwd: Option<HashMap<String, Secret>>,
     /// SCRAM secrets made from the password file's passwords, by user and password: PBKDF2
     /// (4,096 rounds) is slow, and done once per pair. Those of the users the file names are
-    /// made at start, so that a user's first login takes no longer than an unknown user's;
-    /// others (a `*` user line matches any name a client sends) as they come, at most
-    /// `DERIVED_MAX` of them kept.
+    /// made when it is read, so that a user's first login takes no longer than an unknown
+    /// user's; others (a `*` user line matches any name a client sends) as they come
+    /// (`Ctx::derived`).
     named: HashMap<(String, String), Secret>,
-    derived: Mutex<HashMap<(String, String), Secret>>,
     /// Whether an unknown user is asked for an md5 password under an md5 rule (else SCRAM), as
     /// most users with a secret are: the challenge must not tell who exists.
     pub unknown_md5: bool,
+    /// TLS for clients that ask for it, when a certificate and key are configured.
+    pub tls: Option<stream::Tls>,
+}
+
+impl Auth {
+    /// Reads pool_passwd and the TLS certificate, and makes the password file's SCRAM
+    /// secrets: an error names the file and what is wrong, and nothing is used.
+    fn load(config: &Config, passwords: PassFile, mock_key: &[u8]) -> Result<Auth, ProxyError> {
+        let pool_passwd = match &config.proxy.pool_passwd {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ProxyError::PoolPasswd {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let map = pgwarden_wire::auth::parse_pool_passwd(&text).map_err(|(line, e)| {
+                    ProxyError::PoolPasswd {
+                        path: path.display().to_string(),
+                        reason: format!("line {line}: {e}"),
+                    }
+                })?;
+                Some(map)
+            }
+        };
+        let tls = match &config.proxy.tls {
+            Some(t) => {
+                let tls = stream::acceptor(&t.cert, &t.key).map_err(ProxyError::Tls)?;
+                if tls.end_point.is_none() {
+                    tracing::warn!(
+                        "{}: its signature algorithm names no hash (Ed25519, RSASSA-PSS), so SCRAM logins over TLS cannot be bound to the connection: SCRAM-SHA-256-PLUS is not offered, and clients that require channel binding are refused",
+                        t.cert.display()
+                    );
+                }
+                Some(tls)
+            }
+            None => None,
+        };
+        let named = if pool_passwd.is_some() {
+            HashMap::new()
+        } else {
+            let listen = config.listen.proxy;
+            passwords
+                .named_users(&listen.ip().to_string(), listen.port())
+                .into_iter()
+                .map(|(user, password)| {
+                    let salt = pgwarden_wire::auth::mock_salt(&user, mock_key);
+                    let secret = Secret::plain_salted(password.expose(), &salt);
+                    ((user, password.expose().to_string()), secret)
+                })
+                .collect()
+        };
+        let unknown_md5 = match &pool_passwd {
+            // Plain-text passwords serve md5.
+            None => true,
+            Some(map) => {
+                let md5 = map.iter().filter(|(u, s)| s.md5_hash(u).is_some()).count();
+                md5 * 2 >= map.len()
+            }
+        };
+        Ok(Auth {
+            hba: config.proxy.hba.clone(),
+            passwords,
+            pool_passwd,
+            named,
+            unknown_md5,
+            tls,
+        })
+    }
+}
+
+/// Everything sessions share.
+pub struct Ctx {
+    pub cfg: ProxyConfig,
+    /// The proxy's own address (for password-file lookups of client passwords).
+    pub listen: SocketAddr,
+    /// What logins are checked against (`Ctx::auth`, `Ctx::reload_auth`).
+    auth: RwLock<Arc<Auth>>,
+    /// SCRAM secrets made as logins come (see `Auth::named`), by user and password, at most
+    /// `DERIVED_MAX` of them kept.
+    derived: Mutex<HashMap<(String, String), Secret>>,
     pub monitor: MonitorHandle,
     pub routes: watch::Receiver<Arc<RouteTable>>,
     /// Nodes out of service: sessions drop their connections to them (a primary's sessions
@@ -193,8 +273,6 @@ pub struct Ctx {
     pub stats: RwLock<HashMap<u32, Arc<NodeStats>>>,
     pub functions: RwLock<Arc<Functions>>,
     pub clients: AtomicUsize,
-    /// TLS for clients that ask for it, when a certificate and key are configured.
-    pub tls: Option<stream::Tls>,
     /// Nodes a session found dead, and when: no reads go there until a later health check
     /// has succeeded (or the monitor takes the node out of service).
     suspects: Mutex<HashMap<u32, chrono::DateTime<chrono::Utc>>>,
@@ -283,36 +361,7 @@ impl Ctx {
         passwords: PassFile,
         monitor: MonitorHandle,
     ) -> Result<Arc<Ctx>, ProxyError> {
-        let pool_passwd = match &config.proxy.pool_passwd {
-            None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ProxyError::PoolPasswd {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let map = pgwarden_wire::auth::parse_pool_passwd(&text).map_err(|(line, e)| {
-                    ProxyError::PoolPasswd {
-                        path: path.display().to_string(),
-                        reason: format!("line {line}: {e}"),
-                    }
-                })?;
-                Some(map)
-            }
-        };
         let cfg = config.proxy.clone();
-        let tls = match &cfg.tls {
-            Some(t) => {
-                let tls = stream::acceptor(&t.cert, &t.key).map_err(ProxyError::Tls)?;
-                if tls.end_point.is_none() {
-                    tracing::warn!(
-                        "{}: its signature algorithm names no hash (Ed25519, RSASSA-PSS), so SCRAM logins over TLS cannot be bound to the connection: SCRAM-SHA-256-PLUS is not offered, and clients that require channel binding are refused",
-                        t.cert.display()
-                    );
-                }
-                Some(tls)
-            }
-            None => None,
-        };
         let functions = Functions {
             builtin: HashSet::new(),
             all_builtin: HashSet::new(),
@@ -320,37 +369,13 @@ impl Ctx {
             write: cfg.write_functions.iter().cloned().collect(),
         };
         let mock_key = mock_key(&config.failover.state_file);
-        let named = if pool_passwd.is_some() {
-            HashMap::new()
-        } else {
-            let listen = config.listen.proxy;
-            passwords
-                .named_users(&listen.ip().to_string(), listen.port())
-                .into_iter()
-                .map(|(user, password)| {
-                    let salt = pgwarden_wire::auth::mock_salt(&user, &mock_key);
-                    let secret = Secret::plain_salted(password.expose(), &salt);
-                    ((user, password.expose().to_string()), secret)
-                })
-                .collect()
-        };
-        let unknown_md5 = match &pool_passwd {
-            // Plain-text passwords serve md5.
-            None => true,
-            Some(map) => {
-                let md5 = map.iter().filter(|(u, s)| s.md5_hash(u).is_some()).count();
-                md5 * 2 >= map.len()
-            }
-        };
+        let auth = Auth::load(config, passwords, &mock_key)?;
         Ok(Arc::new(Ctx {
             pools: pool::Pools::new(cfg.pool_size, cfg.pool_wait_timeout, cfg.idle_timeout),
             cfg,
             listen: config.listen.proxy,
-            passwords,
-            pool_passwd,
-            named,
+            auth: RwLock::new(Arc::new(auth)),
             derived: Mutex::new(HashMap::new()),
-            unknown_md5,
             routes: monitor.routes(),
             fenced: monitor.fenced(),
             hold_nanos: AtomicU64::new(nanos(*monitor.hold().borrow())),
@@ -361,7 +386,6 @@ impl Ctx {
             stats: RwLock::new(HashMap::new()),
             functions: RwLock::new(Arc::new(functions)),
             clients: AtomicUsize::new(0),
-            tls,
             suspects: Mutex::new(HashMap::new()),
             suspect_mask: AtomicU64::new(0),
             next_pid: AtomicU32::new(1),
@@ -371,21 +395,42 @@ impl Ctx {
         }))
     }
 
+    /// What logins are checked against now.
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the hba rules, pool_passwd, the password file's client passwords and the TLS
+    /// certificate again (a reload), for `set_auth`: an error names the file.
+    pub fn load_auth(&self, config: &Config, passwords: PassFile) -> Result<Auth, ProxyError> {
+        Auth::load(config, passwords, &self.mock_key)
+    }
+
+    /// Logins from now on are checked against `auth` (see `load_auth`).
+    pub fn set_auth(&self, auth: Auth) {
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
+        self.derived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// The stored secret of a client user: pool_passwd if configured, else the password file's
     /// entry for the proxy's own address (its SCRAM secret made off the runtime's threads when
     /// it was not made at start).
     pub async fn client_secret(&self, user: &str, database: &str) -> Option<Secret> {
-        if let Some(map) = &self.pool_passwd {
+        let auth = self.auth();
+        if let Some(map) = &auth.pool_passwd {
             return map.get(user).cloned();
         }
-        let password = self.passwords.lookup(
+        let password = auth.passwords.lookup(
             &self.listen.ip().to_string(),
             self.listen.port(),
             database,
             user,
         )?;
         let key = (user.to_string(), password.expose().to_string());
-        if let Some(s) = self.named.get(&key) {
+        if let Some(s) = auth.named.get(&key) {
             return Some(s.clone());
         }
         if let Some(s) = self
@@ -418,10 +463,11 @@ impl Ctx {
         database: &str,
         user: &str,
     ) -> Option<pgwarden_core::Secret> {
-        if let Some(p) = self.passwords.lookup(host, port, database, user) {
+        let auth = self.auth();
+        if let Some(p) = auth.passwords.lookup(host, port, database, user) {
             return Some(p);
         }
-        match self.pool_passwd.as_ref()?.get(user)? {
+        match auth.pool_passwd.as_ref()?.get(user)? {
             Secret::Plain { password, .. } => Some(pgwarden_core::Secret::new(password.clone())),
             Secret::Md5(h) => Some(pgwarden_core::Secret::new(h.clone())),
             Secret::Scram(_) => None,
@@ -692,7 +738,8 @@ async fn load_functions(ctx: Arc<Ctx>) {
                 .application_name("pgwarden catalog")
                 .connect_timeout(Duration::from_secs(5));
             if let Some(pw) =
-                ctx.passwords
+                ctx.auth()
+                    .passwords
                     .lookup(&host, port, &ctx.admin_database, &ctx.admin_user)
             {
                 cfg.password(pw.expose());
