@@ -139,7 +139,11 @@ async fn up(
         layout.config().display()
     );
     println!(
-        "  psql -h 127.0.0.1 -p {} -U postgres test",
+        "  psql -h 127.0.0.1 -p {} -U postgres test      (through pgwarden: what applications use)",
+        layout.proxy_port()
+    );
+    println!(
+        "  psql -h 127.0.0.1 -p {} -U postgres test      (node 0 itself, the primary until a failover)",
         layout.node_port(0)
     );
     println!("  pgwarden node list");
@@ -352,8 +356,13 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             ),
             None => println!("  warden: not running (node states below were probed directly)"),
         }
+        let state = if pid.is_some() {
+            "served by the warden"
+        } else {
+            "reserved: the warden is not running"
+        };
         println!(
-            "  proxy 127.0.0.1:{} and PCP 127.0.0.1:{} (reserved)",
+            "  proxy 127.0.0.1:{} and PCP 127.0.0.1:{} ({state})",
             out.proxy_port, out.pcp_port
         );
         let rows: Vec<SandboxRow> = out
