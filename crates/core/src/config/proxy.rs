@@ -116,18 +116,29 @@ pub struct HbaRule {
 }
 
 impl HbaRule {
-    /// Whether the rule is for this connection: `tls`, whether it is encrypted.
+    /// Whether the rule is for this connection: `tls`, whether it is encrypted. Among the
+    /// databases, `sameuser` is the user's own (as in pg_hba.conf); `replication` matches
+    /// nothing, pgwarden takes no replication connection.
     pub fn matches(&self, database: &str, user: &str, ip: IpAddr, tls: bool) -> bool {
-        let in_list =
-            |l: &Option<Vec<String>>, v: &str| l.as_ref().is_none_or(|l| l.iter().any(|x| x == v));
+        let database_ok = self.databases.as_ref().is_none_or(|l| {
+            l.iter().any(|x| match x.as_str() {
+                "sameuser" => database == user,
+                "replication" => false,
+                x => x == database,
+            })
+        });
+        let user_ok = self
+            .users
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|x| x == user));
         let connection = match self.connection {
             ConnectionType::Host => true,
             ConnectionType::HostSsl => tls,
             ConnectionType::HostNoSsl => !tls,
         };
         connection
-            && in_list(&self.databases, database)
-            && in_list(&self.users, user)
+            && database_ok
+            && user_ok
             && self.address.matches(ip)
     }
 }
@@ -252,13 +263,35 @@ enum StringOrList {
 }
 
 impl StringOrList {
-    /// `None` for "all".
+    /// `None` for "all". As in pg_hba.conf, a string may list names separated by commas.
     fn into_list(self) -> Option<Vec<String>> {
-        let l = match self {
+        let l: Vec<String> = match self {
             StringOrList::One(s) => vec![s],
             StringOrList::Many(v) => v,
-        };
+        }
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
         (!l.iter().any(|s| s == "all")).then_some(l)
+    }
+}
+
+/// What pg_hba.conf's special words in a rule's `database` or `user` would need that pgwarden
+/// does not have (role membership, included files): the reason, for the configuration error.
+fn unsupported_hba_word(key: &str, name: &str) -> Option<&'static str> {
+    match (key, name) {
+        ("database", "samerole" | "samegroup") => Some(
+            "pg_hba.conf's samerole (a member of the role named as the database) needs role membership, which pgwarden does not read; expected database names, \"all\" or \"sameuser\"",
+        ),
+        ("user", n) if n.starts_with('+') => Some(
+            "pg_hba.conf's +role (members of a role) needs role membership, which pgwarden does not read; expected user names or \"all\"",
+        ),
+        (_, n) if n.starts_with('@') => Some(
+            "pg_hba.conf's @file (names read from a file) is not supported; expected the names themselves, as a list",
+        ),
+        _ => None,
     }
 }
 
@@ -349,10 +382,19 @@ pub(super) fn validate(raw: RawProxy, file: &Path, c: &mut Collector) -> ProxyCo
                     }
                     *t.get_ref()
                 });
+                let databases = r.database.and_then(StringOrList::into_list);
+                let users = r.user.and_then(StringOrList::into_list);
+                for (key, list) in [("database", &databases), ("user", &users)] {
+                    for name in list.iter().flatten() {
+                        if let Some(why) = unsupported_hba_word(key, name) {
+                            c.push(None, format!("proxy.hba[{i}].{key}"), format!("{name:?}: {why}"));
+                        }
+                    }
+                }
                 HbaRule {
                     connection: connection.unwrap_or_default(),
-                    databases: r.database.and_then(StringOrList::into_list),
-                    users: r.user.and_then(StringOrList::into_list),
+                    databases,
+                    users,
                     address,
                     method: r.method,
                 }
