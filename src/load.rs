@@ -17,23 +17,69 @@ pub fn config(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let cfg = config::parse(&text, path)?;
     cfg.check_files(check_password_file)?;
+    // The files the configuration names, read as the warden will read them: `config check`
+    // finds what would stop it starting.
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, problem: String| {
+        problems.push(ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: key.into(),
+            problem,
+        })
+    };
     if let Some(pp) = &cfg.proxy.pool_passwd {
-        let problem = match std::fs::read_to_string(pp) {
+        let bad = match std::fs::read_to_string(pp) {
             Err(e) => Some(format!("{} cannot be read: {e}; expected a file in pgpool's pool_passwd format (user:secret per line)", pp.display())),
             Ok(text) => pgwarden_wire::auth::parse_pool_passwd(&text)
                 .err()
                 .map(|(line, e)| format!("{} line {line}: {e}", pp.display())),
         };
-        if let Some(problem) = problem {
-            return Err(ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: None,
-                key: "proxy.pool_passwd".into(),
-                problem,
-            }]));
+        if let Some(bad) = bad {
+            problem("proxy.pool_passwd", bad);
         }
     }
-    Ok(cfg)
+    if let Some(tls) = &cfg.proxy.tls {
+        if let Err(e) = check_key_file(&tls.key) {
+            problem("proxy.tls_key", e);
+        } else if let Err(e) = pgwarden_proxy::stream::acceptor(&tls.cert, &tls.key) {
+            problem("proxy.tls_cert / proxy.tls_key", e);
+        }
+    }
+    if let Some(users) = &cfg.pcp.users_file {
+        if let Err(e) = pgwarden_pcp::PcpUsers::load(users) {
+            problem(
+                "pcp.users_file",
+                format!("{e}; expected pgpool's pcp.conf (user:md5 of the password per line)"),
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+/// A TLS private key must be closed to group and others, as PostgreSQL requires of
+/// `ssl_key_file` (one owned by root may be readable by its group).
+pub fn check_key_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    let open = if meta.uid() == 0 {
+        mode & 0o037 != 0
+    } else {
+        mode & 0o077 != 0
+    };
+    if open {
+        return Err(format!(
+            "{} has group or world access (mode {mode:04o}); a private key must be mode 0600 or stricter (0640 if owned by root), as PostgreSQL requires: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A password file must exist, be a regular file, be readable, and be closed to group and

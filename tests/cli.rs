@@ -22,6 +22,11 @@ fn example_dir() -> (tempfile::TempDir, PathBuf) {
         "app:md5aaaabbbbccccddddeeeeffff00001111\n",
     )
     .unwrap();
+    std::fs::write(
+        t.path().join("pcp.conf"),
+        "pgwarden:5ebe2294ecd0e0f08eab7690d2a6ee69\n",
+    )
+    .unwrap();
     (t, cfg)
 }
 
@@ -111,6 +116,65 @@ fn password_file_problems_exit_2() {
     std::fs::remove_file(&pass).unwrap();
     let out = check(&cfg);
     assert_error(&out, 2, "does not exist");
+}
+
+/// What would stop the warden starting is found by `config check`: the TLS key and
+/// certificate (readable, matching, not encrypted, the key closed to others as PostgreSQL
+/// requires) and the PCP user file. (Before, `config check` said ok and the warden then
+/// refused to start.)
+#[test]
+fn tls_and_pcp_files_are_checked() {
+    let (t, cfg) = example_dir();
+    let dir = t.path();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    let write_key = |pem: &str, mode: u32| {
+        std::fs::write(dir.join("server.key"), pem).unwrap();
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(mode),
+        )
+        .unwrap();
+    };
+    write_key(&key.serialize_pem(), 0o600);
+    let text = EXAMPLE.replace(
+        "# tls_cert = \"server.crt\"\n# tls_key = \"server.key\"\n",
+        "tls_cert = \"server.crt\"\ntls_key = \"server.key\"\n",
+    );
+    assert_ne!(text, EXAMPLE, "the example's TLS lines");
+    std::fs::write(&cfg, &text).unwrap();
+    let out = check(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A key open to others.
+    write_key(&key.serialize_pem(), 0o644);
+    assert_error(&check(&cfg), 2, "proxy.tls_key");
+    assert!(
+        stderr(&check(&cfg)).contains("mode 0644"),
+        "{}",
+        stderr(&check(&cfg))
+    );
+    // Another certificate's key.
+    write_key(&rcgen::KeyPair::generate().unwrap().serialize_pem(), 0o600);
+    assert_error(&check(&cfg), 2, "proxy.tls_cert / proxy.tls_key");
+    // An encrypted key.
+    write_key(
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        0o600,
+    );
+    assert_error(&check(&cfg), 2, "the private key is encrypted");
+    // No key at all.
+    std::fs::remove_file(dir.join("server.key")).unwrap();
+    assert_error(&check(&cfg), 2, "proxy.tls_key");
+    // The PCP user file.
+    std::fs::write(&cfg, EXAMPLE).unwrap();
+    std::fs::remove_file(dir.join("pcp.conf")).unwrap();
+    assert_error(&check(&cfg), 2, "pcp.users_file");
+    std::fs::write(dir.join("pcp.conf"), "pgwarden\n").unwrap();
+    assert_error(&check(&cfg), 2, "pcp.users_file");
 }
 
 #[test]

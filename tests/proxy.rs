@@ -5732,6 +5732,11 @@ fn tls_for_clients_that_ask_for_it() {
         .unwrap();
     std::fs::write(c.dir.join("server.crt"), cert.pem()).unwrap();
     std::fs::write(c.dir.join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(
+        c.dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
         "[proxy]\n",
         "[proxy]\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\n",

@@ -319,7 +319,20 @@ pub fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls, St
     let key_path = key;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| format!("{}: not a PEM private key: {e}", key_path.display()))?
-        .ok_or_else(|| format!("{}: no private key in it", key_path.display()))?;
+        .ok_or_else(|| {
+            if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+                format!(
+                    "{}: the private key is encrypted (it needs a passphrase), which pgwarden cannot give; expected an unencrypted key: openssl pkey -in {} -out server.key",
+                    key_path.display(),
+                    key_path.display()
+                )
+            } else {
+                format!(
+                    "{}: no private key in it; expected a PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)",
+                    key_path.display()
+                )
+            }
+        })?;
     let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))

@@ -136,10 +136,7 @@ impl HbaRule {
             ConnectionType::HostSsl => tls,
             ConnectionType::HostNoSsl => !tls,
         };
-        connection
-            && database_ok
-            && user_ok
-            && self.address.matches(ip)
+        connection && database_ok && user_ok && self.address.matches(ip)
     }
 }
 

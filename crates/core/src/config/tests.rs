@@ -331,16 +331,33 @@ fn proxy_section() {
     );
     let hba = parse(&text, Path::new("/x.toml")).unwrap().proxy.hba;
     let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-    let method = |db: &str, user: &str| crate::config::proxy::auth_method(&hba, db, user, ip, false);
+    let method =
+        |db: &str, user: &str| crate::config::proxy::auth_method(&hba, db, user, ip, false);
     assert_eq!(method("payroll", "plainu"), Some(AuthMethod::Reject));
     assert_eq!(method("postgres", "plainu"), Some(AuthMethod::Reject));
     assert_eq!(method("textu", "textu"), Some(AuthMethod::Trust));
     assert_eq!(method("other", "textu"), Some(AuthMethod::ScramSha256));
     for (key, value, want) in [
-        ("database", "samerole", "proxy.hba[0].database: \"samerole\": pg_hba.conf's samerole"),
-        ("database", "samegroup", "proxy.hba[0].database: \"samegroup\""),
-        ("user", "+admins", "proxy.hba[0].user: \"+admins\": pg_hba.conf's +role"),
-        ("user", "@users.txt", "proxy.hba[0].user: \"@users.txt\": pg_hba.conf's @file"),
+        (
+            "database",
+            "samerole",
+            "proxy.hba[0].database: \"samerole\": pg_hba.conf's samerole",
+        ),
+        (
+            "database",
+            "samegroup",
+            "proxy.hba[0].database: \"samegroup\"",
+        ),
+        (
+            "user",
+            "+admins",
+            "proxy.hba[0].user: \"+admins\": pg_hba.conf's +role",
+        ),
+        (
+            "user",
+            "@users.txt",
+            "proxy.hba[0].user: \"@users.txt\": pg_hba.conf's @file",
+        ),
     ] {
         let bad = format!("{GOOD}\n[[proxy.hba]]\n{key} = \"{value}\"\nmethod = \"reject\"\n");
         let got = errors(&bad);
