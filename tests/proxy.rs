@@ -171,6 +171,68 @@ fn a_session_reads_its_own_writes_under_a_write_load() {
     });
 }
 
+/// Read-your-writes holds with `synchronous_commit = off`, where a commit returns before its
+/// WAL is written: the floor is where the primary inserts WAL, not where it has written it.
+/// The WAL writer is slowed (10 s) so that a commit stays unwritten while the session reads.
+/// (Before, a health check after the commit read the write position, short of the commit; a
+/// standby that had replayed that far served the read, without the row.)
+#[test]
+fn a_session_reads_its_own_writes_with_asynchronous_commit() {
+    let c = Cluster::up(2);
+    c.psql(0, "postgres", "ALTER SYSTEM SET wal_writer_delay = '10s'")
+        .unwrap();
+    c.psql(0, "postgres", "SELECT pg_reload_conf()").unwrap();
+    c.psql_proxy("test", "CREATE TABLE ryw_async (id int primary key)")
+        .unwrap();
+    block(async {
+        let client = standby_session(&c).await;
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .unwrap();
+        let read = |i: i32| {
+            let client = &client;
+            async move {
+                let row = client
+                    .query_one(
+                        "SELECT count(*)::int, inet_server_port() FROM ryw_async WHERE id = $1",
+                        &[&i],
+                    )
+                    .await
+                    .unwrap();
+                (row.get::<_, i32>(0), port_of(&row, 1))
+            }
+        };
+        for i in 0..3 {
+            client
+                .execute("INSERT INTO ryw_async VALUES ($1)", &[&i])
+                .await
+                .unwrap();
+            // Health checks of both nodes come and go meanwhile (every second).
+            for _ in 0..25 {
+                let (n, port) = read(i).await;
+                assert_eq!(n, 1, "a read after write {i} on port {port} did not see it");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // Once the WAL is written (a checkpoint writes it), the standby serves the session.
+        c.psql(0, "postgres", "CHECKPOINT").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (n, port) = read(2).await;
+            assert_eq!(n, 1, "port {port}");
+            if port == c.node_port(1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby never served the session"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
 /// The floor that keeps a session's reads off a standby that has not replayed its write: with
 /// the standby's replay paused, a read after the write goes to the primary and sees it, as
 /// long as the pause lasts (a floor taken before the write would let the standby serve it,

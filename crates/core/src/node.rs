@@ -97,7 +97,8 @@ pub struct ReplicationRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
     pub in_recovery: bool,
-    /// `pg_current_wal_lsn()`, on a primary.
+    /// `pg_current_wal_insert_lsn()`, on a primary: every record a commit that has returned
+    /// made, written or not (`synchronous_commit = off`).
     pub current_lsn: Option<Lsn>,
     /// `pg_last_wal_receive_lsn()`, on a standby.
     pub receive_lsn: Option<Lsn>,

@@ -31,10 +31,13 @@ pub enum ProbeError {
 
 /// Both statements go in one simple-query round trip. The first reads the node's own state
 /// (the CASE keeps primary-only functions away from standbys); the second its directly
-/// connected standbys.
+/// connected standbys. A primary's position is where WAL is inserted, not where it has been
+/// written: with `synchronous_commit = off` a commit returns before its record is written,
+/// and a session's reads must wait for a standby that has replayed that record (the write
+/// position could be behind it, and a standby that had not seen the commit served them).
 const SQL: &str = "\
 SELECT pg_is_in_recovery()::text,
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END,
        pg_last_wal_receive_lsn()::text,
        pg_last_wal_replay_lsn()::text,
        CASE WHEN pg_is_in_recovery()
