@@ -6379,7 +6379,9 @@ fn settings_a_function_changes_follow_the_session() {
          CREATE SCHEMA app; CREATE TABLE app.t (x text); INSERT INTO app.t VALUES ('app'); \
          CREATE TABLE public.t (x text); INSERT INTO public.t VALUES ('public'); \
          CREATE FUNCTION use_app() RETURNS void LANGUAGE plpgsql \
-           AS $$ BEGIN PERFORM set_config('search_path', 'app, public', false); END $$",
+           AS $$ BEGIN PERFORM set_config('search_path', 'app, public', false); END $$; \
+         CREATE FUNCTION mk_tmp() RETURNS void LANGUAGE plpgsql \
+           AS $$ BEGIN CREATE TEMP TABLE ft (x int); INSERT INTO ft VALUES (1); END $$",
     )
     .unwrap();
     let standby = c.node_port(1) as i32;
@@ -6441,6 +6443,26 @@ fn settings_a_function_changes_follow_the_session() {
             .await
             .unwrap();
         assert_eq!(on_standby(&client, path, standby).await, ["app"]);
+        // Temporary tables a function or a DO block makes live on the primary only: the
+        // session stays there, as after a CREATE TEMP TABLE of its own. (Before, its reads
+        // went back to the standby: "relation \"ft\" does not exist".)
+        let client = c.client("test").await;
+        client.simple_query("SELECT mk_tmp()").await.unwrap();
+        client
+            .batch_execute("DO $$BEGIN CREATE TEMP TABLE dt AS SELECT 2 AS x; END$$")
+            .await
+            .unwrap();
+        for _ in 0..15 {
+            for (table, want) in [("ft", 1), ("dt", 2)] {
+                let row = client
+                    .query_one(&format!("SELECT x, inet_server_port() FROM {table}"), &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{table}: {e}"));
+                assert_eq!(row.get::<_, i32>(0), want, "{table}");
+                assert_ne!(row.get::<_, i32>(1), standby, "{table}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     });
 }
 

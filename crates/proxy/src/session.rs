@@ -868,7 +868,11 @@ impl Session {
     /// unit. A node fenced between the choice and the engagement is dropped and the choice
     /// made again (a write then waits for the new primary).
     async fn route(&mut self, class: Class) -> Result<u32> {
-        if self.settings.has_unread() {
+        // (What code of the database's own may have changed is read back only before a unit
+        // that may go elsewhere: a read, a transaction's start. See `note_user_code`.)
+        if self.settings.has_unread()
+            || (matches!(class, Class::Read | Class::Begin { .. }) && self.settings.has_user_code())
+        {
             Box::pin(self.read_back_settings()).await?;
         }
         loop {
@@ -1499,6 +1503,7 @@ impl Session {
             let Some(conn) = self.conns.get_mut(&from) else {
                 continue;
             };
+            let every = name == pgwarden_sql::EVERY_SETTING;
             match conn.b().statement_value(&sql).await {
                 // NULL: a custom parameter that was never defined there (for every setting:
                 // none to list, and the role is always listed, so not seen).
@@ -1519,6 +1524,19 @@ impl Session {
                     );
                 }
                 Err(e) => return Err(self.lost(from, e)),
+            }
+            if every && !self.sticky {
+                // Code of the database's own may also have made temporary tables (a function
+                // or a `DO` that runs `CREATE TEMP TABLE`): they live only there, and the
+                // session stays there, as after one made in a query.
+                let Some(conn) = self.conns.get_mut(&from) else {
+                    continue;
+                };
+                match conn.b().statement_value(HAS_TEMP_OBJECTS).await {
+                    Ok(Some(t)) if t == "t" => self.sticky = true,
+                    Ok(_) | Err(BackendError::Sql { .. }) => {}
+                    Err(e) => return Err(self.lost(from, e)),
+                }
             }
         }
         self.settings.keep_unread(kept);
@@ -3736,6 +3754,10 @@ enum IdleStep {
     /// Read back settings changed in a transaction that has ended (`read_back_settings`).
     ReadBack,
 }
+
+/// Whether the session's connection holds temporary objects (see `read_back_settings`).
+const HAS_TEMP_OBJECTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class \
+     WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
 
 /// PostgreSQL's own limit on a client's message (`PQ_LARGE_MESSAGE_LIMIT`, 1 GB, with its
 /// type byte): a longer one is a protocol error at once.

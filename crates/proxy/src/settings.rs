@@ -431,6 +431,12 @@ impl Settings {
         self.record().note_user_code(node);
     }
 
+    /// Whether code of the database's own ran somewhere and what it changed is still to be
+    /// read back (see [`Record::note_user_code`]).
+    pub(crate) fn has_user_code(&self) -> bool {
+        self.0.as_ref().is_some_and(|r| !r.user_code.is_empty())
+    }
+
     /// See [`Record::custom_names`].
     pub(crate) fn custom_names(&self) -> Vec<String> {
         self.0.as_ref().map_or_else(Vec::new, |r| r.custom_names())
