@@ -6593,3 +6593,61 @@ fn a_reload_reads_client_authentication_again() {
         &log[log.len().saturating_sub(2000)..]
     );
 }
+
+/// A database's or role's default settings changed through pgwarden (`ALTER DATABASE … SET`,
+/// `ALTER ROLE … SET`) hold for the sessions that begin after it, as on one server: pooled
+/// connections, which keep the defaults they began with (`DISCARD ALL` returns to those),
+/// are not reused. (Before, new sessions kept the old `search_path` until the pooled
+/// connections were closed for idleness.)
+#[test]
+fn default_settings_changed_through_pgwarden_hold_for_new_sessions() {
+    let c = Cluster::up(2);
+    c.psql(0, "test", "CREATE SCHEMA app").unwrap();
+    let c = &c;
+    block(async {
+        let show = |name: &'static str| async move {
+            let client = c.client("test").await;
+            // Both nodes: a read may go to either.
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let v: String = client
+                    .query_one(&format!("SELECT current_setting('{name}')"), &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                seen.push(v);
+            }
+            seen
+        };
+        // Connections in the pools, on both nodes.
+        for _ in 0..3 {
+            assert!(show("search_path")
+                .await
+                .iter()
+                .all(|v| v == "\"$user\", public"));
+        }
+        let admin = c.client("test").await;
+        admin
+            .batch_execute("ALTER DATABASE test SET search_path = app, public")
+            .await
+            .unwrap();
+        // The standby replays the change with the catalog; a new connection there reads it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..3 {
+            let seen = show("search_path").await;
+            assert!(seen.iter().all(|v| v == "app, public"), "{seen:?}");
+        }
+        // In a transaction: once it commits.
+        admin.batch_execute("BEGIN").await.unwrap();
+        admin
+            .batch_execute("ALTER ROLE postgres IN DATABASE test SET work_mem = '7MB'")
+            .await
+            .unwrap();
+        admin.batch_execute("COMMIT").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..3 {
+            let seen = show("work_mem").await;
+            assert!(seen.iter().all(|v| v == "7MB"), "{seen:?}");
+        }
+    });
+}

@@ -49,6 +49,8 @@ pub enum PoolError {
 pub struct Pooled {
     pub backend: Backend,
     pub key: PoolKey,
+    /// The pool's generation when it was opened (see `Pools::renew`).
+    born: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -66,6 +68,8 @@ pub struct Pools {
     /// Rung when a connection is put back (it keeps its node's permit: a session waiting
     /// for a permit would not see it).
     returned: Notify,
+    /// Connections opened before the last `renew` are not reused.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// One row of SHOW POOL_POOLS.
@@ -86,6 +90,7 @@ impl Pools {
             nodes: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
             returned: Notify::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -152,10 +157,12 @@ impl Pools {
                     }
                 }
             };
+            let born = self.generation.load(std::sync::atomic::Ordering::Acquire);
             let backend = Backend::connect(spec).await?;
             return Ok(Pooled {
                 backend,
                 key,
+                born,
                 _permit: permit,
             });
         }
@@ -198,8 +205,14 @@ impl Pools {
         }
     }
 
-    /// Keeps a connection that is idle, reset and healthy for the next session.
+    /// Keeps a connection that is idle, reset and healthy for the next session (one opened
+    /// before the last `renew` is closed instead).
     pub fn put(&self, pooled: Pooled) {
+        if pooled.born < self.generation.load(std::sync::atomic::Ordering::Acquire) {
+            drop(pooled);
+            self.returned.notify_waiters();
+            return;
+        }
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -211,6 +224,16 @@ impl Pools {
             });
         // Sessions waiting for a connection look again (of any node: they are few, and
         // each looks only at its own).
+        self.returned.notify_waiters();
+    }
+
+    /// Closes every idle connection, and those in use as they come back: a server's
+    /// connection keeps the database's and role's default settings (`ALTER DATABASE … SET`,
+    /// `ALTER ROLE … SET`) it started with, which `DISCARD ALL` goes back to.
+    pub fn renew(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.returned.notify_waiters();
     }
 

@@ -183,6 +183,9 @@ struct Session {
     copy_in: Option<u32>,
     /// Pinned to the primary (LISTEN, SQL PREPARE, temporary tables).
     sticky: bool,
+    /// The session changed a database's or role's default settings: once its transaction is
+    /// over, pooled connections (which keep the defaults they began with) are not reused.
+    renew_pool: bool,
     /// The text of a transaction's BEGIN, sent as a Query of its own to a standby, while
     /// nothing else has run in that transaction (see `move_transaction_to_primary`).
     fresh_begin: Option<Box<[u8]>>,
@@ -372,6 +375,7 @@ pub(crate) fn run(
         error_seen: false,
         copy_in: None,
         sticky: false,
+        renew_pool: false,
         fresh_begin: None,
         process_state: false,
         enc: welcomed.enc,
@@ -1217,6 +1221,8 @@ impl Session {
         if class == Class::Sticky {
             self.sticky = true;
         }
+        self.renew_pool |= matches!(class, Class::Write | Class::InTransaction)
+            && pgwarden_sql::changes_default_settings(sql);
         // A cursor declared WITH HOLD on a standby is used there (see `held_cursor`).
         let cursor = if self.settings.has_held() {
             pgwarden_sql::cursor_use(sql)
@@ -1978,6 +1984,8 @@ impl Session {
                     let verdict = classify(sql, &*self.ctx);
                     self.process_state |= verdict.process_state;
                     let c = verdict.class;
+                    self.renew_pool |= matches!(c, Class::Write | Class::InTransaction)
+                        && pgwarden_sql::changes_default_settings(sql);
                     class = combine(class, c);
                     any_statement = true;
                     // (A `set_config` is read back once it has run, see `SettingEffect`; every
@@ -3150,6 +3158,10 @@ impl Session {
                                     // (Behind an open part a BEGIN may already be on its
                                     // way: that part's Sync tells.)
                                     self.tx_node = None;
+                                    if self.renew_pool {
+                                        self.renew_pool = false;
+                                        self.ctx.pools.renew();
+                                    }
                                 }
                                 self.copy_in = None;
                             }

@@ -426,6 +426,19 @@ fn has_first_word_of(sql: &str, word: &str) -> bool {
             .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
 }
 
+/// Whether `sql` changes a database's or role's default settings (`ALTER DATABASE … SET`,
+/// `ALTER ROLE … [IN DATABASE …] SET` / `RESET`): a server's connection keeps the defaults it
+/// started with, so pooled connections must not serve new sessions after it. Parsed only
+/// when a statement begins with `ALTER`.
+pub fn changes_default_settings(sql: &str) -> bool {
+    has_first_word_of(skip_comments(sql), "alter")
+        && pg_query::summary(sql, 0, -1).is_ok_and(|s| {
+            s.statement_types
+                .iter()
+                .any(|t| t == "AlterDatabaseSetStmt" || t == "AlterRoleSetStmt")
+        })
+}
+
 /// Functions whose effect `DISCARD ALL` keeps (see [`leaves_process_state`]).
 const PROCESS_STATE_FUNCTIONS: [&str; 3] = ["setseed", "dblink_connect", "dblink_connect_u"];
 

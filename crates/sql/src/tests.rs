@@ -1194,3 +1194,20 @@ fn the_statement_splitter_agrees_with_the_parser() {
         }
     }
 }
+
+#[test]
+fn default_setting_changes_are_seen() {
+    for (sql, want) in [
+        ("ALTER DATABASE test SET search_path = app, public", true),
+        ("alter role alice set work_mem = '8MB'", true),
+        ("ALTER ROLE alice IN DATABASE test RESET ALL", true),
+        ("ALTER USER bob SET statement_timeout = 0", true),
+        ("/* c */ ALTER DATABASE test RESET search_path", true),
+        ("ALTER TABLE t ADD COLUMN x int", false),
+        ("ALTER ROLE alice PASSWORD 'x'", false),
+        ("ALTER SYSTEM SET work_mem = '8MB'", false),
+        ("SELECT 1", false),
+    ] {
+        assert_eq!(changes_default_settings(sql), want, "{sql}");
+    }
+}
