@@ -299,7 +299,7 @@ fn python_psycopg3_through_pgwarden() {
     // psycopg's cache of prepared statements.
     assert_eq!(
         ports_of(&routes, "show pool_nodes"),
-        vec![format!("2 {primary}"); 16],
+        vec![format!("2 {primary}"); 17],
         "{routes:?}"
     );
     assert_eq!(

@@ -6423,6 +6423,43 @@ fn settings_a_function_changes_follow_the_session() {
         assert_eq!(on_standby(&client, read, standby).await, ["tenant-1"]);
         client.execute(&st, &[&2i32]).await.unwrap();
         assert_eq!(on_standby(&client, read, standby).await, ["tenant-2"]);
+        // The unnamed statement, prepared in one batch and bound in later ones (libpq's
+        // PQprepare(conn, "", …), Go's lib/pq). (Before, the Bind alone was not seen to
+        // change anything: the standby kept the tenant.)
+        {
+            use common::raw::{login_with, message, read_until, startup_with};
+            use tokio::io::AsyncWriteExt;
+            let packet = startup_with(&[("user", "postgres"), ("database", "test")]);
+            let mut s = login_with(&c, c.proxy_port(), &packet).await;
+            let (_, err) = raw_query(&mut s, b"SET ROLE alice; SET app.tenant = 1").await;
+            assert_eq!(err, None);
+            let port = standby.to_string().into_bytes();
+            for tenant in [b"2", b"1"] {
+                // (Prepared again each time: the simple Query that reads destroys it, as on
+                // one server.)
+                let parse = message(b'P', &[b"\0", b"SELECT set_tenant($1::int)\0", &[0, 0]]);
+                s.write_all(&[parse, message(b'S', &[])].concat())
+                    .await
+                    .unwrap();
+                read_until(&mut s, b'Z').await;
+                let bind = message(
+                    b'B',
+                    &[b"\0\0", &[0, 0], &[0, 1], &[0, 0, 0, 1], tenant, &[0, 0]],
+                );
+                let run = [
+                    bind,
+                    message(b'E', &[b"\0", &[0, 0, 0, 0]]),
+                    message(b'S', &[]),
+                ];
+                s.write_all(&run.concat()).await.unwrap();
+                let (_, err) = answers(read_until(&mut s, b'Z').await);
+                assert_eq!(err, None);
+                let rows =
+                    read_on(&mut s, b"SELECT body, inet_server_port() FROM docs", &port).await;
+                let want = format!("tenant-{}", tenant[0] as char).into_bytes();
+                assert_eq!(rows, [[want, port.clone()]]);
+            }
+        }
         // In a transaction, where statements are not parsed unless they may hold state: a
         // PL/pgSQL function sets the search path.
         let client = c.client("test").await;
@@ -6648,6 +6685,34 @@ fn default_settings_changed_through_pgwarden_hold_for_new_sessions() {
         for _ in 0..3 {
             let seen = show("work_mem").await;
             assert!(seen.iter().all(|v| v == "7MB"), "{seen:?}");
+        }
+    });
+}
+
+/// Asked whether it is a primary (pgjdbc's `targetServerType=primary` asks at every connect),
+/// the primary answers, and the session's reads stay on its standby: the question writes
+/// nothing, so read-your-writes has nothing to wait for. (The first fix took it for a write,
+/// and the session's reads went to the primary until the next health check.)
+#[test]
+fn asking_whether_primary_leaves_the_session_on_its_standby() {
+    let c = Cluster::up(2);
+    block(async {
+        let client = standby_session(&c).await;
+        for sql in [
+            "SHOW transaction_read_only",
+            "SELECT current_setting('in_hot_standby')",
+        ] {
+            let rows = client.simple_query(sql).await.unwrap();
+            let value = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            });
+            assert_eq!(value.as_deref(), Some("off"), "{sql}");
+            let row = client
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .unwrap();
+            assert_eq!(port_of(&row, 0), c.node_port(1), "the read after {sql}");
         }
     });
 }

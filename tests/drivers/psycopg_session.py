@@ -134,6 +134,12 @@ if proxied:
                 rows = conn.execute("SHOW POOL_NODES", binary=binary).fetchall()
                 route("show pool_nodes", len(rows), rows[0][2])
         route("show pool_version", "pgwarden" in conn.execute("SHOW POOL_VERSION", prepare=True).fetchone()[0])
+        # After a pipeline (psycopg ends one with Sync, then Flush), the prepared SHOW still
+        # answers (it was sent to PostgreSQL: "prepared statement does not exist").
+        with conn.pipeline():
+            conn.execute("SELECT 1")
+        rows = conn.execute("SHOW POOL_NODES").fetchall()
+        route("show pool_nodes", len(rows), rows[0][2])
         conn.prepared_max = 2
         for i in range(6):
             n = len(conn.execute("SHOW POOL_NODES", prepare=True).fetchall())

@@ -547,14 +547,15 @@ async fn scram(
     };
     let protocol = |e: ScramError| match e {
         ScramError::WrongPassword => ScramOutcome::Failed,
-        ScramError::BindingCheckFailed => Refusal::fatal("28000", e.to_string()).into(),
+        // (PostgreSQL: invalid authorization specification, for both.)
+        ScramError::BindingCheckFailed | ScramError::BindingNegotiation => {
+            Refusal::fatal("28000", e.to_string()).into()
+        }
         ScramError::AuthorizationIdentity => Refusal::fatal("0A000", e.to_string()).into(),
         ScramError::Malformed(why) => {
             Refusal::fatal("08P01", format!("malformed SCRAM message: {why}")).into()
         }
-        ScramError::BindingNegotiation | ScramError::UnsupportedBindingType(_) => {
-            Refusal::fatal("08P01", e.to_string()).into()
-        }
+        ScramError::UnsupportedBindingType(_) => Refusal::fatal("08P01", e.to_string()).into(),
     };
     let (server, server_first) = ScramServer::start(
         secret.and_then(Secret::scram),

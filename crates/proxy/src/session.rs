@@ -155,6 +155,9 @@ enum SettingEffect {
     /// A `set_config` call that may last beyond its transaction: its value is read back once
     /// it has run (it is often a parameter).
     ReadBack,
+    /// Code of the database's own (`Verdict::runs_user_code`), perhaps with `set_config`
+    /// calls too: every setting is read back before another node is used.
+    UserCode,
 }
 
 fn setting_effect(sql: &str) -> SettingEffect {
@@ -225,6 +228,10 @@ struct Session {
     /// sessions make any).
     own: Option<Box<crate::show::Own>>,
     unnamed_node: Option<u32>,
+    /// The unnamed statement's text, when it changes settings (see `SettingEffect`): a Bind
+    /// of it in a later batch (libpq's `PQprepare(conn, "", …)`, Go's lib/pq) reads them back
+    /// as one in the batch of its Parse does.
+    unnamed_effect: Option<Box<(Vec<u8>, SettingEffect)>>,
     batch: BytesMut,
     batch_frames: Vec<Frame>,
     cancel: CancelSlot,
@@ -387,6 +394,7 @@ pub(crate) fn run(
         statements: HashMap::new(),
         own: None,
         unnamed_node: None,
+        unnamed_effect: None,
         batch: BytesMut::new(),
         batch_frames: Vec::new(),
         cancel,
@@ -1274,6 +1282,7 @@ impl Session {
             // A simple Query destroys the unnamed statement, here wherever it was parsed, as
             // on one server: a later Bind of it goes where the Query ran, and fails there.
             self.unnamed_node = sent;
+            self.unnamed_effect = None;
         }
         let begins = matches!(class, Class::Begin { .. });
         self.note_begin(begins, sent);
@@ -1417,6 +1426,7 @@ impl Session {
             return Err(self.lost(node, e));
         }
         self.unnamed_node = Some(node);
+        self.unnamed_effect = None;
         let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
         if failed {
             let mut z = BytesMut::new();
@@ -1461,6 +1471,13 @@ impl Session {
     fn note_settings_changed(&mut self, node: u32, sql: &str, user_code: bool) {
         if user_code {
             self.settings.note_user_code(node);
+            // One statement that calls no `set_config` (a function's call): no setting to
+            // name, and no parse to find none.
+            if !pgwarden_sql::calls_set_config(sql)
+                && !sql.trim_end().trim_end_matches(';').contains(';')
+            {
+                return;
+            }
         }
         match pgwarden_sql::setting_names(sql) {
             Some(names) => self.settings.note_changed(node, names),
@@ -1485,6 +1502,8 @@ impl Session {
     /// Its connection lost, the session ends: what was set there is gone, and going on without
     /// it would give other answers than one server.
     async fn read_back_settings(&mut self) -> Result<()> {
+        let conns = &self.conns;
+        self.settings.keep_user_code_on(|n| conns.contains_key(&n));
         let mut kept = Vec::new();
         for (from, name) in self.settings.take_unread() {
             if self.working_on(from) {
@@ -1874,6 +1893,17 @@ impl Session {
     /// write: a part goes to the primary, and the batch's later parts follow it there.
     async fn dispatch_batch(&mut self, syncs: usize, part: bool) -> Result<()> {
         let mut frames = std::mem::take(&mut self.batch_frames);
+        if syncs == 0
+            && !part
+            && self.open_until_sync.is_none()
+            && frames.iter().all(|f| f.tag == b'H')
+        {
+            // Only Flush, with nothing unsynced before it (psycopg ends a pipeline with Sync,
+            // then Flush): a server has nothing to flush that its ReadyForQuery did not. Sent,
+            // it would open a pipeline part that nothing needs.
+            self.batch.clear();
+            return Ok(());
+        }
         // `SHOW POOL_…` prepared, and what uses it: pgwarden's to answer, after what is in
         // flight (nothing of the batch has gone out: no open part).
         if !part
@@ -1966,7 +1996,7 @@ impl Session {
         // (Texts as the client sent them, in its encoding.)
         let mut unnamed: Option<(Vec<u8>, SettingEffect)> = None;
         let mut replay: Vec<Vec<u8>> = Vec::new();
-        let mut config_calls: Vec<Vec<u8>> = Vec::new();
+        let mut config_calls: Vec<(Vec<u8>, bool)> = Vec::new();
         // Cursors declared WITH HOLD in the batch, and the one cursor its only statement
         // fetches from, moves or closes (see `held_cursor`; psycopg sends these as Parse).
         let mut declared: Vec<String> = Vec::new();
@@ -1991,7 +2021,9 @@ impl Session {
                     // (A `set_config` is read back once it has run, see `SettingEffect`; every
                     // setting after code of the database's own.)
                     let effect = match setting_effect(sql) {
-                        SettingEffect::None if verdict.runs_user_code => SettingEffect::ReadBack,
+                        SettingEffect::None | SettingEffect::ReadBack if verdict.runs_user_code => {
+                            SettingEffect::UserCode
+                        }
                         e => e,
                     };
                     pins |= c == Class::Sticky
@@ -2031,10 +2063,14 @@ impl Session {
                         binds_unnamed_without_parse |= !parsed_unnamed;
                         // The unnamed statement's class, when parsed here, is already in
                         // `class`.
-                        let text = unnamed
-                            .as_ref()
-                            .filter(|(_, e)| parsed_unnamed && *e != SettingEffect::None)
-                            .map(|(sql, e)| (sql.clone(), *e));
+                        let text = if parsed_unnamed {
+                            unnamed
+                                .as_ref()
+                                .filter(|(_, e)| *e != SettingEffect::None)
+                                .map(|(sql, e)| (sql.clone(), *e))
+                        } else {
+                            self.unnamed_effect.as_ref().map(|b| (b.0.clone(), b.1))
+                        };
                         (None, text)
                     } else if let Some(s) = self.statements.get(stmt) {
                         needs.push(stmt.to_string());
@@ -2062,7 +2098,8 @@ impl Session {
                         Some((sql, SettingEffect::Replayed)) => replay.push(sql),
                         // Its value is not known before it runs (a parameter, often): read
                         // back once it has.
-                        Some((sql, SettingEffect::ReadBack)) => config_calls.push(sql),
+                        Some((sql, SettingEffect::ReadBack)) => config_calls.push((sql, false)),
+                        Some((sql, SettingEffect::UserCode)) => config_calls.push((sql, true)),
                         _ => {}
                     }
                 }
@@ -2092,9 +2129,9 @@ impl Session {
         }
         // Settings not recorded as said, but read back later (see `settings`): a SET inside a
         // transaction is the transaction's (it may be rolled back).
-        let mut read_back = Vec::new();
+        let mut read_back: Vec<(Vec<u8>, bool)> = Vec::new();
         if self.tx_node.is_some() || begins {
-            read_back = std::mem::take(&mut replay);
+            read_back.extend(std::mem::take(&mut replay).into_iter().map(|q| (q, false)));
         }
         if frames.iter().all(|f| matches!(f.tag, b'S' | b'H'))
             && self.open_until_sync.is_none()
@@ -2291,6 +2328,9 @@ impl Session {
         }
         if parsed_unnamed {
             self.unnamed_node = Some(target);
+            self.unnamed_effect = unnamed
+                .filter(|(_, e)| *e != SettingEffect::None)
+                .map(Box::new);
         }
         for f in frames.iter().filter(|f| f.tag == b'P') {
             if let Ok(p) = msg::parse(f.body()) {
@@ -2338,20 +2378,19 @@ impl Session {
             settle = self.drain_for_outcome().await?;
             if settle && self.last_tx_status != b'I' {
                 // The batch began a transaction: its settings are the transaction's.
-                read_back.append(&mut replay);
+                read_back.extend(std::mem::take(&mut replay).into_iter().map(|q| (q, false)));
             }
         }
         // A setting whose batch met an error may have been undone with the batch's implicit
         // transaction, and one in an open part is not known to have lasted.
         if !settle || self.error_seen {
-            read_back.append(&mut replay);
+            read_back.extend(std::mem::take(&mut replay).into_iter().map(|q| (q, false)));
         }
         read_back.append(&mut config_calls);
         if let Some(node) = sent {
-            for sql in &read_back {
+            for (sql, user_code) in &read_back {
                 let sql = pgwarden_sql::server_text(sql, self.enc);
-                let user_code = classify(&sql, &*self.ctx).runs_user_code;
-                self.note_settings_changed(node, &sql, user_code);
+                self.note_settings_changed(node, &sql, *user_code);
             }
         }
         for raw in replay {
@@ -3815,14 +3854,14 @@ enum Ended {
 fn writes(class: Class) -> bool {
     !matches!(
         class,
-        Class::Read | Class::Session | Class::Begin { read_only: true }
+        Class::Read | Class::PrimaryRead | Class::Session | Class::Begin { read_only: true }
     )
 }
 
 fn needs_primary(class: Class) -> bool {
     matches!(
         class,
-        Class::Write | Class::Sticky | Class::Begin { read_only: false }
+        Class::Write | Class::PrimaryRead | Class::Sticky | Class::Begin { read_only: false }
     )
 }
 
@@ -3984,6 +4023,7 @@ mod tests {
         for (class, primary_only) in [
             (Class::Read, false),
             (Class::Write, true),
+            (Class::PrimaryRead, true),
             (Class::Sticky, true),
             (Class::Begin { read_only: false }, true),
             (Class::Begin { read_only: true }, false),

@@ -85,9 +85,11 @@ struct Record {
     /// and a FETCH, MOVE or CLOSE of one goes there (by name, with the node).
     held: Vec<(String, u32)>,
     /// Nodes where code of the database's own ran (a function that may call `set_config`):
-    /// every setting there is read back, but only before another node is used (`unread_on`,
-    /// `unread_elsewhere`), not at once (`has_unread`): a session that calls functions on
-    /// the primary and stays there pays nothing.
+    /// every setting there is read back, but only before another node is used
+    /// (`unread_elsewhere`), not at once (`has_unread`): a session that calls functions on
+    /// the primary and stays there pays nothing. A maybe, so it does not bind the session to
+    /// that node (`unread_on`): a node lost or fenced first takes it along
+    /// (`keep_user_code_on`), and the session goes on with the settings it knows of.
     user_code: Vec<u32>,
 }
 
@@ -288,7 +290,7 @@ impl Record {
     /// made if the standby is still there when the session comes to it; losing the standby
     /// first loses the statement, not the session.)
     pub(crate) fn unread_on(&self, node: u32) -> bool {
-        self.unread.iter().any(|(n, _)| *n == node) || self.user_code.contains(&node)
+        self.unread.iter().any(|(n, _)| *n == node)
     }
 
     /// The settings to read back, in the order they are to be replayed: the session
@@ -429,6 +431,14 @@ impl Settings {
     /// See [`Record::note_user_code`].
     pub(crate) fn note_user_code(&mut self, node: u32) {
         self.record().note_user_code(node);
+    }
+
+    /// Forgets code of the database's own that ran on nodes the session no longer has a
+    /// connection to (see `Record::user_code`).
+    pub(crate) fn keep_user_code_on(&mut self, has: impl Fn(u32) -> bool) {
+        if let Some(r) = self.0.as_mut() {
+            r.user_code.retain(|n| has(*n));
+        }
     }
 
     /// Whether code of the database's own ran somewhere and what it changed is still to be

@@ -29,6 +29,10 @@ pub enum Class {
     Read,
     /// Must run on the primary.
     Write,
+    /// Must run on the primary, and writes nothing: asks whether the server is one
+    /// (`SHOW transaction_read_only`), which a standby would answer for itself. The session's
+    /// reads need not wait for the standbys after it.
+    PrimaryRead,
     /// `BEGIN` / `START TRANSACTION`.
     Begin { read_only: bool },
     /// `COMMIT`, `END`, `ROLLBACK`, `ABORT` (outside a transaction they are no-ops).
@@ -219,15 +223,17 @@ pub fn classify(sql: &str, functions: &dyn FunctionCatalog) -> Verdict {
         .statement_types
         .iter()
         .any(|t| t == "CallStmt" || t == "DoStmt")
-        || summary
-            .functions
-            .iter()
-            .any(|f| !functions.is_builtin(f.schema_name.as_deref(), &f.function_name));
+        || summary.functions.iter().any(|f| {
+            let schema = f.schema_name.as_deref();
+            // (A function declared read-only is trusted not to change settings either.)
+            !functions.is_builtin(schema, &f.function_name)
+                && !functions.is_read_only(schema, &f.function_name)
+        });
     if verdict.class == Class::Read && asks_whether_primary(sql) {
-        verdict = v(
-            Class::Write,
-            "asks whether the server is read-only or a standby: the session's primary answers",
-        );
+        verdict.class = Class::PrimaryRead;
+        verdict.reason =
+            "asks whether the server is read-only or a standby: the session's primary answers"
+                .into();
     }
     let updates_settings =
         summary.statement_types.iter().any(|t| t == "UpdateStmt") && names_pg_settings(sql);
@@ -270,8 +276,10 @@ fn asks_whether_primary(sql: &str) -> bool {
 
 /// Whether `sql` may run code of the database's own (see `Verdict::runs_user_code`): a cheap
 /// look at its text, for statements the parser is spared (a transaction's), that errs toward
-/// yes: `CALL`, `DO`, or a name before a `(` that is neither a built-in function nor a word
-/// that takes a `(` in SQL, nor a table after `INTO` (an `INSERT`'s column list).
+/// yes: `CALL`, `DO`, a quoted name or a comment before a `(`, a name qualified by a schema
+/// other than `pg_catalog`, or a name that is neither a built-in function (nor one declared
+/// read-only) nor a word that takes a `(` in SQL, nor a table after `INTO` (an `INSERT`'s
+/// column list).
 pub fn may_run_user_code(sql: &str, functions: &dyn FunctionCatalog) -> bool {
     let b = sql.as_bytes();
     let first = skip_comments(sql);
@@ -287,24 +295,45 @@ pub fn may_run_user_code(sql: &str, functions: &dyn FunctionCatalog) -> bool {
         while s > 0 && (b[s - 1].is_ascii_alphanumeric() || b[s - 1] == b'_' || b[s - 1] >= 0x80) {
             s -= 1;
         }
-        (s, &sql[s..e])
+        (s, e)
+    };
+    let known = |word: &str| {
+        word.eq_ignore_ascii_case("pg_catalog")
+            || functions.is_builtin(None, word)
+            || functions.is_read_only(None, word)
     };
     memchr::memchr_iter(b'(', b).any(|at| {
-        let (start, word) = word_before(at);
-        if word.is_empty() || word.as_bytes()[0].is_ascii_digit() {
-            // `(` after an operator, a `(` or a quoted name (`"f"(…)` is a call too).
-            return start > 0 && b[start - 1] == b'"';
+        let (start, end) = word_before(at);
+        if start == end {
+            // `(` after an operator or a `(`; a quoted name (`"f"(…)`) or a comment (`f /*
+            // x */ (…)`, `f --\n(…)`) may hide a call.
+            return end > 0 && matches!(b[end - 1], b'"' | b'/' | b'\n');
         }
-        let lower = word.to_ascii_lowercase();
-        if TAKES_PARENS.contains(&lower.as_str()) || functions.is_builtin(None, &lower) {
+        let word = &sql[start..end];
+        if word.as_bytes()[0].is_ascii_digit() {
             return false;
         }
-        // A table's column list: `INSERT INTO t (…)`, a schema-qualified one too.
-        let mut before = start;
-        if before > 0 && b[before - 1] == b'.' {
-            before = word_before(before - 1).0;
+        // A qualified name: a call of the database's own unless in `pg_catalog`.
+        if start > 0 && b[start - 1] == b'.' {
+            let (qs, qe) = word_before(start - 1);
+            if qs == qe {
+                return true; // `"schema".f(…)`
+            }
+            let qualifier = &sql[qs..qe];
+            if !qualifier.eq_ignore_ascii_case("pg_catalog") {
+                // `INSERT INTO app.t (…)`: a table's column list.
+                let (is, ie) = word_before(qs);
+                return !sql[is..ie].eq_ignore_ascii_case("into");
+            }
+            return !known(&word.to_ascii_lowercase());
         }
-        !word_before(before).1.eq_ignore_ascii_case("into")
+        let lower = word.to_ascii_lowercase();
+        if TAKES_PARENS.contains(&lower.as_str()) || known(&lower) {
+            return false;
+        }
+        // A table's column list: `INSERT INTO t (…)`.
+        let (is, ie) = word_before(start);
+        !sql[is..ie].eq_ignore_ascii_case("into")
     })
 }
 
