@@ -35,9 +35,17 @@ pub enum ProbeError {
 /// written: with `synchronous_commit = off` a commit returns before its record is written,
 /// and a session's reads must wait for a standby that has replayed that record (the write
 /// position could be behind it, and a standby that had not seen the commit served them).
+/// When the last record ends at a page's end, the insert position is past the next page's
+/// header (24 bytes, or 40 at a segment's start); a standby's replay position is at the
+/// record's end, so the header is taken off: else an idle primary after a WAL switch would
+/// never have a standby caught up with it.
 const SQL: &str = "\
 SELECT pg_is_in_recovery()::text,
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE (
+         SELECT (l - CASE WHEN (l - '0/0'::pg_lsn) % current_setting('wal_block_size')::numeric = 24 THEN 24
+                          WHEN (pg_walfile_name_offset(l)).file_offset = 40 THEN 40
+                          ELSE 0 END)::text
+           FROM pg_current_wal_insert_lsn() AS l) END,
        pg_last_wal_receive_lsn()::text,
        pg_last_wal_replay_lsn()::text,
        CASE WHEN pg_is_in_recovery()
