@@ -33,7 +33,20 @@ fn pcp_error(what: &str, e: AdminError) -> PcpError {
     let text = match e {
         AdminError::Refused(t) | AdminError::NotFound(t) | AdminError::Failed(t) => t,
     };
-    PcpError::with_detail(format!("{what} failed"), text)
+    PcpError::with_detail(format!("{what} failed"), in_pcp_terms(&text))
+}
+
+/// The warden's advice (which names `pgwarden` commands) in the PCP commands a pgpool user
+/// has at hand.
+fn in_pcp_terms(text: &str) -> String {
+    [
+        ("`pgwarden node detach ", "`pcp_detach_node -n "),
+        ("`pgwarden node attach ", "`pcp_attach_node -n "),
+        ("`pgwarden node promote ", "`pcp_promote_node -n "),
+        ("`pgwarden switchover --to ", "`pcp_promote_node -s -n "),
+    ]
+    .iter()
+    .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
 impl PcpHandler for Handler {
@@ -191,5 +204,20 @@ pub async fn serve(
     });
     if let Err(e) = pgwarden_pcp::serve(listener, users, handler, opts).await {
         tracing::error!("the PCP server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn advice_names_pcp_commands() {
+        assert_eq!(
+            super::in_pcp_terms("node 2 is in service (up); take it out first with `pgwarden node detach 2` (a recovery rebuilds its data directory)"),
+            "node 2 is in service (up); take it out first with `pcp_detach_node -n 2` (a recovery rebuilds its data directory)"
+        );
+        assert_eq!(
+            super::in_pcp_terms("use `pgwarden switchover --to 1` or `pgwarden node promote 1`"),
+            "use `pcp_promote_node -s -n 1` or `pcp_promote_node -n 1`"
+        );
     }
 }

@@ -463,7 +463,7 @@ async fn authenticate(
     match method {
         AuthMethod::Trust => {}
         AuthMethod::Reject => {
-            return Err(Refusal::fatal("28000", format!("pgwarden hba rejects connection for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip())));
+            return Err(Refusal::fatal("28000", format!("pgwarden hba rejects connection for host \"{}\", user \"{user}\", database \"{database}\", {}", peer.ip(), if tls { "SSL encryption" } else { "no encryption" })));
         }
         // md5 for a user whose secret serves it, and for an unknown user when most secrets do
         // (else an md5 challenge would tell that the user does not exist).
