@@ -6512,16 +6512,25 @@ fn a_reload_reads_client_authentication_again() {
     let c = Cluster::up(1);
     let passwd = c.dir.join("pool_passwd");
     std::fs::write(&passwd, format!("postgres:TEXT{}\n", c.password())).unwrap();
+    // pgpool's key for AES entries (pg_enc's -k).
+    let key = c.dir.join("pgpoolkey");
+    std::fs::write(&key, "k3y-of-pgpool\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
         "[proxy]\n",
-        &format!("[proxy]\npool_passwd = \"{}\"\n", passwd.display()),
+        &format!(
+            "[proxy]\npool_passwd = \"{}\"\npool_key = \"{}\"\n",
+            passwd.display(),
+            key.display()
+        ),
     );
     std::fs::write(c.config(), &cfg).unwrap();
     c.restart_warden();
     c.psql(
         0,
         "test",
-        "CREATE ROLE newu LOGIN PASSWORD 'newpw'; CREATE ROLE newm LOGIN PASSWORD 'mpw'",
+        "CREATE ROLE newu LOGIN PASSWORD 'newpw'; CREATE ROLE newm LOGIN PASSWORD 'mpw'; \
+         CREATE ROLE newa LOGIN PASSWORD 'apw'",
     )
     .unwrap();
     let hup = || {
@@ -6618,6 +6627,26 @@ fn a_reload_reads_client_authentication_again() {
             .is_err_and(|e| e.starts_with("28000") && e.contains("rejects")),
         "{rejected:?}"
     );
+    // An entry pgpool's pg_enc encrypted (AES): pgwarden decrypts it with pgpool's key, checks
+    // the client's password against it and logs in to the server with it. (Before: "AES-
+    // encrypted entries need pgpool's key file", and no way to give it.)
+    let enc = Command::new("/usr/sbin/pg_enc")
+        .args(["-k", key.to_str().unwrap(), "-u", "newa", "apw"])
+        .output()
+        .expect("pgpool's pg_enc (Debian: pgpool2; ./dev/test installs it)");
+    let aes = common::stdout(&enc)
+        .lines()
+        .find_map(|l| l.strip_prefix("pool_passwd string: ").map(str::to_string))
+        .unwrap_or_else(|| panic!("pg_enc: {}", common::stdout(&enc)));
+    std::fs::write(
+        &passwd,
+        format!("postgres:TEXT{}\nnewa:{aes}\n", c.password()),
+    )
+    .unwrap();
+    hup();
+    assert_eq!(until("newa", "apw", &|r| r.is_ok()), Ok("newa".to_string()));
+    let wrong = login("newa", "nope").unwrap_err();
+    assert!(wrong.starts_with("28P01"), "{wrong}");
     // A pool_passwd that does not parse: refused, and the logins go on as they were.
     std::fs::write(&passwd, "newu:AESq2hU\n").unwrap();
     hup();

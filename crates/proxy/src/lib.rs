@@ -187,12 +187,17 @@ impl Auth {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                let map = pgwarden_wire::auth::parse_pool_passwd(&text).map_err(|(line, e)| {
-                    ProxyError::PoolPasswd {
+                let key =
+                    pool_key(&config.proxy, &text).map_err(|reason| ProxyError::PoolPasswd {
+                        path: path.display().to_string(),
+                        reason,
+                    })?;
+                let map = pgwarden_wire::auth::parse_pool_passwd(&text, key.as_deref()).map_err(
+                    |(line, e)| ProxyError::PoolPasswd {
                         path: path.display().to_string(),
                         reason: format!("line {line}: {e}"),
-                    }
-                })?;
+                    },
+                )?;
                 Some(map)
             }
         };
@@ -240,6 +245,50 @@ impl Auth {
             tls,
         })
     }
+}
+
+/// pgpool's key for the AES entries of `pool_passwd_text` (`pg_enc`), read as pgpool reads it:
+/// `proxy.pool_key`, else `$PGPOOLKEYFILE`, else `~/.pgpoolkey`; its first line, from a file
+/// closed to group and others. `None` when no entry needs it, or no such file exists (an AES
+/// entry then says what to set).
+pub fn pool_key(cfg: &ProxyConfig, pool_passwd_text: &str) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if !pool_passwd_text
+        .lines()
+        .any(|l| l.split_once(':').is_some_and(|(_, s)| s.starts_with("AES")))
+    {
+        return Ok(None);
+    }
+    let path = match &cfg.pool_key {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("PGPOOLKEYFILE") {
+            Some(p) => p.into(),
+            None => match std::env::var_os("HOME") {
+                Some(h) => std::path::Path::new(&h).join(".pgpoolkey"),
+                None => return Ok(None),
+            },
+        },
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(_) if cfg.pool_key.is_none() => return Ok(None),
+        Err(e) => return Err(format!("proxy.pool_key {}: {e}", path.display())),
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "pgpool's key file {} has group or world access (mode {mode:04o}); expected mode 0600 or stricter, as pgpool requires: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(format!("pgpool's key file {} is empty", path.display()));
+    }
+    Ok(Some(line.to_vec()))
 }
 
 /// Everything sessions share.

@@ -74,8 +74,9 @@ impl Secret {
         }
     }
 
-    /// Parses one secret as PostgreSQL and pgpool store them.
-    pub fn parse(text: &str) -> Result<Secret, String> {
+    /// Parses one secret as PostgreSQL and pgpool store them; `key`, pgpool's key for AES
+    /// entries (`pg_enc`), if there is one.
+    pub fn parse(text: &str, key: Option<&[u8]>) -> Result<Secret, String> {
         if let Some(rest) = text.strip_prefix("SCRAM-SHA-256$") {
             return ScramSecret::parse(rest)
                 .map(Secret::Scram)
@@ -86,8 +87,13 @@ impl Secret {
                 return Ok(Secret::Md5(text.to_ascii_lowercase()));
             }
         }
-        if text.starts_with("AES") {
-            return Err("AES-encrypted entries need pgpool's key file; store an md5…, SCRAM-SHA-256$… or plain-text (TEXT…) entry instead".into());
+        if let Some(encrypted) = text.strip_prefix("AES") {
+            let key = key.ok_or_else(|| "an AES-encrypted entry (pg_enc) needs pgpool's key: set proxy.pool_key to the key file pg_enc used (its -k; ~/.pgpoolkey by default), or store an md5…, SCRAM-SHA-256$… or plain-text (TEXT…) entry instead".to_string())?;
+            let password = aes_decrypt(encrypted, key)?;
+            if password.is_empty() {
+                return Err("the password is empty".into());
+            }
+            return Ok(Secret::plain(&password));
         }
         let password = text.strip_prefix("TEXT").unwrap_or(text);
         if password.is_empty() {
@@ -97,8 +103,45 @@ impl Secret {
     }
 }
 
-/// Parses a pool_passwd file: `user:secret` per line, `#` comments.
-pub fn parse_pool_passwd(text: &str) -> Result<HashMap<String, Secret>, (usize, String)> {
+/// A pool_passwd AES entry (after `AES`): base64 of the password encrypted with AES-256-CBC
+/// (PKCS#7 padding), key and IV made from pgpool's key as OpenSSL's `EVP_BytesToKey` makes
+/// them with SHA-1, no salt and one round (pgpool's `aes_get_key`).
+pub fn aes_decrypt(encrypted: &str, key: &[u8]) -> Result<String, String> {
+    use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+    use sha1::Digest as _;
+    let data = B64
+        .decode(encrypted.trim())
+        .map_err(|_| "the AES entry is not base64".to_string())?;
+    // D1 = SHA1(key), Di = SHA1(Di-1 ‖ key): 32 bytes of key, then 16 of IV.
+    let mut material = Vec::with_capacity(60);
+    let mut last: Vec<u8> = Vec::new();
+    while material.len() < 48 {
+        let mut h = sha1::Sha1::new();
+        h.update(&last);
+        h.update(key);
+        last = h.finalize().to_vec();
+        material.extend_from_slice(&last);
+    }
+    let decryptor =
+        cbc::Decryptor::<aes::Aes256>::new_from_slices(&material[..32], &material[32..48])
+            .map_err(|_| "AES key".to_string())?;
+    let plain = decryptor
+        .decrypt_padded_vec_mut::<Pkcs7>(&data)
+        .map_err(|_| {
+            "the AES entry does not decrypt with this key (is it the key pg_enc used?)".to_string()
+        })?;
+    String::from_utf8(plain).map_err(|_| {
+        "the AES entry does not decrypt to text with this key (is it the key pg_enc used?)"
+            .to_string()
+    })
+}
+
+/// Parses a pool_passwd file: `user:secret` per line, `#` comments; `key`, pgpool's key for
+/// AES entries, if there is one.
+pub fn parse_pool_passwd(
+    text: &str,
+    key: Option<&[u8]>,
+) -> Result<HashMap<String, Secret>, (usize, String)> {
     let mut out = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
@@ -111,7 +154,7 @@ pub fn parse_pool_passwd(text: &str) -> Result<HashMap<String, Secret>, (usize, 
         if user.is_empty() {
             return Err((i + 1, "the user name is empty".into()));
         }
-        let secret = Secret::parse(secret).map_err(|e| (i + 1, e))?;
+        let secret = Secret::parse(secret, key).map_err(|e| (i + 1, e))?;
         out.insert(user.to_string(), secret);
     }
     Ok(out)
@@ -606,7 +649,7 @@ mod tests {
     fn scram_secret_round_trips_and_matches_postgres() {
         let s = ScramSecret::from_password("pencil", b"0123456789abcdef", 4096);
         let text = s.to_pg_string();
-        match Secret::parse(&text).unwrap() {
+        match Secret::parse(&text, None).unwrap() {
             Secret::Scram(p) => assert!(p == s),
             other => panic!("{other:?}"),
         }
@@ -671,6 +714,32 @@ mod tests {
         );
     }
 
+    /// pgpool's AES entries, as pgpool 4.3.5's pg_enc made them: `pg_enc -k KEYFILE -u alice
+    /// pw123` with `mysecretkey` in KEYFILE.
+    #[test]
+    fn pg_enc_entries_decrypt_with_their_key() {
+        assert_eq!(
+            aes_decrypt("GSvR7YhjsXsZOG9VX2Wdww==", b"mysecretkey").as_deref(),
+            Ok("pw123")
+        );
+        assert!(aes_decrypt("GSvR7YhjsXsZOG9VX2Wdww==", b"otherkey").is_err());
+        assert!(aes_decrypt("not base64!", b"mysecretkey").is_err());
+        assert!(
+            aes_decrypt("GSvR7YhjsXsZOG9V", b"mysecretkey").is_err(),
+            "not whole blocks"
+        );
+        let m =
+            parse_pool_passwd("alice:AESGSvR7YhjsXsZOG9VX2Wdww==\n", Some(b"mysecretkey")).unwrap();
+        match &m["alice"] {
+            Secret::Plain { password, .. } => assert_eq!(password, "pw123"),
+            other => panic!("{other:?}"),
+        }
+        let e =
+            parse_pool_passwd("alice:AESGSvR7YhjsXsZOG9VX2Wdww==\n", Some(b"wrong")).unwrap_err();
+        assert_eq!(e.0, 1);
+        assert!(e.1.contains("does not decrypt"), "{}", e.1);
+    }
+
     #[test]
     fn md5() {
         // PostgreSQL: md5(password || user)
@@ -696,7 +765,7 @@ mod tests {
             "# comment\nalice:{}\nbob:{scram}\ncarol:TEXTplain:with:colons\ndave:bare\n",
             md5_password("alice", "pw")
         );
-        let m = parse_pool_passwd(&text).unwrap();
+        let m = parse_pool_passwd(&text, None).unwrap();
         assert!(matches!(m["alice"], Secret::Md5(_)));
         assert!(matches!(m["bob"], Secret::Scram(_)));
         match &m["carol"] {
@@ -705,12 +774,12 @@ mod tests {
         }
         assert!(m["dave"].scram().is_some() && m["dave"].md5_hash("dave").is_some());
         assert!(m["bob"].md5_hash("bob").is_none());
-        assert_eq!(parse_pool_passwd("nocolon\n").unwrap_err().0, 1);
-        assert!(parse_pool_passwd("x:AESabc\n")
+        assert_eq!(parse_pool_passwd("nocolon\n", None).unwrap_err().0, 1);
+        assert!(parse_pool_passwd("x:AESabc\n", None)
             .unwrap_err()
             .1
-            .contains("AES"));
-        assert!(parse_pool_passwd("x:SCRAM-SHA-256$bad\n").is_err());
+            .contains("proxy.pool_key"));
+        assert!(parse_pool_passwd("x:SCRAM-SHA-256$bad\n", None).is_err());
         assert!(
             !format!("{:?}", m["carol"]).contains("plain"),
             "secrets never print"

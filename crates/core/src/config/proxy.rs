@@ -166,6 +166,9 @@ pub struct ProxyConfig {
     /// Client passwords in pgpool's pool_passwd format (`user:md5…`, `user:SCRAM-SHA-256$…`,
     /// `user:TEXT…` or plain). `None`: clients are checked against `credentials.password_file`.
     pub pool_passwd: Option<PathBuf>,
+    /// pgpool's key for pool_passwd's AES entries (`pg_enc -k`). `None`: as pgpool looks for
+    /// it, `$PGPOOLKEYFILE`, else `~/.pgpoolkey`, when an AES entry needs it.
+    pub pool_key: Option<PathBuf>,
     pub hba: Vec<HbaRule>,
     pub load_balance: LoadBalance,
     /// A standby this many bytes or more behind the primary gets no reads. `None`: no limit.
@@ -192,6 +195,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             pool_passwd: None,
+            pool_key: None,
             hba: vec![HbaRule {
                 connection: ConnectionType::Host,
                 databases: None,
@@ -219,6 +223,7 @@ impl Default for ProxyConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProxy {
     pool_passwd: Option<String>,
+    pool_key: Option<String>,
     #[serde(default)]
     hba: Option<Vec<RawHba>>,
     load_balance: Option<LoadBalance>,
@@ -416,6 +421,10 @@ pub(super) fn validate(raw: RawProxy, file: &Path, c: &mut Collector) -> ProxyCo
     ProxyConfig {
         pool_passwd: raw
             .pool_passwd
+            .as_deref()
+            .map(|p| super::resolve_path(file, p)),
+        pool_key: raw
+            .pool_key
             .as_deref()
             .map(|p| super::resolve_path(file, p)),
         hba,
