@@ -614,7 +614,7 @@ mod tests {
             frames(|b| fe::parse(b, "x", "SHOW search_path", &[])),
             frames(|b| fe::parse(b, "x", "SHOW POOL_NODES", &[23])),
             frames(|b| fe::bind(b, "", "other")),
-            frames(|b| fe::sync(b)),
+            frames(fe::sync),
         ] {
             assert!(own.answer(&not_ours, enc, b'I', three(&calls)).is_none());
         }
