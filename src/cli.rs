@@ -318,7 +318,7 @@ fn api_client(target: &ApiTarget) -> anyhow::Result<pgwarden_api::Client> {
     let base = match &target.api {
         Some(url) => url.clone(),
         None => {
-            let cfg = crate::load::config(&target.config)?;
+            let cfg = crate::load::parse_only(&target.config)?;
             api_url(cfg.listen.api)
         }
     };

@@ -5,8 +5,9 @@ use pgwarden_core::passfile::PassFile;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Reads, parses and validates a configuration file, including its password file.
-pub fn config(path: &Path) -> Result<Config, ConfigErrors> {
+/// Reads and parses a configuration file, without reading the files it names (a CLI command
+/// that only needs the API's address must not need the service's secrets).
+pub fn parse_only(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -15,7 +16,12 @@ pub fn config(path: &Path) -> Result<Config, ConfigErrors> {
             problem: format!("cannot read the configuration file: {e}"),
         }])
     })?;
-    let cfg = config::parse(&text, path)?;
+    config::parse(&text, path)
+}
+
+/// Reads, parses and validates a configuration file, including its password file.
+pub fn config(path: &Path) -> Result<Config, ConfigErrors> {
+    let cfg = parse_only(path)?;
     cfg.check_files(check_password_file)?;
     // The files the configuration names, read as the warden will read them: `config check`
     // finds what would stop it starting.

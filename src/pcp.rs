@@ -43,7 +43,11 @@ fn in_pcp_terms(text: &str) -> String {
         ("`pgwarden node detach ", "`pcp_detach_node -n "),
         ("`pgwarden node attach ", "`pcp_attach_node -n "),
         ("`pgwarden node promote ", "`pcp_promote_node -n "),
-        ("`pgwarden switchover --to ", "`pcp_promote_node -s -n "),
+        (
+            "`pgwarden switchover --to ",
+            "a switchover, `pcp_promote_node -s -n ",
+        ),
+        ("(or --force ", "(or `pgwarden node promote --force`, "),
     ]
     .iter()
     .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
@@ -158,16 +162,16 @@ impl PcpHandler for Handler {
     }
 
     async fn reload(&self) -> Result<(), PcpError> {
-        // pcp.conf, client authentication, and nodes added to the configuration; the rest
-        // needs a restart.
-        if let Some(path) = &self.cfg.pcp.users_file {
-            let users = PcpUsers::load(path)
-                .map_err(|e| PcpError::with_detail("reloading config failed", e.to_string()))?;
-            *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
-        }
-        crate::reload::reload(&self.cfg.file, self.controller.monitor(), &self.proxy)
-            .map(drop)
-            .map_err(|e| PcpError::with_detail("reloading config failed", e))
+        // pcp.conf, client authentication, the password file, and nodes added to the
+        // configuration (all read before any is used); the rest needs a restart.
+        crate::reload::reload(
+            &self.cfg.file,
+            self.controller.monitor(),
+            &self.proxy,
+            Some(&self.users),
+        )
+        .map(drop)
+        .map_err(|e| PcpError::with_detail("reloading config failed", e))
     }
 
     fn stop(&self, mode: StopMode) {
@@ -216,8 +220,8 @@ mod tests {
             "node 2 is in service (up); take it out first with `pcp_detach_node -n 2` (a recovery rebuilds its data directory)"
         );
         assert_eq!(
-            super::in_pcp_terms("use `pgwarden switchover --to 1` or `pgwarden node promote 1`"),
-            "use `pcp_promote_node -s -n 1` or `pcp_promote_node -n 1`"
+            super::in_pcp_terms("use `pgwarden switchover --to 1` (or --force to fence node 0)"),
+            "use a switchover, `pcp_promote_node -s -n 1` (or `pgwarden node promote --force`, to fence node 0)"
         );
     }
 }

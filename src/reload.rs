@@ -15,12 +15,21 @@ pub fn reload(
     config_path: &Path,
     monitor: &MonitorHandle,
     proxy: &pgwarden_proxy::Ctx,
+    pcp_users: Option<&pgwarden_pcp::SharedUsers>,
 ) -> Result<String, String> {
     let cfg = crate::load::config(config_path).map_err(|e| format!("{e:#}"))?;
     let passwords = crate::load::passwords(&cfg).map_err(|e| format!("{e:#}"))?;
     let auth = proxy
         .load_auth(&cfg, passwords.clone())
         .map_err(|e| format!("{e}"))?;
+    // pcp.conf as the file now names it (read, not yet used: nothing changes on an error).
+    let users = match (&cfg.pcp.users_file, pcp_users) {
+        (Some(path), Some(_)) => Some(
+            pgwarden_pcp::PcpUsers::load(path)
+                .map_err(|e| format!("{e} (pcp.users_file in {})", config_path.display()))?,
+        ),
+        _ => None,
+    };
     let running = monitor.backends();
     let mut restart = Vec::new();
     for b in &running {
@@ -34,8 +43,14 @@ pub fn reload(
         .add_backends(&cfg, &passwords)
         .map_err(|e| e.to_string())?;
     proxy.set_auth(auth);
+    // pgwarden's own password too (health checks, promotions, recoveries), as the proxy's:
+    // a password rotated in the password file is used by both, not by one.
+    monitor.refresh_passwords(&passwords);
+    if let (Some(users), Some(shared)) = (users, pcp_users) {
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = users;
+    }
     let mut message = format!(
-        "{} read again; client authentication (hba rules, {}, TLS) reloaded",
+        "{} read again; client authentication (hba rules, {}, TLS), the password file and pcp.conf reloaded",
         config_path.display(),
         match &cfg.proxy.pool_passwd {
             Some(p) => p.display().to_string(),
@@ -67,6 +82,7 @@ pub async fn on_sighup(
     config_path: std::path::PathBuf,
     monitor: MonitorHandle,
     proxy: std::sync::Arc<pgwarden_proxy::Ctx>,
+    pcp_users: Option<pgwarden_pcp::SharedUsers>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
@@ -77,7 +93,7 @@ pub async fn on_sighup(
         }
     };
     while hup.recv().await.is_some() {
-        match reload(&config_path, &monitor, &proxy) {
+        match reload(&config_path, &monitor, &proxy, pcp_users.as_ref()) {
             Ok(m) => tracing::info!("SIGHUP: {m}"),
             Err(e) => {
                 tracing::error!("SIGHUP: the configuration was not reloaded: {e}");

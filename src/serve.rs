@@ -87,6 +87,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         cfg.file.clone(),
         monitor.handle(),
         proxy.clone(),
+        pcp_users.clone(),
     ));
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
     let pcp_task = match (pcp_listener, pcp_users) {

@@ -6745,3 +6745,45 @@ fn asking_whether_primary_leaves_the_session_on_its_standby() {
         }
     });
 }
+
+/// A password rotated in the password file and reloaded is used by the health checks too, not
+/// by the front door alone: the monitor's next new connection to a node logs in with it.
+/// (Before, the reload gave the proxy the new password and left the health checks the old
+/// one: a node whose checking connection broke was marked down, "password authentication
+/// failed", though it was up.)
+#[test]
+fn a_password_rotated_and_reloaded_is_used_by_the_health_checks() {
+    let c = Cluster::up(2);
+    let old = c.password();
+    c.psql(0, "postgres", "ALTER ROLE postgres PASSWORD 'rotated-pw'")
+        .unwrap();
+    let text = std::fs::read_to_string(c.pgpass()).unwrap();
+    std::fs::write(c.pgpass(), text.replace(&old, "rotated-pw")).unwrap();
+    let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let checks = |id: usize| {
+        c.nodes()[id]["health_check"]["success_count"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    for id in [0u16, 1] {
+        let before = checks(id as usize);
+        // The health checks' kept connection is cut: the next check logs in anew.
+        c.psql(
+            id,
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'pgwarden health check'",
+        )
+        .unwrap();
+        c.wait_node(id as usize, Duration::from_secs(15), "checked again", |n| {
+            n["health_check"]["success_count"].as_u64().unwrap_or(0) > before + 1
+        });
+        let n = &c.nodes()[id as usize];
+        assert_eq!(n["status"], "up", "node {id}: {n:#}");
+    }
+    // And the front door logs in with it.
+    assert_eq!(c.psql_proxy("test", "SELECT 1").unwrap().trim(), "1");
+}

@@ -25,7 +25,8 @@ pub struct RouteNode {
     pub usable: bool,
     pub role: Role,
     pub replay_lsn: Option<Lsn>,
-    /// A primary's WAL position (`pg_current_wal_lsn()`), and when the check that saw it began.
+    /// A primary's WAL position (where WAL is inserted, less a page header: see the monitor's
+    /// probe), and when the check that saw it began.
     pub current_lsn: Option<(Lsn, Instant)>,
     pub lag_bytes: Option<u64>,
     /// When its last health check succeeded.

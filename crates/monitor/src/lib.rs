@@ -42,7 +42,8 @@ struct Table {
 /// What the monitor holds of one configured node besides its state in the table.
 struct Slot {
     backend: Backend,
-    target: Target,
+    /// Its password is read again on a reload (`MonitorHandle::refresh_passwords`).
+    target: RwLock<Target>,
     /// Wakes its check loop for an immediate check.
     wake: Notify,
     /// Proxy sessions with a unit of work (statement, transaction, COPY) on it.
@@ -266,6 +267,18 @@ impl MonitorHandle {
         self.shared.slot(id).map(|s| s.backend.clone())
     }
 
+    /// Reads each known node's password from `passwords` again (a reload: a password
+    /// rotated in the password file), for health checks and the controller's own
+    /// connections from now on. A node whose entry is gone keeps the one it had.
+    pub fn refresh_passwords(&self, passwords: &PassFile) {
+        for slot in self.shared.slots().iter() {
+            let mut t = slot.target.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(pw) = passwords.lookup(&t.host, t.port, &t.database, &t.user) {
+                t.password = Some(pw);
+            }
+        }
+    }
+
     /// Adds the nodes of `config` not known yet (pgpool: a new backend_hostnameN + reload). Each
     /// starts out of service (down), as a node pgwarden has never seen serve: put it into
     /// service with `pgwarden node recover` (a new, empty node) or `node attach` (one that
@@ -299,7 +312,7 @@ impl MonitorHandle {
                 ids.push(b.id);
                 let slot = Arc::new(Slot {
                     backend: b,
-                    target,
+                    target: RwLock::new(target),
                     wake: Notify::new(),
                     engaged: AtomicUsize::new(0),
                 });
@@ -331,7 +344,9 @@ impl MonitorHandle {
 
     /// How the monitor connects to node `id`, for a check of one's own.
     pub fn target(&self, id: u32) -> Option<Target> {
-        self.shared.slot(id).map(|s| s.target.clone())
+        self.shared
+            .slot(id)
+            .map(|s| s.target.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     pub fn cluster(&self) -> ClusterState {
@@ -582,7 +597,7 @@ impl Monitor {
             .map(|(b, target)| {
                 Arc::new(Slot {
                     backend: b.clone(),
-                    target,
+                    target: RwLock::new(target),
                     wake: Notify::new(),
                     engaged: AtomicUsize::new(0),
                 })
@@ -726,7 +741,12 @@ async fn check_loop(shared: Arc<Shared>, index: usize, slot: Arc<Slot>) {
             _ = ticker.tick() => {}
             _ = slot.wake.notified() => {}
         }
-        let cycle = run_cycle(backend, &slot.target, &mut checker).await;
+        let target = slot
+            .target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let cycle = run_cycle(backend, &target, &mut checker).await;
         apply_cycle(&shared, index, backend, cycle);
     }
 }

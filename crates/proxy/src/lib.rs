@@ -247,10 +247,11 @@ impl Auth {
     }
 }
 
-/// pgpool's key for the AES entries of `pool_passwd_text` (`pg_enc`), read as pgpool reads it:
-/// `proxy.pool_key`, else `$PGPOOLKEYFILE`, else `~/.pgpoolkey`; its first line, from a file
-/// closed to group and others. `None` when no entry needs it, or no such file exists (an AES
-/// entry then says what to set).
+/// pgpool's key for the AES entries of `pool_passwd_text` (`pg_enc`), read as pgpool 4.3 reads
+/// it: `proxy.pool_key`, else `$PGPOOLKEYFILE`, else `~/.pgpoolkey`; its first line, at most
+/// 255 bytes, without its `\n` (`fgets` into 256 bytes; a `\r` stays, as in pgpool). A file
+/// open to group or others is used with a warning, as pgpool uses it. `None` when no entry
+/// needs it, or no such file exists (an AES entry then says what to set).
 pub fn pool_key(cfg: &ProxyConfig, pool_passwd_text: &str) -> Result<Option<Vec<u8>>, String> {
     use std::os::unix::fs::PermissionsExt;
     if !pool_passwd_text
@@ -276,15 +277,15 @@ pub fn pool_key(cfg: &ProxyConfig, pool_passwd_text: &str) -> Result<Option<Vec<
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "pgpool's key file {} has group or world access (mode {mode:04o}); expected mode 0600 or stricter, as pgpool requires: chmod 600 {}",
+        tracing::warn!(
+            "pgpool's key file {} has group or world access (mode {mode:04o}); it should be mode 0600: chmod 600 {}",
             path.display(),
             path.display()
-        ));
+        );
     }
     let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = &text[..text.len().min(255)];
+    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
     if line.is_empty() {
         return Err(format!("pgpool's key file {} is empty", path.display()));
     }

@@ -208,20 +208,21 @@ impl Pools {
     /// Keeps a connection that is idle, reset and healthy for the next session (one opened
     /// before the last `renew` is closed instead).
     pub fn put(&self, pooled: Pooled) {
-        if pooled.born < self.generation.load(std::sync::atomic::Ordering::Acquire) {
-            drop(pooled);
-            self.returned.notify_waiters();
-            return;
-        }
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(pooled.key.clone())
-            .or_default()
-            .push(Idle {
+        {
+            // (Compared under the lock `renew` bumps the generation under: a renewal cannot
+            // slip between the look and the keeping.)
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if pooled.born < self.generation.load(std::sync::atomic::Ordering::Acquire) {
+                drop(idle);
+                drop(pooled);
+                self.returned.notify_waiters();
+                return;
+            }
+            idle.entry(pooled.key.clone()).or_default().push(Idle {
                 pooled,
                 since: Instant::now(),
             });
+        }
         // Sessions waiting for a connection look again (of any node: they are few, and
         // each looks only at its own).
         self.returned.notify_waiters();
@@ -231,9 +232,14 @@ impl Pools {
     /// connection keeps the database's and role's default settings (`ALTER DATABASE … SET`,
     /// `ALTER ROLE … SET`) it started with, which `DISCARD ALL` goes back to.
     pub fn renew(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let dropped = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            std::mem::take(&mut *idle)
+        };
+        // (Closed outside the lock.)
+        drop(dropped);
         self.returned.notify_waiters();
     }
 

@@ -3353,6 +3353,12 @@ impl Session {
 
     /// Connections go back to the pool when they are idle and clean; the rest are closed.
     fn release(&mut self) {
+        if self.renew_pool {
+            // An ALTER … SET whose ReadyForQuery the session did not wait for (the client
+            // left): renewed now, to be sure.
+            self.renew_pool = false;
+            self.ctx.pools.renew();
+        }
         self.set_engaged(None);
         // The client's cancel key no longer reaches these connections: one put back in the
         // pool may run another client's query before this session's end is complete. A

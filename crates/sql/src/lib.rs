@@ -456,11 +456,11 @@ fn has_first_word_of(sql: &str, word: &str) -> bool {
 }
 
 /// Whether `sql` changes a database's or role's default settings (`ALTER DATABASE … SET`,
-/// `ALTER ROLE … [IN DATABASE …] SET` / `RESET`): a server's connection keeps the defaults it
-/// started with, so pooled connections must not serve new sessions after it. Parsed only
-/// when a statement begins with `ALTER`.
+/// `ALTER ROLE … [IN DATABASE …] SET` / `RESET`), as any of its statements: a server's
+/// connection keeps the defaults it started with, so pooled connections must not serve new
+/// sessions after it. Parsed only when the text holds `alter`.
 pub fn changes_default_settings(sql: &str) -> bool {
-    has_first_word_of(skip_comments(sql), "alter")
+    contains_lowercase(sql, b"alter")
         && pg_query::summary(sql, 0, -1).is_ok_and(|s| {
             s.statement_types
                 .iter()

@@ -1209,6 +1209,12 @@ fn default_setting_changes_are_seen() {
         ("ALTER ROLE alice IN DATABASE test RESET ALL", true),
         ("ALTER USER bob SET statement_timeout = 0", true),
         ("/* c */ ALTER DATABASE test RESET search_path", true),
+        ("SELECT 1; ALTER DATABASE test SET search_path TO x1", true),
+        (
+            "BEGIN; ALTER DATABASE test SET work_mem = '1MB'; COMMIT",
+            true,
+        ),
+        ("SELECT 'alter'", false),
         ("ALTER TABLE t ADD COLUMN x int", false),
         ("ALTER ROLE alice PASSWORD 'x'", false),
         ("ALTER SYSTEM SET work_mem = '8MB'", false),

@@ -274,7 +274,6 @@ impl StringOrList {
         .iter()
         .flat_map(|s| s.split(','))
         .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
         .collect();
         (!l.iter().any(|s| s == "all")).then_some(l)
     }
@@ -284,6 +283,7 @@ impl StringOrList {
 /// does not have (role membership, included files): the reason, for the configuration error.
 fn unsupported_hba_word(key: &str, name: &str) -> Option<&'static str> {
     match (key, name) {
+        (_, "") => Some("an empty name matches nothing; expected a name, a list of names or \"all\""),
         ("database", "samerole" | "samegroup") => Some(
             "pg_hba.conf's samerole (a member of the role named as the database) needs role membership, which pgwarden does not read; expected database names, \"all\" or \"sameuser\"",
         ),

@@ -358,6 +358,16 @@ fn proxy_section() {
             "@users.txt",
             "proxy.hba[0].user: \"@users.txt\": pg_hba.conf's @file",
         ),
+        (
+            "database",
+            "",
+            "proxy.hba[0].database: \"\": an empty name matches nothing",
+        ),
+        (
+            "user",
+            "a,,b",
+            "proxy.hba[0].user: \"\": an empty name matches nothing",
+        ),
     ] {
         let bad = format!("{GOOD}\n[[proxy.hba]]\n{key} = \"{value}\"\nmethod = \"reject\"\n");
         let got = errors(&bad);
