@@ -160,6 +160,20 @@ enum SettingEffect {
     UserCode,
 }
 
+/// Session state few sessions have (`Session::rare`).
+#[derive(Default)]
+struct Rare {
+    /// `SHOW POOL_…` prepared with the extended protocol: pgwarden's to answer.
+    own: crate::show::Own,
+    /// The unnamed statement's text, when it changes settings (see `SettingEffect`): a Bind
+    /// of it in a later batch (libpq's `PQprepare(conn, "", …)`, Go's lib/pq) reads them back
+    /// as one in the batch of its Parse does.
+    unnamed_effect: Option<(Vec<u8>, SettingEffect)>,
+    /// The session changed a database's or role's default settings: once its transaction is
+    /// over, pooled connections (which keep the defaults they began with) are not reused.
+    renew_pool: bool,
+}
+
 fn setting_effect(sql: &str) -> SettingEffect {
     if is_setting(sql) {
         SettingEffect::Replayed
@@ -186,9 +200,6 @@ struct Session {
     copy_in: Option<u32>,
     /// Pinned to the primary (LISTEN, SQL PREPARE, temporary tables).
     sticky: bool,
-    /// The session changed a database's or role's default settings: once its transaction is
-    /// over, pooled connections (which keep the defaults they began with) are not reused.
-    renew_pool: bool,
     /// The text of a transaction's BEGIN, sent as a Query of its own to a standby, while
     /// nothing else has run in that transaction (see `move_transaction_to_primary`).
     fresh_begin: Option<Box<[u8]>>,
@@ -224,14 +235,9 @@ struct Session {
     lb_node: Option<u32>,
     lb_r: f64,
     statements: HashMap<String, Statement>,
-    /// `SHOW POOL_…` prepared with the extended protocol: pgwarden's to answer (boxed: few
-    /// sessions make any).
-    own: Option<Box<crate::show::Own>>,
     unnamed_node: Option<u32>,
-    /// The unnamed statement's text, when it changes settings (see `SettingEffect`): a Bind
-    /// of it in a later batch (libpq's `PQprepare(conn, "", …)`, Go's lib/pq) reads them back
-    /// as one in the batch of its Parse does.
-    unnamed_effect: Option<Box<(Vec<u8>, SettingEffect)>>,
+    /// What few sessions need (boxed: an idle session's task stays small).
+    rare: Option<Box<Rare>>,
     batch: BytesMut,
     batch_frames: Vec<Frame>,
     cancel: CancelSlot,
@@ -382,7 +388,6 @@ pub(crate) fn run(
         error_seen: false,
         copy_in: None,
         sticky: false,
-        renew_pool: false,
         fresh_begin: None,
         process_state: false,
         enc: welcomed.enc,
@@ -392,9 +397,8 @@ pub(crate) fn run(
         lb_node: None,
         lb_r: rand::random(),
         statements: HashMap::new(),
-        own: None,
         unnamed_node: None,
-        unnamed_effect: None,
+        rare: None,
         batch: BytesMut::new(),
         batch_frames: Vec::new(),
         cancel,
@@ -903,6 +907,17 @@ impl Session {
         }
     }
 
+    /// See `Rare`.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    fn forget_unnamed_effect(&mut self) {
+        if let Some(r) = self.rare.as_mut() {
+            r.unnamed_effect = None;
+        }
+    }
+
     /// Engaged on `node` before its fence is read (the count's increment carries the ordering;
     /// already engaged there, the controller counts this session anyway).
     fn engage(&mut self, node: u32) {
@@ -1184,7 +1199,7 @@ impl Session {
         if !joined && self.end_open_part_before_query().await? {
             return Ok(());
         }
-        if self.own.is_some()
+        if self.rare.as_ref().is_some_and(|r| !r.own.is_empty())
             && has_first_word(sql, "deallocate")
             && Box::pin(self.deallocate_own(sql)).await?
         {
@@ -1229,8 +1244,11 @@ impl Session {
         if class == Class::Sticky {
             self.sticky = true;
         }
-        self.renew_pool |= matches!(class, Class::Write | Class::InTransaction)
-            && pgwarden_sql::changes_default_settings(sql);
+        if matches!(class, Class::Write | Class::InTransaction)
+            && pgwarden_sql::changes_default_settings(sql)
+        {
+            self.rare().renew_pool = true;
+        }
         // A cursor declared WITH HOLD on a standby is used there (see `held_cursor`).
         let cursor = if self.settings.has_held() {
             pgwarden_sql::cursor_use(sql)
@@ -1282,7 +1300,7 @@ impl Session {
             // A simple Query destroys the unnamed statement, here wherever it was parsed, as
             // on one server: a later Bind of it goes where the Query ran, and fails there.
             self.unnamed_node = sent;
-            self.unnamed_effect = None;
+            self.forget_unnamed_effect();
         }
         let begins = matches!(class, Class::Begin { .. });
         self.note_begin(begins, sent);
@@ -1426,7 +1444,7 @@ impl Session {
             return Err(self.lost(node, e));
         }
         self.unnamed_node = Some(node);
-        self.unnamed_effect = None;
+        self.forget_unnamed_effect();
         let (status, failed) = Box::pin(self.relay_keeping_ready(node)).await?;
         if failed {
             let mut z = BytesMut::new();
@@ -1843,13 +1861,18 @@ impl Session {
         };
         // (One statement only: the rest of a longer text is the server's.)
         let single = !sql.trim_end().trim_end_matches(';').contains(';');
-        if resets.statements || !single || !self.own.as_ref().is_some_and(|o| o.has_statement(name))
+        if resets.statements
+            || !single
+            || !self
+                .rare
+                .as_ref()
+                .is_some_and(|r| r.own.has_statement(name))
         {
             return Ok(false);
         }
         self.drain().await?;
-        if let Some(own) = self.own.as_mut() {
-            own.deallocate(Some(name));
+        if let Some(r) = self.rare.as_mut() {
+            r.own.deallocate(Some(name));
         }
         let mut out = BytesMut::new();
         msg::command_complete(&mut out, "DEALLOCATE");
@@ -1865,8 +1888,8 @@ impl Session {
         let resets = pgwarden_sql::resets(sql);
         if resets.statements {
             self.statements.clear();
-            if let Some(own) = self.own.as_mut() {
-                own.deallocate(None);
+            if let Some(r) = self.rare.as_mut() {
+                r.own.deallocate(None);
             }
         }
         if resets.cursors {
@@ -1879,8 +1902,8 @@ impl Session {
         // Bind, which fails as it would on one server.
         for name in &resets.deallocated {
             self.statements.remove(name);
-            if let Some(own) = self.own.as_mut() {
-                own.deallocate(Some(name));
+            if let Some(r) = self.rare.as_mut() {
+                r.own.deallocate(Some(name));
             }
         }
         resets.kind
@@ -1908,13 +1931,12 @@ impl Session {
         // flight (nothing of the batch has gone out: no open part).
         if !part
             && self.open_until_sync.is_none()
-            && crate::show::Own::may_answer(self.own.as_deref(), &frames)
+            && crate::show::Own::may_answer(self.rare.as_ref().map(|r| &r.own), &frames)
         {
             self.drain().await?;
             let (enc, status, lb) = (self.enc, self.last_tx_status, self.shown_lb_node());
             let ctx = self.ctx.clone();
-            let own = self.own.get_or_insert_with(Default::default);
-            let out = own.answer(&frames, enc, status, |cmd| {
+            let out = self.rare().own.answer(&frames, enc, status, |cmd| {
                 crate::show::result(&ctx, cmd, lb)
             });
             if let Some(out) = out {
@@ -1922,8 +1944,9 @@ impl Session {
                 return self.send_client(&out).await;
             }
         }
-        if let Some(own) = self.own.as_mut() {
-            own.forget(&frames, self.last_tx_status == b'I');
+        let idle = self.last_tx_status == b'I';
+        if let Some(r) = self.rare.as_mut() {
+            r.own.forget(&frames, idle);
         }
         if let Some(begin) = self.fresh_begin.take() {
             // (As for a Query, see `move_transaction_to_primary`: psycopg and tokio-postgres
@@ -2014,8 +2037,11 @@ impl Session {
                     let verdict = classify(sql, &*self.ctx);
                     self.process_state |= verdict.process_state;
                     let c = verdict.class;
-                    self.renew_pool |= matches!(c, Class::Write | Class::InTransaction)
-                        && pgwarden_sql::changes_default_settings(sql);
+                    if matches!(c, Class::Write | Class::InTransaction)
+                        && pgwarden_sql::changes_default_settings(sql)
+                    {
+                        self.rare().renew_pool = true;
+                    }
                     class = combine(class, c);
                     any_statement = true;
                     // (A `set_config` is read back once it has run, see `SettingEffect`; every
@@ -2069,7 +2095,10 @@ impl Session {
                                 .filter(|(_, e)| *e != SettingEffect::None)
                                 .map(|(sql, e)| (sql.clone(), *e))
                         } else {
-                            self.unnamed_effect.as_ref().map(|b| (b.0.clone(), b.1))
+                            self.rare
+                                .as_ref()
+                                .and_then(|r| r.unnamed_effect.as_ref())
+                                .map(|(q, e)| (q.clone(), *e))
                         };
                         (None, text)
                     } else if let Some(s) = self.statements.get(stmt) {
@@ -2328,9 +2357,10 @@ impl Session {
         }
         if parsed_unnamed {
             self.unnamed_node = Some(target);
-            self.unnamed_effect = unnamed
-                .filter(|(_, e)| *e != SettingEffect::None)
-                .map(Box::new);
+            match unnamed.filter(|(_, e)| *e != SettingEffect::None) {
+                Some(effect) => self.rare().unnamed_effect = Some(effect),
+                None => self.forget_unnamed_effect(),
+            }
         }
         for f in frames.iter().filter(|f| f.tag == b'P') {
             if let Ok(p) = msg::parse(f.body()) {
@@ -3197,8 +3227,8 @@ impl Session {
                                     // (Behind an open part a BEGIN may already be on its
                                     // way: that part's Sync tells.)
                                     self.tx_node = None;
-                                    if self.renew_pool {
-                                        self.renew_pool = false;
+                                    if let Some(r) = self.rare.as_mut().filter(|r| r.renew_pool) {
+                                        r.renew_pool = false;
                                         self.ctx.pools.renew();
                                     }
                                 }
@@ -3353,10 +3383,10 @@ impl Session {
 
     /// Connections go back to the pool when they are idle and clean; the rest are closed.
     fn release(&mut self) {
-        if self.renew_pool {
+        if let Some(r) = self.rare.as_mut().filter(|r| r.renew_pool) {
             // An ALTER … SET whose ReadyForQuery the session did not wait for (the client
             // left): renewed now, to be sure.
-            self.renew_pool = false;
+            r.renew_pool = false;
             self.ctx.pools.renew();
         }
         self.set_engaged(None);
