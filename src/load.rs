@@ -34,19 +34,8 @@ pub fn config(path: &Path) -> Result<Config, ConfigErrors> {
             problem,
         })
     };
-    if let Some(pp) = &cfg.proxy.pool_passwd {
-        let bad = match std::fs::read_to_string(pp) {
-            Err(e) => Some(format!("{} cannot be read: {e}; expected a file in pgpool's pool_passwd format (user:secret per line)", pp.display())),
-            Ok(text) => match pgwarden_proxy::pool_key(&cfg.proxy, &text) {
-                Err(e) => Some(e),
-                Ok(key) => pgwarden_wire::auth::parse_pool_passwd(&text, key.as_deref())
-                    .err()
-                    .map(|(line, e)| format!("{} line {line}: {e}", pp.display())),
-            },
-        };
-        if let Some(bad) = bad {
-            problem("proxy.pool_passwd", bad);
-        }
+    if let Err(bad) = pgwarden_proxy::read_pool_passwd(&cfg.proxy) {
+        problem("proxy.pool_passwd", bad);
     }
     if let Some(tls) = &cfg.proxy.tls {
         if let Err(e) = check_key_file(&tls.key) {

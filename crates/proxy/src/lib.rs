@@ -180,27 +180,7 @@ impl Auth {
     /// Reads pool_passwd and the TLS certificate, and makes the password file's SCRAM
     /// secrets: an error names the file and what is wrong, and nothing is used.
     fn load(config: &Config, passwords: PassFile, mock_key: &[u8]) -> Result<Auth, ProxyError> {
-        let pool_passwd = match &config.proxy.pool_passwd {
-            None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ProxyError::PoolPasswd {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let key =
-                    pool_key(&config.proxy, &text).map_err(|reason| ProxyError::PoolPasswd {
-                        path: path.display().to_string(),
-                        reason,
-                    })?;
-                let map = pgwarden_wire::auth::parse_pool_passwd(&text, key.as_deref()).map_err(
-                    |(line, e)| ProxyError::PoolPasswd {
-                        path: path.display().to_string(),
-                        reason: format!("line {line}: {e}"),
-                    },
-                )?;
-                Some(map)
-            }
-        };
+        let pool_passwd = read_pool_passwd(&config.proxy).map_err(ProxyError::PoolPasswd)?;
         let tls = match &config.proxy.tls {
             Some(t) => {
                 let tls = stream::acceptor(&t.cert, &t.key).map_err(ProxyError::Tls)?;
@@ -247,12 +227,30 @@ impl Auth {
     }
 }
 
+/// The secrets of `proxy.pool_passwd`, if configured (AES entries decrypted with `pool_key`):
+/// the warden's at start and reload, and `config check`'s. An error names the file.
+pub fn read_pool_passwd(cfg: &ProxyConfig) -> Result<Option<HashMap<String, Secret>>, String> {
+    let Some(path) = &cfg.pool_passwd else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{} cannot be read: {e}; expected a file in pgpool's pool_passwd format (user:secret per line)",
+            path.display()
+        )
+    })?;
+    let key = pool_key(cfg, &text)?;
+    pgwarden_wire::auth::parse_pool_passwd(&text, key.as_deref())
+        .map(Some)
+        .map_err(|(line, e)| format!("{} line {line}: {e}", path.display()))
+}
+
 /// pgpool's key for the AES entries of `pool_passwd_text` (`pg_enc`), read as pgpool 4.3 reads
 /// it: `proxy.pool_key`, else `$PGPOOLKEYFILE`, else `~/.pgpoolkey`; its first line, at most
 /// 255 bytes, without its `\n` (`fgets` into 256 bytes; a `\r` stays, as in pgpool). A file
 /// open to group or others is used with a warning, as pgpool uses it. `None` when no entry
 /// needs it, or no such file exists (an AES entry then says what to set).
-pub fn pool_key(cfg: &ProxyConfig, pool_passwd_text: &str) -> Result<Option<Vec<u8>>, String> {
+fn pool_key(cfg: &ProxyConfig, pool_passwd_text: &str) -> Result<Option<Vec<u8>>, String> {
     use std::os::unix::fs::PermissionsExt;
     if !pool_passwd_text
         .lines()
@@ -341,8 +339,8 @@ const DERIVED_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("{path}: cannot read the pool_passwd file: {reason}")]
-    PoolPasswd { path: String, reason: String },
+    #[error("proxy.pool_passwd: {0}")]
+    PoolPasswd(String),
     #[error("proxy.tls_cert / proxy.tls_key: {0}")]
     Tls(String),
     #[error("cannot listen on {addr} (listen.proxy): {reason}")]

@@ -1244,9 +1244,14 @@ impl Session {
         if class == Class::Sticky {
             self.sticky = true;
         }
-        if matches!(class, Class::Write | Class::InTransaction)
-            && pgwarden_sql::changes_default_settings(sql)
-        {
+        // (A transaction's statement left unparsed is one statement: its first word tells,
+        // and the per-statement path of a write transaction scans no text for `alter`.)
+        let may_alter = match class {
+            Class::Write => true,
+            Class::InTransaction => has_first_word(sql, "alter"),
+            _ => false,
+        };
+        if may_alter && pgwarden_sql::changes_default_settings(sql) {
             self.rare().renew_pool = true;
         }
         // A cursor declared WITH HOLD on a standby is used there (see `held_cursor`).
