@@ -1312,7 +1312,7 @@ impl Session {
         if begins
             && !in_tx
             && sent.is_some_and(|n| self.table().primary != Some(n))
-            && !sql.trim_end().trim_end_matches(';').contains(';')
+            && !pgwarden_sql::may_be_several(sql)
         {
             self.fresh_begin = Some(raw.into());
         }
@@ -1496,9 +1496,7 @@ impl Session {
             self.settings.note_user_code(node);
             // One statement that calls no `set_config` (a function's call): no setting to
             // name, and no parse to find none.
-            if !pgwarden_sql::calls_set_config(sql)
-                && !sql.trim_end().trim_end_matches(';').contains(';')
-            {
+            if !pgwarden_sql::calls_set_config(sql) && !pgwarden_sql::may_be_several(sql) {
                 return;
             }
         }
@@ -1865,7 +1863,7 @@ impl Session {
             return Ok(false);
         };
         // (One statement only: the rest of a longer text is the server's.)
-        let single = !sql.trim_end().trim_end_matches(';').contains(';');
+        let single = !pgwarden_sql::may_be_several(sql);
         if resets.statements
             || !single
             || !self
@@ -3788,7 +3786,7 @@ fn may_hold_state(sql: &str) -> bool {
         || sql.trim_start().starts_with('/')
         || sql.trim_start().starts_with('-')
         // Several statements: one of them may (`SELECT 1; SET search_path = app`).
-        || sql.trim_end().trim_end_matches(';').contains(';')
+        || pgwarden_sql::may_be_several(sql)
         || pgwarden_sql::calls_set_config(sql)
 }
 

@@ -468,6 +468,12 @@ pub fn changes_default_settings(sql: &str) -> bool {
         })
 }
 
+/// Whether `sql` may hold several statements: a `;` before its end (perhaps in a string or a
+/// comment: a cheap look that errs toward yes, for sparing the parser or a split).
+pub fn may_be_several(sql: &str) -> bool {
+    sql.trim_end().trim_end_matches(';').contains(';')
+}
+
 /// Functions whose effect `DISCARD ALL` keeps (see [`leaves_process_state`]).
 const PROCESS_STATE_FUNCTIONS: [&str; 3] = ["setseed", "dblink_connect", "dblink_connect_u"];
 
@@ -533,7 +539,7 @@ pub fn leaves_process_state(sql: &str) -> bool {
             || (word.eq_ignore_ascii_case("update") && names_pg_settings(statement))
     };
     // One statement (the router's texts in a transaction mostly are): no need to split.
-    if !sql.trim_end().trim_end_matches(';').contains(';') {
+    if !may_be_several(sql) {
         return starts(skip_comments(sql));
     }
     any_statement(sql, false, starts)
@@ -770,7 +776,7 @@ fn classify_summary(
         "TransactionStmt" => {
             // The summary lists each kind once (`BEGIN; COMMIT` is one kind): count the
             // statements, parsing again only when a `;` inside the text says there may be more.
-            let count = if sql.trim_end().trim_end_matches(';').contains(';') {
+            let count = if may_be_several(sql) {
                 statements(sql).unwrap_or(2)
             } else {
                 1
