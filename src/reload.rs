@@ -43,6 +43,8 @@ pub fn reload(
         .add_backends(&cfg, &passwords)
         .map_err(|e| e.to_string())?;
     proxy.set_auth(auth);
+    // A view a standby refused may have been changed: its reads are tried there again.
+    let forgotten = proxy.forget_refused();
     // pgwarden's own password too (health checks, promotions, recoveries), as the proxy's:
     // a password rotated in the password file is used by both, not by one.
     monitor.refresh_passwords(&passwords);
@@ -64,6 +66,11 @@ pub fn reload(
         message.push_str(&format!(
             "; node(s) {} added, out of service until recovered (`pgwarden node recover N`) or attached",
             ids.join(", ")
+        ));
+    }
+    if forgotten > 0 {
+        message.push_str(&format!(
+            "; {forgotten} statement(s) a standby refused as writes may go to standbys again"
         ));
     }
     if !restart.is_empty() {

@@ -266,6 +266,13 @@ fn python_asyncpg_through_pgwarden() {
         "{routes:?}"
     );
     assert_eq!(ports_of(&routes, "show cursor"), ["1 1"], "{routes:?}");
+    // A view whose column calls nextval() (the data lines: 1, 2, 3, as directly), run on the
+    // primary every time: the standby's refusal of the first was never seen.
+    assert_eq!(
+        ports_of(&routes, "view with nextval"),
+        [format!("[{primary}]")],
+        "{routes:?}"
+    );
 }
 
 #[test]
@@ -310,6 +317,13 @@ fn python_psycopg3_through_pgwarden() {
     assert_eq!(
         ports_of(&routes, "show among evictions"),
         vec!["2 1 2"; 6],
+        "{routes:?}"
+    );
+    // A view whose column calls nextval(), unnamed then prepared: all seven reads ran on the
+    // primary (the data lines: 1 to 7, as directly).
+    assert_eq!(
+        ports_of(&routes, "view with nextval"),
+        [format!("[{primary}]")],
         "{routes:?}"
     );
 }

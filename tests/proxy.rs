@@ -6787,3 +6787,167 @@ fn a_password_rotated_and_reloaded_is_used_by_the_health_checks() {
     // And the front door logs in with it.
     assert_eq!(c.psql_proxy("test", "SELECT 1").unwrap().trim(), "1");
 }
+
+/// A read that a standby refuses as a write — a view whose column calls `nextval`, or a
+/// function of the database's own that inserts, which pgwarden cannot see in the query's text
+/// — runs again on the primary before the client hears anything of it, as one server would
+/// have run it; the text then goes to the primary at once, for every session, until a reload.
+/// In a read-only transaction the client asked for, the refusal is the client's to hear, as
+/// from one server, and so is the primary's own. (Before, every such read failed: "cannot
+/// execute nextval() in a read-only transaction".)
+#[test]
+fn a_read_a_standby_refuses_as_a_write_runs_again_on_the_primary() {
+    let c = Cluster::up(2);
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    c.psql(
+        0,
+        "test",
+        "CREATE SEQUENCE s; CREATE VIEW v AS SELECT nextval('s') AS n; \
+         CREATE VIEW v2 AS SELECT nextval('s') AS n; CREATE VIEW v3 AS SELECT nextval('s') AS n; \
+         CREATE TABLE audit (x int); \
+         CREATE FUNCTION log_read() RETURNS int LANGUAGE plpgsql \
+           AS $$BEGIN INSERT INTO audit VALUES (1); RETURN 1; END$$; \
+         CREATE VIEW w AS SELECT log_read() AS r; CREATE VIEW w2 AS SELECT log_read() AS r",
+    )
+    .unwrap();
+    let (primary, standby) = (c.node_port(0), c.node_port(1));
+    for _ in 0..100 {
+        if c.psql(1, "test", "SELECT count(*) FROM w2").is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    block(async {
+        // Simple protocol: the value, from the primary; the standby counted the refused read.
+        let client = standby_session(&c).await;
+        let before = select_counts(&client).await;
+        let rows = client
+            .simple_query("SELECT n, inet_server_port() FROM v")
+            .await
+            .unwrap_or_else(|e| panic!("SELECT FROM v (simple): {e}"));
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("a row");
+        assert_eq!(row.get(0), Some("1"));
+        assert_eq!(row.get(1), Some(primary.to_string().as_str()));
+        let after = select_counts(&client).await;
+        assert_eq!(after[&1], before[&1] + 1, "the standby's refused read");
+        // The session goes on: a plain read after it, in a new session, is the standby's.
+        let other = standby_session(&c).await;
+        // Known now: straight to the primary, in another session too.
+        let after = select_counts(&other).await;
+        let rows = other
+            .simple_query("SELECT n, inet_server_port() FROM v")
+            .await
+            .unwrap();
+        assert_eq!(simple_value(&rows).as_deref(), Some("2"));
+        let again = select_counts(&other).await;
+        assert_eq!(
+            again[&1], after[&1],
+            "a known refusal was sent to the standby again"
+        );
+
+        // Extended protocol, a named statement (tokio-postgres prepares, then binds it in a
+        // batch of its own): the statement is made on the primary and runs there.
+        let client = standby_session(&c).await;
+        let stmt = client
+            .prepare("SELECT r, inet_server_port() FROM w")
+            .await
+            .unwrap();
+        for round in 0..2 {
+            let row = client
+                .query_one(&stmt, &[])
+                .await
+                .unwrap_or_else(|e| panic!("SELECT FROM w (prepared), round {round}: {e}"));
+            assert_eq!(row.get::<_, i32>(0), 1);
+            assert_eq!(port_of(&row, 1), primary, "round {round}");
+        }
+        // The unnamed statement, Parse to Sync in one batch.
+        let client = standby_session(&c).await;
+        let rows = client
+            .query_typed("SELECT r, inet_server_port() FROM w2", &[])
+            .await
+            .unwrap_or_else(|e| panic!("SELECT FROM w2 (unnamed): {e}"));
+        assert_eq!(port_of(&rows[0], 1), primary);
+        let audit = c.psql(0, "test", "SELECT count(*) FROM audit").unwrap();
+        assert_eq!(
+            audit.trim(),
+            "3",
+            "one insert per read, none lost or repeated"
+        );
+        // Plain reads of a new session stay on the standby.
+        let client = c.client("test").await;
+        let row = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap();
+        assert_eq!(port_of(&row, 0), standby, "plain reads stay on the standby");
+
+        // A read-only transaction the client began: the standby's refusal is the answer, as
+        // one server's would be, and the session goes on.
+        let client = standby_session(&c).await;
+        client.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let e = client
+            .simple_query("SELECT n FROM v2")
+            .await
+            .expect_err("a write in a read-only transaction");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        );
+        client.batch_execute("ROLLBACK").await.unwrap();
+        // The primary refuses it too (the session made its transactions read-only): the
+        // primary's refusal, once, and the session goes on.
+        client
+            .batch_execute("SET default_transaction_read_only = on")
+            .await
+            .unwrap();
+        let e = client
+            .simple_query("SELECT n FROM v2")
+            .await
+            .expect_err("a write with default_transaction_read_only");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        );
+        let row = client.query_one("SELECT 1", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 1);
+        // Pipelined behind another query, the refusal is relayed as it came (answers stay in
+        // order): no retry, no hang.
+        let client = standby_session(&c).await;
+        let (a, b) = tokio::join!(
+            client.simple_query("SELECT n FROM v3"),
+            client.simple_query("SELECT 7")
+        );
+        let _ = a;
+        assert_eq!(simple_value(&b.unwrap()).as_deref(), Some("7"));
+    });
+    // A reload forgets what was learnt: a view may have changed. The next such read is
+    // refused by the standby, and runs on the primary, again.
+    let pid = std::fs::read_to_string(c.layout.warden_pid()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    block(async {
+        let mut counted = false;
+        for _ in 0..50 {
+            let client = standby_session(&c).await;
+            let before = select_counts(&client).await;
+            let rows = client.simple_query("SELECT n FROM v").await.unwrap();
+            assert!(simple_value(&rows).is_some());
+            if select_counts(&client).await[&1] == before[&1] + 1 {
+                counted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            counted,
+            "after a reload the read was never tried on the standby again"
+        );
+    });
+}

@@ -196,6 +196,29 @@ async def main():
     await writer.close()
     await one.close()
 
+    # A view whose column calls nextval(): a standby refuses the read as a write, one server
+    # runs it. Through pgwarden it runs again on the primary (asyncpg's named statement, made
+    # there), and the cached statement goes there from then on.
+    conn = await connect()
+    await conn.execute("CREATE SEQUENCE aps; CREATE VIEW apv AS SELECT nextval('aps') AS n")
+    await conn.close()
+    await caught_up()
+    for _ in range(60):
+        conn = await connect()
+        if not proxied or await conn.fetchval("SELECT inet_server_port()") == standby:
+            break
+        await conn.close()
+    where = set()
+    for i in range(3):
+        try:
+            n, at = await conn.fetchrow("SELECT n, inet_server_port() FROM apv")
+            out("view with nextval", i, n)
+            where.add(at)
+        except asyncpg.PostgresError as e:
+            out("view with nextval", i, "error", e.sqlstate)
+    route("view with nextval", sorted(where))
+    await conn.close()
+
     # pgpool's SHOW POOL_NODES, through pgwarden only: asyncpg prepares every query (a named
     # statement, described, then bound and executed), and caches it for the next call.
     if proxied:

@@ -123,6 +123,33 @@ out("held cursor", [r[0] for r in first], [r[0] for r in rest])
 route("held cursor", first[0][1])
 conn.close()
 
+# A view whose column calls nextval(): a standby refuses the read as a write, one server runs
+# it. Through pgwarden it runs again on the primary, first as psycopg's unnamed statement,
+# from the 5th run (prepare_threshold) as a named one.
+with connect(autocommit=True) as c:
+    c.execute("CREATE SEQUENCE pps")
+    c.execute("CREATE VIEW ppv AS SELECT nextval('pps') AS n")
+for _ in range(200):
+    with psycopg.connect(host="127.0.0.1", port=standby, user="postgres", password=password, dbname=db, autocommit=True) as s:
+        if s.execute("SELECT count(*) FROM pg_views WHERE viewname = 'ppv'").fetchone()[0] == 1:
+            break
+    time.sleep(0.05)
+for _ in range(60):
+    conn = connect(autocommit=True)
+    if not proxied or conn.execute("SELECT inet_server_port()").fetchone()[0] == standby:
+        break
+    conn.close()
+where = set()
+for i in range(7):
+    try:
+        n, port_ = conn.execute("SELECT n, inet_server_port() FROM ppv WHERE n > %s", (0,)).fetchone()
+        out("view with nextval", i, n)
+        where.add(port_)
+    except psycopg.Error as e:
+        out("view with nextval", i, "error", e.sqlstate)
+route("view with nextval", sorted(where))
+conn.close()
+
 # pgpool's SHOW POOL_NODES, through pgwarden only (PostgreSQL has no such setting): psycopg
 # sends it as a simple query, then, from its 5th run (prepare_threshold), as a prepared
 # statement, with binary results at once; each answer lists both nodes. With a cache of two,

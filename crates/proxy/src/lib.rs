@@ -332,10 +332,78 @@ pub struct Ctx {
     /// Credentials for pgwarden's own catalog queries.
     admin_user: String,
     admin_database: String,
+    /// Reads a standby refused as writes (see `Refused`).
+    pub(crate) refused: Refused,
+}
+
+/// Texts of reads a standby refused as writes (a view whose function writes, say: see
+/// `Session::run_refused_on_primary`), by `refused_key` of database and text: they go to the
+/// primary from then on, until a reload. At most `max` of them.
+pub(crate) struct Refused {
+    set: Mutex<HashSet<u64>>,
+    /// How many `set` holds: while none, a read's text is not looked up at all.
+    len: AtomicUsize,
+    max: usize,
+}
+
+impl Refused {
+    fn new(max: usize) -> Self {
+        Refused {
+            set: Mutex::new(HashSet::new()),
+            len: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Whether a standby refused this text before. One atomic load while none is known.
+    pub(crate) fn contains(&self, database: &str, sql: &str) -> bool {
+        self.len.load(Ordering::Relaxed) > 0
+            && self
+                .set
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&refused_key(database, sql))
+    }
+
+    /// Remembers a refused text; false when it cannot be (`max` are known already).
+    pub(crate) fn note(&self, database: &str, sql: &str) -> bool {
+        let key = refused_key(database, sql);
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() >= self.max {
+            return set.contains(&key);
+        }
+        set.insert(key);
+        self.len.store(set.len(), Ordering::Relaxed);
+        true
+    }
+
+    /// Forgets them all (a reload: a view may have changed); how many there were.
+    pub(crate) fn forget(&self) -> usize {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        let n = set.len();
+        set.clear();
+        self.len.store(0, Ordering::Relaxed);
+        n
+    }
 }
 
 /// At most this many secrets made as logins come (see `Ctx::derived`).
 const DERIVED_MAX: usize = 4096;
+
+/// The key of a refused text (see `Refused`): the same text may name another view in
+/// another database. (A collision sends some read to the primary: nothing worse.)
+fn refused_key(database: &str, sql: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    database.hash(&mut h);
+    sql.hash(&mut h);
+    h.finish()
+}
+
+/// At most this many texts remembered as refused by a standby (see `Refused`): beyond
+/// that, a refused read still runs again on the primary, at the cost of the standby's refusal
+/// each time.
+const REFUSED_MAX: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -440,7 +508,14 @@ impl Ctx {
             mock_key,
             admin_user: config.credentials.user.clone(),
             admin_database: config.credentials.database.clone(),
+            refused: Refused::new(REFUSED_MAX),
         }))
+    }
+
+    /// Forgets the texts of reads standbys refused as writes (`Refused`): a reload, a view
+    /// may have been changed since. How many there were.
+    pub fn forget_refused(&self) -> usize {
+        self.refused.forget()
     }
 
     /// What logins are checked against now.
@@ -843,6 +918,26 @@ async fn load_functions(ctx: Arc<Ctx>) {
 #[cfg(test)]
 mod tests {
     use super::Bell;
+
+    /// Texts a standby refused: by database, bounded, forgotten at a reload.
+    #[test]
+    fn refused_texts_are_kept_by_database_within_a_bound() {
+        let r = super::Refused::new(2);
+        assert!(!r.contains("app", "SELECT n FROM v"));
+        assert!(r.note("app", "SELECT n FROM v"));
+        assert!(r.contains("app", "SELECT n FROM v"));
+        // The same text names another view in another database; another text is another.
+        assert!(!r.contains("other", "SELECT n FROM v"));
+        assert!(!r.contains("app", "SELECT n FROM w"));
+        // Full: a new text is not kept (it is refused again each time), a known one still is.
+        assert!(r.note("app", "SELECT n FROM w"));
+        assert!(!r.note("app", "SELECT n FROM x"));
+        assert!(!r.contains("app", "SELECT n FROM x"));
+        assert!(r.note("app", "SELECT n FROM v"));
+        assert_eq!(r.forget(), 2);
+        assert!(!r.contains("app", "SELECT n FROM v"));
+        assert!(r.note("app", "SELECT n FROM x"));
+    }
     use std::future::Future;
     use std::sync::Arc;
     use std::task::{Context, Poll, Wake, Waker};

@@ -236,6 +236,17 @@ struct Session {
     lb_r: f64,
     statements: HashMap<String, Statement>,
     unnamed_node: Option<u32>,
+    /// A read sent alone to a standby outside a transaction, as sent (a Query, or a batch
+    /// with one Sync), while nothing of its answer has reached the client: should the standby
+    /// refuse it as a write (`refused_on_standby`: a view whose function writes), it runs
+    /// again on the primary instead (`run_refused_on_primary`).
+    refusable: Option<Bytes>,
+    /// A refused read is being run again on the primary: what it parses or binds is a write.
+    retrying: bool,
+    /// The pipeline's open part has executed something (an Execute, or a long pipeline's
+    /// part): a read that ends it cannot run again elsewhere (see `refusable`). Until then
+    /// (asyncpg's Parse, Describe, Flush) it made only statements, which are made again.
+    open_ran: bool,
     /// What few sessions need (boxed: an idle session's task stays small).
     rare: Option<Box<Rare>>,
     batch: BytesMut,
@@ -398,6 +409,9 @@ pub(crate) fn run(
         lb_r: rand::random(),
         statements: HashMap::new(),
         unnamed_node: None,
+        refusable: None,
+        retrying: false,
+        open_ran: false,
         rare: None,
         batch: BytesMut::new(),
         batch_frames: Vec::new(),
@@ -782,6 +796,9 @@ impl Session {
 
     /// Handles one client frame; false when the client said goodbye.
     async fn on_frame(&mut self, f: Frame) -> Result<bool> {
+        // The client goes on before the read's answer came: its refusal, if it is one, is the
+        // client's to hear (answers are relayed in order).
+        self.refusable = None;
         if self.discard_until_sync {
             match f.tag {
                 b'X' => return Ok(false),
@@ -1239,7 +1256,8 @@ impl Session {
                 let verdict = classify(sql, &*self.ctx);
                 tracing::trace!(class = ?verdict.class, reason = %verdict.reason, "simple query");
                 self.process_state |= verdict.process_state;
-                (verdict.class, verdict.sets, verdict.runs_user_code)
+                let class = self.unless_refused(verdict.class, sql);
+                (class, verdict.sets, verdict.runs_user_code)
             };
         if class == Class::Sticky {
             self.sticky = true;
@@ -1296,7 +1314,17 @@ impl Session {
         if record {
             self.error_seen = false;
         }
+        let refusable = class == Class::Read
+            && !in_tx
+            && !joined
+            && cursor.is_none()
+            && self.inflight.is_none()
+            && self.open_until_sync.is_none()
+            && self.table().primary != Some(target);
         let sent = self.send(target, bytes.clone(), 1).await?;
+        if refusable && self.inflight == Some((target, 1)) {
+            self.refusable = Some(bytes.clone());
+        }
         if joined && sent.is_some() {
             // The server ends the open part's implicit transaction with the Query's.
             self.close_open_part();
@@ -2039,7 +2067,7 @@ impl Session {
                     self.unless_unsure(sql);
                     let verdict = classify(sql, &*self.ctx);
                     self.process_state |= verdict.process_state;
-                    let c = verdict.class;
+                    let c = self.unless_refused(verdict.class, sql);
                     if matches!(c, Class::Write | Class::InTransaction)
                         && pgwarden_sql::changes_default_settings(sql)
                     {
@@ -2149,7 +2177,7 @@ impl Session {
                 _ => {}
             }
         }
-        if part {
+        if part || self.retrying {
             class = combine(class, Class::Write);
         }
         if class != Class::Read && self.standby_tx_unsettled() {
@@ -2377,7 +2405,9 @@ impl Session {
             if self.open_until_sync.is_none() {
                 self.open_failed = false;
                 self.open_owed = 0;
+                self.open_ran = false;
             }
+            self.open_ran |= part || frames.iter().any(|f| f.tag == b'E');
             self.open_until_sync = Some(target);
             // After an error the server skips everything up to the Sync: nothing is owed.
             if !self.open_failed {
@@ -2392,7 +2422,28 @@ impl Session {
             self.drain().await?;
             self.close_answers = Some(Box::new(vec![0]));
         }
+        // (See `refusable`: a read alone, that made nothing the session keeps but named
+        // statements, which are made again where it runs again.)
+        let refusable = (syncs == 1
+            && !part
+            && class == Class::Read
+            && !in_tx
+            && !begins
+            && held.is_none()
+            && closed.is_empty()
+            && replay.is_empty()
+            && config_calls.is_empty()
+            && !binds_unnamed_without_parse
+            && self.inflight.is_none_or(|(n, p)| n == target && p == 0)
+            && self
+                .open_until_sync
+                .is_none_or(|n| n == target && !self.open_ran && !self.open_failed)
+            && self.table().primary != Some(target))
+        .then(|| bytes.clone());
         let sent = self.send(target, bytes, syncs).await?;
+        if refusable.is_some() && self.inflight == Some((target, 1)) {
+            self.refusable = refusable;
+        }
         self.note_begin(begins, sent);
         if !closed.is_empty() {
             if sent.is_some() {
@@ -3199,6 +3250,9 @@ impl Session {
         })?;
         let out = conn.b().buf.split_to(n);
         let owed = conn.streaming > 0;
+        let error_seen = self.error_seen;
+        // Why a standby refused the read in `refusable` as a write, if it did.
+        let mut refused: Option<String> = None;
         for (tag, body) in events.drain(..) {
             if let Some(counts) = self.close_answers.as_deref_mut() {
                 match tag {
@@ -3254,6 +3308,13 @@ impl Session {
                         self.open_owed = 0;
                     }
                     let fields = msg::error_fields(&body);
+                    if self.refusable.is_some() && refused_on_standby(&fields) {
+                        refused = fields
+                            .iter()
+                            .find(|(k, _)| *k == b'M')
+                            .map(|(_, m)| m.clone())
+                            .or(Some(String::new()));
+                    }
                     let sev = fields
                         .iter()
                         .find(|(k, _)| *k == b'V' || *k == b'S')
@@ -3290,7 +3351,27 @@ impl Session {
             }
         }
         self.events = events;
+        if let Some(why) = refused {
+            // The whole answer is here, and ends it (see `refusable`): the client has heard
+            // nothing of it.
+            if settle
+                && !owed
+                && self.inflight.is_none()
+                && self.last_tx_status == b'I'
+                && self.batch_frames.is_empty()
+                && out.len() >= 6
+                && out[out.len() - 6..out.len() - 1] == [b'Z', 0, 0, 0, 5]
+            {
+                if let Some(unit) = self.refusable.take() {
+                    self.error_seen = error_seen;
+                    self.note_write_done();
+                    self.sync_engaged();
+                    return Box::pin(self.run_refused_on_primary(node, unit, why)).await;
+                }
+            }
+        }
         if !out.is_empty() {
+            self.refusable = None;
             self.send_client_for(node, &out, owed).await?;
         }
         if settle {
@@ -3298,6 +3379,105 @@ impl Session {
             self.sync_engaged();
         }
         Ok(())
+    }
+
+    /// A read a standby refused as a write runs again on the primary, before the client has
+    /// heard anything of it, as one server would have run it: a view whose function calls
+    /// `nextval` or writes a table, which pgwarden cannot see in the text, say. Nothing of it
+    /// lasted on the standby (a hot standby writes nothing; named statements it parsed there
+    /// are closed). Its texts go to the primary from now on, for every session on the
+    /// database (`Ctx::refused`), until a reload.
+    #[cold]
+    async fn run_refused_on_primary(
+        &mut self,
+        standby: u32,
+        unit: Bytes,
+        why: String,
+    ) -> Result<()> {
+        let mut rest = BytesMut::from(&unit[..]);
+        let mut frames = Vec::new();
+        while let Some(f) = frame::split_frame(&mut rest, usize::MAX)? {
+            frames.push(f);
+        }
+        // Its texts: the Query's, or what the batch parses and binds.
+        let mut texts: Vec<Vec<u8>> = Vec::new();
+        let mut parsed: Vec<String> = Vec::new();
+        for f in &frames {
+            match f.tag {
+                b'Q' => texts.push(msg::query_text(f.body())?.to_vec()),
+                b'P' => {
+                    let p = msg::parse(f.body())?;
+                    texts.push(p.query.to_vec());
+                    if !p.name.is_empty() {
+                        parsed.push(p.name.to_string());
+                    }
+                }
+                b'B' => {
+                    let (_, stmt) = msg::bind_names(f.body())?;
+                    if let Some(s) = self.statements.get_mut(stmt) {
+                        if !parsed.iter().any(|n| n == stmt) {
+                            // Parsed before, as a read: a write from now on, in this session.
+                            s.class = combine(s.class, Class::Write);
+                            texts.extend(parse_sql(&s.parse));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let database = self.login.database().to_string();
+        let mut remembered = true;
+        for t in &texts {
+            let sql = pgwarden_sql::server_text(t, self.enc);
+            remembered &= self.ctx.refused.note(&database, &sql);
+        }
+        if remembered {
+            tracing::info!(node = standby, database, "standby node {standby} refused a read as a write ({why}): it runs again on the primary, where statements like it go from now on (until a reload)");
+        } else {
+            tracing::warn!(node = standby, database, "standby node {standby} refused a read as a write ({why}): it runs again on the primary; no more such statements can be remembered, so this one will be tried on a standby again (list its function in proxy.write_functions, or mark it /*NO LOAD BALANCE*/)");
+        }
+        // What the batch parsed by name is closed on the standby: it is made again where the
+        // batch runs now, and only there (the standby may have made some of it, not all).
+        for name in &parsed {
+            self.statements.remove(name);
+            self.close_on(standby, name).await?;
+        }
+        self.retrying = true;
+        let done = if frames.first().is_some_and(|f| f.tag == b'Q') {
+            self.run_again(unit, texts.first()).await
+        } else {
+            self.batch.extend_from_slice(&unit);
+            self.batch_frames = frames;
+            Box::pin(self.dispatch_batch(1, false)).await
+        };
+        self.retrying = false;
+        done
+    }
+
+    /// A refused Query, on the primary (see `run_refused_on_primary`).
+    async fn run_again(&mut self, query: Bytes, text: Option<&Vec<u8>>) -> Result<()> {
+        let target = self.route(Class::Write).await?;
+        if let Some(t) = text {
+            let sql = pgwarden_sql::server_text(t, self.enc);
+            self.node_refs(target).stats.count(&sql);
+        }
+        let sent = self.send(target, query, 1).await?;
+        if sent.is_some() {
+            self.unnamed_node = sent;
+        }
+        Ok(())
+    }
+
+    /// A read's class, unless a standby refused its text as a write before (see
+    /// `run_refused_on_primary`) or it is being run again after such a refusal: then a write.
+    fn unless_refused(&self, class: Class, sql: &str) -> Class {
+        if class == Class::Read
+            && (self.retrying || self.ctx.refused.contains(self.login.database(), sql))
+        {
+            Class::Write
+        } else {
+            class
+        }
     }
 
     /// Which connection to watch while nothing is in flight: the primary of a session that
@@ -3511,6 +3691,13 @@ fn mask_has(mask: u64, node: u32) -> bool {
 /// The session held node `n`, which was just taken out of service.
 /// A hot standby's refusal of a SERIALIZABLE transaction because of the session's default
 /// isolation (in English; the SQLSTATE alone, feature_not_supported, says too little).
+/// A standby's refusal of a read that one server would have run: it wrote (25006: a view
+/// whose function calls `nextval`, say), or it was SERIALIZABLE by a default pgwarden does
+/// not see (`refuses_serializable`).
+fn refused_on_standby(fields: &[(u8, String)]) -> bool {
+    fields.iter().any(|(k, v)| *k == b'C' && v == "25006") || refuses_serializable(fields)
+}
+
 fn refuses_serializable(fields: &[(u8, String)]) -> bool {
     fields.iter().any(|(k, v)| *k == b'C' && v == "0A000")
         && fields
@@ -4037,6 +4224,81 @@ mod tests {
         v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    /// What a hot standby answers to reads one server would have run (PostgreSQL 15's fields),
+    /// and refusals that are the client's own to hear.
+    #[test]
+    fn refusals_of_a_standby_that_one_server_would_not_give() {
+        let f = |fields: &[(u8, &str)]| -> Vec<(u8, String)> {
+            fields.iter().map(|(k, v)| (*k, v.to_string())).collect()
+        };
+        for (fields, refused) in [
+            (
+                f(&[
+                    (b'S', "ERROR"),
+                    (b'C', "25006"),
+                    (b'M', "cannot execute nextval() in a read-only transaction"),
+                ]),
+                true,
+            ),
+            (
+                f(&[
+                    (b'S', "ERROR"),
+                    (b'C', "25006"),
+                    (b'M', "cannot execute INSERT in a read-only transaction"),
+                ]),
+                true,
+            ),
+            (
+                f(&[
+                    (b'S', "ERROR"),
+                    (b'C', "0A000"),
+                    (b'M', "cannot use serializable mode in a hot standby"),
+                    (
+                        b'D',
+                        "\"default_transaction_isolation\" is set to \"serializable\".",
+                    ),
+                ]),
+                true,
+            ),
+            // The client's own SERIALIZABLE: no detail (and the session reads on the primary).
+            (
+                f(&[
+                    (b'S', "ERROR"),
+                    (b'C', "0A000"),
+                    (b'M', "cannot use serializable mode in a hot standby"),
+                ]),
+                false,
+            ),
+            (
+                f(&[
+                    (b'S', "ERROR"),
+                    (b'C', "42P01"),
+                    (b'M', "relation \"v\" does not exist"),
+                ]),
+                false,
+            ),
+            (
+                f(&[
+                    (b'S', "ERROR"),
+                    (b'C', "57014"),
+                    (b'M', "canceling statement due to user request"),
+                ]),
+                false,
+            ),
+            (
+                f(&[
+                    (b'S', "ERROR"),
+                    (b'C', "40001"),
+                    (b'M', "canceling statement due to conflict with recovery"),
+                ]),
+                false,
+            ),
+            (f(&[]), false),
+        ] {
+            assert_eq!(refused_on_standby(&fields), refused, "{fields:?}");
+        }
     }
 
     #[test]
