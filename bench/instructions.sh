@@ -6,6 +6,7 @@
 #   bench/instructions.sh BINARY [TRANSACTIONS]     (default 2000)
 #   RELAY=1 bench/instructions.sh BINARY            (the floor instead: a bare tokio relay,
 #                                                    crates/proxy/examples/relay_floor.rs)
+#   READS_ON=standby bench/instructions.sh BINARY   (reads balanced to the standby)
 #
 # A two-node sandbox with reads on the primary; the warden is restarted under callgrind with
 # one worker thread, and `pgbench -S -c 1 -t N` runs through it with counting on. Prints the
@@ -30,7 +31,13 @@ cleanup() {
 }
 trap cleanup EXIT
 "$B" sandbox up --dir "$SB" --port "$BASE" --nodes 2 --no-fsync >/dev/null
-sed -i 's/^application_name = "node1"$/application_name = "node1"\nweight = 0/' "$SB/pgwarden.toml"
+# Reads on the primary (node 1 at weight 0), or with READS_ON=standby on the standby (node 0
+# at weight 0): the balanced path, where a read may run again on the primary if refused.
+if [ "${READS_ON:-primary}" = standby ]; then
+    sed -i 's/^application_name = "node0"$/application_name = "node0"\nweight = 0/' "$SB/pgwarden.toml"
+else
+    sed -i 's/^application_name = "node1"$/application_name = "node1"\nweight = 0/' "$SB/pgwarden.toml"
+fi
 "$B" sandbox down --dir "$SB" >/dev/null
 "$B" sandbox up --dir "$SB" >/dev/null
 export PGPASSFILE=$SB/pgpass

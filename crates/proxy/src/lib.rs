@@ -355,9 +355,15 @@ impl Refused {
         }
     }
 
-    /// Whether a standby refused this text before. One atomic load while none is known.
-    pub(crate) fn contains(&self, database: &str, sql: &str) -> bool {
+    /// Whether any text is known (one atomic load): while none is, no text is looked up.
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
         self.len.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a standby refused this text before.
+    pub(crate) fn contains(&self, database: &str, sql: &str) -> bool {
+        self.any()
             && self
                 .set
                 .lock()

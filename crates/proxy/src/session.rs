@@ -108,6 +108,12 @@ struct Conn {
     /// of a message there, and the connection is closed, not reset and pooled (the reset
     /// would be read as the rest of that message).
     writing: bool,
+    /// A read sent alone outside a transaction, as sent (a Query, or a batch with one Sync),
+    /// while nothing of its answer has reached the client: should a standby refuse it as a
+    /// write (`refused_on_standby`: a view whose function writes), it runs again on the
+    /// primary instead (`Session::run_refused_on_primary`). Here, not in the session: an idle
+    /// session's task stays within 1,024 bytes.
+    refusable: Option<Bytes>,
 }
 
 impl Conn {
@@ -172,6 +178,19 @@ struct Rare {
     /// The session changed a database's or role's default settings: once its transaction is
     /// over, pooled connections (which keep the defaults they began with) are not reused.
     renew_pool: bool,
+    /// A standby's refusal of the read in `Session::refusable`, its ReadyForQuery not in yet.
+    withheld: Option<Withheld>,
+}
+
+/// What came of a standby's answer to a read it refused as a write, held back from the client
+/// until its ReadyForQuery says whether the read can run again elsewhere (`Session::forward`).
+struct Withheld {
+    node: u32,
+    answer: BytesMut,
+    /// The refusal's message.
+    why: String,
+    /// `Session::error_seen` before the refusal.
+    error_seen: bool,
 }
 
 fn setting_effect(sql: &str) -> SettingEffect {
@@ -236,11 +255,9 @@ struct Session {
     lb_r: f64,
     statements: HashMap<String, Statement>,
     unnamed_node: Option<u32>,
-    /// A read sent alone to a standby outside a transaction, as sent (a Query, or a batch
-    /// with one Sync), while nothing of its answer has reached the client: should the standby
-    /// refuse it as a write (`refused_on_standby`: a view whose function writes), it runs
-    /// again on the primary instead (`run_refused_on_primary`).
-    refusable: Option<Bytes>,
+    /// A read is in flight that may run again elsewhere: its bytes are in its node's
+    /// `Conn::refusable`.
+    refusable: bool,
     /// A refused read is being run again on the primary: what it parses or binds is a write.
     retrying: bool,
     /// The pipeline's open part has executed something (an Execute, or a long pipeline's
@@ -409,7 +426,7 @@ pub(crate) fn run(
         lb_r: rand::random(),
         statements: HashMap::new(),
         unnamed_node: None,
-        refusable: None,
+        refusable: false,
         retrying: false,
         open_ran: false,
         rare: None,
@@ -798,7 +815,7 @@ impl Session {
     async fn on_frame(&mut self, f: Frame) -> Result<bool> {
         // The client goes on before the read's answer came: its refusal, if it is one, is the
         // client's to hear (answers are relayed in order).
-        self.refusable = None;
+        self.drop_refusable();
         if self.discard_until_sync {
             match f.tag {
                 b'X' => return Ok(false),
@@ -1314,16 +1331,16 @@ impl Session {
         if record {
             self.error_seen = false;
         }
+        // (Whether it went to a standby is asked only of a refusal, see `forward`.)
         let refusable = class == Class::Read
             && !in_tx
             && !joined
             && cursor.is_none()
             && self.inflight.is_none()
-            && self.open_until_sync.is_none()
-            && self.table().primary != Some(target);
+            && self.open_until_sync.is_none();
         let sent = self.send(target, bytes.clone(), 1).await?;
         if refusable && self.inflight == Some((target, 1)) {
-            self.refusable = Some(bytes.clone());
+            self.keep_refusable(target, bytes.clone());
         }
         if joined && sent.is_some() {
             // The server ends the open part's implicit transaction with the Query's.
@@ -2437,12 +2454,11 @@ impl Session {
             && self.inflight.is_none_or(|(n, p)| n == target && p == 0)
             && self
                 .open_until_sync
-                .is_none_or(|n| n == target && !self.open_ran && !self.open_failed)
-            && self.table().primary != Some(target))
+                .is_none_or(|n| n == target && !self.open_ran && !self.open_failed))
         .then(|| bytes.clone());
         let sent = self.send(target, bytes, syncs).await?;
-        if refusable.is_some() && self.inflight == Some((target, 1)) {
-            self.refusable = refusable;
+        if let Some(unit) = refusable.filter(|_| self.inflight == Some((target, 1))) {
+            self.keep_refusable(target, unit);
         }
         self.note_begin(begins, sent);
         if !closed.is_empty() {
@@ -3010,6 +3026,7 @@ impl Session {
                         applied: 0,
                         primary: table.primary == Some(node),
                         writing: false,
+                        refusable: None,
                     },
                 );
                 if let Some(c) = self.conns.get_mut(&node) {
@@ -3308,7 +3325,10 @@ impl Session {
                         self.open_owed = 0;
                     }
                     let fields = msg::error_fields(&body);
-                    if self.refusable.is_some() && refused_on_standby(&fields) {
+                    if self.refusable
+                        && refused_on_standby(&fields)
+                        && self.ctx.routes.borrow().primary != Some(node)
+                    {
                         refused = fields
                             .iter()
                             .find(|(k, _)| *k == b'M')
@@ -3351,27 +3371,49 @@ impl Session {
             }
         }
         self.events = events;
-        if let Some(why) = refused {
-            // The whole answer is here, and ends it (see `refusable`): the client has heard
-            // nothing of it.
-            if settle
-                && !owed
-                && self.inflight.is_none()
-                && self.last_tx_status == b'I'
-                && self.batch_frames.is_empty()
-                && out.len() >= 6
-                && out[out.len() - 6..out.len() - 1] == [b'Z', 0, 0, 0, 5]
-            {
-                if let Some(unit) = self.refusable.take() {
+        // A refusal seen now, or before and held back until its ReadyForQuery.
+        let withheld = self
+            .rare
+            .as_mut()
+            .and_then(|r| r.withheld.take_if(|w| w.node == node));
+        let refusal = match (refused, &withheld) {
+            (_, Some(w)) => Some((w.why.clone(), w.error_seen)),
+            (Some(why), None) => Some((why, error_seen)),
+            (None, None) => None,
+        };
+        if let Some((why, error_seen)) =
+            refusal.filter(|_| settle && !owed && self.refusable && self.batch_frames.is_empty())
+        {
+            let ended = out.len() >= 6 && out[out.len() - 6..out.len() - 1] == [b'Z', 0, 0, 0, 5];
+            if ended && self.inflight.is_none() && self.last_tx_status == b'I' {
+                // The whole answer is in, and the client has heard nothing of it.
+                if let Some(unit) = self.take_refusable(node) {
                     self.error_seen = error_seen;
                     self.note_write_done();
                     self.sync_engaged();
                     return Box::pin(self.run_refused_on_primary(node, unit, why)).await;
                 }
             }
+            if !ended && self.inflight == Some((node, 1)) {
+                // A server sends an error at once, its ReadyForQuery after: what came is held
+                // back until that does (relayed first of all should the client go on meanwhile).
+                let mut answer = withheld.map(|w| w.answer).unwrap_or_default();
+                answer.extend_from_slice(&out);
+                self.rare().withheld = Some(Withheld {
+                    node,
+                    answer,
+                    why,
+                    error_seen,
+                });
+                return Ok(());
+            }
+        }
+        if let Some(w) = withheld {
+            self.drop_refusable();
+            self.send_client_for(node, &w.answer, false).await?;
         }
         if !out.is_empty() {
-            self.refusable = None;
+            self.drop_refusable();
             self.send_client_for(node, &out, owed).await?;
         }
         if settle {
@@ -3468,11 +3510,39 @@ impl Session {
         Ok(())
     }
 
+    /// `unit` (a read just sent to `node`) may run again elsewhere (see `Conn::refusable`).
+    fn keep_refusable(&mut self, node: u32, unit: Bytes) {
+        if let Some(c) = self.conns.get_mut(&node) {
+            c.refusable = Some(unit);
+            self.refusable = true;
+        }
+    }
+
+    /// The read that may run again elsewhere, refused by `node`.
+    fn take_refusable(&mut self, node: u32) -> Option<Bytes> {
+        self.refusable = false;
+        self.conns.get_mut(&node)?.refusable.take()
+    }
+
+    /// No read in flight may run again elsewhere now (some of its answer was relayed, or the
+    /// client went on): its bytes are let go (they may hold the client's whole read buffer).
+    #[inline]
+    fn drop_refusable(&mut self) {
+        if std::mem::take(&mut self.refusable) {
+            for c in self.conns.values_mut() {
+                c.refusable = None;
+            }
+        }
+    }
+
     /// A read's class, unless a standby refused its text as a write before (see
     /// `run_refused_on_primary`) or it is being run again after such a refusal: then a write.
+    #[inline]
     fn unless_refused(&self, class: Class, sql: &str) -> Class {
         if class == Class::Read
-            && (self.retrying || self.ctx.refused.contains(self.login.database(), sql))
+            && (self.retrying
+                || (self.ctx.refused.any()
+                    && self.ctx.refused.contains(self.login.database(), sql)))
         {
             Class::Write
         } else {
