@@ -6805,6 +6805,7 @@ fn a_read_a_standby_refuses_as_a_write_runs_again_on_the_primary() {
         "test",
         "CREATE SEQUENCE s; CREATE VIEW v AS SELECT nextval('s') AS n; \
          CREATE VIEW v2 AS SELECT nextval('s') AS n; CREATE VIEW v3 AS SELECT nextval('s') AS n; \
+         CREATE VIEW v4 AS SELECT nextval('s') AS n; \
          CREATE TABLE audit (x int); \
          CREATE FUNCTION log_read() RETURNS int LANGUAGE plpgsql \
            AS $$BEGIN INSERT INTO audit VALUES (1); RETURN 1; END$$; \
@@ -6956,6 +6957,78 @@ fn a_read_a_standby_refuses_as_a_write_runs_again_on_the_primary() {
             ),
         }
         assert_eq!(simple_value(&b.unwrap()).as_deref(), Some("7"));
+
+        // Raw batches a driver may send, refused on the standby, where running them again
+        // would lose or change answers: the refusal is relayed, every earlier answer with it.
+        use common::raw::{login_at, message, prepare_flush, read_until};
+        use tokio::io::AsyncWriteExt;
+        let code = |got: &[(u8, Vec<u8>)]| -> Vec<String> {
+            got.iter()
+                .filter(|(t, _)| *t == b'E')
+                .filter_map(|(_, body)| {
+                    body.split(|b| *b == 0)
+                        .find(|f| f.first() == Some(&b'C'))
+                        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                })
+                .collect()
+        };
+        let tags = |got: &[(u8, Vec<u8>)]| got.iter().map(|(t, _)| *t as char).collect::<String>();
+        let bind = |stmt: &str| {
+            message(
+                b'B',
+                &[b"\0", stmt.as_bytes(), b"\0", &[0, 0], &[0, 0], &[0, 0]],
+            )
+        };
+        let execute = message(b'E', &[b"\0", &[0, 0, 0, 0]]);
+        let sync = message(b'S', &[]);
+        // libpq's pipeline mode: Parse, Describe, Flush and the Bind to Sync in one write,
+        // before the first answers came (the first cut kept them back and lost them).
+        let mut s = login_at(&c, c.proxy_port()).await;
+        let mut w = prepare_flush("pa", "SELECT n FROM v4");
+        w.extend(bind("pa"));
+        w.extend(message(b'D', &[b"P", b"\0"]));
+        w.extend(&execute);
+        w.extend(&sync);
+        s.write_all(&w).await.unwrap();
+        let got = read_until(&mut s, b'Z').await;
+        assert!(tags(&got).starts_with("1tT2T"), "{}", tags(&got));
+        assert_eq!(code(&got), ["25006"], "{}", tags(&got));
+        // A portal bound in the pipeline's open part, executed after it: it exists only on
+        // the standby (the first cut ran the Execute again on the primary: 34000).
+        let mut s = login_at(&c, c.proxy_port()).await;
+        let mut w = message(b'P', &[b"\0", b"SELECT n FROM v4", b"\0", &[0, 0]]);
+        w.extend(bind(""));
+        w.extend(message(b'H', &[]));
+        s.write_all(&w).await.unwrap();
+        let got = read_until(&mut s, b'2').await;
+        assert_eq!(tags(&got), "12");
+        s.write_all(&[execute.clone(), sync.clone()].concat())
+            .await
+            .unwrap();
+        let got = read_until(&mut s, b'Z').await;
+        assert_eq!(code(&got), ["25006"], "{}", tags(&got));
+        // Two statements run in one batch: not run again, and the plain one is not taken for
+        // a write (the first cut remembered both texts, and sent the plain one to the primary
+        // from then on, for every session).
+        let mut s = login_at(&c, c.proxy_port()).await;
+        let plain = "SELECT inet_server_port() /* plain */";
+        let mut w = Vec::new();
+        for sql in [plain, "SELECT n FROM v4"] {
+            w.extend(message(b'P', &[b"\0", sql.as_bytes(), b"\0", &[0, 0]]));
+            w.extend(bind(""));
+            w.extend(&execute);
+        }
+        w.extend(&sync);
+        s.write_all(&w).await.unwrap();
+        let got = read_until(&mut s, b'Z').await;
+        assert_eq!(code(&got), ["25006"], "{}", tags(&got));
+        let other = c.client("test").await;
+        let rows = other.simple_query(plain).await.unwrap();
+        assert_eq!(
+            simple_value(&rows),
+            Some(standby.to_string()),
+            "the plain read"
+        );
     });
     // A reload forgets what was learnt: a view may have changed. The next such read is
     // refused by the standby, and runs on the primary, again.

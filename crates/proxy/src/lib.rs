@@ -339,77 +339,111 @@ pub struct Ctx {
 /// Texts of reads a standby refused as writes (a view whose function writes, say: see
 /// `Session::run_refused_on_primary`), by `refused_key` of database and text: they go to the
 /// primary from then on, until a reload. At most `max` of them.
+///
+/// Every read looks here once one text is known, from every session: the look takes no lock
+/// and writes nothing shared (an open-addressed table of atomics, made at the first text).
+/// Texts are added and the table cleared under `write`. A read that misses a text being added
+/// or cleared meanwhile goes to a standby, which refuses it again: nothing worse.
 pub(crate) struct Refused {
-    set: Mutex<HashSet<u64>>,
-    /// How many `set` holds: while none, a read's text is not looked up at all.
+    /// `refused_key`s, 0 for a free slot; a power of two long, at most two thirds full.
+    slots: std::sync::OnceLock<Box<[AtomicU64]>>,
+    /// How many are known: while none, a read's text is not looked up at all.
     len: AtomicUsize,
+    write: Mutex<()>,
     max: usize,
 }
 
 impl Refused {
     fn new(max: usize) -> Self {
         Refused {
-            set: Mutex::new(HashSet::new()),
+            slots: std::sync::OnceLock::new(),
             len: AtomicUsize::new(0),
+            write: Mutex::new(()),
             max,
         }
     }
 
-    /// Whether any text is known (one atomic load): while none is, no text is looked up.
+    /// Whether any text is known (one atomic load).
     #[inline]
     pub(crate) fn any(&self) -> bool {
         self.len.load(Ordering::Relaxed) > 0
     }
 
+    /// The slot holding `key`, or the free slot that ends its probe (None: the table is
+    /// full of other keys, which `max` keeps from happening).
+    fn probe(slots: &[AtomicU64], key: u64) -> Option<(usize, bool)> {
+        let mask = slots.len() - 1;
+        let mut i = (key as usize) & mask;
+        for _ in 0..slots.len() {
+            match slots[i].load(Ordering::Relaxed) {
+                0 => return Some((i, false)),
+                k if k == key => return Some((i, true)),
+                _ => i = (i + 1) & mask,
+            }
+        }
+        None
+    }
+
     /// Whether a standby refused this text before.
     pub(crate) fn contains(&self, database: &str, sql: &str) -> bool {
-        self.any()
-            && self
-                .set
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&refused_key(database, sql))
+        if !self.any() {
+            return false;
+        }
+        let Some(slots) = self.slots.get() else {
+            return false;
+        };
+        Self::probe(slots, refused_key(database, sql)).is_some_and(|(_, found)| found)
     }
 
     /// Remembers a refused text; false when it cannot be (`max` are known already).
     pub(crate) fn note(&self, database: &str, sql: &str) -> bool {
         let key = refused_key(database, sql);
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        if set.len() >= self.max {
-            return set.contains(&key);
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = self.slots.get_or_init(|| {
+            let n = (self.max.max(1) * 3 / 2 + 1).next_power_of_two();
+            (0..n).map(|_| AtomicU64::new(0)).collect()
+        });
+        match Self::probe(slots, key) {
+            Some((_, true)) => true,
+            Some((i, false)) if self.len.load(Ordering::Relaxed) < self.max => {
+                slots[i].store(key, Ordering::Relaxed);
+                self.len.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
         }
-        set.insert(key);
-        self.len.store(set.len(), Ordering::Relaxed);
-        true
     }
 
     /// Forgets them all (a reload: a view may have changed); how many there were.
     pub(crate) fn forget(&self) -> usize {
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        let n = set.len();
-        set.clear();
-        self.len.store(0, Ordering::Relaxed);
-        n
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slots) = self.slots.get() {
+            for s in slots.iter() {
+                s.store(0, Ordering::Relaxed);
+            }
+        }
+        self.len.swap(0, Ordering::Relaxed)
     }
 }
 
-/// At most this many secrets made as logins come (see `Ctx::derived`).
-const DERIVED_MAX: usize = 4096;
-
 /// The key of a refused text (see `Refused`): the same text may name another view in
-/// another database. (A collision sends some read to the primary: nothing worse.)
+/// another database. Never 0 (a free slot). (A collision sends some read to the primary:
+/// nothing worse.)
 fn refused_key(database: &str, sql: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
     database.hash(&mut h);
     sql.hash(&mut h);
-    h.finish()
+    h.finish().max(1)
 }
 
 /// At most this many texts remembered as refused by a standby (see `Refused`): beyond
 /// that, a refused read still runs again on the primary, at the cost of the standby's refusal
 /// each time.
 const REFUSED_MAX: usize = 10_000;
+
+/// At most this many secrets made as logins come (see `Ctx::derived`).
+const DERIVED_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -943,6 +977,18 @@ mod tests {
         assert_eq!(r.forget(), 2);
         assert!(!r.contains("app", "SELECT n FROM v"));
         assert!(r.note("app", "SELECT n FROM x"));
+        // Filled to its bound, every text is found, and no other.
+        let r = super::Refused::new(1000);
+        for i in 0..1000 {
+            assert!(r.note("app", &format!("SELECT {i}")), "{i}");
+        }
+        assert!(!r.note("app", "SELECT 1000"));
+        for i in 0..1000 {
+            assert!(r.contains("app", &format!("SELECT {i}")), "{i}");
+        }
+        assert!((1000..3000).all(|i| !r.contains("app", &format!("SELECT {i}"))));
+        assert_eq!(r.forget(), 1000);
+        assert!(!r.contains("app", "SELECT 1"));
     }
     use std::future::Future;
     use std::sync::Arc;

@@ -114,6 +114,9 @@ struct Conn {
     /// primary instead (`Session::run_refused_on_primary`). Here, not in the session: an idle
     /// session's task stays within 1,024 bytes.
     refusable: Option<Bytes>,
+    /// The node's refusal of that read, its ReadyForQuery not in yet. (Here, it goes with the
+    /// connection should the node be lost meanwhile.)
+    withheld: Option<Box<Withheld>>,
 }
 
 impl Conn {
@@ -178,17 +181,16 @@ struct Rare {
     /// The session changed a database's or role's default settings: once its transaction is
     /// over, pooled connections (which keep the defaults they began with) are not reused.
     renew_pool: bool,
-    /// A standby's refusal of the read in `Session::refusable`, its ReadyForQuery not in yet.
-    withheld: Option<Withheld>,
 }
 
 /// What came of a standby's answer to a read it refused as a write, held back from the client
 /// until its ReadyForQuery says whether the read can run again elsewhere (`Session::forward`).
 struct Withheld {
-    node: u32,
     answer: BytesMut,
     /// The refusal's message.
     why: String,
+    /// A refusal as a write (25006), whose text is remembered (see `Refused`).
+    learn: bool,
     /// `Session::error_seen` before the refusal.
     error_seen: bool,
 }
@@ -260,9 +262,10 @@ struct Session {
     refusable: bool,
     /// A refused read is being run again on the primary: what it parses or binds is a write.
     retrying: bool,
-    /// The pipeline's open part has executed something (an Execute, or a long pipeline's
-    /// part): a read that ends it cannot run again elsewhere (see `refusable`). Until then
-    /// (asyncpg's Parse, Describe, Flush) it made only statements, which are made again.
+    /// The pipeline's open part has bound or executed something (a Bind, an Execute, a long
+    /// pipeline's part): a read that ends it cannot run again elsewhere (see `refusable`).
+    /// Until then (asyncpg's Parse, Describe, Flush) it made only statements, which are made
+    /// again.
     open_ran: bool,
     /// What few sessions need (boxed: an idle session's task stays small).
     rare: Option<Box<Rare>>,
@@ -1337,7 +1340,8 @@ impl Session {
             && !joined
             && cursor.is_none()
             && self.inflight.is_none()
-            && self.open_until_sync.is_none();
+            && self.open_until_sync.is_none()
+            && bytes.len() <= REFUSABLE_MAX;
         let sent = self.send(target, bytes.clone(), 1).await?;
         if refusable && self.inflight == Some((target, 1)) {
             self.keep_refusable(target, bytes.clone());
@@ -2424,7 +2428,8 @@ impl Session {
                 self.open_owed = 0;
                 self.open_ran = false;
             }
-            self.open_ran |= part || frames.iter().any(|f| f.tag == b'E');
+            // (A Bind made a portal there, which the unit might execute.)
+            self.open_ran |= part || frames.iter().any(|f| matches!(f.tag, b'E' | b'B'));
             self.open_until_sync = Some(target);
             // After an error the server skips everything up to the Sync: nothing is owed.
             if !self.open_failed {
@@ -2439,11 +2444,13 @@ impl Session {
             self.drain().await?;
             self.close_answers = Some(Box::new(vec![0]));
         }
-        // (See `refusable`: a read alone, that made nothing the session keeps but named
-        // statements, which are made again where it runs again.)
+        // (See `Conn::refusable`: one statement bound and run, that made nothing the session
+        // keeps but named statements, which are made again where it runs again; after a
+        // pipeline part that made only statements, whose answers the client has all had.)
         let refusable = (syncs == 1
             && !part
             && class == Class::Read
+            && any_statement
             && !in_tx
             && !begins
             && held.is_none()
@@ -2451,11 +2458,21 @@ impl Session {
             && replay.is_empty()
             && config_calls.is_empty()
             && !binds_unnamed_without_parse
+            && bytes.len() <= REFUSABLE_MAX
             && self.inflight.is_none_or(|(n, p)| n == target && p == 0)
-            && self
-                .open_until_sync
-                .is_none_or(|n| n == target && !self.open_ran && !self.open_failed))
-        .then(|| bytes.clone());
+            && self.open_until_sync.is_none_or(|n| {
+                n == target
+                    && !self.open_ran
+                    && !self.open_failed
+                    && self.open_owed == 0
+                    && self
+                        .conns
+                        .get(&n)
+                        .is_some_and(|c| c.streaming == 0 && c.pooled.backend.buf.is_empty())
+            })
+            && frames.iter().filter(|f| f.tag == b'B').count() == 1
+            && frames.iter().filter(|f| f.tag == b'E').count() == 1)
+            .then(|| bytes.clone());
         let sent = self.send(target, bytes, syncs).await?;
         if let Some(unit) = refusable.filter(|_| self.inflight == Some((target, 1))) {
             self.keep_refusable(target, unit);
@@ -3027,6 +3044,7 @@ impl Session {
                         primary: table.primary == Some(node),
                         writing: false,
                         refusable: None,
+                        withheld: None,
                     },
                 );
                 if let Some(c) = self.conns.get_mut(&node) {
@@ -3268,8 +3286,9 @@ impl Session {
         let out = conn.b().buf.split_to(n);
         let owed = conn.streaming > 0;
         let error_seen = self.error_seen;
-        // Why a standby refused the read in `refusable` as a write, if it did.
-        let mut refused: Option<String> = None;
+        // Why a standby refused the read in `refusable`, if it did, and whether as a write
+        // (not a SERIALIZABLE default).
+        let mut refused: Option<(String, bool)> = None;
         for (tag, body) in events.drain(..) {
             if let Some(counts) = self.close_answers.as_deref_mut() {
                 match tag {
@@ -3325,15 +3344,17 @@ impl Session {
                         self.open_owed = 0;
                     }
                     let fields = msg::error_fields(&body);
+                    // (With no primary now, a failover under way, the refusal is the answer.)
                     if self.refusable
                         && refused_on_standby(&fields)
-                        && self.ctx.routes.borrow().primary != Some(node)
+                        && self.ctx.routes.borrow().primary.is_some_and(|p| p != node)
                     {
-                        refused = fields
+                        let why = fields
                             .iter()
                             .find(|(k, _)| *k == b'M')
                             .map(|(_, m)| m.clone())
-                            .or(Some(String::new()));
+                            .unwrap_or_default();
+                        refused = Some((why, !refuses_serializable(&fields)));
                     }
                     let sev = fields
                         .iter()
@@ -3372,16 +3393,13 @@ impl Session {
         }
         self.events = events;
         // A refusal seen now, or before and held back until its ReadyForQuery.
-        let withheld = self
-            .rare
-            .as_mut()
-            .and_then(|r| r.withheld.take_if(|w| w.node == node));
+        let withheld = self.conns.get_mut(&node).and_then(|c| c.withheld.take());
         let refusal = match (refused, &withheld) {
-            (_, Some(w)) => Some((w.why.clone(), w.error_seen)),
-            (Some(why), None) => Some((why, error_seen)),
+            (_, Some(w)) => Some((w.why.clone(), w.learn, w.error_seen)),
+            (Some((why, learn)), None) => Some((why, learn, error_seen)),
             (None, None) => None,
         };
-        if let Some((why, error_seen)) =
+        if let Some((why, learn, error_seen)) =
             refusal.filter(|_| settle && !owed && self.refusable && self.batch_frames.is_empty())
         {
             let ended = out.len() >= 6 && out[out.len() - 6..out.len() - 1] == [b'Z', 0, 0, 0, 5];
@@ -3391,7 +3409,7 @@ impl Session {
                     self.error_seen = error_seen;
                     self.note_write_done();
                     self.sync_engaged();
-                    return Box::pin(self.run_refused_on_primary(node, unit, why)).await;
+                    return Box::pin(self.run_refused_on_primary(node, unit, why, learn)).await;
                 }
             }
             if !ended && self.inflight == Some((node, 1)) {
@@ -3399,12 +3417,14 @@ impl Session {
                 // back until that does (relayed first of all should the client go on meanwhile).
                 let mut answer = withheld.map(|w| w.answer).unwrap_or_default();
                 answer.extend_from_slice(&out);
-                self.rare().withheld = Some(Withheld {
-                    node,
-                    answer,
-                    why,
-                    error_seen,
-                });
+                if let Some(c) = self.conns.get_mut(&node) {
+                    c.withheld = Some(Box::new(Withheld {
+                        answer,
+                        why,
+                        learn,
+                        error_seen,
+                    }));
+                }
                 return Ok(());
             }
         }
@@ -3435,45 +3455,57 @@ impl Session {
         standby: u32,
         unit: Bytes,
         why: String,
+        learn: bool,
     ) -> Result<()> {
         let mut rest = BytesMut::from(&unit[..]);
         let mut frames = Vec::new();
         while let Some(f) = frame::split_frame(&mut rest, usize::MAX)? {
             frames.push(f);
         }
-        // Its texts: the Query's, or what the batch parses and binds.
-        let mut texts: Vec<Vec<u8>> = Vec::new();
-        let mut parsed: Vec<String> = Vec::new();
+        // Its text: the Query's, or that of the one statement the batch binds (its other
+        // Parses ran nothing, and are not taken for writes).
+        let mut text: Option<Vec<u8>> = None;
+        let mut parsed: Vec<(String, Vec<u8>)> = Vec::new();
         for f in &frames {
             match f.tag {
-                b'Q' => texts.push(msg::query_text(f.body())?.to_vec()),
+                b'Q' => text = Some(msg::query_text(f.body())?.to_vec()),
                 b'P' => {
                     let p = msg::parse(f.body())?;
-                    texts.push(p.query.to_vec());
-                    if !p.name.is_empty() {
-                        parsed.push(p.name.to_string());
-                    }
+                    parsed.push((p.name.to_string(), p.query.to_vec()));
                 }
                 b'B' => {
                     let (_, stmt) = msg::bind_names(f.body())?;
-                    if let Some(s) = self.statements.get_mut(stmt) {
-                        if !parsed.iter().any(|n| n == stmt) {
-                            // Parsed before, as a read: a write from now on, in this session.
-                            s.class = combine(s.class, Class::Write);
-                            texts.extend(parse_sql(&s.parse));
-                        }
+                    if let Some((_, t)) = parsed.iter().rev().find(|(n, _)| n == stmt) {
+                        text = Some(t.clone());
+                    } else if let Some(s) = self.statements.get_mut(stmt) {
+                        // Parsed before, as a read: a write from now on, in this session.
+                        s.class = combine(s.class, Class::Write);
+                        text = parse_sql(&s.parse);
                     }
                 }
                 _ => {}
             }
         }
+        let parsed: Vec<String> = parsed
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| !name.is_empty())
+            .collect();
         let database = self.login.database().to_string();
-        let mut remembered = true;
-        for t in &texts {
-            let sql = pgwarden_sql::server_text(t, self.enc);
-            remembered &= self.ctx.refused.note(&database, &sql);
-        }
-        if remembered {
+        // (A SERIALIZABLE default is the session's, its role's or its database's: the session
+        // reads on the primary from now on, others need not.)
+        let remembered = !learn
+            || text.as_ref().is_none_or(|t| {
+                let sql = pgwarden_sql::server_text(t, self.enc);
+                self.ctx.refused.note(&database, &sql)
+            });
+        if !learn {
+            tracing::info!(
+                node = standby,
+                database,
+                "standby node {standby} refused a read ({why}): it runs again on the primary"
+            );
+        } else if remembered {
             tracing::info!(node = standby, database, "standby node {standby} refused a read as a write ({why}): it runs again on the primary, where statements like it go from now on (until a reload)");
         } else {
             tracing::warn!(node = standby, database, "standby node {standby} refused a read as a write ({why}): it runs again on the primary; no more such statements can be remembered, so this one will be tried on a standby again (list its function in proxy.write_functions, or mark it /*NO LOAD BALANCE*/)");
@@ -3486,7 +3518,7 @@ impl Session {
         }
         self.retrying = true;
         let done = if frames.first().is_some_and(|f| f.tag == b'Q') {
-            self.run_again(unit, texts.first()).await
+            self.run_again(unit, text.as_ref()).await
         } else {
             self.batch.extend_from_slice(&unit);
             self.batch_frames = frames;
@@ -3758,9 +3790,6 @@ fn mask_has(mask: u64, node: u32) -> bool {
     mask & crate::backend::node_bit(node) != 0
 }
 
-/// The session held node `n`, which was just taken out of service.
-/// A hot standby's refusal of a SERIALIZABLE transaction because of the session's default
-/// isolation (in English; the SQLSTATE alone, feature_not_supported, says too little).
 /// A standby's refusal of a read that one server would have run: it wrote (25006: a view
 /// whose function calls `nextval`, say), or it was SERIALIZABLE by a default pgwarden does
 /// not see (`refuses_serializable`).
@@ -3768,6 +3797,8 @@ fn refused_on_standby(fields: &[(u8, String)]) -> bool {
     fields.iter().any(|(k, v)| *k == b'C' && v == "25006") || refuses_serializable(fields)
 }
 
+/// A hot standby's refusal of a SERIALIZABLE transaction because of the session's default
+/// isolation (in English; the SQLSTATE alone, feature_not_supported, says too little).
 fn refuses_serializable(fields: &[(u8, String)]) -> bool {
     fields.iter().any(|(k, v)| *k == b'C' && v == "0A000")
         && fields
@@ -3955,6 +3986,7 @@ impl FenceWatch {
     }
 }
 
+/// The session held node `n`, which was just taken out of service.
 fn fenced_end(n: u32) -> End {
     fatal(
         "57P01",
@@ -4101,6 +4133,10 @@ enum IdleStep {
     /// Read back settings changed in a transaction that has ended (`read_back_settings`).
     ReadBack,
 }
+
+/// A read longer than this is not kept to run again elsewhere (`Conn::refusable`): its bytes
+/// would keep the client's read buffer while the read runs.
+const REFUSABLE_MAX: usize = 64 * 1024;
 
 /// Whether the session's connection holds temporary objects (see `read_back_settings`).
 const HAS_TEMP_OBJECTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class \
