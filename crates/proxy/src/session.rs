@@ -183,6 +183,20 @@ struct Rare {
     renew_pool: bool,
 }
 
+/// See `Session::refusal_step`.
+enum RefusalStep {
+    /// Held back until the refusal's ReadyForQuery.
+    Hold,
+    /// The answer is all in: run the read again on the primary.
+    Retry {
+        unit: Bytes,
+        why: String,
+        learn: bool,
+    },
+    /// Relay these bytes (what was held back, then what came).
+    Relay(BytesMut),
+}
+
 /// What came of a standby's answer to a read it refused as a write, held back from the client
 /// until its ReadyForQuery says whether the read can run again elsewhere (`Session::forward`).
 struct Withheld {
@@ -260,6 +274,8 @@ struct Session {
     /// A read is in flight that may run again elsewhere: its bytes are in its node's
     /// `Conn::refusable`.
     refusable: bool,
+    /// A node's refusal of that read is held back (`Conn::withheld`).
+    holding: bool,
     /// A refused read is being run again on the primary: what it parses or binds is a write.
     retrying: bool,
     /// The pipeline's open part has bound or executed something (a Bind, an Execute, a long
@@ -430,6 +446,7 @@ pub(crate) fn run(
         statements: HashMap::new(),
         unnamed_node: None,
         refusable: false,
+        holding: false,
         retrying: false,
         open_ran: false,
         rare: None,
@@ -1334,14 +1351,14 @@ impl Session {
         if record {
             self.error_seen = false;
         }
-        // (Whether it went to a standby is asked only of a refusal, see `forward`.)
         let refusable = class == Class::Read
             && !in_tx
             && !joined
             && cursor.is_none()
             && self.inflight.is_none()
             && self.open_until_sync.is_none()
-            && bytes.len() <= REFUSABLE_MAX;
+            && bytes.len() <= REFUSABLE_MAX
+            && self.table().primary != Some(target);
         let sent = self.send(target, bytes.clone(), 1).await?;
         if refusable && self.inflight == Some((target, 1)) {
             self.keep_refusable(target, bytes.clone());
@@ -2470,6 +2487,7 @@ impl Session {
                         .get(&n)
                         .is_some_and(|c| c.streaming == 0 && c.pooled.backend.buf.is_empty())
             })
+            && self.table().primary != Some(target)
             && frames.iter().filter(|f| f.tag == b'B').count() == 1
             && frames.iter().filter(|f| f.tag == b'E').count() == 1)
             .then(|| bytes.clone());
@@ -3392,8 +3410,48 @@ impl Session {
             }
         }
         self.events = events;
-        // A refusal seen now, or before and held back until its ReadyForQuery.
-        let withheld = self.conns.get_mut(&node).and_then(|c| c.withheld.take());
+        // A refusal seen now, or before and held back until its ReadyForQuery (off the hot
+        // path: `refusal_step`).
+        let mut out = out;
+        if refused.is_some() || self.holding {
+            match self.refusal_step(node, refused, out, owed, settle, error_seen) {
+                RefusalStep::Hold => return Ok(()),
+                RefusalStep::Retry { unit, why, learn } => {
+                    return Box::pin(self.run_refused_on_primary(node, unit, why, learn)).await;
+                }
+                RefusalStep::Relay(all) => out = all,
+            }
+        }
+        if !out.is_empty() {
+            self.drop_refusable();
+            self.send_client_for(node, &out, owed).await?;
+        }
+        if settle {
+            self.note_write_done();
+            self.sync_engaged();
+        }
+        Ok(())
+    }
+
+    /// What `forward` does with a refusal of the read that may run again (`Conn::refusable`),
+    /// seen in `out` now (`refused`: why, whether as a write) or held back before
+    /// (`Conn::withheld`): run it again once its answer is all in, hold back what came until
+    /// then, or relay (what was held, then `out`) when it cannot run again.
+    #[cold]
+    fn refusal_step(
+        &mut self,
+        node: u32,
+        refused: Option<(String, bool)>,
+        out: BytesMut,
+        owed: bool,
+        settle: bool,
+        error_seen: bool,
+    ) -> RefusalStep {
+        let withheld = if std::mem::take(&mut self.holding) {
+            self.conns.get_mut(&node).and_then(|c| c.withheld.take())
+        } else {
+            None
+        };
         let refusal = match (refused, &withheld) {
             (_, Some(w)) => Some((w.why.clone(), w.learn, w.error_seen)),
             (Some((why, learn)), None) => Some((why, learn, error_seen)),
@@ -3409,7 +3467,7 @@ impl Session {
                     self.error_seen = error_seen;
                     self.note_write_done();
                     self.sync_engaged();
-                    return Box::pin(self.run_refused_on_primary(node, unit, why, learn)).await;
+                    return RefusalStep::Retry { unit, why, learn };
                 }
             }
             if !ended && self.inflight == Some((node, 1)) {
@@ -3418,29 +3476,26 @@ impl Session {
                 let mut answer = withheld.map(|w| w.answer).unwrap_or_default();
                 answer.extend_from_slice(&out);
                 if let Some(c) = self.conns.get_mut(&node) {
+                    self.holding = true;
                     c.withheld = Some(Box::new(Withheld {
                         answer,
                         why,
                         learn,
                         error_seen,
                     }));
+                    return RefusalStep::Hold;
                 }
-                return Ok(());
+                return RefusalStep::Relay(answer);
             }
         }
-        if let Some(w) = withheld {
-            self.drop_refusable();
-            self.send_client_for(node, &w.answer, false).await?;
+        match withheld {
+            Some(w) => {
+                let mut all = w.answer;
+                all.extend_from_slice(&out);
+                RefusalStep::Relay(all)
+            }
+            None => RefusalStep::Relay(out),
         }
-        if !out.is_empty() {
-            self.drop_refusable();
-            self.send_client_for(node, &out, owed).await?;
-        }
-        if settle {
-            self.note_write_done();
-            self.sync_engaged();
-        }
-        Ok(())
     }
 
     /// A read a standby refused as a write runs again on the primary, before the client has
@@ -3561,8 +3616,10 @@ impl Session {
     #[inline]
     fn drop_refusable(&mut self) {
         if std::mem::take(&mut self.refusable) {
-            for c in self.conns.values_mut() {
-                c.refusable = None;
+            // (It is the node's in flight, unless its answer is all in.)
+            match self.inflight.and_then(|(n, _)| self.conns.get_mut(&n)) {
+                Some(c) => c.refusable = None,
+                None => self.conns.values_mut().for_each(|c| c.refusable = None),
             }
         }
     }
