@@ -7054,3 +7054,63 @@ fn a_read_a_standby_refuses_as_a_write_runs_again_on_the_primary() {
         );
     });
 }
+
+/// A notification the session's own NOTIFY causes carries the pid the client was told at
+/// login (BackendKeyData), as from one server: clients skip their own notifications by it
+/// (psycopg's `info.backend_pid`, asyncpg's `get_server_pid()`, pgjdbc's `getBackendPID()`).
+/// One from another session carries that session's server process, as before. (Before, every
+/// notification carried the server process's pid, which no client of pgwarden is told.)
+#[test]
+fn a_session_hears_its_own_notifications_with_the_pid_it_was_told() {
+    use common::raw::{message, read_until, startup, welcome};
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(2);
+    block(async {
+        let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"]);
+        let (mut s, got) = welcome(&c, c.proxy_port(), &startup("postgres")).await;
+        let told = got
+            .iter()
+            .find(|(t, _)| *t == b'K')
+            .map(|(_, b)| i32::from_be_bytes(b[..4].try_into().unwrap()))
+            .expect("BackendKeyData");
+        s.write_all(&query("LISTEN ch; NOTIFY ch, 'mine'"))
+            .await
+            .unwrap();
+        let got = read_until(&mut s, b'Z').await;
+        let pid_of = |got: &[(u8, Vec<u8>)]| -> Vec<(i32, Vec<u8>)> {
+            got.iter()
+                .filter(|(t, _)| *t == b'A')
+                .map(|(_, b)| {
+                    (
+                        i32::from_be_bytes(b[..4].try_into().unwrap()),
+                        b[4..].to_vec(),
+                    )
+                })
+                .collect()
+        };
+        let own = pid_of(&got);
+        assert_eq!(own.len(), 1, "{got:?}");
+        assert_eq!(own[0].0, told, "the session's own notification");
+        // Another session's NOTIFY: its server process's pid, which is not the listener's.
+        let other = c.client("test").await;
+        let other_pid: i32 = other
+            .query_one("/*NO LOAD BALANCE*/ SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        other.batch_execute("NOTIFY ch, 'theirs'").await.unwrap();
+        s.write_all(&query("SELECT 1")).await.unwrap();
+        let mut heard = Vec::new();
+        for _ in 0..50 {
+            heard.extend(pid_of(&read_until(&mut s, b'Z').await));
+            if !heard.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(&query("SELECT 1")).await.unwrap();
+        }
+        assert_eq!(heard.len(), 1, "{heard:?}");
+        assert_eq!(heard[0].0, other_pid, "another session's notification");
+        assert_ne!(heard[0].0, told);
+    });
+}

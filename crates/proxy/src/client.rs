@@ -647,6 +647,7 @@ async fn welcome(
     let welcomed = Welcomed {
         serializable_default: pooled.backend.serializable_default == Some(true),
         enc: pooled.backend.text_encoding(),
+        pid,
     };
     let mut out = BytesMut::new();
     msg::auth_ok(&mut out);

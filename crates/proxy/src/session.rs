@@ -245,6 +245,9 @@ struct Session {
     /// How the server reads the client's texts (its `client_encoding`, as the server last
     /// reported it): pgwarden reads them so too (`pgwarden_sql::server_text`).
     enc: pgwarden_sql::TextEncoding,
+    /// The process id the client was told at login: a notification the session's own
+    /// backend sends carries it, as one server's would (`own_notifications`).
+    pid: i32,
     /// The client's pipeline failed on a node pgwarden has since left (see `end_open_batch`):
     /// its messages are dropped until its Sync, as a server drops them after an error.
     discard_until_sync: bool,
@@ -402,6 +405,8 @@ pub(crate) struct Welcomed {
     pub(crate) serializable_default: bool,
     /// How the server reads the client's texts (its `client_encoding` and `server_encoding`).
     pub(crate) enc: pgwarden_sql::TextEncoding,
+    /// The process id the client was told (its BackendKeyData).
+    pub(crate) pid: i32,
 }
 
 /// The session's future. Built without an async prologue, so that the future holds the
@@ -438,6 +443,7 @@ pub(crate) fn run(
         fresh_begin: None,
         process_state: false,
         enc: welcomed.enc,
+        pid: welcomed.pid,
         settings: Settings::default(),
         wrote: Wrote::No,
         min_lsn: Lsn(0),
@@ -3289,6 +3295,9 @@ impl Session {
         };
         let mut events = std::mem::take(&mut self.events);
         let open = self.open_until_sync == Some(node);
+        // (Where the first whole message of what is relayed now begins.)
+        let skip = conn.streaming;
+        let backend_pid = conn.pooled.backend.pid;
         let n = scan(
             &conn.pooled.backend.buf,
             &mut conn.streaming,
@@ -3301,8 +3310,9 @@ impl Session {
                 format!("node {node} sent a malformed message: {e}"),
             )
         })?;
-        let out = conn.b().buf.split_to(n);
+        let mut out = conn.b().buf.split_to(n);
         let owed = conn.streaming > 0;
+        let mut own_notification = false;
         let error_seen = self.error_seen;
         // Why a standby refused the read in `refusable`, if it did, and whether as a write
         // (not a SERIALIZABLE default).
@@ -3349,6 +3359,7 @@ impl Session {
                     }
                 }
                 b'G' => self.copy_in = Some(node),
+                b'A' => own_notification |= body.get(..4) == Some(&backend_pid.to_be_bytes()[..]),
                 b'S' => {
                     note_param(&mut conn.pooled.backend, &mut self.enc, &body);
                 }
@@ -3410,9 +3421,11 @@ impl Session {
             }
         }
         self.events = events;
+        if own_notification {
+            own_notifications(&mut out, skip, backend_pid, self.pid);
+        }
         // A refusal seen now, or before and held back until its ReadyForQuery (off the hot
         // path: `refusal_step`).
-        let mut out = out;
         if refused.is_some() || self.holding {
             match self.refusal_step(node, refused, out, owed, settle, error_seen) {
                 RefusalStep::Hold => return Ok(()),
@@ -4191,6 +4204,28 @@ enum IdleStep {
     ReadBack,
 }
 
+/// The NotificationResponses in `out` (whose messages begin at `from`) that `backend` sent
+/// of its own NOTIFY carry `client`'s pid instead: the pid the client was told at login, as
+/// from one server (clients skip their own notifications by it: psycopg's
+/// `info.backend_pid`, asyncpg's `get_server_pid()`, pgjdbc's `getBackendPID()`).
+fn own_notifications(out: &mut [u8], from: usize, backend: i32, client: i32) {
+    let mut pos = from;
+    while let Some(head) = out.get(pos..pos + 5) {
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let Ok(len) = usize::try_from(len) else {
+            return;
+        };
+        if head[0] == b'A' {
+            if let Some(pid) = out.get_mut(pos + 5..pos + 9) {
+                if *pid == backend.to_be_bytes() {
+                    pid.copy_from_slice(&client.to_be_bytes());
+                }
+            }
+        }
+        pos += 1 + len.max(4);
+    }
+}
+
 /// A read longer than this is not kept to run again elsewhere (`Conn::refusable`): its bytes
 /// would keep the client's read buffer while the read runs.
 const REFUSABLE_MAX: usize = 64 * 1024;
@@ -4339,7 +4374,7 @@ fn scan(
         if answers && ANSWERS.contains(&tag) {
             events.push((tag, Bytes::new()));
         }
-        if matches!(tag, b'Z' | b'G' | b'S' | b'E') {
+        if matches!(tag, b'Z' | b'G' | b'S' | b'E' | b'A') {
             // What the session reads of these is in their head: an error's severity, SQLSTATE
             // and message come first. Past `KEPT_MAX`, the head is kept and the rest streamed
             // as a row is: a `RAISE` of 400 MB costs no more memory than a row of 400 MB.
@@ -4462,6 +4497,48 @@ mod tests {
         ] {
             assert_eq!(refused_on_standby(&fields), refused, "{fields:?}");
         }
+    }
+
+    /// A notification of the session's own backend carries the pid the client was told; any
+    /// other, or anything else, is left as it came, and a cut message is not read past.
+    #[test]
+    fn own_notifications_carry_the_pid_the_client_was_told() {
+        let (backend, client, other) = (4242i32, 0x4000_0007i32, 777i32);
+        let notify = |pid: i32| {
+            let mut body = pid.to_be_bytes().to_vec();
+            body.extend(b"ch\0payload\0");
+            msg(b'A', &body)
+        };
+        // The rest of a row streamed before, then whole messages.
+        let mut buf = b"tail".to_vec();
+        buf.extend(msg(b'C', b"NOTIFY\0"));
+        let own_at = buf.len();
+        buf.extend(notify(backend));
+        let other_at = buf.len();
+        buf.extend(notify(other));
+        // A DataRow whose bytes happen to look like the backend's pid after its tag.
+        let row_at = buf.len();
+        let mut row = backend.to_be_bytes().to_vec();
+        row.extend([0, 0]);
+        buf.extend(msg(b'D', &row));
+        let cut_at = buf.len();
+        buf.extend(&notify(backend)[..7]);
+        own_notifications(&mut buf, 4, backend, client);
+        let pid_at = |at: usize| i32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap());
+        assert_eq!(pid_at(own_at), client);
+        assert_eq!(pid_at(other_at), other);
+        assert_eq!(pid_at(row_at), backend, "a row is not a notification");
+        assert_eq!(
+            &buf[cut_at..],
+            &notify(backend)[..7],
+            "a cut message is left alone"
+        );
+        assert_eq!(&buf[..4], b"tail");
+        // Nothing to walk, or a broken length: no panic.
+        own_notifications(&mut [], 0, backend, client);
+        let mut broken = vec![b'A', 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4];
+        own_notifications(&mut broken, 0, backend, client);
+        own_notifications(&mut broken, 100, backend, client);
     }
 
     #[test]
