@@ -4210,19 +4210,13 @@ enum IdleStep {
 /// `info.backend_pid`, asyncpg's `get_server_pid()`, pgjdbc's `getBackendPID()`).
 fn own_notifications(out: &mut [u8], from: usize, backend: i32, client: i32) {
     let mut pos = from;
-    while let Some(head) = out.get(pos..pos + 5) {
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        let Ok(len) = usize::try_from(len) else {
-            return;
-        };
-        if head[0] == b'A' {
-            if let Some(pid) = out.get_mut(pos + 5..pos + 9) {
-                if *pid == backend.to_be_bytes() {
-                    pid.copy_from_slice(&client.to_be_bytes());
-                }
+    while let Some((start, end)) = find_frame(out, pos, b'A') {
+        if let Some(pid) = out.get_mut(start + 5..start + 9) {
+            if *pid == backend.to_be_bytes() {
+                pid.copy_from_slice(&client.to_be_bytes());
             }
         }
-        pos += 1 + len.max(4);
+        pos = end;
     }
 }
 
