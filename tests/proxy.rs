@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Cluster;
+use common::{primary_weight_zero, restart_with_proxy_settings, Cluster};
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -5570,34 +5570,6 @@ fn a_standby_seeded_before_a_split_commit_is_not_pooled() {
     });
 }
 
-/// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
-/// the warden is restarted, see `restart_with_proxy_settings`).
-fn primary_weight_zero(c: &Cluster) {
-    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
-        "application_name = \"node0\"\n",
-        "application_name = \"node0\"\nweight = 0\n",
-    );
-    std::fs::write(c.config(), cfg).unwrap();
-}
-
-/// Adds `settings` (TOML lines) to the sandbox's `[proxy]` table and restarts it with them.
-fn restart_with_proxy_settings(c: &Cluster, settings: &str) {
-    let cfg = std::fs::read_to_string(c.config())
-        .unwrap()
-        .replace("[proxy]\n", &format!("[proxy]\n{settings}"));
-    std::fs::write(c.config(), cfg).unwrap();
-    let dir = c.dir.to_str().unwrap();
-    assert!(common::pgwarden(&["sandbox", "down", "--dir", dir])
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let out = common::pgwarden(&["sandbox", "up", "--dir", dir])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::stderr(&out));
-}
-
 /// A session waiting for one of a full node's connections gets the one a session that ends
 /// puts back in the pool. (It waited only for a connection to be closed before: the one put
 /// back sat idle in the pool while the waiting session got 53300 at `pool_wait_timeout`.)
@@ -7113,4 +7085,39 @@ fn a_session_hears_its_own_notifications_with_the_pid_it_was_told() {
         assert_eq!(heard[0].0, other_pid, "another session's notification");
         assert_ne!(heard[0].0, told);
     });
+}
+
+/// `SET datestyle TO ymd` changes only the order and keeps the format an earlier
+/// `SET datestyle TO iso` set; a node the session comes to later must be given both. (Before,
+/// the settings record kept only the later one, as for any setting set twice, and a read on
+/// another node printed `01-08-1999` where the session had asked for ISO dates: found by
+/// PostgreSQL's regression suite through pgwarden, `tests/regress.rs`, its `date` script.)
+#[test]
+fn a_datestyle_order_set_after_its_format_keeps_the_format_on_every_node() {
+    let c = Cluster::up(2);
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    let out = c
+        .psql_env(
+            c.proxy_port(),
+            "test",
+            &[
+                "SET datestyle TO iso",
+                "SET datestyle TO ymd",
+                "SELECT 'standby', current_setting('datestyle'), date '1999-01-08'",
+                "/*NO LOAD BALANCE*/ SELECT 'primary', current_setting('datestyle'), \
+                 date '1999-01-08'",
+                "SET datestyle TO dmy",
+                "/*NO LOAD BALANCE*/ SELECT 'primary', current_setting('datestyle'), \
+                 date '1999-01-08'",
+                "SELECT 'standby', current_setting('datestyle'), date '1999-01-08'",
+            ],
+            &[("PGDATESTYLE", "Postgres, MDY")],
+        )
+        .expect("psql");
+    assert_eq!(
+        out,
+        "standby|ISO, YMD|1999-01-08\nprimary|ISO, YMD|1999-01-08\n\
+         primary|ISO, DMY|1999-01-08\nstandby|ISO, DMY|1999-01-08"
+    );
 }

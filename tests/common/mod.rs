@@ -416,6 +416,32 @@ impl Cluster {
     }
 }
 
+/// Gives the primary (node 0) weight 0 in the config: reads go to the standbys only (once
+/// the warden is restarted, see `restart_with_proxy_settings`).
+pub fn primary_weight_zero(c: &Cluster) {
+    let cfg = std::fs::read_to_string(c.config()).unwrap().replace(
+        "application_name = \"node0\"\n",
+        "application_name = \"node0\"\nweight = 0\n",
+    );
+    std::fs::write(c.config(), cfg).unwrap();
+}
+
+/// Adds `settings` (TOML lines) to the sandbox's `[proxy]` table and restarts it with them.
+pub fn restart_with_proxy_settings(c: &Cluster, settings: &str) {
+    let cfg = std::fs::read_to_string(c.config())
+        .unwrap()
+        .replace("[proxy]\n", &format!("[proxy]\n{settings}"));
+    std::fs::write(c.config(), cfg).unwrap();
+    let dir = c.dir.to_str().unwrap();
+    assert!(pgwarden(&["sandbox", "down", "--dir", dir])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = pgwarden(&["sandbox", "up", "--dir", dir]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// PostgreSQL's processes of a data directory: their working directory is in it (a node's
 /// agent names the directory on its command line but works elsewhere).
 pub fn postgres_processes_under(dir: &Path) -> Vec<u32> {

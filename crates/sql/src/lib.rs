@@ -1468,6 +1468,60 @@ pub fn sets_transaction_serializable(sql: &str) -> bool {
     }
 }
 
+/// The parts of `DateStyle` a query that sets it sets: `DATESTYLE_FORMAT` (ISO, SQL, Postgres,
+/// German), `DATESTYLE_ORDER` (DMY, MDY, YMD), or both. PostgreSQL keeps the part a value does
+/// not name: `SET datestyle TO ymd` after `SET datestyle TO iso` gives `ISO, YMD`, so a
+/// later `SET datestyle` makes an earlier one moot only when it sets every part the earlier
+/// one set. Both for `RESET`, `DEFAULT`, German (which sets the order to DMY unless it is
+/// named) and anything that is not a plain `SET datestyle` (a value read back is whole);
+/// none for a value that names neither, which the server refuses.
+pub fn datestyle_parts(sql: &str) -> u8 {
+    use pg_query::protobuf::{a_const::Val, VariableSetKind as K};
+    use pg_query::NodeEnum as N;
+    let both = DATESTYLE_FORMAT | DATESTYLE_ORDER;
+    let Ok(tree) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return both;
+    };
+    let [raw] = tree.protobuf.stmts.as_slice() else {
+        return both;
+    };
+    let Some(N::VariableSetStmt(s)) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+        return both;
+    };
+    if s.kind != K::VarSetValue as i32 || !s.name.eq_ignore_ascii_case("datestyle") {
+        return both;
+    }
+    let mut parts = 0;
+    for arg in &s.args {
+        let Some(N::AConst(c)) = arg.node.as_ref() else {
+            return both;
+        };
+        let Some(Val::Sval(v)) = &c.val else {
+            return both;
+        };
+        for word in v
+            .sval
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            parts |= match word.to_ascii_lowercase().as_str() {
+                "iso" | "sql" | "postgres" => DATESTYLE_FORMAT,
+                "dmy" | "euro" | "european" | "mdy" | "us" | "noneuro" | "noneuropean" | "ymd" => {
+                    DATESTYLE_ORDER
+                }
+                "german" | "default" => both,
+                _ => 0,
+            };
+        }
+    }
+    parts
+}
+
+/// See [`datestyle_parts`].
+pub const DATESTYLE_FORMAT: u8 = 1;
+/// See [`datestyle_parts`].
+pub const DATESTYLE_ORDER: u8 = 2;
+
 /// The last change `sql` (a query run outside a transaction) makes to
 /// `default_transaction_isolation`: `SET default_transaction_isolation …`,
 /// `SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL …` (JDBC's

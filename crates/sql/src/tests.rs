@@ -370,6 +370,45 @@ fn what_a_session_operation_does_to_the_settings_record() {
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
 }
 
+/// `SET datestyle` keeps the part of the style a value does not name (PostgreSQL's
+/// `check_datestyle`): which parts each form sets.
+#[test]
+fn the_parts_of_datestyle_a_setting_sets() {
+    const F: u8 = DATESTYLE_FORMAT;
+    const O: u8 = DATESTYLE_ORDER;
+    let mut wrong = Vec::new();
+    for (sql, want) in [
+        ("SET datestyle TO iso", F),
+        ("SET DateStyle = 'SQL'", F),
+        ("set datestyle to postgres;", F),
+        ("SET datestyle TO ymd", O),
+        ("SET datestyle = 'European'", O),
+        ("SET datestyle TO nonEuropean", O),
+        ("SET datestyle TO us", O),
+        ("SET datestyle TO iso, dmy", F | O),
+        ("SET datestyle = 'ISO, MDY'", F | O),
+        ("SET datestyle = 'Postgres,DMY'", F | O),
+        ("SET datestyle = 'German'", F | O),
+        ("SET datestyle TO DEFAULT", F | O),
+        ("SET datestyle = 'default'", F | O),
+        ("RESET datestyle", F | O),
+        ("SET SESSION datestyle TO ymd", O),
+        // Not a plain SET of datestyle: whatever it sets is read back whole.
+        ("SET work_mem = '1MB'", F | O),
+        ("SELECT set_config('datestyle', 'ymd', false)", F | O),
+        ("SET datestyle TO ymd; SET work_mem = '1MB'", F | O),
+        ("does not parse", F | O),
+        // Refused by the server: it sets nothing.
+        ("SET datestyle TO nonsense", 0),
+    ] {
+        let got = datestyle_parts(sql);
+        if got != want {
+            wrong.push(format!("{sql}: {got}, want {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
 #[test]
 fn unknown_functions_go_to_the_primary_by_default() {
     assert_eq!(
