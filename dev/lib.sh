@@ -78,3 +78,74 @@ ensure_drivers() {
     (cd "$dir/node" && npm ci --no-audit --no-fund --loglevel=error)
     echo "$stamp" >"$dir/installed"
 }
+
+# Where PostgreSQL's own regression suite (its SQL scripts, data files and the C functions its
+# scripts load) is kept for tests/regress.rs: outside the repository, reused across runs.
+pg_regress_dir() {
+    echo "${PGWARDEN_PG_REGRESS:-${XDG_CACHE_HOME:-$HOME/.cache}/pgwarden/pg-regress}"
+}
+
+# PostgreSQL 15's regression suite, from Debian's source package of the installed server (the
+# newest 15.x source Debian offers when that one is gone), with regress.so built against the
+# installed server's headers. Needs deb-src entries: added beside the deb ones when missing.
+ensure_pg_regress() {
+    local dir
+    dir=$(pg_regress_dir)
+    if [ -f "$dir/ready" ]; then return 0; fi
+    local missing=()
+    [ -x /usr/lib/postgresql/15/bin/pg_config ] || missing+=(postgresql-server-dev-15)
+    command -v bzip2 >/dev/null || missing+=(bzip2)
+    command -v xz >/dev/null || missing+=(xz-utils)
+    command -v diff >/dev/null || missing+=(diffutils)
+    if ! grep -rqs '^deb-src\|^Types:.*deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "== adding deb-src entries for Debian's source packages"
+        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+            sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+                | as_root tee /etc/apt/sources.list.d/pgwarden-deb-src.sources >/dev/null
+        else
+            sed -n 's/^deb /deb-src /p' /etc/apt/sources.list \
+                | as_root tee /etc/apt/sources.list.d/pgwarden-deb-src.list >/dev/null
+        fi
+        missing+=(apt-update)
+    fi
+    # apt's download sandbox (the _apt user) cannot write a /tmp that is not world-writable,
+    # as on some fresh machines: fetch as root, which runs apt anyway.
+    local sandbox=(-o APT::Sandbox::User=root)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        as_root apt-get "${sandbox[@]}" update -qq || true
+        local pkgs=()
+        for p in "${missing[@]}"; do [ "$p" = apt-update ] || pkgs+=("$p"); done
+        if [ "${#pkgs[@]}" -gt 0 ]; then
+            echo "== installing from Debian: ${pkgs[*]}"
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+        fi
+    fi
+    local work installed v got=""
+    work=$(mktemp -d)
+    installed=$(dpkg-query -W -f='${Version}' postgresql-15 2>/dev/null || true)
+    # The installed server's own source first, then what Debian offers, newest first.
+    for v in $( (echo "$installed"; apt-cache showsrc postgresql-15 2>/dev/null | awk '/^Version:/ {print $2}' | sort -rV) | awk 'NF && !seen[$0]++'); do
+        [ -n "$v" ] || continue
+        echo "== fetching PostgreSQL's regression suite: Debian source postgresql-15=$v"
+        if (cd "$work" && if [ "$(id -u)" -eq 0 ]; then apt-get "${sandbox[@]}" source --download-only -qq "postgresql-15=$v"; else apt-get source --download-only -qq "postgresql-15=$v"; fi >/dev/null 2>&1); then
+            got=$v
+            break
+        fi
+        rm -f "$work"/*
+    done
+    if [ -z "$got" ]; then
+        echo "could not fetch Debian's source of postgresql-15 (apt-get source postgresql-15): is a deb-src entry reachable?" >&2
+        rm -rf "$work"
+        return 1
+    fi
+    (cd "$work" && tar xf postgresql-15_*.orig.tar.* --wildcards '*/src/test/regress/*')
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r "$work"/postgresql-15.*/src/test/regress/. "$dir/"
+    rm -rf "$work"
+    cc -O2 -fPIC -shared -I"$(/usr/lib/postgresql/15/bin/pg_config --includedir-server)" \
+        "$dir/regress.c" -o "$dir/regress.so"
+    # refint and autoinc (contrib/spi), which the triggers test loads from the same directory.
+    cp /usr/lib/postgresql/15/lib/refint.so /usr/lib/postgresql/15/lib/autoinc.so "$dir/"
+    echo "$got" >"$dir/ready"
+}
