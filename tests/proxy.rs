@@ -7027,24 +7027,29 @@ fn a_read_a_standby_refuses_as_a_write_runs_again_on_the_primary() {
     });
 }
 
-/// A notification the session's own NOTIFY causes carries the pid the client was told at
-/// login (BackendKeyData), as from one server: clients skip their own notifications by it
-/// (psycopg's `info.backend_pid`, asyncpg's `get_server_pid()`, pgjdbc's `getBackendPID()`).
-/// One from another session carries that session's server process, as before. (Before, every
-/// notification carried the server process's pid, which no client of pgwarden is told.)
+/// A notification carries the pid its sender's client was told, as from one server: the
+/// session's own (its own NOTIFY) the pid it was told in BackendKeyData, so that drivers skip
+/// their own notifications by it (psycopg's `info.backend_pid`, asyncpg's `get_server_pid()`,
+/// pgjdbc's `getBackendPID()`); another session's through pgwarden the pid that session's
+/// client was told, even once it has left (psycopg2's own test suite notifies from a process
+/// that prints `conn.info.backend_pid`, notifies and disconnects); a client of the server
+/// itself its server process's. (Before, every notification carried the server process's
+/// pid, which no client of pgwarden is told; then only the session's own was changed.)
 #[test]
-fn a_session_hears_its_own_notifications_with_the_pid_it_was_told() {
+fn notifications_carry_the_pid_their_sender_was_told() {
     use common::raw::{message, read_until, startup, welcome};
     use tokio::io::AsyncWriteExt;
     let c = Cluster::up(2);
     block(async {
         let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"]);
+        let told_in = |got: &[(u8, Vec<u8>)]| {
+            got.iter()
+                .find(|(t, _)| *t == b'K')
+                .map(|(_, b)| i32::from_be_bytes(b[..4].try_into().unwrap()))
+                .expect("BackendKeyData")
+        };
         let (mut s, got) = welcome(&c, c.proxy_port(), &startup("postgres")).await;
-        let told = got
-            .iter()
-            .find(|(t, _)| *t == b'K')
-            .map(|(_, b)| i32::from_be_bytes(b[..4].try_into().unwrap()))
-            .expect("BackendKeyData");
+        let told = told_in(&got);
         s.write_all(&query("LISTEN ch; NOTIFY ch, 'mine'"))
             .await
             .unwrap();
@@ -7063,27 +7068,48 @@ fn a_session_hears_its_own_notifications_with_the_pid_it_was_told() {
         let own = pid_of(&got);
         assert_eq!(own.len(), 1, "{got:?}");
         assert_eq!(own[0].0, told, "the session's own notification");
-        // Another session's NOTIFY: its server process's pid, which is not the listener's.
-        let other = c.client("test").await;
-        let other_pid: i32 = other
-            .query_one("/*NO LOAD BALANCE*/ SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        other.batch_execute("NOTIFY ch, 'theirs'").await.unwrap();
-        s.write_all(&query("SELECT 1")).await.unwrap();
-        let mut heard = Vec::new();
-        for _ in 0..50 {
-            heard.extend(pid_of(&read_until(&mut s, b'Z').await));
-            if !heard.is_empty() {
-                break;
+
+        // The listener, idle, hears the next notification.
+        let hear = async |s: &mut tokio::net::TcpStream| {
+            let mut heard = Vec::new();
+            for _ in 0..50 {
+                s.write_all(&query("SELECT 1")).await.unwrap();
+                heard.extend(pid_of(&read_until(s, b'Z').await));
+                if !heard.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            s.write_all(&query("SELECT 1")).await.unwrap();
-        }
+            heard
+        };
+
+        // A session that logs in on `port`, notifies, and tells the pid it was told.
+        let notify_from = async |port: u16, payload: &str| {
+            let (mut s, got) = welcome(&c, port, &startup("postgres")).await;
+            s.write_all(&query(&format!("NOTIFY ch, '{payload}'")))
+                .await
+                .unwrap();
+            read_until(&mut s, b'Z').await;
+            (s, told_in(&got))
+        };
+
+        // Another session through pgwarden notifies and leaves at once.
+        let (mut other, other_told) = notify_from(c.proxy_port(), "theirs").await;
+        other.write_all(&message(b'X', &[])).await.unwrap();
+        drop(other);
+        let heard = hear(&mut s).await;
         assert_eq!(heard.len(), 1, "{heard:?}");
-        assert_eq!(heard[0].0, other_pid, "another session's notification");
-        assert_ne!(heard[0].0, told);
+        assert_eq!(
+            heard[0],
+            (other_told, b"ch\0theirs\0".to_vec()),
+            "another session's notification carries the pid its client was told"
+        );
+        assert_ne!(other_told, told);
+
+        // A client of the primary itself: its server process's pid, as it is told.
+        let (_direct, direct_pid) = notify_from(c.node_port(0), "direct").await;
+        let heard = hear(&mut s).await;
+        assert_eq!(heard, vec![(direct_pid, b"ch\0direct\0".to_vec())]);
     });
 }
 

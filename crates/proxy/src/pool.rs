@@ -52,6 +52,53 @@ pub struct Pooled {
     /// The pool's generation when it was opened (see `Pools::renew`).
     born: u64,
     _permit: OwnedSemaphorePermit,
+    /// Where the pid its last session's client was told is kept (see [`Tellers`]); the
+    /// entry goes with the connection.
+    tellers: Arc<Tellers>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.tellers.forget(self.key.node, self.backend.pid);
+    }
+}
+
+/// For each open backend connection (node, server process id), the pid the client of the
+/// last session that took it was told (BackendKeyData): a notification another session's
+/// NOTIFY sends carries the server process's pid, which its client never saw; it is given
+/// this one instead, as the driver of the notifying session reports it (psycopg2's
+/// `info.backend_pid`, pgjdbc's `getBackendPID()`). Kept past the session's end, until the
+/// connection is taken again or closed: a client that notifies and disconnects at once is
+/// heard after it left.
+#[derive(Default)]
+pub struct Tellers(Mutex<HashMap<(u32, i32), i32>>);
+
+impl Tellers {
+    /// Server process `pid` of `node` now serves a session whose client was told `told`.
+    pub fn note(&self, node: u32, pid: i32, told: i32) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert((node, pid), told);
+    }
+
+    /// The pid the client of the last session on server process `pid` of `node` was told.
+    pub fn told(&self, node: u32, pid: i32) -> Option<i32> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(node, pid)).copied()
+    }
+
+    fn forget(&self, node: u32, pid: i32) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(node, pid));
+    }
+
+    /// Connections known (for tests).
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 struct Idle {
@@ -70,6 +117,7 @@ pub struct Pools {
     returned: Notify,
     /// Connections opened before the last `renew` are not reused.
     generation: std::sync::atomic::AtomicU64,
+    pub tellers: Arc<Tellers>,
 }
 
 /// One row of SHOW POOL_POOLS.
@@ -91,6 +139,7 @@ impl Pools {
             idle: Mutex::new(HashMap::new()),
             returned: Notify::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
+            tellers: Arc::default(),
         }
     }
 
@@ -164,6 +213,7 @@ impl Pools {
                 key,
                 born,
                 _permit: permit,
+                tellers: self.tellers.clone(),
             });
         }
     }

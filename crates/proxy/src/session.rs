@@ -3072,6 +3072,10 @@ impl Session {
                     },
                 );
                 if let Some(c) = self.conns.get_mut(&node) {
+                    self.ctx
+                        .pools
+                        .tellers
+                        .note(node, c.pooled.backend.pid, self.pid);
                     c.pooled.backend.busy = Some(self.busy.clone());
                 }
                 Ok(())
@@ -3312,7 +3316,7 @@ impl Session {
         })?;
         let mut out = conn.b().buf.split_to(n);
         let owed = conn.streaming > 0;
-        let mut own_notification = false;
+        let mut notification = false;
         let error_seen = self.error_seen;
         // Why a standby refused the read in `refusable`, if it did, and whether as a write
         // (not a SERIALIZABLE default).
@@ -3359,7 +3363,7 @@ impl Session {
                     }
                 }
                 b'G' => self.copy_in = Some(node),
-                b'A' => own_notification |= body.get(..4) == Some(&backend_pid.to_be_bytes()[..]),
+                b'A' => notification = true,
                 b'S' => {
                     note_param(&mut conn.pooled.backend, &mut self.enc, &body);
                 }
@@ -3421,8 +3425,15 @@ impl Session {
             }
         }
         self.events = events;
-        if own_notification {
-            own_notifications(&mut out, skip, backend_pid, self.pid);
+        if notification {
+            let tellers = &self.ctx.pools.tellers;
+            told_pids(&mut out, skip, |pid| {
+                if pid == backend_pid {
+                    Some(self.pid)
+                } else {
+                    tellers.told(node, pid)
+                }
+            });
         }
         // A refusal seen now, or before and held back until its ReadyForQuery (off the hot
         // path: `refusal_step`).
@@ -4204,16 +4215,19 @@ enum IdleStep {
     ReadBack,
 }
 
-/// The NotificationResponses in `out` (whose messages begin at `from`) that `backend` sent
-/// of its own NOTIFY carry `client`'s pid instead: the pid the client was told at login, as
-/// from one server (clients skip their own notifications by it: psycopg's
-/// `info.backend_pid`, asyncpg's `get_server_pid()`, pgjdbc's `getBackendPID()`).
-fn own_notifications(out: &mut [u8], from: usize, backend: i32, client: i32) {
+/// NotificationResponses in `out` from `from` on carry the pid their sender's client was
+/// told instead of the server process's, where `told` knows it: the session's own (its own
+/// NOTIFY; clients skip their own notifications by it: psycopg's `info.backend_pid`, asyncpg's
+/// `get_server_pid()`, pgjdbc's `getBackendPID()`), or another session's through pgwarden
+/// (`pool::Tellers`). Others (a client connected to the server itself) are left as they came.
+fn told_pids(out: &mut [u8], from: usize, told: impl Fn(i32) -> Option<i32>) {
     let mut pos = from;
     while let Some((start, end)) = find_frame(out, pos, b'A') {
-        if let Some(pid) = out.get_mut(start + 5..start + 9) {
-            if *pid == backend.to_be_bytes() {
-                pid.copy_from_slice(&client.to_be_bytes());
+        if let Some(field) = out.get_mut(start + 5..start + 9) {
+            let mut pid = [0u8; 4];
+            pid.copy_from_slice(field);
+            if let Some(t) = told(i32::from_be_bytes(pid)) {
+                field.copy_from_slice(&t.to_be_bytes());
             }
         }
         pos = end;
@@ -4493,11 +4507,18 @@ mod tests {
         }
     }
 
-    /// A notification of the session's own backend carries the pid the client was told; any
-    /// other, or anything else, is left as it came, and a cut message is not read past.
+    /// A notification of the session's own backend carries the pid the client was told, one
+    /// of another session's backend that session's; any other, or anything else, is left as
+    /// it came, and a cut message is not read past.
     #[test]
-    fn own_notifications_carry_the_pid_the_client_was_told() {
-        let (backend, client, other) = (4242i32, 0x4000_0007i32, 777i32);
+    fn notifications_carry_the_pid_their_sender_was_told() {
+        let (backend, client) = (4242i32, 0x4000_0007i32);
+        let (peer, peer_told, other) = (555i32, 0x4000_0009i32, 777i32);
+        let told = |pid: i32| match pid {
+            p if p == backend => Some(client),
+            p if p == peer => Some(peer_told),
+            _ => None,
+        };
         let notify = |pid: i32| {
             let mut body = pid.to_be_bytes().to_vec();
             body.extend(b"ch\0payload\0");
@@ -4508,6 +4529,8 @@ mod tests {
         buf.extend(msg(b'C', b"NOTIFY\0"));
         let own_at = buf.len();
         buf.extend(notify(backend));
+        let peer_at = buf.len();
+        buf.extend(notify(peer));
         let other_at = buf.len();
         buf.extend(notify(other));
         // A DataRow whose bytes happen to look like the backend's pid after its tag.
@@ -4517,9 +4540,10 @@ mod tests {
         buf.extend(msg(b'D', &row));
         let cut_at = buf.len();
         buf.extend(&notify(backend)[..7]);
-        own_notifications(&mut buf, 4, backend, client);
+        told_pids(&mut buf, 4, told);
         let pid_at = |at: usize| i32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap());
         assert_eq!(pid_at(own_at), client);
+        assert_eq!(pid_at(peer_at), peer_told);
         assert_eq!(pid_at(other_at), other);
         assert_eq!(pid_at(row_at), backend, "a row is not a notification");
         assert_eq!(
@@ -4529,10 +4553,10 @@ mod tests {
         );
         assert_eq!(&buf[..4], b"tail");
         // Nothing to walk, or a broken length: no panic.
-        own_notifications(&mut [], 0, backend, client);
+        told_pids(&mut [], 0, told);
         let mut broken = vec![b'A', 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4];
-        own_notifications(&mut broken, 0, backend, client);
-        own_notifications(&mut broken, 100, backend, client);
+        told_pids(&mut broken, 0, told);
+        told_pids(&mut broken, 100, told);
     }
 
     #[test]
