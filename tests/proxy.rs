@@ -7147,3 +7147,72 @@ fn a_datestyle_order_set_after_its_format_keeps_the_format_on_every_node() {
          primary|ISO, DMY|1999-01-08\nstandby|ISO, DMY|1999-01-08"
     );
 }
+
+/// `pg_terminate_backend` of the pid `SELECT pg_backend_pid()` gave a session ends the
+/// client's session with the server's own FATAL (57P01), as with one server, even when its
+/// next statement is a read that would run on a standby. Before (psycopg2's own test suite,
+/// `test_external_close_async`): `pg_backend_pid()` was answered by the session's standby, so
+/// the pid named nothing on the primary, where `pg_terminate_backend` runs (on another host,
+/// it could name another session's backend); and with the primary's pid, the next read ran
+/// on the standby and the session went on until its next write ended it ("connection lost").
+#[test]
+fn a_session_whose_primary_backend_is_terminated_ends_with_the_servers_fatal() {
+    let c = Cluster::up(2);
+    primary_weight_zero(&c);
+    restart_with_proxy_settings(&c, "");
+    block(async {
+        // A session that has read on the standby, and the pid of its backend: it holds
+        // connections to both nodes.
+        let victim = standby_session(&c).await;
+        let pid = victim
+            .simple_query("SELECT pg_backend_pid()")
+            .await
+            .unwrap();
+        let pid = simple_value(&pid).expect("pid");
+        // Reads go to the standby again once it has replayed what the session may have
+        // written on the primary (read-your-writes).
+        let standby_port = c.node_port(1).to_string();
+        let mut on_standby = false;
+        for _ in 0..100 {
+            let port = victim
+                .simple_query("SELECT inet_server_port()")
+                .await
+                .unwrap();
+            if simple_value(&port).as_deref() == Some(standby_port.as_str()) {
+                on_standby = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            on_standby,
+            "the session's reads never went back to the standby"
+        );
+        let on_primary = c
+            .psql(
+                0,
+                "test",
+                &format!("SELECT pg_terminate_backend({pid}, 5000)"),
+            )
+            .unwrap();
+        assert_eq!(on_primary, "t");
+        let err = victim
+            .simple_query("SELECT inet_server_port()")
+            .await
+            .expect_err("the session was terminated");
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!(db.code().code(), "57P01", "{db:?}");
+        assert_eq!(db.severity(), "FATAL");
+        assert_eq!(
+            db.message(),
+            "terminating connection due to administrator command"
+        );
+        assert!(
+            victim.simple_query("SELECT 1").await.is_err(),
+            "the session is over"
+        );
+        // Others go on.
+        let other = c.client("test").await;
+        other.simple_query("SELECT 1").await.unwrap();
+    });
+}

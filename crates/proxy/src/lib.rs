@@ -868,12 +868,17 @@ fn nanos(limit: Option<Duration>) -> u64 {
 
 /// Built-in functions marked stable or immutable that a hot standby refuses to run: a
 /// transaction id cannot be assigned there (25006), nor a WAL file named ("recovery is in
-/// progress"). Found by calling every such function on a PostgreSQL 15 standby.
-const NEEDS_PRIMARY: [&str; 4] = [
+/// progress"). Found by calling every such function on a PostgreSQL 15 standby. And
+/// `pg_backend_pid`: the pid a session is given must name its backend on the primary, where
+/// `pg_terminate_backend` and `pg_cancel_backend` (volatile) run and its locks and temporary
+/// tables live; a standby's pid names nothing there, or, on another host, another session's
+/// backend (psycopg2's own test suite terminates the pid `SELECT pg_backend_pid()` gave).
+const NEEDS_PRIMARY: [&str; 5] = [
     "txid_current",
     "pg_current_xact_id",
     "pg_walfile_name",
     "pg_walfile_name_offset",
+    "pg_backend_pid",
 ];
 
 /// Reads which built-in functions cannot write (immutable or stable in pg_catalog, every

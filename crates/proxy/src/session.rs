@@ -953,6 +953,9 @@ impl Session {
         }
         loop {
             let target = self.route_inner(class).await?;
+            if let Some(end) = self.primary_ended_while_idle(target) {
+                return Err(end);
+            }
             self.engage(target);
             if !self.is_fenced(target) {
                 return Ok(target);
@@ -964,6 +967,64 @@ impl Session {
             // it has just read.)
             self.conns.remove(&target);
             self.set_engaged(None);
+        }
+    }
+
+    /// The server ended the session's connection to the primary while the session was idle
+    /// there (`pg_terminate_backend` of the pid `pg_backend_pid()` gave, say): the client's
+    /// session ends now, with the server's FATAL, as with one server, even if this unit
+    /// would run elsewhere (a read on a standby used to go on as if nothing had happened, and
+    /// the session ended only at its next write). Looked at only when the connection has
+    /// become readable (tokio's readiness, no system call otherwise); bytes that are not a
+    /// FATAL (a notice, a parameter change) stay for the next answer there.
+    fn primary_ended_while_idle(&mut self, target: u32) -> Option<End> {
+        if self.inflight.is_some() || self.tx_node.is_some() || self.copy_in.is_some() {
+            return None;
+        }
+        let node = self
+            .conns
+            .iter()
+            .find(|(n, c)| c.primary && **n != target)
+            .map(|(n, _)| *n)?;
+        let conn = self.conns.get_mut(&node)?;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if conn
+            .pooled
+            .backend
+            .stream
+            .poll_read_ready(&mut cx)
+            .is_pending()
+        {
+            return None;
+        }
+        let read = conn.b().try_fill();
+        let buf = &conn.pooled.backend.buf;
+        let mut said = None;
+        let mut pos = 0;
+        while let Some((start, end)) = find_frame(buf, pos, b'E') {
+            let fields = buf
+                .get(start + 5..end)
+                .map(msg::error_fields)
+                .unwrap_or_default();
+            let field = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone());
+            if field(b'V').or_else(|| field(b'S')).as_deref() == Some("FATAL") {
+                said = Some((
+                    field(b'C').unwrap_or_else(|| "57P01".into()),
+                    field(b'M').unwrap_or_default(),
+                ));
+                break;
+            }
+            pos = end;
+        }
+        match (read, said) {
+            (_, Some((code, text))) => {
+                tracing::info!(node, "the primary ended the session's connection while it was idle ({code}: {text}): the session ends");
+                self.conns.remove(&node);
+                self.ctx.report(node);
+                Some(fatal(&code, text))
+            }
+            (Err(e), None) => Some(self.lost(node, e)),
+            (Ok(_), None) => None,
         }
     }
 
