@@ -149,3 +149,23 @@ ensure_pg_regress() {
     cp /usr/lib/postgresql/15/lib/refint.so /usr/lib/postgresql/15/lib/autoinc.so "$dir/"
     echo "$got" >"$dir/ready"
 }
+
+# psycopg2's own test suite, from the PyPI source of the version Debian's python3-psycopg2 is
+# (the suite is not in the Debian package), for tests/drivers.rs: into the drivers directory.
+ensure_psycopg2_tests() {
+    local dir version
+    version=$(/usr/bin/python3 -c "import psycopg2; print(psycopg2.__version__.split()[0])")
+    dir=$(drivers_dir)/psycopg2-tests
+    if [ "$(cat "$dir/ready" 2>/dev/null)" = "$version" ]; then return 0; fi
+    echo "== fetching psycopg2 $version's test suite from PyPI"
+    local work
+    work=$(mktemp -d)
+    "$(drivers_dir)/venv/bin/python" -m pip download -q --disable-pip-version-check \
+        --no-binary :all: --no-deps "psycopg2==$version" -d "$work"
+    tar xzf "$work/psycopg2-$version.tar.gz" -C "$work"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r "$work/psycopg2-$version/tests" "$dir/"
+    rm -rf "$work"
+    echo "$version" >"$dir/ready"
+}

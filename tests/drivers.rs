@@ -394,3 +394,85 @@ fn jdbc_through_pgwarden() {
         "{routes:?}"
     );
 }
+
+/// The failing tests' names (`FAIL: name (module.Class.name)`, `ERROR: …`) and how many ran,
+/// from unittest's verbose output.
+fn unittest_outcome(out: &str) -> (std::collections::BTreeSet<String>, usize) {
+    let failed = out
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("FAIL: ")
+                .or_else(|| l.strip_prefix("ERROR: "))
+        })
+        .map(str::to_string)
+        .collect();
+    let ran = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Ran ")?.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    (failed, ran)
+}
+
+/// What psycopg2's own suite may see otherwise through pgwarden, and why.
+const PSYCOPG2_ALLOWED: &[&str] = &[
+    // `info.backend_pid` is the pid the client was told at login, when pgwarden has no backend
+    // connection for the session yet (2,000 idle clients need not 2,000 backends);
+    // `pg_backend_pid()` is the primary backend's, taken at the first statement. pgbouncer
+    // gives its clients a pid of its own too.
+    "test_backend_pid (tests.test_connection.TestConnectionInfo.test_backend_pid)",
+];
+
+/// psycopg2's own test suite (742 tests of its version's source, `ensure_psycopg2_tests`:
+/// connections, cursors, COPY, notifications, async and green connections, cancel, large
+/// objects, two-phase commit, types), run with Debian's psycopg2 directly against the
+/// primary and through pgwarden: every test that passes directly passes through pgwarden,
+/// but for `PSYCOPG2_ALLOWED`. (Its first run through pgwarden failed 8: notifications from
+/// other sessions carried a pid no client was told, and a pid from `pg_backend_pid()` named
+/// the standby's backend, which the primary's `pg_terminate_backend` did not know.)
+#[test]
+fn psycopg2s_own_test_suite_passes_through_pgwarden() {
+    let suite = drivers_dir().join("psycopg2-tests");
+    assert!(
+        suite.join("tests").exists(),
+        "{} is missing: ./dev/test fetches it (or run `. dev/lib.sh; ensure_psycopg2_tests`)",
+        suite.display()
+    );
+    let c = Cluster::up(2);
+    c.psql(0, "postgres", "CREATE DATABASE psycopg2_test")
+        .unwrap();
+    let run = |port: u16| {
+        let out = Command::new("timeout")
+            .args(["600", "/usr/bin/python3", "-c"])
+            .arg("import tests, unittest; unittest.main(defaultTest='tests.test_suite', verbosity=2)")
+            .current_dir(&suite)
+            .env("PSYCOPG2_TESTDB_HOST", "127.0.0.1")
+            .env("PSYCOPG2_TESTDB_PORT", port.to_string())
+            .env("PSYCOPG2_TESTDB_USER", "postgres")
+            .env("PSYCOPG2_TESTDB_PASSWORD", c.password())
+            .env_remove("PGPASSFILE")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+        let (failed, ran) = unittest_outcome(&text);
+        (failed, ran, text)
+    };
+    let (direct_failed, direct_ran, direct_text) = run(c.node_port(0));
+    assert!(
+        direct_ran > 700,
+        "the suite did not run directly:\n{direct_text}"
+    );
+    let (failed, ran, text) = run(c.proxy_port());
+    assert_eq!(ran, direct_ran, "{text}");
+    let new: Vec<&String> = failed
+        .iter()
+        .filter(|t| !direct_failed.contains(*t) && !PSYCOPG2_ALLOWED.contains(&t.as_str()))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "failed through pgwarden only: {new:?}\n{}",
+        text.lines()
+            .filter(|l| !l.ends_with(" ... ok"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
