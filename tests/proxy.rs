@@ -7216,3 +7216,53 @@ fn a_session_whose_primary_backend_is_terminated_ends_with_the_servers_fatal() {
         other.simple_query("SELECT 1").await.unwrap();
     });
 }
+
+/// A server that ends a session's connection says why in a FATAL error and closes it: the
+/// client hears that error, and only it, as from one server (asyncpg keeps the last error
+/// it reads: its suite's `test_execute_script_interrupted_by_server` got pgwarden's
+/// "connection lost" in place of PostgreSQL's "terminating connection due to administrator
+/// command").
+#[test]
+fn a_query_whose_backend_is_terminated_hears_only_the_servers_fatal() {
+    use common::raw::{login_at, message, read_to_close, read_until};
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::up(1);
+    block(async {
+        let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"]);
+        let mut s = login_at(&c, c.proxy_port()).await;
+        s.write_all(&query("SELECT pg_backend_pid()"))
+            .await
+            .unwrap();
+        let got = read_until(&mut s, b'Z').await;
+        let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+        let pid = String::from_utf8(row.1[6..].to_vec()).unwrap();
+        s.write_all(&query("SELECT pg_sleep(30)")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            c.psql(
+                0,
+                "test",
+                &format!("SELECT pg_terminate_backend({pid}, 5000)")
+            )
+            .unwrap(),
+            "t"
+        );
+        let rest = read_to_close(&mut s, Duration::from_secs(10), "the session's end").await;
+        let mut errors = Vec::new();
+        let mut pos = 0;
+        while let Some(head) = rest.get(pos..pos + 5) {
+            let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+            let body = &rest[pos + 5..(pos + 1 + len).min(rest.len())];
+            if head[0] == b'E' {
+                errors.push(String::from_utf8_lossy(body).into_owned());
+            }
+            pos += 1 + len;
+        }
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("C57P01\0"), "{errors:?}");
+        assert!(
+            errors[0].contains("Mterminating connection due to administrator command\0"),
+            "{errors:?}"
+        );
+    });
+}

@@ -55,6 +55,9 @@ enum Handled {
 enum End {
     /// The client left (Terminate or closed socket).
     ClientGone,
+    /// The server's own FATAL reached the client before it closed the connection: close
+    /// without another (a client keeps the last error it reads, and the server's says why).
+    Told,
     /// Tell the client this FATAL error, then close.
     Fatal(String, String),
     /// The client's message of `len` bytes is over `proxy.max_message_size`, `rest` of it yet
@@ -117,6 +120,9 @@ struct Conn {
     /// The node's refusal of that read, its ReadyForQuery not in yet. (Here, it goes with the
     /// connection should the node be lost meanwhile.)
     withheld: Option<Box<Withheld>>,
+    /// The server sent a FATAL error here, which was relayed: it closes the connection next
+    /// (`Session::lost` then adds no error of pgwarden's).
+    said_fatal: bool,
 }
 
 impl Conn {
@@ -3130,6 +3136,7 @@ impl Session {
                         writing: false,
                         refusable: None,
                         withheld: None,
+                        said_fatal: false,
                     },
                 );
                 if let Some(c) = self.conns.get_mut(&node) {
@@ -3457,6 +3464,7 @@ impl Session {
                         .unwrap_or("");
                     if sev == "FATAL" {
                         tracing::debug!(node, inflight = ?self.inflight, tx_node = ?self.tx_node, open = ?self.open_until_sync, "relaying a FATAL error from the server");
+                        conn.said_fatal = true;
                     }
                     if refuses_serializable(&fields)
                         && !self.settings.serializable()
@@ -3795,12 +3803,16 @@ impl Session {
     /// A backend connection failed: forget it, have the monitor look at the node, and end the
     /// session (a client can never be left waiting).
     fn lost(&mut self, node: u32, e: BackendError) -> End {
-        self.conns.remove(&node);
+        let told = self.conns.remove(&node).is_some_and(|c| c.said_fatal);
         if self.inflight.is_some_and(|(n, _)| n == node) {
             self.inflight = None;
         }
         self.set_engaged(None);
         self.ctx.report(node);
+        if told {
+            tracing::info!(node, "the server ended the session's connection with a FATAL error, relayed: the session ends");
+            return End::Told;
+        }
         tracing::warn!(node, "backend connection lost: {e}");
         fatal(
             "08006",
