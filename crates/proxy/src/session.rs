@@ -977,10 +977,13 @@ impl Session {
     }
 
     /// The server ended the session's connection to the primary while the session was idle
-    /// there (`pg_terminate_backend` of the pid `pg_backend_pid()` gave, say): the client's
-    /// session ends now, with the server's FATAL, as with one server, even if this unit
-    /// would run elsewhere (a read on a standby used to go on as if nothing had happened, and
-    /// the session ended only at its next write). Looked at only when the connection has
+    /// there (`pg_terminate_backend` of the pid `pg_backend_pid()` gave, `idle_session_timeout`,
+    /// a crash of another server process): the client's session ends now, with the server's
+    /// FATAL, as with one server, even if this unit would run elsewhere (a read on a standby
+    /// used to go on as if nothing had happened, and the session ended only at its next
+    /// write). Not for a node pgwarden took out of service (a switchover stops it cleanly,
+    /// and the fence moves the session), nor for a connection closed without a FATAL to a
+    /// session with no state there. Looked at only when the connection has
     /// become readable (tokio's readiness, no system call otherwise); bytes that are not a
     /// FATAL (a notice, a parameter change) stay for the next answer there.
     fn primary_ended_while_idle(&mut self, target: u32) -> Option<End> {
@@ -1022,6 +1025,10 @@ impl Session {
             }
             pos = end;
         }
+        if self.is_fenced(node) {
+            // Stopped by pgwarden (a switchover): the fence's own handling moves the session.
+            return None;
+        }
         match (read, said) {
             (_, Some((code, text))) => {
                 tracing::info!(node, "the primary ended the session's connection while it was idle ({code}: {text}): the session ends");
@@ -1029,7 +1036,19 @@ impl Session {
                 self.ctx.report(node);
                 Some(fatal(&code, text))
             }
-            (Err(e), None) => Some(self.lost(node, e)),
+            // Closed without a word (the server killed, the network): a session whose state
+            // lives there ends; another goes on, as when a read finds a standby gone, and
+            // the monitor looks at the node.
+            (Err(e), None) if self.bound_to(node) => Some(self.lost(node, e)),
+            (Err(e), None) => {
+                tracing::warn!(
+                    node,
+                    "the session's idle connection to the primary was lost: {e}"
+                );
+                self.conns.remove(&node);
+                self.ctx.report(node);
+                None
+            }
             (Ok(_), None) => None,
         }
     }
