@@ -7266,3 +7266,58 @@ fn a_query_whose_backend_is_terminated_hears_only_the_servers_fatal() {
         );
     });
 }
+
+/// `DROP DATABASE` and `CREATE DATABASE … TEMPLATE` need no one else connected to the
+/// database: pgwarden closes its idle pooled connections to it first, as the clients that
+/// used them are gone. (Before, they failed through pgwarden alone with 55006 "database … is
+/// being accessed by other users": asyncpg's own test suite drops the database its pool
+/// used.) A client still connected to it keeps it, as with one server.
+#[test]
+fn a_database_its_clients_left_can_be_dropped_or_copied() {
+    let c = Cluster::up(2);
+    for db in ["dropme", "tmpl", "kept"] {
+        c.psql(0, "postgres", &format!("CREATE DATABASE {db}"))
+            .unwrap();
+    }
+    block(async {
+        // Sessions through pgwarden that used each database, then left: their backend
+        // connections stay in the pool, on the primary and the standby.
+        for db in ["dropme", "tmpl", "kept"] {
+            for _ in 0..2 {
+                let cl = c.client(db).await;
+                cl.simple_query("SELECT 1").await.unwrap();
+                cl.simple_query("/*NO LOAD BALANCE*/ SELECT 1")
+                    .await
+                    .unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let admin = c.client("test").await;
+        // Simple and extended protocol.
+        admin.batch_execute("DROP DATABASE dropme").await.unwrap();
+        admin
+            .execute("CREATE DATABASE copied TEMPLATE tmpl", &[])
+            .await
+            .unwrap();
+        // A client still connected keeps it.
+        let holder = c.client("kept").await;
+        holder
+            .simple_query("/*NO LOAD BALANCE*/ SELECT 1")
+            .await
+            .unwrap();
+        let err = admin
+            .batch_execute("DROP DATABASE kept")
+            .await
+            .expect_err("a client is connected to it");
+        assert_eq!(
+            err.as_db_error().map(|e| e.code().code()),
+            Some("55006"),
+            "{err:?}"
+        );
+        drop(holder);
+    });
+    let dbs = c
+        .psql(0, "postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname IN ('dropme', 'copied', 'kept', 'tmpl')")
+        .unwrap();
+    assert_eq!(dbs, "copied,kept,tmpl");
+}

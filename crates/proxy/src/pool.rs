@@ -307,6 +307,32 @@ impl Pools {
         idle.retain(|_, l| !l.is_empty());
     }
 
+    /// Closes every idle connection to database `name`, on every node: a statement that
+    /// needs no one else connected to it is next (`pgwarden_sql::databases_to_free`). The
+    /// server's processes leave as they see the connections close, which `DROP DATABASE`
+    /// waits for (up to 5 s). Returns how many were closed.
+    pub fn close_idle_of_database(&self, name: &str) -> usize {
+        let dropped: Vec<Idle> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<PoolKey> = idle
+                .keys()
+                .filter(|k| k.get("database") == name)
+                .cloned()
+                .collect();
+            keys.iter()
+                .filter_map(|k| idle.remove(k))
+                .flatten()
+                .collect()
+        };
+        // (Closed outside the lock; put-back waiters look again.)
+        let n = dropped.len();
+        drop(dropped);
+        if n > 0 {
+            self.returned.notify_waiters();
+        }
+        n
+    }
+
     pub fn rows(&self) -> Vec<PoolRow> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let mut rows: Vec<PoolRow> = idle

@@ -1053,6 +1053,19 @@ impl Session {
         }
     }
 
+    /// `sql` needs no one else connected to some databases (`DROP DATABASE`, a template):
+    /// pgwarden's idle pooled connections to them are closed first, as a client's would be
+    /// gone (test suites drop the database their pool used; before, `DROP DATABASE` failed
+    /// with "being accessed by other users" through pgwarden alone).
+    fn free_databases(&self, sql: &str) {
+        for db in pgwarden_sql::databases_to_free(sql) {
+            let n = self.ctx.pools.close_idle_of_database(&db);
+            if n > 0 {
+                tracing::info!(database = %db, "closed {n} idle pooled connection(s) to it before a statement that needs it unused");
+            }
+        }
+    }
+
     /// See `Rare`.
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Default::default)
@@ -1400,6 +1413,9 @@ impl Session {
         };
         if may_alter && pgwarden_sql::changes_default_settings(sql) {
             self.rare().renew_pool = true;
+        }
+        if class == Class::Write {
+            self.free_databases(sql);
         }
         // A cursor declared WITH HOLD on a standby is used there (see `held_cursor`).
         let cursor = if self.settings.has_held() {
@@ -2202,6 +2218,9 @@ impl Session {
                         && pgwarden_sql::changes_default_settings(sql)
                     {
                         self.rare().renew_pool = true;
+                    }
+                    if c == Class::Write {
+                        self.free_databases(sql);
                     }
                     class = combine(class, c);
                     any_statement = true;

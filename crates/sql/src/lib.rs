@@ -468,6 +468,50 @@ pub fn changes_default_settings(sql: &str) -> bool {
         })
 }
 
+/// The databases `sql` needs no other session connected to, as any of its statements:
+/// `DROP DATABASE x`, `CREATE DATABASE … TEMPLATE x`, `ALTER DATABASE x RENAME TO …`,
+/// `ALTER DATABASE x SET TABLESPACE …` (PostgreSQL refuses them while anyone is: "database x is
+/// being accessed by other users"). Idle pooled connections to them are closed first, as a
+/// client's own connection would be gone. Parsed only when the text holds `database`.
+pub fn databases_to_free(sql: &str) -> Vec<String> {
+    use pg_query::protobuf::ObjectType;
+    use pg_query::NodeEnum as N;
+    if !contains_lowercase(sql, b"database") {
+        return Vec::new();
+    }
+    let Ok(tree) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return Vec::new();
+    };
+    let option = |options: &[pg_query::protobuf::Node], name: &str| {
+        options.iter().find_map(|o| match o.node.as_ref() {
+            Some(N::DefElem(d)) if d.defname == name => match d.arg.as_ref()?.node.as_ref()? {
+                N::String(v) => Some(v.sval.clone()),
+                N::TypeName(t) => t.names.iter().find_map(|n| match n.node.as_ref() {
+                    Some(N::String(v)) => Some(v.sval.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            },
+            _ => None,
+        })
+    };
+    let mut out = Vec::new();
+    for raw in &tree.protobuf.stmts {
+        match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            Some(N::DropdbStmt(d)) => out.push(d.dbname.clone()),
+            Some(N::CreatedbStmt(c)) => out.extend(option(&c.options, "template")),
+            Some(N::RenameStmt(r)) if r.rename_type == ObjectType::ObjectDatabase as i32 => {
+                out.push(r.subname.clone())
+            }
+            Some(N::AlterDatabaseStmt(a)) if option(&a.options, "tablespace").is_some() => {
+                out.push(a.dbname.clone())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Whether `sql` may hold several statements: a `;` before its end (perhaps in a string or a
 /// comment: a cheap look that errs toward yes, for sparing the parser or a split).
 pub fn may_be_several(sql: &str) -> bool {

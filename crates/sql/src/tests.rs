@@ -410,6 +410,37 @@ fn the_parts_of_datestyle_a_setting_sets() {
 }
 
 #[test]
+fn databases_a_statement_needs_no_one_connected_to() {
+    let mut wrong = Vec::new();
+    for (sql, want) in [
+        ("DROP DATABASE testdb", vec!["testdb"]),
+        (
+            "drop database if exists \"My Db\" with (force)",
+            vec!["My Db"],
+        ),
+        ("CREATE DATABASE t2 TEMPLATE tmpl", vec!["tmpl"]),
+        (
+            "CREATE DATABASE t2 WITH TEMPLATE = \"Tmpl\" ENCODING 'UTF8'",
+            vec!["Tmpl"],
+        ),
+        ("CREATE DATABASE t2", vec![]),
+        ("ALTER DATABASE old RENAME TO new", vec!["old"]),
+        ("ALTER DATABASE d SET TABLESPACE ts", vec!["d"]),
+        ("ALTER DATABASE d SET work_mem = '1MB'", vec![]),
+        ("SELECT 'drop database x'", vec![]),
+        ("SELECT current_database()", vec![]),
+        ("DROP TABLE database", vec![]),
+        ("does not parse database", vec![]),
+    ] {
+        let got = databases_to_free(sql);
+        if got != want {
+            wrong.push(format!("{sql}: {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
 fn unknown_functions_go_to_the_primary_by_default() {
     assert_eq!(
         classify("SELECT count(*) FROM t", &NoFunctions).class,
