@@ -7321,3 +7321,53 @@ fn a_database_its_clients_left_can_be_dropped_or_copied() {
         .unwrap();
     assert_eq!(dbs, "copied,kept,tmpl");
 }
+
+/// A client's cancel connection ends only once the server has acted on the request, as
+/// PostgreSQL's does: libpq's `PQcancel` and asyncpg wait for that end before their next
+/// query. Cancelling an idle session and then running a query must not cancel the query.
+/// (Before, pgwarden closed the cancel connection at once and forwarded the request after:
+/// it landed on the next query; asyncpg's suite, `test_timeout_05`.)
+#[test]
+fn a_cancel_is_done_when_its_connection_closes() {
+    use common::raw::{message, read_until, startup, welcome};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::up(1);
+    block(async {
+        let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"]);
+        let (mut s, got) = welcome(&c, c.proxy_port(), &startup("postgres")).await;
+        let k = &got
+            .iter()
+            .find(|(t, _)| *t == b'K')
+            .expect("BackendKeyData")
+            .1;
+        let (pid, key) = (k[..4].to_vec(), k[4..8].to_vec());
+        // The session has its backend connection.
+        s.write_all(&query("SELECT 1")).await.unwrap();
+        read_until(&mut s, b'Z').await;
+        let mut cancelled = 0;
+        for _ in 0..10 {
+            let mut req = 16u32.to_be_bytes().to_vec();
+            req.extend(80877102u32.to_be_bytes());
+            req.extend(&pid);
+            req.extend(&key);
+            let mut cancel = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port()))
+                .await
+                .unwrap();
+            cancel.write_all(&req).await.unwrap();
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(15), cancel.read_to_end(&mut rest))
+                .await
+                .expect("the cancel connection closes")
+                .unwrap();
+            s.write_all(&query("SELECT pg_sleep(0.2)")).await.unwrap();
+            let answer = read_until(&mut s, b'Z').await;
+            if answer.iter().any(|(t, _)| *t == b'E') {
+                cancelled += 1;
+            }
+        }
+        assert_eq!(
+            cancelled, 0,
+            "queries after a finished cancel were cancelled"
+        );
+    });
+}

@@ -758,7 +758,7 @@ async fn cancel(ctx: &Ctx, pid: i32, key: i32) {
         // A task of its own: the login's `auth_timeout` must not cut the forward short (the
         // count would drop while the request may still reach the server).
         let on_its_way = Forwarding(slot);
-        tokio::spawn(async move {
+        let forward = tokio::spawn(async move {
             let sent = crate::backend::Backend::cancel(&t.host, t.port, t.pid, t.key).await;
             if sent == crate::backend::CancelSent::Unknown {
                 tracing::warn!(
@@ -770,6 +770,11 @@ async fn cancel(ctx: &Ctx, pid: i32, key: i32) {
             }
             drop(on_its_way);
         });
+        // The client's cancel connection ends once the server has acted on the request (or
+        // the forward gave up), as PostgreSQL's does: libpq's PQcancel and asyncpg wait for
+        // that end before their next query, which a cancel still on its way would hit
+        // (asyncpg's suite, `test_timeout_05`: its next `SELECT 1` was cancelled).
+        let _ = forward.await;
     }
 }
 
