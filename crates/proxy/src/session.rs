@@ -987,7 +987,12 @@ impl Session {
     /// become readable (tokio's readiness, no system call otherwise); bytes that are not a
     /// FATAL (a notice, a parameter change) stay for the next answer there.
     fn primary_ended_while_idle(&mut self, target: u32) -> Option<End> {
-        if self.inflight.is_some() || self.tx_node.is_some() || self.copy_in.is_some() {
+        // (One connection: the unit goes to it, and finds out there.)
+        if self.conns.len() < 2
+            || self.inflight.is_some()
+            || self.tx_node.is_some()
+            || self.copy_in.is_some()
+        {
             return None;
         }
         let node = self
