@@ -90,15 +90,6 @@ impl Tellers {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&(node, pid));
     }
-
-    /// Connections known (for tests).
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 struct Idle {

@@ -1011,30 +1011,13 @@ impl Session {
         {
             return None;
         }
-        let read = conn.b().try_fill();
-        let buf = &conn.pooled.backend.buf;
-        let mut said = None;
-        let mut pos = 0;
-        while let Some((start, end)) = find_frame(buf, pos, b'E') {
-            let fields = buf
-                .get(start + 5..end)
-                .map(msg::error_fields)
-                .unwrap_or_default();
-            let field = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone());
-            if field(b'V').or_else(|| field(b'S')).as_deref() == Some("FATAL") {
-                said = Some((
-                    field(b'C').unwrap_or_else(|| "57P01".into()),
-                    field(b'M').unwrap_or_default(),
-                ));
-                break;
-            }
-            pos = end;
-        }
         if self.is_fenced(node) {
             // Stopped by pgwarden (a switchover): the fence's own handling moves the session.
             return None;
         }
-        match (read, said) {
+        let conn = self.conns.get_mut(&node)?;
+        let read = conn.b().try_fill();
+        match (read, server_fatal(&conn.pooled.backend.buf)) {
             (_, Some((code, text))) => {
                 tracing::info!(node, "the primary ended the session's connection while it was idle ({code}: {text}): the session ends");
                 self.conns.remove(&node);
@@ -3493,18 +3476,10 @@ impl Session {
                         && refused_on_standby(&fields)
                         && self.ctx.routes.borrow().primary.is_some_and(|p| p != node)
                     {
-                        let why = fields
-                            .iter()
-                            .find(|(k, _)| *k == b'M')
-                            .map(|(_, m)| m.clone())
-                            .unwrap_or_default();
+                        let why = field(&fields, b'M').unwrap_or_default().to_string();
                         refused = Some((why, !refuses_serializable(&fields)));
                     }
-                    let sev = fields
-                        .iter()
-                        .find(|(k, _)| *k == b'V' || *k == b'S')
-                        .map(|(_, v)| v.as_str())
-                        .unwrap_or("");
+                    let sev = severity(&fields);
                     if sev == "FATAL" {
                         tracing::debug!(node, inflight = ?self.inflight, tx_node = ?self.tx_node, open = ?self.open_until_sync, "relaying a FATAL error from the server");
                         conn.said_fatal = true;
@@ -4329,6 +4304,40 @@ enum IdleStep {
     Parked(u32),
     /// Read back settings changed in a transaction that has ended (`read_back_settings`).
     ReadBack,
+}
+
+/// Field `code` of an ErrorResponse's fields (`msg::error_fields`).
+fn field(fields: &[(u8, String)], code: u8) -> Option<&str> {
+    fields
+        .iter()
+        .find(|(k, _)| *k == code)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An error's severity, as the server names it whatever the client's language.
+fn severity(fields: &[(u8, String)]) -> &str {
+    field(fields, b'V')
+        .or_else(|| field(fields, b'S'))
+        .unwrap_or("")
+}
+
+/// The SQLSTATE and message of the first FATAL ErrorResponse whole in `buf`.
+fn server_fatal(buf: &[u8]) -> Option<(String, String)> {
+    let mut pos = 0;
+    while let Some((start, end)) = find_frame(buf, pos, b'E') {
+        let fields = buf
+            .get(start + 5..end)
+            .map(msg::error_fields)
+            .unwrap_or_default();
+        if severity(&fields) == "FATAL" {
+            return Some((
+                field(&fields, b'C').unwrap_or("57P01").to_string(),
+                field(&fields, b'M').unwrap_or_default().to_string(),
+            ));
+        }
+        pos = end;
+    }
+    None
 }
 
 /// NotificationResponses in `out` from `from` on carry the pid their sender's client was
