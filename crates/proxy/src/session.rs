@@ -252,7 +252,7 @@ struct Session {
     /// reported it): pgwarden reads them so too (`pgwarden_sql::server_text`).
     enc: pgwarden_sql::TextEncoding,
     /// The process id the client was told at login: a notification the session's own
-    /// backend sends carries it, as one server's would (`own_notifications`).
+    /// backend sends carries it, as one server's would (`told_pids`).
     pid: i32,
     /// The client's pipeline failed on a node pgwarden has since left (see `end_open_batch`):
     /// its messages are dropped until its Sync, as a server drops them after an error.
